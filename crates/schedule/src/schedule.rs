@@ -1,0 +1,169 @@
+//! A schedule: the per-stage action sequences of one run, with the unit slot of every action.
+//!
+//! The sequence per stage is the source of truth: the runtime executes it in order. The slot of
+//! each action is where the unit-slot simulation (every forward and backward takes one slot, an
+//! update takes none) places it; it exists so that the papers' grids can be reproduced and
+//! rendered. Generators produce schedules; [`crate::validate`] checks them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+
+/// The schedule families timeprest can generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// Naive model parallelism: one mini-batch at a time through all stages, no overlap.
+    Naive,
+    /// GPipe: all N forwards, all N micro-batch backwards, flush, one update per mini-batch.
+    Gpipe,
+    /// Asynchronous 1F1B (PipeDream): one forward, one backward, update after each backward.
+    #[serde(rename = "1f1b")]
+    OneFOneB,
+    /// PipeDream-flush / Megatron 1F1B: micro-batches in 1F1B order, one update at the flush.
+    #[serde(rename = "1f1b-flush")]
+    OneFOneBFlush,
+    /// TiMePReSt nF1B: N micro-batch forwards, then one backward of the whole mini-batch.
+    Nf1b,
+}
+
+impl ScheduleKind {
+    /// Every kind, in the order shown in help texts.
+    pub const ALL: [ScheduleKind; 5] = [
+        ScheduleKind::Naive,
+        ScheduleKind::Gpipe,
+        ScheduleKind::OneFOneB,
+        ScheduleKind::OneFOneBFlush,
+        ScheduleKind::Nf1b,
+    ];
+
+    /// The name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleKind::Naive => "naive",
+            ScheduleKind::Gpipe => "gpipe",
+            ScheduleKind::OneFOneB => "1f1b",
+            ScheduleKind::OneFOneBFlush => "1f1b-flush",
+            ScheduleKind::Nf1b => "nf1b",
+        }
+    }
+
+    /// True when every stage applies exactly one update per mini-batch after all of that
+    /// mini-batch's backwards and no forward of a later mini-batch runs before it (a flush).
+    pub fn is_synchronous(self) -> bool {
+        matches!(self, ScheduleKind::Naive | ScheduleKind::Gpipe | ScheduleKind::OneFOneBFlush)
+    }
+}
+
+impl fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown schedule name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown schedule `{0}`; valid schedules: naive, gpipe, 1f1b, 1f1b-flush, nf1b")]
+pub struct UnknownScheduleError(pub String);
+
+impl FromStr for ScheduleKind {
+    type Err = UnknownScheduleError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let lower = name.to_ascii_lowercase();
+        ScheduleKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == lower)
+            .ok_or_else(|| UnknownScheduleError(name.to_string()))
+    }
+}
+
+/// How many mini-batches a stage may have in flight (forward started, backward not finished).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InflightCap {
+    /// PipeDream's rule: stage s keeps at most W − s mini-batches in flight.
+    StagesRemaining,
+    /// No cap.
+    Unlimited,
+    /// The same cap at every stage.
+    Constant(u32),
+}
+
+impl InflightCap {
+    /// The cap at `stage` of a `num_stages` pipeline, or `None` when unlimited.
+    pub fn at(self, stage: u32, num_stages: u32) -> Option<u32> {
+        match self {
+            InflightCap::StagesRemaining => Some(num_stages - stage),
+            InflightCap::Unlimited => None,
+            InflightCap::Constant(cap) => Some(cap),
+        }
+    }
+}
+
+/// Everything a generator needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleConfig {
+    /// W: number of pipeline stages.
+    pub num_stages: u32,
+    /// N: micro-batches per mini-batch.
+    pub num_microbatches: u32,
+    /// Number of mini-batches to schedule.
+    pub num_minibatches: u32,
+    /// In-flight cap (used by `1f1b` and `nf1b`).
+    pub inflight_cap: InflightCap,
+    /// When a stage could run either a backward or a forward, run the backward (`1f1b`, `nf1b`).
+    pub backward_priority: bool,
+}
+
+impl ScheduleConfig {
+    /// A configuration with the defaults of the specification: cap W − s, backward priority.
+    pub fn new(num_stages: u32, num_microbatches: u32, num_minibatches: u32) -> Self {
+        Self {
+            num_stages,
+            num_microbatches,
+            num_minibatches,
+            inflight_cap: InflightCap::StagesRemaining,
+            backward_priority: true,
+        }
+    }
+}
+
+/// One action with the unit slot the slot simulation placed it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledAction {
+    /// The action.
+    pub action: Action,
+    /// Its unit slot (time 0 is the first). An update shares the slot of the backward before it.
+    pub slot: u32,
+}
+
+/// A complete schedule: per stage, the actions in execution order with their slots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The family that generated it.
+    pub kind: ScheduleKind,
+    /// The parameters it was generated for.
+    pub config: ScheduleConfig,
+    /// `stages[s]` is stage s's action sequence, in execution order.
+    pub stages: Vec<Vec<ScheduledAction>>,
+}
+
+impl Schedule {
+    /// Number of slots the schedule spans (one past the last occupied slot).
+    pub fn num_slots(&self) -> u32 {
+        self.stages
+            .iter()
+            .flat_map(|stage| stage.iter().map(|a| a.slot + 1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The actions of `stage` in execution order, without slots.
+    pub fn actions(&self, stage: u32) -> impl Iterator<Item = Action> + '_ {
+        self.stages[stage as usize].iter().map(|a| a.action)
+    }
+}
