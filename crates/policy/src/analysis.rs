@@ -1,0 +1,91 @@
+//! TiMePReSt's version analysis: the version difference v and the multiple-sequence problem.
+//!
+//! Spec §3.6. For mini-batch i (1-based), let c(i) be the number of updates stage 0 has already
+//! applied (in an earlier slot) when B(i) starts at the last stage; B(i) therefore computes its
+//! gradient on weights whose newest update came from mini-batch c(i). The version difference is
+//! v(i) = i − c(i): v = 1 means B(i) already sees the update of mini-batch i − 1. When v > 1,
+//! updates propagate along several disjoint chains (W = 4, N = 2: {1,3,5,…} and {2,4,6,…}),
+//! the paper's "multiple sequence problem". The paper's closed form ⌊(W+N−2)/N⌋ is kept beside
+//! the simulated value because it is wrong at a few points.
+
+use serde::{Deserialize, Serialize};
+use timeprest_schedule::{ActionKind, Schedule};
+
+/// The version-difference analysis of one schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDifference {
+    /// v(i) for every mini-batch (index 0 is mini-batch 1).
+    pub per_minibatch: Vec<u32>,
+    /// c(i): the 1-based mini-batch whose update is the newest one B(i) sees (0 = none).
+    pub parents: Vec<u32>,
+    /// The chains of weight-update propagation, as 1-based mini-batch numbers.
+    pub chains: Vec<Vec<u32>>,
+    /// v in steady state: the largest v(i) over the middle half of the mini-batches, which
+    /// excludes the warm-up and the drain.
+    pub steady_v: u32,
+}
+
+impl VersionDifference {
+    /// True when updates propagate along more than one chain.
+    pub fn has_multiple_sequences(&self) -> bool {
+        self.chains.len() > 1
+    }
+}
+
+/// The paper's closed form v = ⌊(W + N − 2) / N⌋ (Eq. 3/16), defined for W ≥ 2, N ≥ 2.
+pub fn v_formula(num_stages: u32, num_microbatches: u32) -> u32 {
+    (num_stages + num_microbatches - 2) / num_microbatches
+}
+
+/// Simulates the version difference on `schedule` (which must be valid and have at least one
+/// mini-batch).
+pub fn version_difference(schedule: &Schedule) -> VersionDifference {
+    let last = schedule.stages.len() - 1;
+    let num_minibatches = schedule.config.num_minibatches as usize;
+    // Slot at which each mini-batch's backward starts at the last stage.
+    let mut backward_start = vec![u32::MAX; num_minibatches];
+    for scheduled in &schedule.stages[last] {
+        if scheduled.action.kind.is_backward() {
+            let i = scheduled.action.kind.minibatch() as usize;
+            backward_start[i] = backward_start[i].min(scheduled.slot);
+        }
+    }
+    // Slots of stage 0's updates, in order.
+    let update_slots: Vec<u32> = schedule.stages[0]
+        .iter()
+        .filter(|a| matches!(a.action.kind, ActionKind::Update(_)))
+        .map(|a| a.slot)
+        .collect();
+    let parents: Vec<u32> = backward_start
+        .iter()
+        .map(|&start| update_slots.iter().filter(|&&slot| slot < start).count() as u32)
+        .collect();
+    let per_minibatch: Vec<u32> =
+        parents.iter().enumerate().map(|(i, &c)| i as u32 + 1 - c).collect();
+
+    // A mini-batch continues its parent's chain unless a sibling already did; then it branches.
+    let mut chains: Vec<Vec<u32>> = Vec::new();
+    let mut chain_of = vec![usize::MAX; num_minibatches + 1];
+    let mut continued = vec![false; num_minibatches + 1];
+    for (index, &parent) in parents.iter().enumerate() {
+        let minibatch = index as u32 + 1;
+        let parent = parent as usize;
+        let chain = if parent > 0 && !continued[parent] {
+            chain_of[parent]
+        } else {
+            chains.push(Vec::new());
+            chains.len() - 1
+        };
+        continued[parent] = true;
+        chain_of[minibatch as usize] = chain;
+        chains[chain].push(minibatch);
+    }
+
+    let window = num_minibatches / 4..(3 * num_minibatches / 4).max(num_minibatches / 4 + 1);
+    let steady_v = per_minibatch[window.start.min(num_minibatches - 1)..window.end.min(num_minibatches)]
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1);
+    VersionDifference { per_minibatch, parents, chains, steady_v }
+}

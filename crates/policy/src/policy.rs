@@ -1,0 +1,456 @@
+//! Weight policies: the pure per-pass decisions of every system in the specification.
+//!
+//! A policy answers two questions for one stage, given only plain numbers: which weights a
+//! forward reads ([`WeightPolicy::forward`]) and which a backward reads
+//! ([`WeightPolicy::backward`]). Updates always go to the live (latest) weights. Keeping the
+//! policy a pure function of its context is what lets one piece of code drive the simulator's
+//! version tracing and the real runtime.
+//!
+//! | policy          | forward reads               | backward reads                      | default schedule |
+//! |-----------------|-----------------------------|-------------------------------------|------------------|
+//! | `single`        | live                        | live                                | gpipe (W = 1)    |
+//! | `naive`         | live                        | live                                | naive            |
+//! | `gpipe`         | live                        | live                                | gpipe            |
+//! | `pipedream-flush` | live                      | live                                | 1f1b-flush       |
+//! | `pipedream`     | live (stashed)              | the forward's version (stash)       | 1f1b             |
+//! | `timeprest`     | vertical-sync tag           | live                                | nf1b             |
+//! | `v-timeprest`   | live                        | live                                | nf1b             |
+//! | `i-timeprest`   | live (stashed)              | blend σ(d)·stale + (1−σ(d))·latest  | nf1b             |
+//! | `nwpt`          | prediction from live        | the same prediction                 | 1f1b             |
+//! | `variant1`      | vertical-sync tag (stashed) | the forward's version (stash)       | nf1b             |
+//! | `variant2`      | live                        | live                                | 1f1b             |
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use timeprest_schedule::ScheduleKind;
+
+use crate::recipe::{Prediction, Version, WeightRecipe};
+
+/// The systems timeprest implements, by their command-line names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// One stage, the reference.
+    Single,
+    /// Naive model parallelism.
+    Naive,
+    /// GPipe (fill-drain, synchronous).
+    Gpipe,
+    /// PipeDream: asynchronous 1F1B with horizontal weight stashing.
+    Pipedream,
+    /// PipeDream-flush / 1F1B synchronous.
+    PipedreamFlush,
+    /// TiMePReSt: nF1B, vertical sync for forwards, backward on the latest weights.
+    Timeprest,
+    /// V-TiMePReSt: latest weights in every pass.
+    VTimeprest,
+    /// I-TiMePReSt: backward on an intermediate of stale and latest weights.
+    ITimeprest,
+    /// NWPT: forwards and backwards on predicted future weights.
+    Nwpt,
+    /// TiMePReSt ablation Variant 1: nF1B with vertical sync and weight stashing.
+    Variant1,
+    /// TiMePReSt ablation Variant 2: 1F1B without stashing.
+    Variant2,
+}
+
+impl PolicyKind {
+    /// Every policy, in help-text order.
+    pub const ALL: [PolicyKind; 11] = [
+        PolicyKind::Single,
+        PolicyKind::Naive,
+        PolicyKind::Gpipe,
+        PolicyKind::Pipedream,
+        PolicyKind::PipedreamFlush,
+        PolicyKind::Timeprest,
+        PolicyKind::VTimeprest,
+        PolicyKind::ITimeprest,
+        PolicyKind::Nwpt,
+        PolicyKind::Variant1,
+        PolicyKind::Variant2,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Single => "single",
+            PolicyKind::Naive => "naive",
+            PolicyKind::Gpipe => "gpipe",
+            PolicyKind::Pipedream => "pipedream",
+            PolicyKind::PipedreamFlush => "pipedream-flush",
+            PolicyKind::Timeprest => "timeprest",
+            PolicyKind::VTimeprest => "v-timeprest",
+            PolicyKind::ITimeprest => "i-timeprest",
+            PolicyKind::Nwpt => "nwpt",
+            PolicyKind::Variant1 => "variant1",
+            PolicyKind::Variant2 => "variant2",
+        }
+    }
+
+    /// The schedule this policy runs on unless told otherwise.
+    pub fn default_schedule(self) -> ScheduleKind {
+        match self {
+            PolicyKind::Single | PolicyKind::Gpipe => ScheduleKind::Gpipe,
+            PolicyKind::Naive => ScheduleKind::Naive,
+            PolicyKind::PipedreamFlush => ScheduleKind::OneFOneBFlush,
+            PolicyKind::Pipedream | PolicyKind::Nwpt | PolicyKind::Variant2 => {
+                ScheduleKind::OneFOneB
+            }
+            PolicyKind::Timeprest
+            | PolicyKind::VTimeprest
+            | PolicyKind::ITimeprest
+            | PolicyKind::Variant1 => ScheduleKind::Nf1b,
+        }
+    }
+
+    /// The schedules this policy makes sense on. Synchronous policies need a flush (otherwise
+    /// they would silently be a different system); the asynchronous ones need an asynchronous
+    /// schedule (on a flush they would all collapse into the same synchronous training).
+    pub fn allowed_schedules(self) -> &'static [ScheduleKind] {
+        use ScheduleKind::*;
+        match self {
+            PolicyKind::Single | PolicyKind::Gpipe | PolicyKind::PipedreamFlush => {
+                &[Gpipe, OneFOneBFlush, Naive]
+            }
+            PolicyKind::Naive => &[Naive],
+            PolicyKind::Pipedream
+            | PolicyKind::Timeprest
+            | PolicyKind::VTimeprest
+            | PolicyKind::ITimeprest
+            | PolicyKind::Nwpt
+            | PolicyKind::Variant1
+            | PolicyKind::Variant2 => &[Nf1b, OneFOneB],
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown policy name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown policy `{0}`; valid policies: single, naive, gpipe, pipedream, pipedream-flush, \
+     timeprest, v-timeprest, i-timeprest, nwpt, variant1, variant2"
+)]
+pub struct UnknownPolicyError(pub String);
+
+impl FromStr for PolicyKind {
+    type Err = UnknownPolicyError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let lower = name.to_ascii_lowercase();
+        PolicyKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == lower)
+            .ok_or_else(|| UnknownPolicyError(name.to_string()))
+    }
+}
+
+/// I-TiMePReSt's significance σ(d) of the stale weight for a staleness of d updates
+/// (spec §5.2). σ(0) = 1 for every function, so d = 0 reads exactly the latest = stale weights.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Significance {
+    /// σ(d) = e^{−λ d} (the default, λ = 1).
+    Exp {
+        /// The decay rate λ.
+        lambda: f64,
+    },
+    /// σ(d) = 2^{−d}.
+    Exp2,
+    /// σ(d) = 1 / (1 + d).
+    Inverse,
+    /// σ(d) = α for every d > 0 (α = 1 is the stash rule, α = 0 is V-TiMePReSt).
+    Const {
+        /// The constant α.
+        alpha: f64,
+    },
+}
+
+impl Significance {
+    /// σ(d).
+    pub fn of(self, staleness: u64) -> f64 {
+        if staleness == 0 {
+            return 1.0;
+        }
+        let d = staleness as f64;
+        match self {
+            Significance::Exp { lambda } => (-lambda * d).exp(),
+            Significance::Exp2 => (-d).exp2(),
+            Significance::Inverse => 1.0 / (1.0 + d),
+            Significance::Const { alpha } => alpha,
+        }
+    }
+}
+
+/// How far ahead NWPT predicts at a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Horizon {
+    /// s = W − 1 − stage: the number of updates that land before this forward's backward in
+    /// asynchronous 1F1B (the last stage predicts nothing).
+    StagesRemaining,
+    /// SpecTrain's s = ⌊stage/2⌋ + W − stage − 1 (unverified, spec §6.2).
+    Spectrain,
+    /// The same horizon everywhere.
+    Constant(u32),
+}
+
+impl Horizon {
+    /// The horizon at `stage` of a `num_stages` pipeline.
+    pub fn at(self, stage: u32, num_stages: u32) -> u32 {
+        match self {
+            Horizon::StagesRemaining => num_stages - 1 - stage,
+            Horizon::Spectrain => stage / 2 + num_stages - stage - 1,
+            Horizon::Constant(horizon) => horizon,
+        }
+    }
+}
+
+/// Where a forward's weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardSource {
+    /// The stage's live version at that moment.
+    Live,
+    /// Vertical sync: the version stage 0 read when the micro-batch entered the pipeline.
+    VerticalSync,
+}
+
+/// Where a backward's weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum BackwardSource {
+    /// The stage's live (latest) version.
+    Live,
+    /// Exactly what the forward read (horizontal weight stashing).
+    Stash,
+    /// I-TiMePReSt's intermediate weight with this significance function.
+    Intermediate(Significance),
+}
+
+/// Everything a policy may look at when a forward is about to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardContext {
+    /// The stage s.
+    pub stage: u32,
+    /// W.
+    pub num_stages: u32,
+    /// The stage's live version k_s now.
+    pub live: Version,
+    /// The version stage 0 read for this micro-batch (its vertical-sync tag); equal to `live`
+    /// at stage 0.
+    pub tag: Version,
+}
+
+/// Everything a policy may look at when a backward of one micro-batch is about to run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackwardContext {
+    /// The stage s.
+    pub stage: u32,
+    /// W.
+    pub num_stages: u32,
+    /// The stage's live version now.
+    pub live: Version,
+    /// What this micro-batch's forward read at this stage.
+    pub forward: WeightRecipe,
+}
+
+impl BackwardContext {
+    /// The degree of staleness d = k_s(at backward) − k_s(version the forward read).
+    pub fn staleness(&self) -> u64 {
+        self.live.saturating_sub(self.forward.anchor())
+    }
+}
+
+/// The configurable choices of the policies (spec §9).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyOptions {
+    /// I-TiMePReSt's significance function (spec §9 item 3).
+    pub significance: Significance,
+    /// NWPT's prediction formula (spec §9 item 16).
+    pub prediction: Prediction,
+    /// NWPT's horizon rule (spec §9 item 17).
+    pub horizon: Horizon,
+    /// V-TiMePReSt's and I-TiMePReSt's forward source (spec §9 items 2 and 7).
+    pub forward: ForwardSource,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        Self {
+            significance: Significance::Exp { lambda: 1.0 },
+            prediction: Prediction::Nag,
+            horizon: Horizon::StagesRemaining,
+            forward: ForwardSource::Live,
+        }
+    }
+}
+
+/// A weight policy, built from a [`PolicyKind`] and [`PolicyOptions`].
+///
+/// It is a pure value: the same context always gives the same recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightPolicy {
+    /// Which system this is.
+    pub kind: PolicyKind,
+    /// Forward rule.
+    pub forward_source: ForwardSource,
+    /// Backward rule.
+    pub backward_source: BackwardSource,
+    /// `Some` for NWPT: forwards (and their backwards) read predicted weights.
+    pub prediction: Option<(Prediction, Horizon)>,
+}
+
+impl WeightPolicy {
+    /// The policy `kind` with the choices in `options`.
+    pub fn new(kind: PolicyKind, options: &PolicyOptions) -> Self {
+        let (forward_source, backward_source, prediction) = match kind {
+            PolicyKind::Single
+            | PolicyKind::Naive
+            | PolicyKind::Gpipe
+            | PolicyKind::PipedreamFlush
+            | PolicyKind::Variant2 => (ForwardSource::Live, BackwardSource::Live, None),
+            PolicyKind::Pipedream => (ForwardSource::Live, BackwardSource::Stash, None),
+            PolicyKind::Timeprest => (ForwardSource::VerticalSync, BackwardSource::Live, None),
+            PolicyKind::VTimeprest => (options.forward, BackwardSource::Live, None),
+            PolicyKind::ITimeprest => {
+                (options.forward, BackwardSource::Intermediate(options.significance), None)
+            }
+            PolicyKind::Nwpt => (
+                ForwardSource::Live,
+                BackwardSource::Stash,
+                Some((options.prediction, options.horizon)),
+            ),
+            PolicyKind::Variant1 => (ForwardSource::VerticalSync, BackwardSource::Stash, None),
+        };
+        Self { kind, forward_source, backward_source, prediction }
+    }
+
+    /// The weights a forward reads.
+    pub fn forward(&self, ctx: &ForwardContext) -> WeightRecipe {
+        let version = match self.forward_source {
+            ForwardSource::Live => ctx.live,
+            ForwardSource::VerticalSync => ctx.tag,
+        };
+        match self.prediction {
+            Some((method, horizon)) => {
+                let horizon = horizon.at(ctx.stage, ctx.num_stages);
+                if horizon == 0 {
+                    WeightRecipe::version(version)
+                } else {
+                    WeightRecipe::Predict { base: version, horizon, method }
+                }
+            }
+            None => WeightRecipe::version(version),
+        }
+    }
+
+    /// The weights a backward of one micro-batch reads.
+    pub fn backward(&self, ctx: &BackwardContext) -> WeightRecipe {
+        match self.backward_source {
+            BackwardSource::Live => WeightRecipe::version(ctx.live),
+            BackwardSource::Stash => ctx.forward,
+            BackwardSource::Intermediate(significance) => {
+                let stale = ctx.forward.anchor();
+                let staleness = ctx.staleness();
+                if staleness == 0 {
+                    // σ(0) = 1 and stale = latest: exactly the latest weights, bit for bit.
+                    WeightRecipe::version(ctx.live)
+                } else {
+                    WeightRecipe::Blend {
+                        stale,
+                        latest: ctx.live,
+                        stale_weight: significance.of(staleness),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backward_ctx(live: Version, forward: Version) -> BackwardContext {
+        BackwardContext { stage: 0, num_stages: 4, live, forward: WeightRecipe::version(forward) }
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_valid_ones() {
+        for kind in PolicyKind::ALL {
+            assert_eq!(kind.name().parse::<PolicyKind>().unwrap(), kind);
+        }
+        let err = "pipedreams".parse::<PolicyKind>().unwrap_err().to_string();
+        assert!(err.contains("pipedreams") && err.contains("i-timeprest"), "{err}");
+    }
+
+    #[test]
+    fn every_default_schedule_is_allowed() {
+        for kind in PolicyKind::ALL {
+            assert!(kind.allowed_schedules().contains(&kind.default_schedule()), "{kind}");
+        }
+    }
+
+    #[test]
+    fn timeprest_forwards_read_the_tag_and_backwards_the_live_version() {
+        let policy = WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default());
+        let fwd = ForwardContext { stage: 2, num_stages: 4, live: 5, tag: 3 };
+        assert_eq!(policy.forward(&fwd), WeightRecipe::version(3));
+        assert_eq!(policy.backward(&backward_ctx(6, 3)), WeightRecipe::version(6));
+    }
+
+    #[test]
+    fn intermediate_blends_by_exponential_significance_and_is_exact_at_zero_staleness() {
+        let policy = WeightPolicy::new(PolicyKind::ITimeprest, &PolicyOptions::default());
+        match policy.backward(&backward_ctx(5, 3)) {
+            WeightRecipe::Blend { stale: 3, latest: 5, stale_weight } => {
+                assert!((stale_weight - (-2.0f64).exp()).abs() < 1e-15)
+            }
+            other => panic!("expected a blend, got {other}"),
+        }
+        assert_eq!(policy.backward(&backward_ctx(4, 4)), WeightRecipe::version(4));
+    }
+
+    #[test]
+    fn significance_functions_match_their_formulas() {
+        assert_eq!(Significance::Exp2.of(3), 0.125);
+        assert_eq!(Significance::Inverse.of(3), 0.25);
+        assert_eq!(Significance::Const { alpha: 0.3 }.of(2), 0.3);
+        for f in [Significance::Exp { lambda: 0.5 }, Significance::Exp2, Significance::Inverse] {
+            assert_eq!(f.of(0), 1.0);
+        }
+    }
+
+    #[test]
+    fn nwpt_predicts_w_minus_one_minus_s_ahead_and_the_last_stage_not_at_all() {
+        let policy = WeightPolicy::new(PolicyKind::Nwpt, &PolicyOptions::default());
+        let at = |stage| policy.forward(&ForwardContext { stage, num_stages: 3, live: 7, tag: 0 });
+        assert_eq!(
+            at(0),
+            WeightRecipe::Predict { base: 7, horizon: 2, method: Prediction::Nag }
+        );
+        assert_eq!(at(2), WeightRecipe::version(7));
+        let forward = at(1);
+        let ctx = BackwardContext { stage: 1, num_stages: 3, live: 8, forward };
+        assert_eq!(policy.backward(&ctx), forward, "backward reuses the forward's prediction");
+    }
+
+    #[test]
+    fn pipedream_stashes_and_v_timeprest_reads_live() {
+        let options = PolicyOptions::default();
+        let pipedream = WeightPolicy::new(PolicyKind::Pipedream, &options);
+        let v = WeightPolicy::new(PolicyKind::VTimeprest, &options);
+        assert_eq!(pipedream.backward(&backward_ctx(9, 6)), WeightRecipe::version(6));
+        assert_eq!(v.backward(&backward_ctx(9, 6)), WeightRecipe::version(9));
+        let fwd = ForwardContext { stage: 1, num_stages: 4, live: 5, tag: 2 };
+        assert_eq!(v.forward(&fwd), WeightRecipe::version(5));
+    }
+}

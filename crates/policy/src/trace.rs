@@ -1,0 +1,241 @@
+//! Version tracing: run a policy over a schedule and record what every pass reads.
+//!
+//! The result, a [`VersionPlan`], is the single source of truth for versions: the simulator
+//! reports it (staleness d per micro-batch, stored versions per stage) and the runtime executes
+//! it (each pass's recipe, and which weight sets to release after each action). Because the
+//! runtime replays the same per-stage sequences, the versions it measures equal the plan's.
+//!
+//! Tracing needs no global clock. A stage's live version changes only through its own updates,
+//! so walking each stage's sequence in order gives its live version at every action. The one
+//! cross-stage fact, the vertical-sync tag (the version stage 0 read for a micro-batch), is
+//! fixed by stage 0's sequence alone, so stage 0 is walked first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use timeprest_schedule::{Action, ActionKind, MicrobatchId, Schedule};
+
+use crate::policy::{BackwardContext, ForwardContext, WeightPolicy};
+use crate::recipe::{Version, WeightKey, WeightRecipe};
+
+/// What one micro-batch's backward reads at one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedBackward {
+    /// The micro-batch.
+    pub microbatch: MicrobatchId,
+    /// The weights its backward reads.
+    pub recipe: WeightRecipe,
+    /// What its forward read at this stage.
+    pub forward_recipe: WeightRecipe,
+    /// Degree of staleness d = live version at the backward − version the forward read.
+    pub staleness: u64,
+}
+
+/// One action of a stage with everything the policy decided about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    /// The action.
+    pub action: Action,
+    /// Its unit slot in the schedule.
+    pub slot: u32,
+    /// The stage's live version when the action starts.
+    pub live: Version,
+    /// For a forward: what it reads, and its micro-batch's vertical-sync tag.
+    pub forward: Option<(WeightRecipe, Version)>,
+    /// For a backward: one entry per micro-batch it covers.
+    pub backward: Vec<PlannedBackward>,
+    /// Weight sets no later action of this stage reads; release them after this action.
+    pub release_after: Vec<WeightKey>,
+    /// Number of distinct weight sets the stage holds after this action (live included).
+    pub held_after: u32,
+}
+
+/// The version plan of one stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagePlan {
+    /// The stage's actions in execution order.
+    pub actions: Vec<PlannedAction>,
+}
+
+impl StagePlan {
+    /// The most weight sets the stage holds at once.
+    pub fn peak_weight_sets(&self) -> u32 {
+        self.actions.iter().map(|a| a.held_after).max().unwrap_or(1).max(1)
+    }
+
+    /// Every backward micro-batch of this stage, in execution order.
+    pub fn backwards(&self) -> impl Iterator<Item = &PlannedBackward> {
+        self.actions.iter().flat_map(|a| a.backward.iter())
+    }
+
+    /// Histogram of the staleness d over the backwards of mini-batches in `minibatches`.
+    pub fn staleness_histogram(&self, minibatches: std::ops::Range<u32>) -> BTreeMap<u64, u32> {
+        let mut histogram = BTreeMap::new();
+        for backward in self.backwards() {
+            if minibatches.contains(&backward.microbatch.minibatch) {
+                *histogram.entry(backward.staleness).or_insert(0) += 1;
+            }
+        }
+        histogram
+    }
+}
+
+/// The version plan of a whole schedule under one policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionPlan {
+    /// The policy that made it.
+    pub policy: WeightPolicy,
+    /// One plan per stage.
+    pub stages: Vec<StagePlan>,
+}
+
+impl VersionPlan {
+    /// Peak number of stored weight sets per stage.
+    pub fn peak_weight_sets(&self) -> Vec<u32> {
+        self.stages.iter().map(StagePlan::peak_weight_sets).collect()
+    }
+}
+
+/// The micro-batches a backward covers.
+fn covered_microbatches(kind: ActionKind, num_microbatches: u32) -> Vec<MicrobatchId> {
+    match kind {
+        ActionKind::BackwardMinibatch(i) => {
+            (0..num_microbatches).map(|j| MicrobatchId::new(i, j)).collect()
+        }
+        ActionKind::BackwardMicrobatch(mb) => vec![mb],
+        ActionKind::Forward(_) | ActionKind::Update(_) => Vec::new(),
+    }
+}
+
+/// Traces `policy` over `schedule` (which must be valid).
+///
+/// # Panics
+/// If a backward or a non-first-stage forward has no matching earlier forward, i.e. the
+/// schedule was not validated.
+pub fn plan(schedule: &Schedule, policy: &WeightPolicy) -> VersionPlan {
+    let num_stages = schedule.config.num_stages;
+    let num_microbatches = schedule.config.num_microbatches;
+
+    // Vertical-sync tags: the live version of stage 0 when each micro-batch entered.
+    let mut tags: BTreeMap<MicrobatchId, Version> = BTreeMap::new();
+    let mut live = 0;
+    for action in schedule.actions(0) {
+        match action.kind {
+            ActionKind::Forward(mb) => {
+                tags.insert(mb, live);
+            }
+            ActionKind::Update(_) => live += 1,
+            _ => {}
+        }
+    }
+
+    let stages = (0..num_stages)
+        .map(|stage| {
+            let mut actions = decide_recipes(schedule, policy, stage, num_microbatches, &tags);
+            plan_retention(&mut actions);
+            StagePlan { actions }
+        })
+        .collect();
+    VersionPlan { policy: *policy, stages }
+}
+
+/// First pass over one stage: the recipe of every pass.
+fn decide_recipes(
+    schedule: &Schedule,
+    policy: &WeightPolicy,
+    stage: u32,
+    num_microbatches: u32,
+    tags: &BTreeMap<MicrobatchId, Version>,
+) -> Vec<PlannedAction> {
+    let num_stages = schedule.config.num_stages;
+    let mut live: Version = 0;
+    let mut forward_recipes: BTreeMap<MicrobatchId, WeightRecipe> = BTreeMap::new();
+    let mut planned = Vec::with_capacity(schedule.stages[stage as usize].len());
+    for scheduled in &schedule.stages[stage as usize] {
+        let action = scheduled.action;
+        let mut forward = None;
+        let mut backward = Vec::new();
+        match action.kind {
+            ActionKind::Forward(mb) => {
+                let tag = *tags
+                    .get(&mb)
+                    .unwrap_or_else(|| panic!("{action}: micro-batch never entered stage 0"));
+                let recipe = policy.forward(&ForwardContext { stage, num_stages, live, tag });
+                forward_recipes.insert(mb, recipe);
+                forward = Some((recipe, tag));
+            }
+            ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
+                for mb in covered_microbatches(action.kind, num_microbatches) {
+                    let forward_recipe = forward_recipes
+                        .remove(&mb)
+                        .unwrap_or_else(|| panic!("{action}: no forward of {mb:?} before it"));
+                    let ctx =
+                        BackwardContext { stage, num_stages, live, forward: forward_recipe };
+                    backward.push(PlannedBackward {
+                        microbatch: mb,
+                        recipe: policy.backward(&ctx),
+                        forward_recipe,
+                        staleness: ctx.staleness(),
+                    });
+                }
+            }
+            ActionKind::Update(_) => {}
+        }
+        planned.push(PlannedAction {
+            action,
+            slot: scheduled.slot,
+            live,
+            forward,
+            backward,
+            release_after: Vec::new(),
+            held_after: 0,
+        });
+        if action.kind.is_update() {
+            live += 1;
+        }
+    }
+    planned
+}
+
+/// The weight sets an action reads.
+fn reads(action: &PlannedAction) -> Vec<WeightKey> {
+    let forward = action.forward.iter().flat_map(|(recipe, _)| recipe.needs());
+    let backward = action.backward.iter().flat_map(|b| b.recipe.needs());
+    forward.chain(backward).collect()
+}
+
+/// Second pass over one stage: when each weight set can be released, and how many are held.
+///
+/// A version is created by the update that produces it (version 0 exists from the start), a
+/// prediction by the first pass that reads it. A weight set is held from its creation until its
+/// last read, and a version at least as long as it is the live one.
+fn plan_retention(actions: &mut [PlannedAction]) {
+    let mut last_read: BTreeMap<WeightKey, usize> = BTreeMap::new();
+    for (index, action) in actions.iter().enumerate() {
+        for key in reads(action) {
+            last_read.insert(key, index);
+        }
+    }
+    let mut held: BTreeSet<WeightKey> = BTreeSet::from([WeightKey::Version(0)]);
+    for index in 0..actions.len() {
+        held.extend(reads(&actions[index]));
+        let mut live = actions[index].live;
+        if actions[index].action.kind.is_update() {
+            live += 1;
+            held.insert(WeightKey::Version(live));
+        }
+        let releasable: Vec<WeightKey> = held
+            .iter()
+            .copied()
+            .filter(|key| {
+                *key != WeightKey::Version(live)
+                    && last_read.get(key).is_none_or(|&last| last <= index)
+            })
+            .collect();
+        for key in &releasable {
+            held.remove(key);
+        }
+        actions[index].release_after = releasable;
+        actions[index].held_after = held.len() as u32;
+    }
+}
