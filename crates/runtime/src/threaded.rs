@@ -56,17 +56,20 @@ pub enum RuntimeError {
 }
 
 /// Options of a threaded run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunOptions {
+#[derive(Clone, Copy)]
+pub struct RunOptions<'a> {
     /// Intra-op threads per stage; `None` keeps the global pool.
     pub threads_per_stage: Option<usize>,
     /// Versions in the plan count from 0; the stages already applied this many updates.
     pub version_offset: u64,
+    /// Called by stage 0 after each of its updates with the number of updates so far (for
+    /// progress bars).
+    pub on_first_stage_update: Option<&'a (dyn Fn(u64) + Sync)>,
 }
 
-impl Default for RunOptions {
+impl Default for RunOptions<'_> {
     fn default() -> Self {
-        Self { threads_per_stage: Some(1), version_offset: 0 }
+        Self { threads_per_stage: Some(1), version_offset: 0, on_first_stage_update: None }
     }
 }
 
@@ -113,9 +116,8 @@ impl<M> Inbox<M> {
                     self.early.insert(envelope.microbatch, envelope.payload);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(format!("neighbour stopped before sending {microbatch:?}"));
-                }
+                // A neighbour only hangs up early when it failed; its own error is the cause.
+                Err(RecvTimeoutError::Disconnected) => return Err(ABORTED.to_string()),
             }
         }
     }
@@ -137,7 +139,7 @@ pub fn run_threaded<C: StageCompute>(
     schedule: &Schedule,
     plan: &VersionPlan,
     stages: &mut [C],
-    options: RunOptions,
+    options: RunOptions<'_>,
 ) -> Result<RunReport, RuntimeError> {
     validate(schedule).map_err(|e| RuntimeError::InvalidSchedule(e.to_string()))?;
     let num_stages = schedule.config.num_stages as usize;
@@ -178,6 +180,7 @@ pub fn run_threaded<C: StageCompute>(
                                 abort,
                                 start,
                                 offset: options.version_offset,
+                                on_update: if stage == 0 { options.on_first_stage_update } else { None },
                             };
                             let outcome = match pool {
                                 Some(pool) => pool.install(|| worker.run_guarded()),
@@ -250,6 +253,7 @@ struct Worker<'a, C: StageCompute> {
     abort: &'a AtomicBool,
     start: Instant,
     offset: u64,
+    on_update: Option<&'a (dyn Fn(u64) + Sync)>,
 }
 
 type WorkerOutput = (Vec<Event>, Vec<(MicrobatchId, LossStats)>);
@@ -260,6 +264,11 @@ impl<C: StageCompute> Worker<'_, C> {
         let stage = self.stage;
         let mut current = String::from("start-up");
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run(&mut current)));
+        if !matches!(outcome, Ok(Ok(_))) {
+            // Raise the flag before this worker's channels close, so that neighbours see an
+            // abort rather than a disconnection they might report first.
+            self.abort.store(true, Ordering::Relaxed);
+        }
         match outcome {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(cause)) => Err(RuntimeError::StageFailed { stage, action: current, cause }),
@@ -303,7 +312,7 @@ impl<C: StageCompute> Worker<'_, C> {
                             })?;
                             sender
                                 .send(Envelope { microbatch, payload })
-                                .map_err(|_| "next stage stopped".to_string())?;
+                                .map_err(|_| ABORTED.to_string())?;
                         }
                         ForwardOutput::Loss(stats) => losses.push((microbatch, stats)),
                     }
@@ -337,11 +346,16 @@ impl<C: StageCompute> Worker<'_, C> {
                             bytes_sent += C::message_bytes(&payload);
                             sender
                                 .send(Envelope { microbatch, payload })
-                                .map_err(|_| "previous stage stopped".to_string())?;
+                                .map_err(|_| ABORTED.to_string())?;
                         }
                     }
                 }
-                ActionKind::Update(_) => self.compute.update().map_err(|e| e.0)?,
+                ActionKind::Update(_) => {
+                    self.compute.update().map_err(|e| e.0)?;
+                    if let Some(on_update) = self.on_update {
+                        on_update(planned.live + 1);
+                    }
+                }
             }
             for key in &planned.release_after {
                 self.compute.release(key.shifted(self.offset));

@@ -35,7 +35,10 @@ pub struct MicrobatchId {
 impl MicrobatchId {
     /// Micro-batch `microbatch` of mini-batch `minibatch`.
     pub fn new(minibatch: u32, microbatch: u32) -> Self {
-        Self { minibatch, microbatch }
+        Self {
+            minibatch,
+            microbatch,
+        }
     }
 }
 
@@ -64,7 +67,10 @@ impl ActionKind {
 
     /// True for both kinds of backward.
     pub fn is_backward(&self) -> bool {
-        matches!(self, ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_))
+        matches!(
+            self,
+            ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_)
+        )
     }
 
     /// True for a forward.
@@ -90,22 +96,34 @@ pub struct Action {
 impl Action {
     /// Forward of micro-batch `microbatch` of mini-batch `minibatch` at `stage`.
     pub fn forward(stage: u32, minibatch: u32, microbatch: u32) -> Self {
-        Self { stage, kind: ActionKind::Forward(MicrobatchId::new(minibatch, microbatch)) }
+        Self {
+            stage,
+            kind: ActionKind::Forward(MicrobatchId::new(minibatch, microbatch)),
+        }
     }
 
     /// Backward of the whole mini-batch at `stage`.
     pub fn backward(stage: u32, minibatch: u32) -> Self {
-        Self { stage, kind: ActionKind::BackwardMinibatch(minibatch) }
+        Self {
+            stage,
+            kind: ActionKind::BackwardMinibatch(minibatch),
+        }
     }
 
     /// Backward of one micro-batch at `stage`.
     pub fn backward_microbatch(stage: u32, minibatch: u32, microbatch: u32) -> Self {
-        Self { stage, kind: ActionKind::BackwardMicrobatch(MicrobatchId::new(minibatch, microbatch)) }
+        Self {
+            stage,
+            kind: ActionKind::BackwardMicrobatch(MicrobatchId::new(minibatch, microbatch)),
+        }
     }
 
     /// Optimizer update after `minibatch` at `stage`.
     pub fn update(stage: u32, minibatch: u32) -> Self {
-        Self { stage, kind: ActionKind::Update(minibatch) }
+        Self {
+            stage,
+            kind: ActionKind::Update(minibatch),
+        }
     }
 }
 
@@ -137,12 +155,25 @@ impl FromStr for Action {
     type Err = ParseActionError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let fail = |reason| ParseActionError { text: text.to_string(), reason };
-        let letter_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| fail("no kind letter"))?;
-        let stage: u32 = text[..letter_at].parse().map_err(|_| fail("missing or bad stage number"))?;
-        let letter = text[letter_at..].chars().next().ok_or_else(|| fail("no kind letter"))?;
+        let fail = |reason| ParseActionError {
+            text: text.to_string(),
+            reason,
+        };
+        let letter_at = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| fail("no kind letter"))?;
+        let stage: u32 = text[..letter_at]
+            .parse()
+            .map_err(|_| fail("missing or bad stage number"))?;
+        let letter = text[letter_at..]
+            .chars()
+            .next()
+            .ok_or_else(|| fail("no kind letter"))?;
         let rest = &text[letter_at + 1..];
-        let number = |s: &str| s.parse::<u32>().map_err(|_| fail("bad mini-batch or micro-batch number"));
+        let number = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| fail("bad mini-batch or micro-batch number"))
+        };
         let split = |s: &str| -> Result<(u32, Option<u32>), ParseActionError> {
             match s.split_once('.') {
                 Some((i, j)) => Ok((number(i)?, Some(number(j)?))),

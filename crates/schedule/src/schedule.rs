@@ -3,7 +3,7 @@
 //! The sequence per stage is the source of truth: the runtime executes it in order. The slot of
 //! each action is where the unit-slot simulation (every forward and backward takes one slot, an
 //! update takes none) places it; it exists so that the papers' grids can be reproduced and
-//! rendered. Generators produce schedules; [`crate::validate`] checks them.
+//! rendered. Generators produce schedules; [`crate::validate()`] checks them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,7 +54,20 @@ impl ScheduleKind {
     /// True when every stage applies exactly one update per mini-batch after all of that
     /// mini-batch's backwards and no forward of a later mini-batch runs before it (a flush).
     pub fn is_synchronous(self) -> bool {
-        matches!(self, ScheduleKind::Naive | ScheduleKind::Gpipe | ScheduleKind::OneFOneBFlush)
+        matches!(
+            self,
+            ScheduleKind::Naive | ScheduleKind::Gpipe | ScheduleKind::OneFOneBFlush
+        )
+    }
+
+    /// True when the family runs one backward per micro-batch ([`ActionKind::BackwardMicrobatch`]:
+    /// GPipe, 1F1B-flush); false when it runs one backward per mini-batch
+    /// ([`ActionKind::BackwardMinibatch`]: naive, 1F1B, nF1B).
+    ///
+    /// [`ActionKind::BackwardMicrobatch`]: crate::ActionKind::BackwardMicrobatch
+    /// [`ActionKind::BackwardMinibatch`]: crate::ActionKind::BackwardMinibatch
+    pub fn has_microbatch_backwards(self) -> bool {
+        matches!(self, ScheduleKind::Gpipe | ScheduleKind::OneFOneBFlush)
     }
 }
 

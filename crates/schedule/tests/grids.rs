@@ -1,0 +1,169 @@
+//! Snapshot tests: the generators reproduce the grids of the specification, token by token.
+//!
+//! The grid texts are copied verbatim from `spec/algorithms.md` §2.1 (1F1B, W = 4) and §3.2
+//! (nF1B, Fig. 2 of the TiMePReSt paper and the main-experiment configurations). Each is
+//! compared over the slots it shows; whitespace runs and a trailing `...` are ignored.
+
+use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, render};
+
+/// Enough mini-batches that the shown slots are never cut short by the end of the run.
+const NUM_MINIBATCHES: u32 = 20;
+
+/// The tokens of each row, without the `S<k>:` label and a trailing `...`.
+fn tokens(grid: &str) -> Vec<Vec<String>> {
+    grid.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.split_whitespace()
+                .skip(1)
+                .filter(|token| *token != "...")
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+/// Asserts that `kind` with (W, N) renders as `expected` over the slots `expected` shows.
+fn check(kind: ScheduleKind, num_stages: u32, num_microbatches: u32, expected: &str) {
+    let expected = tokens(expected);
+    let num_slots = expected[0].len() as u32;
+    let config = ScheduleConfig::new(num_stages, num_microbatches, NUM_MINIBATCHES);
+    let schedule = generate(kind, &config).unwrap();
+    let grid = render::grid(&schedule, Some(num_slots));
+    assert_eq!(
+        tokens(&grid),
+        expected,
+        "{kind} W={num_stages} N={num_microbatches}:\n{grid}"
+    );
+}
+
+const ONE_F_ONE_B_W4: &str = "
+S1:  1A  2A  3A  4A   .   .   .  B1  5A  B2  6A  B3  7A  B4 ...
+S2:   .  1A  2A  3A   .   .  B1  4A  B2  5A  B3  6A  B4  7A ...
+S3:   .   .  1A  2A   .  B1  3A  B2  4A  B3  5A  B4  6A  B5 ...
+S4:   .   .   .  1A  B1  2A  B2  3A  B3  4A  B4  5A  B5  6A ...
+";
+
+#[test]
+fn one_f_one_b_reproduces_the_spec_2_1_grid() {
+    check(ScheduleKind::OneFOneB, 4, 1, ONE_F_ONE_B_W4);
+}
+
+#[test]
+fn nf1b_with_one_microbatch_is_the_one_f_one_b_grid() {
+    check(ScheduleKind::Nf1b, 4, 1, ONE_F_ONE_B_W4);
+}
+
+#[test]
+fn nf1b_reproduces_fig_2c_w3_n2() {
+    check(
+        ScheduleKind::Nf1b,
+        3,
+        2,
+        "
+S1:  1A  1B  2A  2B  3A  3B  B1  4A  4B  B2  5A  5B  B3  6A  6B  B4
+S2:   .  1A  1B  2A  2B  B1  3A  3B  B2  4A  4B  B3  5A  5B  B4  6A
+S3:   .   .  1A  1B  B1  2A  2B  B2  3A  3B  B3  4A  4B  B4  5A  5B
+",
+    );
+}
+
+#[test]
+fn nf1b_reproduces_fig_2a_w4_n2_the_multiple_sequence_case() {
+    check(
+        ScheduleKind::Nf1b,
+        4,
+        2,
+        "
+S1:  1A  1B  2A  2B  3A  3B  4A  4B  B1  5A  5B  B2  6A  6B  B3  7A
+S2:   .  1A  1B  2A  2B  3A  3B  B1  4A  4B  B2  5A  5B  B3  6A  6B
+S3:   .   .  1A  1B  2A  2B  B1  3A  3B  B2  4A  4B  B3  5A  5B  B4
+S4:   .   .   .  1A  1B  B1  2A  2B  B2  3A  3B  B3  4A  4B  B4  5A
+",
+    );
+}
+
+#[test]
+fn nf1b_reproduces_fig_2b_w4_n4() {
+    check(
+        ScheduleKind::Nf1b,
+        4,
+        4,
+        "
+S1:  1A  1B  1C  1D  2A  2B  2C  2D  3A  3B  B1  3C  3D  4A  4B  B2
+S2:   .  1A  1B  1C  1D  2A  2B  2C  2D  B1  3A  3B  3C  3D  B2  4A
+S3:   .   .  1A  1B  1C  1D  2A  2B  B1  2C  2D  3A  3B  B2  3C  3D
+S4:   .   .   .  1A  1B  1C  1D  B1  2A  2B  2C  2D  B2  3A  3B  3C
+",
+    );
+}
+
+#[test]
+fn nf1b_reproduces_the_main_experiment_grid_w2_n3() {
+    check(
+        ScheduleKind::Nf1b,
+        2,
+        3,
+        "
+S1:  1A  1B  1C  2A  2B  B1  2C  3A  3B  B2  3C  4A  4B  B3  4C  5A
+S2:   .  1A  1B  1C  B1  2A  2B  2C  B2  3A  3B  3C  B3  4A  4B  4C
+",
+    );
+}
+
+#[test]
+fn nf1b_reproduces_the_main_experiment_grid_w4_n3() {
+    check(
+        ScheduleKind::Nf1b,
+        4,
+        3,
+        "
+S1:  1A  1B  1C  2A  2B  2C  3A  3B  3C  B1  4A  4B  4C  B2  5A  5B
+S2:   .  1A  1B  1C  2A  2B  2C  3A  B1  3B  3C  4A  B2  4B  4C  5A
+S3:   .   .  1A  1B  1C  2A  2B  B1  2C  3A  3B  B2  3C  4A  4B  B3
+S4:   .   .   .  1A  1B  1C  B1  2A  2B  2C  B2  3A  3B  3C  B3  4A
+",
+    );
+}
+
+#[test]
+fn gpipe_runs_all_forwards_then_all_backwards_then_flushes() {
+    check(
+        ScheduleKind::Gpipe,
+        3,
+        2,
+        "
+S1:   1A   1B    .    .    .    .  B1B  B1A   2A   2B    .    .    .    .  B2B  B2A
+S2:    .   1A   1B    .    .  B1B  B1A    .    .   2A   2B    .    .  B2B  B2A    .
+S3:    .    .   1A   1B  B1B  B1A    .    .    .    .   2A   2B  B2B  B2A    .    .
+",
+    );
+}
+
+#[test]
+fn one_f_one_b_flush_warms_up_w_minus_s_minus_1_forwards() {
+    // Checked by hand: stage s warms up min(N, W - s - 1) forwards, then alternates.
+    check(
+        ScheduleKind::OneFOneBFlush,
+        3,
+        4,
+        "
+S1:   1A   1B   1C    .    .  B1A   1D  B1B    .  B1C    .  B1D   2A   2B   2C    .
+S2:    .   1A   1B    .  B1A   1C  B1B   1D  B1C    .  B1D    .    .   2A   2B    .
+S3:    .    .   1A  B1A   1B  B1B   1C  B1C   1D  B1D    .    .    .    .   2A  B2A
+",
+    );
+}
+
+#[test]
+fn naive_runs_one_action_at_a_time() {
+    check(
+        ScheduleKind::Naive,
+        2,
+        2,
+        "
+S1:  1A   .  1B   .   .  B1  2A   .  2B   .   .  B2
+S2:   .  1A   .  1B  B1   .   .  2A   .  2B  B2   .
+",
+    );
+}

@@ -1,0 +1,176 @@
+//! Property tests over every generator: W in 1..8, N in 1..8, 1..20 mini-batches.
+//!
+//! Every generated schedule validates, contains each expected action exactly once, and every
+//! action's text round-trips; the validator rejects the three basic corruptions (two actions
+//! swapped, one dropped, one duplicated) with the marked grid in its message.
+
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+use timeprest_schedule::{
+    Action, ActionKind, InflightCap, Schedule, ScheduleConfig, ScheduleKind, ScheduledAction,
+    ValidationRule, generate, validate,
+};
+
+fn kinds() -> impl Strategy<Value = ScheduleKind> {
+    prop::sample::select(ScheduleKind::ALL.to_vec())
+}
+
+fn configs() -> impl Strategy<Value = ScheduleConfig> {
+    let caps = prop_oneof![
+        Just(InflightCap::StagesRemaining),
+        Just(InflightCap::Unlimited),
+        (1u32..4).prop_map(InflightCap::Constant),
+    ];
+    (1u32..8, 1u32..8, 1u32..20, caps, any::<bool>()).prop_map(|(w, n, m, cap, priority)| {
+        ScheduleConfig {
+            inflight_cap: cap,
+            backward_priority: priority,
+            ..ScheduleConfig::new(w, n, m)
+        }
+    })
+}
+
+/// The number of each kind of action one stage must run.
+fn expected_per_stage(schedule: &Schedule) -> usize {
+    let (n, m) = (
+        schedule.config.num_microbatches as usize,
+        schedule.config.num_minibatches as usize,
+    );
+    let backwards = if schedule.kind.has_microbatch_backwards() {
+        m * n
+    } else {
+        m
+    };
+    m * n + backwards + m
+}
+
+/// The row and position of the forward `F(i,j)` and of the backward that consumes it.
+fn forward_and_its_backward(schedule: &Schedule, stage: usize, i: u32, j: u32) -> (usize, usize) {
+    let row = &schedule.stages[stage];
+    let position = |wanted: ActionKind| row.iter().position(|a| a.action.kind == wanted).unwrap();
+    let forward = position(Action::forward(stage as u32, i, j).kind);
+    let backward = if schedule.kind.has_microbatch_backwards() {
+        Action::backward_microbatch(stage as u32, i, j)
+    } else {
+        Action::backward(stage as u32, i)
+    };
+    (forward, position(backward.kind))
+}
+
+fn assert_marked(message: &str) {
+    assert!(
+        message.contains("<-- ERROR HERE: "),
+        "no marked row in:\n{message}"
+    );
+    assert!(message.contains("S1:"), "no grid in:\n{message}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn every_generated_schedule_validates_and_has_each_action_once(
+        kind in kinds(),
+        config in configs(),
+    ) {
+        let schedule = generate(kind, &config).unwrap();
+        validate(&schedule).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let per_stage = expected_per_stage(&schedule);
+        let mut seen = HashSet::new();
+        for (s, row) in schedule.stages.iter().enumerate() {
+            prop_assert_eq!(row.len(), per_stage);
+            for scheduled in row {
+                prop_assert_eq!(scheduled.action.stage as usize, s);
+                prop_assert!(seen.insert(scheduled.action), "{} twice", scheduled.action);
+            }
+        }
+        prop_assert_eq!(schedule.stages.len(), config.num_stages as usize);
+    }
+
+    #[test]
+    fn every_action_text_round_trips(kind in kinds(), config in configs()) {
+        let schedule = generate(kind, &config).unwrap();
+        for scheduled in schedule.stages.iter().flatten() {
+            let text = scheduled.action.to_string();
+            prop_assert_eq!(text.parse::<Action>().unwrap(), scheduled.action, "{}", text);
+        }
+    }
+
+    #[test]
+    fn naive_schedules_run_one_action_per_slot(config in configs()) {
+        let schedule = generate(ScheduleKind::Naive, &config).unwrap();
+        let busy: Vec<u32> = schedule
+            .stages
+            .iter()
+            .flatten()
+            .filter(|a| !a.action.kind.is_update())
+            .map(|a| a.slot)
+            .collect();
+        let distinct: HashSet<u32> = busy.iter().copied().collect();
+        prop_assert_eq!(distinct.len(), busy.len());
+        prop_assert_eq!(schedule.num_slots() as usize, busy.len());
+    }
+
+    #[test]
+    fn swapping_a_forward_with_its_backward_is_rejected_with_the_cell_marked(
+        kind in kinds(),
+        config in configs(),
+        picks in (any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+    ) {
+        let mut schedule = generate(kind, &config).unwrap();
+        let stage = picks.0.index(schedule.stages.len());
+        let i = picks.1.index(schedule.config.num_minibatches as usize) as u32;
+        let j = picks.2.index(schedule.config.num_microbatches as usize) as u32;
+        let (f, b) = forward_and_its_backward(&schedule, stage, i, j);
+        let row = &mut schedule.stages[stage];
+        let (fa, ba) = (row[f].action, row[b].action);
+        row[f].action = ba;
+        row[b].action = fa;
+        let err = validate(&schedule).unwrap_err();
+        let message = err.to_string();
+        assert_marked(&message);
+        prop_assert!(message.contains('['), "no marked cell in:\n{}", message);
+    }
+
+    #[test]
+    fn dropping_any_action_is_rejected(
+        kind in kinds(),
+        config in configs(),
+        picks in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+    ) {
+        let mut schedule = generate(kind, &config).unwrap();
+        let stage = picks.0.index(schedule.stages.len());
+        let row = &mut schedule.stages[stage];
+        let dropped = row.remove(picks.1.index(row.len())).action;
+        let err = validate(&schedule).unwrap_err();
+        assert_marked(&err.to_string());
+        // Dropping a backward orphans its update; anything else is simply missing.
+        if dropped.kind.is_backward() {
+            prop_assert!(matches!(err.rule, ValidationRule::UpdatePlacement | ValidationRule::MissingAction));
+        } else {
+            prop_assert_eq!(err.rule, ValidationRule::MissingAction);
+            prop_assert_eq!(err.action, Some(dropped));
+        }
+    }
+
+    #[test]
+    fn duplicating_any_action_is_rejected_with_the_cell_marked(
+        kind in kinds(),
+        config in configs(),
+        picks in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+    ) {
+        let mut schedule = generate(kind, &config).unwrap();
+        let stage = picks.0.index(schedule.stages.len());
+        let row = &mut schedule.stages[stage];
+        let p = picks.1.index(row.len());
+        let copy: ScheduledAction = row[p];
+        row.insert(p + 1, copy);
+        let err = validate(&schedule).unwrap_err();
+        prop_assert_eq!(err.rule, ValidationRule::DuplicateAction);
+        prop_assert_eq!(err.action, Some(copy.action));
+        let message = err.to_string();
+        assert_marked(&message);
+        prop_assert!(message.contains('['), "no marked cell in:\n{}", message);
+    }
+}
