@@ -1,1 +1,20 @@
-//! placeholder
+//! Training: the loop that turns a configuration into trained weights and measurements.
+//!
+//! [`Trainer`] owns the stages (one [`timeprest_nn::BurnStage`] each), the data and the weight
+//! policy; every epoch it generates the schedule, plans the versions and hands both to the
+//! threaded runtime. [`run`] adds the run directory: `config.json`, `metrics.jsonl` and the
+//! weights in safetensors.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod run;
+pub mod trainer;
+
+pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
+pub use error::TrainError;
+pub use metrics::{EpochMetrics, StageMetrics};
+pub use run::{Progress, RunPaths, run};
+pub use timeprest_nn::GradMode;
+pub use trainer::Trainer;

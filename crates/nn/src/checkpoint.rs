@@ -1,0 +1,121 @@
+//! Model parameters to and from safetensors files, with split-independent names.
+//!
+//! Tensors are named `layers.<i>.<param>` with the *global* block index and stored f32 in
+//! PyTorch's layouts (a linear weight is `[out, in]`), so a file saved from any pipeline split
+//! loads into any other split, and into PyTorch's `nn.Sequential` of `Linear`s after a rename.
+//! Loading is strict: every tensor of the model must be there with the right shape and dtype,
+//! and nothing else may be, each failure naming the file and the tensor. Saving writes a
+//! temporary file next to the target and renames it, so a crash never leaves half a file.
+
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::{BlockParams, ModelParams, ModelSpec, NnError};
+
+/// The name of parameter `param` of block `block`.
+pub fn param_name(block: usize, param: &str) -> String {
+    format!("layers.{block}.{param}")
+}
+
+/// Writes `params` (all blocks of a model, in order, global indices from 0) to `path`.
+///
+/// # Errors
+/// [`NnError::Io`] if the file cannot be written, [`NnError::Safetensors`] if serialising fails.
+pub fn save_safetensors(path: &Path, params: &[BlockParams]) -> Result<(), NnError> {
+    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (b, p) in params.iter().enumerate() {
+        let shapes = p.block.file_shapes();
+        for ((name, shape), values) in p
+            .block
+            .param_names()
+            .iter()
+            .zip(shapes)
+            .zip(p.to_file_layout())
+        {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            named.push((param_name(b, name), shape, bytes));
+        }
+    }
+    let safetensors_error = |e: safetensors::SafeTensorError| NnError::Safetensors {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
+    let views = named
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.as_str(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(safetensors_error)?;
+    let bytes = safetensors::serialize(views, None).map_err(safetensors_error)?;
+    let io_error = |e| NnError::Io {
+        path: path.to_owned(),
+        source: e,
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, bytes).map_err(io_error)?;
+    std::fs::rename(&tmp, path).map_err(io_error)
+}
+
+/// Reads the parameters of `spec` from `path`.
+///
+/// # Errors
+/// [`NnError::Io`] if the file cannot be read, [`NnError::Safetensors`] if it is not a valid
+/// safetensors file, [`NnError::MissingTensor`], [`NnError::UnexpectedTensor`] or
+/// [`NnError::TensorMismatch`] (wrong shape or dtype) naming the tensor, and
+/// [`NnError::InvalidModel`] if `spec` itself is invalid.
+pub fn load_safetensors(path: &Path, spec: &ModelSpec) -> Result<ModelParams, NnError> {
+    spec.validate()?;
+    let bytes = std::fs::read(path).map_err(|e| NnError::Io {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| NnError::Safetensors {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let blocks = spec.blocks();
+    let mut expected_names = Vec::new();
+    let mut params = Vec::with_capacity(blocks.len());
+    for (b, block) in blocks.into_iter().enumerate() {
+        let mut values = Vec::new();
+        for (param, shape) in block.param_names().iter().zip(block.file_shapes()) {
+            let name = param_name(b, param);
+            let view = file.tensor(&name).map_err(|_| NnError::MissingTensor {
+                path: path.to_owned(),
+                name: name.clone(),
+            })?;
+            if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
+                return Err(NnError::TensorMismatch {
+                    path: path.to_owned(),
+                    name,
+                    expected: format!("F32 {shape:?}"),
+                    found: format!("{:?} {:?}", view.dtype(), view.shape()),
+                });
+            }
+            values.push(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            );
+            expected_names.push(name);
+        }
+        params.push(BlockParams::from_file_layout(block, values));
+    }
+    let mut names = file.names();
+    names.sort_unstable();
+    if let Some(extra) = names
+        .into_iter()
+        .find(|n| !expected_names.iter().any(|e| e == n))
+    {
+        return Err(NnError::UnexpectedTensor {
+            path: path.to_owned(),
+            name: extra.to_owned(),
+        });
+    }
+    Ok(params)
+}

@@ -1,0 +1,79 @@
+//! The user-facing errors of this crate.
+//!
+//! One enum for everything a caller can get wrong (a model that cannot be split that way, an
+//! optimizer setting outside its domain, a data set that does not fit the model, a checkpoint
+//! file that does not match the model). Each variant carries enough context (file, tensor,
+//! expected and found values) to fix the problem without a debugger. Errors during a pipeline
+//! pass go through the runtime's [`ComputeError`](timeprest_runtime::ComputeError) instead,
+//! because that is the type the [`StageCompute`](timeprest_runtime::StageCompute) trait speaks.
+
+use std::path::PathBuf;
+
+/// Something a caller of this crate got wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    /// The model description is unusable (a zero width, no blocks, ...).
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// A model of `num_blocks` blocks cannot be split into `num_stages` stages.
+    #[error(
+        "cannot split a model of {num_blocks} blocks into {num_stages} stages: \
+         every stage needs at least one block"
+    )]
+    TooManyStages {
+        /// Blocks of the model.
+        num_blocks: usize,
+        /// Stages asked for.
+        num_stages: usize,
+    },
+    /// An optimizer hyper-parameter is outside its domain.
+    #[error("invalid optimizer setting: {0}")]
+    InvalidOptimizer(String),
+    /// Parameters, data set or batch plan do not fit together.
+    #[error("mismatch: {0}")]
+    Mismatch(String),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file is not a readable safetensors file.
+    #[error("{}: not a valid safetensors file: {detail}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
+    /// A checkpoint lacks a tensor the model needs.
+    #[error("{}: missing tensor `{name}`", path.display())]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// A checkpoint holds a tensor the model does not have.
+    #[error("{}: unexpected tensor `{name}` (the model has no such parameter)", path.display())]
+    UnexpectedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// A checkpoint tensor has the wrong shape or data type.
+    #[error("{}: tensor `{name}`: expected {expected}, found {found}", path.display())]
+    TensorMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What the model needs (shape and dtype).
+        expected: String,
+        /// What the file holds.
+        found: String,
+    },
+}

@@ -1,0 +1,470 @@
+//! Optimizers with visible state: SGD (momentum, Nesterov, weight decay) and Adam, PyTorch
+//! semantics.
+//!
+//! Burn's own optimizers keep their state private and use a different SGD dampening, but
+//! weight prediction (spec §6.2) reads the SGD momentum buffer `b`, and results must be
+//! comparable with PyTorch runs. So this module implements the update rules directly on the
+//! stage's parameter tensors (a functional step: old parameters in, new parameters out, which
+//! is exactly what a version store wants) and exposes the buffers.
+//!
+//! SGD, dampening 0: `g ← g + λθ`; `b ← μb + g` (`b = g` on the first step);
+//! `d = nesterov ? g + μb : b` (`d = g` when μ = 0); `θ ← θ − ηd`.
+//! Adam (no AMSGrad, L2 weight decay added to the gradient): `m ← β₁m + (1−β₁)g`,
+//! `v ← β₂v + (1−β₂)g²`, `θ ← θ − η/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`.
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::{BlockParams, NnError};
+
+/// Which update rule, with its own hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent with (optionally Nesterov) momentum, dampening 0.
+    Sgd {
+        /// Momentum μ ∈ [0, 1); 0 disables the buffer.
+        momentum: f64,
+        /// Nesterov momentum (needs μ > 0, as in PyTorch).
+        nesterov: bool,
+    },
+    /// Adam with bias correction.
+    Adam {
+        /// β₁ ∈ [0, 1).
+        beta1: f64,
+        /// β₂ ∈ [0, 1).
+        beta2: f64,
+        /// ε > 0.
+        epsilon: f64,
+    },
+}
+
+/// An optimizer: rule, learning rate and (L2) weight decay.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerConfig {
+    /// The rule.
+    pub kind: OptimizerKind,
+    /// Learning rate η ≥ 0.
+    pub lr: f64,
+    /// Weight decay λ ≥ 0, added to the gradient as λθ.
+    pub weight_decay: f64,
+}
+
+impl OptimizerConfig {
+    /// Plain SGD with momentum `momentum` (no Nesterov, no weight decay).
+    pub fn sgd(lr: f64, momentum: f64) -> Self {
+        Self {
+            kind: OptimizerKind::Sgd {
+                momentum,
+                nesterov: false,
+            },
+            lr,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Adam with PyTorch's defaults (β₁ 0.9, β₂ 0.999, ε 1e-8), no weight decay.
+    pub fn adam(lr: f64) -> Self {
+        Self {
+            kind: OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+            },
+            lr,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// The SGD momentum μ, or `None` for Adam.
+    pub fn momentum(&self) -> Option<f64> {
+        match self.kind {
+            OptimizerKind::Sgd { momentum, .. } => Some(momentum),
+            OptimizerKind::Adam { .. } => None,
+        }
+    }
+
+    /// Checks every hyper-parameter's domain.
+    ///
+    /// # Errors
+    /// [`NnError::InvalidOptimizer`] naming the offending value.
+    pub fn validate(&self) -> Result<(), NnError> {
+        let bad = |what: String| Err(NnError::InvalidOptimizer(what));
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad(format!("learning rate {} must be finite and >= 0", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay {} must be finite and >= 0",
+                self.weight_decay
+            ));
+        }
+        match self.kind {
+            OptimizerKind::Sgd { momentum, nesterov } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad(format!("momentum {momentum} must be in [0, 1)"));
+                }
+                if nesterov && momentum == 0.0 {
+                    return bad("Nesterov momentum needs a momentum > 0".into());
+                }
+            }
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return bad(format!("Adam betas ({beta1}, {beta2}) must be in [0, 1)"));
+                }
+                if !(epsilon.is_finite() && epsilon > 0.0) {
+                    return bad(format!("Adam epsilon {epsilon} must be finite and > 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// State of one parameter tensor; both `None` before the first step.
+#[derive(Clone, Debug, Default)]
+struct ParamState {
+    /// SGD's momentum buffer b, or Adam's first moment m.
+    first: Option<Tensor<1>>,
+    /// Adam's second moment v.
+    second: Option<Tensor<1>>,
+}
+
+/// An optimizer over one stage's parameters (a list of blocks, each a list of tensors).
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    steps: u64,
+    /// Per block, per parameter tensor; filled on the first step.
+    state: Vec<Vec<ParamState>>,
+}
+
+impl Optimizer {
+    /// A fresh optimizer (no state yet).
+    ///
+    /// # Errors
+    /// [`NnError::InvalidOptimizer`] if `config` fails [`OptimizerConfig::validate`].
+    pub fn new(config: OptimizerConfig) -> Result<Self, NnError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            steps: 0,
+            state: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Number of steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// SGD's momentum buffer b of parameter `param` of block `block` (indices local to the
+    /// optimizer's parameter list), or `None` before the first step, without momentum, or
+    /// for Adam.
+    pub fn momentum_buffer(&self, block: usize, param: usize) -> Option<&Tensor<1>> {
+        match self.config.kind {
+            OptimizerKind::Sgd { .. } => self.state.get(block)?.get(param)?.first.as_ref(),
+            OptimizerKind::Adam { .. } => None,
+        }
+    }
+
+    /// Bytes of optimizer state (f32).
+    pub fn state_bytes(&self) -> u64 {
+        let elems = |t: &Tensor<1>| t.shape().num_elements() as u64;
+        self.state
+            .iter()
+            .flatten()
+            .map(|s| s.first.iter().chain(&s.second).map(elems).sum::<u64>())
+            .sum::<u64>()
+            * 4
+    }
+
+    /// One step: the new parameters from `params` and their gradients `grads` (same
+    /// structure), updating the state.
+    ///
+    /// # Panics
+    /// If `grads` does not match `params`, or the structure changes between steps (caller
+    /// bugs).
+    pub fn step(&mut self, params: &[BlockParams], grads: &[Vec<Tensor<1>>]) -> Vec<BlockParams> {
+        assert_eq!(
+            params.len(),
+            grads.len(),
+            "optimizer step: blocks vs gradient blocks"
+        );
+        if self.state.is_empty() {
+            self.state = params
+                .iter()
+                .map(|p| vec![ParamState::default(); p.tensors.len()])
+                .collect();
+        }
+        assert_eq!(
+            self.state.len(),
+            params.len(),
+            "optimizer step: parameter list changed"
+        );
+        self.steps += 1;
+        let config = self.config;
+        let t = self.steps;
+        params
+            .iter()
+            .zip(grads)
+            .zip(&mut self.state)
+            .map(|((p, g), state)| {
+                assert_eq!(
+                    p.tensors.len(),
+                    g.len(),
+                    "optimizer step: tensors vs gradients"
+                );
+                p.map(|i, theta| step_one(&config, t, theta, &g[i], &mut state[i]))
+            })
+            .collect()
+    }
+}
+
+/// The update of one tensor.
+fn step_one(
+    config: &OptimizerConfig,
+    t: u64,
+    theta: &Tensor<1>,
+    grad: &Tensor<1>,
+    state: &mut ParamState,
+) -> Tensor<1> {
+    let mut g = grad.clone();
+    if config.weight_decay != 0.0 {
+        g = g.add(theta.clone().mul_scalar(config.weight_decay));
+    }
+    let direction = match config.kind {
+        OptimizerKind::Sgd { momentum, nesterov } => {
+            if momentum == 0.0 {
+                g
+            } else {
+                let b = match state.first.take() {
+                    Some(b) => b.mul_scalar(momentum).add(g.clone()),
+                    None => g.clone(),
+                };
+                state.first = Some(b.clone());
+                if nesterov {
+                    g.add(b.mul_scalar(momentum))
+                } else {
+                    b
+                }
+            }
+        }
+        OptimizerKind::Adam {
+            beta1,
+            beta2,
+            epsilon,
+        } => {
+            let m = state.first.take().unwrap_or_else(|| g.zeros_like());
+            let v = state.second.take().unwrap_or_else(|| g.zeros_like());
+            let m = m.mul_scalar(beta1).add(g.clone().mul_scalar(1.0 - beta1));
+            let v = v
+                .mul_scalar(beta2)
+                .add(g.clone().mul(g).mul_scalar(1.0 - beta2));
+            state.first = Some(m.clone());
+            state.second = Some(v.clone());
+            let bias1 = 1.0 - beta1.powi(t as i32);
+            let bias2 = 1.0 - beta2.powi(t as i32);
+            let denom = v.sqrt().div_scalar(bias2.sqrt()).add_scalar(epsilon);
+            // θ −= η · (m / bias1) / denom.
+            m.div(denom).div_scalar(bias1)
+        }
+    };
+    theta.clone().sub(direction.mul_scalar(config.lr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Block;
+    use crate::tensor::{tensor1, to_vec};
+
+    fn params(values: &[f32]) -> Vec<BlockParams> {
+        // A 1→2 linear block: weight has 2 values, bias 2.
+        let block = Block::Linear {
+            input: 1,
+            output: 2,
+            relu: false,
+        };
+        vec![BlockParams {
+            block,
+            tensors: vec![tensor1(values[..2].to_vec()), tensor1(values[2..].to_vec())],
+        }]
+    }
+
+    fn grads(values: &[f32]) -> Vec<Vec<Tensor<1>>> {
+        vec![vec![
+            tensor1(values[..2].to_vec()),
+            tensor1(values[2..].to_vec()),
+        ]]
+    }
+
+    fn flat(p: &[BlockParams]) -> Vec<f64> {
+        p[0].values().concat().into_iter().map(f64::from).collect()
+    }
+
+    fn assert_close(a: &[f64], b: &[f64], tol: f64) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{a:?} vs {b:?}");
+        }
+    }
+
+    /// Hand-written PyTorch SGD on f64, for comparison.
+    fn sgd_reference(
+        theta0: &[f64],
+        grads: &[Vec<f64>],
+        lr: f64,
+        mu: f64,
+        nesterov: bool,
+        wd: f64,
+    ) -> Vec<f64> {
+        let mut theta = theta0.to_vec();
+        let mut buf: Option<Vec<f64>> = None;
+        for g in grads {
+            let g: Vec<f64> = g.iter().zip(&theta).map(|(g, t)| g + wd * t).collect();
+            let b: Vec<f64> = match &buf {
+                None => g.clone(),
+                Some(b) => b.iter().zip(&g).map(|(b, g)| mu * b + g).collect(),
+            };
+            let d: Vec<f64> = if nesterov {
+                g.iter().zip(&b).map(|(g, b)| g + mu * b).collect()
+            } else {
+                b.clone()
+            };
+            buf = Some(b);
+            theta = theta.iter().zip(&d).map(|(t, d)| t - lr * d).collect();
+        }
+        theta
+    }
+
+    #[test]
+    fn sgd_matches_hand_computed_pytorch_steps() {
+        let theta0 = [0.5f32, -1.0, 2.0, 0.25];
+        let gs = [
+            [0.1f32, 0.2, -0.3, 0.4],
+            [-0.5, 0.0, 0.25, 1.0],
+            [0.3, -0.1, 0.2, -0.2],
+        ];
+        for (mu, nesterov, wd) in [
+            (0.0, false, 0.0),
+            (0.9, false, 0.0),
+            (0.9, true, 0.01),
+            (0.5, false, 0.1),
+        ] {
+            let config = OptimizerConfig {
+                kind: OptimizerKind::Sgd {
+                    momentum: mu,
+                    nesterov,
+                },
+                lr: 0.1,
+                weight_decay: wd,
+            };
+            let mut opt = Optimizer::new(config).unwrap();
+            let mut p = params(&theta0);
+            for g in &gs {
+                p = opt.step(&p, &grads(g));
+            }
+            let g64: Vec<Vec<f64>> = gs
+                .iter()
+                .map(|g| g.iter().map(|&x| f64::from(x)).collect())
+                .collect();
+            let t64: Vec<f64> = theta0.iter().map(|&x| f64::from(x)).collect();
+            let expected = sgd_reference(&t64, &g64, 0.1, mu, nesterov, wd);
+            assert_close(&flat(&p), &expected, 1e-6);
+            assert_eq!(opt.steps(), 3);
+            assert_eq!(opt.momentum_buffer(0, 0).is_some(), mu != 0.0);
+        }
+    }
+
+    #[test]
+    fn sgd_first_buffer_is_the_gradient() {
+        let mut opt = Optimizer::new(OptimizerConfig::sgd(0.1, 0.9)).unwrap();
+        let p = params(&[1.0, 1.0, 1.0, 1.0]);
+        let next = opt.step(&p, &grads(&[0.5, -0.5, 1.0, 2.0]));
+        assert_eq!(to_vec(opt.momentum_buffer(0, 0).unwrap()), vec![0.5, -0.5]);
+        assert_eq!(to_vec(opt.momentum_buffer(0, 1).unwrap()), vec![1.0, 2.0]);
+        assert_close(&flat(&next), &[0.95, 1.05, 0.9, 0.8], 1e-7);
+    }
+
+    #[test]
+    fn adam_matches_hand_computed_pytorch_steps() {
+        let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.05);
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Adam {
+                beta1: b1,
+                beta2: b2,
+                epsilon: eps,
+            },
+            lr,
+            weight_decay: wd,
+        };
+        let mut opt = Optimizer::new(config).unwrap();
+        let theta0 = [0.5f32, -1.0, 2.0, 0.25];
+        let gs = [[0.1f32, 0.2, -0.3, 0.4], [-0.5, 0.0, 0.25, 1.0]];
+        let mut p = params(&theta0);
+        for g in &gs {
+            p = opt.step(&p, &grads(g));
+        }
+        let mut theta: Vec<f64> = theta0.iter().map(|&x| f64::from(x)).collect();
+        let (mut m, mut v) = (vec![0.0; 4], vec![0.0; 4]);
+        for (t, g) in gs.iter().enumerate() {
+            let t = t as i32 + 1;
+            for i in 0..4 {
+                let g = f64::from(g[i]) + wd * theta[i];
+                m[i] = b1 * m[i] + (1.0 - b1) * g;
+                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                let denom = v[i].sqrt() / (1.0 - b2.powi(t)).sqrt() + eps;
+                theta[i] -= lr / (1.0 - b1.powi(t)) * m[i] / denom;
+            }
+        }
+        assert_close(&flat(&p), &theta, 1e-6);
+        assert!(opt.momentum_buffer(0, 0).is_none());
+        assert_eq!(opt.state_bytes(), 2 * 4 * 4);
+    }
+
+    #[test]
+    fn invalid_settings_are_errors() {
+        let sgd = |momentum, nesterov| OptimizerConfig {
+            kind: OptimizerKind::Sgd { momentum, nesterov },
+            lr: 0.1,
+            weight_decay: 0.0,
+        };
+        assert!(Optimizer::new(sgd(0.0, true)).is_err());
+        assert!(Optimizer::new(sgd(1.0, false)).is_err());
+        assert!(
+            Optimizer::new(OptimizerConfig {
+                lr: -1.0,
+                ..sgd(0.9, false)
+            })
+            .is_err()
+        );
+        assert!(
+            Optimizer::new(OptimizerConfig {
+                weight_decay: f64::NAN,
+                ..sgd(0.9, false)
+            })
+            .is_err()
+        );
+        let err = Optimizer::new(OptimizerConfig {
+            kind: OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 0.0,
+            },
+            lr: 0.1,
+            weight_decay: 0.0,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("epsilon"), "{err}");
+    }
+}

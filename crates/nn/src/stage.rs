@@ -1,0 +1,692 @@
+//! [`BurnStage`]: one pipeline stage's computation on burn, implementing the runtime's
+//! [`StageCompute`].
+//!
+//! A stage owns a contiguous range of blocks, a [`WeightStore`] of their versions, an
+//! [`Optimizer`], the per-micro-batch state its forwards saved, and the gradient accumulator.
+//! The runtime says which weights each pass reads (a [`WeightRecipe`]); this file makes that
+//! work with burn's autodiff:
+//!
+//! - A forward runs with autodiff on *fresh leaves* built from the recipe's weights (the stored
+//!   versions themselves stay plain tensors), and keeps the graph's output, the leaves, and the
+//!   stage input and each block's output as plain tensors (cheap shared handles).
+//! - A backward whose recipe equals the forward's uses the kept graph, the ordinary VJP.
+//! - Otherwise (spec §3.4, §9 item 1) [`GradMode::Graph`] reproduces what an autograd graph
+//!   with swapped weights computes: each block's weight-dependent part is re-run on its
+//!   *saved* input with the backward's weights, while weight-free local VJPs (the ReLU mask,
+//!   the loss) use the forward's saved activations; the input gradients are chained from the
+//!   last block to the first. [`GradMode::Recompute`] re-runs the whole stage forward from the
+//!   saved stage input with the backward's weights and takes the exact VJP there.
+//!
+//! The loss (spec §9 item 8) of micro-batch j is `CE_sum_j / M` with M the number of samples in
+//! the whole mini-batch, so summing micro-batch gradients gives the gradient of the mini-batch
+//! mean loss, whatever the micro-batch sizes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+use timeprest_data::Dataset;
+use timeprest_policy::{WeightKey, WeightRecipe};
+use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
+use timeprest_schedule::MicrobatchId;
+
+use crate::model::{check_chain, cross_entropy_sum};
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::store::{Pass, WeightStore};
+use crate::tensor::{count_correct, one_hot, scalar, tensor2, to_vec};
+use crate::{BlockParams, ModelParams, NnError};
+
+/// How a backward computes gradients when it reads other weights than its forward did
+/// (spec §3.4 and §9 item 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GradMode {
+    /// Saved activations, backward-version weights in every weight-dependent local VJP.
+    #[default]
+    Graph,
+    /// Re-run the stage forward from the saved stage input with the backward's weights.
+    Recompute,
+}
+
+/// Which samples each micro-batch holds: for each mini-batch, for each micro-batch, indices
+/// into the training set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// `minibatches[i][j]`: the sample indices of micro-batch j of mini-batch i.
+    pub minibatches: Vec<Vec<Vec<usize>>>,
+}
+
+impl BatchPlan {
+    /// Cuts `order` (e.g. an epoch's sample order) into mini-batches of `minibatch_size`
+    /// samples, each split into `num_microbatches` contiguous micro-batches as equal as possible
+    /// (the first ones one sample larger, like `torch.tensor_split`). A shorter final
+    /// mini-batch is kept if it has at least `num_microbatches` samples, dropped otherwise.
+    ///
+    /// # Errors
+    /// [`NnError::Mismatch`] if `num_microbatches` is 0 or larger than `minibatch_size`.
+    pub fn split(
+        order: &[usize],
+        minibatch_size: usize,
+        num_microbatches: usize,
+    ) -> Result<Self, NnError> {
+        if num_microbatches == 0 || num_microbatches > minibatch_size {
+            return Err(NnError::Mismatch(format!(
+                "cannot split mini-batches of {minibatch_size} samples into {num_microbatches} \
+                 micro-batches"
+            )));
+        }
+        let minibatches = order
+            .chunks(minibatch_size)
+            .filter(|mb| mb.len() >= num_microbatches)
+            .map(|mb| {
+                let (base, extra) = (mb.len() / num_microbatches, mb.len() % num_microbatches);
+                let mut start = 0;
+                (0..num_microbatches)
+                    .map(|j| {
+                        let len = base + usize::from(j < extra);
+                        start += len;
+                        mb[start - len..start].to_vec()
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self { minibatches })
+    }
+
+    /// Number of mini-batches.
+    pub fn num_minibatches(&self) -> usize {
+        self.minibatches.len()
+    }
+
+    /// Number of samples M of mini-batch `minibatch`, or `None` if there is no such mini-batch.
+    pub fn minibatch_size(&self, minibatch: usize) -> Option<usize> {
+        Some(self.minibatches.get(minibatch)?.iter().map(Vec::len).sum())
+    }
+
+    /// The sample indices of micro-batch `id`, or `None` if the plan has no such micro-batch.
+    pub fn microbatch(&self, id: MicrobatchId) -> Option<&[usize]> {
+        self.minibatches
+            .get(id.minibatch as usize)?
+            .get(id.microbatch as usize)
+            .map(Vec::as_slice)
+    }
+}
+
+/// What crosses a stage boundary: a plain (non-autodiff) `[batch, features]` tensor of
+/// activations (forward) or of gradients with respect to them (backward). Per-sample data of
+/// any shape travels flattened, so later block kinds (convolutions) only reshape.
+#[derive(Clone, Debug)]
+pub struct StageMessage {
+    tensor: Tensor<2>,
+}
+
+impl StageMessage {
+    /// Wraps `tensor`, dropping any autodiff tracking.
+    pub fn new(tensor: Tensor<2>) -> Self {
+        Self {
+            tensor: tensor.inner(),
+        }
+    }
+
+    /// The tensor.
+    pub fn tensor(&self) -> &Tensor<2> {
+        &self.tensor
+    }
+
+    /// The tensor, by value.
+    pub fn into_tensor(self) -> Tensor<2> {
+        self.tensor
+    }
+
+    /// `[batch, features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.tensor.dims()
+    }
+
+    /// The values, row-major.
+    pub fn to_vec(&self) -> Vec<f32> {
+        to_vec(&self.tensor)
+    }
+}
+
+/// Targets of a micro-batch at the last stage.
+#[derive(Clone, Debug)]
+struct Targets {
+    labels: Vec<u32>,
+    one_hot: Tensor<2>,
+    /// 1/M, M the mini-batch's number of samples.
+    scale: f64,
+}
+
+/// The end of a forward graph.
+#[derive(Debug)]
+enum GraphOutput {
+    /// The stage output (autodiff), for `(out · g).sum()`.
+    Activation(Tensor<2>),
+    /// The scaled loss (autodiff), at the last stage.
+    Loss(Tensor<1>),
+}
+
+/// One run of the stage's blocks with autodiff.
+#[derive(Debug)]
+struct Trace {
+    /// The stage input as an autodiff leaf (`None` at stage 0, which needs no input gradient).
+    input_leaf: Option<Tensor<2>>,
+    /// The parameter leaves, per block.
+    leaves: Vec<Vec<Tensor<1>>>,
+    output: GraphOutput,
+    /// Plain: the stage input, then (if kept) each block's output.
+    activations: Vec<Tensor<2>>,
+    /// The last block's output, plain.
+    stage_output: Tensor<2>,
+    /// Σ of the per-sample losses (last stage only).
+    loss_sum: Option<f64>,
+}
+
+/// What a forward keeps for the backward of its micro-batch.
+#[derive(Debug)]
+struct Saved {
+    recipe: WeightRecipe,
+    trace: Trace,
+    targets: Option<Targets>,
+}
+
+/// One stage of a pipeline, computing with burn on the CPU.
+pub struct BurnStage {
+    stage: u32,
+    num_stages: u32,
+    first_block: usize,
+    grad_mode: GradMode,
+    optimizer: Optimizer,
+    store: WeightStore,
+    train_data: Arc<Dataset>,
+    plan: Option<Arc<BatchPlan>>,
+    saved: HashMap<MicrobatchId, Saved>,
+    /// Σ of the parameter gradients since the last update, per block, per tensor.
+    accumulated: Option<Vec<Vec<Tensor<1>>>>,
+}
+
+impl std::fmt::Debug for BurnStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnStage")
+            .field("stage", &self.stage)
+            .field("num_stages", &self.num_stages)
+            .field("first_block", &self.first_block)
+            .field("grad_mode", &self.grad_mode)
+            .field("live_version", &self.store.live_version())
+            .field("stored", &self.store.keys())
+            .field("saved_microbatches", &self.saved.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BurnStage {
+    /// Stage `stage` of `num_stages`, owning `blocks` (global indices `first_block..`), with
+    /// `blocks` as its live version 0. Stage 0 reads features and the last stage reads labels
+    /// of `train_data`, through the [`BatchPlan`] given by [`BurnStage::set_plan`].
+    ///
+    /// # Errors
+    /// [`NnError`] if the blocks are empty or do not chain, the first stage's input width or
+    /// the last stage's output width does not fit `train_data`, `stage >= num_stages`, or the
+    /// optimizer setting is invalid.
+    pub fn new(
+        stage: u32,
+        num_stages: u32,
+        blocks: Vec<BlockParams>,
+        first_block: usize,
+        optimizer: OptimizerConfig,
+        grad_mode: GradMode,
+        train_data: Arc<Dataset>,
+    ) -> Result<Self, NnError> {
+        if stage >= num_stages {
+            return Err(NnError::Mismatch(format!(
+                "stage {stage} of {num_stages} stages"
+            )));
+        }
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            return Err(NnError::Mismatch(format!("stage {stage} has no blocks")));
+        };
+        check_chain(&blocks)?;
+        if stage == 0 && first.block.input_features() != train_data.num_features {
+            return Err(NnError::Mismatch(format!(
+                "stage 0 takes {} features, data set {} has {}",
+                first.block.input_features(),
+                train_data.name,
+                train_data.num_features
+            )));
+        }
+        if stage + 1 == num_stages && last.block.output_features() != train_data.num_classes {
+            return Err(NnError::Mismatch(format!(
+                "the last stage gives {} outputs, data set {} has {} classes",
+                last.block.output_features(),
+                train_data.name,
+                train_data.num_classes
+            )));
+        }
+        Ok(Self {
+            stage,
+            num_stages,
+            first_block,
+            grad_mode,
+            optimizer: Optimizer::new(optimizer)?,
+            store: WeightStore::new(blocks),
+            train_data,
+            plan: None,
+            saved: HashMap::new(),
+            accumulated: None,
+        })
+    }
+
+    /// Sets the plan that says which samples each micro-batch holds (needed by stage 0 and the
+    /// last stage; replace it each epoch).
+    pub fn set_plan(&mut self, plan: Arc<BatchPlan>) {
+        self.plan = Some(plan);
+    }
+
+    /// The stage index.
+    pub fn stage(&self) -> u32 {
+        self.stage
+    }
+
+    /// Global index of this stage's first block.
+    pub fn first_block(&self) -> usize {
+        self.first_block
+    }
+
+    /// The live version k (number of updates so far).
+    pub fn live_version(&self) -> u64 {
+        self.store.live_version()
+    }
+
+    /// The live parameters (shared handles; versions are immutable).
+    pub fn live_params(&self) -> ModelParams {
+        self.store.live().clone()
+    }
+
+    /// Number of weight sets stored: live, kept versions and cached predictions.
+    pub fn num_stored_weight_sets(&self) -> usize {
+        self.store.num_sets()
+    }
+
+    /// The weight sets stored, live version first.
+    pub fn stored_keys(&self) -> Vec<WeightKey> {
+        self.store.keys()
+    }
+
+    /// The stored weight set `key` (live, kept or predicted), if held.
+    pub fn stored_weights(&self, key: WeightKey) -> Option<ModelParams> {
+        self.store.get(key).cloned()
+    }
+
+    /// The optimizer (its momentum buffers are what predictions read).
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// Parameter gradients accumulated since the last update (per block, per tensor, memory
+    /// layout), or `None` if no backward ran since.
+    pub fn accumulated_gradients(&self) -> Option<&[Vec<Tensor<1>>]> {
+        self.accumulated.as_deref()
+    }
+
+    /// Number of micro-batches whose forward state is waiting for a backward.
+    pub fn num_saved_microbatches(&self) -> usize {
+        self.saved.len()
+    }
+
+    fn is_last(&self) -> bool {
+        self.stage + 1 == self.num_stages
+    }
+
+    fn error(&self, what: String) -> ComputeError {
+        ComputeError(format!("stage {}: {what}", self.stage))
+    }
+
+    fn plan(&self) -> Result<&BatchPlan, ComputeError> {
+        self.plan
+            .as_deref()
+            .ok_or_else(|| self.error("no batch plan set (call set_plan)".into()))
+    }
+
+    /// The sample indices of `microbatch` and the size M of its mini-batch.
+    fn samples(&self, microbatch: MicrobatchId) -> Result<(&[usize], usize), ComputeError> {
+        let plan = self.plan()?;
+        let indices = plan.microbatch(microbatch).ok_or_else(|| {
+            self.error(format!("the batch plan has no micro-batch {microbatch:?}"))
+        })?;
+        if indices.is_empty() {
+            return Err(self.error(format!("micro-batch {microbatch:?} of the plan is empty")));
+        }
+        let size = plan
+            .minibatch_size(microbatch.minibatch as usize)
+            .unwrap_or(0);
+        Ok((indices, size))
+    }
+
+    /// Runs the blocks with `weights` on `input` (plain) with autodiff.
+    fn run(
+        &self,
+        input: &Tensor<2>,
+        weights: &[BlockParams],
+        targets: Option<&Targets>,
+        keep_activations: bool,
+    ) -> Trace {
+        let x = input.clone().autodiff();
+        let input_leaf = (self.stage != 0).then(|| x.require_grad());
+        let leaves: Vec<Vec<Tensor<1>>> = weights
+            .iter()
+            .map(|p| {
+                p.tensors
+                    .iter()
+                    .map(|t| t.clone().autodiff().require_grad())
+                    .collect()
+            })
+            .collect();
+        let mut activations = vec![input.clone()];
+        let mut h = input_leaf
+            .clone()
+            .unwrap_or_else(|| input.clone().autodiff());
+        for (p, block_leaves) in weights.iter().zip(&leaves) {
+            h = p.block.forward(h, block_leaves);
+            if keep_activations {
+                activations.push(h.clone().inner());
+            }
+        }
+        let stage_output = h.clone().inner();
+        let (output, loss_sum) = match targets {
+            Some(t) => {
+                let ce = cross_entropy_sum(h, t.one_hot.clone().autodiff());
+                let loss_sum = scalar(&ce.clone().inner());
+                (GraphOutput::Loss(ce.mul_scalar(t.scale)), Some(loss_sum))
+            }
+            None => (GraphOutput::Activation(h), None),
+        };
+        Trace {
+            input_leaf,
+            leaves,
+            output,
+            activations,
+            stage_output,
+            loss_sum,
+        }
+    }
+
+    /// The VJP of a trace's graph: parameter gradients and the input gradient.
+    fn graph_vjp(
+        trace: Trace,
+        upstream: Option<Tensor<2>>,
+    ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
+        let grads = match (trace.output, upstream) {
+            (GraphOutput::Loss(loss), None) => loss.backward(),
+            (GraphOutput::Activation(out), Some(g)) => out.mul(g.autodiff()).sum().backward(),
+            (output, upstream) => panic!(
+                "graph output {output:?} with upstream gradient present: {}",
+                upstream.is_some()
+            ),
+        };
+        let param_grads = trace
+            .leaves
+            .iter()
+            .enumerate()
+            .map(|(b, block)| {
+                block
+                    .iter()
+                    .enumerate()
+                    .map(|(i, leaf)| match leaf.grad(&grads) {
+                        Some(g) => g.inner(),
+                        None => panic!("no gradient for parameter {i} of local block {b}"),
+                    })
+                    .collect()
+            })
+            .collect();
+        let input_grad = trace.input_leaf.map(|x| match x.grad(&grads) {
+            Some(g) => g.inner(),
+            None => panic!("no gradient for the stage input"),
+        });
+        (param_grads, input_grad)
+    }
+
+    /// Graph-mode VJP with other weights than the forward's: per block, the weighted part
+    /// re-run on the saved block input with `weights`, the ReLU mask and the loss gradient
+    /// taken from the forward's saved activations.
+    fn per_block_vjp(
+        &self,
+        saved: &Saved,
+        weights: &[BlockParams],
+        upstream: Option<Tensor<2>>,
+    ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
+        let acts = &saved.trace.activations;
+        assert_eq!(
+            acts.len(),
+            weights.len() + 1,
+            "graph mode saved no block activations"
+        );
+        let mut g = match (upstream, &saved.targets) {
+            (Some(g), None) => g,
+            (None, Some(t)) => softmax(saved.trace.stage_output.clone(), 1)
+                .sub(t.one_hot.clone())
+                .mul_scalar(t.scale),
+            _ => panic!(
+                "stage {}: upstream gradient and targets disagree",
+                self.stage
+            ),
+        };
+        let mut param_grads = vec![Vec::new(); weights.len()];
+        for (i, p) in weights.iter().enumerate().rev() {
+            let need_input_grad = i > 0 || self.stage != 0;
+            let x = acts[i].clone().autodiff();
+            let x = if need_input_grad { x.require_grad() } else { x };
+            let leaves: Vec<Tensor<1>> = p
+                .tensors
+                .iter()
+                .map(|t| t.clone().autodiff().require_grad())
+                .collect();
+            let mut out = p.block.forward_weighted(x.clone(), &leaves);
+            if p.block.has_relu() {
+                // relu'(pre) from the forward: 1 where its output was positive.
+                out = out.mul(acts[i + 1].clone().sign().autodiff());
+            }
+            let grads = out.mul(g.clone().autodiff()).sum().backward();
+            param_grads[i] = leaves
+                .iter()
+                .enumerate()
+                .map(|(j, leaf)| match leaf.grad(&grads) {
+                    Some(g) => g.inner(),
+                    None => panic!("no gradient for parameter {j} of local block {i}"),
+                })
+                .collect();
+            if need_input_grad {
+                g = match x.grad(&grads) {
+                    Some(g) => g.inner(),
+                    None => panic!("no gradient for the input of local block {i}"),
+                };
+            }
+        }
+        (param_grads, (self.stage != 0).then_some(g))
+    }
+
+    /// Backward of one micro-batch: parameter gradients and the input gradient.
+    fn backward_one(
+        &mut self,
+        work: BackwardWork<StageMessage>,
+    ) -> Result<(Vec<Vec<Tensor<1>>>, Option<Tensor<2>>), ComputeError> {
+        let saved = self.saved.remove(&work.microbatch).ok_or_else(|| {
+            self.error(format!(
+                "backward of {:?} without a saved forward",
+                work.microbatch
+            ))
+        })?;
+        let upstream = match (self.is_last(), work.output_gradient) {
+            (true, None) => None,
+            (false, Some(m)) => {
+                let expected = saved.trace.stage_output.dims();
+                if m.dims() != expected {
+                    return Err(self.error(format!(
+                        "output gradient of {:?} is {:?}, the output was {expected:?}",
+                        work.microbatch,
+                        m.dims()
+                    )));
+                }
+                Some(m.into_tensor())
+            }
+            (true, Some(_)) => {
+                return Err(self.error("the last stage got an output gradient".into()));
+            }
+            (false, None) => {
+                return Err(self.error(format!(
+                    "backward of {:?} needs the output gradient from the next stage",
+                    work.microbatch
+                )));
+            }
+        };
+        if work.recipe == saved.recipe {
+            return Ok(Self::graph_vjp(saved.trace, upstream));
+        }
+        let weights = self
+            .store
+            .weights(&work.recipe, Pass::Backward, &self.optimizer)?;
+        Ok(match self.grad_mode {
+            GradMode::Graph => self.per_block_vjp(&saved, &weights, upstream),
+            GradMode::Recompute => {
+                let input = &saved.trace.activations[0];
+                let trace = self.run(input, &weights, saved.targets.as_ref(), false);
+                Self::graph_vjp(trace, upstream)
+            }
+        })
+    }
+}
+
+impl StageCompute for BurnStage {
+    type Message = StageMessage;
+
+    fn forward(
+        &mut self,
+        microbatch: MicrobatchId,
+        input: Option<StageMessage>,
+        recipe: &WeightRecipe,
+    ) -> Result<ForwardOutput<StageMessage>, ComputeError> {
+        if self.saved.contains_key(&microbatch) {
+            return Err(self.error(format!(
+                "second forward of {microbatch:?} before its backward"
+            )));
+        }
+        let in_features = self.store.live()[0].block.input_features();
+        let input = match (self.stage, input) {
+            (0, None) => {
+                let (indices, _) = self.samples(microbatch)?;
+                let (features, _) = self
+                    .train_data
+                    .try_gather(indices)
+                    .map_err(|e| self.error(format!("{microbatch:?}: {e}")))?;
+                tensor2(features, indices.len(), in_features)
+            }
+            (0, Some(_)) => return Err(self.error("stage 0 reads its own input".into())),
+            (_, Some(m)) => {
+                if m.dims()[1] != in_features {
+                    return Err(self.error(format!(
+                        "input of {microbatch:?} has {} features, the stage takes {in_features}",
+                        m.dims()[1]
+                    )));
+                }
+                m.into_tensor()
+            }
+            (_, None) => {
+                return Err(self.error(format!("forward of {microbatch:?} needs an input")));
+            }
+        };
+        let targets = if self.is_last() {
+            let (indices, size) = self.samples(microbatch)?;
+            if indices.len() != input.dims()[0] {
+                return Err(self.error(format!(
+                    "{microbatch:?} has {} samples in the plan but {} rows arrived",
+                    indices.len(),
+                    input.dims()[0]
+                )));
+            }
+            let labels: Vec<u32> = indices
+                .iter()
+                .map(|&i| self.train_data.labels.get(i).copied())
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.error(format!("{microbatch:?}: sample index out of range")))?;
+            let num_classes = self.train_data.num_classes;
+            let one_hot = one_hot(&labels, num_classes);
+            Some(Targets {
+                labels,
+                one_hot,
+                scale: 1.0 / size as f64,
+            })
+        } else {
+            None
+        };
+        let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
+        let keep = self.grad_mode == GradMode::Graph;
+        let trace = self.run(&input, &weights, targets.as_ref(), keep);
+        let output = match &targets {
+            Some(t) => {
+                let logits = to_vec(&trace.stage_output);
+                ForwardOutput::Loss(LossStats {
+                    loss_sum: trace.loss_sum.unwrap_or(f64::NAN),
+                    correct: count_correct(&logits, self.train_data.num_classes, &t.labels),
+                    count: t.labels.len() as u64,
+                })
+            }
+            None => ForwardOutput::Activation(StageMessage::new(trace.stage_output.clone())),
+        };
+        self.saved.insert(
+            microbatch,
+            Saved {
+                recipe: *recipe,
+                trace,
+                targets,
+            },
+        );
+        Ok(output)
+    }
+
+    fn backward(
+        &mut self,
+        work: Vec<BackwardWork<StageMessage>>,
+    ) -> Result<Vec<Option<StageMessage>>, ComputeError> {
+        let mut input_grads = Vec::with_capacity(work.len());
+        for item in work {
+            let (param_grads, input_grad) = self.backward_one(item)?;
+            self.accumulated = Some(match self.accumulated.take() {
+                None => param_grads,
+                Some(acc) => acc
+                    .into_iter()
+                    .zip(param_grads)
+                    .map(|(a, g)| a.into_iter().zip(g).map(|(a, g)| a.add(g)).collect())
+                    .collect(),
+            });
+            input_grads.push(input_grad.map(StageMessage::new));
+        }
+        Ok(input_grads)
+    }
+
+    fn update(&mut self) -> Result<(), ComputeError> {
+        let grads = self.accumulated.take().ok_or_else(|| {
+            self.error("update without any backward since the last update".into())
+        })?;
+        let next = self.optimizer.step(self.store.live(), &grads);
+        self.store.advance(next);
+        Ok(())
+    }
+
+    fn release(&mut self, key: WeightKey) {
+        self.store.release(key);
+    }
+
+    fn message_bytes(message: &StageMessage) -> u64 {
+        message.tensor.shape().num_elements() as u64 * 4
+    }
+
+    fn stored_weight_bytes(&self) -> u64 {
+        self.store.bytes()
+    }
+
+    fn stored_weight_sets(&self) -> u32 {
+        self.store.num_sets() as u32
+    }
+}

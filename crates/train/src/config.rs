@@ -1,0 +1,232 @@
+//! The training configuration: one flat, serialisable record, validated once.
+//!
+//! The CLI (and later config files) fill a [`TrainConfig`]; [`TrainConfig::validate`] turns it
+//! into the objects the loop needs or says exactly which field is wrong. The record is what a
+//! run directory stores as `config.json`, so that a run can be repeated.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use timeprest_nn::{GradMode, OptimizerConfig, OptimizerKind};
+use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
+use timeprest_schedule::ScheduleKind;
+
+use crate::error::TrainError;
+
+/// Which optimizer to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerChoice {
+    /// SGD with momentum (dampening 0).
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// I-TiMePReSt's significance function by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignificanceChoice {
+    /// e^{−λ d}.
+    Exp,
+    /// 2^{−d}.
+    Exp2,
+    /// 1 / (1 + d).
+    Inverse,
+    /// A constant α.
+    Const,
+}
+
+/// Everything one training run depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model name (`mlp`).
+    pub model: String,
+    /// Hidden layer widths of the MLP.
+    pub hidden: Vec<usize>,
+    /// Data set name (`digits`, `fashion-mnist`, `mnist`).
+    pub dataset: String,
+    /// Directory of the data set files (IDX data sets).
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first this-many training samples (after the fixed split).
+    pub limit_train: Option<usize>,
+    /// Use only the first this-many test samples.
+    pub limit_test: Option<usize>,
+    /// W: pipeline stages.
+    pub stages: u32,
+    /// N: micro-batches per mini-batch.
+    pub microbatches: u32,
+    /// M: samples per mini-batch.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: u32,
+    /// Learning rate η.
+    pub lr: f64,
+    /// SGD momentum μ.
+    pub momentum: f64,
+    /// Nesterov momentum for SGD.
+    pub nesterov: bool,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Optimizer.
+    pub optimizer: OptimizerChoice,
+    /// Weight policy.
+    pub policy: PolicyKind,
+    /// Schedule; `None` uses the policy's default.
+    pub schedule: Option<ScheduleKind>,
+    /// Gradient mode when forward and backward read different weights.
+    pub grad_mode: GradMode,
+    /// I-TiMePReSt significance function.
+    pub significance: SignificanceChoice,
+    /// λ of the `exp` significance.
+    pub lambda: f64,
+    /// α of the `const` significance.
+    pub alpha: f64,
+    /// NWPT prediction formula.
+    pub prediction: Prediction,
+    /// Seed for initial weights and data order.
+    pub seed: u64,
+    /// Shuffle the training data every epoch.
+    pub shuffle: bool,
+    /// Intra-op threads per stage.
+    pub threads_per_stage: usize,
+    /// Batch size for evaluation.
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: "mlp".into(),
+            hidden: vec![128, 64],
+            dataset: "digits".into(),
+            data_dir: None,
+            limit_train: None,
+            limit_test: None,
+            stages: 3,
+            microbatches: 3,
+            batch_size: 32,
+            epochs: 10,
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+            optimizer: OptimizerChoice::Sgd,
+            policy: PolicyKind::ITimeprest,
+            schedule: None,
+            grad_mode: GradMode::Graph,
+            significance: SignificanceChoice::Exp,
+            lambda: 1.0,
+            alpha: 0.5,
+            prediction: Prediction::Nag,
+            seed: 1,
+            shuffle: true,
+            threads_per_stage: 1,
+            eval_batch_size: 512,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The schedule this run uses.
+    pub fn schedule_kind(&self) -> ScheduleKind {
+        self.schedule.unwrap_or_else(|| self.policy.default_schedule())
+    }
+
+    /// The optimizer configuration.
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        let kind = match self.optimizer {
+            OptimizerChoice::Sgd => {
+                OptimizerKind::Sgd { momentum: self.momentum, nesterov: self.nesterov }
+            }
+            OptimizerChoice::Adam => {
+                OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 }
+            }
+        };
+        OptimizerConfig { kind, lr: self.lr, weight_decay: self.weight_decay }
+    }
+
+    /// The policy options.
+    pub fn policy_options(&self) -> PolicyOptions {
+        let significance = match self.significance {
+            SignificanceChoice::Exp => Significance::Exp { lambda: self.lambda },
+            SignificanceChoice::Exp2 => Significance::Exp2,
+            SignificanceChoice::Inverse => Significance::Inverse,
+            SignificanceChoice::Const => Significance::Const { alpha: self.alpha },
+        };
+        PolicyOptions {
+            significance,
+            prediction: self.prediction,
+            horizon: Horizon::StagesRemaining,
+            ..PolicyOptions::default()
+        }
+    }
+
+    /// Checks every field; the error names the flag and the valid values.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |flag: &str, message: String| Err(TrainError::Config(format!("--{flag}: {message}")));
+        if self.model != "mlp" {
+            return bad("model", format!("unknown model `{}`; valid models: mlp", self.model));
+        }
+        if self.stages == 0 {
+            return bad("stages", "must be at least 1".into());
+        }
+        if self.microbatches == 0 {
+            return bad("microbatches", "must be at least 1".into());
+        }
+        if self.batch_size < self.microbatches as usize {
+            return bad(
+                "batch-size",
+                format!(
+                    "{} samples cannot be split into {} micro-batches",
+                    self.batch_size, self.microbatches
+                ),
+            );
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("lr", format!("must be a finite number ≥ 0, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("momentum", format!("must be in [0, 1), got {}", self.momentum));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad("alpha", format!("must be in [0, 1], got {}", self.alpha));
+        }
+        if self.lambda < 0.0 {
+            return bad("lambda", format!("must be ≥ 0, got {}", self.lambda));
+        }
+        if self.threads_per_stage == 0 {
+            return bad("threads-per-stage", "must be at least 1".into());
+        }
+        if self.policy == PolicyKind::Single && self.stages != 1 {
+            return bad("stages", format!("policy `single` runs on one stage, got {}", self.stages));
+        }
+        let schedule = self.schedule_kind();
+        let allowed = self.policy.allowed_schedules();
+        if !allowed.contains(&schedule) {
+            let names: Vec<&str> = allowed.iter().map(|k| k.name()).collect();
+            return bad(
+                "schedule",
+                format!(
+                    "policy `{}` cannot run on schedule `{schedule}`; it runs on: {}",
+                    self.policy,
+                    names.join(", ")
+                ),
+            );
+        }
+        if self.policy == PolicyKind::Nwpt
+            && (self.optimizer != OptimizerChoice::Sgd || self.momentum == 0.0)
+        {
+            return bad(
+                "policy",
+                "nwpt predicts weights from the SGD momentum buffer: use --optimizer sgd with \
+                 --momentum > 0"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! Errors a training run reports to its user.
+
+/// Why a training run could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration value is invalid; the message names the flag.
+    #[error("{0}")]
+    Config(String),
+    /// The data set could not be loaded.
+    #[error(transparent)]
+    Data(#[from] timeprest_data::DataError),
+    /// The model or its weights could not be built.
+    #[error(transparent)]
+    Model(#[from] timeprest_nn::NnError),
+    /// The schedule could not be generated.
+    #[error(transparent)]
+    Schedule(#[from] timeprest_schedule::ScheduleError),
+    /// The pipeline failed while running.
+    #[error(transparent)]
+    Runtime(#[from] timeprest_runtime::RuntimeError),
+    /// The loss became NaN or infinite.
+    #[error("training diverged in epoch {epoch}: the loss is {loss} (try a smaller --lr)")]
+    Diverged {
+        /// The epoch (1-based).
+        epoch: u32,
+        /// The loss value.
+        loss: f64,
+    },
+    /// An output file could not be written.
+    #[error("cannot write {path}: {cause}")]
+    Output {
+        /// The file.
+        path: String,
+        /// The cause.
+        cause: String,
+    },
+}

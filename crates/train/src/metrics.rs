@@ -1,0 +1,91 @@
+//! Per-epoch metrics, computed from the runtime's event log and the evaluation.
+//!
+//! Everything here is measured: the staleness d each backward actually saw, the weight sets each
+//! stage actually stored, how long each stage was busy. The simulator predicts the same figures
+//! from the same plan, which is how predictions and runs are compared.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use timeprest_runtime::RunReport;
+
+/// What one stage did during an epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageMetrics {
+    /// The stage (0-based).
+    pub stage: u32,
+    /// Measured staleness: how many backward micro-batches saw each d.
+    pub staleness: BTreeMap<u64, u64>,
+    /// Mean staleness d over the epoch's backward micro-batches.
+    pub mean_staleness: f64,
+    /// Most weight sets stored at once.
+    pub peak_weight_sets: u32,
+    /// Most weight bytes stored at once.
+    pub peak_weight_bytes: u64,
+    /// Seconds spent computing.
+    pub busy_seconds: f64,
+    /// busy_seconds / epoch wall time.
+    pub utilisation: f64,
+    /// Bytes sent to neighbouring stages.
+    pub bytes_sent: u64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// The epoch, from 1.
+    pub epoch: u32,
+    /// Mean training loss over the epoch's samples (computed during the pipelined forwards).
+    pub train_loss: f64,
+    /// Training accuracy over the epoch's samples.
+    pub train_accuracy: f64,
+    /// Mean test loss after the epoch.
+    pub test_loss: f64,
+    /// Test accuracy after the epoch.
+    pub test_accuracy: f64,
+    /// Wall-clock seconds of the pipelined epoch (without evaluation).
+    pub epoch_seconds: f64,
+    /// Training samples per second.
+    pub samples_per_second: f64,
+    /// Mini-batches (= updates per stage) in the epoch.
+    pub num_minibatches: u32,
+    /// Per-stage measurements.
+    pub stages: Vec<StageMetrics>,
+}
+
+/// Training loss, accuracy and number of samples of a run.
+pub fn training_stats(report: &RunReport) -> (f64, f64, u64) {
+    let (loss, correct, count) = report.losses.iter().fold((0.0, 0, 0), |acc, (_, s)| {
+        (acc.0 + s.loss_sum, acc.1 + s.correct, acc.2 + s.count)
+    });
+    let denominator = count.max(1) as f64;
+    (loss / denominator, correct as f64 / denominator, count)
+}
+
+/// Per-stage measurements of a run.
+pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
+    report
+        .events
+        .iter()
+        .enumerate()
+        .map(|(stage, events)| {
+            let mut staleness = BTreeMap::new();
+            for d in events.iter().flat_map(|e| e.staleness.iter()) {
+                *staleness.entry(*d).or_insert(0) += 1;
+            }
+            let count: u64 = staleness.values().sum();
+            let total: u64 = staleness.iter().map(|(d, n)| d * n).sum();
+            let busy_seconds: f64 = events.iter().map(|e| e.end - e.start).sum();
+            StageMetrics {
+                stage: stage as u32,
+                mean_staleness: total as f64 / count.max(1) as f64,
+                staleness,
+                peak_weight_sets: events.iter().map(|e| e.stored_weight_sets).max().unwrap_or(1),
+                peak_weight_bytes: events.iter().map(|e| e.stored_weight_bytes).max().unwrap_or(0),
+                busy_seconds,
+                utilisation: busy_seconds / report.seconds.max(f64::MIN_POSITIVE),
+                bytes_sent: events.iter().map(|e| e.bytes_sent).sum(),
+            }
+        })
+        .collect()
+}

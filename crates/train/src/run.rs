@@ -1,0 +1,95 @@
+//! A whole training run with its outputs on disk.
+//!
+//! The run directory holds `config.json` (the effective configuration, written before training
+//! starts so a crashed run can still be repeated) and `metrics.jsonl` (one line per epoch,
+//! flushed as soon as the epoch ends, so nothing measured is lost if the process dies later).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use timeprest_nn::{load_safetensors, save_safetensors};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::metrics::EpochMetrics;
+use crate::trainer::Trainer;
+
+/// Where a run reads and writes files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunPaths {
+    /// Run directory for `config.json` and `metrics.jsonl`; `None` writes nothing there.
+    pub out_dir: Option<PathBuf>,
+    /// Initial weights (safetensors) instead of the seeded initialisation.
+    pub init_weights: Option<PathBuf>,
+    /// Where to save the final weights (safetensors).
+    pub save_weights: Option<PathBuf>,
+}
+
+/// Callbacks for showing progress; all default to doing nothing.
+pub trait Progress: Sync {
+    /// An epoch with `num_minibatches` mini-batches starts.
+    fn epoch_started(&self, _epoch: u32, _num_minibatches: u64) {}
+    /// `done` mini-batches of the current epoch have been applied at stage 0.
+    fn advanced(&self, _done: u64) {}
+    /// An epoch ended.
+    fn epoch_finished(&self, _metrics: &EpochMetrics) {}
+}
+
+/// No progress output.
+impl Progress for () {}
+
+fn output_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
+    TrainError::Output { path: path.display().to_string(), cause: error.to_string() }
+}
+
+/// Trains `config` for its epochs, writing the run directory and weights of `paths`.
+/// Returns the metrics of every epoch.
+pub fn run(
+    config: &TrainConfig,
+    paths: &RunPaths,
+    progress: &dyn Progress,
+) -> Result<Vec<EpochMetrics>, TrainError> {
+    config.validate()?;
+    let initial = match &paths.init_weights {
+        Some(path) => {
+            let spec = Trainer::new(config.clone(), None)?.spec().clone();
+            Some(load_safetensors(path, &spec)?)
+        }
+        None => None,
+    };
+    let mut trainer = Trainer::new(config.clone(), initial)?;
+    let mut metrics_file = match &paths.out_dir {
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(|e| output_error(dir, e))?;
+            let config_path = dir.join("config.json");
+            let text = serde_json::to_string_pretty(config).expect("a config always serialises");
+            fs::write(&config_path, text + "\n").map_err(|e| output_error(&config_path, e))?;
+            let metrics_path = dir.join("metrics.jsonl");
+            let file = File::create(&metrics_path).map_err(|e| output_error(&metrics_path, e))?;
+            Some((metrics_path, file))
+        }
+        None => None,
+    };
+
+    let num_minibatches = trainer.minibatches_per_epoch()?;
+    let mut history = Vec::with_capacity(config.epochs as usize);
+    for epoch in 1..=config.epochs {
+        progress.epoch_started(epoch, num_minibatches);
+        let advanced = |done: u64| progress.advanced(done);
+        let (metrics, _report) = trainer.run_epoch(epoch, Some(&advanced))?;
+        if let Some((path, file)) = metrics_file.as_mut() {
+            let line = serde_json::to_string(&metrics).expect("metrics always serialise");
+            writeln!(file, "{line}").and_then(|()| file.flush()).map_err(|e| output_error(path, e))?;
+        }
+        progress.epoch_finished(&metrics);
+        history.push(metrics);
+    }
+    if let Some(path) = &paths.save_weights {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| output_error(parent, e))?;
+        }
+        save_safetensors(path, &trainer.params())?;
+    }
+    Ok(history)
+}

@@ -1,0 +1,186 @@
+//! The training loop, read top to bottom.
+//!
+//! One epoch = one pipelined run: order the data, cut it into mini-batches and micro-batches,
+//! generate the schedule for that many mini-batches, let the policy plan every pass's weights,
+//! run the plan on one worker thread per stage, then evaluate. The pipeline drains at the end of
+//! every epoch (as TiMePReSt does before its per-epoch checkpoint), so an epoch boundary is a
+//! consistent state: every stage has applied the same number of updates.
+
+use std::sync::Arc;
+
+use timeprest_data::{DataSplit, Dataset, epoch_order, load};
+use timeprest_nn::{
+    BatchPlan, BurnStage, MlpConfig, ModelParams, ModelSpec, evaluate, init_params,
+    partition_uniform,
+};
+use timeprest_policy::{WeightPolicy, plan};
+use timeprest_runtime::{RunOptions, RunReport, run_threaded};
+use timeprest_schedule::{ScheduleConfig, generate};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::metrics::{EpochMetrics, stage_metrics, training_stats};
+
+/// A model split into stages, with its data and policy, ready to train epoch by epoch.
+pub struct Trainer {
+    config: TrainConfig,
+    spec: ModelSpec,
+    train_data: Arc<Dataset>,
+    test_data: Dataset,
+    policy: WeightPolicy,
+    stages: Vec<BurnStage>,
+    /// Updates every stage has applied so far (equal across stages at epoch boundaries).
+    updates: u64,
+}
+
+impl Trainer {
+    /// Loads the data and builds the stages: from `initial` weights if given, otherwise from a
+    /// seeded initialisation that does not depend on the number of stages.
+    pub fn new(config: TrainConfig, initial: Option<ModelParams>) -> Result<Self, TrainError> {
+        config.validate()?;
+        let DataSplit { mut train, mut test } = load(&config.dataset, config.data_dir.as_deref())?;
+        if let Some(limit) = config.limit_train {
+            train.truncate(limit);
+        }
+        if let Some(limit) = config.limit_test {
+            test.truncate(limit);
+        }
+        let spec = ModelSpec::Mlp(MlpConfig {
+            input: train.num_features,
+            hidden: config.hidden.clone(),
+            classes: train.num_classes,
+        });
+        let params = match initial {
+            Some(params) => params,
+            None => init_params(&spec, config.seed)?,
+        };
+        let train_data = Arc::new(train);
+        let split = partition_uniform(spec.num_blocks(), config.stages as usize).map_err(|e| {
+            TrainError::Config(format!("--stages: {e}"))
+        })?;
+        let stages = split
+            .iter()
+            .enumerate()
+            .map(|(stage, blocks)| {
+                BurnStage::new(
+                    stage as u32,
+                    config.stages,
+                    params[blocks.clone()].to_vec(),
+                    blocks.start,
+                    config.optimizer_config(),
+                    config.grad_mode,
+                    Arc::clone(&train_data),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = WeightPolicy::new(config.policy, &config.policy_options());
+        Ok(Self { config, spec, train_data, test_data: test, policy, stages, updates: 0 })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The model architecture.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The live weights of all stages, in block order.
+    pub fn params(&self) -> ModelParams {
+        self.stages.iter().flat_map(BurnStage::live_params).collect()
+    }
+
+    /// How the epoch's samples are cut: mini-batches of `batch_size` samples in `microbatches`
+    /// micro-batches. The asynchronous 1F1B schedule treats each micro-batch as a mini-batch of
+    /// its own (spec §2.4), so its plan is flattened to match.
+    fn batch_plan(&self, epoch: u32) -> Result<BatchPlan, TrainError> {
+        let order = epoch_order(
+            self.train_data.len(),
+            self.config.seed,
+            u64::from(epoch),
+            self.config.shuffle,
+        );
+        let config = &self.config;
+        let mut batches = BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
+        let probe = generate(self.config.schedule_kind(), &ScheduleConfig::new(1, config.microbatches, 1))?;
+        if probe.config.num_microbatches == 1 && config.microbatches > 1 {
+            batches.minibatches = batches
+                .minibatches
+                .into_iter()
+                .flatten()
+                .map(|microbatch| vec![microbatch])
+                .collect();
+        }
+        if batches.minibatches.is_empty() {
+            return Err(TrainError::Config(format!(
+                "--batch-size: {} training samples make no complete mini-batch of {}",
+                self.train_data.len(),
+                config.batch_size
+            )));
+        }
+        Ok(batches)
+    }
+
+    /// Trains one epoch (`epoch` from 1) and evaluates. `progress` is called after each
+    /// mini-batch has been applied at stage 0 with the number done in this epoch.
+    pub fn run_epoch(
+        &mut self,
+        epoch: u32,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(EpochMetrics, RunReport), TrainError> {
+        let batches = self.batch_plan(epoch)?;
+        let num_minibatches = batches.num_minibatches() as u32;
+        let num_microbatches = batches.minibatches[0].len() as u32;
+        let schedule_config =
+            ScheduleConfig::new(self.config.stages, num_microbatches, num_minibatches);
+        let schedule = generate(self.config.schedule_kind(), &schedule_config)?;
+        let version_plan = plan(&schedule, &self.policy);
+        let batches = Arc::new(batches);
+        for stage in &mut self.stages {
+            stage.set_plan(Arc::clone(&batches));
+        }
+        let offset = self.updates;
+        let relative = |done: u64| {
+            if let Some(progress) = progress {
+                progress(done - offset);
+            }
+        };
+        let options = RunOptions {
+            threads_per_stage: Some(self.config.threads_per_stage),
+            version_offset: offset,
+            on_first_stage_update: Some(&relative),
+        };
+        let report = run_threaded(&schedule, &version_plan, &mut self.stages, options)?;
+        self.updates += u64::from(num_minibatches);
+
+        let (train_loss, train_accuracy, samples) = training_stats(&report);
+        if !train_loss.is_finite() {
+            return Err(TrainError::Diverged { epoch, loss: train_loss });
+        }
+        let (test_loss, test_accuracy) = self.evaluate()?;
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss,
+            train_accuracy,
+            test_loss,
+            test_accuracy,
+            epoch_seconds: report.seconds,
+            samples_per_second: samples as f64 / report.seconds.max(f64::MIN_POSITIVE),
+            num_minibatches,
+            stages: stage_metrics(&report),
+        };
+        Ok((metrics, report))
+    }
+
+    /// Mean loss and accuracy of the live weights on the test set.
+    pub fn evaluate(&self) -> Result<(f64, f64), TrainError> {
+        Ok(evaluate(&self.spec, &self.params(), &self.test_data, self.config.eval_batch_size)?)
+    }
+
+    /// Number of mini-batches per epoch (after the 1F1B flattening).
+    pub fn minibatches_per_epoch(&self) -> Result<u64, TrainError> {
+        Ok(self.batch_plan(1)?.num_minibatches() as u64)
+    }
+}

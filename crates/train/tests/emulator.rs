@@ -1,0 +1,346 @@
+//! Oracle: every stale policy equals a sequential emulator of its update equation.
+//!
+//! The emulator below is written independently of the runtime, the policy crate and burn: plain
+//! `f32` loops, one thread, every stage's weight versions kept explicitly in a `Vec`, and each
+//! policy's rule for which version a pass reads written out again from the specification
+//! (§2.2, §3.4, §4.2, §5.2, §6.2). It replays the schedule slot by slot. The pipelined run
+//! (threads, channels, version plan, burn stages) must end with the same weights.
+
+use timeprest_data::load;
+use timeprest_nn::{MlpConfig, ModelSpec, init_params, partition_uniform};
+use timeprest_policy::PolicyKind;
+use timeprest_schedule::{ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate};
+use timeprest_train::{TrainConfig, Trainer};
+
+const LR: f32 = 0.05;
+const MOMENTUM: f32 = 0.9;
+
+/// One linear block in PyTorch layout: y = relu?(x Wᵀ + b), W is [output][input].
+#[derive(Clone, Debug)]
+struct Layer {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    input: usize,
+    output: usize,
+    relu: bool,
+}
+
+type Weights = Vec<Layer>;
+
+fn layer_forward(layer: &Layer, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut pre = vec![0.0f32; rows * layer.output];
+    for r in 0..rows {
+        for o in 0..layer.output {
+            let mut sum = layer.bias[o];
+            for i in 0..layer.input {
+                sum += x[r * layer.input + i] * layer.weight[o * layer.input + i];
+            }
+            pre[r * layer.output + o] = sum;
+        }
+    }
+    let out = if layer.relu { pre.iter().map(|v| v.max(0.0)).collect() } else { pre.clone() };
+    (pre, out)
+}
+
+/// Local VJP of one block with weights `layer`, at the forward's saved input `x` and saved
+/// pre-activation `pre` (the ReLU mask is an activation, so it comes from the forward, spec
+/// §3.4 `graph`); adds the parameter gradients into `grad` and returns the input gradient.
+fn layer_backward(
+    layer: &Layer,
+    x: &[f32],
+    pre: &[f32],
+    g_out: &[f32],
+    rows: usize,
+    grad: &mut Layer,
+) -> Vec<f32> {
+    let g: Vec<f32> = g_out
+        .iter()
+        .zip(pre)
+        .map(|(g, z)| if layer.relu && *z <= 0.0 { 0.0 } else { *g })
+        .collect();
+    let mut g_in = vec![0.0f32; rows * layer.input];
+    for r in 0..rows {
+        for o in 0..layer.output {
+            let go = g[r * layer.output + o];
+            grad.bias[o] += go;
+            for i in 0..layer.input {
+                grad.weight[o * layer.input + i] += go * x[r * layer.input + i];
+                g_in[r * layer.input + i] += go * layer.weight[o * layer.input + i];
+            }
+        }
+    }
+    g_in
+}
+
+fn zeros_like(weights: &Weights) -> Weights {
+    weights
+        .iter()
+        .map(|l| Layer { weight: vec![0.0; l.weight.len()], bias: vec![0.0; l.bias.len()], ..l.clone() })
+        .collect()
+}
+
+/// a + c·b, parameter by parameter.
+fn axpy(a: &Weights, c: f32, b: &Weights) -> Weights {
+    a.iter()
+        .zip(b)
+        .map(|(la, lb)| Layer {
+            weight: la.weight.iter().zip(&lb.weight).map(|(x, y)| x + c * y).collect(),
+            bias: la.bias.iter().zip(&lb.bias).map(|(x, y)| x + c * y).collect(),
+            ..la.clone()
+        })
+        .collect()
+}
+
+/// What one micro-batch's forward left at one stage.
+struct Saved {
+    inputs: Vec<Vec<f32>>,
+    pre_activations: Vec<Vec<f32>>,
+    rows: usize,
+    version: usize,
+    weights: Weights,
+}
+
+struct Stage {
+    versions: Vec<Weights>,
+    momentum: Option<Weights>,
+    grad: Weights,
+    saved: std::collections::HashMap<MicrobatchId, Saved>,
+}
+
+/// The emulator: replays `schedule` with `policy`'s rules; returns each stage's final weights.
+fn emulate(
+    policy: PolicyKind,
+    schedule: &Schedule,
+    stages_init: Vec<Weights>,
+    batches: &[Vec<Vec<usize>>],
+    features: &[f32],
+    labels: &[u32],
+) -> Vec<Weights> {
+    let num_stages = stages_init.len();
+    let mut stages: Vec<Stage> = stages_init
+        .into_iter()
+        .map(|w| Stage { grad: zeros_like(&w), versions: vec![w], momentum: None, saved: Default::default() })
+        .collect();
+    let mut activations: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> = Default::default();
+    let mut gradients: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> = Default::default();
+    let mut tags: std::collections::HashMap<MicrobatchId, usize> = Default::default();
+    let num_features = stages[0].versions[0][0].input;
+    for slot in 0..schedule.num_slots() {
+        for s in 0..num_stages {
+            let actions: Vec<_> = schedule.stages[s].iter().filter(|a| a.slot == slot).map(|a| a.action).collect();
+            for action in actions {
+                let stage = &mut stages[s];
+                let live = stage.versions.len() - 1;
+                match action.kind {
+                    ActionKind::Forward(mb) => {
+                        let samples = &batches[mb.minibatch as usize][mb.microbatch as usize];
+                        let rows = samples.len();
+                        let input = if s == 0 {
+                            tags.insert(mb, live);
+                            samples.iter().flat_map(|&i| features[i * num_features..(i + 1) * num_features].to_vec()).collect()
+                        } else {
+                            activations.remove(&(s, mb)).expect("activation arrived")
+                        };
+                        // Which weights the forward reads (spec §2.2, §3.4, §4.2, §5.2, §6.2).
+                        let version = match policy {
+                            PolicyKind::Timeprest | PolicyKind::Variant1 => tags[&mb],
+                            _ => live,
+                        };
+                        let horizon = num_stages - 1 - s;
+                        let weights = match (policy, &stage.momentum) {
+                            (PolicyKind::Nwpt, Some(b)) if horizon > 0 => {
+                                axpy(&stage.versions[version], -LR * MOMENTUM, b)
+                            }
+                            _ => stage.versions[version].clone(),
+                        };
+                        let mut inputs = Vec::new();
+                        let mut pre_activations = Vec::new();
+                        let mut x = input;
+                        for layer in &weights {
+                            inputs.push(x.clone());
+                            let (pre, out) = layer_forward(layer, &x, rows);
+                            pre_activations.push(pre);
+                            x = out;
+                        }
+                        if s + 1 < num_stages {
+                            activations.insert((s + 1, mb), x);
+                        } else {
+                            // Softmax cross-entropy; gradient of Σ CE / M (M = mini-batch size).
+                            let m: usize = batches[mb.minibatch as usize].iter().map(Vec::len).sum();
+                            let classes = weights.last().unwrap().output;
+                            let mut g = vec![0.0f32; rows * classes];
+                            for r in 0..rows {
+                                let z = &x[r * classes..(r + 1) * classes];
+                                let max = z.iter().cloned().fold(f32::MIN, f32::max);
+                                let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
+                                for c in 0..classes {
+                                    let p = (z[c] - max).exp() / sum;
+                                    let y = if labels[samples[r]] as usize == c { 1.0 } else { 0.0 };
+                                    g[r * classes + c] = (p - y) / m as f32;
+                                }
+                            }
+                            gradients.insert((s, mb), g);
+                        }
+                        stage.saved.insert(mb, Saved { inputs, pre_activations, rows, version, weights });
+                    }
+                    ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
+                        let mbs: Vec<MicrobatchId> = match action.kind {
+                            ActionKind::BackwardMinibatch(i) => (0..batches[i as usize].len() as u32).map(|j| MicrobatchId::new(i, j)).collect(),
+                            ActionKind::BackwardMicrobatch(mb) => vec![mb],
+                            _ => unreachable!(),
+                        };
+                        for mb in mbs {
+                            let saved = stage.saved.remove(&mb).expect("forward before backward");
+                            let d = live - saved.version;
+                            // Which weights the backward reads.
+                            let weights = match policy {
+                                PolicyKind::Pipedream | PolicyKind::Variant1 | PolicyKind::Nwpt => saved.weights.clone(),
+                                PolicyKind::ITimeprest if d > 0 => {
+                                    let sigma = (-(d as f64)).exp() as f32;
+                                    let latest = &stage.versions[live];
+                                    let diff = axpy(&stage.versions[saved.version], -1.0, latest);
+                                    axpy(latest, sigma, &diff)
+                                }
+                                _ => stage.versions[live].clone(),
+                            };
+                            let mut g = gradients.remove(&(s, mb)).expect("gradient arrived");
+                            for (l, layer) in weights.iter().enumerate().rev() {
+                                g = layer_backward(
+                                    layer,
+                                    &saved.inputs[l],
+                                    &saved.pre_activations[l],
+                                    &g,
+                                    saved.rows,
+                                    &mut stage.grad[l],
+                                );
+                            }
+                            if s > 0 {
+                                gradients.insert((s - 1, mb), g);
+                            }
+                        }
+                    }
+                    ActionKind::Update(_) => {
+                        // SGD with momentum, dampening 0, PyTorch semantics (b₀ = g).
+                        let grad = std::mem::replace(&mut stage.grad, zeros_like(&stage.versions[live]));
+                        let b = match &stage.momentum {
+                            Some(b) => axpy(&grad, MOMENTUM, b),
+                            None => grad,
+                        };
+                        let next = axpy(&stage.versions[live], -LR, &b);
+                        stage.momentum = Some(b);
+                        stage.versions.push(next);
+                    }
+                }
+            }
+        }
+    }
+    stages.into_iter().map(|mut s| s.versions.pop().unwrap()).collect()
+}
+
+fn check_policy_against_emulator(policy: PolicyKind, num_stages: u32, microbatches: u32, batch_size: usize) {
+    let hidden = vec![16, 12, 8];
+    let limit = 96;
+    let config = TrainConfig {
+        policy,
+        stages: num_stages,
+        microbatches,
+        batch_size,
+        hidden: hidden.clone(),
+        epochs: 1,
+        lr: f64::from(LR),
+        momentum: f64::from(MOMENTUM),
+        shuffle: false,
+        limit_train: Some(limit),
+        limit_test: Some(50),
+        seed: 7,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(config, None).unwrap();
+    trainer.run_epoch(1, None).unwrap();
+    let pipelined: Vec<Vec<Vec<f32>>> = trainer.params().iter().map(|p| p.to_file_layout()).collect();
+
+    let data = load("digits", None).unwrap().train;
+    let spec = ModelSpec::Mlp(MlpConfig { input: 64, hidden, classes: 10 });
+    let init = init_params(&spec, 7).unwrap();
+    let layers: Vec<Layer> = init
+        .iter()
+        .map(|p| {
+            let values = p.to_file_layout();
+            let output = values[1].len();
+            let input = values[0].len() / output;
+            Layer { weight: values[0].clone(), bias: values[1].clone(), input, output, relu: false }
+        })
+        .collect();
+    let num_layers = layers.len();
+    let layers: Vec<Layer> = layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| Layer { relu: i + 1 < num_layers, ..l })
+        .collect();
+    let split = partition_uniform(num_layers, num_stages as usize).unwrap();
+    let stage_weights: Vec<Weights> = split.iter().map(|r| layers[r.clone()].to_vec()).collect();
+    let batches: Vec<Vec<Vec<usize>>> = (0..limit)
+        .collect::<Vec<_>>()
+        .chunks(batch_size)
+        .map(|mb| mb.chunks(batch_size / microbatches as usize).map(<[usize]>::to_vec).collect())
+        .collect();
+    let kind = trainer.config().schedule_kind();
+    let schedule = generate(kind, &ScheduleConfig::new(num_stages, microbatches, batches.len() as u32)).unwrap();
+    assert_eq!(schedule.config.num_microbatches, microbatches, "test setup: no 1F1B flattening");
+    let emulated = emulate(policy, &schedule, stage_weights, &batches, &data.features, &data.labels);
+    let emulated: Vec<&Layer> = emulated.iter().flatten().collect();
+
+    let mut worst = 0.0f32;
+    for (block, (run, emu)) in pipelined.iter().zip(&emulated).enumerate() {
+        for (a, b) in run[0].iter().zip(&emu.weight).chain(run[1].iter().zip(&emu.bias)) {
+            let diff = (a - b).abs() / (1e-3 + b.abs());
+            worst = worst.max(diff);
+            assert!(diff < 1e-4, "{policy} block {block}: pipelined {a} vs emulated {b}");
+        }
+    }
+    // The weights moved: a policy that ignored the gradients would not pass vacuously.
+    let moved = pipelined[0][0].iter().zip(&layers[0].weight).any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(moved, "{policy}: weights did not change");
+    eprintln!("{policy}: worst relative difference {worst:e}");
+}
+
+#[test]
+fn pipedream_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::Pipedream, 3, 1, 4);
+}
+
+#[test]
+fn timeprest_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::Timeprest, 3, 3, 12);
+}
+
+#[test]
+fn timeprest_with_multiple_sequences_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::Timeprest, 4, 2, 8);
+}
+
+#[test]
+fn v_timeprest_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::VTimeprest, 3, 3, 12);
+}
+
+#[test]
+fn i_timeprest_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::ITimeprest, 3, 3, 12);
+}
+
+#[test]
+fn nwpt_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::Nwpt, 3, 1, 4);
+}
+
+#[test]
+fn variant1_equals_its_sequential_emulator() {
+    check_policy_against_emulator(PolicyKind::Variant1, 4, 2, 8);
+}
+
+#[test]
+fn schedule_kinds_used_by_the_emulator_are_the_policies_defaults() {
+    assert_eq!(PolicyKind::Timeprest.default_schedule(), ScheduleKind::Nf1b);
+    assert_eq!(PolicyKind::Pipedream.default_schedule(), ScheduleKind::OneFOneB);
+}

@@ -1,0 +1,111 @@
+//! Oracles for the training engine: synchronous schedules equal one device, the I-TiMePReSt
+//! knob spans stash and latest exactly, runs measure what the simulator predicts, and runs are
+//! deterministic.
+
+use timeprest_policy::{PolicyKind, WeightPolicy, plan};
+use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate};
+use timeprest_train::{SignificanceChoice, TrainConfig, Trainer};
+
+fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
+    TrainConfig {
+        policy,
+        stages,
+        microbatches: 3,
+        batch_size: 24,
+        hidden: vec![24, 16, 12],
+        epochs: 2,
+        limit_train: Some(240),
+        limit_test: Some(100),
+        seed: 3,
+        ..TrainConfig::default()
+    }
+}
+
+/// Trains for the configured epochs and returns the final weights, flattened.
+fn train(config: TrainConfig) -> Vec<f32> {
+    let epochs = config.epochs;
+    let mut trainer = Trainer::new(config, None).unwrap();
+    for epoch in 1..=epochs {
+        trainer.run_epoch(epoch, None).unwrap();
+    }
+    trainer.params().iter().flat_map(|p| p.values().concat()).collect()
+}
+
+fn max_relative_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1e-3 + y.abs())).fold(0.0, f32::max)
+}
+
+#[test]
+fn synchronous_schedules_equal_single_device_training() {
+    let reference = train(config(PolicyKind::Single, 1));
+    for policy in [PolicyKind::Gpipe, PolicyKind::PipedreamFlush] {
+        for stages in 2..=4 {
+            let weights = train(config(policy, stages));
+            let difference = max_relative_difference(&weights, &reference);
+            assert!(difference < 1e-4, "{policy} W={stages}: {difference}");
+        }
+    }
+}
+
+#[test]
+fn an_asynchronous_policy_differs_from_single_device_training() {
+    // The oracle above is not vacuous: stale weights do change the result.
+    let reference = train(config(PolicyKind::Single, 1));
+    let stale = train(config(PolicyKind::VTimeprest, 4));
+    assert!(max_relative_difference(&stale, &reference) > 1e-2);
+}
+
+#[test]
+fn i_timeprest_with_significance_one_is_the_stash_rule_and_zero_is_v_timeprest() {
+    let with_alpha = |alpha| TrainConfig {
+        significance: SignificanceChoice::Const,
+        alpha,
+        ..config(PolicyKind::ITimeprest, 4)
+    };
+    let stash = TrainConfig { schedule: Some(ScheduleKind::Nf1b), ..config(PolicyKind::Pipedream, 4) };
+    assert_eq!(train(with_alpha(1.0)), train(stash), "σ ≡ 1 must be the stash rule, bit for bit");
+    assert_eq!(
+        train(with_alpha(0.0)),
+        train(config(PolicyKind::VTimeprest, 4)),
+        "σ ≡ 0 must be V-TiMePReSt, bit for bit"
+    );
+    assert_ne!(train(with_alpha(0.5)), train(config(PolicyKind::VTimeprest, 4)));
+}
+
+#[test]
+fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
+    for policy in PolicyKind::ALL {
+        let stages = if policy == PolicyKind::Single { 1 } else { 4 };
+        let config = TrainConfig { microbatches: 2, batch_size: 16, ..config(policy, stages) };
+        let mut trainer = Trainer::new(config.clone(), None).unwrap();
+        let (metrics, _) = trainer.run_epoch(1, None).unwrap();
+        let schedule = generate(
+            config.schedule_kind(),
+            &ScheduleConfig::new(stages, 2, 240 / 16),
+        )
+        .unwrap();
+        let predicted = plan(&schedule, &WeightPolicy::new(policy, &config.policy_options()));
+        for (stage, measured) in metrics.stages.iter().enumerate() {
+            let simulated = &predicted.stages[stage];
+            let histogram = simulated.staleness_histogram(0..u32::MAX);
+            let histogram: Vec<(u64, u64)> = histogram.into_iter().map(|(d, n)| (d, u64::from(n))).collect();
+            let measured_histogram: Vec<(u64, u64)> = measured.staleness.clone().into_iter().collect();
+            assert_eq!(measured_histogram, histogram, "{policy} stage {stage}: staleness");
+            assert_eq!(
+                measured.peak_weight_sets,
+                simulated.peak_weight_sets(),
+                "{policy} stage {stage}: stored versions"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_bit_identical_weights() {
+    for policy in [PolicyKind::ITimeprest, PolicyKind::Nwpt] {
+        assert_eq!(train(config(policy, 3)), train(config(policy, 3)), "{policy}");
+    }
+    let other_seed = TrainConfig { seed: 4, ..config(PolicyKind::ITimeprest, 3) };
+    assert_ne!(train(other_seed), train(config(PolicyKind::ITimeprest, 3)));
+}
