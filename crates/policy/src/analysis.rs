@@ -60,8 +60,11 @@ pub fn version_difference(schedule: &Schedule) -> VersionDifference {
         .iter()
         .map(|&start| update_slots.iter().filter(|&&slot| slot < start).count() as u32)
         .collect();
-    let per_minibatch: Vec<u32> =
-        parents.iter().enumerate().map(|(i, &c)| i as u32 + 1 - c).collect();
+    let per_minibatch: Vec<u32> = parents
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| i as u32 + 1 - c)
+        .collect();
 
     // A mini-batch continues its parent's chain unless a sibling already did; then it branches.
     let mut chains: Vec<Vec<u32>> = Vec::new();
@@ -82,10 +85,16 @@ pub fn version_difference(schedule: &Schedule) -> VersionDifference {
     }
 
     let window = num_minibatches / 4..(3 * num_minibatches / 4).max(num_minibatches / 4 + 1);
-    let steady_v = per_minibatch[window.start.min(num_minibatches - 1)..window.end.min(num_minibatches)]
+    let steady_v = per_minibatch
+        [window.start.min(num_minibatches - 1)..window.end.min(num_minibatches)]
         .iter()
         .copied()
         .max()
         .unwrap_or(1);
-    VersionDifference { per_minibatch, parents, chains, steady_v }
+    VersionDifference {
+        per_minibatch,
+        parents,
+        chains,
+        steady_v,
+    }
 }

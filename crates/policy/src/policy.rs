@@ -320,9 +320,11 @@ impl WeightPolicy {
             PolicyKind::Pipedream => (ForwardSource::Live, BackwardSource::Stash, None),
             PolicyKind::Timeprest => (ForwardSource::VerticalSync, BackwardSource::Live, None),
             PolicyKind::VTimeprest => (options.forward, BackwardSource::Live, None),
-            PolicyKind::ITimeprest => {
-                (options.forward, BackwardSource::Intermediate(options.significance), None)
-            }
+            PolicyKind::ITimeprest => (
+                options.forward,
+                BackwardSource::Intermediate(options.significance),
+                None,
+            ),
             PolicyKind::Nwpt => (
                 ForwardSource::Live,
                 BackwardSource::Stash,
@@ -330,7 +332,12 @@ impl WeightPolicy {
             ),
             PolicyKind::Variant1 => (ForwardSource::VerticalSync, BackwardSource::Stash, None),
         };
-        Self { kind, forward_source, backward_source, prediction }
+        Self {
+            kind,
+            forward_source,
+            backward_source,
+            prediction,
+        }
     }
 
     /// The weights a forward reads.
@@ -345,7 +352,11 @@ impl WeightPolicy {
                 if horizon == 0 {
                     WeightRecipe::version(version)
                 } else {
-                    WeightRecipe::Predict { base: version, horizon, method }
+                    WeightRecipe::Predict {
+                        base: version,
+                        horizon,
+                        method,
+                    }
                 }
             }
             None => WeightRecipe::version(version),
@@ -380,7 +391,12 @@ mod tests {
     use super::*;
 
     fn backward_ctx(live: Version, forward: Version) -> BackwardContext {
-        BackwardContext { stage: 0, num_stages: 4, live, forward: WeightRecipe::version(forward) }
+        BackwardContext {
+            stage: 0,
+            num_stages: 4,
+            live,
+            forward: WeightRecipe::version(forward),
+        }
     }
 
     #[test]
@@ -389,34 +405,55 @@ mod tests {
             assert_eq!(kind.name().parse::<PolicyKind>().unwrap(), kind);
         }
         let err = "pipedreams".parse::<PolicyKind>().unwrap_err().to_string();
-        assert!(err.contains("pipedreams") && err.contains("i-timeprest"), "{err}");
+        assert!(
+            err.contains("pipedreams") && err.contains("i-timeprest"),
+            "{err}"
+        );
     }
 
     #[test]
     fn every_default_schedule_is_allowed() {
         for kind in PolicyKind::ALL {
-            assert!(kind.allowed_schedules().contains(&kind.default_schedule()), "{kind}");
+            assert!(
+                kind.allowed_schedules().contains(&kind.default_schedule()),
+                "{kind}"
+            );
         }
     }
 
     #[test]
     fn timeprest_forwards_read_the_tag_and_backwards_the_live_version() {
         let policy = WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default());
-        let fwd = ForwardContext { stage: 2, num_stages: 4, live: 5, tag: 3 };
+        let fwd = ForwardContext {
+            stage: 2,
+            num_stages: 4,
+            live: 5,
+            tag: 3,
+        };
         assert_eq!(policy.forward(&fwd), WeightRecipe::version(3));
-        assert_eq!(policy.backward(&backward_ctx(6, 3)), WeightRecipe::version(6));
+        assert_eq!(
+            policy.backward(&backward_ctx(6, 3)),
+            WeightRecipe::version(6)
+        );
     }
 
     #[test]
     fn intermediate_blends_by_exponential_significance_and_is_exact_at_zero_staleness() {
         let policy = WeightPolicy::new(PolicyKind::ITimeprest, &PolicyOptions::default());
         match policy.backward(&backward_ctx(5, 3)) {
-            WeightRecipe::Blend { stale: 3, latest: 5, stale_weight } => {
+            WeightRecipe::Blend {
+                stale: 3,
+                latest: 5,
+                stale_weight,
+            } => {
                 assert!((stale_weight - (-2.0f64).exp()).abs() < 1e-15)
             }
             other => panic!("expected a blend, got {other}"),
         }
-        assert_eq!(policy.backward(&backward_ctx(4, 4)), WeightRecipe::version(4));
+        assert_eq!(
+            policy.backward(&backward_ctx(4, 4)),
+            WeightRecipe::version(4)
+        );
     }
 
     #[test]
@@ -424,7 +461,11 @@ mod tests {
         assert_eq!(Significance::Exp2.of(3), 0.125);
         assert_eq!(Significance::Inverse.of(3), 0.25);
         assert_eq!(Significance::Const { alpha: 0.3 }.of(2), 0.3);
-        for f in [Significance::Exp { lambda: 0.5 }, Significance::Exp2, Significance::Inverse] {
+        for f in [
+            Significance::Exp { lambda: 0.5 },
+            Significance::Exp2,
+            Significance::Inverse,
+        ] {
             assert_eq!(f.of(0), 1.0);
         }
     }
@@ -432,15 +473,35 @@ mod tests {
     #[test]
     fn nwpt_predicts_w_minus_one_minus_s_ahead_and_the_last_stage_not_at_all() {
         let policy = WeightPolicy::new(PolicyKind::Nwpt, &PolicyOptions::default());
-        let at = |stage| policy.forward(&ForwardContext { stage, num_stages: 3, live: 7, tag: 0 });
+        let at = |stage| {
+            policy.forward(&ForwardContext {
+                stage,
+                num_stages: 3,
+                live: 7,
+                tag: 0,
+            })
+        };
         assert_eq!(
             at(0),
-            WeightRecipe::Predict { base: 7, horizon: 2, method: Prediction::Nag }
+            WeightRecipe::Predict {
+                base: 7,
+                horizon: 2,
+                method: Prediction::Nag
+            }
         );
         assert_eq!(at(2), WeightRecipe::version(7));
         let forward = at(1);
-        let ctx = BackwardContext { stage: 1, num_stages: 3, live: 8, forward };
-        assert_eq!(policy.backward(&ctx), forward, "backward reuses the forward's prediction");
+        let ctx = BackwardContext {
+            stage: 1,
+            num_stages: 3,
+            live: 8,
+            forward,
+        };
+        assert_eq!(
+            policy.backward(&ctx),
+            forward,
+            "backward reuses the forward's prediction"
+        );
     }
 
     #[test]
@@ -448,9 +509,17 @@ mod tests {
         let options = PolicyOptions::default();
         let pipedream = WeightPolicy::new(PolicyKind::Pipedream, &options);
         let v = WeightPolicy::new(PolicyKind::VTimeprest, &options);
-        assert_eq!(pipedream.backward(&backward_ctx(9, 6)), WeightRecipe::version(6));
+        assert_eq!(
+            pipedream.backward(&backward_ctx(9, 6)),
+            WeightRecipe::version(6)
+        );
         assert_eq!(v.backward(&backward_ctx(9, 6)), WeightRecipe::version(9));
-        let fwd = ForwardContext { stage: 1, num_stages: 4, live: 5, tag: 2 };
+        let fwd = ForwardContext {
+            stage: 1,
+            num_stages: 4,
+            live: 5,
+            tag: 2,
+        };
         assert_eq!(v.forward(&fwd), WeightRecipe::version(5));
     }
 }

@@ -100,8 +100,16 @@ impl WeightRecipe {
             WeightRecipe::Blend { stale, latest, .. } => {
                 vec![WeightKey::Version(stale), WeightKey::Version(latest)]
             }
-            WeightRecipe::Predict { base, horizon, method } => {
-                vec![WeightKey::Predicted { base, horizon, method }]
+            WeightRecipe::Predict {
+                base,
+                horizon,
+                method,
+            } => {
+                vec![WeightKey::Predicted {
+                    base,
+                    horizon,
+                    method,
+                }]
             }
         }
     }
@@ -113,12 +121,24 @@ impl WeightRecipe {
     pub fn shifted(self, offset: Version) -> Self {
         match self {
             WeightRecipe::Version { version } => WeightRecipe::version(version + offset),
-            WeightRecipe::Blend { stale, latest, stale_weight } => {
-                WeightRecipe::Blend { stale: stale + offset, latest: latest + offset, stale_weight }
-            }
-            WeightRecipe::Predict { base, horizon, method } => {
-                WeightRecipe::Predict { base: base + offset, horizon, method }
-            }
+            WeightRecipe::Blend {
+                stale,
+                latest,
+                stale_weight,
+            } => WeightRecipe::Blend {
+                stale: stale + offset,
+                latest: latest + offset,
+                stale_weight,
+            },
+            WeightRecipe::Predict {
+                base,
+                horizon,
+                method,
+            } => WeightRecipe::Predict {
+                base: base + offset,
+                horizon,
+                method,
+            },
         }
     }
 }
@@ -128,9 +148,15 @@ impl WeightKey {
     pub fn shifted(self, offset: Version) -> Self {
         match self {
             WeightKey::Version(version) => WeightKey::Version(version + offset),
-            WeightKey::Predicted { base, horizon, method } => {
-                WeightKey::Predicted { base: base + offset, horizon, method }
-            }
+            WeightKey::Predicted {
+                base,
+                horizon,
+                method,
+            } => WeightKey::Predicted {
+                base: base + offset,
+                horizon,
+                method,
+            },
         }
     }
 }
@@ -139,10 +165,18 @@ impl fmt::Display for WeightRecipe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             WeightRecipe::Version { version } => write!(f, "v{version}"),
-            WeightRecipe::Blend { stale, latest, stale_weight } => {
+            WeightRecipe::Blend {
+                stale,
+                latest,
+                stale_weight,
+            } => {
                 write!(f, "blend(v{stale}*{stale_weight:.3}+v{latest})")
             }
-            WeightRecipe::Predict { base, horizon, method } => {
+            WeightRecipe::Predict {
+                base,
+                horizon,
+                method,
+            } => {
                 write!(f, "predict(v{base},+{horizon},{method:?})")
             }
         }
@@ -196,8 +230,15 @@ mod tests {
 
     #[test]
     fn anchors_and_needs_name_the_right_versions() {
-        let blend = WeightRecipe::Blend { stale: 3, latest: 5, stale_weight: 0.1 };
+        let blend = WeightRecipe::Blend {
+            stale: 3,
+            latest: 5,
+            stale_weight: 0.1,
+        };
         assert_eq!(blend.anchor(), 3);
-        assert_eq!(blend.needs(), vec![WeightKey::Version(3), WeightKey::Version(5)]);
+        assert_eq!(
+            blend.needs(),
+            vec![WeightKey::Version(3), WeightKey::Version(5)]
+        );
     }
 }

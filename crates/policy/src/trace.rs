@@ -60,7 +60,12 @@ pub struct StagePlan {
 impl StagePlan {
     /// The most weight sets the stage holds at once.
     pub fn peak_weight_sets(&self) -> u32 {
-        self.actions.iter().map(|a| a.held_after).max().unwrap_or(1).max(1)
+        self.actions
+            .iter()
+            .map(|a| a.held_after)
+            .max()
+            .unwrap_or(1)
+            .max(1)
     }
 
     /// Every backward micro-batch of this stage, in execution order.
@@ -92,16 +97,19 @@ pub struct VersionPlan {
 impl VersionPlan {
     /// Peak number of stored weight sets per stage.
     pub fn peak_weight_sets(&self) -> Vec<u32> {
-        self.stages.iter().map(StagePlan::peak_weight_sets).collect()
+        self.stages
+            .iter()
+            .map(StagePlan::peak_weight_sets)
+            .collect()
     }
 }
 
 /// The micro-batches a backward covers.
 fn covered_microbatches(kind: ActionKind, num_microbatches: u32) -> Vec<MicrobatchId> {
     match kind {
-        ActionKind::BackwardMinibatch(i) => {
-            (0..num_microbatches).map(|j| MicrobatchId::new(i, j)).collect()
-        }
+        ActionKind::BackwardMinibatch(i) => (0..num_microbatches)
+            .map(|j| MicrobatchId::new(i, j))
+            .collect(),
         ActionKind::BackwardMicrobatch(mb) => vec![mb],
         ActionKind::Forward(_) | ActionKind::Update(_) => Vec::new(),
     }
@@ -136,7 +144,10 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy) -> VersionPlan {
             StagePlan { actions }
         })
         .collect();
-    VersionPlan { policy: *policy, stages }
+    VersionPlan {
+        policy: *policy,
+        stages,
+    }
 }
 
 /// First pass over one stage: the recipe of every pass.
@@ -160,7 +171,12 @@ fn decide_recipes(
                 let tag = *tags
                     .get(&mb)
                     .unwrap_or_else(|| panic!("{action}: micro-batch never entered stage 0"));
-                let recipe = policy.forward(&ForwardContext { stage, num_stages, live, tag });
+                let recipe = policy.forward(&ForwardContext {
+                    stage,
+                    num_stages,
+                    live,
+                    tag,
+                });
                 forward_recipes.insert(mb, recipe);
                 forward = Some((recipe, tag));
             }
@@ -169,8 +185,12 @@ fn decide_recipes(
                     let forward_recipe = forward_recipes
                         .remove(&mb)
                         .unwrap_or_else(|| panic!("{action}: no forward of {mb:?} before it"));
-                    let ctx =
-                        BackwardContext { stage, num_stages, live, forward: forward_recipe };
+                    let ctx = BackwardContext {
+                        stage,
+                        num_stages,
+                        live,
+                        forward: forward_recipe,
+                    };
                     backward.push(PlannedBackward {
                         microbatch: mb,
                         recipe: policy.backward(&ctx),
@@ -217,10 +237,10 @@ fn plan_retention(actions: &mut [PlannedAction]) {
         }
     }
     let mut held: BTreeSet<WeightKey> = BTreeSet::from([WeightKey::Version(0)]);
-    for index in 0..actions.len() {
-        held.extend(reads(&actions[index]));
-        let mut live = actions[index].live;
-        if actions[index].action.kind.is_update() {
+    for (index, action) in actions.iter_mut().enumerate() {
+        held.extend(reads(action));
+        let mut live = action.live;
+        if action.action.kind.is_update() {
             live += 1;
             held.insert(WeightKey::Version(live));
         }
@@ -235,7 +255,7 @@ fn plan_retention(actions: &mut [PlannedAction]) {
         for key in &releasable {
             held.remove(key);
         }
-        actions[index].release_after = releasable;
-        actions[index].held_after = held.len() as u32;
+        action.release_after = releasable;
+        action.held_after = held.len() as u32;
     }
 }

@@ -11,7 +11,11 @@ use timeprest_schedule::{ActionKind, Schedule, ScheduleConfig, ScheduleKind, gen
 const NUM_MINIBATCHES: u32 = 40;
 
 fn schedule(kind: ScheduleKind, num_stages: u32, num_microbatches: u32) -> Schedule {
-    generate(kind, &ScheduleConfig::new(num_stages, num_microbatches, NUM_MINIBATCHES)).unwrap()
+    generate(
+        kind,
+        &ScheduleConfig::new(num_stages, num_microbatches, NUM_MINIBATCHES),
+    )
+    .unwrap()
 }
 
 fn traced(policy: PolicyKind, kind: ScheduleKind, num_stages: u32, n: u32) -> VersionPlan {
@@ -57,7 +61,10 @@ fn stored_versions_match_spec_section_3_5_and_5_2() {
 
 /// Steady-state staleness histograms over 25 mini-batches away from warm-up and drain.
 fn histograms(plan: &VersionPlan) -> Vec<BTreeMap<u64, u32>> {
-    plan.stages.iter().map(|stage| stage.staleness_histogram(10..35)).collect()
+    plan.stages
+        .iter()
+        .map(|stage| stage.staleness_histogram(10..35))
+        .collect()
 }
 
 fn hist(pairs: &[(u64, u32)]) -> BTreeMap<u64, u32> {
@@ -68,7 +75,8 @@ fn hist(pairs: &[(u64, u32)]) -> BTreeMap<u64, u32> {
 fn staleness_distributions_match_spec_section_3_6() {
     // (W, N, V-TiMePReSt-style forward = live, TiMePReSt forward = vertical-sync tag)
     let all = |pairs: &[(u64, u32)], w: usize| vec![hist(pairs); w];
-    let cases: Vec<(u32, u32, Vec<BTreeMap<u64, u32>>, Vec<BTreeMap<u64, u32>>)> = vec![
+    type Histograms = Vec<BTreeMap<u64, u32>>;
+    let cases: Vec<(u32, u32, Histograms, Histograms)> = vec![
         (
             2,
             3,
@@ -78,7 +86,11 @@ fn staleness_distributions_match_spec_section_3_6() {
         (
             3,
             3,
-            vec![hist(&[(1, 50), (2, 25)]), hist(&[(0, 25), (1, 50)]), hist(&[(0, 75)])],
+            vec![
+                hist(&[(1, 50), (2, 25)]),
+                hist(&[(0, 25), (1, 50)]),
+                hist(&[(0, 75)]),
+            ],
             all(&[(1, 50), (2, 25)], 3),
         ),
         (
@@ -92,7 +104,12 @@ fn staleness_distributions_match_spec_section_3_6() {
             ],
             all(&[(2, 75)], 4),
         ),
-        (3, 2, vec![hist(&[(2, 50)]), hist(&[(1, 50)]), hist(&[(0, 50)])], all(&[(2, 50)], 3)),
+        (
+            3,
+            2,
+            vec![hist(&[(2, 50)]), hist(&[(1, 50)]), hist(&[(0, 50)])],
+            all(&[(2, 50)], 3),
+        ),
         (
             4,
             4,
@@ -130,10 +147,18 @@ fn version_difference_table_matches_spec_including_the_three_formula_errors() {
         for n in 2..=7u32 {
             let analysis = version_difference(&schedule(ScheduleKind::Nf1b, w, n));
             let expected = simulated[(w - 2) as usize][(n - 2) as usize];
-            assert_eq!(analysis.steady_v, expected, "W={w} N={n}: {:?}", analysis.per_minibatch);
+            assert_eq!(
+                analysis.steady_v, expected,
+                "W={w} N={n}: {:?}",
+                analysis.per_minibatch
+            );
             // Eq. 2: W ≤ N + 1 iff v = 1.
             assert_eq!(w <= n + 1, analysis.steady_v == 1, "Eq. 2 at W={w} N={n}");
-            assert_eq!(analysis.has_multiple_sequences(), expected > 1, "W={w} N={n}");
+            assert_eq!(
+                analysis.has_multiple_sequences(),
+                expected > 1,
+                "W={w} N={n}"
+            );
             if v_formula(w, n) != expected {
                 formula_wrong.push((w, n));
             }
@@ -154,7 +179,10 @@ fn w4_n2_has_two_chains_of_odd_and_even_minibatches() {
         assert_eq!(analysis.parents[(i - 1) as usize], i - 2, "mini-batch {i}");
     }
     let single = version_difference(&schedule(ScheduleKind::Nf1b, 4, 4));
-    assert_eq!(single.chains, vec![(1..=NUM_MINIBATCHES).collect::<Vec<u32>>()]);
+    assert_eq!(
+        single.chains,
+        vec![(1..=NUM_MINIBATCHES).collect::<Vec<u32>>()]
+    );
 }
 
 #[test]
@@ -191,7 +219,10 @@ fn synchronous_schedules_never_read_a_stale_version() {
         for w in 1..=5 {
             let plan = traced(policy, kind, w, 3);
             for stage in &plan.stages {
-                assert!(stage.backwards().all(|b| b.staleness == 0), "{policy} W={w}");
+                assert!(
+                    stage.backwards().all(|b| b.staleness == 0),
+                    "{policy} W={w}"
+                );
             }
         }
     }
@@ -205,12 +236,19 @@ fn release_lists_free_every_version_exactly_once() {
         }
         let plan = traced(policy, policy.default_schedule(), 4, 3);
         for stage in &plan.stages {
-            let mut released: Vec<_> =
-                stage.actions.iter().flat_map(|a| a.release_after.iter().copied()).collect();
+            let mut released: Vec<_> = stage
+                .actions
+                .iter()
+                .flat_map(|a| a.release_after.iter().copied())
+                .collect();
             let total = released.len();
             released.sort();
             released.dedup();
-            assert_eq!(released.len(), total, "{policy}: a weight set released twice");
+            assert_eq!(
+                released.len(),
+                total,
+                "{policy}: a weight set released twice"
+            );
         }
     }
 }

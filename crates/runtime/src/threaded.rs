@@ -62,14 +62,18 @@ pub struct RunOptions<'a> {
     pub threads_per_stage: Option<usize>,
     /// Versions in the plan count from 0; the stages already applied this many updates.
     pub version_offset: u64,
-    /// Called by stage 0 after each of its updates with the number of updates so far (for
-    /// progress bars).
+    /// Called by stage 0 after each of its updates with the number of updates it applied in
+    /// this run so far (for progress bars).
     pub on_first_stage_update: Option<&'a (dyn Fn(u64) + Sync)>,
 }
 
 impl Default for RunOptions<'_> {
     fn default() -> Self {
-        Self { threads_per_stage: Some(1), version_offset: 0, on_first_stage_update: None }
+        Self {
+            threads_per_stage: Some(1),
+            version_offset: 0,
+            on_first_stage_update: None,
+        }
     }
 }
 
@@ -98,7 +102,10 @@ struct Inbox<M> {
 
 impl<M> Inbox<M> {
     fn new(receiver: Receiver<Envelope<M>>) -> Self {
-        Self { receiver, early: HashMap::new() }
+        Self {
+            receiver,
+            early: HashMap::new(),
+        }
     }
 
     /// Waits for the message of `microbatch`; `Err` if the run was aborted or the sender died.
@@ -158,48 +165,54 @@ pub fn run_threaded<C: StageCompute>(
         .map(|stage| build_pool(stage as u32, options.threads_per_stage))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let results: Vec<Option<(Vec<Event>, Vec<(MicrobatchId, LossStats)>)>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = stages
-                .iter_mut()
-                .zip(plan.stages.iter())
-                .zip(links.drain(..))
-                .zip(pools.iter())
-                .enumerate()
-                .map(|(stage, (((compute, stage_plan), links), pool))| {
-                    let abort = &abort;
-                    let failures = &failures;
-                    std::thread::Builder::new()
-                        .name(format!("stage-{stage}"))
-                        .spawn_scoped(scope, move || {
-                            let worker = Worker {
-                                stage: stage as u32,
-                                compute,
-                                plan: stage_plan,
-                                links,
-                                abort,
-                                start,
-                                offset: options.version_offset,
-                                on_update: if stage == 0 { options.on_first_stage_update } else { None },
-                            };
-                            let outcome = match pool {
-                                Some(pool) => pool.install(|| worker.run_guarded()),
-                                None => worker.run_guarded(),
-                            };
-                            match outcome {
-                                Ok(result) => Some(result),
-                                Err(error) => {
-                                    abort.store(true, Ordering::Relaxed);
-                                    failures.lock().expect("failure list poisoned").push(error);
-                                    None
-                                }
+    let results: Vec<Option<WorkerOutput>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = stages
+            .iter_mut()
+            .zip(plan.stages.iter())
+            .zip(links.drain(..))
+            .zip(pools.iter())
+            .enumerate()
+            .map(|(stage, (((compute, stage_plan), links), pool))| {
+                let abort = &abort;
+                let failures = &failures;
+                std::thread::Builder::new()
+                    .name(format!("stage-{stage}"))
+                    .spawn_scoped(scope, move || {
+                        let worker = Worker {
+                            stage: stage as u32,
+                            compute,
+                            plan: stage_plan,
+                            links,
+                            abort,
+                            start,
+                            offset: options.version_offset,
+                            on_update: if stage == 0 {
+                                options.on_first_stage_update
+                            } else {
+                                None
+                            },
+                        };
+                        let outcome = match pool {
+                            Some(pool) => pool.install(|| worker.run_guarded()),
+                            None => worker.run_guarded(),
+                        };
+                        match outcome {
+                            Ok(result) => Some(result),
+                            Err(error) => {
+                                abort.store(true, Ordering::Relaxed);
+                                failures.lock().expect("failure list poisoned").push(error);
+                                None
                             }
-                        })
-                        .expect("spawning a stage thread")
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("stage thread panicked outside guard")).collect()
-        });
+                        }
+                    })
+                    .expect("spawning a stage thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("stage thread panicked outside guard"))
+            .collect()
+    });
 
     let mut failures = failures.into_inner().expect("failure list poisoned");
     if !failures.is_empty() {
@@ -210,7 +223,10 @@ pub fn run_threaded<C: StageCompute>(
             .unwrap_or(0);
         return Err(failures.swap_remove(root));
     }
-    let mut report = RunReport { seconds: start.elapsed().as_secs_f64(), ..RunReport::default() };
+    let mut report = RunReport {
+        seconds: start.elapsed().as_secs_f64(),
+        ..RunReport::default()
+    };
     for (events, losses) in results.into_iter().flatten() {
         report.events.push(events);
         report.losses.extend(losses);
@@ -218,21 +234,32 @@ pub fn run_threaded<C: StageCompute>(
     Ok(report)
 }
 
-fn build_pool(stage: u32, threads: Option<usize>) -> Result<Option<rayon::ThreadPool>, RuntimeError> {
+fn build_pool(
+    stage: u32,
+    threads: Option<usize>,
+) -> Result<Option<rayon::ThreadPool>, RuntimeError> {
     threads
         .map(|threads| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(move |i| format!("stage-{stage}-op-{i}"))
                 .build()
-                .map_err(|e| RuntimeError::ThreadPool { stage, cause: e.to_string() })
+                .map_err(|e| RuntimeError::ThreadPool {
+                    stage,
+                    cause: e.to_string(),
+                })
         })
         .transpose()
 }
 
 fn make_links<M>(num_stages: usize) -> Vec<Links<M>> {
     let mut links: Vec<Links<M>> = (0..num_stages)
-        .map(|_| Links { from_previous: None, from_next: None, to_next: None, to_previous: None })
+        .map(|_| Links {
+            from_previous: None,
+            from_next: None,
+            to_next: None,
+            to_previous: None,
+        })
         .collect();
     for stage in 0..num_stages.saturating_sub(1) {
         let (forward_tx, forward_rx) = unbounded();
@@ -271,14 +298,22 @@ impl<C: StageCompute> Worker<'_, C> {
         }
         match outcome {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(cause)) => Err(RuntimeError::StageFailed { stage, action: current, cause }),
+            Ok(Err(cause)) => Err(RuntimeError::StageFailed {
+                stage,
+                action: current,
+                cause,
+            }),
             Err(panic) => {
                 let cause = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown panic".to_string());
-                Err(RuntimeError::StageFailed { stage, action: current, cause: format!("panic: {cause}") })
+                Err(RuntimeError::StageFailed {
+                    stage,
+                    action: current,
+                    cause: format!("panic: {cause}"),
+                })
             }
         }
     }
@@ -304,14 +339,21 @@ impl<C: StageCompute> Worker<'_, C> {
                         Some(inbox) => Some(inbox.take(microbatch, self.abort)?),
                         None => None,
                     };
-                    match self.compute.forward(microbatch, input, &recipe).map_err(|e| e.0)? {
+                    match self
+                        .compute
+                        .forward(microbatch, input, &recipe)
+                        .map_err(|e| e.0)?
+                    {
                         ForwardOutput::Activation(payload) => {
                             bytes_sent += C::message_bytes(&payload);
                             let sender = self.links.to_next.as_ref().ok_or_else(|| {
                                 "the last stage produced activations instead of a loss".to_string()
                             })?;
                             sender
-                                .send(Envelope { microbatch, payload })
+                                .send(Envelope {
+                                    microbatch,
+                                    payload,
+                                })
                                 .map_err(|_| ABORTED.to_string())?;
                         }
                         ForwardOutput::Loss(stats) => losses.push((microbatch, stats)),
@@ -327,9 +369,14 @@ impl<C: StageCompute> Worker<'_, C> {
                         let recipe = backward.recipe.shifted(self.offset);
                         recipes.push(recipe);
                         staleness.push(backward.staleness);
-                        work.push(BackwardWork { microbatch: backward.microbatch, recipe, output_gradient });
+                        work.push(BackwardWork {
+                            microbatch: backward.microbatch,
+                            recipe,
+                            output_gradient,
+                        });
                     }
-                    let microbatches: Vec<MicrobatchId> = work.iter().map(|w| w.microbatch).collect();
+                    let microbatches: Vec<MicrobatchId> =
+                        work.iter().map(|w| w.microbatch).collect();
                     let gradients = self.compute.backward(work).map_err(|e| e.0)?;
                     if gradients.len() != microbatches.len() {
                         return Err(format!(
@@ -345,7 +392,10 @@ impl<C: StageCompute> Worker<'_, C> {
                             })?;
                             bytes_sent += C::message_bytes(&payload);
                             sender
-                                .send(Envelope { microbatch, payload })
+                                .send(Envelope {
+                                    microbatch,
+                                    payload,
+                                })
                                 .map_err(|_| ABORTED.to_string())?;
                         }
                     }

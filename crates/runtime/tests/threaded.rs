@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use timeprest_policy::{PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan};
 use timeprest_runtime::{
-    BackwardWork, ComputeError, ForwardOutput, LossStats, RunOptions, RuntimeError,
-    StageCompute, run_threaded,
+    BackwardWork, ComputeError, ForwardOutput, LossStats, RunOptions, RuntimeError, StageCompute,
+    run_threaded,
 };
 use timeprest_schedule::{MicrobatchId, ScheduleConfig, ScheduleKind, generate};
 
@@ -55,13 +55,29 @@ impl StageCompute for EchoStage {
         if self.panic_on_forward == Some(self.forwards) {
             panic!("injected fault in forward {}", self.forwards);
         }
-        assert!(input.is_none_or(|id| id == microbatch), "message routed to the wrong micro-batch");
+        assert!(
+            input.is_none_or(|id| id == microbatch),
+            "message routed to the wrong micro-batch"
+        );
         self.check_available(recipe)?;
-        if let WeightRecipe::Predict { base, horizon, method } = *recipe {
-            self.stored.insert(WeightKey::Predicted { base, horizon, method });
+        if let WeightRecipe::Predict {
+            base,
+            horizon,
+            method,
+        } = *recipe
+        {
+            self.stored.insert(WeightKey::Predicted {
+                base,
+                horizon,
+                method,
+            });
         }
         Ok(if self.is_last {
-            ForwardOutput::Loss(LossStats { loss_sum: 1.0, correct: 1, count: 1 })
+            ForwardOutput::Loss(LossStats {
+                loss_sum: 1.0,
+                correct: 1,
+                count: 1,
+            })
         } else {
             ForwardOutput::Activation(microbatch)
         })
@@ -71,7 +87,8 @@ impl StageCompute for EchoStage {
         &mut self,
         work: Vec<BackwardWork<MicrobatchId>>,
     ) -> Result<Vec<Option<MicrobatchId>>, ComputeError> {
-        work.iter().map(|w| self.check_available(&w.recipe)).collect::<Result<(), _>>()?;
+        work.iter()
+            .try_for_each(|w| self.check_available(&w.recipe))?;
         Ok(work.into_iter().map(|w| Some(w.microbatch)).collect())
     }
 
@@ -85,7 +102,10 @@ impl StageCompute for EchoStage {
     }
 
     fn release(&mut self, key: WeightKey) {
-        assert!(self.stored.remove(&key), "released {key:?} which is not stored");
+        assert!(
+            self.stored.remove(&key),
+            "released {key:?} which is not stored"
+        );
     }
 
     fn message_bytes(_: &MicrobatchId) -> u64 {
@@ -102,13 +122,19 @@ impl StageCompute for EchoStage {
 }
 
 fn stages(num_stages: u32) -> Vec<EchoStage> {
-    (0..num_stages).map(|s| EchoStage::new(s + 1 == num_stages)).collect()
+    (0..num_stages)
+        .map(|s| EchoStage::new(s + 1 == num_stages))
+        .collect()
 }
 
 #[test]
 fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
     for policy_kind in PolicyKind::ALL {
-        let num_stages = if policy_kind == PolicyKind::Single { 1 } else { 4 };
+        let num_stages = if policy_kind == PolicyKind::Single {
+            1
+        } else {
+            4
+        };
         let schedule = generate(
             policy_kind.default_schedule(),
             &ScheduleConfig::new(num_stages, 3, 12),
@@ -117,33 +143,62 @@ fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
         let policy = WeightPolicy::new(policy_kind, &PolicyOptions::default());
         let version_plan = plan(&schedule, &policy);
         let mut workers = stages(num_stages);
-        let report =
-            run_threaded(&schedule, &version_plan, &mut workers, RunOptions::default()).unwrap();
+        let report = run_threaded(
+            &schedule,
+            &version_plan,
+            &mut workers,
+            RunOptions::default(),
+        )
+        .unwrap();
         assert_eq!(report.events.len(), num_stages as usize);
         for (stage, events) in report.events.iter().enumerate() {
             let planned = &version_plan.stages[stage].actions;
             assert_eq!(events.len(), planned.len(), "{policy_kind} stage {stage}");
             for (event, planned) in events.iter().zip(planned) {
                 assert_eq!(event.action, planned.action);
-                assert_eq!(event.stored_weight_sets, planned.held_after, "{policy_kind} {}", event.action);
+                assert_eq!(
+                    event.stored_weight_sets, planned.held_after,
+                    "{policy_kind} {}",
+                    event.action
+                );
             }
         }
         let config = schedule.config;
-        assert_eq!(report.losses.len(), (config.num_minibatches * config.num_microbatches) as usize);
+        assert_eq!(
+            report.losses.len(),
+            (config.num_minibatches * config.num_microbatches) as usize
+        );
     }
 }
 
 #[test]
 fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
     let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(4, 3, 50)).unwrap();
-    let version_plan = plan(&schedule, &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()));
+    let version_plan = plan(
+        &schedule,
+        &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
+    );
     let mut workers = stages(4);
     workers[2].panic_on_forward = Some(20);
     let started = Instant::now();
-    let error = run_threaded(&schedule, &version_plan, &mut workers, RunOptions::default()).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    let error = run_threaded(
+        &schedule,
+        &version_plan,
+        &mut workers,
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
     match error {
-        RuntimeError::StageFailed { stage, action, cause } => {
+        RuntimeError::StageFailed {
+            stage,
+            action,
+            cause,
+        } => {
             assert_eq!(stage, 2);
             assert!(action.starts_with("2F"), "{action}");
             assert!(cause.contains("injected fault"), "{cause}");
@@ -155,19 +210,40 @@ fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
 #[test]
 fn a_failing_update_ends_the_run_with_its_cause() {
     let schedule = generate(ScheduleKind::OneFOneB, &ScheduleConfig::new(3, 1, 30)).unwrap();
-    let version_plan = plan(&schedule, &WeightPolicy::new(PolicyKind::Pipedream, &PolicyOptions::default()));
+    let version_plan = plan(
+        &schedule,
+        &WeightPolicy::new(PolicyKind::Pipedream, &PolicyOptions::default()),
+    );
     let mut workers = stages(3);
     workers[0].fail_on_update = Some(4);
-    let error = run_threaded(&schedule, &version_plan, &mut workers, RunOptions::default()).unwrap_err();
+    let error = run_threaded(
+        &schedule,
+        &version_plan,
+        &mut workers,
+        RunOptions::default(),
+    )
+    .unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("stage 0") && text.contains("0U4") && text.contains("injected optimizer"), "{text}");
+    assert!(
+        text.contains("stage 0") && text.contains("0U4") && text.contains("injected optimizer"),
+        "{text}"
+    );
 }
 
 #[test]
 fn mismatched_stage_count_is_rejected() {
     let schedule = generate(ScheduleKind::Gpipe, &ScheduleConfig::new(3, 2, 2)).unwrap();
-    let version_plan = plan(&schedule, &WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default()));
+    let version_plan = plan(
+        &schedule,
+        &WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default()),
+    );
     let mut workers = stages(2);
-    let error = run_threaded(&schedule, &version_plan, &mut workers, RunOptions::default()).unwrap_err();
+    let error = run_threaded(
+        &schedule,
+        &version_plan,
+        &mut workers,
+        RunOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(error, RuntimeError::Mismatch(_)), "{error}");
 }

@@ -130,26 +130,36 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The schedule this run uses.
     pub fn schedule_kind(&self) -> ScheduleKind {
-        self.schedule.unwrap_or_else(|| self.policy.default_schedule())
+        self.schedule
+            .unwrap_or_else(|| self.policy.default_schedule())
     }
 
     /// The optimizer configuration.
     pub fn optimizer_config(&self) -> OptimizerConfig {
         let kind = match self.optimizer {
-            OptimizerChoice::Sgd => {
-                OptimizerKind::Sgd { momentum: self.momentum, nesterov: self.nesterov }
-            }
-            OptimizerChoice::Adam => {
-                OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 }
-            }
+            OptimizerChoice::Sgd => OptimizerKind::Sgd {
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+            },
+            OptimizerChoice::Adam => OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+            },
         };
-        OptimizerConfig { kind, lr: self.lr, weight_decay: self.weight_decay }
+        OptimizerConfig {
+            kind,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+        }
     }
 
     /// The policy options.
     pub fn policy_options(&self) -> PolicyOptions {
         let significance = match self.significance {
-            SignificanceChoice::Exp => Significance::Exp { lambda: self.lambda },
+            SignificanceChoice::Exp => Significance::Exp {
+                lambda: self.lambda,
+            },
             SignificanceChoice::Exp2 => Significance::Exp2,
             SignificanceChoice::Inverse => Significance::Inverse,
             SignificanceChoice::Const => Significance::Const { alpha: self.alpha },
@@ -164,9 +174,13 @@ impl TrainConfig {
 
     /// Checks every field; the error names the flag and the valid values.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |flag: &str, message: String| Err(TrainError::Config(format!("--{flag}: {message}")));
+        let bad =
+            |flag: &str, message: String| Err(TrainError::Config(format!("--{flag}: {message}")));
         if self.model != "mlp" {
-            return bad("model", format!("unknown model `{}`; valid models: mlp", self.model));
+            return bad(
+                "model",
+                format!("unknown model `{}`; valid models: mlp", self.model),
+            );
         }
         if self.stages == 0 {
             return bad("stages", "must be at least 1".into());
@@ -187,10 +201,16 @@ impl TrainConfig {
             return bad("epochs", "must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return bad("lr", format!("must be a finite number ≥ 0, got {}", self.lr));
+            return bad(
+                "lr",
+                format!("must be a finite number ≥ 0, got {}", self.lr),
+            );
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad("momentum", format!("must be in [0, 1), got {}", self.momentum));
+            return bad(
+                "momentum",
+                format!("must be in [0, 1), got {}", self.momentum),
+            );
         }
         if !(0.0..=1.0).contains(&self.alpha) {
             return bad("alpha", format!("must be in [0, 1], got {}", self.alpha));
@@ -202,7 +222,10 @@ impl TrainConfig {
             return bad("threads-per-stage", "must be at least 1".into());
         }
         if self.policy == PolicyKind::Single && self.stages != 1 {
-            return bad("stages", format!("policy `single` runs on one stage, got {}", self.stages));
+            return bad(
+                "stages",
+                format!("policy `single` runs on one stage, got {}", self.stages),
+            );
         }
         let schedule = self.schedule_kind();
         let allowed = self.policy.allowed_schedules();

@@ -80,8 +80,16 @@ pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
                 stage: stage as u32,
                 mean_staleness: total as f64 / count.max(1) as f64,
                 staleness,
-                peak_weight_sets: events.iter().map(|e| e.stored_weight_sets).max().unwrap_or(1),
-                peak_weight_bytes: events.iter().map(|e| e.stored_weight_bytes).max().unwrap_or(0),
+                peak_weight_sets: events
+                    .iter()
+                    .map(|e| e.stored_weight_sets)
+                    .max()
+                    .unwrap_or(1),
+                peak_weight_bytes: events
+                    .iter()
+                    .map(|e| e.stored_weight_bytes)
+                    .max()
+                    .unwrap_or(0),
                 busy_seconds,
                 utilisation: busy_seconds / report.seconds.max(f64::MIN_POSITIVE),
                 bytes_sent: events.iter().map(|e| e.bytes_sent).sum(),

@@ -40,7 +40,10 @@ pub trait Progress: Sync {
 impl Progress for () {}
 
 fn output_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
-    TrainError::Output { path: path.display().to_string(), cause: error.to_string() }
+    TrainError::Output {
+        path: path.display().to_string(),
+        cause: error.to_string(),
+    }
 }
 
 /// Trains `config` for its epochs, writing the run directory and weights of `paths`.
@@ -80,7 +83,9 @@ pub fn run(
         let (metrics, _report) = trainer.run_epoch(epoch, Some(&advanced))?;
         if let Some((path, file)) = metrics_file.as_mut() {
             let line = serde_json::to_string(&metrics).expect("metrics always serialise");
-            writeln!(file, "{line}").and_then(|()| file.flush()).map_err(|e| output_error(path, e))?;
+            writeln!(file, "{line}")
+                .and_then(|()| file.flush())
+                .map_err(|e| output_error(path, e))?;
         }
         progress.epoch_finished(&metrics);
         history.push(metrics);

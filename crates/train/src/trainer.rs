@@ -38,7 +38,10 @@ impl Trainer {
     /// seeded initialisation that does not depend on the number of stages.
     pub fn new(config: TrainConfig, initial: Option<ModelParams>) -> Result<Self, TrainError> {
         config.validate()?;
-        let DataSplit { mut train, mut test } = load(&config.dataset, config.data_dir.as_deref())?;
+        let DataSplit {
+            mut train,
+            mut test,
+        } = load(&config.dataset, config.data_dir.as_deref())?;
         if let Some(limit) = config.limit_train {
             train.truncate(limit);
         }
@@ -55,9 +58,8 @@ impl Trainer {
             None => init_params(&spec, config.seed)?,
         };
         let train_data = Arc::new(train);
-        let split = partition_uniform(spec.num_blocks(), config.stages as usize).map_err(|e| {
-            TrainError::Config(format!("--stages: {e}"))
-        })?;
+        let split = partition_uniform(spec.num_blocks(), config.stages as usize)
+            .map_err(|e| TrainError::Config(format!("--stages: {e}")))?;
         let stages = split
             .iter()
             .enumerate()
@@ -74,7 +76,15 @@ impl Trainer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let policy = WeightPolicy::new(config.policy, &config.policy_options());
-        Ok(Self { config, spec, train_data, test_data: test, policy, stages, updates: 0 })
+        Ok(Self {
+            config,
+            spec,
+            train_data,
+            test_data: test,
+            policy,
+            stages,
+            updates: 0,
+        })
     }
 
     /// The configuration.
@@ -89,7 +99,10 @@ impl Trainer {
 
     /// The live weights of all stages, in block order.
     pub fn params(&self) -> ModelParams {
-        self.stages.iter().flat_map(BurnStage::live_params).collect()
+        self.stages
+            .iter()
+            .flat_map(BurnStage::live_params)
+            .collect()
     }
 
     /// How the epoch's samples are cut: mini-batches of `batch_size` samples in `microbatches`
@@ -103,8 +116,12 @@ impl Trainer {
             self.config.shuffle,
         );
         let config = &self.config;
-        let mut batches = BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
-        let probe = generate(self.config.schedule_kind(), &ScheduleConfig::new(1, config.microbatches, 1))?;
+        let mut batches =
+            BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
+        let probe = generate(
+            self.config.schedule_kind(),
+            &ScheduleConfig::new(1, config.microbatches, 1),
+        )?;
         if probe.config.num_microbatches == 1 && config.microbatches > 1 {
             batches.minibatches = batches
                 .minibatches
@@ -141,23 +158,20 @@ impl Trainer {
         for stage in &mut self.stages {
             stage.set_plan(Arc::clone(&batches));
         }
-        let offset = self.updates;
-        let relative = |done: u64| {
-            if let Some(progress) = progress {
-                progress(done - offset);
-            }
-        };
         let options = RunOptions {
             threads_per_stage: Some(self.config.threads_per_stage),
-            version_offset: offset,
-            on_first_stage_update: Some(&relative),
+            version_offset: self.updates,
+            on_first_stage_update: progress,
         };
         let report = run_threaded(&schedule, &version_plan, &mut self.stages, options)?;
         self.updates += u64::from(num_minibatches);
 
         let (train_loss, train_accuracy, samples) = training_stats(&report);
         if !train_loss.is_finite() {
-            return Err(TrainError::Diverged { epoch, loss: train_loss });
+            return Err(TrainError::Diverged {
+                epoch,
+                loss: train_loss,
+            });
         }
         let (test_loss, test_accuracy) = self.evaluate()?;
         let metrics = EpochMetrics {
@@ -176,7 +190,12 @@ impl Trainer {
 
     /// Mean loss and accuracy of the live weights on the test set.
     pub fn evaluate(&self) -> Result<(f64, f64), TrainError> {
-        Ok(evaluate(&self.spec, &self.params(), &self.test_data, self.config.eval_batch_size)?)
+        Ok(evaluate(
+            &self.spec,
+            &self.params(),
+            &self.test_data,
+            self.config.eval_batch_size,
+        )?)
     }
 
     /// Number of mini-batches per epoch (after the 1F1B flattening).

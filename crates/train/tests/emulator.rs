@@ -9,7 +9,9 @@
 use timeprest_data::load;
 use timeprest_nn::{MlpConfig, ModelSpec, init_params, partition_uniform};
 use timeprest_policy::PolicyKind;
-use timeprest_schedule::{ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate};
+use timeprest_schedule::{
+    ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
+};
 use timeprest_train::{TrainConfig, Trainer};
 
 const LR: f32 = 0.05;
@@ -38,7 +40,11 @@ fn layer_forward(layer: &Layer, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) 
             pre[r * layer.output + o] = sum;
         }
     }
-    let out = if layer.relu { pre.iter().map(|v| v.max(0.0)).collect() } else { pre.clone() };
+    let out = if layer.relu {
+        pre.iter().map(|v| v.max(0.0)).collect()
+    } else {
+        pre.clone()
+    };
     (pre, out)
 }
 
@@ -75,7 +81,11 @@ fn layer_backward(
 fn zeros_like(weights: &Weights) -> Weights {
     weights
         .iter()
-        .map(|l| Layer { weight: vec![0.0; l.weight.len()], bias: vec![0.0; l.bias.len()], ..l.clone() })
+        .map(|l| Layer {
+            weight: vec![0.0; l.weight.len()],
+            bias: vec![0.0; l.bias.len()],
+            ..l.clone()
+        })
         .collect()
 }
 
@@ -84,8 +94,18 @@ fn axpy(a: &Weights, c: f32, b: &Weights) -> Weights {
     a.iter()
         .zip(b)
         .map(|(la, lb)| Layer {
-            weight: la.weight.iter().zip(&lb.weight).map(|(x, y)| x + c * y).collect(),
-            bias: la.bias.iter().zip(&lb.bias).map(|(x, y)| x + c * y).collect(),
+            weight: la
+                .weight
+                .iter()
+                .zip(&lb.weight)
+                .map(|(x, y)| x + c * y)
+                .collect(),
+            bias: la
+                .bias
+                .iter()
+                .zip(&lb.bias)
+                .map(|(x, y)| x + c * y)
+                .collect(),
             ..la.clone()
         })
         .collect()
@@ -119,17 +139,27 @@ fn emulate(
     let num_stages = stages_init.len();
     let mut stages: Vec<Stage> = stages_init
         .into_iter()
-        .map(|w| Stage { grad: zeros_like(&w), versions: vec![w], momentum: None, saved: Default::default() })
+        .map(|w| Stage {
+            grad: zeros_like(&w),
+            versions: vec![w],
+            momentum: None,
+            saved: Default::default(),
+        })
         .collect();
-    let mut activations: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> = Default::default();
-    let mut gradients: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> = Default::default();
+    let mut activations: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> =
+        Default::default();
+    let mut gradients: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> =
+        Default::default();
     let mut tags: std::collections::HashMap<MicrobatchId, usize> = Default::default();
     let num_features = stages[0].versions[0][0].input;
     for slot in 0..schedule.num_slots() {
-        for s in 0..num_stages {
-            let actions: Vec<_> = schedule.stages[s].iter().filter(|a| a.slot == slot).map(|a| a.action).collect();
+        for (s, stage) in stages.iter_mut().enumerate() {
+            let actions: Vec<_> = schedule.stages[s]
+                .iter()
+                .filter(|a| a.slot == slot)
+                .map(|a| a.action)
+                .collect();
             for action in actions {
-                let stage = &mut stages[s];
                 let live = stage.versions.len() - 1;
                 match action.kind {
                     ActionKind::Forward(mb) => {
@@ -137,7 +167,12 @@ fn emulate(
                         let rows = samples.len();
                         let input = if s == 0 {
                             tags.insert(mb, live);
-                            samples.iter().flat_map(|&i| features[i * num_features..(i + 1) * num_features].to_vec()).collect()
+                            samples
+                                .iter()
+                                .flat_map(|&i| {
+                                    features[i * num_features..(i + 1) * num_features].to_vec()
+                                })
+                                .collect()
                         } else {
                             activations.remove(&(s, mb)).expect("activation arrived")
                         };
@@ -166,7 +201,8 @@ fn emulate(
                             activations.insert((s + 1, mb), x);
                         } else {
                             // Softmax cross-entropy; gradient of Σ CE / M (M = mini-batch size).
-                            let m: usize = batches[mb.minibatch as usize].iter().map(Vec::len).sum();
+                            let m: usize =
+                                batches[mb.minibatch as usize].iter().map(Vec::len).sum();
                             let classes = weights.last().unwrap().output;
                             let mut g = vec![0.0f32; rows * classes];
                             for r in 0..rows {
@@ -175,17 +211,33 @@ fn emulate(
                                 let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
                                 for c in 0..classes {
                                     let p = (z[c] - max).exp() / sum;
-                                    let y = if labels[samples[r]] as usize == c { 1.0 } else { 0.0 };
+                                    let y = if labels[samples[r]] as usize == c {
+                                        1.0
+                                    } else {
+                                        0.0
+                                    };
                                     g[r * classes + c] = (p - y) / m as f32;
                                 }
                             }
                             gradients.insert((s, mb), g);
                         }
-                        stage.saved.insert(mb, Saved { inputs, pre_activations, rows, version, weights });
+                        stage.saved.insert(
+                            mb,
+                            Saved {
+                                inputs,
+                                pre_activations,
+                                rows,
+                                version,
+                                weights,
+                            },
+                        );
                     }
                     ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
                         let mbs: Vec<MicrobatchId> = match action.kind {
-                            ActionKind::BackwardMinibatch(i) => (0..batches[i as usize].len() as u32).map(|j| MicrobatchId::new(i, j)).collect(),
+                            ActionKind::BackwardMinibatch(i) => (0..batches[i as usize].len()
+                                as u32)
+                                .map(|j| MicrobatchId::new(i, j))
+                                .collect(),
                             ActionKind::BackwardMicrobatch(mb) => vec![mb],
                             _ => unreachable!(),
                         };
@@ -194,7 +246,9 @@ fn emulate(
                             let d = live - saved.version;
                             // Which weights the backward reads.
                             let weights = match policy {
-                                PolicyKind::Pipedream | PolicyKind::Variant1 | PolicyKind::Nwpt => saved.weights.clone(),
+                                PolicyKind::Pipedream | PolicyKind::Variant1 | PolicyKind::Nwpt => {
+                                    saved.weights.clone()
+                                }
                                 PolicyKind::ITimeprest if d > 0 => {
                                     let sigma = (-(d as f64)).exp() as f32;
                                     let latest = &stage.versions[live];
@@ -221,7 +275,8 @@ fn emulate(
                     }
                     ActionKind::Update(_) => {
                         // SGD with momentum, dampening 0, PyTorch semantics (b₀ = g).
-                        let grad = std::mem::replace(&mut stage.grad, zeros_like(&stage.versions[live]));
+                        let grad =
+                            std::mem::replace(&mut stage.grad, zeros_like(&stage.versions[live]));
                         let b = match &stage.momentum {
                             Some(b) => axpy(&grad, MOMENTUM, b),
                             None => grad,
@@ -234,10 +289,18 @@ fn emulate(
             }
         }
     }
-    stages.into_iter().map(|mut s| s.versions.pop().unwrap()).collect()
+    stages
+        .into_iter()
+        .map(|mut s| s.versions.pop().unwrap())
+        .collect()
 }
 
-fn check_policy_against_emulator(policy: PolicyKind, num_stages: u32, microbatches: u32, batch_size: usize) {
+fn check_policy_against_emulator(
+    policy: PolicyKind,
+    num_stages: u32,
+    microbatches: u32,
+    batch_size: usize,
+) {
     let hidden = vec![16, 12, 8];
     let limit = 96;
     let config = TrainConfig {
@@ -257,10 +320,18 @@ fn check_policy_against_emulator(policy: PolicyKind, num_stages: u32, microbatch
     };
     let mut trainer = Trainer::new(config, None).unwrap();
     trainer.run_epoch(1, None).unwrap();
-    let pipelined: Vec<Vec<Vec<f32>>> = trainer.params().iter().map(|p| p.to_file_layout()).collect();
+    let pipelined: Vec<Vec<Vec<f32>>> = trainer
+        .params()
+        .iter()
+        .map(|p| p.to_file_layout())
+        .collect();
 
     let data = load("digits", None).unwrap().train;
-    let spec = ModelSpec::Mlp(MlpConfig { input: 64, hidden, classes: 10 });
+    let spec = ModelSpec::Mlp(MlpConfig {
+        input: 64,
+        hidden,
+        classes: 10,
+    });
     let init = init_params(&spec, 7).unwrap();
     let layers: Vec<Layer> = init
         .iter()
@@ -268,38 +339,75 @@ fn check_policy_against_emulator(policy: PolicyKind, num_stages: u32, microbatch
             let values = p.to_file_layout();
             let output = values[1].len();
             let input = values[0].len() / output;
-            Layer { weight: values[0].clone(), bias: values[1].clone(), input, output, relu: false }
+            Layer {
+                weight: values[0].clone(),
+                bias: values[1].clone(),
+                input,
+                output,
+                relu: false,
+            }
         })
         .collect();
     let num_layers = layers.len();
     let layers: Vec<Layer> = layers
         .into_iter()
         .enumerate()
-        .map(|(i, l)| Layer { relu: i + 1 < num_layers, ..l })
+        .map(|(i, l)| Layer {
+            relu: i + 1 < num_layers,
+            ..l
+        })
         .collect();
     let split = partition_uniform(num_layers, num_stages as usize).unwrap();
     let stage_weights: Vec<Weights> = split.iter().map(|r| layers[r.clone()].to_vec()).collect();
     let batches: Vec<Vec<Vec<usize>>> = (0..limit)
         .collect::<Vec<_>>()
         .chunks(batch_size)
-        .map(|mb| mb.chunks(batch_size / microbatches as usize).map(<[usize]>::to_vec).collect())
+        .map(|mb| {
+            mb.chunks(batch_size / microbatches as usize)
+                .map(<[usize]>::to_vec)
+                .collect()
+        })
         .collect();
     let kind = trainer.config().schedule_kind();
-    let schedule = generate(kind, &ScheduleConfig::new(num_stages, microbatches, batches.len() as u32)).unwrap();
-    assert_eq!(schedule.config.num_microbatches, microbatches, "test setup: no 1F1B flattening");
-    let emulated = emulate(policy, &schedule, stage_weights, &batches, &data.features, &data.labels);
+    let schedule = generate(
+        kind,
+        &ScheduleConfig::new(num_stages, microbatches, batches.len() as u32),
+    )
+    .unwrap();
+    assert_eq!(
+        schedule.config.num_microbatches, microbatches,
+        "test setup: no 1F1B flattening"
+    );
+    let emulated = emulate(
+        policy,
+        &schedule,
+        stage_weights,
+        &batches,
+        &data.features,
+        &data.labels,
+    );
     let emulated: Vec<&Layer> = emulated.iter().flatten().collect();
 
     let mut worst = 0.0f32;
     for (block, (run, emu)) in pipelined.iter().zip(&emulated).enumerate() {
-        for (a, b) in run[0].iter().zip(&emu.weight).chain(run[1].iter().zip(&emu.bias)) {
+        for (a, b) in run[0]
+            .iter()
+            .zip(&emu.weight)
+            .chain(run[1].iter().zip(&emu.bias))
+        {
             let diff = (a - b).abs() / (1e-3 + b.abs());
             worst = worst.max(diff);
-            assert!(diff < 1e-4, "{policy} block {block}: pipelined {a} vs emulated {b}");
+            assert!(
+                diff < 1e-4,
+                "{policy} block {block}: pipelined {a} vs emulated {b}"
+            );
         }
     }
     // The weights moved: a policy that ignored the gradients would not pass vacuously.
-    let moved = pipelined[0][0].iter().zip(&layers[0].weight).any(|(a, b)| (a - b).abs() > 1e-3);
+    let moved = pipelined[0][0]
+        .iter()
+        .zip(&layers[0].weight)
+        .any(|(a, b)| (a - b).abs() > 1e-3);
     assert!(moved, "{policy}: weights did not change");
     eprintln!("{policy}: worst relative difference {worst:e}");
 }
@@ -342,5 +450,8 @@ fn variant1_equals_its_sequential_emulator() {
 #[test]
 fn schedule_kinds_used_by_the_emulator_are_the_policies_defaults() {
     assert_eq!(PolicyKind::Timeprest.default_schedule(), ScheduleKind::Nf1b);
-    assert_eq!(PolicyKind::Pipedream.default_schedule(), ScheduleKind::OneFOneB);
+    assert_eq!(
+        PolicyKind::Pipedream.default_schedule(),
+        ScheduleKind::OneFOneB
+    );
 }

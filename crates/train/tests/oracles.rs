@@ -28,12 +28,19 @@ fn train(config: TrainConfig) -> Vec<f32> {
     for epoch in 1..=epochs {
         trainer.run_epoch(epoch, None).unwrap();
     }
-    trainer.params().iter().flat_map(|p| p.values().concat()).collect()
+    trainer
+        .params()
+        .iter()
+        .flat_map(|p| p.values().concat())
+        .collect()
 }
 
 fn max_relative_difference(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1e-3 + y.abs())).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / (1e-3 + y.abs()))
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -63,21 +70,35 @@ fn i_timeprest_with_significance_one_is_the_stash_rule_and_zero_is_v_timeprest()
         alpha,
         ..config(PolicyKind::ITimeprest, 4)
     };
-    let stash = TrainConfig { schedule: Some(ScheduleKind::Nf1b), ..config(PolicyKind::Pipedream, 4) };
-    assert_eq!(train(with_alpha(1.0)), train(stash), "σ ≡ 1 must be the stash rule, bit for bit");
+    let stash = TrainConfig {
+        schedule: Some(ScheduleKind::Nf1b),
+        ..config(PolicyKind::Pipedream, 4)
+    };
+    assert_eq!(
+        train(with_alpha(1.0)),
+        train(stash),
+        "σ ≡ 1 must be the stash rule, bit for bit"
+    );
     assert_eq!(
         train(with_alpha(0.0)),
         train(config(PolicyKind::VTimeprest, 4)),
         "σ ≡ 0 must be V-TiMePReSt, bit for bit"
     );
-    assert_ne!(train(with_alpha(0.5)), train(config(PolicyKind::VTimeprest, 4)));
+    assert_ne!(
+        train(with_alpha(0.5)),
+        train(config(PolicyKind::VTimeprest, 4))
+    );
 }
 
 #[test]
 fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
     for policy in PolicyKind::ALL {
         let stages = if policy == PolicyKind::Single { 1 } else { 4 };
-        let config = TrainConfig { microbatches: 2, batch_size: 16, ..config(policy, stages) };
+        let config = TrainConfig {
+            microbatches: 2,
+            batch_size: 16,
+            ..config(policy, stages)
+        };
         let mut trainer = Trainer::new(config.clone(), None).unwrap();
         let (metrics, _) = trainer.run_epoch(1, None).unwrap();
         let schedule = generate(
@@ -85,13 +106,23 @@ fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
             &ScheduleConfig::new(stages, 2, 240 / 16),
         )
         .unwrap();
-        let predicted = plan(&schedule, &WeightPolicy::new(policy, &config.policy_options()));
+        let predicted = plan(
+            &schedule,
+            &WeightPolicy::new(policy, &config.policy_options()),
+        );
         for (stage, measured) in metrics.stages.iter().enumerate() {
             let simulated = &predicted.stages[stage];
             let histogram = simulated.staleness_histogram(0..u32::MAX);
-            let histogram: Vec<(u64, u64)> = histogram.into_iter().map(|(d, n)| (d, u64::from(n))).collect();
-            let measured_histogram: Vec<(u64, u64)> = measured.staleness.clone().into_iter().collect();
-            assert_eq!(measured_histogram, histogram, "{policy} stage {stage}: staleness");
+            let histogram: Vec<(u64, u64)> = histogram
+                .into_iter()
+                .map(|(d, n)| (d, u64::from(n)))
+                .collect();
+            let measured_histogram: Vec<(u64, u64)> =
+                measured.staleness.clone().into_iter().collect();
+            assert_eq!(
+                measured_histogram, histogram,
+                "{policy} stage {stage}: staleness"
+            );
             assert_eq!(
                 measured.peak_weight_sets,
                 simulated.peak_weight_sets(),
@@ -104,8 +135,15 @@ fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
 #[test]
 fn the_same_seed_gives_bit_identical_weights() {
     for policy in [PolicyKind::ITimeprest, PolicyKind::Nwpt] {
-        assert_eq!(train(config(policy, 3)), train(config(policy, 3)), "{policy}");
+        assert_eq!(
+            train(config(policy, 3)),
+            train(config(policy, 3)),
+            "{policy}"
+        );
     }
-    let other_seed = TrainConfig { seed: 4, ..config(PolicyKind::ITimeprest, 3) };
+    let other_seed = TrainConfig {
+        seed: 4,
+        ..config(PolicyKind::ITimeprest, 3)
+    };
     assert_ne!(train(other_seed), train(config(PolicyKind::ITimeprest, 3)));
 }
