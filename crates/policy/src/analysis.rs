@@ -32,6 +32,16 @@ impl VersionDifference {
     }
 }
 
+/// The steady-state mini-batches of a run of `num_minibatches` (0-based, half-open): the
+/// middle half, M/4 .. 3M/4, which excludes warm-up and drain (never empty for M ≥ 1).
+pub fn steady_window(num_minibatches: u32) -> std::ops::Range<u32> {
+    let start = (num_minibatches / 4).min(num_minibatches.saturating_sub(1));
+    start
+        ..(3 * num_minibatches / 4)
+            .max(start + 1)
+            .min(num_minibatches.max(1))
+}
+
 /// The paper's closed form v = ⌊(W + N − 2) / N⌋ (Eq. 3/16), defined for W ≥ 2, N ≥ 2.
 pub fn v_formula(num_stages: u32, num_microbatches: u32) -> u32 {
     (num_stages + num_microbatches - 2) / num_microbatches
@@ -84,9 +94,8 @@ pub fn version_difference(schedule: &Schedule) -> VersionDifference {
         chains[chain].push(minibatch);
     }
 
-    let window = num_minibatches / 4..(3 * num_minibatches / 4).max(num_minibatches / 4 + 1);
-    let steady_v = per_minibatch
-        [window.start.min(num_minibatches - 1)..window.end.min(num_minibatches)]
+    let window = steady_window(num_minibatches as u32);
+    let steady_v = per_minibatch[window.start as usize..window.end as usize]
         .iter()
         .copied()
         .max()

@@ -21,4 +21,4 @@ pub mod trace;
 pub use trace::{PlannedAction, PlannedBackward, StagePlan, VersionPlan, plan};
 pub mod analysis;
 
-pub use analysis::{VersionDifference, v_formula, version_difference};
+pub use analysis::{VersionDifference, steady_window, v_formula, version_difference};

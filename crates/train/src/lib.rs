@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod run;
+pub mod trace;
 pub mod trainer;
 
 pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
@@ -17,4 +18,5 @@ pub use error::TrainError;
 pub use metrics::{EpochMetrics, StageMetrics};
 pub use run::{Progress, RunPaths, run};
 pub use timeprest_nn::GradMode;
-pub use trainer::Trainer;
+pub use trace::measured_chrome_trace;
+pub use trainer::{EpochRun, Trainer};

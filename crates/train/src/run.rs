@@ -13,7 +13,8 @@ use timeprest_nn::{load_safetensors, save_safetensors};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::EpochMetrics;
-use crate::trainer::Trainer;
+use crate::trace::measured_chrome_trace;
+use crate::trainer::{EpochRun, Trainer};
 
 /// Where a run reads and writes files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct RunPaths {
     pub init_weights: Option<PathBuf>,
     /// Where to save the final weights (safetensors).
     pub save_weights: Option<PathBuf>,
+    /// Where to write the Chrome trace of the first epoch's measured events.
+    pub trace: Option<PathBuf>,
 }
 
 /// Callbacks for showing progress; all default to doing nothing.
@@ -80,7 +83,17 @@ pub fn run(
     for epoch in 1..=config.epochs {
         progress.epoch_started(epoch, num_minibatches);
         let advanced = |done: u64| progress.advanced(done);
-        let (metrics, _report) = trainer.run_epoch(epoch, Some(&advanced))?;
+        let EpochRun {
+            metrics,
+            report,
+            schedule,
+        } = trainer.run_epoch(epoch, Some(&advanced))?;
+        if epoch == 1
+            && let Some(path) = &paths.trace
+        {
+            fs::write(path, measured_chrome_trace(&schedule, &report))
+                .map_err(|e| output_error(path, e))?;
+        }
         if let Some((path, file)) = metrics_file.as_mut() {
             let line = serde_json::to_string(&metrics).expect("metrics always serialise");
             writeln!(file, "{line}")

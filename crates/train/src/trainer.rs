@@ -15,11 +15,21 @@ use timeprest_nn::{
 };
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunOptions, RunReport, run_threaded};
-use timeprest_schedule::{ScheduleConfig, generate};
+use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::{EpochMetrics, stage_metrics, training_stats};
+
+/// What one epoch produced.
+pub struct EpochRun {
+    /// The epoch's metrics.
+    pub metrics: EpochMetrics,
+    /// The runtime's event log.
+    pub report: RunReport,
+    /// The schedule the epoch ran.
+    pub schedule: Schedule,
+}
 
 /// A model split into stages, with its data and policy, ready to train epoch by epoch.
 pub struct Trainer {
@@ -146,7 +156,7 @@ impl Trainer {
         &mut self,
         epoch: u32,
         progress: Option<&(dyn Fn(u64) + Sync)>,
-    ) -> Result<(EpochMetrics, RunReport), TrainError> {
+    ) -> Result<EpochRun, TrainError> {
         let batches = self.batch_plan(epoch)?;
         let num_minibatches = batches.num_minibatches() as u32;
         let num_microbatches = batches.minibatches[0].len() as u32;
@@ -185,7 +195,11 @@ impl Trainer {
             num_minibatches,
             stages: stage_metrics(&report),
         };
-        Ok((metrics, report))
+        Ok(EpochRun {
+            metrics,
+            report,
+            schedule,
+        })
     }
 
     /// Mean loss and accuracy of the live weights on the test set.

@@ -100,7 +100,7 @@ fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
             ..config(policy, stages)
         };
         let mut trainer = Trainer::new(config.clone(), None).unwrap();
-        let (metrics, _) = trainer.run_epoch(1, None).unwrap();
+        let metrics = trainer.run_epoch(1, None).unwrap().metrics;
         let schedule = generate(
             config.schedule_kind(),
             &ScheduleConfig::new(stages, 2, 240 / 16),

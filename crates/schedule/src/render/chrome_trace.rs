@@ -15,6 +15,16 @@ use crate::timeline::Timeline;
 
 /// Renders `timeline` as a Chrome trace JSON document.
 pub fn chrome_trace(timeline: &Timeline) -> String {
+    chrome_trace_annotated(timeline, |_, _| serde_json::Map::new())
+}
+
+/// Like [`chrome_trace`], with extra arguments per slice: `annotate(stage, index)` returns the
+/// arguments to add to the slice of `timeline.stages[stage][index]` (for measured runs: the
+/// weight versions each pass read, the staleness, the bytes sent).
+pub fn chrome_trace_annotated(
+    timeline: &Timeline,
+    annotate: impl Fn(usize, usize) -> serde_json::Map<String, Value>,
+) -> String {
     let us = timeline.unit.microseconds();
     let mut events: Vec<Value> = Vec::new();
     for stage in 0..timeline.num_stages() {
@@ -24,7 +34,7 @@ pub fn chrome_trace(timeline: &Timeline) -> String {
         }));
     }
     for (stage, row) in timeline.stages.iter().enumerate() {
-        for timed in row {
+        for (index, timed) in row.iter().enumerate() {
             let kind = timed.action.kind;
             let (category, microbatch) = match kind {
                 ActionKind::Forward(mb) => ("forward", Some(mb.microbatch)),
@@ -38,6 +48,9 @@ pub fn chrome_trace(timeline: &Timeline) -> String {
             }
             if let Some(label) = grid_token(kind) {
                 args["grid"] = json!(label);
+            }
+            for (key, value) in annotate(stage, index) {
+                args[key] = value;
             }
             events.push(json!({
                 "name": timed.action.to_string(), "cat": category, "ph": "X",

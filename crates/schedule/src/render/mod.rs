@@ -10,7 +10,7 @@ mod grid;
 mod json;
 mod svg;
 
-pub use chrome_trace::chrome_trace;
+pub use chrome_trace::{chrome_trace, chrome_trace_annotated};
 pub(crate) use grid::{Mark, grid_window};
 pub use grid::{grid, grid_token, microbatch_letters};
 pub use json::{from_json, json};

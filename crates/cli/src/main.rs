@@ -1,0 +1,203 @@
+//! The `timeprest` command line: `train`, `simulate` and `analyze`.
+//!
+//! This file only parses the command line and turns failures into exit codes; each subcommand
+//! lives in its own module. Error contract: a mistake on the command line prints exactly one
+//! line `error: …` on stderr (naming the flag or value and what would be accepted) and exits
+//! with code 2 ([`is_usage_error`]); any other failure prints `error: …` and exits with code 1.
+//! Nothing panics on user input, and a panic (a bug) prints one `error: internal error …` line,
+//! never a backtrace.
+//!
+//! Running `timeprest` with no subcommand runs `train` with its default arguments. The defaults
+//! are obtained by letting clap parse an empty `train` command line ([`default_train_args`]),
+//! so they always come from the `#[arg(default_value…)]` attributes of [`train::TrainArgs`],
+//! however many fields it grows, and never from a second, hand-written copy (a `Default` impl
+//! could drift from the attributes).
+
+mod analyze;
+mod simulate;
+mod train;
+
+use std::fmt;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Args, FromArgMatches, Parser, Subcommand};
+
+/// What `timeprest --help` says before the list of subcommands.
+const LONG_ABOUT: &str = "\
+Pipeline-parallel DNN training where the weight version each pass reads is first-class.
+
+A pipeline splits a model into W stages and keeps several mini-batches (each cut into N \
+micro-batches) in flight, so the forward and the backward of one mini-batch may read different \
+versions of a stage's weights. timeprest separates the two choices that decide this: the \
+*schedule* (naive, gpipe, 1f1b, 1f1b-flush, nf1b: the order of forwards, backwards and updates \
+on each stage) and the *weight policy* (timeprest, v-timeprest, i-timeprest, pipedream, nwpt, \
+gpipe, ...: which stored version, blend or prediction each pass reads). Every combination is \
+traced, not assumed: the versions read, the staleness d of every backward and the versions each \
+stage must store are measured, both in simulation and in real training.
+
+Without a subcommand, `timeprest` runs `train` with default arguments.";
+
+/// Example commands shown at the end of `timeprest --help`.
+const EXAMPLES: &str = "\
+Examples:
+  timeprest simulate --schedule nf1b --stages 4 --microbatches 2 --minibatches 8 --slots 16
+  timeprest simulate --schedule nf1b --policy timeprest --stages 4 --microbatches 3 \\
+      --minibatches 20 --format svg --output nf1b.svg
+  timeprest analyze version-difference --stages 2..8 --microbatches 2..7
+  timeprest analyze versions --policy timeprest --stages 4 --microbatches 2 --format json";
+
+/// Pipeline-parallel DNN training with measured weight versions.
+#[derive(Parser, Debug)]
+#[command(name = "timeprest", version, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+struct Cli {
+    /// The subcommand; `train` with default arguments when absent.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model with a pipeline schedule and a weight policy (the default subcommand).
+    Train(train::TrainArgs),
+    /// Generate a schedule and print it as a grid, an SVG or Chrome-trace timeline, or JSON.
+    Simulate(simulate::SimulateArgs),
+    /// Analyse weight versions: the version difference v, stored versions, staleness.
+    Analyze(analyze::AnalyzeArgs),
+}
+
+/// A mistake on the command line, found after clap accepted it (e.g. a policy that does not run
+/// on the chosen schedule). `main` prints it as one line and exits with code 2.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// An [`anyhow::Error`] that `main` reports as a usage error (exit code 2).
+pub(crate) fn usage_error(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// True when `error` is the user's mistake (a flag value, a path they gave): exit code 2.
+/// Divergence, model and runtime failures are not (exit code 1).
+fn is_usage_error(error: &anyhow::Error) -> bool {
+    use timeprest_train::TrainError;
+    error.downcast_ref::<UsageError>().is_some()
+        || matches!(
+            error.downcast_ref::<TrainError>(),
+            Some(
+                TrainError::Config(_)
+                    | TrainError::Schedule(_)
+                    | TrainError::Data(_)
+                    | TrainError::Output { .. }
+            )
+        )
+}
+
+/// The arguments of `timeprest train` with every flag at its clap default.
+fn default_train_args() -> Result<train::TrainArgs, clap::Error> {
+    let command = train::TrainArgs::augment_args(clap::Command::new("train"));
+    let matches = command.try_get_matches_from(["train"])?;
+    train::TrainArgs::from_arg_matches(&matches)
+}
+
+/// Clap's error as one line: its `error:` paragraph with the continuation lines joined, without
+/// the usage block and the "For more information" hint.
+fn one_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    paragraph.join(" ")
+}
+
+/// Runs the parsed command line.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            let args = default_train_args().map_err(|e| {
+                let message = one_line(&e);
+                usage_error(message.trim_start_matches("error: "))
+            })?;
+            train::run(args)
+        }
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Simulate(args)) => simulate::run(&args),
+        Some(Command::Analyze(args)) => analyze::run(&args),
+    }
+}
+
+/// Replaces the default panic output (message plus, with `RUST_BACKTRACE`, a backtrace) by one
+/// `error: internal error …` line. A panic is a bug, never a user error; the training runtime
+/// also catches panics of its worker threads and reports them as ordinary errors. Set
+/// `TIMEPREST_BACKTRACE=1` to get the default output back when debugging.
+fn install_panic_hook() {
+    if std::env::var_os("TIMEPREST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown cause");
+        let location = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        eprintln!("error: internal error{location}: {message} (a bug; please report it)");
+    }));
+}
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error)
+            if !error.use_stderr()
+                || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // --help and --version (exit 0), or the help of a command given without its
+            // subcommand (`timeprest analyze`, exit 2): clap prints them whole.
+            error.exit()
+        }
+        Err(error) => {
+            eprintln!("{}", one_line(&error));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(if is_usage_error(&error) { 2 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn train_defaults_come_from_clap() {
+        assert!(default_train_args().is_ok());
+    }
+}

@@ -1,0 +1,230 @@
+//! End-to-end `timeprest train` runs on the embedded digits data.
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+fn timeprest(args: &[&str]) -> Output {
+    Command::cargo_bin("timeprest")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_policy_reaches_85_percent_on_digits() {
+    let policies = [
+        ("single", "1"),
+        ("naive", "3"),
+        ("gpipe", "3"),
+        ("pipedream", "3"),
+        ("pipedream-flush", "3"),
+        ("timeprest", "3"),
+        ("v-timeprest", "3"),
+        ("i-timeprest", "3"),
+        ("nwpt", "3"),
+        ("variant1", "3"),
+        ("variant2", "3"),
+    ];
+    for (policy, stages) in policies {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let output = timeprest(&[
+            "train",
+            "--policy",
+            policy,
+            "--stages",
+            stages,
+            "--epochs",
+            "8",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            output.status.success(),
+            "{policy}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines = metrics(&out);
+        assert_eq!(lines.len(), 8, "{policy}: one metrics line per epoch");
+        let last = lines.last().unwrap();
+        let accuracy = last["test_accuracy"].as_f64().unwrap();
+        assert!(accuracy >= 0.85, "{policy}: test accuracy {accuracy}");
+        for key in [
+            "epoch",
+            "train_loss",
+            "train_accuracy",
+            "test_loss",
+            "epoch_seconds",
+            "samples_per_second",
+        ] {
+            assert!(last.get(key).is_some(), "{policy}: metrics lack {key}");
+        }
+        let stages_metrics = last["stages"].as_array().unwrap();
+        assert_eq!(stages_metrics.len(), stages.parse::<usize>().unwrap());
+        assert!(stages_metrics[0]["peak_weight_sets"].as_u64().unwrap() >= 1);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["policy"], policy);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with("epoch")).count(),
+            8,
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn weights_saved_from_three_stages_load_into_one_and_evaluate_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    let first = dir.path().join("first");
+    let output = timeprest(&[
+        "train",
+        "--stages",
+        "3",
+        "--epochs",
+        "3",
+        "--quiet",
+        "--save-weights",
+        weights.to_str().unwrap(),
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trained = metrics(&first).last().unwrap()["test_loss"]
+        .as_f64()
+        .unwrap();
+    // Learning rate 0: the single-stage run only evaluates the loaded weights.
+    let second = dir.path().join("second");
+    let output = timeprest(&[
+        "train",
+        "--policy",
+        "single",
+        "--stages",
+        "1",
+        "--epochs",
+        "1",
+        "--lr",
+        "0",
+        "--quiet",
+        "--init-weights",
+        weights.to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reloaded = metrics(&second)[0]["test_loss"].as_f64().unwrap();
+    assert!((trained - reloaded).abs() < 1e-6, "{trained} vs {reloaded}");
+}
+
+#[test]
+fn one_epoch_of_fashion_mnist_trains() {
+    if !Path::new("/usr/share/datasets/fashion-mnist").exists() {
+        eprintln!("note: skipping, apt-get install dataset-fashion-mnist to run it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = timeprest(&[
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let accuracy = metrics(dir.path())[0]["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.65, "Fashion-MNIST accuracy {accuracy}");
+}
+
+/// Runs `args`, expects a failure with one `error:` line naming `needle`.
+fn assert_user_error(args: &[&str], needle: &str) {
+    let output = timeprest(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} should fail: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{args:?}: {stderr}"
+    );
+    assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?} should mention {needle}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
+#[test]
+fn bad_training_input_gives_clear_errors() {
+    assert_user_error(
+        &[
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            "/nonexistent/dir",
+        ],
+        "/nonexistent/dir",
+    );
+    assert_user_error(
+        &["train", "--policy", "single", "--stages", "3"],
+        "--stages",
+    );
+    assert_user_error(
+        &["train", "--policy", "gpipe", "--schedule", "nf1b"],
+        "nf1b",
+    );
+    assert_user_error(&["train", "--policy", "bogus"], "i-timeprest");
+    assert_user_error(&["train", "--stages", "9"], "--stages");
+    assert_user_error(
+        &["train", "--batch-size", "2", "--microbatches", "3"],
+        "--batch-size",
+    );
+    assert_user_error(
+        &["train", "--policy", "nwpt", "--optimizer", "adam"],
+        "nwpt",
+    );
+    assert_user_error(
+        &["train", "--init-weights", "/nonexistent.safetensors"],
+        "/nonexistent.safetensors",
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_message_naming_the_epoch() {
+    assert_user_error(
+        &["train", "--lr", "1e6", "--momentum", "0", "--epochs", "3"],
+        "epoch",
+    );
+}
