@@ -14,6 +14,9 @@
 //! could drift from the attributes).
 
 mod analyze;
+mod compare;
+mod partition;
+mod plot;
 mod simulate;
 mod train;
 
@@ -50,7 +53,7 @@ Examples:
 /// Pipeline-parallel DNN training with measured weight versions.
 #[derive(Parser, Debug)]
 #[command(name = "timeprest", version, long_about = LONG_ABOUT, after_help = EXAMPLES)]
-struct Cli {
+pub(crate) struct Cli {
     /// The subcommand; `train` with default arguments when absent.
     #[command(subcommand)]
     command: Option<Command>,
@@ -65,6 +68,13 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Analyse weight versions: the version difference v, stored versions, staleness.
     Analyze(analyze::AnalyzeArgs),
+    /// Run every policy × seed on the same model, data order and seeds; write report.md and plots.
+    Compare(compare::CompareArgs),
+    /// Redraw the plots (and report.md) of a comparison or run directory.
+    Plot(plot::PlotArgs),
+    /// Show how a model splits into stages: per-stage blocks, parameters, activations and
+    /// measured time, and the predicted pipeline throughput of each partition method.
+    Partition(partition::PartitionArgs),
 }
 
 /// A mistake on the command line, found after clap accepted it (e.g. a policy that does not run
@@ -133,6 +143,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Simulate(args)) => simulate::run(&args),
         Some(Command::Analyze(args)) => analyze::run(&args),
+        Some(Command::Compare(args)) => compare::run(args),
+        Some(Command::Plot(args)) => plot::run(&args),
+        Some(Command::Partition(args)) => partition::run(&args),
     }
 }
 

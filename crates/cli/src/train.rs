@@ -7,10 +7,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use timeprest_data::DATASET_NAMES;
+use timeprest_nn::{MODEL_NAMES, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
+use crate::usage_error;
 use timeprest_train::{
     EpochMetrics, GradMode, OptimizerChoice, Progress, RunPaths, SignificanceChoice, TrainConfig,
     run as run_training,
@@ -28,14 +31,36 @@ pub enum GradModeArg {
 /// Train a model with a pipeline-parallel weight policy.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model architecture.
-    #[arg(long, default_value = "mlp", value_parser = ["mlp"])]
+    /// Model architecture (`lenet5` … `resnet50` are the 32×32/CIFAR variants; they adapt to
+    /// the data's channels and size where they can).
+    #[arg(long, default_value = "mlp", value_parser = MODEL_NAMES)]
     pub model: String,
+    /// Channel multiplier of the convolutional models (1 = the reference size; 0.25 for quick
+    /// CPU runs).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Residual blocks per group of the ResNets, 4 comma-separated numbers [default: 2,2,2,2
+    /// for resnet18, 3,4,6,3 for resnet50].
+    #[arg(long, value_delimiter = ',')]
+    pub depth: Vec<usize>,
+    /// How to split the model into stages: equal block counts, balanced parameters, or
+    /// balanced forward+backward time measured on this machine.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub partition: PartitionArg,
+    /// Split by hand: the first block of each stage after the first, e.g. `3,7,12` for 4
+    /// stages (see `timeprest partition` for the blocks).
+    #[arg(long, value_delimiter = ',', value_name = "BLOCKS")]
+    pub split: Vec<usize>,
+    /// Random crops (padding 4) and horizontal flips of the training images.
+    #[arg(long)]
+    pub augment: bool,
     /// Hidden layer widths of the MLP, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,64")]
     pub hidden: Vec<usize>,
-    /// Data set: `digits` (embedded), `fashion-mnist` or `mnist` (IDX files).
-    #[arg(long, default_value = "digits", value_parser = ["digits", "fashion-mnist", "mnist"])]
+    /// Data set: `digits` (embedded), `fashion-mnist` or `mnist` (IDX files), `mnist-csv`,
+    /// `cifar10`, `cifar100` (fine labels), `cifar100-coarse` (binary files), `synthetic`
+    /// (seeded 3×32×32 images).
+    #[arg(long, default_value = "digits", value_parser = DATASET_NAMES)]
     pub dataset: String,
     /// Directory with the IDX files (default: `/usr/share/datasets/<dataset>`).
     #[arg(long)]
@@ -117,9 +142,124 @@ pub struct TrainArgs {
     /// Write the measured events of the first epoch as Chrome-trace JSON (open in Perfetto).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// Read the configuration from a TOML file (keys = the flag names with `_`, as in a run's
+    /// `config.toml`); flags given on the command line override the file.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// With --out: write a checkpoint every K epochs and after the last (0: never).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub checkpoint_every: u32,
+    /// Continue the run in DIR from its last checkpoint (its config.toml is the configuration;
+    /// flags override it, e.g. a larger --epochs).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// How the stages talk: `threads` runs every stage in this process; `mpi` runs one stage
+    /// per process under `mpirun -np W` (rank s runs stage s, rank 0 prints and writes the
+    /// outputs; needs a build with `--features mpi`).
+    #[arg(long, value_enum, default_value = "threads")]
+    pub transport: TransportArg,
+}
+
+/// Transports (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// One process, one thread per stage.
+    Threads,
+    /// One MPI process per stage.
+    Mpi,
+}
+
+/// What this process trains: every stage, or one stage as an MPI rank.
+enum Process {
+    AllStages,
+    #[cfg(feature = "mpi")]
+    Rank(timeprest_mpi::MpiFabric),
+}
+
+impl Process {
+    /// Starts the transport (for MPI: initialises MPI and learns this process's rank).
+    fn start(transport: TransportArg) -> anyhow::Result<Self> {
+        match transport {
+            TransportArg::Threads => Ok(Process::AllStages),
+            #[cfg(feature = "mpi")]
+            TransportArg::Mpi => Ok(Process::Rank(timeprest_mpi::MpiFabric::init()?)),
+            #[cfg(not(feature = "mpi"))]
+            TransportArg::Mpi => Err(usage_error(
+                "--transport mpi: this timeprest was built without MPI support (build it with \
+                 `cargo build --release --features mpi`)",
+            )),
+        }
+    }
+
+    /// True on the process that prints and writes the outputs.
+    fn is_root(&self) -> bool {
+        match self {
+            Process::AllStages => true,
+            #[cfg(feature = "mpi")]
+            Process::Rank(fabric) => timeprest_mpi::Fabric::rank(fabric) == 0,
+        }
+    }
+
+    /// Trains; the metrics of every epoch on the root process, `None` on the others.
+    fn train(
+        self,
+        config: &TrainConfig,
+        paths: &RunPaths,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<Option<Vec<EpochMetrics>>> {
+        let root = self.is_root();
+        match self {
+            Process::AllStages => Ok(Some(run_training(config, paths, progress)?)),
+            #[cfg(feature = "mpi")]
+            Process::Rank(mut fabric) => {
+                if root && paths.out_dir.is_some() && paths.checkpoint_every > 0 {
+                    eprintln!("note: --transport mpi writes no checkpoints yet");
+                }
+                let run = timeprest_mpi::RankRun {
+                    config,
+                    paths,
+                    progress,
+                    fault: timeprest_mpi::Fault::from_env()?,
+                };
+                match timeprest_mpi::train_rank(&mut fabric, &run) {
+                    Ok(history) => Ok(history),
+                    Err(error) => {
+                        // Every rank prints its error *before* leaving MPI: finalising waits
+                        // for the other ranks, so none exits (and makes mpirun kill the rest)
+                        // before all have said why they stop.
+                        eprintln!("error: {error}");
+                        drop(fabric);
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Partition methods (`--partition`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PartitionArg {
+    /// Equal numbers of blocks.
+    Uniform,
+    /// Balanced parameter counts.
+    Params,
+    /// Balanced measured forward + backward time.
+    Time,
+}
+
+impl PartitionArg {
+    /// The method this names.
+    pub fn method(self) -> PartitionMethod {
+        match self {
+            PartitionArg::Uniform => PartitionMethod::Uniform,
+            PartitionArg::Params => PartitionMethod::Params,
+            PartitionArg::Time => PartitionMethod::Time,
+        }
+    }
 }
 
 /// Optimizer names.
@@ -207,6 +347,11 @@ impl TrainArgs {
             seed: self.seed,
             shuffle: !self.no_shuffle,
             threads_per_stage: self.threads_per_stage,
+            width: self.width,
+            depth: self.depth.clone(),
+            partition: self.partition.method(),
+            split: self.split.clone(),
+            augment: self.augment,
             ..TrainConfig::default()
         }
     }
@@ -285,31 +430,86 @@ impl Progress for Bars {
     }
 }
 
+/// The configuration of this run: flag defaults, overridden by the `--config` file, overridden
+/// by the flags given on the command line.
+fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let from_flags = args.config();
+    let resumed_config = args.resume.as_ref().map(|dir| dir.join("config.toml"));
+    let Some(path) = args.config_file.as_ref().or(resumed_config.as_ref()) else {
+        return Ok(from_flags);
+    };
+    let file_error = |what: String| usage_error(format!("--config {}: {what}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let file: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    let matches = crate::Cli::command().get_matches_from(std::env::args_os());
+    let given = |id: &str| {
+        matches.subcommand_matches("train").is_some_and(|m| {
+            m.ids().any(|known| known.as_str() == id)
+                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        })
+    };
+    let mut merged = serde_json::to_value(&from_flags)?;
+    let fields = merged.as_object_mut().expect("a config serialises to an object");
+    for (key, value) in file {
+        let flag = if key == "shuffle" { "no_shuffle" } else { key.as_str() };
+        if !fields.contains_key(&key) {
+            let known: Vec<&String> = fields.keys().collect();
+            return Err(file_error(format!("unknown key `{key}`; valid keys: {known:?}")));
+        }
+        if !given(flag) {
+            fields.insert(key, serde_json::to_value(value)?);
+        }
+    }
+    serde_json::from_value(merged).map_err(|e| file_error(e.to_string()))
+}
+
+/// The command line as one shell-like string, for `command.txt`.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            if arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs `timeprest train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = effective_config(&args)?;
     config.validate()?;
-    let visible = !args.quiet && std::io::stderr().is_terminal();
+    let process = Process::start(args.transport)?;
+    let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
     let bars = Bars::new(config.epochs, visible);
     let paths = RunPaths {
-        out_dir: args.out.clone(),
+        out_dir: args.out.clone().or_else(|| args.resume.clone()),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume.is_some(),
         init_weights: args.init_weights.clone(),
         save_weights: args.save_weights.clone(),
         trace: args.trace.clone(),
+        command: Some(command_line()),
     };
-    eprintln!(
-        "training {} ({:?}) on {} with policy {} on schedule {}: W={} N={} M={} for {} epochs",
-        config.model,
-        config.hidden,
-        config.dataset,
-        config.policy,
-        config.schedule_kind(),
-        config.stages,
-        config.microbatches,
-        config.batch_size,
-        config.epochs
-    );
-    let history = run_training(&config, &paths, &bars)?;
+    if process.is_root() {
+        eprintln!(
+            "training {} ({:?}) on {} with policy {} on schedule {}: W={} N={} M={} for {} epochs",
+            config.model,
+            config.hidden,
+            config.dataset,
+            config.policy,
+            config.schedule_kind(),
+            config.stages,
+            config.microbatches,
+            config.batch_size,
+            config.epochs
+        );
+    }
+    let Some(history) = process.train(&config, &paths, &bars)? else {
+        return Ok(());
+    };
     bars.epochs.finish_and_clear();
     bars.batches.finish_and_clear();
     if let Some(last) = history.last() {

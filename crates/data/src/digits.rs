@@ -16,7 +16,8 @@ use std::path::Path;
 
 use flate2::read::GzDecoder;
 
-use crate::{DataError, DataSplit, Dataset, permutation};
+use crate::csv::{CsvLayout, parse_csv, split_indices};
+use crate::{DataError, DataSplit};
 
 /// The embedded `digits.csv.gz`.
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../assets/digits.csv.gz");
@@ -29,12 +30,13 @@ pub const DIGITS_SAMPLES: usize = 1797;
 /// Seed of the permutation that splits digits into train and test (fixed: not a training
 /// seed).
 pub const DIGITS_SPLIT_SEED: u64 = 0;
-/// Pixels per image (8×8).
-const PIXELS: usize = 64;
-/// Largest pixel value; pixels are divided by it.
-const MAX_PIXEL: u8 = 16;
-/// Number of classes.
-const CLASSES: usize = 10;
+/// Rows of 64 pixel values in `0..=16` (8×8) followed by a label in `0..10`.
+const LAYOUT: CsvLayout = CsvLayout {
+    shape: [1, 8, 8],
+    max_pixel: 16,
+    label_first: false,
+    classes: 10,
+};
 
 /// Loads the embedded digits as `digits/train` (1,438 samples) and `digits/test` (359),
 /// shape `[1, 8, 8]`, pixels scaled to `[0, 1]`.
@@ -51,82 +53,24 @@ pub fn load_digits() -> Result<DataSplit, DataError> {
             path: origin.to_owned(),
             source,
         })?;
-    let all = parse_csv(&text, origin)?;
-    let (train_idx, test_idx) = split_indices(all.len());
+    let all = parse_csv(&text, origin, LAYOUT, "digits")?;
+    let (train_idx, test_idx) = split_indices(all.len(), DIGITS_SPLIT_SEED);
     Ok(DataSplit {
         train: all.select("digits/train", &train_idx)?,
         test: all.select("digits/test", &test_idx)?,
     })
 }
 
-/// Train and test indices of the fixed 80/20 split of `len` samples, each sorted.
-fn split_indices(len: usize) -> (Vec<usize>, Vec<usize>) {
-    let order = permutation(len, DIGITS_SPLIT_SEED);
-    let test_len = len / 5;
-    let (train, test) = order.split_at(len - test_len);
-    let (mut train, mut test) = (train.to_vec(), test.to_vec());
-    train.sort_unstable();
-    test.sort_unstable();
-    (train, test)
-}
-
-/// Parses rows of 64 pixel values in `0..=16` followed by a label in `0..10`.
-fn parse_csv(text: &str, origin: &Path) -> Result<Dataset, DataError> {
-    let mut features = Vec::with_capacity(DIGITS_SAMPLES * PIXELS);
-    let mut labels = Vec::with_capacity(DIGITS_SAMPLES);
-    let bad = |line: usize, detail: String| DataError::BadCsv {
-        path: origin.to_owned(),
-        line,
-        detail,
-    };
-    for (i, row) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, r)| !r.trim().is_empty())
-    {
-        let line = i + 1;
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        if fields.len() != PIXELS + 1 {
-            return Err(bad(
-                line,
-                format!("{} fields, expected {}", fields.len(), PIXELS + 1),
-            ));
-        }
-        for (col, field) in fields[..PIXELS].iter().enumerate() {
-            match field.parse::<u8>() {
-                Ok(v) if v <= MAX_PIXEL => features.push(f32::from(v) / f32::from(MAX_PIXEL)),
-                _ => {
-                    return Err(bad(
-                        line,
-                        format!("pixel {col} is {field:?}, expected an integer in 0..=16"),
-                    ));
-                }
-            }
-        }
-        let label_field = fields[PIXELS];
-        let label: u32 = label_field
-            .parse()
-            .map_err(|_| bad(line, format!("label {label_field:?} is not an integer")))?;
-        if label as usize >= CLASSES {
-            return Err(DataError::LabelOutOfRange {
-                path: origin.to_owned(),
-                index: labels.len(),
-                label,
-                num_classes: CLASSES,
-            });
-        }
-        labels.push(label);
-    }
-    Dataset::new("digits", [1, 8, 8], CLASSES, features, labels)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Pixels per image (8×8).
+    const PIXELS: usize = 64;
+
     #[test]
     fn split_is_80_20_and_disjoint() {
-        let (train, test) = split_indices(DIGITS_SAMPLES);
+        let (train, test) = split_indices(DIGITS_SAMPLES, DIGITS_SPLIT_SEED);
         assert_eq!((train.len(), test.len()), (1438, 359));
         let mut all: Vec<usize> = train.iter().chain(&test).copied().collect();
         all.sort_unstable();
@@ -142,7 +86,8 @@ mod tests {
             f.push(label);
             f.join(",")
         };
-        let ok = parse_csv(&format!("{}\n{}\n", row("16", "9"), row("0", "0")), origin).unwrap();
+        let parse = |text: &str| parse_csv(text, origin, LAYOUT, "digits");
+        let ok = parse(&format!("{}\n{}\n", row("16", "9"), row("0", "0"))).unwrap();
         assert_eq!(ok.len(), 2);
         assert_eq!(ok.sample(0).0[3], 1.0);
         for (text, line) in [
@@ -151,14 +96,14 @@ mod tests {
             (row("1", "one"), 1),
             ("1,2,3".to_owned(), 1),
         ] {
-            let err = parse_csv(&text, origin).unwrap_err();
+            let err = parse(&text).unwrap_err();
             assert!(
                 matches!(err, DataError::BadCsv { line: l, .. } if l == line),
                 "{err}"
             );
             assert!(err.to_string().contains("some/digits.csv"), "{err}");
         }
-        let err = parse_csv(&row("1", "10"), origin).unwrap_err();
+        let err = parse(&row("1", "10")).unwrap_err();
         assert!(
             matches!(err, DataError::LabelOutOfRange { label: 10, .. }),
             "{err}"

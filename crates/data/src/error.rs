@@ -140,6 +140,18 @@ pub enum DataError {
         num_classes: usize,
     },
 
+    /// A file's content is wrong at a given byte offset (an empty file, a label out of range
+    /// in a binary record, text that is not UTF-8).
+    #[error("{}: at byte offset {offset}: {detail}", .path.display())]
+    Malformed {
+        /// The file (for a `.gz` file, offsets are in the decompressed stream).
+        path: PathBuf,
+        /// Byte offset of the problem.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+
     /// A malformed row in a CSV file.
     #[error("{}: line {line}: {detail}", .path.display())]
     BadCsv {

@@ -1,8 +1,8 @@
 //! Data sets for timeprest: what the pipeline trains on.
 //!
-//! Three image-classification data sets, all returned as a [`DataSplit`] of two
-//! [`Dataset`]s holding plain `Vec<f32>` features and `Vec<u32>` labels, so the training code
-//! can build tensors in whatever library it uses:
+//! Image-classification data sets, all returned as a [`DataSplit`] of two [`Dataset`]s holding
+//! plain `Vec<f32>` features and `Vec<u32>` labels, so the training code can build tensors in
+//! whatever library it uses:
 //!
 //! - `digits`: the UCI optical digits (1,797 8×8 images, 10 classes), embedded in the binary
 //!   so it always works offline; split 80/20 with a fixed seed (see [`load_digits`]).
@@ -11,27 +11,56 @@
 //!   `dataset-fashion-mnist` package installs them.
 //! - `mnist`: LeCun's MNIST in the same IDX format; no Debian package ships it, so it needs a
 //!   data directory (default [`MNIST_DEFAULT_DIR`]).
+//! - `mnist-csv`: MNIST as CSV (label, then 784 pixels per row), see [`load_mnist_csv`].
+//! - `cifar10`, `cifar100` (fine labels), `cifar100-coarse`: the official binary versions
+//!   (see [`cifar`]; `assets/README.md` says where to get them), default directories
+//!   [`CIFAR10_DEFAULT_DIR`] and [`CIFAR100_DEFAULT_DIR`].
+//! - `synthetic`: seeded 3×32×32 images of 10 classes, no file needed ([`load_synthetic`]).
+//!
+//! Normalisation is per data set: the grey-scale sets are scaled to `[0, 1]`, the CIFAR sets
+//! standardised per channel with their usual mean and standard deviation, `synthetic` is
+//! generated roughly standardised. [`Augment`] adds the standard random crop and flip.
 //!
 //! [`epoch_order`] gives the deterministic per-epoch sample order. All failures are
 //! [`DataError`] values that name the offending file; nothing here panics on bad input.
 
 #![warn(missing_docs)]
 
+mod augment;
+pub mod cifar;
+mod csv;
 mod dataset;
 mod digits;
 mod error;
 pub mod idx;
 mod shuffle;
+mod synthetic;
 
 use std::path::Path;
 
+pub use augment::{Augment, CROP_PADDING};
+pub use cifar::CifarKind;
+pub use csv::{CSV_SPLIT_SEED, MNIST_CSV_FILES, load_mnist_csv};
 pub use dataset::{DataSplit, Dataset};
 pub use digits::{DIGITS_SAMPLES, DIGITS_SPLIT_SEED, load_digits};
 pub use error::DataError;
 pub use shuffle::{SplitMix64, epoch_order, permutation};
+pub use synthetic::{
+    SYNTHETIC_CLASSES, SYNTHETIC_SEED, SYNTHETIC_SHAPE, SYNTHETIC_TEST, SYNTHETIC_TRAIN,
+    load_synthetic,
+};
 
 /// Names accepted by [`load`].
-pub const DATASET_NAMES: [&str; 3] = ["digits", "fashion-mnist", "mnist"];
+pub const DATASET_NAMES: [&str; 8] = [
+    "digits",
+    "fashion-mnist",
+    "mnist",
+    "mnist-csv",
+    "cifar10",
+    "cifar100",
+    "cifar100-coarse",
+    "synthetic",
+];
 
 /// Where Debian's `dataset-fashion-mnist` package installs the four `*-ubyte.gz` files.
 pub const FASHION_MNIST_DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -39,14 +68,21 @@ pub const FASHION_MNIST_DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Default directory for MNIST, following the same convention (no package provides it).
 pub const MNIST_DEFAULT_DIR: &str = "/usr/share/datasets/mnist";
 
+/// Default directory of CIFAR-10's binary files (no package provides them).
+pub const CIFAR10_DEFAULT_DIR: &str = "/usr/share/datasets/cifar-10";
+
+/// Default directory of CIFAR-100's binary files (no package provides them).
+pub const CIFAR100_DEFAULT_DIR: &str = "/usr/share/datasets/cifar-100";
+
 /// Side length of (Fashion-)MNIST images.
 const MNIST_SIDE: usize = 28;
 
 /// Loads the data set called `name` (one of [`DATASET_NAMES`]).
 ///
 /// `data_dir` is the directory holding the IDX files of `fashion-mnist` or `mnist` (plain or
-/// `.gz`, names as in [`idx::FILE_NAMES`]); `None` means the default directory. It is ignored
-/// for `digits`, which is embedded.
+/// `.gz`, names as in [`idx::FILE_NAMES`]) or the CIFAR binary files, or the CSV file or
+/// directory of `mnist-csv`; `None` means the default location. It is ignored for `digits`
+/// and `synthetic`, which need no file.
 ///
 /// # Errors
 /// [`DataError::UnknownDataset`] for an unknown name (the message lists the valid ones), or
@@ -57,10 +93,34 @@ pub fn load(name: &str, data_dir: Option<&Path>) -> Result<DataSplit, DataError>
         "digits" => load_digits(),
         "fashion-mnist" => load_mnist_like(name, data_dir, Path::new(FASHION_MNIST_DEFAULT_DIR)),
         "mnist" => load_mnist_like(name, data_dir, Path::new(MNIST_DEFAULT_DIR)),
+        "mnist-csv" => load_mnist_csv(data_dir),
+        "cifar10" => load_cifar_like(CifarKind::Cifar10, data_dir),
+        "cifar100" => load_cifar_like(CifarKind::Cifar100Fine, data_dir),
+        "cifar100-coarse" => load_cifar_like(CifarKind::Cifar100Coarse, data_dir),
+        "synthetic" => load_synthetic(),
         _ => Err(DataError::UnknownDataset {
             name: name.to_owned(),
         }),
     }
+}
+
+/// Loads a CIFAR data set from `data_dir`, or from its default directory with advice on where
+/// to get the files.
+fn load_cifar_like(kind: CifarKind, data_dir: Option<&Path>) -> Result<DataSplit, DataError> {
+    let default = match kind {
+        CifarKind::Cifar10 => CIFAR10_DEFAULT_DIR,
+        _ => CIFAR100_DEFAULT_DIR,
+    };
+    let title = match kind {
+        CifarKind::Cifar10 => "CIFAR-10",
+        _ => "CIFAR-100",
+    };
+    let hint = format!(
+        "; download the \"binary version\" of {title} from \
+         https://www.cs.toronto.edu/~kriz/cifar.html, extract it into {default} (or anywhere, \
+         and pass --data-dir DIR)"
+    );
+    cifar::load_cifar(data_dir.unwrap_or(Path::new(default)), kind, &hint)
 }
 
 /// Loads a 28×28, 10-class IDX data set from `data_dir`, or from `default_dir` with advice on

@@ -1,8 +1,11 @@
 //! Model parameters to and from safetensors files, with split-independent names.
 //!
 //! Tensors are named `layers.<i>.<param>` with the *global* block index and stored f32 in
-//! PyTorch's layouts (a linear weight is `[out, in]`), so a file saved from any pipeline split
-//! loads into any other split, and into PyTorch's `nn.Sequential` of `Linear`s after a rename.
+//! PyTorch's layouts (a linear weight is `[out, in]`, a convolution weight `[out, in, k, k]`),
+//! so a file saved from any pipeline split loads into any other split, and into PyTorch's
+//! modules after a rename. Batch norms' running statistics are stored too
+//! (`layers.<i>.running_mean`, `layers.<i>.bn1.running_var`, …): they are part of the state
+//! evaluation reads.
 //! Loading is strict: every tensor of the model must be there with the right shape and dtype,
 //! and nothing else may be, each failure naming the file and the tensor. Saving writes a
 //! temporary file next to the target and renames it, so a crash never leaves half a file.
@@ -11,11 +14,21 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::{BlockParams, ModelParams, ModelSpec, NnError};
+use crate::{Block, BlockParams, ModelParams, ModelSpec, NnError};
 
 /// The name of parameter `param` of block `block`.
 pub fn param_name(block: usize, param: &str) -> String {
     format!("layers.{block}.{param}")
+}
+
+/// Name suffixes and file shapes of everything a block stores: its parameters, then its
+/// buffers (batch norms' running statistics, PyTorch's `running_mean`/`running_var`).
+fn state_tensors(block: Block) -> impl Iterator<Item = (String, Vec<usize>)> {
+    block
+        .param_infos()
+        .into_iter()
+        .chain(block.buffer_infos())
+        .map(|t| (t.name, t.shape))
 }
 
 /// Writes `params` (all blocks of a model, in order, global indices from 0) to `path`.
@@ -25,16 +38,9 @@ pub fn param_name(block: usize, param: &str) -> String {
 pub fn save_safetensors(path: &Path, params: &[BlockParams]) -> Result<(), NnError> {
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (b, p) in params.iter().enumerate() {
-        let shapes = p.block.file_shapes();
-        for ((name, shape), values) in p
-            .block
-            .param_names()
-            .iter()
-            .zip(shapes)
-            .zip(p.to_file_layout())
-        {
+        for ((name, shape), values) in state_tensors(p.block).zip(p.to_file_layout()) {
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            named.push((param_name(b, name), shape, bytes));
+            named.push((param_name(b, &name), shape, bytes));
         }
     }
     let safetensors_error = |e: safetensors::SafeTensorError| NnError::Safetensors {
@@ -82,8 +88,8 @@ pub fn load_safetensors(path: &Path, spec: &ModelSpec) -> Result<ModelParams, Nn
     let mut params = Vec::with_capacity(blocks.len());
     for (b, block) in blocks.into_iter().enumerate() {
         let mut values = Vec::new();
-        for (param, shape) in block.param_names().iter().zip(block.file_shapes()) {
-            let name = param_name(b, param);
+        for (param, shape) in state_tensors(block) {
+            let name = param_name(b, &param);
             let view = file.tensor(&name).map_err(|_| NnError::MissingTensor {
                 path: path.to_owned(),
                 name: name.clone(),

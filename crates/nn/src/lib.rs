@@ -1,5 +1,6 @@
-//! Neural-network side of timeprest, on burn: models as explicit parameter tensors,
-//! partitioning into stages, optimizers with visible state, a per-stage weight-version store,
+//! Neural-network side of timeprest, on burn: models as explicit parameter tensors (an MLP and
+//! a zoo of convolutional networks), partitioning into stages (uniform, balanced by parameters
+//! or measured time, manual), optimizers with visible state, a per-stage weight-version store,
 //! and [`BurnStage`], the runtime's [`StageCompute`](timeprest_runtime::StageCompute) for one
 //! pipeline stage.
 //!
@@ -13,22 +14,31 @@
 //! *current* pool, so running a stage inside `ThreadPool::install` bounds its threads.
 #![warn(missing_docs)]
 
+mod block;
 mod checkpoint;
 mod error;
 mod model;
 mod optim;
+mod partition;
 mod stage;
 mod store;
 mod tensor;
+mod zoo;
 
+pub use block::{BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, Shape};
 pub use checkpoint::{load_safetensors, param_name, save_safetensors};
 pub use error::NnError;
-pub use model::{
-    Block, BlockParams, MlpConfig, ModelParams, ModelSpec, evaluate, init_params, partition_uniform,
+pub use model::{BlockParams, MlpConfig, ModelParams, ModelSpec, evaluate, init_params};
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot};
+pub use partition::{
+    BlockProfile, PartitionMethod, ProfiledCost, partition_balanced, partition_manual,
+    partition_model, partition_uniform, profile_blocks,
 };
-pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use stage::{BatchPlan, BurnStage, GradMode, StageMessage};
 pub use tensor::{device, tensor1, tensor2, to_vec};
+pub use zoo::{Arch, MODEL_NAMES, ModelSize, NetConfig};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zoo_tests;

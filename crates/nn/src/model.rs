@@ -1,6 +1,6 @@
-//! Models as explicit parameter tensors: specs, blocks, initialisation, partitioning, evaluation.
+//! Models as explicit parameter tensors: specs, initialisation, evaluation.
 //!
-//! A model is a sequence of *blocks*; a pipeline stage owns a contiguous range of them. Each
+//! A model is a sequence of [`Block`]s; a pipeline stage owns a contiguous range of them. Each
 //! block's parameters are plain (non-autodiff) 1-D tensors in a fixed order, and its forward is
 //! a function of (input, parameters). We deliberately do not use burn's `Module`: weight
 //! versions, blends, predictions and optimizer steps are then simple maps over lists of
@@ -9,20 +9,25 @@
 //! Storing every parameter flattened to 1-D makes those maps uniform across block kinds; a
 //! block reshapes its parameters when it runs (free for contiguous data).
 //!
+//! Besides its trainable parameters a block may hold *buffers*: the running mean and variance
+//! of its batch norms. They are state that belongs to a weight version (spec §9 item 14 as this
+//! project reads it): every [`BlockParams`] carries its own, so the version store keeps them
+//! with each stored version, and evaluation of a version uses that version's statistics.
+//!
 //! Parameters are named `layers.<i>.<name>` with the global block index `i`, so names do not
 //! depend on how the model is split. In files they use PyTorch's layouts (a linear weight is
-//! `[out, in]`); in memory a linear weight is `[in, out]` row-major so the forward is
-//! `x · W + b` without a transpose.
-
-use std::ops::Range;
+//! `[out, in]`, a convolution weight `[out, in, k, k]`); in memory a linear weight is
+//! `[in, out]` row-major so the forward is `x · W + b` without a transpose.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 use timeprest_data::Dataset;
 
 use crate::NnError;
+use crate::block::{Block, Init, Norm, Shape};
 use crate::tensor::{count_correct, one_hot, scalar, tensor1, tensor2, to_vec};
+use crate::zoo::NetConfig;
 
 /// A multi-layer perceptron: `input → hidden[0] → … → classes`, ReLU after every hidden layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,37 +41,26 @@ pub struct MlpConfig {
 }
 
 /// A model architecture.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelSpec {
     /// A multi-layer perceptron.
     Mlp(MlpConfig),
+    /// A convolutional network of the model zoo (LeNet-5, AlexNet, VGG, ResNet).
+    Net(NetConfig),
 }
 
-/// One block of a model: the unit that partitioning assigns to stages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Block {
-    /// `y = x · W + b`, then ReLU if `relu`. Parameters: `weight` (`[out, in]` in files,
-    /// `[in, out]` in memory) and `bias` (`[out]`).
-    Linear {
-        /// Input features.
-        input: usize,
-        /// Output features.
-        output: usize,
-        /// Whether a ReLU follows.
-        relu: bool,
-    },
-}
-
-/// The parameters of one block: its kind and its tensors, flattened, in the block's order
-/// (see [`Block::param_names`]).
+/// The parameters of one block: its kind, its trainable tensors and its buffers, flattened, in
+/// the block's order (see [`Block::param_names`] and [`Block::buffer_names`]).
 #[derive(Clone, Debug)]
 pub struct BlockParams {
     /// What the tensors parameterise.
     pub block: Block,
     /// The parameter tensors (1-D, plain, in memory layout).
     pub tensors: Vec<Tensor<1>>,
+    /// The buffers (batch norms' running mean and variance), 1-D, plain; empty for blocks
+    /// without batch norm.
+    pub buffers: Vec<Tensor<1>>,
 }
 
 /// The parameters of a whole model (or of one stage): one entry per block.
@@ -74,15 +68,36 @@ pub type ModelParams = Vec<BlockParams>;
 
 impl ModelSpec {
     /// The blocks of the model, in order.
+    ///
+    /// # Panics
+    /// If the spec is invalid (see [`ModelSpec::validate`], which every constructor of
+    /// parameters calls first).
     pub fn blocks(&self) -> Vec<Block> {
+        match self.try_blocks() {
+            Ok(blocks) => blocks,
+            Err(e) => panic!("blocks() of an invalid model spec: {e}"),
+        }
+    }
+
+    /// The blocks of the model, or why the spec is unusable.
+    ///
+    /// # Errors
+    /// [`NnError::InvalidModel`] naming the model, the input shape and the block that fails.
+    pub fn try_blocks(&self) -> Result<Vec<Block>, NnError> {
         match self {
             ModelSpec::Mlp(mlp) => {
+                if mlp.input == 0 || mlp.classes == 0 || mlp.hidden.contains(&0) {
+                    return Err(NnError::InvalidModel(format!(
+                        "MLP widths must be positive: input {}, hidden {:?}, classes {}",
+                        mlp.input, mlp.hidden, mlp.classes
+                    )));
+                }
                 let widths: Vec<usize> = std::iter::once(mlp.input)
                     .chain(mlp.hidden.iter().copied())
                     .chain(std::iter::once(mlp.classes))
                     .collect();
                 let last = widths.len() - 2;
-                widths
+                Ok(widths
                     .windows(2)
                     .enumerate()
                     .map(|(i, w)| Block::Linear {
@@ -90,8 +105,9 @@ impl ModelSpec {
                         output: w[1],
                         relu: i != last,
                     })
-                    .collect()
+                    .collect())
             }
+            ModelSpec::Net(net) => net.blocks(),
         }
     }
 
@@ -99,6 +115,7 @@ impl ModelSpec {
     pub fn num_blocks(&self) -> usize {
         match self {
             ModelSpec::Mlp(mlp) => mlp.hidden.len() + 1,
+            ModelSpec::Net(_) => self.try_blocks().map_or(0, |b| b.len()),
         }
     }
 
@@ -109,8 +126,15 @@ impl ModelSpec {
 
     /// Input features per sample.
     pub fn input_features(&self) -> usize {
+        self.input_shape().iter().product()
+    }
+
+    /// Shape of one input sample (`[features, 1, 1]` for an MLP, which takes any shape with
+    /// that many features).
+    pub fn input_shape(&self) -> Shape {
         match self {
-            ModelSpec::Mlp(mlp) => mlp.input,
+            ModelSpec::Mlp(mlp) => [mlp.input, 1, 1],
+            ModelSpec::Net(net) => net.input,
         }
     }
 
@@ -118,114 +142,48 @@ impl ModelSpec {
     pub fn num_classes(&self) -> usize {
         match self {
             ModelSpec::Mlp(mlp) => mlp.classes,
+            ModelSpec::Net(net) => net.classes,
         }
     }
 
-    /// Checks that every width is positive.
+    /// The model's name, as `--model` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelSpec::Mlp(_) => "mlp",
+            ModelSpec::Net(net) => net.arch.name(),
+        }
+    }
+
+    /// Checks that every size is positive and that every block fits its input.
     ///
     /// # Errors
-    /// [`NnError::InvalidModel`] naming the zero width.
+    /// [`NnError::InvalidModel`] naming the problem.
     pub fn validate(&self) -> Result<(), NnError> {
-        match self {
-            ModelSpec::Mlp(mlp) => {
-                if mlp.input == 0 || mlp.classes == 0 || mlp.hidden.contains(&0) {
-                    return Err(NnError::InvalidModel(format!(
-                        "MLP widths must be positive: input {}, hidden {:?}, classes {}",
-                        mlp.input, mlp.hidden, mlp.classes
-                    )));
-                }
-                Ok(())
-            }
+        self.try_blocks().map(drop)
+    }
+
+    /// Checks that `data` (samples of shape `[c, h, w]`, `classes` classes) fits the model.
+    ///
+    /// # Errors
+    /// [`NnError::Mismatch`] naming the model, the data set and both shapes.
+    pub fn check_data(&self, data: &Dataset) -> Result<(), NnError> {
+        let [c, h, w] = data.shape;
+        let shape_fits = match self {
+            ModelSpec::Mlp(mlp) => data.num_features == mlp.input,
+            ModelSpec::Net(net) => data.shape == net.input,
+        };
+        if !shape_fits || data.num_classes != self.num_classes() {
+            let [mc, mh, mw] = self.input_shape();
+            return Err(NnError::Mismatch(format!(
+                "model {} takes {mc}×{mh}×{mw} inputs and gives {} classes, but data set {} has \
+                 {c}×{h}×{w} samples and {} classes",
+                self.name(),
+                self.num_classes(),
+                data.name,
+                data.num_classes
+            )));
         }
-    }
-}
-
-impl Block {
-    /// Features each sample has on the way in.
-    pub fn input_features(&self) -> usize {
-        match *self {
-            Block::Linear { input, .. } => input,
-        }
-    }
-
-    /// Features each sample has on the way out.
-    pub fn output_features(&self) -> usize {
-        match *self {
-            Block::Linear { output, .. } => output,
-        }
-    }
-
-    /// Number of scalar parameters.
-    pub fn param_count(&self) -> usize {
-        self.param_sizes().iter().sum()
-    }
-
-    /// Names of the parameter tensors, in order (the suffix after `layers.<i>.`).
-    pub fn param_names(&self) -> &'static [&'static str] {
-        match self {
-            Block::Linear { .. } => &["weight", "bias"],
-        }
-    }
-
-    /// Shapes of the parameter tensors in files (PyTorch layout), in order.
-    pub fn file_shapes(&self) -> Vec<Vec<usize>> {
-        match *self {
-            Block::Linear { input, output, .. } => vec![vec![output, input], vec![output]],
-        }
-    }
-
-    /// Number of elements of each parameter tensor, in order.
-    pub fn param_sizes(&self) -> Vec<usize> {
-        self.file_shapes()
-            .iter()
-            .map(|s| s.iter().product())
-            .collect()
-    }
-
-    /// Whether a ReLU follows the weighted part.
-    pub fn has_relu(&self) -> bool {
-        match *self {
-            Block::Linear { relu, .. } => relu,
-        }
-    }
-
-    /// The weight-dependent part of the forward (before the activation). `params` may be plain
-    /// or autodiff tensors, as long as they match `x`.
-    pub fn forward_weighted(&self, x: Tensor<2>, params: &[Tensor<1>]) -> Tensor<2> {
-        match *self {
-            Block::Linear { input, output, .. } => {
-                let [weight, bias] = params else {
-                    panic!(
-                        "linear block with {} parameter tensors instead of 2",
-                        params.len()
-                    );
-                };
-                x.matmul(weight.clone().reshape([input, output]))
-                    .add(bias.clone().reshape([1, output]))
-            }
-        }
-    }
-
-    /// The whole forward of the block.
-    pub fn forward(&self, x: Tensor<2>, params: &[Tensor<1>]) -> Tensor<2> {
-        let pre = self.forward_weighted(x, params);
-        if self.has_relu() { relu(pre) } else { pre }
-    }
-
-    /// File-layout values of parameter `index` from its memory-layout values.
-    fn memory_to_file(self, index: usize, values: Vec<f32>) -> Vec<f32> {
-        match (self, index) {
-            (Block::Linear { input, output, .. }, 0) => transpose(&values, input, output),
-            _ => values,
-        }
-    }
-
-    /// Memory-layout values of parameter `index` from its file-layout values.
-    fn file_to_memory(self, index: usize, values: Vec<f32>) -> Vec<f32> {
-        match (self, index) {
-            (Block::Linear { input, output, .. }, 0) => transpose(&values, output, input),
-            _ => values,
-        }
+        Ok(())
     }
 }
 
@@ -246,60 +204,89 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// File-layout values of state tensor `index` (parameters, then buffers) of `block` from its
+/// memory-layout values, or back (`to_file` false). Only a linear weight differs.
+fn convert_layout(block: Block, index: usize, values: Vec<f32>, to_file: bool) -> Vec<f32> {
+    match (block, index) {
+        (Block::Linear { input, output, .. }, 0) if to_file => transpose(&values, input, output),
+        (Block::Linear { input, output, .. }, 0) => transpose(&values, output, input),
+        _ => values,
+    }
+}
+
 impl BlockParams {
-    /// Builds block parameters from file-layout (PyTorch) values, one vector per parameter.
+    /// Builds block parameters from file-layout (PyTorch) values, one vector per tensor: the
+    /// parameters in order, then the buffers in order.
     ///
     /// # Panics
     /// If the number of vectors or their lengths do not fit `block` (a caller bug; files are
     /// checked by [`load_safetensors`](crate::load_safetensors)).
     pub fn from_file_layout(block: Block, values: Vec<Vec<f32>>) -> Self {
-        let sizes = block.param_sizes();
+        let num_params = block.param_sizes().len();
+        let sizes: Vec<usize> = block
+            .param_sizes()
+            .into_iter()
+            .chain(block.buffer_sizes())
+            .collect();
         assert_eq!(
             values.len(),
             sizes.len(),
-            "{block:?}: wrong number of parameter tensors"
+            "{block:?}: wrong number of parameter and buffer tensors"
         );
-        let tensors = values
+        let mut tensors: Vec<Tensor<1>> = values
             .into_iter()
             .enumerate()
             .map(|(i, v)| {
                 assert_eq!(
                     v.len(),
                     sizes[i],
-                    "{block:?}: parameter {i} has {} values",
+                    "{block:?}: tensor {i} has {} values",
                     v.len()
                 );
-                tensor1(block.file_to_memory(i, v))
+                tensor1(convert_layout(block, i, v, false))
             })
             .collect();
-        Self { block, tensors }
+        let buffers = tensors.split_off(num_params);
+        Self {
+            block,
+            tensors,
+            buffers,
+        }
     }
 
-    /// The parameters in file layout (PyTorch), one vector per parameter.
+    /// The parameters, then the buffers, in file layout (PyTorch), one vector per tensor.
     pub fn to_file_layout(&self) -> Vec<Vec<f32>> {
         self.tensors
             .iter()
+            .chain(&self.buffers)
             .enumerate()
-            .map(|(i, t)| self.block.memory_to_file(i, to_vec(t)))
+            .map(|(i, t)| convert_layout(self.block, i, to_vec(t), true))
             .collect()
     }
 
-    /// The parameters in memory layout, one vector per parameter.
+    /// The parameters in memory layout, one vector per parameter (buffers excluded).
     pub fn values(&self) -> Vec<Vec<f32>> {
         self.tensors.iter().map(to_vec).collect()
     }
 
-    /// Number of scalar parameters.
+    /// Number of scalar parameters (buffers excluded).
     pub fn num_elements(&self) -> usize {
         self.tensors.iter().map(|t| t.shape().num_elements()).sum()
     }
 
-    /// Bytes the tensors take (f32).
+    /// Bytes the parameters and buffers take (f32): what storing this version costs.
     pub fn bytes(&self) -> u64 {
-        self.num_elements() as u64 * 4
+        let buffers: usize = self.buffers.iter().map(|t| t.shape().num_elements()).sum();
+        (self.num_elements() + buffers) as u64 * 4
     }
 
-    /// Applies `f` to each tensor, keeping the block.
+    /// The output of the block in evaluation mode (running statistics), without autodiff.
+    pub fn forward_eval(&self, x: Tensor<2>) -> Tensor<2> {
+        self.block
+            .forward(x, &self.tensors, Norm::Running(&self.buffers))
+    }
+
+    /// Applies `f` to each parameter tensor, keeping the block and the buffers.
     pub(crate) fn map(&self, mut f: impl FnMut(usize, &Tensor<1>) -> Tensor<1>) -> Self {
         let tensors = self
             .tensors
@@ -310,6 +297,36 @@ impl BlockParams {
         Self {
             block: self.block,
             tensors,
+            buffers: self.buffers.clone(),
+        }
+    }
+
+    /// These parameters with the running statistics moved towards the batch statistics
+    /// `stats` (per batch norm: mean, unbiased variance) by [`BN_MOMENTUM`](crate::BN_MOMENTUM).
+    ///
+    /// # Panics
+    /// If `stats` does not have one tensor per buffer (a caller bug).
+    pub(crate) fn with_running_stats(&self, stats: &[Tensor<1>]) -> Self {
+        assert_eq!(
+            stats.len(),
+            self.buffers.len(),
+            "{:?}: batch statistics vs buffers",
+            self.block
+        );
+        let m = crate::block::BN_MOMENTUM;
+        let buffers = self
+            .buffers
+            .iter()
+            .zip(stats)
+            .map(|(old, batch)| {
+                old.clone()
+                    .mul_scalar(1.0 - m)
+                    .add(batch.clone().mul_scalar(m))
+            })
+            .collect();
+        Self {
+            buffers,
+            ..self.clone()
         }
     }
 }
@@ -334,85 +351,67 @@ impl SplitMix64 {
     }
 }
 
-/// Initial parameters of `spec` for `seed`, like PyTorch's defaults: a linear layer's weight and
-/// bias are uniform in `±1/√in` (Kaiming-uniform with a = √5).
+/// Initial parameters of `spec` for `seed`, like PyTorch's defaults: linear and convolution
+/// weights and biases uniform in `±1/√fan_in` (Kaiming-uniform with a = √5); batch norm γ = 1,
+/// β = 0, running mean 0 and running variance 1.
 ///
 /// Each block draws from its own stream, seeded by `(seed, block index)`, so the result is
 /// bit-identical across runs and independent of how the model is later split.
 ///
 /// # Errors
-/// [`NnError::InvalidModel`] if the spec has a zero width.
+/// [`NnError::InvalidModel`] if the spec is invalid.
 pub fn init_params(spec: &ModelSpec, seed: u64) -> Result<ModelParams, NnError> {
-    spec.validate()?;
     Ok(spec
-        .blocks()
+        .try_blocks()?
         .into_iter()
         .enumerate()
         .map(|(index, block)| {
             let mut rng = SplitMix64(seed ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
             // Warm up so that neighbouring seeds give unrelated streams.
             rng.next_u64();
-            let values = match block {
-                Block::Linear { input, .. } => {
-                    let bound = 1.0 / (input as f64).sqrt();
-                    block
-                        .param_sizes()
-                        .into_iter()
-                        .map(|size| (0..size).map(|_| rng.uniform(-bound, bound)).collect())
-                        .collect()
-                }
-            };
+            let values = block
+                .param_infos()
+                .into_iter()
+                .chain(block.buffer_infos())
+                .map(|info| match info.init {
+                    Init::Uniform(bound) => (0..info.len())
+                        .map(|_| rng.uniform(-bound, bound))
+                        .collect(),
+                    Init::Const(value) => vec![value; info.len()],
+                })
+                .collect();
             BlockParams::from_file_layout(block, values)
         })
         .collect())
 }
 
-/// Splits `num_blocks` blocks into `num_stages` contiguous ranges, as balanced as possible (the
-/// first `num_blocks % num_stages` stages get one block more).
-///
-/// # Errors
-/// [`NnError::TooManyStages`] if `num_stages` is 0 or larger than `num_blocks`.
-pub fn partition_uniform(
-    num_blocks: usize,
-    num_stages: usize,
-) -> Result<Vec<Range<usize>>, NnError> {
-    if num_stages == 0 || num_stages > num_blocks {
-        return Err(NnError::TooManyStages {
-            num_blocks,
-            num_stages,
-        });
-    }
-    let (base, extra) = (num_blocks / num_stages, num_blocks % num_stages);
-    let mut start = 0;
-    Ok((0..num_stages)
-        .map(|stage| {
-            let len = base + usize::from(stage < extra);
-            let range = start..start + len;
-            start += len;
-            range
-        })
-        .collect())
-}
-
-/// Checks that consecutive blocks fit (`output` of one = `input` of the next).
+/// Checks that consecutive blocks fit (`output` of one = `input` of the next) and that every
+/// block has the parameter and buffer sizes its kind needs.
 pub(crate) fn check_chain(blocks: &[BlockParams]) -> Result<(), NnError> {
     for (i, pair) in blocks.windows(2).enumerate() {
         let (a, b) = (pair[0].block, pair[1].block);
-        if a.output_features() != b.input_features() {
+        let fits = if b.is_spatial() {
+            a.output_shape() == b.input_shape()
+        } else {
+            a.output_features() == b.input_features()
+        };
+        if !fits {
+            let ([ac, ah, aw], [bc, bh, bw]) = (a.output_shape(), b.input_shape());
             return Err(NnError::Mismatch(format!(
-                "block {i} outputs {} features but block {} takes {}",
-                a.output_features(),
-                i + 1,
-                b.input_features()
+                "block {i} outputs {ac}×{ah}×{aw} but block {} takes {bc}×{bh}×{bw}",
+                i + 1
             )));
         }
     }
     for (i, p) in blocks.iter().enumerate() {
-        let sizes = p.block.param_sizes();
-        let found: Vec<usize> = p.tensors.iter().map(|t| t.shape().num_elements()).collect();
+        let sizes = (p.block.param_sizes(), p.block.buffer_sizes());
+        let count = |ts: &[Tensor<1>]| -> Vec<usize> {
+            ts.iter().map(|t| t.shape().num_elements()).collect()
+        };
+        let found = (count(&p.tensors), count(&p.buffers));
         if found != sizes {
             return Err(NnError::Mismatch(format!(
-                "block {i} ({:?}) needs parameter sizes {sizes:?}, has {found:?}",
+                "block {i} ({:?}) needs parameter and buffer sizes {sizes:?}, has {found:?}",
                 p.block
             )));
         }
@@ -421,34 +420,26 @@ pub(crate) fn check_chain(blocks: &[BlockParams]) -> Result<(), NnError> {
 }
 
 /// Mean loss and accuracy of the model `params` (all blocks of `spec`) on `data`, in batches of
-/// `batch_size`, without autodiff. The loss is softmax cross-entropy, averaged over samples.
+/// `batch_size`, without autodiff, batch norms using each block's running statistics. The loss
+/// is softmax cross-entropy, averaged over samples.
 ///
 /// # Errors
 /// [`NnError::Mismatch`] if `params` do not belong to `spec`, or `data` does not fit the model
-/// (features, classes), or `data` is empty or `batch_size` is 0.
+/// (shape, classes), or `data` is empty or `batch_size` is 0.
 pub fn evaluate(
     spec: &ModelSpec,
     params: &[BlockParams],
     data: &Dataset,
     batch_size: usize,
 ) -> Result<(f64, f64), NnError> {
-    let blocks = spec.blocks();
+    let blocks = spec.try_blocks()?;
     if params.iter().map(|p| p.block).ne(blocks.iter().copied()) {
         return Err(NnError::Mismatch(
             "the parameters do not belong to the model spec".into(),
         ));
     }
     check_chain(params)?;
-    if data.num_features != spec.input_features() || data.num_classes != spec.num_classes() {
-        return Err(NnError::Mismatch(format!(
-            "data set {} has {} features and {} classes; the model takes {} and gives {}",
-            data.name,
-            data.num_features,
-            data.num_classes,
-            spec.input_features(),
-            spec.num_classes()
-        )));
-    }
+    spec.check_data(data)?;
     if data.is_empty() || batch_size == 0 {
         return Err(NnError::Mismatch(format!(
             "cannot evaluate {} samples in batches of {batch_size}",
@@ -461,7 +452,7 @@ pub fn evaluate(
         let (features, labels) = data.gather(batch);
         let mut x = tensor2(features, batch.len(), data.num_features);
         for p in params {
-            x = p.block.forward(x, &p.tensors);
+            x = p.forward_eval(x);
         }
         correct += count_correct(&to_vec(&x), spec.num_classes(), &labels);
         loss_sum += scalar(&cross_entropy_sum(x, one_hot(&labels, spec.num_classes())));
@@ -517,36 +508,6 @@ mod tests {
     }
 
     #[test]
-    fn partition_is_contiguous_and_balanced() {
-        assert_eq!(partition_uniform(5, 2).unwrap(), vec![0..3, 3..5]);
-        assert_eq!(
-            partition_uniform(4, 4).unwrap(),
-            vec![0..1, 1..2, 2..3, 3..4]
-        );
-        assert_eq!(partition_uniform(7, 3).unwrap(), vec![0..3, 3..5, 5..7]);
-        for blocks in 1..10 {
-            for stages in 1..=blocks {
-                let parts = partition_uniform(blocks, stages).unwrap();
-                assert_eq!(parts.first().unwrap().start, 0);
-                assert_eq!(parts.last().unwrap().end, blocks);
-                assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
-                let lens: Vec<usize> = parts.iter().map(|r| r.len()).collect();
-                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
-            }
-        }
-        let err = partition_uniform(3, 4).unwrap_err();
-        assert!(matches!(
-            err,
-            NnError::TooManyStages {
-                num_blocks: 3,
-                num_stages: 4
-            }
-        ));
-        assert!(err.to_string().contains("3 blocks into 4 stages"), "{err}");
-        assert!(partition_uniform(3, 0).is_err());
-    }
-
-    #[test]
     fn init_is_deterministic_seeded_and_in_pytorch_bounds() {
         let s = spec(vec![6]);
         let a = init_params(&s, 7).unwrap();
@@ -584,7 +545,7 @@ mod tests {
         assert_eq!(p.values()[0], vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
         assert_eq!(p.to_file_layout(), file);
         // y = x Wᵀ + b as in PyTorch: x = [1, 1] → [3.5, 7.25, 11.125].
-        let y = block.forward(tensor2(vec![1.0, 1.0], 1, 2), &p.tensors);
+        let y = p.forward_eval(tensor2(vec![1.0, 1.0], 1, 2));
         assert_eq!(to_vec(&y), vec![3.5, 7.25, 11.125]);
     }
 }

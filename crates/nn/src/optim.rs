@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BlockParams, NnError};
 
+mod snapshot;
+
+pub use snapshot::OptimizerSnapshot;
+
 /// Which update rule, with its own hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -285,7 +289,7 @@ fn step_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Block;
+    use crate::Block;
     use crate::tensor::{tensor1, to_vec};
 
     fn params(values: &[f32]) -> Vec<BlockParams> {
@@ -298,6 +302,7 @@ mod tests {
         vec![BlockParams {
             block,
             tensors: vec![tensor1(values[..2].to_vec()), tensor1(values[2..].to_vec())],
+            buffers: Vec::new(),
         }]
     }
 

@@ -27,16 +27,19 @@ use std::sync::Arc;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
-use timeprest_data::Dataset;
+use timeprest_data::{Augment, Dataset};
 use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
 use timeprest_schedule::MicrobatchId;
 
+use crate::block::Norm;
 use crate::model::{check_chain, cross_entropy_sum};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::store::{Pass, WeightStore};
 use crate::tensor::{count_correct, one_hot, scalar, tensor2, to_vec};
 use crate::{BlockParams, ModelParams, NnError};
+
+mod resume;
 
 /// How a backward computes gradients when it reads other weights than its forward did
 /// (spec §3.4 and §9 item 1).
@@ -183,6 +186,8 @@ struct Trace {
     stage_output: Tensor<2>,
     /// Σ of the per-sample losses (last stage only).
     loss_sum: Option<f64>,
+    /// Per block: each batch norm's batch mean and unbiased variance (plain).
+    batch_stats: Vec<Vec<Tensor<1>>>,
 }
 
 /// What a forward keeps for the backward of its micro-batch.
@@ -206,6 +211,10 @@ pub struct BurnStage {
     saved: HashMap<MicrobatchId, Saved>,
     /// Σ of the parameter gradients since the last update, per block, per tensor.
     accumulated: Option<Vec<Vec<Tensor<1>>>>,
+    /// Random crops and flips of the input images (stage 0), if enabled.
+    augment: Option<Augment>,
+    /// Epochs started (plans set), which seeds the augmentation.
+    epoch: u64,
 }
 
 impl std::fmt::Debug for BurnStage {
@@ -249,6 +258,14 @@ impl BurnStage {
             return Err(NnError::Mismatch(format!("stage {stage} has no blocks")));
         };
         check_chain(&blocks)?;
+        let [c, h, w] = train_data.shape;
+        if stage == 0 && first.block.is_spatial() && first.block.input_shape() != [c, h, w] {
+            let [bc, bh, bw] = first.block.input_shape();
+            return Err(NnError::Mismatch(format!(
+                "stage 0 takes {bc}×{bh}×{bw} samples, data set {} has {c}×{h}×{w}",
+                train_data.name
+            )));
+        }
         if stage == 0 && first.block.input_features() != train_data.num_features {
             return Err(NnError::Mismatch(format!(
                 "stage 0 takes {} features, data set {} has {}",
@@ -276,13 +293,23 @@ impl BurnStage {
             plan: None,
             saved: HashMap::new(),
             accumulated: None,
+            augment: None,
+            epoch: 0,
         })
+    }
+
+    /// Enables (or disables) random crops and flips of stage 0's input images. The draws
+    /// depend on the augmentation's seed, the epoch (counted by [`BurnStage::set_plan`]) and
+    /// the sample index only, so they do not depend on the schedule or the split.
+    pub fn set_augment(&mut self, augment: Option<Augment>) {
+        self.augment = augment;
     }
 
     /// Sets the plan that says which samples each micro-batch holds (needed by stage 0 and the
     /// last stage; replace it each epoch).
     pub fn set_plan(&mut self, plan: Arc<BatchPlan>) {
         self.plan = Some(plan);
+        self.epoch += 1;
     }
 
     /// The stage index.
@@ -385,11 +412,14 @@ impl BurnStage {
             })
             .collect();
         let mut activations = vec![input.clone()];
+        let mut batch_stats = Vec::with_capacity(weights.len());
         let mut h = input_leaf
             .clone()
             .unwrap_or_else(|| input.clone().autodiff());
         for (p, block_leaves) in weights.iter().zip(&leaves) {
-            h = p.block.forward(h, block_leaves);
+            let mut stats = Vec::new();
+            h = p.block.forward(h, block_leaves, Norm::Batch(&mut stats));
+            batch_stats.push(stats);
             if keep_activations {
                 activations.push(h.clone().inner());
             }
@@ -410,6 +440,7 @@ impl BurnStage {
             activations,
             stage_output,
             loss_sum,
+            batch_stats,
         }
     }
 
@@ -476,6 +507,10 @@ impl BurnStage {
         let mut param_grads = vec![Vec::new(); weights.len()];
         for (i, p) in weights.iter().enumerate().rev() {
             let need_input_grad = i > 0 || self.stage != 0;
+            if p.tensors.is_empty() && !need_input_grad {
+                // A weight-free first block of stage 0: nothing to differentiate.
+                continue;
+            }
             let x = acts[i].clone().autodiff();
             let x = if need_input_grad { x.require_grad() } else { x };
             let leaves: Vec<Tensor<1>> = p
@@ -483,7 +518,11 @@ impl BurnStage {
                 .iter()
                 .map(|t| t.clone().autodiff().require_grad())
                 .collect();
-            let mut out = p.block.forward_weighted(x.clone(), &leaves);
+            // Batch norms normalise with the saved input's batch statistics, as the forward
+            // did; the running statistics are not touched again.
+            let mut out =
+                p.block
+                    .forward_weighted(x.clone(), &leaves, Norm::Batch(&mut Vec::new()));
             if p.block.has_relu() {
                 // relu'(pre) from the forward: 1 where its output was positive.
                 out = out.mul(acts[i + 1].clone().sign().autodiff());
@@ -576,10 +615,13 @@ impl StageCompute for BurnStage {
         let input = match (self.stage, input) {
             (0, None) => {
                 let (indices, _) = self.samples(microbatch)?;
-                let (features, _) = self
+                let (mut features, _) = self
                     .train_data
                     .try_gather(indices)
                     .map_err(|e| self.error(format!("{microbatch:?}: {e}")))?;
+                if let Some(augment) = &self.augment {
+                    augment.apply(&mut features, self.train_data.shape, indices, self.epoch);
+                }
                 tensor2(features, indices.len(), in_features)
             }
             (0, Some(_)) => return Err(self.error("stage 0 reads its own input".into())),
@@ -622,7 +664,10 @@ impl StageCompute for BurnStage {
         };
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
         let keep = self.grad_mode == GradMode::Graph;
-        let trace = self.run(&input, &weights, targets.as_ref(), keep);
+        let mut trace = self.run(&input, &weights, targets.as_ref(), keep);
+        // Running statistics move once per forward, on the live version (spec §9 item 14).
+        self.store
+            .update_running_stats(&std::mem::take(&mut trace.batch_stats));
         let output = match &targets {
             Some(t) => {
                 let logits = to_vec(&trace.stage_output);

@@ -9,9 +9,15 @@
 //! one transient buffer). Predictions are built when a forward first asks for them, from the
 //! live version and the optimizer's momentum buffer, and cached so the matching backward
 //! reads bit-identical weights (spec §6.3).
+//!
+//! Each weight set carries its batch norms' running statistics. Training forwards normalise
+//! with batch statistics and then move the *live* version's running statistics (once per
+//! forward, never during a recompute); an update hands them on to the new live version, and a
+//! kept version keeps the ones it had, so evaluation of any stored version is consistent.
 
 use std::collections::BTreeMap;
 
+use burn::tensor::Tensor;
 use timeprest_policy::{Version, WeightKey, WeightRecipe};
 use timeprest_runtime::ComputeError;
 
@@ -49,6 +55,14 @@ impl WeightStore {
         }
     }
 
+    /// A store whose live version `version` is `params` (resuming from a checkpoint).
+    pub(crate) fn resumed(params: ModelParams, version: Version) -> Self {
+        Self {
+            live_version: version,
+            ..Self::new(params)
+        }
+    }
+
     pub(crate) fn live_version(&self) -> Version {
         self.live_version
     }
@@ -65,6 +79,28 @@ impl WeightStore {
             self.kept.insert(self.live_version, old);
         }
         self.live_version += 1;
+    }
+
+    /// Moves the live version's running statistics (batch norms) towards a forward's batch
+    /// statistics `stats` (per block: mean and unbiased variance per batch norm). The live
+    /// parameters are replaced by new handles, so kept versions keep the statistics they had
+    /// when they were live: running statistics are stored per version.
+    pub(crate) fn update_running_stats(&mut self, stats: &[Vec<Tensor<1>>]) {
+        if stats.iter().all(Vec::is_empty) {
+            return;
+        }
+        self.live = self
+            .live
+            .iter()
+            .zip(stats)
+            .map(|(p, s)| {
+                if s.is_empty() {
+                    p.clone()
+                } else {
+                    p.with_running_stats(s)
+                }
+            })
+            .collect();
     }
 
     /// Drops the weight set `key` (a no-op for sets not stored). Releasing the live version

@@ -54,11 +54,11 @@ fn mlp() -> ModelSpec {
     })
 }
 
-fn v(version: u64) -> WeightRecipe {
+pub(crate) fn v(version: u64) -> WeightRecipe {
     WeightRecipe::version(version)
 }
 
-fn mb(minibatch: u32, microbatch: u32) -> MicrobatchId {
+pub(crate) fn mb(minibatch: u32, microbatch: u32) -> MicrobatchId {
     MicrobatchId::new(minibatch, microbatch)
 }
 
@@ -96,7 +96,7 @@ fn make_stages(
 /// Forwards of all micro-batches of `minibatch` through all stages with `forward[s]`, then the
 /// backward of all of them with `backward[s]`, last stage first. Returns the loss sum, the
 /// number of correct predictions and, per stage, the input gradients it returned.
-fn run_minibatch(
+pub(crate) fn run_minibatch(
     stages: &mut [BurnStage],
     minibatch: u32,
     num_microbatches: u32,
@@ -143,7 +143,7 @@ fn run_minibatch(
     (loss_sum, correct, per_stage)
 }
 
-fn update_all(stages: &mut [BurnStage]) {
+pub(crate) fn update_all(stages: &mut [BurnStage]) {
     for stage in stages {
         let old = stage.live_version();
         stage.update().unwrap();
@@ -152,7 +152,7 @@ fn update_all(stages: &mut [BurnStage]) {
 }
 
 /// All accumulated gradients of a pipeline, flattened in global block order.
-fn all_grads(stages: &[BurnStage]) -> Vec<f64> {
+pub(crate) fn all_grads(stages: &[BurnStage]) -> Vec<f64> {
     stages
         .iter()
         .flat_map(|s| {
@@ -181,7 +181,7 @@ fn flat_values(params: &[BlockParams]) -> Vec<f32> {
 
 /// `|a − b| ≤ tol · max|b|` elementwise (relative to the tensor's scale, so that entries that
 /// cancel to almost zero do not need an impossible relative precision).
-fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
+pub(crate) fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {

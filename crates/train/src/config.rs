@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use timeprest_nn::{GradMode, OptimizerConfig, OptimizerKind};
+use timeprest_nn::{GradMode, MODEL_NAMES, OptimizerConfig, OptimizerKind, PartitionMethod};
 use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
 use timeprest_schedule::ScheduleKind;
 
@@ -92,6 +92,16 @@ pub struct TrainConfig {
     pub threads_per_stage: usize,
     /// Batch size for evaluation.
     pub eval_batch_size: usize,
+    /// Channel multiplier of the convolutional models (1 = the reference size).
+    pub width: f64,
+    /// Residual blocks per group of the ResNets (empty = the model's default).
+    pub depth: Vec<usize>,
+    /// How to split the model into stages when `split` is empty.
+    pub partition: PartitionMethod,
+    /// A split by hand: the first blocks of stages 1, 2, … (empty = use `partition`).
+    pub split: Vec<usize>,
+    /// Random crops (padding 4) and horizontal flips of the training images.
+    pub augment: bool,
 }
 
 impl Default for TrainConfig {
@@ -123,6 +133,11 @@ impl Default for TrainConfig {
             shuffle: true,
             threads_per_stage: 1,
             eval_batch_size: 512,
+            width: 1.0,
+            depth: Vec::new(),
+            partition: PartitionMethod::Uniform,
+            split: Vec::new(),
+            augment: false,
         }
     }
 }
@@ -176,10 +191,31 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad =
             |flag: &str, message: String| Err(TrainError::Config(format!("--{flag}: {message}")));
-        if self.model != "mlp" {
+        if !MODEL_NAMES.contains(&self.model.as_str()) {
             return bad(
                 "model",
-                format!("unknown model `{}`; valid models: mlp", self.model),
+                format!(
+                    "unknown model `{}`; valid models: {}",
+                    self.model,
+                    MODEL_NAMES.join(", ")
+                ),
+            );
+        }
+        if !(self.width.is_finite() && self.width > 0.0) {
+            return bad(
+                "width",
+                format!("must be a positive number, got {}", self.width),
+            );
+        }
+        if !self.split.is_empty() && self.split.len() + 1 != self.stages as usize {
+            return bad(
+                "split",
+                format!(
+                    "{} cut points make {} stages, but --stages is {}",
+                    self.split.len(),
+                    self.split.len() + 1,
+                    self.stages
+                ),
             );
         }
         if self.stages == 0 {

@@ -19,12 +19,25 @@ pub enum TrainError {
     #[error(transparent)]
     Runtime(#[from] timeprest_runtime::RuntimeError),
     /// The loss became NaN or infinite.
-    #[error("training diverged in epoch {epoch}: the loss is {loss} (try a smaller --lr)")]
+    #[error(
+        "training diverged in epoch {epoch} at step {step}: the loss is {loss} (try a smaller \
+         --lr; the last good checkpoint, if any, is kept)"
+    )]
     Diverged {
         /// The epoch (1-based).
         epoch: u32,
+        /// The mini-batch of the epoch (1-based) whose loss was first not finite.
+        step: u32,
         /// The loss value.
         loss: f64,
+    },
+    /// A checkpoint is missing, unreadable or does not fit the run.
+    #[error("cannot resume from {path}: {cause}")]
+    Checkpoint {
+        /// The file or directory.
+        path: String,
+        /// What is wrong.
+        cause: String,
     },
     /// An output file could not be written.
     #[error("cannot write {path}: {cause}")]

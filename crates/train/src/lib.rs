@@ -6,6 +6,7 @@
 //! weights in safetensors.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! A whole training run with its outputs on disk.
 //!
-//! The run directory holds `config.json` (the effective configuration, written before training
-//! starts so a crashed run can still be repeated) and `metrics.jsonl` (one line per epoch,
+//! The run directory holds `config.json` and `config.toml` (the effective configuration, written
+//! before training starts so a crashed run can still be repeated), `command.txt` (the exact
+//! command line) and `metrics.jsonl` (one line per epoch,
 //! flushed as soon as the epoch ends, so nothing measured is lost if the process dies later).
 
 use std::fs::{self, File};
@@ -27,6 +28,13 @@ pub struct RunPaths {
     pub save_weights: Option<PathBuf>,
     /// Where to write the Chrome trace of the first epoch's measured events.
     pub trace: Option<PathBuf>,
+    /// The exact command line that started the run, stored as `command.txt`.
+    pub command: Option<String>,
+    /// Write a checkpoint into `out_dir/checkpoint` every this many epochs (and after the
+    /// last); 0 never.
+    pub checkpoint_every: u32,
+    /// Continue from the checkpoint in `out_dir` instead of starting afresh.
+    pub resume: bool,
 }
 
 /// Callbacks for showing progress; all default to doing nothing.
@@ -65,14 +73,44 @@ pub fn run(
         None => None,
     };
     let mut trainer = Trainer::new(config.clone(), initial)?;
+    let completed = match (&paths.out_dir, paths.resume) {
+        (Some(dir), true) => trainer.restore_checkpoint(dir)?,
+        (None, true) => {
+            return Err(TrainError::Config("--resume needs the run directory".into()));
+        }
+        (_, false) => 0,
+    };
     let mut metrics_file = match &paths.out_dir {
         Some(dir) => {
             fs::create_dir_all(dir).map_err(|e| output_error(dir, e))?;
             let config_path = dir.join("config.json");
             let text = serde_json::to_string_pretty(config).expect("a config always serialises");
             fs::write(&config_path, text + "\n").map_err(|e| output_error(&config_path, e))?;
+            // The same configuration as TOML, so that `timeprest train --config DIR/config.toml`
+            // repeats the run.
+            let toml_path = dir.join("config.toml");
+            let text = toml::to_string(config).expect("a config always serialises to TOML");
+            fs::write(&toml_path, text).map_err(|e| output_error(&toml_path, e))?;
+            if let Some(command) = &paths.command {
+                let command_path = dir.join("command.txt");
+                fs::write(&command_path, format!("{command}\n"))
+                    .map_err(|e| output_error(&command_path, e))?;
+            }
             let metrics_path = dir.join("metrics.jsonl");
-            let file = File::create(&metrics_path).map_err(|e| output_error(&metrics_path, e))?;
+            // On resume keep the lines of the checkpointed epochs only (a crash between an
+            // epoch's metrics line and its checkpoint would otherwise leave a duplicate).
+            let kept: String = match completed {
+                0 => String::new(),
+                _ => fs::read_to_string(&metrics_path)
+                    .unwrap_or_default()
+                    .lines()
+                    .take(completed as usize)
+                    .map(|line| format!("{line}\n"))
+                    .collect(),
+            };
+            let mut file =
+                File::create(&metrics_path).map_err(|e| output_error(&metrics_path, e))?;
+            file.write_all(kept.as_bytes()).map_err(|e| output_error(&metrics_path, e))?;
             Some((metrics_path, file))
         }
         None => None,
@@ -80,7 +118,7 @@ pub fn run(
 
     let num_minibatches = trainer.minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
-    for epoch in 1..=config.epochs {
+    for epoch in completed + 1..=config.epochs {
         progress.epoch_started(epoch, num_minibatches);
         let advanced = |done: u64| progress.advanced(done);
         let EpochRun {
@@ -102,6 +140,12 @@ pub fn run(
         }
         progress.epoch_finished(&metrics);
         history.push(metrics);
+        if let Some(dir) = &paths.out_dir {
+            let every = paths.checkpoint_every;
+            if every > 0 && (epoch % every == 0 || epoch == config.epochs) {
+                trainer.save_checkpoint(dir, epoch)?;
+            }
+        }
     }
     if let Some(path) = &paths.save_weights {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

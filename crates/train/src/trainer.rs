@@ -6,17 +6,19 @@
 //! every epoch (as TiMePReSt does before its per-epoch checkpoint), so an epoch boundary is a
 //! consistent state: every stage has applied the same number of updates.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use timeprest_data::{DataSplit, Dataset, epoch_order, load};
+use timeprest_data::{Augment, DataSplit, Dataset, epoch_order, load};
 use timeprest_nn::{
-    BatchPlan, BurnStage, MlpConfig, ModelParams, ModelSpec, evaluate, init_params,
-    partition_uniform,
+    BatchPlan, BurnStage, ModelParams, ModelSize, ModelSpec, evaluate, init_params,
+    partition_manual, partition_model,
 };
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunOptions, RunReport, run_threaded};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 
+use crate::checkpoint::{self, CheckpointState, StageState, StageTensors};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::{EpochMetrics, stage_metrics, training_stats};
@@ -58,19 +60,27 @@ impl Trainer {
         if let Some(limit) = config.limit_test {
             test.truncate(limit);
         }
-        let spec = ModelSpec::Mlp(MlpConfig {
-            input: train.num_features,
+        let size = ModelSize {
             hidden: config.hidden.clone(),
-            classes: train.num_classes,
-        });
+            width: config.width,
+            depth: config.depth.clone(),
+        };
+        let spec = ModelSpec::from_name(&config.model, train.shape, train.num_classes, &size)
+            .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
         let params = match initial {
             Some(params) => params,
             None => init_params(&spec, config.seed)?,
         };
         let train_data = Arc::new(train);
-        let split = partition_uniform(spec.num_blocks(), config.stages as usize)
-            .map_err(|e| TrainError::Config(format!("--stages: {e}")))?;
-        let stages = split
+        let microbatch = (config.batch_size / config.microbatches as usize).max(1);
+        let split = if config.split.is_empty() {
+            partition_model(&spec, config.partition, config.stages as usize, microbatch)
+                .map_err(|e| TrainError::Config(format!("--stages: {e}")))?
+        } else {
+            partition_manual(&config.split, spec.num_blocks())
+                .map_err(|e| TrainError::Config(format!("--split: {e}")))?
+        };
+        let mut stages = split
             .iter()
             .enumerate()
             .map(|(stage, blocks)| {
@@ -85,6 +95,8 @@ impl Trainer {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let augment = config.augment.then_some(Augment { seed: config.seed });
+        stages[0].set_augment(augment);
         let policy = WeightPolicy::new(config.policy, &config.policy_options());
         Ok(Self {
             config,
@@ -178,10 +190,14 @@ impl Trainer {
 
         let (train_loss, train_accuracy, samples) = training_stats(&report);
         if !train_loss.is_finite() {
-            return Err(TrainError::Diverged {
-                epoch,
-                loss: train_loss,
-            });
+            let step = report
+                .losses
+                .iter()
+                .filter(|(_, stats)| !stats.loss_sum.is_finite())
+                .map(|(microbatch, _)| microbatch.minibatch + 1)
+                .min()
+                .unwrap_or(1);
+            return Err(TrainError::Diverged { epoch, step, loss: train_loss });
         }
         let (test_loss, test_accuracy) = self.evaluate()?;
         let metrics = EpochMetrics {
@@ -210,6 +226,53 @@ impl Trainer {
             &self.test_data,
             self.config.eval_batch_size,
         )?)
+    }
+
+    /// Writes a checkpoint of the drained pipeline after `epoch` epochs into `run_dir`.
+    pub fn save_checkpoint(&self, run_dir: &Path, epoch: u32) -> Result<(), TrainError> {
+        let stages: Vec<StageState> = self
+            .stages
+            .iter()
+            .map(|stage| StageState {
+                first_block: stage.first_block(),
+                num_blocks: stage.live_params().len(),
+                live_version: stage.live_version(),
+                optimizer_steps: stage.optimizer().steps(),
+            })
+            .collect();
+        let tensors: Vec<StageTensors> = self
+            .stages
+            .iter()
+            .map(|stage| StageTensors {
+                params: stage.live_params(),
+                optimizer: stage.optimizer_snapshot(),
+            })
+            .collect();
+        let state =
+            CheckpointState { epoch, updates: self.updates, config: self.config.clone(), stages };
+        checkpoint::save(run_dir, &state, &tensors)
+    }
+
+    /// Restores the checkpoint in `run_dir` (whose configuration must equal this trainer's, up
+    /// to the number of epochs) and returns the number of epochs it had completed.
+    pub fn restore_checkpoint(&mut self, run_dir: &Path) -> Result<u32, TrainError> {
+        let dir = checkpoint::find(run_dir)?;
+        let templates: Vec<_> = self.stages.iter().map(BurnStage::live_params).collect();
+        let (state, tensors) = checkpoint::load(&dir, &templates)?;
+        let saved = TrainConfig { epochs: self.config.epochs, ..state.config.clone() };
+        if saved != self.config {
+            return Err(TrainError::Checkpoint {
+                path: dir.display().to_string(),
+                cause: "the checkpoint was written with another configuration (only --epochs may \
+                        change when resuming)"
+                    .into(),
+            });
+        }
+        for ((stage, scalars), saved) in self.stages.iter_mut().zip(&state.stages).zip(tensors) {
+            stage.restore(scalars.live_version, saved.params, saved.optimizer)?;
+        }
+        self.updates = state.updates;
+        Ok(state.epoch)
     }
 
     /// Number of mini-batches per epoch (after the 1F1B flattening).

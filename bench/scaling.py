@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Pipeline scaling on this machine: W=2 stages x 1 intra-op thread vs W=1 x 1 thread (goal
+>= 1.85x) and vs W=1 x 2 threads, MLP 784-1024-1024-1024-10 on Fashion-MNIST, batch 128.
+
+Usage: bench/scaling.py [repetitions]   (release binary must be built)
+
+The uniform block partition puts 784x1024 + 1024x1024 on stage 0 and 1024x1024 + 1024x10 on
+stage 1 (64% / 36% of the FLOPs), which caps any 2-stage pipeline at 1.57x. The control model
+784-1024-1024-1792-10 splits into two halves of equal FLOPs (1.85 M MACs each) and shows what the
+runtime does when the partition is not the limit.
+"""
+
+import sys
+
+from common import DATASET, MLP, median, quiet_run, ratio_line, spread, steady_throughput, train
+
+REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+BALANCED = "1024,1024,1792"
+BASE = DATASET + ["--batch-size", "128", "--limit-train", "3840", "--limit-test", "256", "--lr", "0.01"]
+
+
+def cfg(hidden, policy, stages, threads, microbatches):
+    return BASE + ["--hidden", hidden, "--policy", policy, "--stages", str(stages),
+                   "--threads-per-stage", str(threads), "--microbatches", str(microbatches)]
+
+
+CONFIGS = {
+    "single 1t N=1": cfg(MLP, "single", 1, 1, 1),
+    "single 1t N=4": cfg(MLP, "single", 1, 1, 4),
+    "single 2t N=1": cfg(MLP, "single", 1, 2, 1),
+    "gpipe W=2 N=4": cfg(MLP, "gpipe", 2, 1, 4),
+    "pipedream-flush W=2 N=4": cfg(MLP, "pipedream-flush", 2, 1, 4),
+    "pipedream W=2 N=1": cfg(MLP, "pipedream", 2, 1, 1),
+    "timeprest W=2 N=4": cfg(MLP, "timeprest", 2, 1, 4),
+    "balanced single 1t N=1": cfg(BALANCED, "single", 1, 1, 1),
+    "balanced single 1t N=4": cfg(BALANCED, "single", 1, 1, 4),
+    "balanced gpipe W=2 N=4": cfg(BALANCED, "gpipe", 2, 1, 4),
+    "balanced pipedream W=2 N=1": cfg(BALANCED, "pipedream", 2, 1, 1),
+    "balanced timeprest W=2 N=4": cfg(BALANCED, "timeprest", 2, 1, 4),
+}
+
+results = {name: [] for name in CONFIGS}
+probes = []
+for rep in range(REPS):
+    for name, args in CONFIGS.items():
+        value, before, after = quiet_run(lambda: steady_throughput(train(args)[0]))
+        results[name].append(value)
+        probes += [before, after]
+        print(f"rep {rep} {name}: {value:.0f} samples/s (free cores {before:.2f} / {after:.2f})",
+              file=sys.stderr, flush=True)
+
+print(f"## free cores around the runs: min {min(probes):.2f}, median {median(probes):.2f}")
+print("## throughput (samples/s, median and range over repetitions)")
+for name, values in results.items():
+    lo, hi = spread(values)
+    print(f"{name}: {median(values):.0f} ({lo:.0f}-{hi:.0f})")
+print("## ratios (paired by repetition)")
+r = results
+for num, den, goal in [
+    ("gpipe W=2 N=4", "single 1t N=1", 1.85),
+    ("gpipe W=2 N=4", "single 1t N=4", 1.85),
+    ("pipedream-flush W=2 N=4", "single 1t N=1", 1.85),
+    ("pipedream W=2 N=1", "single 1t N=1", 1.85),
+    ("timeprest W=2 N=4", "single 1t N=1", 1.85),
+    ("single 2t N=1", "single 1t N=1", None),
+    ("gpipe W=2 N=4", "single 2t N=1", None),
+    ("pipedream W=2 N=1", "single 2t N=1", None),
+    ("balanced gpipe W=2 N=4", "balanced single 1t N=1", 1.85),
+    ("balanced gpipe W=2 N=4", "balanced single 1t N=4", 1.85),
+    ("balanced pipedream W=2 N=1", "balanced single 1t N=1", 1.85),
+    ("balanced timeprest W=2 N=4", "balanced single 1t N=1", 1.85),
+]:
+    print(ratio_line(f"{num} / {den}", r[num], r[den], goal))

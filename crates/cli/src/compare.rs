@@ -1,0 +1,486 @@
+//! `timeprest compare`: every policy × seed on the same model, data order and seeds, then
+//! `report.md` and the plots.
+//!
+//! The training flags are `train`'s own ([`TrainArgs`], flattened), so a comparison accepts
+//! exactly what a single run accepts; the flags `compare` sets per run itself (`--policy`,
+//! `--seed`, `--trace`, ...) are hidden and rejected when given, instead of being silently
+//! overridden. Runs are sequential (each already uses one thread per stage, and timings of
+//! concurrent runs would not be comparable), seed-major so that an interrupted comparison has
+//! every policy for its first seeds. A diverged run is recorded and the comparison goes on; the
+//! manifest is rewritten after every run. All reporting lives in `timeprest-report`, which
+//! `timeprest plot` calls too.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use timeprest_policy::PolicyKind;
+use timeprest_report::record::{RUNS_DIR, TRACE_FILE};
+use timeprest_report::{Manifest, Outcome, RunEntry, Variant, predict, run_dir_name};
+use timeprest_train::{
+    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, run as run_training,
+};
+
+use crate::train::TrainArgs;
+use crate::usage_error;
+
+/// The seed systems and their main baseline, in the order the papers present them.
+const DEFAULT_POLICIES: &str = "pipedream,timeprest,v-timeprest,i-timeprest,nwpt,gpipe";
+
+/// A policy to compare, with optional per-policy overrides (`pipedream:lr=0.01:momentum=0`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct VariantSpec {
+    /// The text as given; names the variant in the report and its run directories.
+    label: String,
+    policy: PolicyKind,
+    /// (configuration field, value) pairs, applied to the training flags' configuration.
+    overrides: Vec<(String, String)>,
+}
+
+/// Parses `NAME[:FIELD=VALUE]...`; FIELD is a configuration field (`config.json` key, `-` or
+/// `_`), VALUE JSON or a bare word.
+fn parse_variant(text: &str) -> Result<VariantSpec, String> {
+    let mut parts = text.split(':');
+    let policy = parts
+        .next()
+        .unwrap_or_default()
+        .parse::<PolicyKind>()
+        .map_err(|e| e.to_string())?;
+    let fields = serde_json::to_value(TrainConfig::default()).expect("a config serialises");
+    let overrides = parts
+        .map(|part| {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not FIELD=VALUE (e.g. lr=0.01)"))?;
+            let key = key.trim().replace('-', "_");
+            if key == "policy" || key == "seed" {
+                return Err(format!(
+                    "`{key}` is set by --policies/--seeds, not per policy"
+                ));
+            }
+            if fields.get(&key).is_none() {
+                let known: Vec<&str> = fields
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys().map(String::as_str))
+                    .filter(|k| !matches!(*k, "policy" | "seed"))
+                    .collect();
+                return Err(format!(
+                    "unknown field `{key}`; fields: {}",
+                    known.join(", ")
+                ));
+            }
+            Ok((key, value.trim().to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(VariantSpec {
+        label: text.to_string(),
+        policy,
+        overrides,
+    })
+}
+
+/// Parses a target accuracy: a fraction in [0, 1] or a percentage (`90%`).
+fn parse_accuracy(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(number) => (number, 0.01),
+        None => (text, 1.0),
+    };
+    match number.trim().parse::<f64>().map(|v| v * scale) {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!(
+            "expected a fraction in [0, 1] or a percentage like 90%, got `{text}`"
+        )),
+    }
+}
+
+/// The flags of `timeprest compare`, as clap derives them.
+#[derive(Args, Debug)]
+pub(crate) struct CompareFlags {
+    /// Policies to compare, comma-separated. `NAME:FIELD=VALUE...` changes configuration fields
+    /// (config.json keys) for that policy only, e.g. `pipedream:lr=0.01:momentum=0`. Changing
+    /// `schedule` keeps N unless `microbatches` is changed too.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_POLICIES, value_parser = parse_variant)]
+    policies: Vec<VariantSpec>,
+    /// Seeds, comma-separated; each policy runs once per seed, and a seed fixes the initial
+    /// weights and the data order (the same for every policy).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Test accuracy whose epochs and time to reach the report compares: a fraction (0.9) or a
+    /// percentage (90%) [default: 90% of the best mean final accuracy].
+    #[arg(long, value_name = "A", value_parser = parse_accuracy)]
+    target_accuracy: Option<f64>,
+    /// The training flags, shared by every run.
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// `train` flags that `compare` sets per run itself: giving one is a usage error.
+const PER_RUN_FLAGS: [(&str, &str); 5] = [
+    (
+        "policy",
+        "--policy: compare runs every policy of --policies",
+    ),
+    ("seed", "--seed: compare runs every seed of --seeds"),
+    (
+        "trace",
+        "--trace: compare writes runs/<policy>-seed<k>/trace.json for the first seed",
+    ),
+    (
+        "save_weights",
+        "--save-weights: compare does not save weights; train the policy you want to keep",
+    ),
+    (
+        "config_file",
+        "--config: compare does not read config files yet; give the flags",
+    ),
+];
+
+/// The arguments of `timeprest compare`: [`CompareFlags`] with the per-run `train` flags hidden
+/// and rejected, and `--out` required.
+#[derive(Debug)]
+pub(crate) struct CompareArgs(CompareFlags);
+
+impl FromArgMatches for CompareArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        for (id, message) in PER_RUN_FLAGS {
+            let given = matches.ids().any(|known| known.as_str() == id)
+                && matches.value_source(id) == Some(ValueSource::CommandLine);
+            if given {
+                return Err(clap::Error::raw(
+                    ErrorKind::ArgumentConflict,
+                    format!("{message}\n"),
+                ));
+            }
+        }
+        CompareFlags::from_arg_matches(matches).map(Self)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+}
+
+impl Args for CompareArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        adjust(CompareFlags::augment_args(command))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        adjust(CompareFlags::augment_args_for_update(command))
+    }
+}
+
+fn adjust(command: clap::Command) -> clap::Command {
+    let command = PER_RUN_FLAGS.iter().fold(command, |command, (id, _)| {
+        if command.get_arguments().any(|arg| arg.get_id() == id) {
+            command.mut_arg(*id, |arg| arg.hide(true))
+        } else {
+            command
+        }
+    });
+    command.mut_arg("out", |arg| {
+        arg.required(true)
+            .help("Comparison directory: runs/, plots/, comparison.json and report.md")
+    })
+}
+
+/// The configuration of `spec`: the training flags with its policy (and N defaulting to that
+/// policy's schedule, as in `train`), then its overrides.
+fn variant_config(train: &mut TrainArgs, spec: &VariantSpec) -> anyhow::Result<TrainConfig> {
+    train.policy = spec.policy;
+    let mut value = serde_json::to_value(train.config())?;
+    for (key, text) in &spec.overrides {
+        value[key] = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
+    }
+    let config: TrainConfig = serde_json::from_value(value)
+        .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
+    config
+        .validate()
+        .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
+    Ok(config)
+}
+
+/// The command line, with arguments that need it single-quoted for a POSIX shell.
+fn quoted_command_line() -> String {
+    let quote = |arg: String| {
+        let plain = !arg.is_empty()
+            && arg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"%+,-./:=@_".contains(&b));
+        if plain {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', r"'\''"))
+        }
+    };
+    std::env::args().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// One progress bar over every epoch of the comparison; its message names the current run.
+struct RunProgress<'a> {
+    bar: &'a ProgressBar,
+    run: String,
+    epochs: u32,
+    minibatches: AtomicU64,
+    epoch: AtomicU64,
+}
+
+impl RunProgress<'_> {
+    fn show(&self, done: u64) {
+        self.bar.set_message(format!(
+            "{}: epoch {}/{} batch {done}/{}",
+            self.run,
+            self.epoch.load(Ordering::Relaxed),
+            self.epochs,
+            self.minibatches.load(Ordering::Relaxed)
+        ));
+    }
+}
+
+impl Progress for RunProgress<'_> {
+    fn epoch_started(&self, epoch: u32, num_minibatches: u64) {
+        self.epoch.store(u64::from(epoch), Ordering::Relaxed);
+        self.minibatches.store(num_minibatches, Ordering::Relaxed);
+        self.show(0);
+    }
+
+    fn advanced(&self, done: u64) {
+        self.show(done);
+    }
+
+    fn epoch_finished(&self, _metrics: &EpochMetrics) {
+        self.bar.inc(1);
+    }
+}
+
+fn progress_bar(total_epochs: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total_epochs);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{pos}/{len} epochs [{bar:30}] {elapsed_precise} eta {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Checks that no label or seed appears twice (their run directories would collide).
+fn check_unique(args: &CompareFlags) -> anyhow::Result<()> {
+    for (index, spec) in args.policies.iter().enumerate() {
+        if args.policies[..index].iter().any(|s| s.label == spec.label) {
+            return Err(usage_error(format!(
+                "--policies: `{}` is listed twice",
+                spec.label
+            )));
+        }
+    }
+    for (index, seed) in args.seeds.iter().enumerate() {
+        if args.seeds[..index].contains(seed) {
+            return Err(usage_error(format!("--seeds: {seed} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `timeprest compare`.
+pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
+    let CompareArgs(mut args) = args;
+    check_unique(&args)?;
+    let out: PathBuf = args.train.out.clone().expect("clap requires --out");
+    if out.join(timeprest_report::record::MANIFEST_FILE).exists() {
+        return Err(usage_error(format!(
+            "--out {}: already holds a comparison; choose another directory (or `timeprest plot \
+             {}` to redraw it)",
+            out.display(),
+            out.display()
+        )));
+    }
+    // Every configuration is checked before anything is predicted, trained or written.
+    let configs = args
+        .policies
+        .iter()
+        .map(|spec| variant_config(&mut args.train, spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let variants = args
+        .policies
+        .iter()
+        .zip(configs)
+        .map(|(spec, config)| {
+            let prediction =
+                predict(&spec.label, &config).map_err(|e| usage_error(e.to_string()))?;
+            Ok(Variant {
+                label: spec.label.clone(),
+                config,
+                prediction: Some(prediction),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| usage_error(format!("--out {}: {e}", out.display())))?;
+    let mut manifest = Manifest {
+        command: quoted_command_line(),
+        target_accuracy: args.target_accuracy,
+        seeds: args.seeds.clone(),
+        variants,
+        runs: Vec::new(),
+    };
+    manifest.save(&out)?;
+
+    let total_epochs: u64 = manifest
+        .variants
+        .iter()
+        .map(|v| u64::from(v.config.epochs))
+        .sum::<u64>()
+        * args.seeds.len() as u64;
+    let bar = progress_bar(
+        total_epochs,
+        !args.train.quiet && std::io::stderr().is_terminal(),
+    );
+    eprintln!(
+        "comparing {} policies × {} seeds ({} runs) into {}",
+        manifest.variants.len(),
+        args.seeds.len(),
+        manifest.variants.len() * args.seeds.len(),
+        out.display()
+    );
+    for (seed_index, &seed) in args.seeds.iter().enumerate() {
+        for index in 0..manifest.variants.len() {
+            let variant = &manifest.variants[index];
+            let config = TrainConfig {
+                seed,
+                ..variant.config.clone()
+            };
+            let entry = RunEntry {
+                label: variant.label.clone(),
+                seed,
+                dir: Path::new(RUNS_DIR).join(run_dir_name(&variant.label, seed)),
+                outcome: Outcome::Incomplete,
+            };
+            let run_dir = out.join(&entry.dir);
+            let paths = RunPaths {
+                out_dir: Some(run_dir.clone()),
+                init_weights: args.train.init_weights.clone(),
+                trace: (seed_index == 0).then(|| run_dir.join(TRACE_FILE)),
+                ..RunPaths::default()
+            };
+            let progress = RunProgress {
+                bar: &bar,
+                run: format!("{} seed {seed}", variant.label),
+                epochs: config.epochs,
+                minibatches: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
+            };
+            manifest.runs.push(entry);
+            manifest.save(&out)?;
+            let result = run_training(&config, &paths, &progress);
+            let (outcome, line) = match result {
+                Ok(history) => {
+                    let last = history.last().context("a run has at least one epoch")?;
+                    let time: f64 = history.iter().map(|m| m.epoch_seconds).sum();
+                    let line = format!(
+                        "{}: final test accuracy {:.2}% after {} epochs ({} s of training)",
+                        progress.run,
+                        100.0 * last.test_accuracy,
+                        last.epoch,
+                        timeprest_report::seconds(time)
+                    );
+                    (Outcome::Completed, line)
+                }
+                Err(error @ TrainError::Diverged { epoch, .. }) => {
+                    let done = bar.position();
+                    let run_end = done + u64::from(config.epochs + 1 - epoch);
+                    bar.set_position(run_end.min(total_epochs));
+                    let message = error.to_string();
+                    let line = format!("{}: {message}", progress.run);
+                    (Outcome::Diverged { epoch, message }, line)
+                }
+                Err(error) => return Err(error).context(format!("{} failed", progress.run)),
+            };
+            manifest.runs.last_mut().expect("just pushed").outcome = outcome;
+            manifest.save(&out)?;
+            bar.suspend(|| println!("{line}"));
+        }
+    }
+    bar.finish_and_clear();
+    let written = timeprest_report::write_report(&out)?;
+    println!(
+        "wrote {} and {} plots (SVG and PNG) in {}",
+        written
+            .report
+            .as_deref()
+            .unwrap_or(&out.join("report.md"))
+            .display(),
+        written.plots.len(),
+        out.join(timeprest_report::PLOTS_DIR).display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_with_overrides_keeps_its_label_and_fields() {
+        let spec = parse_variant("pipedream:lr=0.01:momentum=0").unwrap();
+        assert_eq!(spec.label, "pipedream:lr=0.01:momentum=0");
+        assert_eq!(spec.policy, PolicyKind::Pipedream);
+        assert_eq!(
+            spec.overrides,
+            [
+                ("lr".to_string(), "0.01".to_string()),
+                ("momentum".to_string(), "0".to_string())
+            ]
+        );
+        assert_eq!(
+            parse_variant("i-timeprest:grad-mode=recompute")
+                .unwrap()
+                .overrides[0]
+                .0,
+            "grad_mode"
+        );
+    }
+
+    #[test]
+    fn unknown_policies_fields_and_malformed_overrides_are_rejected() {
+        assert!(
+            parse_variant("bogus")
+                .unwrap_err()
+                .contains("valid policies")
+        );
+        assert!(
+            parse_variant("gpipe:speed=2")
+                .unwrap_err()
+                .contains("unknown field `speed`")
+        );
+        assert!(
+            parse_variant("gpipe:lr")
+                .unwrap_err()
+                .contains("FIELD=VALUE")
+        );
+        assert!(
+            parse_variant("gpipe:seed=3")
+                .unwrap_err()
+                .contains("--seeds")
+        );
+    }
+
+    #[test]
+    fn target_accuracies_are_fractions_or_percentages() {
+        assert_eq!(parse_accuracy("0.9"), Ok(0.9));
+        assert!((parse_accuracy("85%").unwrap() - 0.85).abs() < 1e-12);
+        assert!(parse_accuracy("90").is_err());
+        assert!(parse_accuracy("x").is_err());
+    }
+}

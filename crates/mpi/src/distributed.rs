@@ -1,0 +1,298 @@
+//! Rank-local training: rank s builds and runs only stage s; rank 0 also keeps the books.
+//!
+//! Every rank runs the same loop as the threaded trainer, epoch by epoch, with the same
+//! schedule, version plan and data order (all pure functions of the configuration), so the only
+//! difference is where stage s runs and how its messages travel: here, on this process, through
+//! [`Rank::run_worker`] and the fabric. At the end of an epoch each rank sends rank 0 a
+//! [`Summary`] (events, losses, live weights); rank 0 computes the metrics, evaluates, writes the
+//! run directory, reports progress, and tells everyone to go on. That round trip keeps the
+//! epoch boundary a consistent state, as in the threaded trainer, and gives rank 0 the whole
+//! model to save at the end.
+//!
+//! Failure: any error on a rank is sent to all others ([`Rank::abort_all`]) before this rank
+//! returns it; they stop within milliseconds and return [`MpiError::Remote`] naming it.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use timeprest_nn::{BurnStage, StageMessage, evaluate, save_safetensors};
+use timeprest_policy::{WeightPolicy, plan};
+use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_pool};
+use timeprest_schedule::{Schedule, ScheduleConfig, generate};
+use timeprest_train::metrics::{stage_metrics, training_stats};
+use timeprest_train::{
+    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, measured_chrome_trace,
+};
+
+use crate::error::MpiError;
+use crate::fabric::{Fabric, Tag};
+use crate::fault::{Fault, Faulty};
+use crate::handshake::{Identity, check_identities};
+use crate::rank::{FLUSH_WAIT, Rank};
+use crate::setup::{Model, decode_split, encode_split, epoch_batches};
+use crate::summary::{BlockValues, Summary, assemble_params};
+use crate::wire::WireTransport;
+
+/// How long a rank waits for the others at start-up (they may still be starting on other
+/// machines).
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(120);
+
+/// One rank's part of a distributed run.
+pub struct RankRun<'a> {
+    /// The configuration (the same on every rank; checked at start-up).
+    pub config: &'a TrainConfig,
+    /// Output paths; only rank 0 writes (the initial weights are read by every rank).
+    pub paths: &'a RunPaths,
+    /// Progress callbacks; only rank 0 calls them.
+    pub progress: &'a dyn Progress,
+    /// A fault to inject (tests).
+    pub fault: Option<Fault>,
+}
+
+/// Trains this rank's stage of `run` over `fabric`. Returns the metrics of every epoch on
+/// rank 0 and `None` on the other ranks.
+pub fn train_rank<F: Fabric>(
+    fabric: F,
+    run: &RankRun<'_>,
+) -> Result<Option<Vec<EpochMetrics>>, MpiError> {
+    let mut rank = Rank::new(fabric);
+    let outcome = train(&mut rank, run);
+    match &outcome {
+        Ok(_) => rank.flush(FLUSH_WAIT),
+        Err(error) if !error.is_symmetric() => rank.abort_all(&error.to_string()),
+        Err(_) => {}
+    }
+    outcome
+}
+
+fn train<F: Fabric>(
+    rank: &mut Rank<F>,
+    run: &RankRun<'_>,
+) -> Result<Option<Vec<EpochMetrics>>, MpiError> {
+    let config = run.config;
+    let world = rank.size();
+    let identity = Identity::new(config, world).to_bytes();
+    let wait = Some((HANDSHAKE_WAIT, "answer the start-up handshake"));
+    let identities = rank
+        .exchange(Tag::Hello, identity, wait)?
+        .iter()
+        .enumerate()
+        .map(|(from, bytes)| Identity::from_bytes(from, bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_identities(&identities, config, world)?;
+    config.validate()?;
+    if run.paths.resume {
+        let message = "--resume is not supported with --transport mpi yet";
+        return Err(TrainError::Config(message.into()).into());
+    }
+
+    let model = Model::load(config, run.paths.init_weights.as_deref())?;
+    let split = match rank.index() {
+        0 => {
+            let split = model.split(config)?;
+            rank.broadcast(Tag::Split, &encode_split(&split))?;
+            split
+        }
+        _ => {
+            let bytes = rank.wait_for(0, Tag::Split, None)?;
+            decode_split(&bytes).map_err(|cause| MpiError::Protocol { rank: 0, cause })?
+        }
+    };
+    let index = rank.index() as u32;
+    let mut local = LocalStage {
+        stage: model.stage(config, index, split[index as usize].clone())?,
+        index,
+        policy: WeightPolicy::new(config.policy, &config.policy_options()),
+        updates: 0,
+        fault: run.fault,
+    };
+    let mut books = match index {
+        0 => Some(Books::open(config, run.paths)?),
+        _ => None,
+    };
+    let mut history = Vec::new();
+    for epoch in 1..=config.epochs {
+        let (schedule, summary) = local.run_epoch(rank, config, &model, epoch, run.progress)?;
+        match books.as_mut() {
+            Some(books) => {
+                let mut summaries = vec![summary];
+                for from in 1..rank.size() {
+                    let bytes = rank.wait_for(from, Tag::Summary, None)?;
+                    summaries.push(Summary::decode(from, &bytes)?);
+                }
+                let metrics = books.account(config, &model, epoch, &schedule, summaries)?;
+                run.progress.epoch_finished(&metrics);
+                history.push(metrics);
+                rank.broadcast(Tag::Continue, &[])?;
+            }
+            None => {
+                rank.send(0, Tag::Summary, summary.encode())?;
+                rank.wait_for(0, Tag::Continue, None)?;
+            }
+        }
+    }
+    Ok(books.map(|_| history))
+}
+
+/// The stage this rank runs, with the state that carries over between epochs.
+struct LocalStage {
+    stage: BurnStage,
+    index: u32,
+    policy: WeightPolicy,
+    /// Updates applied so far (equal on every rank at epoch boundaries).
+    updates: u64,
+    fault: Option<Fault>,
+}
+
+impl LocalStage {
+    /// Runs this stage's part of epoch `epoch`; returns the schedule and this rank's summary.
+    fn run_epoch<F: Fabric>(
+        &mut self,
+        rank: &mut Rank<F>,
+        config: &TrainConfig,
+        model: &Model,
+        epoch: u32,
+        progress: &dyn Progress,
+    ) -> Result<(Schedule, Summary), MpiError> {
+        let batches = epoch_batches(config, model.train.len(), epoch)?;
+        let num_minibatches = batches.num_minibatches() as u32;
+        let num_microbatches = batches.minibatches[0].len() as u32;
+        let schedule_config = ScheduleConfig::new(config.stages, num_microbatches, num_minibatches);
+        let schedule = generate(config.schedule_kind(), &schedule_config).map_err(TrainError::from)?;
+        let version_plan = plan(&schedule, &self.policy);
+        check_plan(&schedule, &version_plan)?;
+        self.stage.set_plan(Arc::new(batches));
+        let pool = stage_pool(self.index, Some(config.threads_per_stage))?;
+        if self.index == 0 {
+            progress.epoch_started(epoch, u64::from(num_minibatches));
+        }
+        let advanced: &(dyn Fn(u64) + Sync) = &|done| progress.advanced(done);
+        let abort = AtomicBool::new(false);
+        let context = StageContext {
+            stage: self.index,
+            num_stages: config.stages,
+            plan: &version_plan.stages[self.index as usize],
+            abort: &abort,
+            start: Instant::now(),
+            version_offset: self.updates,
+            on_update: (self.index == 0).then_some(advanced),
+        };
+        let mut compute = Faulty::new(&mut self.stage, self.index, self.fault);
+        let output = rank.run_worker(&abort, |frames| {
+            let mut transport = WireTransport::<_, StageMessage>::new(frames);
+            run_stage(&context, &mut compute, &mut transport, pool.as_ref())
+        })??;
+        let seconds = context.start.elapsed().as_secs_f64();
+        self.updates += u64::from(num_minibatches);
+        let summary = Summary {
+            seconds,
+            events: output.events,
+            losses: output.losses,
+            blocks: self.stage.live_params().iter().map(BlockValues::of).collect(),
+        };
+        Ok((schedule, summary))
+    }
+}
+
+/// Rank 0's outputs: the run directory, the trace, the final weights.
+struct Books<'a> {
+    paths: &'a RunPaths,
+    metrics: Option<(std::path::PathBuf, File)>,
+}
+
+fn output_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
+    TrainError::Output {
+        path: path.display().to_string(),
+        cause: error.to_string(),
+    }
+}
+
+impl<'a> Books<'a> {
+    /// Creates the run directory with `config.json` and an empty `metrics.jsonl`.
+    fn open(config: &TrainConfig, paths: &'a RunPaths) -> Result<Self, TrainError> {
+        let metrics = match &paths.out_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir).map_err(|e| output_error(dir, e))?;
+                let config_path = dir.join("config.json");
+                let text = serde_json::to_string_pretty(config).expect("a config serialises");
+                fs::write(&config_path, text + "\n").map_err(|e| output_error(&config_path, e))?;
+                let path = dir.join("metrics.jsonl");
+                let file = File::create(&path).map_err(|e| output_error(&path, e))?;
+                Some((path, file))
+            }
+            None => None,
+        };
+        Ok(Self { paths, metrics })
+    }
+
+    /// The metrics of epoch `epoch` from every rank's summary (in rank order), written to the
+    /// run directory; after the last epoch, also the weights.
+    fn account(
+        &mut self,
+        config: &TrainConfig,
+        model: &Model,
+        epoch: u32,
+        schedule: &Schedule,
+        summaries: Vec<Summary>,
+    ) -> Result<EpochMetrics, TrainError> {
+        let report = RunReport {
+            seconds: summaries.iter().map(|s| s.seconds).fold(0.0, f64::max),
+            events: summaries.iter().map(|s| s.events.clone()).collect(),
+            losses: summaries.last().map(|s| s.losses.clone()).unwrap_or_default(),
+        };
+        let (train_loss, train_accuracy, samples) = training_stats(&report);
+        if !train_loss.is_finite() {
+            let step = report
+                .losses
+                .iter()
+                .filter(|(_, stats)| !stats.loss_sum.is_finite())
+                .map(|(microbatch, _)| microbatch.minibatch + 1)
+                .min()
+                .unwrap_or(1);
+            return Err(TrainError::Diverged {
+                epoch,
+                step,
+                loss: train_loss,
+            });
+        }
+        let params = assemble_params(summaries, &model.initial);
+        let (test_loss, test_accuracy) =
+            evaluate(&model.spec, &params, &model.test, config.eval_batch_size)?;
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss,
+            train_accuracy,
+            test_loss,
+            test_accuracy,
+            epoch_seconds: report.seconds,
+            samples_per_second: samples as f64 / report.seconds.max(f64::MIN_POSITIVE),
+            num_minibatches: schedule.config.num_minibatches,
+            stages: stage_metrics(&report),
+        };
+        if epoch == 1
+            && let Some(path) = &self.paths.trace
+        {
+            fs::write(path, measured_chrome_trace(schedule, &report))
+                .map_err(|e| output_error(path, e))?;
+        }
+        if let Some((path, file)) = self.metrics.as_mut() {
+            let line = serde_json::to_string(&metrics).expect("metrics serialise");
+            writeln!(file, "{line}")
+                .and_then(|()| file.flush())
+                .map_err(|e| output_error(path, e))?;
+        }
+        if epoch == config.epochs
+            && let Some(path) = &self.paths.save_weights
+        {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(|e| output_error(parent, e))?;
+            }
+            save_safetensors(path, &params)?;
+        }
+        Ok(metrics)
+    }
+}

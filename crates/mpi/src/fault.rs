@@ -1,0 +1,137 @@
+//! Fault injection for testing what a distributed run does when one rank fails.
+//!
+//! The failure tests start real `mpirun` jobs of the real binary, so the fault has to be
+//! switched on from outside: `TIMEPREST_FAULT_STAGE=s` makes stage s fail at its second forward
+//! (after messages have crossed the pipeline), `TIMEPREST_FAULT_KIND` says how: `error` (a
+//! stage error, the default), `panic`, or `exit` (the process dies on the spot, as if killed).
+//! Only the MPI rank driver reads these variables; a normal run never sets them.
+
+use timeprest_policy::{WeightKey, WeightRecipe};
+use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, StageCompute};
+use timeprest_schedule::MicrobatchId;
+
+use crate::error::MpiError;
+
+/// The variable naming the stage that fails.
+pub const FAULT_STAGE_VAR: &str = "TIMEPREST_FAULT_STAGE";
+/// The variable naming how it fails.
+pub const FAULT_KIND_VAR: &str = "TIMEPREST_FAULT_KIND";
+/// The forward (1-based, counted per stage over the whole run) at which the fault fires.
+const FAULT_AT_FORWARD: u32 = 2;
+/// The exit code of a rank that dies by [`FaultKind::Exit`].
+pub const FAULT_EXIT_CODE: i32 = 3;
+
+/// How an injected fault shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The stage computation returns an error.
+    Error,
+    /// The stage computation panics.
+    Panic,
+    /// The process exits at once, without telling anyone.
+    Exit,
+}
+
+/// A fault to inject into one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The stage that fails.
+    pub stage: u32,
+    /// How.
+    pub kind: FaultKind,
+}
+
+impl Fault {
+    /// The fault the environment asks for, if any.
+    pub fn from_env() -> Result<Option<Fault>, MpiError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let Some(stage) = var(FAULT_STAGE_VAR) else {
+            return Ok(None);
+        };
+        let bad = |what: String| MpiError::Mpi(format!("fault injection: {what}"));
+        let stage = stage
+            .parse()
+            .map_err(|_| bad(format!("{FAULT_STAGE_VAR}={stage} is not a stage index")))?;
+        let kind = match var(FAULT_KIND_VAR).as_deref() {
+            None | Some("error") => FaultKind::Error,
+            Some("panic") => FaultKind::Panic,
+            Some("exit") => FaultKind::Exit,
+            Some(other) => {
+                return Err(bad(format!(
+                    "{FAULT_KIND_VAR}={other}; use error, panic or exit"
+                )));
+            }
+        };
+        Ok(Some(Fault { stage, kind }))
+    }
+}
+
+/// A stage compute that fails as `fault` says (if it is for this stage), and otherwise is
+/// `inner`.
+pub struct Faulty<'a, C> {
+    inner: &'a mut C,
+    fault: Option<FaultKind>,
+    forwards: u32,
+}
+
+impl<'a, C> Faulty<'a, C> {
+    /// `inner`, stage `stage`, failing if `fault` is for it.
+    pub fn new(inner: &'a mut C, stage: u32, fault: Option<Fault>) -> Self {
+        Self {
+            inner,
+            fault: fault.filter(|f| f.stage == stage).map(|f| f.kind),
+            forwards: 0,
+        }
+    }
+}
+
+impl<C: StageCompute> StageCompute for Faulty<'_, C> {
+    type Message = C::Message;
+
+    fn forward(
+        &mut self,
+        microbatch: MicrobatchId,
+        input: Option<Self::Message>,
+        recipe: &WeightRecipe,
+    ) -> Result<ForwardOutput<Self::Message>, ComputeError> {
+        self.forwards += 1;
+        if self.forwards == FAULT_AT_FORWARD {
+            match self.fault {
+                None => {}
+                Some(FaultKind::Error) => {
+                    return Err(ComputeError(format!("injected fault ({FAULT_STAGE_VAR})")));
+                }
+                Some(FaultKind::Panic) => panic!("injected panic ({FAULT_STAGE_VAR})"),
+                Some(FaultKind::Exit) => std::process::exit(FAULT_EXIT_CODE),
+            }
+        }
+        self.inner.forward(microbatch, input, recipe)
+    }
+
+    fn backward(
+        &mut self,
+        work: Vec<BackwardWork<Self::Message>>,
+    ) -> Result<Vec<Option<Self::Message>>, ComputeError> {
+        self.inner.backward(work)
+    }
+
+    fn update(&mut self) -> Result<(), ComputeError> {
+        self.inner.update()
+    }
+
+    fn release(&mut self, key: WeightKey) {
+        self.inner.release(key);
+    }
+
+    fn message_bytes(message: &Self::Message) -> u64 {
+        C::message_bytes(message)
+    }
+
+    fn stored_weight_bytes(&self) -> u64 {
+        self.inner.stored_weight_bytes()
+    }
+
+    fn stored_weight_sets(&self) -> u32 {
+        self.inner.stored_weight_sets()
+    }
+}

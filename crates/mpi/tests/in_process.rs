@@ -1,0 +1,187 @@
+//! Whole distributed trainings with the ranks as threads of this process (no MPI needed).
+//!
+//! The rank driver is the same code that runs under `mpirun`; only the fabric differs
+//! ([`LocalFabric`] instead of MPI). So these tests pin the driver's logic (bit-identity with
+//! the threaded trainer for every kind of policy, rank 0's books, failure and mismatch
+//! handling) in every build, and the `mpirun` tests of the CLI check the MPI fabric on top.
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use timeprest_mpi::{Fault, FaultKind, LocalFabric, MpiError, RankRun, train_rank};
+use timeprest_policy::PolicyKind;
+use timeprest_train::{EpochMetrics, RunPaths, TrainConfig, run};
+
+type RankOutcome = Result<Option<Vec<EpochMetrics>>, MpiError>;
+
+fn small(policy: PolicyKind) -> TrainConfig {
+    TrainConfig {
+        hidden: vec![24, 16],
+        limit_train: Some(160),
+        limit_test: Some(90),
+        stages: 3,
+        microbatches: 2,
+        batch_size: 16,
+        epochs: 2,
+        policy,
+        ..TrainConfig::default()
+    }
+}
+
+/// Runs one rank per entry of `configs` (rank 0 first) as threads.
+fn run_ranks(configs: &[TrainConfig], paths: &RunPaths, fault: Option<Fault>) -> Vec<RankOutcome> {
+    thread::scope(|scope| {
+        let handles: Vec<_> = LocalFabric::group(configs.len())
+            .into_iter()
+            .zip(configs)
+            .map(|(fabric, config)| {
+                scope.spawn(move || {
+                    let rank_run = RankRun {
+                        config,
+                        paths,
+                        progress: &(),
+                        fault,
+                    };
+                    train_rank(fabric, &rank_run)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn weights_path(dir: &Path, name: &str) -> RunPaths {
+    RunPaths {
+        save_weights: Some(dir.join(name)),
+        out_dir: Some(dir.join(format!("{name}-run"))),
+        ..RunPaths::default()
+    }
+}
+
+/// The metrics without the wall-clock measurements.
+fn measured_facts(metrics: &[EpochMetrics]) -> Vec<String> {
+    metrics
+        .iter()
+        .map(|m| {
+            let stages: Vec<_> = m
+                .stages
+                .iter()
+                .map(|s| (&s.staleness, s.peak_weight_sets, s.peak_weight_bytes, s.bytes_sent))
+                .collect();
+            format!(
+                "{} {} {} {} {} {} {:?}",
+                m.epoch,
+                m.train_loss.to_bits(),
+                m.train_accuracy.to_bits(),
+                m.test_loss.to_bits(),
+                m.test_accuracy.to_bits(),
+                m.num_minibatches,
+                stages
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    for policy in [
+        PolicyKind::Timeprest,
+        PolicyKind::ITimeprest,
+        PolicyKind::Pipedream,
+        PolicyKind::Gpipe,
+        PolicyKind::Nwpt,
+    ] {
+        let config = small(policy);
+        let threaded_paths = weights_path(dir.path(), &format!("{policy}-threaded"));
+        let threaded = run(&config, &threaded_paths, &()).unwrap();
+        let ranks_paths = weights_path(dir.path(), &format!("{policy}-ranks"));
+        let outcomes = run_ranks(&vec![config.clone(); 3], &ranks_paths, None);
+        let mut outcomes = outcomes.into_iter().map(Result::unwrap);
+        let distributed = outcomes.next().unwrap().expect("rank 0 returns the metrics");
+        assert!(outcomes.all(|o| o.is_none()), "only rank 0 keeps the books");
+
+        let read = |paths: &RunPaths| std::fs::read(paths.save_weights.as_ref().unwrap()).unwrap();
+        assert!(
+            read(&threaded_paths) == read(&ranks_paths),
+            "{policy}: the weights differ"
+        );
+        assert_eq!(
+            measured_facts(&distributed),
+            measured_facts(&threaded),
+            "{policy}: the metrics differ"
+        );
+        let lines = std::fs::read_to_string(ranks_paths.out_dir.unwrap().join("metrics.jsonl"));
+        assert_eq!(lines.unwrap().lines().count(), config.epochs as usize);
+    }
+    // Training moved the weights at all (so equal files are not two untouched initialisations).
+    let config = small(PolicyKind::Gpipe);
+    let untrained = RunPaths {
+        save_weights: Some(dir.path().join("untrained")),
+        ..RunPaths::default()
+    };
+    run(&TrainConfig { lr: 0.0, ..config }, &untrained, &()).unwrap();
+    let trained = std::fs::read(dir.path().join("gpipe-ranks")).unwrap();
+    assert_ne!(std::fs::read(dir.path().join("untrained")).unwrap(), trained);
+}
+
+fn assert_all_fail_naming_stage_1(outcomes: &[RankOutcome], started: Instant) {
+    assert!(started.elapsed() < Duration::from_secs(20), "stopping took too long");
+    for (rank, outcome) in outcomes.iter().enumerate() {
+        let message = outcome.as_ref().unwrap_err().to_string();
+        let expected = match rank {
+            1 => "stage 1 failed during ",
+            _ => "rank 1 failed: stage 1 failed during ",
+        };
+        assert!(
+            message.starts_with(expected),
+            "rank {rank} says: {message}"
+        );
+        assert!(message.contains("injected"), "rank {rank} says: {message}");
+    }
+}
+
+#[test]
+fn a_failing_stage_stops_every_rank_with_an_error_naming_it() {
+    for kind in [FaultKind::Error, FaultKind::Panic] {
+        let config = TrainConfig {
+            epochs: 50,
+            ..small(PolicyKind::ITimeprest)
+        };
+        let started = Instant::now();
+        let fault = Some(Fault { stage: 1, kind });
+        let outcomes = run_ranks(&vec![config; 3], &RunPaths::default(), fault);
+        assert_all_fail_naming_stage_1(&outcomes, started);
+    }
+}
+
+#[test]
+fn ranks_with_different_configurations_refuse_to_start() {
+    let config = small(PolicyKind::Timeprest);
+    let other = TrainConfig {
+        policy: PolicyKind::Gpipe,
+        hidden: vec![24, 15],
+        ..config.clone()
+    };
+    let outcomes = run_ranks(&[config.clone(), config.clone(), other], &RunPaths::default(), None);
+    for outcome in outcomes {
+        let error = outcome.unwrap_err();
+        assert!(
+            matches!(&error, MpiError::ConfigMismatch { rank: 2, differences }
+                if differences.len() == 2),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("hidden ([24,15] vs [24,16])"), "{message}");
+        assert!(message.contains("policy (\"gpipe\" vs \"timeprest\")"), "{message}");
+    }
+    let outcomes = run_ranks(&[config.clone(), config], &RunPaths::default(), None);
+    for outcome in outcomes {
+        let error = outcome.unwrap_err();
+        assert!(
+            matches!(error, MpiError::WorldSize { world: 2, stages: 3 }),
+            "{error}"
+        );
+    }
+}

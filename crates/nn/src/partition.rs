@@ -1,0 +1,472 @@
+//! Splitting a model's blocks into pipeline stages: by count, by parameters, by measured time,
+//! or by hand.
+//!
+//! A pipeline runs at the pace of its slowest stage, so the useful split is the contiguous one
+//! that minimises the largest per-stage cost. [`partition_balanced`] finds it exactly with the
+//! classic dynamic program over prefix sums (as PipeDream's and torchgpipe's partitioners do):
+//! `best[k][i]` = the smallest possible maximum stage cost when the first `i` blocks form `k`
+//! stages. The costs are either parameter counts ([`PartitionMethod::Params`]) or forward +
+//! backward times measured on this machine by [`profile_blocks`] ([`PartitionMethod::Time`]).
+//! [`ProfiledCost`] turns the measured times of a split into the schedule crate's
+//! [`CostModel`], so the simulator can predict the pipeline's throughput before training.
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Instant;
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use timeprest_schedule::CostModel;
+
+use crate::block::Norm;
+use crate::tensor::tensor2;
+use crate::{ModelParams, ModelSpec, NnError, init_params};
+
+/// How to choose the split when none is given by hand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionMethod {
+    /// Equal numbers of blocks (the first stages one more when it does not divide).
+    #[default]
+    Uniform,
+    /// Balanced parameter counts.
+    Params,
+    /// Balanced measured forward + backward time.
+    Time,
+}
+
+impl PartitionMethod {
+    /// All methods, in `--partition`'s order.
+    pub const ALL: [PartitionMethod; 3] = [
+        PartitionMethod::Uniform,
+        PartitionMethod::Params,
+        PartitionMethod::Time,
+    ];
+
+    /// The name `--partition` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionMethod::Uniform => "uniform",
+            PartitionMethod::Params => "params",
+            PartitionMethod::Time => "time",
+        }
+    }
+}
+
+impl fmt::Display for PartitionMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PartitionMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown partition method `{s}`; valid: uniform, params, time"))
+    }
+}
+
+fn check_stages(num_blocks: usize, num_stages: usize) -> Result<(), NnError> {
+    if num_stages == 0 || num_stages > num_blocks {
+        return Err(NnError::TooManyStages {
+            num_blocks,
+            num_stages,
+        });
+    }
+    Ok(())
+}
+
+/// Splits `num_blocks` blocks into `num_stages` contiguous ranges, as balanced as possible (the
+/// first `num_blocks % num_stages` stages get one block more).
+///
+/// # Errors
+/// [`NnError::TooManyStages`] if `num_stages` is 0 or larger than `num_blocks`.
+pub fn partition_uniform(
+    num_blocks: usize,
+    num_stages: usize,
+) -> Result<Vec<Range<usize>>, NnError> {
+    check_stages(num_blocks, num_stages)?;
+    let (base, extra) = (num_blocks / num_stages, num_blocks % num_stages);
+    let mut start = 0;
+    Ok((0..num_stages)
+        .map(|stage| {
+            let len = base + usize::from(stage < extra);
+            let range = start..start + len;
+            start += len;
+            range
+        })
+        .collect())
+}
+
+/// The contiguous split of blocks with costs `costs` into `num_stages` non-empty stages that
+/// minimises the largest stage cost (exact dynamic program, O(W·n²)). Among optimal splits it
+/// returns the one whose stages end earliest, scanning from the last stage.
+///
+/// # Errors
+/// [`NnError::TooManyStages`] if `num_stages` is 0 or larger than `costs.len()`, and
+/// [`NnError::InvalidModel`] if a cost is negative or not finite.
+pub fn partition_balanced(costs: &[f64], num_stages: usize) -> Result<Vec<Range<usize>>, NnError> {
+    let n = costs.len();
+    check_stages(n, num_stages)?;
+    if let Some(bad) = costs.iter().find(|c| !(c.is_finite() && **c >= 0.0)) {
+        return Err(NnError::InvalidModel(format!(
+            "block cost {bad} must be finite and >= 0"
+        )));
+    }
+    let mut prefix = vec![0.0; n + 1];
+    for (i, c) in costs.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + c;
+    }
+    // best[k][i]: k + 1 stages over the first i blocks; cut[k][i]: where the last one starts.
+    let mut best = vec![vec![f64::INFINITY; n + 1]; num_stages];
+    let mut cut = vec![vec![0usize; n + 1]; num_stages];
+    best[0][1..].copy_from_slice(&prefix[1..]);
+    for k in 1..num_stages {
+        for i in k + 1..=n {
+            for j in k..i {
+                let cost = best[k - 1][j].max(prefix[i] - prefix[j]);
+                if cost < best[k][i] {
+                    best[k][i] = cost;
+                    cut[k][i] = j;
+                }
+            }
+        }
+    }
+    let mut ranges = Vec::with_capacity(num_stages);
+    let mut end = n;
+    for k in (0..num_stages).rev() {
+        let start = if k == 0 { 0 } else { cut[k][end] };
+        ranges.push(start..end);
+        end = start;
+    }
+    ranges.reverse();
+    Ok(ranges)
+}
+
+/// The split given by hand: `cuts` are the first blocks of stages 1, 2, … (`--split 3,7,12`
+/// makes stages `0..3, 3..7, 7..12, 12..n`).
+///
+/// # Errors
+/// [`NnError::InvalidModel`] if the cuts are not strictly increasing within `1..num_blocks`.
+pub fn partition_manual(cuts: &[usize], num_blocks: usize) -> Result<Vec<Range<usize>>, NnError> {
+    let mut start = 0;
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    for &cut in cuts {
+        if cut <= start || cut >= num_blocks {
+            return Err(NnError::InvalidModel(format!(
+                "split {cuts:?}: cut points must increase strictly and lie in 1..{num_blocks} \
+                 (the model has {num_blocks} blocks); {cut} does not"
+            )));
+        }
+        ranges.push(start..cut);
+        start = cut;
+    }
+    ranges.push(start..num_blocks);
+    Ok(ranges)
+}
+
+/// Measured time of one block for one micro-batch, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockProfile {
+    /// Forward, with autodiff recording (as in training).
+    pub forward: f64,
+    /// Backward: the input gradient and the parameter gradients.
+    pub backward: f64,
+}
+
+impl BlockProfile {
+    /// Forward plus backward.
+    pub fn total(&self) -> f64 {
+        self.forward + self.backward
+    }
+}
+
+/// Median of `values` (which must not be empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Measures each block's forward and backward on a micro-batch of `batch` samples: one warm-up
+/// run, then the median of `repeats` runs. Inputs are realistic: block `i` gets what the
+/// initialised blocks before it output for a fixed pseudo-random input. Runs on the calling
+/// thread's rayon pool (run it inside `ThreadPool::install` to match a stage's threads).
+///
+/// # Errors
+/// [`NnError::InvalidModel`] if the spec is invalid or `batch` or `repeats` is 0.
+pub fn profile_blocks(
+    spec: &ModelSpec,
+    batch: usize,
+    repeats: usize,
+) -> Result<Vec<BlockProfile>, NnError> {
+    if batch == 0 || repeats == 0 {
+        return Err(NnError::InvalidModel(format!(
+            "profiling needs a batch and repeats of at least 1, got {batch} and {repeats}"
+        )));
+    }
+    let params: ModelParams = init_params(spec, 0)?;
+    let features = spec.input_features();
+    let values = (0..batch * features)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    let mut x = tensor2(values, batch, features);
+    let mut profiles = Vec::with_capacity(params.len());
+    for p in &params {
+        let (mut forward, mut backward) = (Vec::new(), Vec::new());
+        for run in 0..=repeats {
+            let input = x.clone().autodiff().require_grad();
+            let leaves: Vec<Tensor<1>> = p
+                .tensors
+                .iter()
+                .map(|t| t.clone().autodiff().require_grad())
+                .collect();
+            let start = Instant::now();
+            let out = p
+                .block
+                .forward(input, &leaves, Norm::Batch(&mut Vec::new()));
+            let middle = Instant::now();
+            let grads = out.sum().backward();
+            drop(grads);
+            let end = Instant::now();
+            if run > 0 {
+                forward.push((middle - start).as_secs_f64());
+                backward.push((end - middle).as_secs_f64());
+            }
+        }
+        profiles.push(BlockProfile {
+            forward: median(forward),
+            backward: median(backward),
+        });
+        x = p.forward_eval(x);
+    }
+    Ok(profiles)
+}
+
+/// The split of `spec` into `num_stages` stages by `method`; `Time` profiles the blocks on
+/// micro-batches of `batch` samples first.
+///
+/// # Errors
+/// [`NnError::TooManyStages`] if the model has fewer blocks than stages, or the errors of
+/// [`profile_blocks`].
+pub fn partition_model(
+    spec: &ModelSpec,
+    method: PartitionMethod,
+    num_stages: usize,
+    batch: usize,
+) -> Result<Vec<Range<usize>>, NnError> {
+    let blocks = spec.try_blocks()?;
+    match method {
+        PartitionMethod::Uniform => partition_uniform(blocks.len(), num_stages),
+        PartitionMethod::Params => {
+            let costs: Vec<f64> = blocks.iter().map(|b| b.param_count() as f64).collect();
+            partition_balanced(&costs, num_stages)
+        }
+        PartitionMethod::Time => {
+            check_stages(blocks.len(), num_stages)?;
+            let costs: Vec<f64> = profile_blocks(spec, batch, 3)?
+                .iter()
+                .map(BlockProfile::total)
+                .collect();
+            partition_balanced(&costs, num_stages)
+        }
+    }
+}
+
+/// Per-stage durations from measured block times: a stage's forward (backward) is the sum of
+/// its blocks' forwards (backwards). Updates and transfers are taken as free (shared memory).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfiledCost {
+    /// Forward of one micro-batch, per stage.
+    pub forward: Vec<f64>,
+    /// Backward of one micro-batch, per stage.
+    pub backward: Vec<f64>,
+}
+
+impl ProfiledCost {
+    /// The stage costs of `split` from per-block `profiles`.
+    ///
+    /// # Panics
+    /// If a range of `split` lies outside `profiles` (a caller bug).
+    pub fn new(profiles: &[BlockProfile], split: &[Range<usize>]) -> Self {
+        let sum = |r: &Range<usize>, f: fn(&BlockProfile) -> f64| -> f64 {
+            profiles[r.clone()].iter().map(f).sum()
+        };
+        Self {
+            forward: split.iter().map(|r| sum(r, |p| p.forward)).collect(),
+            backward: split.iter().map(|r| sum(r, |p| p.backward)).collect(),
+        }
+    }
+
+    fn at(values: &[f64], stage: u32) -> f64 {
+        values.get(stage as usize).copied().unwrap_or(0.0)
+    }
+}
+
+impl CostModel for ProfiledCost {
+    fn forward(&self, stage: u32) -> f64 {
+        Self::at(&self.forward, stage)
+    }
+    fn backward_minibatch(&self, stage: u32, num_microbatches: u32) -> f64 {
+        Self::at(&self.backward, stage) * f64::from(num_microbatches)
+    }
+    fn backward_microbatch(&self, stage: u32) -> f64 {
+        Self::at(&self.backward, stage)
+    }
+    fn update(&self, _stage: u32) -> f64 {
+        0.0
+    }
+    fn transfer(&self, _from_stage: u32, _to_stage: u32) -> f64 {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_contiguous_and_balanced() {
+        assert_eq!(partition_uniform(5, 2).unwrap(), vec![0..3, 3..5]);
+        assert_eq!(
+            partition_uniform(4, 4).unwrap(),
+            vec![0..1, 1..2, 2..3, 3..4]
+        );
+        assert_eq!(partition_uniform(7, 3).unwrap(), vec![0..3, 3..5, 5..7]);
+        for blocks in 1..10 {
+            for stages in 1..=blocks {
+                let parts = partition_uniform(blocks, stages).unwrap();
+                assert_eq!(parts.first().unwrap().start, 0);
+                assert_eq!(parts.last().unwrap().end, blocks);
+                assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+                let lens: Vec<usize> = parts.iter().map(|r| r.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            }
+        }
+        let err = partition_uniform(3, 4).unwrap_err();
+        assert!(matches!(
+            err,
+            NnError::TooManyStages {
+                num_blocks: 3,
+                num_stages: 4
+            }
+        ));
+        assert!(err.to_string().contains("3 blocks into 4 stages"), "{err}");
+        assert!(partition_uniform(3, 0).is_err());
+    }
+
+    /// The largest stage cost of `split`, summed directly.
+    fn bottleneck(costs: &[f64], split: &[Range<usize>]) -> f64 {
+        split
+            .iter()
+            .map(|r| costs[r.clone()].iter().sum::<f64>())
+            .fold(0.0, f64::max)
+    }
+
+    /// Every split of `n` blocks into `w` non-empty contiguous stages.
+    fn all_splits(n: usize, w: usize) -> Vec<Vec<Range<usize>>> {
+        if w == 1 {
+            return vec![vec![0..n]];
+        }
+        (w - 1..n)
+            .flat_map(|last_start| {
+                all_splits(last_start, w - 1).into_iter().map(move |mut s| {
+                    s.push(last_start..n);
+                    s
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dynamic_program_is_optimal_against_brute_force() {
+        let mut state = 0x9E37_79B9_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        for case in 0..300 {
+            let n = 1 + case % 9;
+            // Some cases with zero-cost blocks and heavy outliers, like pools next to convs.
+            let costs: Vec<f64> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    if r < 0.2 {
+                        0.0
+                    } else if r > 0.9 {
+                        50.0 * r
+                    } else {
+                        r
+                    }
+                })
+                .collect();
+            for w in 1..=n {
+                let split = partition_balanced(&costs, w).unwrap();
+                assert_eq!(split.len(), w);
+                assert_eq!((split[0].start, split[w - 1].end), (0, n));
+                assert!(split.iter().all(|r| !r.is_empty()));
+                assert!(split.windows(2).all(|p| p[0].end == p[1].start));
+                let best = all_splits(n, w)
+                    .iter()
+                    .map(|s| bottleneck(&costs, s))
+                    .fold(f64::INFINITY, f64::min);
+                let got = bottleneck(&costs, &split);
+                assert!(
+                    (got - best).abs() <= 1e-9 * best.max(1.0),
+                    "costs {costs:?}, {w} stages: got {got} ({split:?}), optimum {best}"
+                );
+            }
+        }
+        assert_eq!(
+            partition_balanced(&[1.0, 1.0, 1.0, 6.0], 2).unwrap(),
+            vec![0..3, 3..4]
+        );
+        assert!(partition_balanced(&[1.0], 2).is_err());
+        assert!(partition_balanced(&[1.0, f64::NAN], 2).is_err());
+    }
+
+    #[test]
+    fn manual_splits_are_checked() {
+        assert_eq!(
+            partition_manual(&[3, 7, 12], 15).unwrap(),
+            vec![0..3, 3..7, 7..12, 12..15]
+        );
+        assert_eq!(partition_manual(&[], 4).unwrap(), vec![0..4]);
+        for bad in [&[0][..], &[3, 3], &[5, 2], &[15]] {
+            let err = partition_manual(bad, 15).unwrap_err().to_string();
+            assert!(err.contains("split") && err.contains("15 blocks"), "{err}");
+        }
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in PartitionMethod::ALL {
+            assert_eq!(m.name().parse::<PartitionMethod>(), Ok(m));
+        }
+        assert!(
+            "fast"
+                .parse::<PartitionMethod>()
+                .unwrap_err()
+                .contains("uniform")
+        );
+    }
+
+    #[test]
+    fn profiled_costs_sum_blocks_per_stage() {
+        let p = |f, b| BlockProfile {
+            forward: f,
+            backward: b,
+        };
+        let profiles = [p(1.0, 2.0), p(3.0, 4.0), p(5.0, 6.0)];
+        let cost = ProfiledCost::new(&profiles, &[0..2, 2..3]);
+        assert_eq!(cost.forward, vec![4.0, 5.0]);
+        assert_eq!(cost.backward_minibatch(1, 3), 18.0);
+        assert_eq!(cost.backward_microbatch(0), 6.0);
+    }
+}

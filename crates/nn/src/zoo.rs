@@ -1,0 +1,353 @@
+//! The model zoo: LeNet-5, AlexNet, VGG-11/16 and ResNet-18/50 as sequences of blocks.
+//!
+//! The seed papers evaluate VGG-16, ResNet-50 and AlexNet; users of a pipeline trainer expect
+//! them, and LeNet-5 is the small one that trains on a CPU in minutes. Each architecture is
+//! written once, as the block sequence of a well-known 32×32 (CIFAR) variant, and adapts to
+//! the data's input shape (any channel count; any size the network can take):
+//!
+//! - `lenet5`: conv5×5(6)–pool–conv5×5(16)–pool–fc120–fc84–fc, ReLU and max pooling (the
+//!   modern variant); the first convolution pads by 2 when the input is smaller than 32×32,
+//!   so 28×28 MNIST images give the classic 16×5×5 features.
+//! - `alexnet`: the CIFAR AlexNet of `bearpaw/pytorch-classification` (conv11×11/4, conv5×5,
+//!   three conv3×3, three max pools, one linear classifier).
+//! - `vgg11`, `vgg16`: `kuangliu/pytorch-cifar`'s VGG with batch norm (conv3×3–BN–ReLU,
+//!   max pools, a linear classifier on 512 features), plus a global average pool so inputs
+//!   larger than 32×32 work too (the identity on 32×32).
+//! - `resnet18`, `resnet50`: `kuangliu/pytorch-cifar`'s ResNet (3×3 stem without max pool,
+//!   four groups of basic or bottleneck blocks, global average pool, linear classifier).
+//!
+//! No dropout anywhere: it would need random masks per micro-batch that a graph-mode backward
+//! must reproduce, and the CIFAR variants above train well without it.
+//!
+//! `width` multiplies every channel count and hidden width (rounded, at least 1), and `depth`
+//! overrides the number of residual blocks per group, so tests and CPU runs can use small
+//! versions of the same architectures. With `width` 1 and default depth the parameter counts
+//! equal the reference implementations' (tested).
+
+use serde::{Deserialize, Serialize};
+
+use crate::block::{Block, Shape};
+use crate::{MlpConfig, ModelSpec, NnError};
+
+/// Names accepted by `--model`.
+pub const MODEL_NAMES: [&str; 7] = [
+    "mlp", "lenet5", "alexnet", "vgg11", "vgg16", "resnet18", "resnet50",
+];
+
+/// A convolutional architecture of the zoo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// LeNet-5.
+    Lenet5,
+    /// AlexNet, CIFAR variant.
+    Alexnet,
+    /// VGG-11 with batch norm.
+    Vgg11,
+    /// VGG-16 with batch norm.
+    Vgg16,
+    /// ResNet-18 (basic blocks 2, 2, 2, 2).
+    Resnet18,
+    /// ResNet-50 (bottleneck blocks 3, 4, 6, 3).
+    Resnet50,
+}
+
+impl Arch {
+    /// The name `--model` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Lenet5 => "lenet5",
+            Arch::Alexnet => "alexnet",
+            Arch::Vgg11 => "vgg11",
+            Arch::Vgg16 => "vgg16",
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet50 => "resnet50",
+        }
+    }
+
+    /// The architecture called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Arch::Lenet5,
+            Arch::Alexnet,
+            Arch::Vgg11,
+            Arch::Vgg16,
+            Arch::Resnet18,
+            Arch::Resnet50,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)
+    }
+
+    /// Residual blocks per group by default (empty for networks without groups).
+    pub fn default_depth(self) -> Vec<usize> {
+        match self {
+            Arch::Resnet18 => vec![2, 2, 2, 2],
+            Arch::Resnet50 => vec![3, 4, 6, 3],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A convolutional network: architecture, input shape, classes and size knobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The architecture.
+    pub arch: Arch,
+    /// Shape of one input sample `[channels, height, width]`.
+    pub input: Shape,
+    /// Output classes.
+    pub classes: usize,
+    /// Channel and hidden-width multiplier (1 = the reference size).
+    pub width: f64,
+    /// Residual blocks per group (ResNets; empty = the architecture's default).
+    pub depth: Vec<usize>,
+}
+
+/// VGG configurations: output channels of each conv3×3, 0 for a 2×2 max pool.
+const VGG11: [usize; 13] = [64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
+const VGG16: [usize; 18] = [
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+];
+
+/// Appends blocks while tracking the current shape, failing with the model and input named.
+struct Builder<'a> {
+    config: &'a NetConfig,
+    shape: Shape,
+    blocks: Vec<Block>,
+}
+
+impl Builder<'_> {
+    fn scale(&self, channels: usize) -> usize {
+        ((channels as f64 * self.config.width).round() as usize).max(1)
+    }
+
+    fn push(&mut self, block: Block) -> Result<(), NnError> {
+        if let Err(why) = block.check() {
+            let [c, h, w] = self.config.input;
+            return Err(NnError::InvalidModel(format!(
+                "model {} cannot take {c}×{h}×{w} inputs: block {} ({}) {why}",
+                self.config.arch.name(),
+                self.blocks.len(),
+                block.label()
+            )));
+        }
+        self.shape = block.output_shape();
+        self.blocks.push(block);
+        Ok(())
+    }
+
+    fn conv(
+        &mut self,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        relu: bool,
+    ) -> Result<(), NnError> {
+        let channels = self.scale(channels);
+        self.push(Block::Conv2d {
+            input: self.shape,
+            channels,
+            kernel,
+            stride,
+            padding,
+            bias,
+            relu,
+        })
+    }
+
+    fn norm_relu(&mut self) -> Result<(), NnError> {
+        self.push(Block::BatchNorm2d {
+            input: self.shape,
+            relu: true,
+        })
+    }
+
+    fn max_pool(&mut self, kernel: usize) -> Result<(), NnError> {
+        self.push(Block::MaxPool2d {
+            input: self.shape,
+            kernel,
+            stride: kernel,
+            padding: 0,
+        })
+    }
+
+    fn global_pool(&mut self) -> Result<(), NnError> {
+        self.push(Block::GlobalAvgPool { input: self.shape })
+    }
+
+    /// A linear layer of `output` features (scaled unless it is the classifier).
+    fn linear(&mut self, output: usize, classifier: bool) -> Result<(), NnError> {
+        let output = if classifier {
+            output
+        } else {
+            self.scale(output)
+        };
+        self.push(Block::Linear {
+            input: self.shape.iter().product(),
+            output,
+            relu: !classifier,
+        })
+    }
+}
+
+impl NetConfig {
+    /// The blocks, in order.
+    ///
+    /// # Errors
+    /// [`NnError::InvalidModel`] if a size is zero, `width` is not a positive number, `depth`
+    /// does not fit the architecture, or the input is too small (naming the model, the input
+    /// shape and the first block that cannot run).
+    pub fn blocks(&self) -> Result<Vec<Block>, NnError> {
+        let name = self.arch.name();
+        if !(self.width.is_finite() && self.width > 0.0) {
+            return Err(NnError::InvalidModel(format!(
+                "model {name}: width multiplier {} must be a positive number",
+                self.width
+            )));
+        }
+        if self.classes == 0 {
+            return Err(NnError::InvalidModel(format!("model {name}: 0 classes")));
+        }
+        let mut b = Builder {
+            config: self,
+            shape: self.input,
+            blocks: Vec::new(),
+        };
+        match self.arch {
+            Arch::Lenet5 => {
+                let padding = if self.input[1] < 32 || self.input[2] < 32 {
+                    2
+                } else {
+                    0
+                };
+                b.conv(6, 5, 1, padding, true, true)?;
+                b.max_pool(2)?;
+                b.conv(16, 5, 1, 0, true, true)?;
+                b.max_pool(2)?;
+                b.linear(120, false)?;
+                b.linear(84, false)?;
+                b.linear(self.classes, true)?;
+            }
+            Arch::Alexnet => {
+                b.conv(64, 11, 4, 5, true, true)?;
+                b.max_pool(2)?;
+                b.conv(192, 5, 1, 2, true, true)?;
+                b.max_pool(2)?;
+                b.conv(384, 3, 1, 1, true, true)?;
+                b.conv(256, 3, 1, 1, true, true)?;
+                b.conv(256, 3, 1, 1, true, true)?;
+                b.max_pool(2)?;
+                b.linear(self.classes, true)?;
+            }
+            Arch::Vgg11 | Arch::Vgg16 => {
+                let layers: &[usize] = if self.arch == Arch::Vgg11 {
+                    &VGG11
+                } else {
+                    &VGG16
+                };
+                for &channels in layers {
+                    if channels == 0 {
+                        b.max_pool(2)?;
+                    } else {
+                        b.conv(channels, 3, 1, 1, true, false)?;
+                        b.norm_relu()?;
+                    }
+                }
+                b.global_pool()?;
+                b.linear(self.classes, true)?;
+            }
+            Arch::Resnet18 | Arch::Resnet50 => {
+                let depth = if self.depth.is_empty() {
+                    self.arch.default_depth()
+                } else {
+                    self.depth.clone()
+                };
+                if depth.len() != 4 || depth.contains(&0) {
+                    return Err(NnError::InvalidModel(format!(
+                        "model {name}: depth must be 4 positive numbers of blocks per group, \
+                         got {depth:?}"
+                    )));
+                }
+                b.conv(64, 3, 1, 1, false, false)?;
+                b.norm_relu()?;
+                for (group, (&blocks, planes)) in depth.iter().zip([64, 128, 256, 512]).enumerate()
+                {
+                    let planes = b.scale(planes);
+                    for i in 0..blocks {
+                        let stride = if group > 0 && i == 0 { 2 } else { 1 };
+                        let input = b.shape;
+                        b.push(if self.arch == Arch::Resnet18 {
+                            Block::BasicBlock {
+                                input,
+                                planes,
+                                stride,
+                            }
+                        } else {
+                            Block::Bottleneck {
+                                input,
+                                planes,
+                                stride,
+                            }
+                        })?;
+                    }
+                }
+                b.global_pool()?;
+                b.linear(self.classes, true)?;
+            }
+        }
+        Ok(b.blocks)
+    }
+}
+
+/// The size knobs of `--model`: what the command line says besides the name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSize {
+    /// MLP hidden widths.
+    pub hidden: Vec<usize>,
+    /// Channel multiplier of the convolutional networks.
+    pub width: f64,
+    /// Residual blocks per group (ResNets; empty = default).
+    pub depth: Vec<usize>,
+}
+
+impl ModelSpec {
+    /// The model `name` (one of [`MODEL_NAMES`]) for samples of shape `input` and `classes`
+    /// classes, sized by `size`.
+    ///
+    /// # Errors
+    /// [`NnError::InvalidModel`] for an unknown name (listing the valid ones), or a spec that
+    /// cannot take `input` (naming model, input shape and the failing block).
+    pub fn from_name(
+        name: &str,
+        input: Shape,
+        classes: usize,
+        size: &ModelSize,
+    ) -> Result<Self, NnError> {
+        let spec = if name == "mlp" {
+            ModelSpec::Mlp(MlpConfig {
+                input: input.iter().product(),
+                hidden: size.hidden.clone(),
+                classes,
+            })
+        } else {
+            let arch = Arch::from_name(name).ok_or_else(|| {
+                NnError::InvalidModel(format!(
+                    "unknown model `{name}`; valid models: {}",
+                    MODEL_NAMES.join(", ")
+                ))
+            })?;
+            ModelSpec::Net(NetConfig {
+                arch,
+                input,
+                classes,
+                width: size.width,
+                depth: size.depth.clone(),
+            })
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}

@@ -1,0 +1,57 @@
+//! Comparison reports: what `timeprest compare` writes and `timeprest plot` rebuilds.
+//!
+//! A comparison is a directory ([`record`]): a manifest and ordinary run directories. Everything
+//! else is derived from it and can be rebuilt at any time by [`write_report`]: statistics over
+//! seeds ([`summary`]), the simulator's prediction for each configuration ([`predict`], stored in
+//! the manifest when the comparison runs), the plots (SVG and PNG, drawn with plotters) and
+//! `report.md` ([`markdown`]). Keeping the derivation separate from running the training means
+//! a report can be restyled or extended without training again, and the CLI stays thin.
+#![warn(missing_docs)]
+
+mod charts;
+mod error;
+mod figure;
+pub mod markdown;
+pub mod plots;
+pub mod predict;
+pub mod record;
+pub mod summary;
+pub mod timeline;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use error::ReportError;
+pub use figure::{human_bytes, seconds};
+pub use plots::{PLOTS_DIR, Plot};
+pub use predict::{StagePrediction, predict};
+pub use record::{Loaded, Manifest, Outcome, RunEntry, Variant, load, run_dir_name};
+pub use summary::{Summary, summarise};
+
+/// What [`write_report`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    /// `DIR/report.md`, for a comparison directory.
+    pub report: Option<PathBuf>,
+    /// The plots, in report order.
+    pub plots: Vec<Plot>,
+}
+
+/// Rebuilds the plots of a comparison or single run directory and, for a comparison, its
+/// `report.md`.
+pub fn write_report(dir: &Path) -> Result<Written, ReportError> {
+    let loaded = load(dir)?;
+    let target = loaded.manifest.as_ref().and_then(|m| m.target_accuracy);
+    let summary = summarise(&loaded, target);
+    let plots = plots::write_plots(&summary, &loaded, dir)?;
+    let report = match &loaded.manifest {
+        Some(manifest) => {
+            let path = dir.join(markdown::REPORT_FILE);
+            let text = markdown::render(manifest, &loaded, &summary, &plots, dir);
+            fs::write(&path, text).map_err(|e| record::write_error(&path, e))?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(Written { report, plots })
+}

@@ -1,0 +1,556 @@
+//! `report.md`: a comparison that reads well on its own.
+//!
+//! Order: what produced it (the exact command and the shared configuration), what it shows (a
+//! paragraph generated from the numbers, so it can never contradict the tables), the results
+//! per policy, memory and staleness per stage (measured next to the simulator's prediction),
+//! the plots, and the runs that did not complete. Every number comes from the
+//! [`Summary`]; this module only formats.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use timeprest_train::TrainConfig;
+
+use crate::figure::{human_bytes, seconds};
+use crate::plots::Plot;
+use crate::record::{Loaded, Manifest, Outcome};
+use crate::summary::{Reach, Summary, Target, VariantSummary};
+
+/// File name of the report in a comparison directory.
+pub const REPORT_FILE: &str = "report.md";
+
+/// The report of a comparison.
+pub fn render(
+    manifest: &Manifest,
+    loaded: &Loaded,
+    summary: &Summary,
+    plots: &[Plot],
+    dir: &Path,
+) -> String {
+    let mut out = String::new();
+    let labels: Vec<&str> = summary.variants.iter().map(|v| v.label.as_str()).collect();
+    let base = manifest.variants.first().map(|v| &v.config);
+    let dataset = base.map_or("?", |c| c.dataset.as_str());
+    let _ = writeln!(out, "# Comparison: {} on {dataset}\n", labels.join(", "));
+    let _ = writeln!(out, "Produced by:\n\n```sh\n{}\n```\n", manifest.command);
+    if let Some(config) = base {
+        configuration(&mut out, config, manifest, summary.target);
+    }
+    let _ = writeln!(out, "## What this shows\n\n{}\n", findings(summary));
+    results(&mut out, summary);
+    per_stage(&mut out, summary);
+    let _ = writeln!(out, "## Plots\n");
+    for plot in plots {
+        let [svg, png] = &plot.files;
+        let relative = |path: &Path| path.strip_prefix(dir).unwrap_or(path).display().to_string();
+        let _ = writeln!(
+            out,
+            "### {}\n\n![{}]({}) ([SVG]({}))\n",
+            plot.title,
+            plot.title,
+            relative(png),
+            relative(svg)
+        );
+    }
+    problems(&mut out, manifest, loaded);
+    out
+}
+
+fn configuration(
+    out: &mut String,
+    config: &TrainConfig,
+    manifest: &Manifest,
+    target: Option<Target>,
+) {
+    let limits = match (config.limit_train, config.limit_test) {
+        (None, None) => String::new(),
+        (train, test) => format!(
+            " (first {} training / {} test samples)",
+            train.map_or("all".into(), |n| n.to_string()),
+            test.map_or("all".into(), |n| n.to_string())
+        ),
+    };
+    let hidden: Vec<String> = config.hidden.iter().map(ToString::to_string).collect();
+    let seeds: Vec<String> = manifest.seeds.iter().map(ToString::to_string).collect();
+    let target = match target {
+        Some(Target {
+            accuracy,
+            given: true,
+        }) => format!("{:.1}% test accuracy", 100.0 * accuracy),
+        Some(Target {
+            accuracy,
+            given: false,
+        }) => format!(
+            "{:.1}% test accuracy (default: 90% of the best mean final accuracy; set \
+             `--target-accuracy`)",
+            100.0 * accuracy
+        ),
+        None => "none (no run completed)".into(),
+    };
+    let rows = [
+        ("data set", format!("{}{limits}", config.dataset)),
+        (
+            "model",
+            format!("{}, hidden layers {}", config.model, hidden.join(", ")),
+        ),
+        (
+            "pipeline",
+            format!(
+                "W = {} stages, M = {} samples per mini-batch",
+                config.stages, config.batch_size
+            ),
+        ),
+        (
+            "training",
+            format!(
+                "{} epochs, {:?} lr {} momentum {}{}, weight decay {}, gradient mode {:?}",
+                config.epochs,
+                config.optimizer,
+                config.lr,
+                config.momentum,
+                if config.nesterov { " (Nesterov)" } else { "" },
+                config.weight_decay,
+                config.grad_mode
+            )
+            .to_lowercase(),
+        ),
+        (
+            "seeds",
+            format!(
+                "{} (a seed fixes the initial weights and the data order, the same for every policy)",
+                seeds.join(", ")
+            ),
+        ),
+        ("target", target),
+    ];
+    let _ = writeln!(out, "## Configuration\n\n| | |\n|---|---|");
+    for (name, value) in rows {
+        let _ = writeln!(out, "| {name} | {value} |");
+    }
+    let _ = writeln!(
+        out,
+        "\nThe schedule and N of each policy are in the results table; each run's full \
+         configuration is `runs/<policy>-seed<k>/config.json`. Times are pipelined training \
+         only (evaluation excluded).\n"
+    );
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.1}%", 100.0 * value)
+}
+
+fn runs_cell(v: &VariantSummary) -> String {
+    let total = v.completed.len() + v.diverged.len() + v.incomplete.len();
+    let mut cell = format!("{}/{total} completed", v.completed.len());
+    for (seed, epoch) in &v.diverged {
+        let _ = write!(cell, ", seed {seed} **diverged** (epoch {epoch})");
+    }
+    for seed in &v.incomplete {
+        let _ = write!(cell, ", seed {seed} incomplete");
+    }
+    cell
+}
+
+fn results(out: &mut String, summary: &Summary) {
+    let target = summary
+        .target
+        .map_or("target".into(), |t| percent(t.accuracy));
+    let _ = writeln!(
+        out,
+        "## Results per policy\n\n| policy | schedule (N) | runs | final test accuracy (mean ± sd) \
+         | best | epochs to {target} | time to {target} | s/epoch | samples/s |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for v in &summary.variants {
+        let final_accuracy = match v.final_accuracy {
+            Some(m) => format!("{} ± {:.1}", percent(m.mean), 100.0 * m.sd),
+            None if !v.diverged.is_empty() => "diverged".into(),
+            None => "—".into(),
+        };
+        let (epochs, time) = match v.reach {
+            Some(r) => {
+                let of = if r.reached < r.of {
+                    format!(" ({}/{} seeds)", r.reached, r.of)
+                } else {
+                    String::new()
+                };
+                (
+                    format!("{:.1}{of}", r.epochs),
+                    format!("{} s{of}", seconds(r.seconds)),
+                )
+            }
+            None => ("not reached".into(), "not reached".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} ({}) | {} | {final_accuracy} | {} | {epochs} | {time} | {} | {} |",
+            v.label,
+            v.schedule,
+            v.microbatches,
+            runs_cell(v),
+            v.best_accuracy.map_or("—".into(), percent),
+            v.seconds_per_epoch.map_or("—".into(), seconds),
+            v.samples_per_second
+                .map_or("—".into(), |s| format!("{s:.0}")),
+        );
+    }
+    out.push('\n');
+}
+
+fn per_stage(out: &mut String, summary: &Summary) {
+    let _ = writeln!(
+        out,
+        "## Memory and staleness per stage\n\n\
+         Weight versions are the weight sets a stage stores at its peak (live weights, stashed \
+         versions, predictions); *measured* is the maximum over all epochs and seeds, *predicted* \
+         is the simulator's plan for the same schedule. Activations are the simulator's estimate \
+         (micro-batches in flight × each block's inputs and outputs in f32). Staleness d is the \
+         number of updates between the weights a backward uses and those its forward used, over \
+         all backward micro-batches.\n\n\
+         | policy | stage | weight versions measured | predicted | activations (estimate) \
+         | mean staleness d measured | predicted |\n|---|---|---|---|---|---|---|"
+    );
+    for v in &summary.variants {
+        for (stage, measured) in v.stages.iter().enumerate() {
+            let predicted = v.prediction.as_ref().and_then(|p| p.get(stage));
+            let _ = writeln!(
+                out,
+                "| {} | {stage} | {} ({}) | {} | {} | {:.2} | {} |",
+                v.label,
+                human_bytes(measured.peak_weight_bytes as f64),
+                count(measured.peak_weight_sets, "set", "sets"),
+                predicted.map_or("—".into(), |p| format!(
+                    "{} ({})",
+                    human_bytes(p.weight_bytes as f64),
+                    count(p.weight_sets, "set", "sets")
+                )),
+                predicted.map_or("—".into(), |p| format!(
+                    "{} ({})",
+                    human_bytes(p.activation_bytes as f64),
+                    count(p.microbatches_in_flight, "micro-batch", "micro-batches")
+                )),
+                measured.mean_staleness,
+                predicted.map_or("—".into(), |p| format!("{:.2}", p.mean_staleness)),
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn problems(out: &mut String, manifest: &Manifest, loaded: &Loaded) {
+    let failed: Vec<String> = manifest
+        .runs
+        .iter()
+        .filter_map(|entry| match &entry.outcome {
+            Outcome::Completed => None,
+            Outcome::Diverged { message, .. } => Some(format!(
+                "- `{}` seed {}: {message} (`{}`)",
+                entry.label,
+                entry.seed,
+                entry.dir.display()
+            )),
+            Outcome::Incomplete => Some(format!(
+                "- `{}` seed {}: did not finish (`{}`)",
+                entry.label,
+                entry.seed,
+                entry.dir.display()
+            )),
+        })
+        .collect();
+    let completed = loaded
+        .runs
+        .iter()
+        .filter(|r| r.outcome == Outcome::Completed)
+        .count();
+    let _ = writeln!(
+        out,
+        "## Runs\n\n{completed} of {} runs completed; each has its `config.json`, \
+         `metrics.jsonl` and (first seed) `trace.json` under `runs/`.",
+        manifest.runs.len()
+    );
+    if !failed.is_empty() {
+        let _ = writeln!(out, "\n{}", failed.join("\n"));
+    }
+}
+
+/// The "what this shows" paragraph.
+pub fn findings(summary: &Summary) -> String {
+    let variants = &summary.variants;
+    let mut sentences = Vec::new();
+    if let Some(target) = summary.target {
+        // Reaching the target in more seeds beats reaching it sooner in fewer.
+        let mut reached: Vec<(&VariantSummary, Reach)> = variants
+            .iter()
+            .filter_map(|v| v.reach.map(|r| (v, r)))
+            .collect();
+        reached.sort_by(|(_, a), (_, b)| {
+            let share = |r: &Reach| r.reached as f64 / r.of.max(1) as f64;
+            share(b)
+                .total_cmp(&share(a))
+                .then(a.seconds.total_cmp(&b.seconds))
+        });
+        let missed: Vec<&str> = variants
+            .iter()
+            .filter(|v| v.reach.is_none())
+            .map(|v| v.label.as_str())
+            .collect();
+        match reached.as_slice() {
+            [] => sentences.push(format!(
+                "No policy reached the target of {} test accuracy.",
+                percent(target.accuracy)
+            )),
+            [(first, reach), rest @ ..] => {
+                let mut sentence = format!(
+                    "**{}** is the fastest to {} test accuracy: {} s of pipelined training \
+                     ({:.1} epochs{})",
+                    first.label,
+                    percent(target.accuracy),
+                    seconds(reach.seconds),
+                    reach.epochs,
+                    seeds_note(reach)
+                );
+                if let Some((second, next)) = rest.first() {
+                    let _ = write!(
+                        sentence,
+                        ", against {} s for {}{}, the next fastest",
+                        seconds(next.seconds),
+                        second.label,
+                        seeds_note(next)
+                    );
+                }
+                if !missed.is_empty() {
+                    let verb = if missed.len() == 1 { "did" } else { "do" };
+                    let _ = write!(sentence, "; {} {verb} not reach it", words(&missed));
+                }
+                sentence.push('.');
+                sentences.push(sentence);
+            }
+        }
+    }
+    let mut accurate: Vec<&VariantSummary> = variants
+        .iter()
+        .filter(|v| v.final_accuracy.is_some())
+        .collect();
+    accurate.sort_by(|a, b| final_mean(b).total_cmp(&final_mean(a)));
+    if let [best, rest @ ..] = accurate.as_slice() {
+        let m = best.final_accuracy.expect("filtered on a final accuracy");
+        let mut sentence = format!(
+            "**{}** ends the most accurate, at {} ± {:.1} final test accuracy",
+            best.label,
+            percent(m.mean),
+            100.0 * m.sd
+        );
+        if let Some(second) = rest.first() {
+            let gap = m.mean - final_mean(second);
+            let noise = m.sd.max(second.final_accuracy.map_or(0.0, |s| s.sd));
+            let _ = write!(
+                sentence,
+                " ({} is next at {}",
+                second.label,
+                percent(final_mean(second))
+            );
+            if gap <= noise {
+                sentence.push_str(", within one standard deviation");
+            }
+            sentence.push(')');
+        }
+        sentence.push('.');
+        sentences.push(sentence);
+    }
+    let mut memory: Vec<(&VariantSummary, u64)> = variants
+        .iter()
+        .filter_map(|v| v.total_weight_bytes().map(|b| (v, b)))
+        .collect();
+    memory.sort_by_key(|(_, bytes)| *bytes);
+    if let (Some((_, low)), Some((most, high))) = (memory.first(), memory.last()) {
+        let least = tied(&memory, *low);
+        sentences.push(if low == high {
+            format!(
+                "All policies store the same weight versions ({} over all stages).",
+                human_bytes(*low as f64)
+            )
+        } else {
+            format!(
+                "**{}** {} the least weight-version memory ({} over all stages, measured), {} \
+                 the most ({}, {:.1}×).",
+                words(&least),
+                if least.len() == 1 { "needs" } else { "need" },
+                human_bytes(*low as f64),
+                most.label,
+                human_bytes(*high as f64),
+                *high as f64 / (*low).max(1) as f64
+            )
+        });
+    }
+    let mut throughput: Vec<(&VariantSummary, f64)> = variants
+        .iter()
+        .filter_map(|v| v.samples_per_second.map(|s| (v, s)))
+        .collect();
+    throughput.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if let (Some((fast, high)), Some((slow, low))) = (throughput.first(), throughput.last())
+        && throughput.len() > 1
+    {
+        sentences.push(format!(
+            "Throughput ranges from {high:.0} samples/s ({}) to {low:.0} samples/s ({}).",
+            fast.label, slow.label
+        ));
+    }
+    let diverged: Vec<String> = variants
+        .iter()
+        .filter(|v| !v.diverged.is_empty())
+        .map(|v| {
+            let seeds: Vec<String> = v.diverged.iter().map(|(s, _)| s.to_string()).collect();
+            format!("{} (seed {})", v.label, seeds.join(", "))
+        })
+        .collect();
+    if !diverged.is_empty() {
+        sentences.push(format!(
+            "Diverged (NaN or infinite loss): {}; its completed epochs are still plotted.",
+            diverged.join(", ")
+        ));
+    }
+    if sentences.is_empty() {
+        return "No run produced measurements.".into();
+    }
+    sentences.join(" ")
+}
+
+/// ` in 2 of 3 seeds` when not every seed reached the target.
+fn seeds_note(reach: &Reach) -> String {
+    if reach.reached < reach.of {
+        format!(", in {} of {} seeds", reach.reached, reach.of)
+    } else {
+        String::new()
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn words(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => (*only).to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// `1 set`, `3 sets`.
+fn count(n: u32, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
+fn final_mean(v: &VariantSummary) -> f64 {
+    v.final_accuracy.map_or(f64::NEG_INFINITY, |m| m.mean)
+}
+
+/// The labels of every variant with `bytes`.
+fn tied<'a>(memory: &[(&'a VariantSummary, u64)], bytes: u64) -> Vec<&'a str> {
+    memory
+        .iter()
+        .filter(|(_, b)| *b == bytes)
+        .map(|(v, _)| v.label.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{RunEntry, Variant};
+    use crate::summary::summarise;
+    use crate::summary::tests::sample;
+
+    fn manifest(variants: Vec<Variant>) -> Manifest {
+        Manifest {
+            command: "timeprest compare --policies fast,wild --out d".into(),
+            target_accuracy: Some(0.75),
+            seeds: vec![1, 2],
+            variants,
+            runs: vec![RunEntry {
+                label: "wild".into(),
+                seed: 2,
+                dir: "runs/wild-seed2".into(),
+                outcome: Outcome::Diverged {
+                    epoch: 2,
+                    message: "training diverged in epoch 2".into(),
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn the_findings_name_the_fastest_most_accurate_and_diverged_policies() {
+        let text = findings(&summarise(&sample(), Some(0.75)));
+        assert!(
+            text.contains(
+                "**fast** is the fastest to 75.0% test accuracy: 4.00 s of pipelined \
+                 training (2.0 epochs, in 1 of 2 seeds); wild did not reach it."
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("**fast** ends the most accurate, at 80.0% ± 14.1"),
+            "{text}"
+        );
+        assert!(text.contains("(wild is next at 40.0%)"), "{text}");
+        assert!(
+            text.contains("Diverged (NaN or infinite loss): wild (seed 2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("All policies store the same weight versions (2.9 KiB"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_policy_reaching_the_target_in_every_seed_beats_a_faster_one_reaching_it_in_fewer() {
+        let mut summary = summarise(&sample(), Some(0.75));
+        let reach = |reached, seconds| Reach {
+            reached,
+            of: 2,
+            epochs: 1.0,
+            seconds,
+        };
+        summary.variants[0].reach = Some(reach(1, 1.0));
+        summary.variants[1].reach = Some(reach(2, 9.0));
+        let text = findings(&summary);
+        assert!(text.starts_with("**wild** is the fastest"), "{text}");
+        assert!(
+            text.contains("against 1.00 s for fast, in 1 of 2 seeds"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lists_and_counts_read_as_english() {
+        assert_eq!(words(&["a"]), "a");
+        assert_eq!(words(&["a", "b", "c"]), "a, b and c");
+        assert_eq!(count(1, "set", "sets"), "1 set");
+        assert_eq!(count(3, "micro-batch", "micro-batches"), "3 micro-batches");
+    }
+
+    #[test]
+    fn a_report_has_the_command_a_row_per_policy_and_the_failed_runs() {
+        let loaded = sample();
+        let summary = summarise(&loaded, Some(0.75));
+        let manifest = manifest(loaded.variants.clone());
+        let text = render(&manifest, &loaded, &summary, &[], Path::new("d"));
+        assert!(text.contains("```sh\ntimeprest compare --policies fast,wild --out d\n```"));
+        let row = |label: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("| {label} | ")))
+                .unwrap_or_else(|| panic!("no row for {label}:\n{text}"))
+                .to_string()
+        };
+        assert!(row("fast").contains(
+            "| 2/2 completed | 80.0% ± 14.1 | 90.0% | 2.0 (1/2 seeds) | 4.00 s (1/2 seeds) | 2.00 |"
+        ));
+        assert!(row("wild").contains("1/2 completed, seed 2 **diverged** (epoch 2)"));
+        assert!(row("wild").contains("not reached"));
+        assert!(text.contains("- `wild` seed 2: training diverged in epoch 2 (`runs/wild-seed2`)"));
+        assert_eq!(
+            text.matches("| fast | ").count(),
+            1 + 2,
+            "results + two stages"
+        );
+    }
+}

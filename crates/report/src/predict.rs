@@ -1,0 +1,165 @@
+//! The simulator's prediction for one training configuration, per stage.
+//!
+//! A comparison puts measured figures next to predicted ones, so the prediction must not look
+//! at the run: it rebuilds the epoch's schedule exactly as the trainer does (same mini-batch
+//! count, same 1F1B flattening), traces the policy over it with `timeprest_policy::plan`, and
+//! prices weight sets and in-flight micro-batches with the schedule crate's [`MemoryModel`].
+//! Weight bytes are exact (f32 parameters × weight sets); activation bytes are an estimate
+//! (each block's input and output per sample, f32, × samples per micro-batch), since the
+//! runtime does not measure them.
+
+use serde::{Deserialize, Serialize};
+use timeprest_nn::partition_uniform;
+use timeprest_policy::{WeightPolicy, plan};
+use timeprest_schedule::{MemoryModel, ScheduleConfig, generate, max_microbatches_in_flight};
+use timeprest_train::{TrainConfig, Trainer};
+
+use crate::error::ReportError;
+
+/// Bytes of one parameter or activation value (f32).
+const VALUE_BYTES: u64 = 4;
+
+/// What the simulator predicts for one stage over one epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagePrediction {
+    /// Most weight sets stored at once.
+    pub weight_sets: u32,
+    /// Bytes of those weight sets.
+    pub weight_bytes: u64,
+    /// Most micro-batches whose forward is done and whose backward is not.
+    pub microbatches_in_flight: u32,
+    /// Estimated bytes of the activations of those micro-batches.
+    pub activation_bytes: u64,
+    /// Mean staleness d over the epoch's backward micro-batches.
+    pub mean_staleness: f64,
+}
+
+/// Predicts one epoch of `config` (loads the data set to know its size and shape). `label`
+/// names the variant in errors.
+pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>, ReportError> {
+    let failed = |cause: String| ReportError::Prediction {
+        label: label.to_string(),
+        cause,
+    };
+    let trainer = Trainer::new(config.clone(), None).map_err(|e| failed(e.to_string()))?;
+    let num_minibatches = trainer
+        .minibatches_per_epoch()
+        .map_err(|e| failed(e.to_string()))?;
+    let kind = config.schedule_kind();
+    // The generator says how many micro-batches a mini-batch really has on this schedule
+    // (1F1B runs each micro-batch as a mini-batch of its own).
+    let probe = generate(kind, &ScheduleConfig::new(1, config.microbatches, 1))
+        .map_err(|e| failed(e.to_string()))?;
+    let shape = ScheduleConfig::new(
+        config.stages,
+        probe.config.num_microbatches,
+        u32::try_from(num_minibatches).map_err(|e| failed(e.to_string()))?,
+    );
+    let schedule = generate(kind, &shape).map_err(|e| failed(e.to_string()))?;
+    let versions = plan(
+        &schedule,
+        &WeightPolicy::new(config.policy, &config.policy_options()),
+    );
+
+    let blocks = trainer.spec().blocks();
+    let split = partition_uniform(blocks.len(), config.stages as usize)
+        .map_err(|e| failed(e.to_string()))?;
+    let samples = config.batch_size.div_ceil(config.microbatches as usize) as u64;
+    let per_stage = |bytes: &dyn Fn(&timeprest_nn::Block) -> u64| -> Vec<u64> {
+        split
+            .iter()
+            .map(|range| blocks[range.clone()].iter().map(bytes).sum())
+            .collect()
+    };
+    let model = MemoryModel {
+        parameter_bytes: per_stage(&|b| b.param_count() as u64 * VALUE_BYTES),
+        activation_bytes_per_microbatch: per_stage(&|b| {
+            (b.input_features() + b.output_features()) as u64 * samples * VALUE_BYTES
+        }),
+        optimizer_bytes_per_parameter_byte: 0.0,
+    };
+    let weight_sets = versions.peak_weight_sets();
+    let memory = model
+        .estimate(&schedule, &weight_sets)
+        .map_err(|e| failed(e.to_string()))?;
+    let in_flight = max_microbatches_in_flight(&schedule);
+    Ok(versions
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(stage, stage_plan)| {
+            let (count, total) = stage_plan
+                .backwards()
+                .fold((0u64, 0u64), |(n, sum), b| (n + 1, sum + b.staleness));
+            StagePrediction {
+                weight_sets: weight_sets[stage],
+                weight_bytes: memory[stage].weights,
+                microbatches_in_flight: in_flight[stage],
+                activation_bytes: memory[stage].activations,
+                mean_staleness: total as f64 / count.max(1) as f64,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use timeprest_policy::PolicyKind;
+    use timeprest_schedule::ScheduleKind;
+
+    use super::*;
+
+    fn digits(policy: PolicyKind, microbatches: u32) -> TrainConfig {
+        TrainConfig {
+            policy,
+            microbatches,
+            limit_train: Some(320),
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn weight_bytes_are_parameters_times_weight_sets() {
+        // Digits MLP 64 → 128 → 64 → 10 on 3 stages: one linear block per stage.
+        let single_copy = [64 * 128 + 128, 128 * 64 + 64, 64 * 10 + 10];
+        for policy in [PolicyKind::VTimeprest, PolicyKind::Pipedream] {
+            let microbatches = if policy.default_schedule() == ScheduleKind::OneFOneB {
+                1
+            } else {
+                3
+            };
+            let prediction = predict("x", &digits(policy, microbatches)).unwrap();
+            assert_eq!(prediction.len(), 3);
+            for (stage, p) in prediction.iter().enumerate() {
+                assert_eq!(
+                    p.weight_bytes,
+                    single_copy[stage] * 4 * u64::from(p.weight_sets)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stashing_keeps_more_versions_than_v_timeprest() {
+        let stash = predict("pipedream", &digits(PolicyKind::Pipedream, 1)).unwrap();
+        let latest = predict("v-timeprest", &digits(PolicyKind::VTimeprest, 3)).unwrap();
+        assert!(latest.iter().all(|p| p.weight_sets == 1));
+        assert_eq!(
+            stash[0].weight_sets, 3,
+            "PipeDream stashes W − s versions at stage 0"
+        );
+        assert!(stash[0].mean_staleness > 0.0);
+        assert!(latest.iter().all(|p| p.activation_bytes > 0));
+    }
+
+    #[test]
+    fn an_unloadable_data_set_names_the_variant() {
+        let config = TrainConfig {
+            dataset: "mnist".into(),
+            data_dir: Some("/nonexistent/timeprest".into()),
+            ..TrainConfig::default()
+        };
+        let error = predict("gpipe:lr=1", &config).unwrap_err();
+        assert!(error.to_string().contains("gpipe:lr=1"), "{error}");
+    }
+}

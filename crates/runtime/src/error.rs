@@ -1,0 +1,44 @@
+//! Why a run failed: the one error type of the runtime, shared by every transport.
+//!
+//! A failing stage is reported once, with its stage, the action it was running and the cause;
+//! stages that stop only because another one failed record [`ABORTED`] as their cause, so a
+//! caller can tell the root cause from its consequences.
+
+/// The cause recorded by workers that stop because another stage failed.
+pub const ABORTED: &str = "aborted because another stage failed";
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The schedule did not validate; the runtime executes only valid schedules.
+    #[error("refusing to run an invalid schedule:\n{0}")]
+    InvalidSchedule(String),
+    /// The plan, schedule and stage computes disagree in shape.
+    #[error("configuration mismatch: {0}")]
+    Mismatch(String),
+    /// A stage failed; the first failure of the run.
+    #[error("stage {stage} failed during {action}: {cause}")]
+    StageFailed {
+        /// The stage (0-based).
+        stage: u32,
+        /// The action it was running, in the schedule's text form.
+        action: String,
+        /// The cause.
+        cause: String,
+    },
+    /// Could not build a stage's thread pool.
+    #[error("could not create the thread pool of stage {stage}: {cause}")]
+    ThreadPool {
+        /// The stage.
+        stage: u32,
+        /// The cause.
+        cause: String,
+    },
+}
+
+impl RuntimeError {
+    /// True for a stage that only stopped because another one failed.
+    pub fn is_consequence(&self) -> bool {
+        matches!(self, RuntimeError::StageFailed { cause, .. } if cause == ABORTED)
+    }
+}

@@ -1,0 +1,273 @@
+//! The stage worker: replays one stage's planned actions, whatever connects it to its neighbours.
+//!
+//! [`run_stage`] is the only place that executes actions. It reads messages from and sends
+//! messages to a [`Transport`], calls the stage's [`StageCompute`] and logs one [`Event`] per
+//! action. The threaded executor runs one of these per thread over channels; the MPI crate runs
+//! one per process over MPI. Keeping a single loop is what makes the two bit-identical: the
+//! same plan, replayed in the same order, on the same stage code.
+//!
+//! Failures never escape as panics: a panic or error inside the stage becomes a
+//! [`RuntimeError::StageFailed`] naming the action, and the abort flag is raised before the
+//! worker's transport is dropped, so neighbours see an abort rather than a disconnection.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use timeprest_policy::{StagePlan, VersionPlan};
+use timeprest_schedule::{ActionKind, MicrobatchId, Schedule, validate};
+
+use crate::compute::{BackwardWork, ForwardOutput, LossStats, StageCompute};
+use crate::error::{ABORTED, RuntimeError};
+use crate::event::Event;
+use crate::transport::{Neighbour, Transport, TransportError};
+
+/// Everything a stage worker needs besides its compute and its transport.
+#[derive(Clone, Copy)]
+pub struct StageContext<'a> {
+    /// The stage (0-based).
+    pub stage: u32,
+    /// W: the number of stages of the pipeline.
+    pub num_stages: u32,
+    /// The stage's planned actions.
+    pub plan: &'a StagePlan,
+    /// Raised when the run must stop; the worker raises it itself when it fails.
+    pub abort: &'a AtomicBool,
+    /// The instant event times are measured from.
+    pub start: Instant,
+    /// Versions in the plan count from 0; the stage already applied this many updates.
+    pub version_offset: u64,
+    /// Called after each update with the number of updates applied in this run so far.
+    pub on_update: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// What a stage worker reports when its plan ran to the end.
+#[derive(Clone, Debug, Default)]
+pub struct StageOutput {
+    /// The stage's events, in execution order.
+    pub events: Vec<Event>,
+    /// Loss statistics of every micro-batch (last stage only; empty elsewhere).
+    pub losses: Vec<(MicrobatchId, LossStats)>,
+}
+
+/// Checks that `schedule` is valid and that `plan` was made for it.
+pub fn check_plan(schedule: &Schedule, plan: &VersionPlan) -> Result<(), RuntimeError> {
+    validate(schedule).map_err(|e| RuntimeError::InvalidSchedule(e.to_string()))?;
+    let num_stages = schedule.config.num_stages as usize;
+    if plan.stages.len() != num_stages {
+        return Err(RuntimeError::Mismatch(format!(
+            "schedule has {num_stages} stages, plan {}",
+            plan.stages.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The intra-op thread pool of stage `stage`; `None` keeps rayon's global pool.
+pub fn stage_pool(
+    stage: u32,
+    threads: Option<usize>,
+) -> Result<Option<rayon::ThreadPool>, RuntimeError> {
+    threads
+        .map(|threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("stage-{stage}-op-{i}"))
+                .build()
+                .map_err(|e| RuntimeError::ThreadPool {
+                    stage,
+                    cause: e.to_string(),
+                })
+        })
+        .transpose()
+}
+
+/// Runs the stage's plan to the end on the calling thread (inside `pool` if given), turning
+/// errors and panics into [`RuntimeError::StageFailed`] and raising `context.abort` on failure.
+pub fn run_stage<C, T>(
+    context: &StageContext<'_>,
+    compute: &mut C,
+    transport: &mut T,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<StageOutput, RuntimeError>
+where
+    C: StageCompute,
+    T: Transport<C::Message> + Send,
+{
+    let mut current = String::from("start-up");
+    let mut worker = Worker {
+        context,
+        compute,
+        transport,
+    };
+    let mut guarded = || catch_unwind(AssertUnwindSafe(|| worker.run(&mut current)));
+    let outcome = match pool {
+        Some(pool) => pool.install(guarded),
+        None => guarded(),
+    };
+    if !matches!(outcome, Ok(Ok(_))) {
+        context.abort.store(true, Ordering::Relaxed);
+    }
+    let cause = match outcome {
+        Ok(Ok(output)) => return Ok(output),
+        Ok(Err(cause)) => cause,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            format!("panic: {message}")
+        }
+    };
+    Err(RuntimeError::StageFailed {
+        stage: context.stage,
+        action: current,
+        cause,
+    })
+}
+
+fn transport_cause(error: TransportError) -> String {
+    match error {
+        TransportError::Aborted => ABORTED.to_string(),
+        other => other.to_string(),
+    }
+}
+
+struct Worker<'a, 'c, C, T> {
+    context: &'a StageContext<'c>,
+    compute: &'a mut C,
+    transport: &'a mut T,
+}
+
+impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
+    fn is_first(&self) -> bool {
+        self.context.stage == 0
+    }
+
+    fn is_last(&self) -> bool {
+        self.context.stage + 1 == self.context.num_stages
+    }
+
+    fn take(&mut self, from: Neighbour, microbatch: MicrobatchId) -> Result<C::Message, String> {
+        self.transport
+            .take(from, microbatch, self.context.abort)
+            .map_err(transport_cause)
+    }
+
+    fn send(
+        &mut self,
+        to: Neighbour,
+        microbatch: MicrobatchId,
+        message: C::Message,
+    ) -> Result<u64, String> {
+        let bytes = C::message_bytes(&message);
+        self.transport
+            .send(to, microbatch, message)
+            .map_err(transport_cause)?;
+        Ok(bytes)
+    }
+
+    fn run(&mut self, current: &mut String) -> Result<StageOutput, String> {
+        let context = self.context;
+        let offset = context.version_offset;
+        let mut output = StageOutput {
+            events: Vec::with_capacity(context.plan.actions.len()),
+            losses: Vec::new(),
+        };
+        for planned in &context.plan.actions {
+            *current = planned.action.to_string();
+            if context.abort.load(Ordering::Relaxed) {
+                return Err(ABORTED.to_string());
+            }
+            let began = context.start.elapsed().as_secs_f64();
+            let mut bytes_sent = 0;
+            let mut recipes = Vec::new();
+            let mut staleness = Vec::new();
+            match planned.action.kind {
+                ActionKind::Forward(microbatch) => {
+                    let (recipe, _tag) = planned.forward.expect("a planned forward has a recipe");
+                    let recipe = recipe.shifted(offset);
+                    recipes.push(recipe);
+                    let input = if self.is_first() {
+                        None
+                    } else {
+                        Some(self.take(Neighbour::Previous, microbatch)?)
+                    };
+                    match self
+                        .compute
+                        .forward(microbatch, input, &recipe)
+                        .map_err(|e| e.0)?
+                    {
+                        ForwardOutput::Activation(_) if self.is_last() => {
+                            return Err(
+                                "the last stage produced activations instead of a loss".into()
+                            );
+                        }
+                        ForwardOutput::Activation(payload) => {
+                            bytes_sent += self.send(Neighbour::Next, microbatch, payload)?;
+                        }
+                        ForwardOutput::Loss(stats) => output.losses.push((microbatch, stats)),
+                    }
+                }
+                ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
+                    let mut work = Vec::with_capacity(planned.backward.len());
+                    for backward in &planned.backward {
+                        let output_gradient = if self.is_last() {
+                            None
+                        } else {
+                            Some(self.take(Neighbour::Next, backward.microbatch)?)
+                        };
+                        let recipe = backward.recipe.shifted(offset);
+                        recipes.push(recipe);
+                        staleness.push(backward.staleness);
+                        work.push(BackwardWork {
+                            microbatch: backward.microbatch,
+                            recipe,
+                            output_gradient,
+                        });
+                    }
+                    let microbatches: Vec<MicrobatchId> =
+                        work.iter().map(|w| w.microbatch).collect();
+                    let gradients = self.compute.backward(work).map_err(|e| e.0)?;
+                    if gradients.len() != microbatches.len() {
+                        return Err(format!(
+                            "backward returned {} input gradients for {} micro-batches",
+                            gradients.len(),
+                            microbatches.len()
+                        ));
+                    }
+                    if !self.is_first() {
+                        for (microbatch, gradient) in microbatches.into_iter().zip(gradients) {
+                            let payload = gradient.ok_or_else(|| {
+                                format!("no input gradient for {microbatch:?} at a non-first stage")
+                            })?;
+                            bytes_sent += self.send(Neighbour::Previous, microbatch, payload)?;
+                        }
+                    }
+                }
+                ActionKind::Update(_) => {
+                    self.compute.update().map_err(|e| e.0)?;
+                    if let Some(on_update) = context.on_update {
+                        on_update(planned.live + 1);
+                    }
+                }
+            }
+            for key in &planned.release_after {
+                self.compute.release(key.shifted(offset));
+            }
+            output.events.push(Event {
+                action: planned.action,
+                start: began,
+                end: context.start.elapsed().as_secs_f64(),
+                live: planned.live + offset,
+                recipes,
+                staleness,
+                bytes_sent,
+                stored_weight_bytes: self.compute.stored_weight_bytes(),
+                stored_weight_sets: self.compute.stored_weight_sets(),
+            });
+        }
+        Ok(output)
+    }
+}
