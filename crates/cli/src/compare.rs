@@ -122,7 +122,7 @@ pub(crate) struct CompareFlags {
 }
 
 /// `train` flags that `compare` sets per run itself: giving one is a usage error.
-const PER_RUN_FLAGS: [(&str, &str); 5] = [
+const PER_RUN_FLAGS: [(&str, &str); 7] = [
     (
         "policy",
         "--policy: compare runs every policy of --policies",
@@ -139,6 +139,14 @@ const PER_RUN_FLAGS: [(&str, &str); 5] = [
     (
         "config_file",
         "--config: compare does not read config files yet; give the flags",
+    ),
+    (
+        "resume",
+        "--resume: compare starts every run afresh; resume one run with `timeprest train --resume`",
+    ),
+    (
+        "transport",
+        "--transport: compare runs every stage in this process (threads)",
     ),
 ];
 
@@ -207,8 +215,9 @@ fn variant_config(train: &mut TrainArgs, spec: &VariantSpec) -> anyhow::Result<T
     Ok(config)
 }
 
-/// The command line, with arguments that need it single-quoted for a POSIX shell.
-fn quoted_command_line() -> String {
+/// The command line, with arguments that need it single-quoted for a POSIX shell (stored as a
+/// run's `command.txt` and in a comparison's report).
+pub(crate) fn quoted_command_line() -> String {
     let quote = |arg: String| {
         let plain = !arg.is_empty()
             && arg
@@ -372,6 +381,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
                 out_dir: Some(run_dir.clone()),
                 init_weights: args.train.init_weights.clone(),
                 trace: (seed_index == 0).then(|| run_dir.join(TRACE_FILE)),
+                checkpoint_every: args.train.checkpoint_every,
                 ..RunPaths::default()
             };
             let progress = RunProgress {

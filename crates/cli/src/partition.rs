@@ -107,7 +107,7 @@ fn grouped(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -219,7 +219,7 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:>5}  {:<9} {:<34} {:>12}  {:<22} {:>9} {:>9}",
+        "{:>5}  {:<9} {:<38} {:>11}  {:<22} {:>9} {:>9}",
         "stage", "blocks", "first .. last", "params", "sends (per micro-batch)", "fwd ms", "bwd ms"
     );
     for (s, range) in split.iter().enumerate() {
@@ -240,7 +240,7 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
         let fwd: f64 = profiles[range.clone()].iter().map(|p| p.forward).sum();
         let bwd: f64 = profiles[range.clone()].iter().map(|p| p.backward).sum();
         println!(
-            "{s:>5}  {:<9} {names:<34} {:>12}  {sends:<22} {:>9.2} {:>9.2}",
+            "{s:>5}  {:<9} {names:<38} {:>11}  {sends:<22} {:>9.2} {:>9.2}",
             format!("{}..{}", range.start, range.end),
             grouped(stage_params),
             fwd * 1e3,

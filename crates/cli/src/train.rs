@@ -75,7 +75,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub stages: u32,
     /// N: micro-batches per mini-batch [default: 1 on the 1f1b schedule (PipeDream's
-    /// whole-mini-batch 1F1B), 3 otherwise (TiMePReSt's main setting)].
+    /// whole-mini-batch 1F1B) and for `single`, 3 otherwise (TiMePReSt's main setting)].
     #[arg(long)]
     pub microbatches: Option<u32>,
     /// M: samples per mini-batch.
@@ -210,11 +210,11 @@ impl Process {
         paths: &RunPaths,
         progress: &dyn Progress,
     ) -> anyhow::Result<Option<Vec<EpochMetrics>>> {
-        let root = self.is_root();
         match self {
             Process::AllStages => Ok(Some(run_training(config, paths, progress)?)),
             #[cfg(feature = "mpi")]
             Process::Rank(mut fabric) => {
+                let root = timeprest_mpi::Fabric::rank(&fabric) == 0;
                 if root && paths.out_dir.is_some() && paths.checkpoint_every > 0 {
                     eprintln!("note: --transport mpi writes no checkpoints yet");
                 }
@@ -301,11 +301,10 @@ impl TrainArgs {
         let schedule = self
             .schedule
             .unwrap_or_else(|| self.policy.default_schedule());
-        let default_microbatches = if schedule == ScheduleKind::OneFOneB {
-            1
-        } else {
-            3
-        };
+        // One micro-batch for whole-mini-batch 1F1B and for the one-device reference (no
+        // pipeline to fill); TiMePReSt's main setting, 3, elsewhere.
+        let one_unit = schedule == ScheduleKind::OneFOneB || self.policy == PolicyKind::Single;
+        let default_microbatches = if one_unit { 1 } else { 3 };
         TrainConfig {
             model: self.model.clone(),
             hidden: self.hidden.clone(),
@@ -463,20 +462,6 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     serde_json::from_value(merged).map_err(|e| file_error(e.to_string()))
 }
 
-/// The command line as one shell-like string, for `command.txt`.
-fn command_line() -> String {
-    std::env::args()
-        .map(|arg| {
-            if arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
-                arg
-            } else {
-                format!("'{}'", arg.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Runs `timeprest train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = effective_config(&args)?;
@@ -491,7 +476,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         init_weights: args.init_weights.clone(),
         save_weights: args.save_weights.clone(),
         trace: args.trace.clone(),
-        command: Some(command_line()),
+        command: Some(crate::compare::quoted_command_line()),
     };
     if process.is_root() {
         eprintln!(

@@ -132,14 +132,18 @@ fn mpi_runs_are_bit_identical_to_threaded_runs_for_every_kind_of_policy() {
 
         let mut threaded = Command::new(timeprest());
         threaded.args(&args).arg("--out").arg(path("threads"));
-        threaded.arg("--save-weights").arg(path("threads.safetensors"));
+        threaded
+            .arg("--save-weights")
+            .arg(path("threads.safetensors"));
         let (output, _) = run_with_limit(threaded, Duration::from_secs(120));
         assert!(output.status.success(), "{}", stderr_of(&output));
 
         let mut distributed = mpirun(&[]);
         app(&mut distributed, 3, &args);
         distributed.arg("--out").arg(path("mpi"));
-        distributed.arg("--save-weights").arg(path("mpi.safetensors"));
+        distributed
+            .arg("--save-weights")
+            .arg(path("mpi.safetensors"));
         let (output, _) = run_with_limit(distributed, Duration::from_secs(120));
         assert!(output.status.success(), "{}", stderr_of(&output));
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -162,36 +166,40 @@ fn mpi_runs_are_bit_identical_to_threaded_runs_for_every_kind_of_policy() {
     }
 }
 
-#[test]
-fn a_failing_rank_stops_every_rank_with_an_error_naming_it() {
-    require_mpi!();
-    let args = small("100", &[]);
-    let mut command = mpirun(&["TIMEPREST_FAULT_STAGE"]);
-    command.env("TIMEPREST_FAULT_STAGE", "1");
-    app(&mut command, 3, &args);
+/// Runs a long training on 3 ranks with the fault `kind` injected into stage `stage`; checks
+/// that the job fails within a few seconds and returns its stderr.
+fn run_with_fault(stage: &str, kind: &str) -> String {
+    let mut command = mpirun(&["TIMEPREST_FAULT_STAGE", "TIMEPREST_FAULT_KIND"]);
+    command.env("TIMEPREST_FAULT_STAGE", stage);
+    command.env("TIMEPREST_FAULT_KIND", kind);
+    app(&mut command, 3, &small("100", &[]));
     let (output, elapsed) = run_with_limit(command, Duration::from_secs(60));
     let stderr = stderr_of(&output);
     assert!(!output.status.success(), "{stderr}");
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}:\n{stderr}");
-    let own = "error: stage 1 failed during ";
-    assert_eq!(stderr.matches(own).count(), 1, "{stderr}");
-    let others = "error: rank 1 failed: stage 1 failed during ";
-    assert_eq!(stderr.matches(others).count(), 2, "{stderr}");
-    assert!(stderr.contains("injected fault"), "{stderr}");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "took {elapsed:?}:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn a_failing_rank_stops_every_rank_with_an_error_naming_it() {
+    require_mpi!();
+    for kind in ["error", "panic"] {
+        let stderr = run_with_fault("1", kind);
+        let own = "error: stage 1 failed during ";
+        assert_eq!(stderr.matches(own).count(), 1, "{stderr}");
+        let others = "error: rank 1 failed: stage 1 failed during ";
+        assert_eq!(stderr.matches(others).count(), 2, "{stderr}");
+        assert!(stderr.contains("injected"), "{stderr}");
+    }
 }
 
 #[test]
 fn a_rank_that_dies_ends_the_job_without_a_hang() {
     require_mpi!();
-    let args = small("100", &[]);
-    let mut command = mpirun(&["TIMEPREST_FAULT_STAGE", "TIMEPREST_FAULT_KIND"]);
-    command.env("TIMEPREST_FAULT_STAGE", "2");
-    command.env("TIMEPREST_FAULT_KIND", "exit");
-    app(&mut command, 3, &args);
-    let (output, elapsed) = run_with_limit(command, Duration::from_secs(60));
-    let stderr = stderr_of(&output);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}:\n{stderr}");
+    run_with_fault("2", "exit");
 }
 
 #[test]
@@ -227,5 +235,9 @@ fn a_build_without_mpi_says_how_to_get_it() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr_of(&output).contains("--features mpi"), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("--features mpi"),
+        "{}",
+        stderr_of(&output)
+    );
 }

@@ -239,7 +239,7 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let common = ["train", "--policy", "i-timeprest", "--quiet", "--limit-train", "600"];
-    let straight: Vec<&str> = common.iter().copied().collect();
+    let straight: Vec<&str> = common.to_vec();
     let (whole, whole_weights) = (path("whole"), path("whole.safetensors"));
     train_ok(&[&straight[..], &["--epochs", "4", "--out", &whole, "--save-weights", &whole_weights]].concat());
     let half = path("half");

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mpi::point_to_point::{Destination, Source};
 use mpi::topology::Communicator;
@@ -27,8 +27,6 @@ use timeprest_schedule::MicrobatchId;
 const ROWS: usize = 256;
 /// Message sizes in bytes.
 const SIZES: [usize; 4] = [16 << 10, 256 << 10, 1 << 20, 16 << 20];
-/// Measure each case for about this long.
-const TARGET: Duration = Duration::from_millis(700);
 
 fn main() {
     // `cargo test --benches` runs this without `--bench`: only check that it starts.
@@ -47,16 +45,23 @@ fn main() {
         std::process::exit(status.code().unwrap_or(1));
     }
     let fabric = MpiFabric::init().expect("MPI");
-    assert_eq!(fabric.size(), 2, "the transfer bench runs on exactly 2 ranks");
+    assert_eq!(
+        fabric.size(),
+        2,
+        "the transfer bench runs on exactly 2 ranks"
+    );
     let first = fabric.rank() == 0;
-    let raw: Vec<(usize, f64)> = SIZES.iter().map(|&s| (s, raw_round_trip(&fabric, s))).collect();
+    let raw: Vec<(usize, f64)> = SIZES
+        .iter()
+        .map(|&s| (s, raw_round_trip(&fabric, s)))
+        .collect();
     let mut rank = Rank::new(fabric);
     if first {
         println!("message      raw MPI           fabric (bytes)    transport (tensors)");
     }
     for (size, raw_seconds) in raw {
-        let frames = pumped_round_trip(&mut rank, || Bytes(Arc::new(vec![1; size])), size);
-        let tensors = pumped_round_trip(&mut rank, || message(size), size);
+        let frames = pumped_round_trip(&mut rank, Bytes(Arc::new(vec![1; size])), size);
+        let tensors = pumped_round_trip(&mut rank, message(size), size);
         if first {
             let show = |seconds: f64| {
                 let gib_per_s = size as f64 / (seconds / 2.0) / (1u64 << 30) as f64;
@@ -73,6 +78,7 @@ fn main() {
     }
 }
 
+/// Round trips to time: about 256 MiB moved each way, at least 20.
 fn iterations(size: usize) -> usize {
     ((256 << 20) / size).clamp(20, 2000)
 }
@@ -83,7 +89,7 @@ fn raw_round_trip(fabric: &MpiFabric, size: usize) -> f64 {
     let other = world.process_at_rank(1 - world.rank());
     let mut buffer = vec![1u8; size];
     let first = world.rank() == 0;
-    let mut bounce = |buffer: &mut Vec<u8>| {
+    let bounce = |buffer: &mut Vec<u8>| {
         if first {
             other.send(&buffer[..]);
             other.receive_into(&mut buffer[..]);
@@ -108,25 +114,26 @@ fn message(size: usize) -> StageMessage {
     StageMessage::new(tensor2(vec![0.5; ROWS * cols], ROWS, cols))
 }
 
-/// Seconds per round trip of the message `make` gives (of `size` bytes) through
-/// [`WireTransport`] and the pump.
-fn pumped_round_trip<M>(rank: &mut Rank<MpiFabric>, make: impl Fn() -> M + Send, size: usize) -> f64
+/// Seconds per round trip of `payload` (`size` bytes) through [`WireTransport`] and the pump.
+fn pumped_round_trip<M>(rank: &mut Rank<MpiFabric>, payload: M, size: usize) -> f64
 where
-    M: WireMessage + Clone,
+    M: WireMessage + Clone + Send,
 {
     let first = rank.index() == 0;
     let abort = AtomicBool::new(false);
     let n = iterations(size);
-    rank.run_worker(&abort, |frames| {
+    let stop = &abort;
+    rank.run_worker(stop, move |frames| {
         let mut transport = WireTransport::<_, M>::new(frames);
-        let payload = make();
         let mut bounce = |i: usize| {
             let id = MicrobatchId::new(i as u32, 0);
             if first {
-                transport.send(Neighbour::Next, id, payload.clone()).unwrap();
-                transport.take(Neighbour::Next, id, &abort).unwrap();
+                transport
+                    .send(Neighbour::Next, id, payload.clone())
+                    .unwrap();
+                transport.take(Neighbour::Next, id, stop).unwrap();
             } else {
-                let back = transport.take(Neighbour::Previous, id, &abort).unwrap();
+                let back = transport.take(Neighbour::Previous, id, stop).unwrap();
                 transport.send(Neighbour::Previous, id, back).unwrap();
             }
         };

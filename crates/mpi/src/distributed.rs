@@ -162,7 +162,8 @@ impl LocalStage {
         let num_minibatches = batches.num_minibatches() as u32;
         let num_microbatches = batches.minibatches[0].len() as u32;
         let schedule_config = ScheduleConfig::new(config.stages, num_microbatches, num_minibatches);
-        let schedule = generate(config.schedule_kind(), &schedule_config).map_err(TrainError::from)?;
+        let schedule =
+            generate(config.schedule_kind(), &schedule_config).map_err(TrainError::from)?;
         let version_plan = plan(&schedule, &self.policy);
         check_plan(&schedule, &version_plan)?;
         self.stage.set_plan(Arc::new(batches));
@@ -192,7 +193,12 @@ impl LocalStage {
             seconds,
             events: output.events,
             losses: output.losses,
-            blocks: self.stage.live_params().iter().map(BlockValues::of).collect(),
+            blocks: self
+                .stage
+                .live_params()
+                .iter()
+                .map(BlockValues::of)
+                .collect(),
         };
         Ok((schedule, summary))
     }
@@ -242,7 +248,10 @@ impl<'a> Books<'a> {
         let report = RunReport {
             seconds: summaries.iter().map(|s| s.seconds).fold(0.0, f64::max),
             events: summaries.iter().map(|s| s.events.clone()).collect(),
-            losses: summaries.last().map(|s| s.losses.clone()).unwrap_or_default(),
+            losses: summaries
+                .last()
+                .map(|s| s.losses.clone())
+                .unwrap_or_default(),
         };
         let (train_loss, train_accuracy, samples) = training_stats(&report);
         if !train_loss.is_finite() {

@@ -140,7 +140,11 @@ mod tests {
             differences,
             &["policy (\"gpipe\" vs \"i-timeprest\")", "stages (4 vs 3)"]
         );
-        assert!(error.to_string().contains("rank 2 differs from rank 0 in policy"));
+        assert!(
+            error
+                .to_string()
+                .contains("rank 2 differs from rank 0 in policy")
+        );
     }
 
     #[test]
@@ -164,7 +168,10 @@ mod tests {
         let mut old = Identity::new(&config, 3);
         old.0["version"] = json!("0.0.1");
         let error = check_identities(&[Identity::new(&config, 3), old], &config, 3).unwrap_err();
-        assert!(error.to_string().contains("version (\"0.0.1\" vs"), "{error}");
+        assert!(
+            error.to_string().contains("version (\"0.0.1\" vs"),
+            "{error}"
+        );
         assert!(matches!(
             Identity::from_bytes(4, b"{not json"),
             Err(MpiError::Protocol { rank: 4, .. })

@@ -61,7 +61,9 @@ impl Backoff {
         self.idle_rounds = self.idle_rounds.saturating_add(1);
         match self.idle_rounds.checked_sub(SPIN_ROUNDS) {
             None | Some(0) => Duration::ZERO,
-            Some(n) => MIN_SLEEP.saturating_mul(1 << (n - 1).min(10)).min(MAX_SLEEP),
+            Some(n) => MIN_SLEEP
+                .saturating_mul(1 << (n - 1).min(10))
+                .min(MAX_SLEEP),
         }
     }
 
@@ -196,7 +198,10 @@ impl<F: Fabric> Rank<F> {
     ) -> Result<Vec<u8>, MpiError> {
         let wanted = |m: &Received| m.from == from && m.tag == tag;
         if let Some(position) = self.backlog.iter().position(wanted) {
-            let message = self.backlog.remove(position).expect("position is in the backlog");
+            let message = self
+                .backlog
+                .remove(position)
+                .expect("position is in the backlog");
             return Ok(message.bytes);
         }
         let started = Instant::now();

@@ -141,7 +141,12 @@ pub fn epoch_batches(
         &ScheduleConfig::new(1, config.microbatches, 1),
     )?;
     if probe.config.num_microbatches == 1 && config.microbatches > 1 {
-        batches.minibatches = batches.minibatches.into_iter().flatten().map(|m| vec![m]).collect();
+        batches.minibatches = batches
+            .minibatches
+            .into_iter()
+            .flatten()
+            .map(|m| vec![m])
+            .collect();
     }
     if batches.minibatches.is_empty() {
         return Err(TrainError::Config(format!(

@@ -198,6 +198,9 @@ mod tests {
     fn a_damaged_summary_names_its_sender() {
         let bytes = summary().encode();
         let error = Summary::decode(2, &bytes[..bytes.len() - 2]).unwrap_err();
-        assert!(matches!(error, MpiError::Protocol { rank: 2, .. }), "{error}");
+        assert!(
+            matches!(error, MpiError::Protocol { rank: 2, .. }),
+            "{error}"
+        );
     }
 }

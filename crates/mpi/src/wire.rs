@@ -212,7 +212,9 @@ impl<'a> Reader<'a> {
     pub fn finish(self) -> Result<(), WireError> {
         match self.bytes.len() {
             0 => Ok(()),
-            extra => Err(WireError::Invalid(format!("{extra} unexpected trailing bytes"))),
+            extra => Err(WireError::Invalid(format!(
+                "{extra} unexpected trailing bytes"
+            ))),
         }
     }
 }

@@ -67,7 +67,14 @@ fn measured_facts(metrics: &[EpochMetrics]) -> Vec<String> {
             let stages: Vec<_> = m
                 .stages
                 .iter()
-                .map(|s| (&s.staleness, s.peak_weight_sets, s.peak_weight_bytes, s.bytes_sent))
+                .map(|s| {
+                    (
+                        &s.staleness,
+                        s.peak_weight_sets,
+                        s.peak_weight_bytes,
+                        s.bytes_sent,
+                    )
+                })
                 .collect();
             format!(
                 "{} {} {} {} {} {} {:?}",
@@ -99,7 +106,10 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
         let ranks_paths = weights_path(dir.path(), &format!("{policy}-ranks"));
         let outcomes = run_ranks(&vec![config.clone(); 3], &ranks_paths, None);
         let mut outcomes = outcomes.into_iter().map(Result::unwrap);
-        let distributed = outcomes.next().unwrap().expect("rank 0 returns the metrics");
+        let distributed = outcomes
+            .next()
+            .unwrap()
+            .expect("rank 0 returns the metrics");
         assert!(outcomes.all(|o| o.is_none()), "only rank 0 keeps the books");
 
         let read = |paths: &RunPaths| std::fs::read(paths.save_weights.as_ref().unwrap()).unwrap();
@@ -123,21 +133,24 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
     };
     run(&TrainConfig { lr: 0.0, ..config }, &untrained, &()).unwrap();
     let trained = std::fs::read(dir.path().join("gpipe-ranks")).unwrap();
-    assert_ne!(std::fs::read(dir.path().join("untrained")).unwrap(), trained);
+    assert_ne!(
+        std::fs::read(dir.path().join("untrained")).unwrap(),
+        trained
+    );
 }
 
 fn assert_all_fail_naming_stage_1(outcomes: &[RankOutcome], started: Instant) {
-    assert!(started.elapsed() < Duration::from_secs(20), "stopping took too long");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopping took too long"
+    );
     for (rank, outcome) in outcomes.iter().enumerate() {
         let message = outcome.as_ref().unwrap_err().to_string();
         let expected = match rank {
             1 => "stage 1 failed during ",
             _ => "rank 1 failed: stage 1 failed during ",
         };
-        assert!(
-            message.starts_with(expected),
-            "rank {rank} says: {message}"
-        );
+        assert!(message.starts_with(expected), "rank {rank} says: {message}");
         assert!(message.contains("injected"), "rank {rank} says: {message}");
     }
 }
@@ -164,7 +177,11 @@ fn ranks_with_different_configurations_refuse_to_start() {
         hidden: vec![24, 15],
         ..config.clone()
     };
-    let outcomes = run_ranks(&[config.clone(), config.clone(), other], &RunPaths::default(), None);
+    let outcomes = run_ranks(
+        &[config.clone(), config.clone(), other],
+        &RunPaths::default(),
+        None,
+    );
     for outcome in outcomes {
         let error = outcome.unwrap_err();
         assert!(
@@ -174,13 +191,22 @@ fn ranks_with_different_configurations_refuse_to_start() {
         );
         let message = error.to_string();
         assert!(message.contains("hidden ([24,15] vs [24,16])"), "{message}");
-        assert!(message.contains("policy (\"gpipe\" vs \"timeprest\")"), "{message}");
+        assert!(
+            message.contains("policy (\"gpipe\" vs \"timeprest\")"),
+            "{message}"
+        );
     }
     let outcomes = run_ranks(&[config.clone(), config], &RunPaths::default(), None);
     for outcome in outcomes {
         let error = outcome.unwrap_err();
         assert!(
-            matches!(error, MpiError::WorldSize { world: 2, stages: 3 }),
+            matches!(
+                error,
+                MpiError::WorldSize {
+                    world: 2,
+                    stages: 3
+                }
+            ),
             "{error}"
         );
     }

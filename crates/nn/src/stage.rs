@@ -17,6 +17,13 @@
 //!   last block to the first. [`GradMode::Recompute`] re-runs the whole stage forward from the
 //!   saved stage input with the backward's weights and takes the exact VJP there.
 //!
+//! Batch norms normalise with each micro-batch's own statistics in every training pass (the
+//! graph-mode and recompute re-runs use the saved input, so they see the same batch); the
+//! forward then moves the live version's running statistics once (spec §9 item 14), and
+//! re-runs never move them. Residual blocks are one block each: graph mode re-runs the whole
+//! block up to its final ReLU, so its inner activations are recomputed with the backward's
+//! weights (see [`Block`](crate::Block)).
+//!
 //! The loss (spec §9 item 8) of micro-batch j is `CE_sum_j / M` with M the number of samples in
 //! the whole mini-batch, so summing micro-batch gradients gives the gradient of the mini-batch
 //! mean loss, whatever the micro-batch sizes.

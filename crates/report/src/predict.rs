@@ -9,7 +9,9 @@
 //! runtime does not measure them.
 
 use serde::{Deserialize, Serialize};
-use timeprest_nn::partition_uniform;
+use std::ops::Range;
+
+use timeprest_nn::{ModelSpec, NnError, partition_manual, partition_model};
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_schedule::{MemoryModel, ScheduleConfig, generate, max_microbatches_in_flight};
 use timeprest_train::{TrainConfig, Trainer};
@@ -62,8 +64,7 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
     );
 
     let blocks = trainer.spec().blocks();
-    let split = partition_uniform(blocks.len(), config.stages as usize)
-        .map_err(|e| failed(e.to_string()))?;
+    let split = stage_blocks(config, trainer.spec()).map_err(|e| failed(e.to_string()))?;
     let samples = config.batch_size.div_ceil(config.microbatches as usize) as u64;
     let per_stage = |bytes: &dyn Fn(&timeprest_nn::Block) -> u64| -> Vec<u64> {
         split
@@ -102,6 +103,17 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
         .collect())
 }
 
+/// The blocks of each stage, split as `Trainer::new` splits them (a `--split` by hand, else the
+/// `--partition` method for the configured micro-batch size).
+fn stage_blocks(config: &TrainConfig, spec: &ModelSpec) -> Result<Vec<Range<usize>>, NnError> {
+    if config.split.is_empty() {
+        let microbatch = (config.batch_size / config.microbatches as usize).max(1);
+        partition_model(spec, config.partition, config.stages as usize, microbatch)
+    } else {
+        partition_manual(&config.split, spec.num_blocks())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use timeprest_policy::PolicyKind;
@@ -137,6 +149,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_split_by_hand_moves_the_parameters_between_stages() {
+        let config = TrainConfig {
+            stages: 2,
+            split: vec![2],
+            ..digits(PolicyKind::VTimeprest, 3)
+        };
+        let prediction = predict("v-timeprest", &config).unwrap();
+        let bytes: Vec<u64> = prediction.iter().map(|p| p.weight_bytes).collect();
+        assert_eq!(
+            bytes,
+            [(64 * 128 + 128 + 128 * 64 + 64) * 4, (64 * 10 + 10) * 4]
+        );
     }
 
     #[test]

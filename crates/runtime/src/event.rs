@@ -13,7 +13,8 @@ use timeprest_schedule::Action;
 pub struct Event {
     /// The action.
     pub action: Action,
-    /// Start, in seconds since the run began.
+    /// Start, in seconds since the run began: when the inputs had arrived (waiting for a
+    /// neighbour is idle time, not part of the action).
     pub start: f64,
     /// End, in seconds since the run began.
     pub end: f64,

@@ -180,7 +180,10 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
             if context.abort.load(Ordering::Relaxed) {
                 return Err(ABORTED.to_string());
             }
-            let began = context.start.elapsed().as_secs_f64();
+            // An action starts when its inputs are here: waiting for a neighbour is idle time,
+            // not work, so the clock is read again after every receive below.
+            let now = || context.start.elapsed().as_secs_f64();
+            let mut began = now();
             let mut bytes_sent = 0;
             let mut recipes = Vec::new();
             let mut staleness = Vec::new();
@@ -194,6 +197,7 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     } else {
                         Some(self.take(Neighbour::Previous, microbatch)?)
                     };
+                    began = now();
                     match self
                         .compute
                         .forward(microbatch, input, &recipe)
@@ -227,6 +231,7 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                             output_gradient,
                         });
                     }
+                    began = now();
                     let microbatches: Vec<MicrobatchId> =
                         work.iter().map(|w| w.microbatch).collect();
                     let gradients = self.compute.backward(work).map_err(|e| e.0)?;
@@ -259,7 +264,7 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
             output.events.push(Event {
                 action: planned.action,
                 start: began,
-                end: context.start.elapsed().as_secs_f64(),
+                end: now(),
                 live: planned.live + offset,
                 recipes,
                 staleness,

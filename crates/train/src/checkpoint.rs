@@ -5,7 +5,7 @@
 //! is a pure function of (seed, epoch), so the epoch number is the data-order position and there
 //! is no other random state. A checkpoint directory holds, per stage (as TiMePReSt checkpoints
 //! each stage locally), `stage-<s>.safetensors` with the weights (`layers.<i>.<param>`, global
-//! block index, PyTorch layout) and the optimizer buffers (`optimizer.first.<i>.<param>`,
+//! block index, PyTorch layout; BatchNorm running statistics too) and the optimizer buffers (`optimizer.first.<i>.<param>`,
 //! `optimizer.second.<i>.<param>`), plus `state.json` with the numbers.
 //!
 //! Atomicity: everything is written into `checkpoint.tmp/` and fsynced, then the previous
@@ -81,12 +81,15 @@ fn stage_bytes(state: &StageState, tensors: &StageTensors) -> Result<Vec<u8>, St
     let to_bytes = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     for (offset, block) in tensors.params.iter().enumerate() {
         let index = state.first_block + offset;
-        let names = block.block.param_names();
+        // Parameters, then buffers (BatchNorm running statistics), as the file layout lists them.
+        let mut shapes = block.block.file_shapes();
+        shapes.extend(block.block.state_sizes().into_iter().skip(shapes.len()).map(|n| vec![n]));
         for ((name, shape), values) in
-            names.iter().zip(block.block.file_shapes()).zip(block.to_file_layout())
+            block.block.state_names().iter().zip(shapes).zip(block.to_file_layout())
         {
             named.push((param_name(index, name), shape, to_bytes(&values)));
         }
+        let names = block.block.param_names();
         for (moment, buffers) in
             [("first", &tensors.optimizer.first), ("second", &tensors.optimizer.second)]
         {
@@ -191,9 +194,9 @@ pub fn load(
         let (mut first, mut second) = (Vec::new(), Vec::new());
         for (offset, block) in template.iter().enumerate() {
             let index = scalars.first_block + offset;
-            let names = block.block.param_names();
-            let mut values = Vec::with_capacity(names.len());
-            for (name, size) in names.iter().zip(block.block.param_sizes()) {
+            let state_names = block.block.state_names();
+            let mut values = Vec::with_capacity(state_names.len());
+            for (name, size) in state_names.iter().zip(block.block.state_sizes()) {
                 let key = param_name(index, name);
                 let tensor = read(&key)?.ok_or_else(|| corrupt(&path, format!("{key} missing")))?;
                 if tensor.len() != size {
@@ -202,6 +205,7 @@ pub fn load(
                 values.push(tensor);
             }
             params.push(BlockParams::from_file_layout(block.block, values));
+            let names = block.block.param_names();
             let moments = |moment: &str| -> Result<Vec<Option<Vec<f32>>>, TrainError> {
                 names.iter().map(|name| read(&format!("optimizer.{moment}.{index}.{name}"))).collect()
             };
