@@ -7,13 +7,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use timeprest_data::DATASET_NAMES;
 use timeprest_nn::{MODEL_NAMES, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
-use crate::usage_error;
 use timeprest_train::{
     EpochMetrics, GradMode, OptimizerChoice, Progress, RunPaths, SignificanceChoice, TrainConfig,
     run as run_training,
@@ -448,12 +448,20 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         })
     };
     let mut merged = serde_json::to_value(&from_flags)?;
-    let fields = merged.as_object_mut().expect("a config serialises to an object");
+    let fields = merged
+        .as_object_mut()
+        .expect("a config serialises to an object");
     for (key, value) in file {
-        let flag = if key == "shuffle" { "no_shuffle" } else { key.as_str() };
+        let flag = if key == "shuffle" {
+            "no_shuffle"
+        } else {
+            key.as_str()
+        };
         if !fields.contains_key(&key) {
             let known: Vec<&String> = fields.keys().collect();
-            return Err(file_error(format!("unknown key `{key}`; valid keys: {known:?}")));
+            return Err(file_error(format!(
+                "unknown key `{key}`; valid keys: {known:?}"
+            )));
         }
         if !given(flag) {
             fields.insert(key, serde_json::to_value(value)?);

@@ -231,30 +231,69 @@ fn a_diverging_run_stops_with_a_message_naming_the_epoch() {
 
 fn train_ok(args: &[&str]) {
     let output = timeprest(args);
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
 fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let common = ["train", "--policy", "i-timeprest", "--quiet", "--limit-train", "600"];
+    let common = [
+        "train",
+        "--policy",
+        "i-timeprest",
+        "--quiet",
+        "--limit-train",
+        "600",
+    ];
     let straight: Vec<&str> = common.to_vec();
     let (whole, whole_weights) = (path("whole"), path("whole.safetensors"));
-    train_ok(&[&straight[..], &["--epochs", "4", "--out", &whole, "--save-weights", &whole_weights]].concat());
+    train_ok(
+        &[
+            &straight[..],
+            &[
+                "--epochs",
+                "4",
+                "--out",
+                &whole,
+                "--save-weights",
+                &whole_weights,
+            ],
+        ]
+        .concat(),
+    );
     let half = path("half");
     train_ok(&[&straight[..], &["--epochs", "2", "--out", &half]].concat());
     assert!(dir.path().join("half/checkpoint/state.json").is_file());
     let resumed_weights = path("resumed.safetensors");
-    train_ok(&["train", "--resume", &half, "--epochs", "4", "--quiet", "--save-weights", &resumed_weights]);
+    train_ok(&[
+        "train",
+        "--resume",
+        &half,
+        "--epochs",
+        "4",
+        "--quiet",
+        "--save-weights",
+        &resumed_weights,
+    ]);
     assert_eq!(
         std::fs::read(&whole_weights).unwrap(),
         std::fs::read(&resumed_weights).unwrap(),
         "resumed weights differ from the uninterrupted run"
     );
     assert_eq!(metrics(&dir.path().join("half")).len(), 4);
-    let first_run: Vec<f64> = metrics(&dir.path().join("whole")).iter().map(|m| m["test_loss"].as_f64().unwrap()).collect();
-    let resumed: Vec<f64> = metrics(&dir.path().join("half")).iter().map(|m| m["test_loss"].as_f64().unwrap()).collect();
+    let first_run: Vec<f64> = metrics(&dir.path().join("whole"))
+        .iter()
+        .map(|m| m["test_loss"].as_f64().unwrap())
+        .collect();
+    let resumed: Vec<f64> = metrics(&dir.path().join("half"))
+        .iter()
+        .map(|m| m["test_loss"].as_f64().unwrap())
+        .collect();
     assert_eq!(first_run, resumed);
 }
 
@@ -263,7 +302,16 @@ fn a_crash_during_a_checkpoint_swap_leaves_a_readable_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let run_str = run.to_str().unwrap();
-    train_ok(&["train", "--epochs", "2", "--quiet", "--limit-train", "300", "--out", run_str]);
+    train_ok(&[
+        "train",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--limit-train",
+        "300",
+        "--out",
+        run_str,
+    ]);
     // A crash after moving the old checkpoint aside, while the new one was half written.
     std::fs::rename(run.join("checkpoint"), run.join("checkpoint.prev")).unwrap();
     std::fs::create_dir(run.join("checkpoint.tmp")).unwrap();
@@ -279,19 +327,58 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (first, first_weights) = (path("first"), path("first.safetensors"));
     train_ok(&[
-        "train", "--policy", "nwpt", "--stages", "2", "--lr", "0.03", "--epochs", "2", "--quiet",
-        "--out", &first, "--save-weights", &first_weights,
+        "train",
+        "--policy",
+        "nwpt",
+        "--stages",
+        "2",
+        "--lr",
+        "0.03",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        &first,
+        "--save-weights",
+        &first_weights,
     ]);
     let config = format!("{first}/config.toml");
     let (again, again_weights) = (path("again"), path("again.safetensors"));
-    train_ok(&["train", "--config", &config, "--quiet", "--out", &again, "--save-weights", &again_weights]);
-    assert_eq!(std::fs::read(&first_weights).unwrap(), std::fs::read(&again_weights).unwrap());
+    train_ok(&[
+        "train",
+        "--config",
+        &config,
+        "--quiet",
+        "--out",
+        &again,
+        "--save-weights",
+        &again_weights,
+    ]);
+    assert_eq!(
+        std::fs::read(&first_weights).unwrap(),
+        std::fs::read(&again_weights).unwrap()
+    );
     let command = std::fs::read_to_string(dir.path().join("again/command.txt")).unwrap();
     assert!(command.contains("--config"), "{command}");
     let overridden = path("overridden");
-    train_ok(&["train", "--config", &config, "--epochs", "1", "--quiet", "--out", &overridden]);
+    train_ok(&[
+        "train",
+        "--config",
+        &config,
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        &overridden,
+    ]);
     assert_eq!(metrics(&dir.path().join("overridden")).len(), 1);
     let saved = std::fs::read_to_string(dir.path().join("overridden/config.toml")).unwrap();
-    assert!(saved.contains("policy = \"nwpt\"") && saved.contains("stages = 2"), "{saved}");
-    assert_user_error(&["train", "--config", "/nonexistent.toml"], "/nonexistent.toml");
+    assert!(
+        saved.contains("policy = \"nwpt\"") && saved.contains("stages = 2"),
+        "{saved}"
+    );
+    assert_user_error(
+        &["train", "--config", "/nonexistent.toml"],
+        "/nonexistent.toml",
+    );
 }

@@ -61,39 +61,66 @@ pub struct StageTensors {
 }
 
 fn io_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
-    TrainError::Output { path: path.display().to_string(), cause: error.to_string() }
+    TrainError::Output {
+        path: path.display().to_string(),
+        cause: error.to_string(),
+    }
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint { path: path.display().to_string(), cause: what.to_string() }
+    TrainError::Checkpoint {
+        path: path.display().to_string(),
+        cause: what.to_string(),
+    }
 }
 
 /// Writes `bytes` to `path` and flushes it to disk.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     use std::io::Write;
     let mut file = File::create(path).map_err(|e| io_error(path, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| io_error(path, e))
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error(path, e))
 }
 
 /// Serialises one stage's weights and optimizer buffers.
 fn stage_bytes(state: &StageState, tensors: &StageTensors) -> Result<Vec<u8>, String> {
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let to_bytes = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let to_bytes = |values: &[f32]| {
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
     for (offset, block) in tensors.params.iter().enumerate() {
         let index = state.first_block + offset;
         // Parameters, then buffers (BatchNorm running statistics), as the file layout lists them.
         let mut shapes = block.block.file_shapes();
-        shapes.extend(block.block.state_sizes().into_iter().skip(shapes.len()).map(|n| vec![n]));
-        for ((name, shape), values) in
-            block.block.state_names().iter().zip(shapes).zip(block.to_file_layout())
+        shapes.extend(
+            block
+                .block
+                .state_sizes()
+                .into_iter()
+                .skip(shapes.len())
+                .map(|n| vec![n]),
+        );
+        for ((name, shape), values) in block
+            .block
+            .state_names()
+            .iter()
+            .zip(shapes)
+            .zip(block.to_file_layout())
         {
             named.push((param_name(index, name), shape, to_bytes(&values)));
         }
         let names = block.block.param_names();
-        for (moment, buffers) in
-            [("first", &tensors.optimizer.first), ("second", &tensors.optimizer.second)]
-        {
-            let Some(buffers) = buffers.get(offset) else { continue };
+        for (moment, buffers) in [
+            ("first", &tensors.optimizer.first),
+            ("second", &tensors.optimizer.second),
+        ] {
+            let Some(buffers) = buffers.get(offset) else {
+                continue;
+            };
             for (name, buffer) in names.iter().zip(buffers) {
                 if let Some(values) = buffer {
                     let key = format!("optimizer.{moment}.{index}.{name}");
@@ -140,7 +167,9 @@ pub fn save(
         fs::rename(&final_dir, &prev_dir).map_err(|e| io_error(&final_dir, e))?;
     }
     fs::rename(&tmp_dir, &final_dir).map_err(|e| io_error(&tmp_dir, e))?;
-    File::open(run_dir).and_then(|dir| dir.sync_all()).map_err(|e| io_error(run_dir, e))?;
+    File::open(run_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io_error(run_dir, e))?;
     if prev_dir.exists() {
         fs::remove_dir_all(&prev_dir).map_err(|e| io_error(&prev_dir, e))?;
     }
@@ -154,7 +183,12 @@ pub fn find(run_dir: &Path) -> Result<PathBuf, TrainError> {
         .into_iter()
         .map(|name| run_dir.join(name))
         .find(|dir| dir.join("state.json").is_file())
-        .ok_or_else(|| corrupt(run_dir, "no checkpoint (checkpoint/state.json) in this directory"))
+        .ok_or_else(|| {
+            corrupt(
+                run_dir,
+                "no checkpoint (checkpoint/state.json) in this directory",
+            )
+        })
 }
 
 /// Reads a checkpoint directory: the scalars, and per stage the tensors shaped after
@@ -170,7 +204,11 @@ pub fn load(
     if state.stages.len() != templates.len() {
         return Err(corrupt(
             &state_path,
-            format!("{} stages saved, the run has {}", state.stages.len(), templates.len()),
+            format!(
+                "{} stages saved, the run has {}",
+                state.stages.len(),
+                templates.len()
+            ),
         ));
     }
     let mut stages = Vec::with_capacity(templates.len());
@@ -200,19 +238,29 @@ pub fn load(
                 let key = param_name(index, name);
                 let tensor = read(&key)?.ok_or_else(|| corrupt(&path, format!("{key} missing")))?;
                 if tensor.len() != size {
-                    return Err(corrupt(&path, format!("{key} has {} values, not {size}", tensor.len())));
+                    return Err(corrupt(
+                        &path,
+                        format!("{key} has {} values, not {size}", tensor.len()),
+                    ));
                 }
                 values.push(tensor);
             }
             params.push(BlockParams::from_file_layout(block.block, values));
             let names = block.block.param_names();
             let moments = |moment: &str| -> Result<Vec<Option<Vec<f32>>>, TrainError> {
-                names.iter().map(|name| read(&format!("optimizer.{moment}.{index}.{name}"))).collect()
+                names
+                    .iter()
+                    .map(|name| read(&format!("optimizer.{moment}.{index}.{name}")))
+                    .collect()
             };
             first.push(moments("first")?);
             second.push(moments("second")?);
         }
-        let optimizer = OptimizerSnapshot { steps: scalars.optimizer_steps, first, second };
+        let optimizer = OptimizerSnapshot {
+            steps: scalars.optimizer_steps,
+            first,
+            second,
+        };
         stages.push(StageTensors { params, optimizer });
     }
     Ok((state, stages))

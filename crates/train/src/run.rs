@@ -76,7 +76,9 @@ pub fn run(
     let completed = match (&paths.out_dir, paths.resume) {
         (Some(dir), true) => trainer.restore_checkpoint(dir)?,
         (None, true) => {
-            return Err(TrainError::Config("--resume needs the run directory".into()));
+            return Err(TrainError::Config(
+                "--resume needs the run directory".into(),
+            ));
         }
         (_, false) => 0,
     };
@@ -110,7 +112,8 @@ pub fn run(
             };
             let mut file =
                 File::create(&metrics_path).map_err(|e| output_error(&metrics_path, e))?;
-            file.write_all(kept.as_bytes()).map_err(|e| output_error(&metrics_path, e))?;
+            file.write_all(kept.as_bytes())
+                .map_err(|e| output_error(&metrics_path, e))?;
             Some((metrics_path, file))
         }
         None => None,

@@ -197,7 +197,11 @@ impl Trainer {
                 .map(|(microbatch, _)| microbatch.minibatch + 1)
                 .min()
                 .unwrap_or(1);
-            return Err(TrainError::Diverged { epoch, step, loss: train_loss });
+            return Err(TrainError::Diverged {
+                epoch,
+                step,
+                loss: train_loss,
+            });
         }
         let (test_loss, test_accuracy) = self.evaluate()?;
         let metrics = EpochMetrics {
@@ -248,8 +252,12 @@ impl Trainer {
                 optimizer: stage.optimizer_snapshot(),
             })
             .collect();
-        let state =
-            CheckpointState { epoch, updates: self.updates, config: self.config.clone(), stages };
+        let state = CheckpointState {
+            epoch,
+            updates: self.updates,
+            config: self.config.clone(),
+            stages,
+        };
         checkpoint::save(run_dir, &state, &tensors)
     }
 
@@ -259,7 +267,10 @@ impl Trainer {
         let dir = checkpoint::find(run_dir)?;
         let templates: Vec<_> = self.stages.iter().map(BurnStage::live_params).collect();
         let (state, tensors) = checkpoint::load(&dir, &templates)?;
-        let saved = TrainConfig { epochs: self.config.epochs, ..state.config.clone() };
+        let saved = TrainConfig {
+            epochs: self.config.epochs,
+            ..state.config.clone()
+        };
         if saved != self.config {
             return Err(TrainError::Checkpoint {
                 path: dir.display().to_string(),

@@ -46,7 +46,11 @@ fn max_relative_difference(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn synchronous_schedules_equal_single_device_training() {
     let reference = train(config(PolicyKind::Single, 1));
-    for policy in [PolicyKind::Gpipe, PolicyKind::PipedreamFlush, PolicyKind::Naive] {
+    for policy in [
+        PolicyKind::Gpipe,
+        PolicyKind::PipedreamFlush,
+        PolicyKind::Naive,
+    ] {
         for stages in 2..=4 {
             let weights = train(config(policy, stages));
             let difference = max_relative_difference(&weights, &reference);

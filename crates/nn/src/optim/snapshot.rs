@@ -25,7 +25,10 @@ impl Optimizer {
     /// The optimizer's state as plain numbers.
     pub fn snapshot(&self) -> OptimizerSnapshot {
         let collect = |pick: fn(&ParamState) -> Option<Vec<f32>>| {
-            self.state.iter().map(|block| block.iter().map(pick).collect()).collect()
+            self.state
+                .iter()
+                .map(|block| block.iter().map(pick).collect())
+                .collect()
         };
         OptimizerSnapshot {
             steps: self.steps,
@@ -41,10 +44,16 @@ impl Optimizer {
     /// this optimizer already has.
     pub fn restore(&mut self, snapshot: OptimizerSnapshot) -> Result<(), NnError> {
         if snapshot.first.len() != snapshot.second.len() {
-            return Err(NnError::Mismatch("optimizer snapshot: moment lists differ".into()));
+            return Err(NnError::Mismatch(
+                "optimizer snapshot: moment lists differ".into(),
+            ));
         }
         if !self.state.is_empty()
-            && self.state.iter().map(Vec::len).ne(snapshot.first.iter().map(Vec::len))
+            && self
+                .state
+                .iter()
+                .map(Vec::len)
+                .ne(snapshot.first.iter().map(Vec::len))
         {
             return Err(NnError::Mismatch(
                 "optimizer snapshot does not match this stage's parameters".into(),
@@ -59,7 +68,10 @@ impl Optimizer {
                 first
                     .into_iter()
                     .zip(second)
-                    .map(|(m, v)| ParamState { first: m.map(tensor1), second: v.map(tensor1) })
+                    .map(|(m, v)| ParamState {
+                        first: m.map(tensor1),
+                        second: v.map(tensor1),
+                    })
                     .collect()
             })
             .collect();

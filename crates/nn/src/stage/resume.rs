@@ -34,7 +34,11 @@ impl BurnStage {
                 self.stage
             )));
         }
-        if params.iter().map(|p| p.block).ne(self.store.live().iter().map(|p| p.block)) {
+        if params
+            .iter()
+            .map(|p| p.block)
+            .ne(self.store.live().iter().map(|p| p.block))
+        {
             return Err(NnError::Mismatch(format!(
                 "checkpoint weights do not fit stage {}",
                 self.stage
