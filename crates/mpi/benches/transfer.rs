@@ -2,7 +2,7 @@
 //!
 //! Two ranks bounce a message back and forth. Three ways, same sizes:
 //! 1. raw rsmpi blocking `send`/`receive_into` on one thread (the floor);
-//! 2. the fabric and pump only: byte frames through a worker's `ChannelTransport`, the
+//! 2. the fabric and pump only: byte frames through the worker's transport, the
 //!    communication thread and non-blocking MPI (what the transport adds besides encoding);
 //! 3. the whole transport: `StageMessage` tensors through `WireTransport` (tensor → bytes →
 //!    MPI → bytes → tensor), what a training run pays per activation or gradient.

@@ -37,5 +37,5 @@ pub use fabric::{Fabric, LocalFabric, Received, Tag};
 pub use fault::{Fault, FaultKind};
 #[cfg(feature = "mpi")]
 pub use mpi_fabric::MpiFabric;
-pub use rank::Rank;
+pub use rank::{Frames, Rank};
 pub use wire::{WireMessage, WireTransport};

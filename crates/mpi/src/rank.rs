@@ -3,8 +3,14 @@
 //! A [`Rank`] owns the [`Fabric`] and is used from one thread only (MPI communicators are not
 //! `Send`). While a stage runs, [`Rank::run_worker`] runs the stage on a second thread and *pumps*
 //! on this one: frames the worker sends go out through the fabric, frames that arrive go to the
-//! worker's inboxes. The worker sees an ordinary [`ChannelTransport`], so the runtime's one
+//! worker's inboxes. The worker sees a channel transport ([`Frames`]), so the runtime's one
 //! worker loop runs unchanged.
+//!
+//! Polling is tuned by what the worker does: while it waits for a frame, or while sends are in
+//! flight (MPI moves large messages only when polled), the pump polls without sleeping, so a
+//! frame reaches a waiting worker within microseconds; while the worker computes, the pump
+//! sleeps longer and longer between polls (up to a millisecond), leaving the cores to the
+//! computation (several ranks may share a core).
 //!
 //! Nothing here blocks without a way out. Every wait polls, so an `Abort` message from any rank
 //! ends it: the pump raises the worker's abort flag (the worker stops within milliseconds),
@@ -20,7 +26,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, unbounded};
-use timeprest_runtime::{ChannelTransport, Envelope, Neighbour};
+use timeprest_runtime::{ChannelTransport, Envelope, Neighbour, Transport, TransportError};
+use timeprest_schedule::MicrobatchId;
 
 use crate::error::MpiError;
 use crate::fabric::{Fabric, Received, Tag};
@@ -75,7 +82,37 @@ impl Backoff {
     }
 }
 
-/// The worker side of the pump: the channels between the worker's transport and the fabric.
+/// The worker's transport while [`Rank::run_worker`] pumps: frames to and from the pipeline
+/// neighbours through the pump, and a flag telling the pump when the worker is blocked waiting.
+pub struct Frames<'a> {
+    channels: ChannelTransport<Vec<u8>>,
+    waiting: &'a AtomicBool,
+}
+
+impl Transport<Vec<u8>> for Frames<'_> {
+    fn send(
+        &mut self,
+        to: Neighbour,
+        microbatch: MicrobatchId,
+        frame: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        self.channels.send(to, microbatch, frame)
+    }
+
+    fn take(
+        &mut self,
+        from: Neighbour,
+        microbatch: MicrobatchId,
+        abort: &AtomicBool,
+    ) -> Result<Vec<u8>, TransportError> {
+        self.waiting.store(true, Ordering::Relaxed);
+        let frame = self.channels.take(from, microbatch, abort);
+        self.waiting.store(false, Ordering::Relaxed);
+        frame
+    }
+}
+
+/// The pump side: the channels between the worker's transport and the fabric.
 struct Pipes {
     /// Frames from the worker, per destination rank.
     outgoing: Vec<(usize, Receiver<Envelope<Vec<u8>>>)>,
@@ -126,6 +163,15 @@ impl Pipes {
         }
         let _ = select.ready_timeout(pause);
     }
+}
+
+/// What the pump watches besides the fabric and the channels.
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    /// Raised when the run must stop.
+    abort: &'a AtomicBool,
+    /// Raised while the worker waits for a frame.
+    waiting: &'a AtomicBool,
 }
 
 /// This process's rank, with its fabric.
@@ -257,17 +303,26 @@ impl<F: Fabric> Rank<F> {
     pub fn run_worker<R: Send>(
         &mut self,
         abort: &AtomicBool,
-        work: impl FnOnce(ChannelTransport<Vec<u8>>) -> R + Send,
+        work: impl FnOnce(Frames<'_>) -> R + Send,
     ) -> Result<R, MpiError> {
-        let (pipes, transport) = Pipes::new(self.index(), self.size());
+        let (pipes, channels) = Pipes::new(self.index(), self.size());
+        let waiting = AtomicBool::new(false);
+        let frames = Frames {
+            channels,
+            waiting: &waiting,
+        };
         let mut remote = None;
         let mut deferred = Vec::new();
         let (pumped, result) = thread::scope(|scope| {
             let worker = thread::Builder::new()
                 .name(format!("rank-{}-stage", self.index()))
-                .spawn_scoped(scope, move || work(transport))
+                .spawn_scoped(scope, move || work(frames))
                 .expect("spawning the stage thread");
-            let pumped = self.pump(&pipes, abort, &worker, &mut remote, &mut deferred);
+            let flags = Flags {
+                abort,
+                waiting: &waiting,
+            };
+            let pumped = self.pump(&pipes, flags, &worker, &mut remote, &mut deferred);
             if pumped.is_err() {
                 abort.store(true, Ordering::Relaxed);
             }
@@ -285,7 +340,7 @@ impl<F: Fabric> Rank<F> {
     fn pump(
         &mut self,
         pipes: &Pipes,
-        abort: &AtomicBool,
+        Flags { abort, waiting }: Flags<'_>,
         worker: &thread::ScopedJoinHandle<'_, impl Sized>,
         remote: &mut Option<MpiError>,
         deferred: &mut Vec<Received>,
@@ -317,6 +372,8 @@ impl<F: Fabric> Rank<F> {
             }
             if busy {
                 backoff.reset();
+            } else if waiting.load(Ordering::Relaxed) || self.fabric.pending_sends() > 0 {
+                thread::yield_now();
             } else if finished {
                 backoff.pause();
             } else {

@@ -119,8 +119,8 @@ pub fn encode_split(split: &[Range<usize>]) -> Vec<u8> {
 /// The split [`encode_split`] wrote.
 pub fn decode_split(bytes: &[u8]) -> Result<Vec<Range<usize>>, WireError> {
     let mut reader = Reader::new(bytes);
-    let split = (0..reader.len()?)
-        .map(|_| Ok(reader.len()?..reader.len()?))
+    let split = (0..reader.length()?)
+        .map(|_| Ok(reader.length()?..reader.length()?))
         .collect::<Result<_, WireError>>()?;
     reader.finish()?;
     Ok(split)

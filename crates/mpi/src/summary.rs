@@ -92,7 +92,7 @@ impl Summary {
         let seconds = reader.f64()?;
         let events = serde_json::from_slice(reader.bytes()?)
             .map_err(|e| WireError::Invalid(format!("events: {e}")))?;
-        let losses = (0..reader.len()?)
+        let losses = (0..reader.length()?)
             .map(|_| {
                 let id = MicrobatchId::new(reader.u32()?, reader.u32()?);
                 let stats = LossStats {
@@ -104,14 +104,14 @@ impl Summary {
             })
             .collect::<Result<_, WireError>>()?;
         let tensor_list = |reader: &mut Reader| -> Result<Vec<Vec<f32>>, WireError> {
-            (0..reader.len()?)
+            (0..reader.length()?)
                 .map(|_| {
-                    let len = reader.len()?;
+                    let len = reader.length()?;
                     reader.f32s(len)
                 })
                 .collect()
         };
-        let blocks = (0..reader.len()?)
+        let blocks = (0..reader.length()?)
             .map(|_| {
                 Ok(BlockValues {
                     tensors: tensor_list(&mut reader)?,

@@ -54,8 +54,8 @@ impl WireMessage for StageMessage {
 
     fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut reader = Reader::new(bytes);
-        let rows = reader.len()?;
-        let cols = reader.len()?;
+        let rows = reader.length()?;
+        let cols = reader.length()?;
         let count = rows
             .checked_mul(cols)
             .ok_or_else(|| WireError::Invalid(format!("tensor of {rows} × {cols} values")))?;
@@ -123,9 +123,10 @@ impl<T: Transport<Vec<u8>>, M: WireMessage> Transport<M> for WireTransport<T, M>
 
 /// Appends `values` as little-endian `f32`.
 pub fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
-    out.reserve(4 * values.len());
-    for value in values {
-        out.extend_from_slice(&value.to_le_bytes());
+    let start = out.len();
+    out.resize(start + 4 * values.len(), 0);
+    for (bytes, value) in out[start..].chunks_exact_mut(4).zip(values) {
+        bytes.copy_from_slice(&value.to_le_bytes());
     }
 }
 
@@ -185,7 +186,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length written by [`put_len`].
-    pub fn len(&mut self) -> Result<usize, WireError> {
+    pub fn length(&mut self) -> Result<usize, WireError> {
         let len = self.u64()?;
         usize::try_from(len).map_err(|_| WireError::Invalid(format!("length {len}")))
     }
@@ -204,7 +205,7 @@ impl<'a> Reader<'a> {
 
     /// Bytes written by [`put_bytes`].
     pub fn bytes(&mut self) -> Result<&'a [u8], WireError> {
-        let len = self.len()?;
+        let len = self.length()?;
         self.slice(len)
     }
 

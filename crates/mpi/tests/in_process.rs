@@ -6,10 +6,11 @@
 //! handling) in every build, and the `mpirun` tests of the CLI check the MPI fabric on top.
 
 use std::path::Path;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use timeprest_mpi::{Fault, FaultKind, LocalFabric, MpiError, RankRun, train_rank};
+use timeprest_mpi::{Fabric, Fault, FaultKind, LocalFabric, MpiError, RankRun, train_rank};
 use timeprest_policy::PolicyKind;
 use timeprest_train::{EpochMetrics, RunPaths, TrainConfig, run};
 
@@ -29,26 +30,31 @@ fn small(policy: PolicyKind) -> TrainConfig {
     }
 }
 
-/// Runs one rank per entry of `configs` (rank 0 first) as threads.
+/// How long a group of ranks may take before the test calls it a hang.
+const HANG: Duration = Duration::from_secs(120);
+
+/// Runs one rank per entry of `configs` (rank 0 first) as threads; fails on a hang.
 fn run_ranks(configs: &[TrainConfig], paths: &RunPaths, fault: Option<Fault>) -> Vec<RankOutcome> {
-    thread::scope(|scope| {
-        let handles: Vec<_> = LocalFabric::group(configs.len())
-            .into_iter()
-            .zip(configs)
-            .map(|(fabric, config)| {
-                scope.spawn(move || {
-                    let rank_run = RankRun {
-                        config,
-                        paths,
-                        progress: &(),
-                        fault,
-                    };
-                    train_rank(fabric, &rank_run)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    let (done, outcomes) = mpsc::channel();
+    for (fabric, config) in LocalFabric::group(configs.len()).into_iter().zip(configs) {
+        let (config, paths, done) = (config.clone(), paths.clone(), done.clone());
+        // Detached, so that a hung rank fails the test instead of hanging it.
+        thread::spawn(move || {
+            let rank = fabric.rank();
+            let rank_run = RankRun {
+                config: &config,
+                paths: &paths,
+                progress: &(),
+                fault,
+            };
+            let _ = done.send((rank, train_rank(fabric, &rank_run)));
+        });
+    }
+    let mut by_rank: Vec<(usize, RankOutcome)> = (0..configs.len())
+        .map(|_| outcomes.recv_timeout(HANG).expect("a rank hung"))
+        .collect();
+    by_rank.sort_by_key(|(rank, _)| *rank);
+    by_rank.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 fn weights_path(dir: &Path, name: &str) -> RunPaths {
