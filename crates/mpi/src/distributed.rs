@@ -23,9 +23,8 @@ use timeprest_nn::{BurnStage, StageMessage, evaluate, save_safetensors};
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_pool};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
-use timeprest_train::metrics::{stage_metrics, training_stats};
 use timeprest_train::{
-    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, measured_chrome_trace,
+    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, epoch_metrics, measured_chrome_trace,
 };
 
 use crate::error::MpiError;
@@ -253,35 +252,16 @@ impl<'a> Books<'a> {
                 .map(|s| s.losses.clone())
                 .unwrap_or_default(),
         };
-        let (train_loss, train_accuracy, samples) = training_stats(&report);
-        if !train_loss.is_finite() {
-            let step = report
-                .losses
-                .iter()
-                .filter(|(_, stats)| !stats.loss_sum.is_finite())
-                .map(|(microbatch, _)| microbatch.minibatch + 1)
-                .min()
-                .unwrap_or(1);
-            return Err(TrainError::Diverged {
-                epoch,
-                step,
-                loss: train_loss,
-            });
-        }
         let params = assemble_params(summaries, &model.initial);
-        let (test_loss, test_accuracy) =
-            evaluate(&model.spec, &params, &model.test, config.eval_batch_size)?;
-        let metrics = EpochMetrics {
-            epoch,
-            train_loss,
-            train_accuracy,
-            test_loss,
-            test_accuracy,
-            epoch_seconds: report.seconds,
-            samples_per_second: samples as f64 / report.seconds.max(f64::MIN_POSITIVE),
-            num_minibatches: schedule.config.num_minibatches,
-            stages: stage_metrics(&report),
-        };
+        let num_minibatches = schedule.config.num_minibatches;
+        let metrics = epoch_metrics(epoch, num_minibatches, &report, || {
+            Ok(evaluate(
+                &model.spec,
+                &params,
+                &model.test,
+                config.eval_batch_size,
+            )?)
+        })?;
         if epoch == 1
             && let Some(path) = &self.paths.trace
         {

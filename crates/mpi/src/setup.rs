@@ -11,13 +11,12 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use timeprest_data::{Augment, DataSplit, Dataset, epoch_order, load};
+use timeprest_data::{Augment, Dataset};
 use timeprest_nn::{
-    BatchPlan, BurnStage, ModelParams, ModelSize, ModelSpec, init_params, load_safetensors,
-    partition_manual, partition_model,
+    BurnStage, ModelParams, ModelSpec, init_params, load_safetensors, partition_manual,
+    partition_model,
 };
-use timeprest_schedule::{ScheduleConfig, generate};
-use timeprest_train::{TrainConfig, TrainError};
+use timeprest_train::{TrainConfig, TrainError, load_data_and_model};
 
 use crate::wire::{Reader, WireError, put_len};
 
@@ -36,23 +35,7 @@ pub struct Model {
 impl Model {
     /// Loads the data of `config` and the initial weights (from `init_weights` if given).
     pub fn load(config: &TrainConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
-        let DataSplit {
-            mut train,
-            mut test,
-        } = load(&config.dataset, config.data_dir.as_deref())?;
-        if let Some(limit) = config.limit_train {
-            train.truncate(limit);
-        }
-        if let Some(limit) = config.limit_test {
-            test.truncate(limit);
-        }
-        let size = ModelSize {
-            hidden: config.hidden.clone(),
-            width: config.width,
-            depth: config.depth.clone(),
-        };
-        let spec = ModelSpec::from_name(&config.model, train.shape, train.num_classes, &size)
-            .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
+        let (train, test, spec) = load_data_and_model(config)?;
         let initial = match init_weights {
             Some(path) => load_safetensors(path, &spec)?,
             None => init_params(&spec, config.seed)?,
@@ -126,36 +109,7 @@ pub fn decode_split(bytes: &[u8]) -> Result<Vec<Range<usize>>, WireError> {
     Ok(split)
 }
 
-/// How epoch `epoch` (from 1) cuts `num_samples` training samples: mini-batches of
-/// `batch_size` samples in `microbatches` micro-batches, each micro-batch its own mini-batch on
-/// the asynchronous 1F1B schedule (spec §2.4). The same plan as the trainer's.
-pub fn epoch_batches(
-    config: &TrainConfig,
-    num_samples: usize,
-    epoch: u32,
-) -> Result<BatchPlan, TrainError> {
-    let order = epoch_order(num_samples, config.seed, u64::from(epoch), config.shuffle);
-    let mut batches = BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
-    let probe = generate(
-        config.schedule_kind(),
-        &ScheduleConfig::new(1, config.microbatches, 1),
-    )?;
-    if probe.config.num_microbatches == 1 && config.microbatches > 1 {
-        batches.minibatches = batches
-            .minibatches
-            .into_iter()
-            .flatten()
-            .map(|m| vec![m])
-            .collect();
-    }
-    if batches.minibatches.is_empty() {
-        return Err(TrainError::Config(format!(
-            "--batch-size: {num_samples} training samples make no complete mini-batch of {}",
-            config.batch_size
-        )));
-    }
-    Ok(batches)
-}
+pub use timeprest_train::epoch_batches;
 
 #[cfg(test)]
 mod tests {

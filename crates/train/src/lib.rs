@@ -16,8 +16,8 @@ pub mod trainer;
 
 pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
 pub use error::TrainError;
-pub use metrics::{EpochMetrics, StageMetrics};
+pub use metrics::{EpochMetrics, StageMetrics, epoch_metrics};
 pub use run::{Progress, RunPaths, run};
 pub use timeprest_nn::GradMode;
 pub use trace::measured_chrome_trace;
-pub use trainer::{EpochRun, Trainer};
+pub use trainer::{EpochRun, Trainer, epoch_batches, load_data_and_model};

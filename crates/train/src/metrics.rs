@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use timeprest_runtime::RunReport;
 
+use crate::error::TrainError;
+
 /// What one stage did during an epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageMetrics {
@@ -96,4 +98,42 @@ pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
             }
         })
         .collect()
+}
+
+/// The metrics of epoch `epoch` (from 1) from its run report, with the test loss and accuracy
+/// that `evaluate` computes; a non-finite training loss is [`TrainError::Diverged`], naming the
+/// first mini-batch whose loss was not finite.
+pub fn epoch_metrics(
+    epoch: u32,
+    num_minibatches: u32,
+    report: &RunReport,
+    evaluate: impl FnOnce() -> Result<(f64, f64), TrainError>,
+) -> Result<EpochMetrics, TrainError> {
+    let (train_loss, train_accuracy, samples) = training_stats(report);
+    if !train_loss.is_finite() {
+        let step = report
+            .losses
+            .iter()
+            .filter(|(_, stats)| !stats.loss_sum.is_finite())
+            .map(|(microbatch, _)| microbatch.minibatch + 1)
+            .min()
+            .unwrap_or(1);
+        return Err(TrainError::Diverged {
+            epoch,
+            step,
+            loss: train_loss,
+        });
+    }
+    let (test_loss, test_accuracy) = evaluate()?;
+    Ok(EpochMetrics {
+        epoch,
+        train_loss,
+        train_accuracy,
+        test_loss,
+        test_accuracy,
+        epoch_seconds: report.seconds,
+        samples_per_second: samples as f64 / report.seconds.max(f64::MIN_POSITIVE),
+        num_minibatches,
+        stages: stage_metrics(report),
+    })
 }

@@ -21,7 +21,63 @@ use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 use crate::checkpoint::{self, CheckpointState, StageState, StageTensors};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::metrics::{EpochMetrics, stage_metrics, training_stats};
+use crate::metrics::{EpochMetrics, epoch_metrics};
+
+/// Loads the data sets of `config` (with its limits) and the model architecture that fits them.
+pub fn load_data_and_model(
+    config: &TrainConfig,
+) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
+    let DataSplit {
+        mut train,
+        mut test,
+    } = load(&config.dataset, config.data_dir.as_deref())?;
+    if let Some(limit) = config.limit_train {
+        train.truncate(limit);
+    }
+    if let Some(limit) = config.limit_test {
+        test.truncate(limit);
+    }
+    let size = ModelSize {
+        hidden: config.hidden.clone(),
+        width: config.width,
+        depth: config.depth.clone(),
+    };
+    let spec = ModelSpec::from_name(&config.model, train.shape, train.num_classes, &size)
+        .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
+    Ok((train, test, spec))
+}
+
+/// How epoch `epoch` (from 1) cuts `num_samples` training samples: mini-batches of
+/// `batch_size` samples in `microbatches` micro-batches, in the epoch's seeded order. The
+/// asynchronous 1F1B schedule treats each micro-batch as a mini-batch of its own (spec §2.4), so
+/// its plan is flattened to match.
+pub fn epoch_batches(
+    config: &TrainConfig,
+    num_samples: usize,
+    epoch: u32,
+) -> Result<BatchPlan, TrainError> {
+    let order = epoch_order(num_samples, config.seed, u64::from(epoch), config.shuffle);
+    let mut batches = BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
+    let probe = generate(
+        config.schedule_kind(),
+        &ScheduleConfig::new(1, config.microbatches, 1),
+    )?;
+    if probe.config.num_microbatches == 1 && config.microbatches > 1 {
+        batches.minibatches = batches
+            .minibatches
+            .into_iter()
+            .flatten()
+            .map(|microbatch| vec![microbatch])
+            .collect();
+    }
+    if batches.minibatches.is_empty() {
+        return Err(TrainError::Config(format!(
+            "--batch-size: {num_samples} training samples make no complete mini-batch of {}",
+            config.batch_size
+        )));
+    }
+    Ok(batches)
+}
 
 /// What one epoch produced.
 pub struct EpochRun {
@@ -50,23 +106,7 @@ impl Trainer {
     /// seeded initialisation that does not depend on the number of stages.
     pub fn new(config: TrainConfig, initial: Option<ModelParams>) -> Result<Self, TrainError> {
         config.validate()?;
-        let DataSplit {
-            mut train,
-            mut test,
-        } = load(&config.dataset, config.data_dir.as_deref())?;
-        if let Some(limit) = config.limit_train {
-            train.truncate(limit);
-        }
-        if let Some(limit) = config.limit_test {
-            test.truncate(limit);
-        }
-        let size = ModelSize {
-            hidden: config.hidden.clone(),
-            width: config.width,
-            depth: config.depth.clone(),
-        };
-        let spec = ModelSpec::from_name(&config.model, train.shape, train.num_classes, &size)
-            .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
+        let (train, test, spec) = load_data_and_model(&config)?;
         let params = match initial {
             Some(params) => params,
             None => init_params(&spec, config.seed)?,
@@ -131,35 +171,7 @@ impl Trainer {
     /// micro-batches. The asynchronous 1F1B schedule treats each micro-batch as a mini-batch of
     /// its own (spec §2.4), so its plan is flattened to match.
     fn batch_plan(&self, epoch: u32) -> Result<BatchPlan, TrainError> {
-        let order = epoch_order(
-            self.train_data.len(),
-            self.config.seed,
-            u64::from(epoch),
-            self.config.shuffle,
-        );
-        let config = &self.config;
-        let mut batches =
-            BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
-        let probe = generate(
-            self.config.schedule_kind(),
-            &ScheduleConfig::new(1, config.microbatches, 1),
-        )?;
-        if probe.config.num_microbatches == 1 && config.microbatches > 1 {
-            batches.minibatches = batches
-                .minibatches
-                .into_iter()
-                .flatten()
-                .map(|microbatch| vec![microbatch])
-                .collect();
-        }
-        if batches.minibatches.is_empty() {
-            return Err(TrainError::Config(format!(
-                "--batch-size: {} training samples make no complete mini-batch of {}",
-                self.train_data.len(),
-                config.batch_size
-            )));
-        }
-        Ok(batches)
+        epoch_batches(&self.config, self.train_data.len(), epoch)
     }
 
     /// Trains one epoch (`epoch` from 1) and evaluates. `progress` is called after each
@@ -188,33 +200,7 @@ impl Trainer {
         let report = run_threaded(&schedule, &version_plan, &mut self.stages, options)?;
         self.updates += u64::from(num_minibatches);
 
-        let (train_loss, train_accuracy, samples) = training_stats(&report);
-        if !train_loss.is_finite() {
-            let step = report
-                .losses
-                .iter()
-                .filter(|(_, stats)| !stats.loss_sum.is_finite())
-                .map(|(microbatch, _)| microbatch.minibatch + 1)
-                .min()
-                .unwrap_or(1);
-            return Err(TrainError::Diverged {
-                epoch,
-                step,
-                loss: train_loss,
-            });
-        }
-        let (test_loss, test_accuracy) = self.evaluate()?;
-        let metrics = EpochMetrics {
-            epoch,
-            train_loss,
-            train_accuracy,
-            test_loss,
-            test_accuracy,
-            epoch_seconds: report.seconds,
-            samples_per_second: samples as f64 / report.seconds.max(f64::MIN_POSITIVE),
-            num_minibatches,
-            stages: stage_metrics(&report),
-        };
+        let metrics = epoch_metrics(epoch, num_minibatches, &report, || self.evaluate())?;
         Ok(EpochRun {
             metrics,
             report,
