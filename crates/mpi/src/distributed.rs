@@ -14,7 +14,6 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -24,7 +23,8 @@ use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_pool};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 use timeprest_train::{
-    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, epoch_metrics, measured_chrome_trace,
+    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, epoch_metrics,
+    measured_chrome_trace, write_run_config,
 };
 
 use crate::error::MpiError;
@@ -209,24 +209,14 @@ struct Books<'a> {
     metrics: Option<(std::path::PathBuf, File)>,
 }
 
-fn output_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
-    TrainError::Output {
-        path: path.display().to_string(),
-        cause: error.to_string(),
-    }
-}
-
 impl<'a> Books<'a> {
-    /// Creates the run directory with `config.json` and an empty `metrics.jsonl`.
+    /// Creates the run directory with its configuration files and an empty `metrics.jsonl`.
     fn open(config: &TrainConfig, paths: &'a RunPaths) -> Result<Self, TrainError> {
         let metrics = match &paths.out_dir {
             Some(dir) => {
-                fs::create_dir_all(dir).map_err(|e| output_error(dir, e))?;
-                let config_path = dir.join("config.json");
-                let text = serde_json::to_string_pretty(config).expect("a config serialises");
-                fs::write(&config_path, text + "\n").map_err(|e| output_error(&config_path, e))?;
+                write_run_config(dir, config, paths.command.as_deref())?;
                 let path = dir.join("metrics.jsonl");
-                let file = File::create(&path).map_err(|e| output_error(&path, e))?;
+                let file = File::create(&path).map_err(|e| TrainError::output(&path, e))?;
                 Some((path, file))
             }
             None => None,
@@ -266,19 +256,19 @@ impl<'a> Books<'a> {
             && let Some(path) = &self.paths.trace
         {
             fs::write(path, measured_chrome_trace(schedule, &report))
-                .map_err(|e| output_error(path, e))?;
+                .map_err(|e| TrainError::output(path, e))?;
         }
         if let Some((path, file)) = self.metrics.as_mut() {
             let line = serde_json::to_string(&metrics).expect("metrics serialise");
             writeln!(file, "{line}")
                 .and_then(|()| file.flush())
-                .map_err(|e| output_error(path, e))?;
+                .map_err(|e| TrainError::output(path, e))?;
         }
         if epoch == config.epochs
             && let Some(path) = &self.paths.save_weights
         {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).map_err(|e| output_error(parent, e))?;
+                fs::create_dir_all(parent).map_err(|e| TrainError::output(parent, e))?;
             }
             save_safetensors(path, &params)?;
         }

@@ -60,13 +60,6 @@ pub struct StageTensors {
     pub optimizer: OptimizerSnapshot,
 }
 
-fn io_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
-    TrainError::Output {
-        path: path.display().to_string(),
-        cause: error.to_string(),
-    }
-}
-
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> TrainError {
     TrainError::Checkpoint {
         path: path.display().to_string(),
@@ -77,10 +70,10 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> TrainError {
 /// Writes `bytes` to `path` and flushes it to disk.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     use std::io::Write;
-    let mut file = File::create(path).map_err(|e| io_error(path, e))?;
+    let mut file = File::create(path).map_err(|e| TrainError::output(path, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| io_error(path, e))
+        .map_err(|e| TrainError::output(path, e))
 }
 
 /// Serialises one stage's weights and optimizer buffers.
@@ -149,12 +142,12 @@ pub fn save(
     let tmp_dir = run_dir.join(format!("{CHECKPOINT_DIR}.tmp"));
     let prev_dir = run_dir.join(format!("{CHECKPOINT_DIR}.prev"));
     if tmp_dir.exists() {
-        fs::remove_dir_all(&tmp_dir).map_err(|e| io_error(&tmp_dir, e))?;
+        fs::remove_dir_all(&tmp_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
     }
-    fs::create_dir_all(&tmp_dir).map_err(|e| io_error(&tmp_dir, e))?;
+    fs::create_dir_all(&tmp_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
     for (stage, (scalars, tensors)) in state.stages.iter().zip(stages).enumerate() {
         let path = tmp_dir.join(format!("stage-{stage}.safetensors"));
-        let bytes = stage_bytes(scalars, tensors).map_err(|e| io_error(&path, e))?;
+        let bytes = stage_bytes(scalars, tensors).map_err(|e| TrainError::output(&path, e))?;
         write_synced(&path, &bytes)?;
     }
     let state_path = tmp_dir.join("state.json");
@@ -162,16 +155,16 @@ pub fn save(
     write_synced(&state_path, &json)?;
     if final_dir.exists() {
         if prev_dir.exists() {
-            fs::remove_dir_all(&prev_dir).map_err(|e| io_error(&prev_dir, e))?;
+            fs::remove_dir_all(&prev_dir).map_err(|e| TrainError::output(&prev_dir, e))?;
         }
-        fs::rename(&final_dir, &prev_dir).map_err(|e| io_error(&final_dir, e))?;
+        fs::rename(&final_dir, &prev_dir).map_err(|e| TrainError::output(&final_dir, e))?;
     }
-    fs::rename(&tmp_dir, &final_dir).map_err(|e| io_error(&tmp_dir, e))?;
+    fs::rename(&tmp_dir, &final_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
     File::open(run_dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(|e| io_error(run_dir, e))?;
+        .map_err(|e| TrainError::output(run_dir, e))?;
     if prev_dir.exists() {
-        fs::remove_dir_all(&prev_dir).map_err(|e| io_error(&prev_dir, e))?;
+        fs::remove_dir_all(&prev_dir).map_err(|e| TrainError::output(&prev_dir, e))?;
     }
     Ok(())
 }

@@ -48,3 +48,13 @@ pub enum TrainError {
         cause: String,
     },
 }
+
+impl TrainError {
+    /// An output file or directory at `path` could not be written.
+    pub fn output(path: &std::path::Path, cause: impl std::fmt::Display) -> Self {
+        TrainError::Output {
+            path: path.display().to_string(),
+            cause: cause.to_string(),
+        }
+    }
+}

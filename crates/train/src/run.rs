@@ -50,11 +50,27 @@ pub trait Progress: Sync {
 /// No progress output.
 impl Progress for () {}
 
-fn output_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
-    TrainError::Output {
-        path: path.display().to_string(),
-        cause: error.to_string(),
+/// Creates the run directory `dir` and writes the run's configuration into it:
+/// `config.json`, `config.toml` (so that `timeprest train --config DIR/config.toml` repeats the
+/// run) and, when known, the exact `command` line as `command.txt`.
+pub fn write_run_config(
+    dir: &Path,
+    config: &TrainConfig,
+    command: Option<&str>,
+) -> Result<(), TrainError> {
+    fs::create_dir_all(dir).map_err(|e| TrainError::output(dir, e))?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).expect("a config always serialises");
+    fs::write(&config_path, text + "\n").map_err(|e| TrainError::output(&config_path, e))?;
+    let toml_path = dir.join("config.toml");
+    let text = toml::to_string(config).expect("a config always serialises to TOML");
+    fs::write(&toml_path, text).map_err(|e| TrainError::output(&toml_path, e))?;
+    if let Some(command) = command {
+        let command_path = dir.join("command.txt");
+        fs::write(&command_path, format!("{command}\n"))
+            .map_err(|e| TrainError::output(&command_path, e))?;
     }
+    Ok(())
 }
 
 /// Trains `config` for its epochs, writing the run directory and weights of `paths`.
@@ -84,20 +100,7 @@ pub fn run(
     };
     let mut metrics_file = match &paths.out_dir {
         Some(dir) => {
-            fs::create_dir_all(dir).map_err(|e| output_error(dir, e))?;
-            let config_path = dir.join("config.json");
-            let text = serde_json::to_string_pretty(config).expect("a config always serialises");
-            fs::write(&config_path, text + "\n").map_err(|e| output_error(&config_path, e))?;
-            // The same configuration as TOML, so that `timeprest train --config DIR/config.toml`
-            // repeats the run.
-            let toml_path = dir.join("config.toml");
-            let text = toml::to_string(config).expect("a config always serialises to TOML");
-            fs::write(&toml_path, text).map_err(|e| output_error(&toml_path, e))?;
-            if let Some(command) = &paths.command {
-                let command_path = dir.join("command.txt");
-                fs::write(&command_path, format!("{command}\n"))
-                    .map_err(|e| output_error(&command_path, e))?;
-            }
+            write_run_config(dir, config, paths.command.as_deref())?;
             let metrics_path = dir.join("metrics.jsonl");
             // On resume keep the lines of the checkpointed epochs only (a crash between an
             // epoch's metrics line and its checkpoint would otherwise leave a duplicate).
@@ -111,9 +114,9 @@ pub fn run(
                     .collect(),
             };
             let mut file =
-                File::create(&metrics_path).map_err(|e| output_error(&metrics_path, e))?;
+                File::create(&metrics_path).map_err(|e| TrainError::output(&metrics_path, e))?;
             file.write_all(kept.as_bytes())
-                .map_err(|e| output_error(&metrics_path, e))?;
+                .map_err(|e| TrainError::output(&metrics_path, e))?;
             Some((metrics_path, file))
         }
         None => None,
@@ -133,13 +136,13 @@ pub fn run(
             && let Some(path) = &paths.trace
         {
             fs::write(path, measured_chrome_trace(&schedule, &report))
-                .map_err(|e| output_error(path, e))?;
+                .map_err(|e| TrainError::output(path, e))?;
         }
         if let Some((path, file)) = metrics_file.as_mut() {
             let line = serde_json::to_string(&metrics).expect("metrics always serialise");
             writeln!(file, "{line}")
                 .and_then(|()| file.flush())
-                .map_err(|e| output_error(path, e))?;
+                .map_err(|e| TrainError::output(path, e))?;
         }
         progress.epoch_finished(&metrics);
         history.push(metrics);
@@ -152,7 +155,7 @@ pub fn run(
     }
     if let Some(path) = &paths.save_weights {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| output_error(parent, e))?;
+            fs::create_dir_all(parent).map_err(|e| TrainError::output(parent, e))?;
         }
         save_safetensors(path, &trainer.params())?;
     }
