@@ -11,7 +11,7 @@ use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use timeprest_data::DATASET_NAMES;
-use timeprest_nn::{MODEL_NAMES, PartitionMethod};
+use timeprest_nn::{ComputeDevice, MODEL_NAMES, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
@@ -130,6 +130,10 @@ pub struct TrainArgs {
     /// Intra-op threads per stage.
     #[arg(long, default_value_t = 1)]
     pub threads_per_stage: usize,
+    /// Where to compute: `cpu` (burn's Flex backend), `cuda` or `cuda:N` (an NVIDIA GPU; needs a
+    /// build with `--features cuda`). All stages of a threaded run share the device.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: ComputeDevice,
     /// Run directory for config.json and metrics.jsonl.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -346,6 +350,7 @@ impl TrainArgs {
             seed: self.seed,
             shuffle: !self.no_shuffle,
             threads_per_stage: self.threads_per_stage,
+            device: self.device,
             width: self.width,
             depth: self.depth.clone(),
             partition: self.partition.method(),

@@ -219,6 +219,10 @@ fn bad_training_input_gives_clear_errors() {
         &["train", "--init-weights", "/nonexistent.safetensors"],
         "/nonexistent.safetensors",
     );
+    assert_user_error(&["train", "--device", "tpu"], "cuda:N");
+    if cfg!(not(feature = "cuda")) {
+        assert_user_error(&["train", "--device", "cuda"], "--features cuda");
+    }
 }
 
 #[test]

@@ -40,6 +40,9 @@ pub enum NnError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The compute device cannot be used (not built in, or another one is already in use).
+    #[error("--device: {0}")]
+    Device(String),
     /// A file is not a readable safetensors file.
     #[error("{}: not a valid safetensors file: {detail}", path.display())]
     Safetensors {

@@ -10,8 +10,9 @@
 //! steps are plain tensor maps. Autodiff is used per pass on fresh leaves, which is what lets a
 //! backward read different weights than its forward (spec §3.4, [`GradMode`]).
 //!
-//! All tensors live on burn's Flex CPU backend ([`device`]). Flex parallelises with rayon's
-//! *current* pool, so running a stage inside `ThreadPool::install` bounds its threads.
+//! All tensors live on one device per process ([`select_device`]): burn's Flex CPU backend by
+//! default, a CUDA GPU with the `cuda` feature. Flex parallelises with rayon's *current* pool,
+//! so running a stage inside `ThreadPool::install` bounds its threads.
 #![warn(missing_docs)]
 
 mod block;
@@ -35,7 +36,7 @@ pub use partition::{
     partition_model, partition_uniform, profile_blocks,
 };
 pub use stage::{BatchPlan, BurnStage, GradMode, StageMessage};
-pub use tensor::{device, tensor1, tensor2, to_vec};
+pub use tensor::{ComputeDevice, device, select_device, tensor1, tensor2, to_vec};
 pub use zoo::{Arch, MODEL_NAMES, ModelSize, NetConfig};
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ use crate::store::{Pass, WeightStore};
 use crate::tensor::{count_correct, one_hot, scalar, tensor2, to_vec};
 use crate::{BlockParams, ModelParams, NnError};
 
+mod direct_vjp;
 mod resume;
 
 /// How a backward computes gradients when it reads other weights than its forward did
@@ -486,9 +487,10 @@ impl BurnStage {
         (param_grads, input_grad)
     }
 
-    /// Graph-mode VJP with other weights than the forward's: per block, the weighted part
-    /// re-run on the saved block input with `weights`, the ReLU mask and the loss gradient
-    /// taken from the forward's saved activations.
+    /// Graph-mode VJP with other weights than the forward's: per block, the ReLU mask and the
+    /// loss gradient taken from the forward's saved activations, then the weighted part's VJP
+    /// at the saved block input and `weights` — in closed form where the block has one
+    /// ([`direct_vjp`](direct_vjp::direct_vjp)), else by re-running it under autodiff.
     fn per_block_vjp(
         &self,
         saved: &Saved,
@@ -518,6 +520,19 @@ impl BurnStage {
                 // A weight-free first block of stage 0: nothing to differentiate.
                 continue;
             }
+            if p.block.has_relu() {
+                // relu'(pre) from the forward: 1 where its output was positive.
+                g = g.mul(acts[i + 1].clone().sign());
+            }
+            if let Some((grads, input_grad)) =
+                direct_vjp::direct_vjp(&p.block, &acts[i], &p.tensors, &g, need_input_grad)
+            {
+                param_grads[i] = grads;
+                if let Some(input_grad) = input_grad {
+                    g = input_grad;
+                }
+                continue;
+            }
             let x = acts[i].clone().autodiff();
             let x = if need_input_grad { x.require_grad() } else { x };
             let leaves: Vec<Tensor<1>> = p
@@ -527,13 +542,9 @@ impl BurnStage {
                 .collect();
             // Batch norms normalise with the saved input's batch statistics, as the forward
             // did; the running statistics are not touched again.
-            let mut out =
-                p.block
-                    .forward_weighted(x.clone(), &leaves, Norm::Batch(&mut Vec::new()));
-            if p.block.has_relu() {
-                // relu'(pre) from the forward: 1 where its output was positive.
-                out = out.mul(acts[i + 1].clone().sign().autodiff());
-            }
+            let out = p
+                .block
+                .forward_weighted(x.clone(), &leaves, Norm::Batch(&mut Vec::new()));
             let grads = out.mul(g.clone().autodiff()).sum().backward();
             param_grads[i] = leaves
                 .iter()

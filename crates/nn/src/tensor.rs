@@ -1,16 +1,117 @@
 //! Small helpers between plain vectors and burn tensors, and the one device used.
 //!
 //! Burn 0.22 tensors carry their backend in their device, not in their type: every tensor here
-//! is a `burn::tensor::Tensor<D>` on [`device()`] (the pure-Rust CPU backend, Flex). A tensor
-//! "with autodiff" is the same type made with `.autodiff()`; the *inner* (plain) form is what
-//! this crate stores and sends. Keeping conversions in one place keeps the unwraps (which can
-//! only fail on a dtype bug) in one place too.
+//! is a `burn::tensor::Tensor<D>` on [`device()`]. A tensor "with autodiff" is the same type
+//! made with `.autodiff()`; the *inner* (plain) form is what this crate stores and sends.
+//! Keeping conversions in one place keeps the unwraps (which can only fail on a dtype bug) in
+//! one place too.
+//!
+//! The device is chosen once per process ([`select_device`]): burn's pure-Rust CPU backend
+//! (Flex) by default, or a CUDA GPU when the crate is built with the `cuda` feature. One
+//! process-wide choice (rather than a device per stage) keeps every tensor constructor
+//! argument-free and makes mixing devices impossible; every stage of an in-process pipeline
+//! then shares the GPU, and an MPI run gives each rank its own process (and choice).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
-/// The device all tensors of this crate live on: burn's Flex CPU backend, without autodiff.
+use crate::NnError;
+
+/// Where the tensors of this process live (`--device`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum ComputeDevice {
+    /// burn's Flex CPU backend (the default and the test target).
+    #[default]
+    Cpu,
+    /// The CUDA GPU with this index (needs the `cuda` feature).
+    Cuda(usize),
+}
+
+impl fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+impl FromStr for ComputeDevice {
+    type Err = String;
+
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device `{text}`; valid: cpu, cuda, cuda:N")),
+        }
+    }
+}
+
+impl From<ComputeDevice> for String {
+    fn from(device: ComputeDevice) -> Self {
+        device.to_string()
+    }
+}
+
+impl TryFrom<String> for ComputeDevice {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+/// The process-wide choice and the burn device it stands for.
+static SELECTED: OnceLock<(ComputeDevice, Device)> = OnceLock::new();
+
+fn burn_device(choice: ComputeDevice) -> Result<Device, NnError> {
+    match choice {
+        ComputeDevice::Cpu => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda(index) => Ok(Device::cuda(index)),
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda(_) => Err(NnError::Device(format!(
+            "`{choice}` needs a GPU build: this timeprest was built without the `cuda` \
+             feature (build with `cargo build --release --features cuda`)"
+        ))),
+    }
+}
+
+/// Fixes the device of this process. Calling it again with the same choice is a no-op.
+///
+/// # Errors
+/// [`NnError::Device`] if the choice needs a feature this build lacks, or if the process
+/// already uses another device (a tensor was made, or another choice was selected).
+pub fn select_device(choice: ComputeDevice) -> Result<(), NnError> {
+    let wanted = burn_device(choice)?;
+    let (current, _) = SELECTED.get_or_init(|| (choice, wanted));
+    if *current == choice {
+        Ok(())
+    } else {
+        Err(NnError::Device(format!(
+            "this process already computes on `{current}`; cannot switch to `{choice}`"
+        )))
+    }
+}
+
+/// The device all tensors of this crate live on: the one [`select_device`] chose, or the CPU
+/// (which then stays fixed for the process).
 pub fn device() -> Device {
-    Device::flex()
+    SELECTED
+        .get_or_init(|| (ComputeDevice::Cpu, Device::flex()))
+        .1
+        .clone()
 }
 
 /// A 1-D f32 tensor on [`device()`].
@@ -84,4 +185,40 @@ pub(crate) fn count_correct(values: &[f32], num_classes: usize, labels: &[u32]) 
             best == **label as usize
         })
         .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_print_and_serialise_by_name() {
+        for (text, device) in [
+            ("cpu", ComputeDevice::Cpu),
+            ("cuda:0", ComputeDevice::Cuda(0)),
+            ("cuda:3", ComputeDevice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<ComputeDevice>(), Ok(device));
+            assert_eq!(device.to_string(), text);
+            assert_eq!(
+                serde_json::to_string(&device).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        assert_eq!("cuda".parse::<ComputeDevice>(), Ok(ComputeDevice::Cuda(0)));
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
+            assert!(bad.parse::<ComputeDevice>().unwrap_err().contains(bad));
+        }
+    }
+
+    #[test]
+    fn the_cpu_can_be_selected_repeatedly_and_then_stays_fixed() {
+        select_device(ComputeDevice::Cpu).unwrap();
+        select_device(ComputeDevice::Cpu).unwrap();
+        let error = select_device(ComputeDevice::Cuda(0))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--device:"), "{error}");
+        assert!(error.contains("cuda:0"), "{error}");
+    }
 }

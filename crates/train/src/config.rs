@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use timeprest_nn::{GradMode, MODEL_NAMES, OptimizerConfig, OptimizerKind, PartitionMethod};
+use timeprest_nn::{
+    ComputeDevice, GradMode, MODEL_NAMES, OptimizerConfig, OptimizerKind, PartitionMethod,
+};
 use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
 use timeprest_schedule::ScheduleKind;
 
@@ -90,6 +92,9 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Intra-op threads per stage.
     pub threads_per_stage: usize,
+    /// Where the tensors live (`cpu`, `cuda:N`); older config files without it mean `cpu`.
+    #[serde(default)]
+    pub device: ComputeDevice,
     /// Batch size for evaluation.
     pub eval_batch_size: usize,
     /// Channel multiplier of the convolutional models (1 = the reference size).
@@ -132,6 +137,7 @@ impl Default for TrainConfig {
             seed: 1,
             shuffle: true,
             threads_per_stage: 1,
+            device: ComputeDevice::Cpu,
             eval_batch_size: 512,
             width: 1.0,
             depth: Vec::new(),

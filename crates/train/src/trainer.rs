@@ -27,6 +27,7 @@ use crate::metrics::{EpochMetrics, epoch_metrics};
 pub fn load_data_and_model(
     config: &TrainConfig,
 ) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
+    timeprest_nn::select_device(config.device).map_err(|e| TrainError::Config(e.to_string()))?;
     let DataSplit {
         mut train,
         mut test,
