@@ -130,8 +130,8 @@ pub struct TrainArgs {
     /// Intra-op threads per stage.
     #[arg(long, default_value_t = 1)]
     pub threads_per_stage: usize,
-    /// Where to compute: `cpu` (burn's Flex backend), `cuda` or `cuda:N` (an NVIDIA GPU; needs a
-    /// build with `--features cuda`). All stages of a threaded run share the device.
+    /// Where to compute: `cpu` (burn's Flex backend), `gpu` or `gpu:N` (a GPU through Vulkan;
+    /// needs a build with `--features gpu`). All stages of a threaded run share the device.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: ComputeDevice,
     /// Run directory for config.json and metrics.jsonl.

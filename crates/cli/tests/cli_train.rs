@@ -219,9 +219,9 @@ fn bad_training_input_gives_clear_errors() {
         &["train", "--init-weights", "/nonexistent.safetensors"],
         "/nonexistent.safetensors",
     );
-    assert_user_error(&["train", "--device", "tpu"], "cuda:N");
-    if cfg!(not(feature = "cuda")) {
-        assert_user_error(&["train", "--device", "cuda"], "--features cuda");
+    assert_user_error(&["train", "--device", "tpu"], "gpu:N");
+    if cfg!(not(feature = "gpu")) {
+        assert_user_error(&["train", "--device", "gpu"], "--features gpu");
     }
 }
 

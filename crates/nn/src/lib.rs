@@ -11,7 +11,7 @@
 //! backward read different weights than its forward (spec §3.4, [`GradMode`]).
 //!
 //! All tensors live on one device per process ([`select_device`]): burn's Flex CPU backend by
-//! default, a CUDA GPU with the `cuda` feature. Flex parallelises with rayon's *current* pool,
+//! default, a GPU (Vulkan) with the `gpu` feature. Flex parallelises with rayon's *current* pool,
 //! so running a stage inside `ThreadPool::install` bounds its threads.
 #![warn(missing_docs)]
 

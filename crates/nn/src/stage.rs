@@ -487,23 +487,10 @@ impl BurnStage {
         (param_grads, input_grad)
     }
 
-    /// Graph-mode VJP with other weights than the forward's: per block, the ReLU mask and the
-    /// loss gradient taken from the forward's saved activations, then the weighted part's VJP
-    /// at the saved block input and `weights` — in closed form where the block has one
-    /// ([`direct_vjp`](direct_vjp::direct_vjp)), else by re-running it under autodiff.
-    fn per_block_vjp(
-        &self,
-        saved: &Saved,
-        weights: &[BlockParams],
-        upstream: Option<Tensor<2>>,
-    ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
-        let acts = &saved.trace.activations;
-        assert_eq!(
-            acts.len(),
-            weights.len() + 1,
-            "graph mode saved no block activations"
-        );
-        let mut g = match (upstream, &saved.targets) {
+    /// The gradient of a saved forward's output: the upstream one, or at the last stage the
+    /// loss gradient `(softmax(logits) − one_hot) / M` from the forward's saved logits.
+    fn output_gradient(&self, saved: &Saved, upstream: Option<Tensor<2>>) -> Tensor<2> {
+        match (upstream, &saved.targets) {
             (Some(g), None) => g,
             (None, Some(t)) => softmax(saved.trace.stage_output.clone(), 1)
                 .sub(t.one_hot.clone())
@@ -512,7 +499,25 @@ impl BurnStage {
                 "stage {}: upstream gradient and targets disagree",
                 self.stage
             ),
-        };
+        }
+    }
+
+    /// Graph-mode VJP with other weights than the forward's, from the saved per-block
+    /// activations `acts` (the stage input, then each block's output) and the output gradient
+    /// `g`: per block, the ReLU mask from the saved output, then the weighted part's VJP at the
+    /// saved block input and `weights` — in closed form where the block has one
+    /// ([`direct_vjp`](direct_vjp::direct_vjp)), else by re-running it under autodiff.
+    fn per_block_vjp(
+        &self,
+        acts: &[Tensor<2>],
+        weights: &[BlockParams],
+        mut g: Tensor<2>,
+    ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
+        assert_eq!(
+            acts.len(),
+            weights.len() + 1,
+            "graph mode saved no block activations"
+        );
         let mut param_grads = vec![Vec::new(); weights.len()];
         for (i, p) in weights.iter().enumerate().rev() {
             let need_input_grad = i > 0 || self.stage != 0;
@@ -564,11 +569,12 @@ impl BurnStage {
         (param_grads, (self.stage != 0).then_some(g))
     }
 
-    /// Backward of one micro-batch: parameter gradients and the input gradient.
-    fn backward_one(
+    /// Takes the saved forward of `work`'s micro-batch and checks the output gradient that
+    /// came with it: the saved state, the backward's recipe and the upstream gradient.
+    fn take_saved(
         &mut self,
         work: BackwardWork<StageMessage>,
-    ) -> Result<(Vec<Vec<Tensor<1>>>, Option<Tensor<2>>), ComputeError> {
+    ) -> Result<(Saved, WeightRecipe, Option<Tensor<2>>), ComputeError> {
         let saved = self.saved.remove(&work.microbatch).ok_or_else(|| {
             self.error(format!(
                 "backward of {:?} without a saved forward",
@@ -598,20 +604,107 @@ impl BurnStage {
                 )));
             }
         };
-        if work.recipe == saved.recipe {
+        Ok((saved, work.recipe, upstream))
+    }
+
+    /// Backward of one micro-batch: parameter gradients and the input gradient.
+    fn backward_one(
+        &mut self,
+        work: BackwardWork<StageMessage>,
+    ) -> Result<(Vec<Vec<Tensor<1>>>, Option<Tensor<2>>), ComputeError> {
+        let (saved, recipe, upstream) = self.take_saved(work)?;
+        if recipe == saved.recipe {
             return Ok(Self::graph_vjp(saved.trace, upstream));
         }
         let weights = self
             .store
-            .weights(&work.recipe, Pass::Backward, &self.optimizer)?;
+            .weights(&recipe, Pass::Backward, &self.optimizer)?;
         Ok(match self.grad_mode {
-            GradMode::Graph => self.per_block_vjp(&saved, &weights, upstream),
+            GradMode::Graph => {
+                let g = self.output_gradient(&saved, upstream);
+                self.per_block_vjp(&saved.trace.activations, &weights, g)
+            }
             GradMode::Recompute => {
                 let input = &saved.trace.activations[0];
                 let trace = self.run(input, &weights, saved.targets.as_ref(), false);
                 Self::graph_vjp(trace, upstream)
             }
         })
+    }
+
+    /// Whether the micro-batches of `work` can be differentiated as one stacked batch: graph
+    /// mode, several micro-batches reading one weight set that none of their forwards read
+    /// (so no forward graph is reusable), and a closed-form VJP for every block of the stage
+    /// (autodiff re-runs would recompute batch-norm statistics over the stack).
+    fn can_stack(&self, work: &[BackwardWork<StageMessage>]) -> bool {
+        self.grad_mode == GradMode::Graph
+            && work.len() > 1
+            && work.iter().all(|item| {
+                item.recipe == work[0].recipe
+                    && self
+                        .saved
+                        .get(&item.microbatch)
+                        .is_some_and(|saved| saved.recipe != item.recipe)
+            })
+            && self
+                .store
+                .live()
+                .iter()
+                .all(|p| direct_vjp::has_closed_form(&p.block))
+    }
+
+    /// The backward of several micro-batches that read one weight set (nF1B's N micro-batches
+    /// of a mini-batch), as one batch: their saved activations and output gradients are
+    /// stacked along the rows, so each weight gradient is one GEMM over the whole mini-batch
+    /// instead of N thin ones, and comes out already summed; the input gradient is split back.
+    fn backward_stacked(
+        &mut self,
+        work: Vec<BackwardWork<StageMessage>>,
+    ) -> Result<Vec<Option<StageMessage>>, ComputeError> {
+        let recipe = work[0].recipe;
+        let mut activations: Vec<Vec<Tensor<2>>> = Vec::new();
+        let mut gradients = Vec::with_capacity(work.len());
+        for item in work {
+            let (saved, _, upstream) = self.take_saved(item)?;
+            gradients.push(self.output_gradient(&saved, upstream));
+            for (i, act) in saved.trace.activations.into_iter().enumerate() {
+                match activations.get_mut(i) {
+                    Some(column) => column.push(act),
+                    None => activations.push(vec![act]),
+                }
+            }
+        }
+        let rows: Vec<usize> = gradients.iter().map(|g| g.dims()[0]).collect();
+        let acts: Vec<Tensor<2>> = activations
+            .into_iter()
+            .map(|column| Tensor::cat(column, 0))
+            .collect();
+        let weights = self
+            .store
+            .weights(&recipe, Pass::Backward, &self.optimizer)?;
+        let (param_grads, input_grad) =
+            self.per_block_vjp(&acts, &weights, Tensor::cat(gradients, 0));
+        self.accumulate(param_grads);
+        Ok(match input_grad {
+            Some(grad) => grad
+                .split_with_sizes(rows, 0)
+                .into_iter()
+                .map(|g| Some(StageMessage::new(g)))
+                .collect(),
+            None => rows.iter().map(|_| None).collect(),
+        })
+    }
+
+    /// Adds parameter gradients to the accumulator of the current mini-batch.
+    fn accumulate(&mut self, param_grads: Vec<Vec<Tensor<1>>>) {
+        self.accumulated = Some(match self.accumulated.take() {
+            None => param_grads,
+            Some(acc) => acc
+                .into_iter()
+                .zip(param_grads)
+                .map(|(a, g)| a.into_iter().zip(g).map(|(a, g)| a.add(g)).collect())
+                .collect(),
+        });
     }
 }
 
@@ -712,17 +805,13 @@ impl StageCompute for BurnStage {
         &mut self,
         work: Vec<BackwardWork<StageMessage>>,
     ) -> Result<Vec<Option<StageMessage>>, ComputeError> {
+        if self.can_stack(&work) {
+            return self.backward_stacked(work);
+        }
         let mut input_grads = Vec::with_capacity(work.len());
         for item in work {
             let (param_grads, input_grad) = self.backward_one(item)?;
-            self.accumulated = Some(match self.accumulated.take() {
-                None => param_grads,
-                Some(acc) => acc
-                    .into_iter()
-                    .zip(param_grads)
-                    .map(|(a, g)| a.into_iter().zip(g).map(|(a, g)| a.add(g)).collect())
-                    .collect(),
-            });
+            self.accumulate(param_grads);
             input_grads.push(input_grad.map(StageMessage::new));
         }
         Ok(input_grads)

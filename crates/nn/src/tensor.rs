@@ -7,7 +7,9 @@
 //! one place too.
 //!
 //! The device is chosen once per process ([`select_device`]): burn's pure-Rust CPU backend
-//! (Flex) by default, or a CUDA GPU when the crate is built with the `cuda` feature. One
+//! (Flex) by default, or a GPU through burn's Vulkan backend (CubeCL on wgpu, SPIR-V kernels)
+//! when the crate is built with the `gpu` feature. (Burn's CUDA backend cannot be built
+//! offline: its LLVM build dependency downloads LLVM at build time.) One
 //! process-wide choice (rather than a device per stage) keeps every tensor constructor
 //! argument-free and makes mixing devices impossible; every stage of an in-process pipeline
 //! then shares the GPU, and an MPI run gives each rank its own process (and choice).
@@ -28,15 +30,15 @@ pub enum ComputeDevice {
     /// burn's Flex CPU backend (the default and the test target).
     #[default]
     Cpu,
-    /// The CUDA GPU with this index (needs the `cuda` feature).
-    Cuda(usize),
+    /// The discrete GPU with this index, through Vulkan (needs the `gpu` feature).
+    Gpu(usize),
 }
 
 impl fmt::Display for ComputeDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Cpu => write!(f, "cpu"),
-            Self::Cuda(index) => write!(f, "cuda:{index}"),
+            Self::Gpu(index) => write!(f, "gpu:{index}"),
         }
     }
 }
@@ -44,16 +46,16 @@ impl fmt::Display for ComputeDevice {
 impl FromStr for ComputeDevice {
     type Err = String;
 
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    /// `cpu`, `gpu` (GPU 0) or `gpu:N`.
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
             "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
+            "gpu" => Ok(Self::Gpu(0)),
             _ => text
-                .strip_prefix("cuda:")
+                .strip_prefix("gpu:")
                 .and_then(|index| index.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device `{text}`; valid: cpu, cuda, cuda:N")),
+                .map(Self::Gpu)
+                .ok_or_else(|| format!("unknown device `{text}`; valid: cpu, gpu, gpu:N")),
         }
     }
 }
@@ -78,12 +80,14 @@ static SELECTED: OnceLock<(ComputeDevice, Device)> = OnceLock::new();
 fn burn_device(choice: ComputeDevice) -> Result<Device, NnError> {
     match choice {
         ComputeDevice::Cpu => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        ComputeDevice::Cuda(index) => Ok(Device::cuda(index)),
-        #[cfg(not(feature = "cuda"))]
-        ComputeDevice::Cuda(_) => Err(NnError::Device(format!(
-            "`{choice}` needs a GPU build: this timeprest was built without the `cuda` \
-             feature (build with `cargo build --release --features cuda`)"
+        #[cfg(feature = "gpu")]
+        ComputeDevice::Gpu(index) => {
+            Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)))
+        }
+        #[cfg(not(feature = "gpu"))]
+        ComputeDevice::Gpu(_) => Err(NnError::Device(format!(
+            "`{choice}` needs a GPU build: this timeprest was built without the `gpu` \
+             feature (build with `cargo build --release --features gpu`)"
         ))),
     }
 }
@@ -195,8 +199,8 @@ mod tests {
     fn devices_parse_print_and_serialise_by_name() {
         for (text, device) in [
             ("cpu", ComputeDevice::Cpu),
-            ("cuda:0", ComputeDevice::Cuda(0)),
-            ("cuda:3", ComputeDevice::Cuda(3)),
+            ("gpu:0", ComputeDevice::Gpu(0)),
+            ("gpu:3", ComputeDevice::Gpu(3)),
         ] {
             assert_eq!(text.parse::<ComputeDevice>(), Ok(device));
             assert_eq!(device.to_string(), text);
@@ -205,8 +209,8 @@ mod tests {
                 format!("\"{text}\"")
             );
         }
-        assert_eq!("cuda".parse::<ComputeDevice>(), Ok(ComputeDevice::Cuda(0)));
-        for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
+        assert_eq!("gpu".parse::<ComputeDevice>(), Ok(ComputeDevice::Gpu(0)));
+        for bad in ["cuda", "gpu:", "gpu:x", "CPU"] {
             assert!(bad.parse::<ComputeDevice>().unwrap_err().contains(bad));
         }
     }
@@ -215,10 +219,10 @@ mod tests {
     fn the_cpu_can_be_selected_repeatedly_and_then_stays_fixed() {
         select_device(ComputeDevice::Cpu).unwrap();
         select_device(ComputeDevice::Cpu).unwrap();
-        let error = select_device(ComputeDevice::Cuda(0))
+        let error = select_device(ComputeDevice::Gpu(0))
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("--device:"), "{error}");
-        assert!(error.contains("cuda:0"), "{error}");
+        assert!(error.contains("gpu:0"), "{error}");
     }
 }

@@ -375,10 +375,17 @@ impl WeightPolicy {
                     // σ(0) = 1 and stale = latest: exactly the latest weights, bit for bit.
                     WeightRecipe::version(ctx.live)
                 } else {
-                    WeightRecipe::Blend {
-                        stale,
-                        latest: ctx.live,
-                        stale_weight: significance.of(staleness),
+                    // σ = 1 and σ = 0 name one stored version exactly; saying so (rather than
+                    // blending with a zero weight) lets a backward reuse the forward's graph
+                    // when it reads the forward's weights, as the stash rule's does.
+                    match significance.of(staleness) {
+                        1.0 => WeightRecipe::version(stale),
+                        0.0 => WeightRecipe::version(ctx.live),
+                        stale_weight => WeightRecipe::Blend {
+                            stale,
+                            latest: ctx.live,
+                            stale_weight,
+                        },
                     }
                 }
             }
@@ -435,6 +442,30 @@ mod tests {
             policy.backward(&backward_ctx(6, 3)),
             WeightRecipe::version(6)
         );
+    }
+
+    #[test]
+    fn a_significance_of_one_or_zero_names_the_stale_or_latest_version_itself() {
+        let with_alpha = |alpha| {
+            WeightPolicy::new(
+                PolicyKind::ITimeprest,
+                &PolicyOptions {
+                    significance: Significance::Const { alpha },
+                    ..PolicyOptions::default()
+                },
+            )
+        };
+        let ctx = backward_ctx(5, 3);
+        assert_eq!(with_alpha(1.0).backward(&ctx), WeightRecipe::version(3));
+        assert_eq!(with_alpha(0.0).backward(&ctx), WeightRecipe::version(5));
+        assert!(matches!(
+            with_alpha(0.5).backward(&ctx),
+            WeightRecipe::Blend {
+                stale: 3,
+                latest: 5,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Intra-op threads per stage.
     pub threads_per_stage: usize,
-    /// Where the tensors live (`cpu`, `cuda:N`); older config files without it mean `cpu`.
+    /// Where the tensors live (`cpu`, `gpu:N`); older config files without it mean `cpu`.
     #[serde(default)]
     pub device: ComputeDevice,
     /// Batch size for evaluation.

@@ -7,10 +7,18 @@
 //! TiMePReSt run on an MLP. For a linear block `y = x·W + b` the products are known in closed
 //! form — `∂W = xᵀ·g`, `∂b = Σ_rows g`, `∂x = g·Wᵀ` — so the re-run is skipped. Blocks without
 //! a closed form here return `None` and take the autodiff path.
+//!
+//! A closed form has a second use: it does not depend on how the rows are grouped, so the
+//! micro-batches of one nF1B backward can be stacked into one batch (see `backward_stacked`).
 
 use burn::tensor::Tensor;
 
 use crate::Block;
+
+/// Whether [`direct_vjp`] handles `block`.
+pub(super) fn has_closed_form(block: &Block) -> bool {
+    matches!(block, Block::Linear { .. } | Block::Relu { .. })
+}
 
 /// Parameter gradients (in the block's parameter order) and, if asked for, the input gradient
 /// of `block` at input `x` (`[batch, in]`, plain) and weights `params`, for the gradient `g`
@@ -23,8 +31,11 @@ pub(super) fn direct_vjp(
     g: &Tensor<2>,
     need_input_grad: bool,
 ) -> Option<(Vec<Tensor<1>>, Option<Tensor<2>>)> {
-    let Block::Linear { input, output, .. } = *block else {
-        return None;
+    let (input, output) = match *block {
+        Block::Linear { input, output, .. } => (input, output),
+        // The weighted part of a ReLU block is the identity (the mask is already in `g`).
+        Block::Relu { .. } => return Some((Vec::new(), need_input_grad.then(|| g.clone()))),
+        _ => return None,
     };
     let [weight, _bias] = params else {
         panic!(
