@@ -93,6 +93,7 @@ impl<C: StageCompute> StageCompute for Faulty<'_, C> {
         microbatch: MicrobatchId,
         input: Option<Self::Message>,
         recipe: &WeightRecipe,
+        backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<Self::Message>, ComputeError> {
         self.forwards += 1;
         if self.forwards == FAULT_AT_FORWARD {
@@ -105,7 +106,8 @@ impl<C: StageCompute> StageCompute for Faulty<'_, C> {
                 Some(FaultKind::Exit) => std::process::exit(FAULT_EXIT_CODE),
             }
         }
-        self.inner.forward(microbatch, input, recipe)
+        self.inner
+            .forward(microbatch, input, recipe, backward_reads_forward_weights)
     }
 
     fn backward(

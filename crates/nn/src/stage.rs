@@ -180,14 +180,21 @@ enum GraphOutput {
     Loss(Tensor<1>),
 }
 
-/// One run of the stage's blocks with autodiff.
+/// The autodiff graph of a forward: what its backward needs when it reads the same weights.
 #[derive(Debug)]
-struct Trace {
+struct Graph {
     /// The stage input as an autodiff leaf (`None` at stage 0, which needs no input gradient).
     input_leaf: Option<Tensor<2>>,
     /// The parameter leaves, per block.
     leaves: Vec<Vec<Tensor<1>>>,
     output: GraphOutput,
+}
+
+/// One run of the stage's blocks.
+#[derive(Debug)]
+struct Trace {
+    /// The autodiff graph, if the run built one.
+    graph: Option<Graph>,
     /// Plain: the stage input, then (if kept) each block's output.
     activations: Vec<Tensor<2>>,
     /// The last block's output, plain.
@@ -400,30 +407,40 @@ impl BurnStage {
         Ok((indices, size))
     }
 
-    /// Runs the blocks with `weights` on `input` (plain) with autodiff.
+    /// Runs the blocks with `weights` on `input` (plain), with autodiff if `with_graph`.
+    ///
+    /// Without a graph the run is plain tensor arithmetic: cheaper, and nothing but the kept
+    /// activations stays alive (no parameter leaves, no autodiff copies of every activation).
     fn run(
         &self,
         input: &Tensor<2>,
         weights: &[BlockParams],
         targets: Option<&Targets>,
         keep_activations: bool,
+        with_graph: bool,
     ) -> Trace {
-        let x = input.clone().autodiff();
-        let input_leaf = (self.stage != 0).then(|| x.require_grad());
-        let leaves: Vec<Vec<Tensor<1>>> = weights
-            .iter()
-            .map(|p| {
-                p.tensors
-                    .iter()
-                    .map(|t| t.clone().autodiff().require_grad())
-                    .collect()
-            })
-            .collect();
+        let input_leaf =
+            (with_graph && self.stage != 0).then(|| input.clone().autodiff().require_grad());
+        let leaves: Vec<Vec<Tensor<1>>> = if with_graph {
+            weights
+                .iter()
+                .map(|p| {
+                    p.tensors
+                        .iter()
+                        .map(|t| t.clone().autodiff().require_grad())
+                        .collect()
+                })
+                .collect()
+        } else {
+            weights.iter().map(|p| p.tensors.clone()).collect()
+        };
         let mut activations = vec![input.clone()];
         let mut batch_stats = Vec::with_capacity(weights.len());
-        let mut h = input_leaf
-            .clone()
-            .unwrap_or_else(|| input.clone().autodiff());
+        let mut h = match &input_leaf {
+            Some(leaf) => leaf.clone(),
+            None if with_graph => input.clone().autodiff(),
+            None => input.clone(),
+        };
         for (p, block_leaves) in weights.iter().zip(&leaves) {
             let mut stats = Vec::new();
             h = p.block.forward(h, block_leaves, Norm::Batch(&mut stats));
@@ -435,16 +452,23 @@ impl BurnStage {
         let stage_output = h.clone().inner();
         let (output, loss_sum) = match targets {
             Some(t) => {
-                let ce = cross_entropy_sum(h, t.one_hot.clone().autodiff());
+                let one_hot = if with_graph {
+                    t.one_hot.clone().autodiff()
+                } else {
+                    t.one_hot.clone()
+                };
+                let ce = cross_entropy_sum(h, one_hot);
                 let loss_sum = scalar(&ce.clone().inner());
                 (GraphOutput::Loss(ce.mul_scalar(t.scale)), Some(loss_sum))
             }
             None => (GraphOutput::Activation(h), None),
         };
         Trace {
-            input_leaf,
-            leaves,
-            output,
+            graph: with_graph.then_some(Graph {
+                input_leaf,
+                leaves,
+                output,
+            }),
             activations,
             stage_output,
             loss_sum,
@@ -452,12 +476,12 @@ impl BurnStage {
         }
     }
 
-    /// The VJP of a trace's graph: parameter gradients and the input gradient.
+    /// The VJP of a forward's graph: parameter gradients and the input gradient.
     fn graph_vjp(
-        trace: Trace,
+        graph: Graph,
         upstream: Option<Tensor<2>>,
     ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
-        let grads = match (trace.output, upstream) {
+        let grads = match (graph.output, upstream) {
             (GraphOutput::Loss(loss), None) => loss.backward(),
             (GraphOutput::Activation(out), Some(g)) => out.mul(g.autodiff()).sum().backward(),
             (output, upstream) => panic!(
@@ -465,7 +489,7 @@ impl BurnStage {
                 upstream.is_some()
             ),
         };
-        let param_grads = trace
+        let param_grads = graph
             .leaves
             .iter()
             .enumerate()
@@ -480,7 +504,7 @@ impl BurnStage {
                     .collect()
             })
             .collect();
-        let input_grad = trace.input_leaf.map(|x| match x.grad(&grads) {
+        let input_grad = graph.input_leaf.map(|x| match x.grad(&grads) {
             Some(g) => g.inner(),
             None => panic!("no gradient for the stage input"),
         });
@@ -612,9 +636,11 @@ impl BurnStage {
         &mut self,
         work: BackwardWork<StageMessage>,
     ) -> Result<(Vec<Vec<Tensor<1>>>, Option<Tensor<2>>), ComputeError> {
-        let (saved, recipe, upstream) = self.take_saved(work)?;
-        if recipe == saved.recipe {
-            return Ok(Self::graph_vjp(saved.trace, upstream));
+        let (mut saved, recipe, upstream) = self.take_saved(work)?;
+        if recipe == saved.recipe
+            && let Some(graph) = saved.trace.graph.take()
+        {
+            return Ok(Self::graph_vjp(graph, upstream));
         }
         let weights = self
             .store
@@ -626,8 +652,9 @@ impl BurnStage {
             }
             GradMode::Recompute => {
                 let input = &saved.trace.activations[0];
-                let trace = self.run(input, &weights, saved.targets.as_ref(), false);
-                Self::graph_vjp(trace, upstream)
+                let trace = self.run(input, &weights, saved.targets.as_ref(), false, true);
+                let graph = trace.graph.expect("a run with a graph has one");
+                Self::graph_vjp(graph, upstream)
             }
         })
     }
@@ -716,6 +743,7 @@ impl StageCompute for BurnStage {
         microbatch: MicrobatchId,
         input: Option<StageMessage>,
         recipe: &WeightRecipe,
+        backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<StageMessage>, ComputeError> {
         if self.saved.contains_key(&microbatch) {
             return Err(self.error(format!(
@@ -775,7 +803,15 @@ impl StageCompute for BurnStage {
         };
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
         let keep = self.grad_mode == GradMode::Graph;
-        let mut trace = self.run(&input, &weights, targets.as_ref(), keep);
+        // A graph serves only a backward that reads these same weights; any other backward
+        // differentiates from the kept activations (graph mode) or a re-run (recompute).
+        let mut trace = self.run(
+            &input,
+            &weights,
+            targets.as_ref(),
+            keep,
+            backward_reads_forward_weights,
+        );
         // Running statistics move once per forward, on the live version (spec §9 item 14).
         self.store
             .update_running_stats(&std::mem::take(&mut trace.batch_stats));

@@ -103,12 +103,33 @@ pub(crate) fn run_minibatch(
     forward: &[WeightRecipe],
     backward: &[WeightRecipe],
 ) -> (f64, u64, Vec<Vec<Option<StageMessage>>>) {
+    let hints: Vec<bool> = forward.iter().zip(backward).map(|(f, b)| f == b).collect();
+    run_minibatch_hinted(
+        stages,
+        minibatch,
+        num_microbatches,
+        forward,
+        backward,
+        &hints,
+    )
+}
+
+/// [`run_minibatch`] telling stage `s`'s forwards `hints[s]` as whether the backward reads the
+/// forward's weights (true or not).
+fn run_minibatch_hinted(
+    stages: &mut [BurnStage],
+    minibatch: u32,
+    num_microbatches: u32,
+    forward: &[WeightRecipe],
+    backward: &[WeightRecipe],
+    hints: &[bool],
+) -> (f64, u64, Vec<Vec<Option<StageMessage>>>) {
     let (mut loss_sum, mut correct) = (0.0, 0);
     for j in 0..num_microbatches {
         let mut message = None;
         for (s, stage) in stages.iter_mut().enumerate() {
             match stage
-                .forward(mb(minibatch, j), message.take(), &forward[s])
+                .forward(mb(minibatch, j), message.take(), &forward[s], hints[s])
                 .unwrap()
             {
                 ForwardOutput::Activation(m) => message = Some(m),
@@ -457,6 +478,7 @@ fn stale_backward(
                 mb(0, j),
                 Some(message(x[j as usize].clone(), rows, n_in)),
                 &v(0),
+                true,
             )
             .unwrap();
         assert!(matches!(out, ForwardOutput::Activation(_)));
@@ -659,7 +681,12 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
     let (x, _) = stale_inputs();
     for j in 0..2 {
         stage
-            .forward(mb(0, j), Some(message(x[j as usize].clone(), 2, 3)), &v(0))
+            .forward(
+                mb(0, j),
+                Some(message(x[j as usize].clone(), 2, 3)),
+                &v(0),
+                true,
+            )
             .unwrap();
     }
     let work = |j, version| BackwardWork {
@@ -700,9 +727,11 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
 }
 
 #[test]
-fn same_weights_give_the_same_gradients_on_all_three_paths() {
+fn same_weights_give_the_same_gradients_on_every_path() {
     // A blend of version 0 with itself is a different recipe with the same weights: it forces
-    // the per-block (graph) and recompute paths, which must agree with the kept graph.
+    // the per-block (graph; stacked, as both micro-batches read it) and recompute paths, which
+    // must agree with the kept graph. A wrong hint (no graph kept although the backward reads
+    // the forward's weights) must take the same paths and give the same gradients.
     let spec = mlp();
     let data = synthetic(20, 6, 4);
     let params = init_params(&spec, 5).unwrap();
@@ -715,10 +744,12 @@ fn same_weights_give_the_same_gradients_on_all_three_paths() {
         stale_weight: 0.5,
     };
     let mut results = Vec::new();
-    for (mode, backward) in [
-        (GradMode::Graph, v(0)),
-        (GradMode::Graph, same),
-        (GradMode::Recompute, same),
+    for (mode, backward, hint) in [
+        (GradMode::Graph, v(0), true),
+        (GradMode::Graph, same, false),
+        (GradMode::Recompute, same, false),
+        (GradMode::Graph, v(0), false),
+        (GradMode::Recompute, v(0), false),
     ] {
         let mut stages = make_stages(
             &params,
@@ -728,8 +759,14 @@ fn same_weights_give_the_same_gradients_on_all_three_paths() {
             &data,
             &plan,
         );
-        let (_, _, input_grads) =
-            run_minibatch(&mut stages, 0, 2, &[v(0), v(0)], &[backward, backward]);
+        let (_, _, input_grads) = run_minibatch_hinted(
+            &mut stages,
+            0,
+            2,
+            &[v(0), v(0)],
+            &[backward, backward],
+            &[hint, hint],
+        );
         let dx: Vec<f64> = input_grads[1]
             .iter()
             .flat_map(|m| m.as_ref().unwrap().to_vec())
@@ -820,7 +857,7 @@ fn blend_recipes_in_a_forward_read_the_blended_weights() {
     stale_backward(&mut stage, x.clone(), g, DIMS);
     let forward = |stage: &mut BurnStage, j: u32, recipe: WeightRecipe| -> Vec<u32> {
         match stage
-            .forward(mb(1, j), Some(message(x[0].clone(), 2, 3)), &recipe)
+            .forward(mb(1, j), Some(message(x[0].clone(), 2, 3)), &recipe, true)
             .unwrap()
         {
             ForwardOutput::Activation(m) => m.to_vec().iter().map(|x| x.to_bits()).collect(),
@@ -844,7 +881,12 @@ fn blend_recipes_in_a_forward_read_the_blended_weights() {
     // Blends are transient: nothing new is stored.
     assert_eq!(stage.num_stored_weight_sets(), 2);
     let err = stage
-        .forward(mb(1, 6), Some(message(x[0].clone(), 2, 3)), &blend(1.5))
+        .forward(
+            mb(1, 6),
+            Some(message(x[0].clone(), 2, 3)),
+            &blend(1.5),
+            true,
+        )
         .unwrap_err();
     assert!(err.0.contains("outside [0, 1]"), "{err}");
 }
@@ -886,7 +928,7 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
     assert!(stage.stored_weights(key).is_none());
     let sets_before = stage.num_stored_weight_sets();
     let bytes_before = stage.stored_weight_bytes();
-    stage.forward(mb(2, 0), None, &recipe).unwrap();
+    stage.forward(mb(2, 0), None, &recipe, true).unwrap();
     let predicted = stage
         .stored_weights(key)
         .expect("the forward caches its prediction");
@@ -903,7 +945,7 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
     );
 
     // The matching backward reuses the cached prediction; a second forward reuses it too.
-    stage.forward(mb(2, 1), None, &recipe).unwrap();
+    stage.forward(mb(2, 1), None, &recipe, true).unwrap();
     let work = |j| BackwardWork {
         microbatch: mb(2, j),
         recipe,
@@ -924,14 +966,14 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
     );
 
     // A stale base, or a backward of a prediction no forward built, is an error.
-    let err = stage.forward(mb(3, 0), None, &recipe).unwrap_err();
+    let err = stage.forward(mb(3, 0), None, &recipe, true).unwrap_err();
     assert!(err.0.contains("live version, which is 3"), "{err}");
     let other = WeightRecipe::Predict {
         base: 3,
         horizon: 2,
         method: Prediction::Nag,
     };
-    stage.forward(mb(3, 0), None, &v(3)).unwrap();
+    stage.forward(mb(3, 0), None, &v(3), true).unwrap();
     let err = stage
         .backward(vec![BackwardWork {
             microbatch: mb(3, 0),
@@ -952,7 +994,7 @@ fn msnag_with_zero_future_gradients_equals_real_momentum_steps() {
         horizon,
         method: Prediction::Msnag,
     };
-    stage.forward(mb(3, 0), None, &recipe).unwrap();
+    stage.forward(mb(3, 0), None, &recipe, true).unwrap();
     let predicted = stage.stored_weights(recipe.needs()[0]).unwrap();
 
     let mut optimizer = stage.optimizer().clone();
@@ -982,10 +1024,10 @@ fn prediction_without_an_sgd_momentum_buffer_is_an_error() {
         method: Prediction::Nag,
     };
     let (mut adam, _) = trained_single_stage(OptimizerConfig::adam(0.01), 1);
-    let err = adam.forward(mb(1, 0), None, &recipe).unwrap_err();
+    let err = adam.forward(mb(1, 0), None, &recipe, true).unwrap_err();
     assert!(err.0.contains("Adam"), "{err}");
     let (mut plain, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.0), 1);
-    let err = plain.forward(mb(1, 0), None, &recipe).unwrap_err();
+    let err = plain.forward(mb(1, 0), None, &recipe, true).unwrap_err();
     assert!(err.0.contains("momentum 0"), "{err}");
 }
 
@@ -1003,7 +1045,7 @@ fn an_update_keeps_the_old_version_until_released() {
     let step = |stage: &mut BurnStage, i: u32| {
         let k = stage.live_version();
         for j in 0..2 {
-            stage.forward(mb(i, j), None, &v(k)).unwrap();
+            stage.forward(mb(i, j), None, &v(k), true).unwrap();
         }
         let work = (0..2).map(|j| BackwardWork {
             microbatch: mb(i, j),
@@ -1042,20 +1084,20 @@ fn an_update_keeps_the_old_version_until_released() {
     assert_eq!(stage.num_stored_weight_sets(), 1);
     step(&mut stage, 2);
     assert_eq!(stage.stored_keys(), vec![WeightKey::Version(3)]);
-    let err = stage.forward(mb(3, 0), None, &v(1)).unwrap_err();
+    let err = stage.forward(mb(3, 0), None, &v(1), true).unwrap_err();
     assert!(err.0.contains("weight version 1 is not stored"), "{err}");
 }
 
 #[test]
 fn forward_misuse_is_reported() {
     let (mut stage, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 0);
-    stage.forward(mb(0, 0), None, &v(0)).unwrap();
-    let err = stage.forward(mb(0, 0), None, &v(0)).unwrap_err();
+    stage.forward(mb(0, 0), None, &v(0), true).unwrap();
+    let err = stage.forward(mb(0, 0), None, &v(0), true).unwrap_err();
     assert!(err.0.contains("second forward"), "{err}");
-    let err = stage.forward(mb(99, 0), None, &v(0)).unwrap_err();
+    let err = stage.forward(mb(99, 0), None, &v(0), true).unwrap_err();
     assert!(err.0.contains("no micro-batch"), "{err}");
     let err = stage
-        .forward(mb(0, 1), Some(message(vec![0.0; 6], 1, 6)), &v(0))
+        .forward(mb(0, 1), Some(message(vec![0.0; 6], 1, 6)), &v(0), true)
         .unwrap_err();
     assert!(err.0.contains("reads its own input"), "{err}");
     let err = stage
@@ -1069,7 +1111,7 @@ fn forward_misuse_is_reported() {
     stage.set_plan(Arc::new(BatchPlan {
         minibatches: vec![vec![vec![1]], vec![vec![]]],
     }));
-    let err = stage.forward(mb(1, 0), None, &v(0)).unwrap_err();
+    let err = stage.forward(mb(1, 0), None, &v(0), true).unwrap_err();
     assert!(err.0.contains("is empty"), "{err}");
 }
 

@@ -435,7 +435,7 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
         // Make version 1: one forward/backward/update on mini-batch 1.
         let mid = timeprest_schedule::MicrobatchId::new(1, 0);
         stage
-            .forward(mid, Some(StageMessage::new(input.clone())), &v(0))
+            .forward(mid, Some(StageMessage::new(input.clone())), &v(0), true)
             .unwrap();
         stage
             .backward(vec![timeprest_runtime::BackwardWork {
@@ -446,10 +446,11 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
             .unwrap();
         stage.update().unwrap();
         let id = timeprest_schedule::MicrobatchId::new(0, 0);
-        let forward_out = match stage.forward(id, Some(StageMessage::new(input.clone())), &v(0)) {
-            Ok(timeprest_runtime::ForwardOutput::Activation(m)) => m.into_tensor(),
-            other => panic!("{other:?}"),
-        };
+        let forward_out =
+            match stage.forward(id, Some(StageMessage::new(input.clone())), &v(0), true) {
+                Ok(timeprest_runtime::ForwardOutput::Activation(m)) => m.into_tensor(),
+                other => panic!("{other:?}"),
+            };
         let dx = stage
             .backward(vec![timeprest_runtime::BackwardWork {
                 microbatch: id,

@@ -42,6 +42,10 @@ pub struct PlannedAction {
     pub live: Version,
     /// For a forward: what it reads, and its micro-batch's vertical-sync tag.
     pub forward: Option<(WeightRecipe, Version)>,
+    /// For a forward: whether its micro-batch's backward at this stage reads the same weights,
+    /// so that whatever the forward built for differentiating (an autodiff graph) will serve;
+    /// `false` for every other action.
+    pub backward_reads_forward_weights: bool,
     /// For a backward: one entry per micro-batch it covers.
     pub backward: Vec<PlannedBackward>,
     /// Weight sets no later action of this stage reads; release them after this action.
@@ -160,8 +164,9 @@ fn decide_recipes(
 ) -> Vec<PlannedAction> {
     let num_stages = schedule.config.num_stages;
     let mut live: Version = 0;
-    let mut forward_recipes: BTreeMap<MicrobatchId, WeightRecipe> = BTreeMap::new();
-    let mut planned = Vec::with_capacity(schedule.stages[stage as usize].len());
+    // Per micro-batch in flight: what its forward read, and the index of that forward.
+    let mut forwards: BTreeMap<MicrobatchId, (WeightRecipe, usize)> = BTreeMap::new();
+    let mut planned: Vec<PlannedAction> = Vec::with_capacity(schedule.stages[stage as usize].len());
     for scheduled in &schedule.stages[stage as usize] {
         let action = scheduled.action;
         let mut forward = None;
@@ -177,12 +182,12 @@ fn decide_recipes(
                     live,
                     tag,
                 });
-                forward_recipes.insert(mb, recipe);
+                forwards.insert(mb, (recipe, planned.len()));
                 forward = Some((recipe, tag));
             }
             ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
                 for mb in covered_microbatches(action.kind, num_microbatches) {
-                    let forward_recipe = forward_recipes
+                    let (forward_recipe, forward_index) = forwards
                         .remove(&mb)
                         .unwrap_or_else(|| panic!("{action}: no forward of {mb:?} before it"));
                     let ctx = BackwardContext {
@@ -191,9 +196,12 @@ fn decide_recipes(
                         live,
                         forward: forward_recipe,
                     };
+                    let recipe = policy.backward(&ctx);
+                    planned[forward_index].backward_reads_forward_weights =
+                        recipe == forward_recipe;
                     backward.push(PlannedBackward {
                         microbatch: mb,
-                        recipe: policy.backward(&ctx),
+                        recipe,
                         forward_recipe,
                         staleness: ctx.staleness(),
                     });
@@ -206,6 +214,7 @@ fn decide_recipes(
             slot: scheduled.slot,
             live,
             forward,
+            backward_reads_forward_weights: false,
             backward,
             release_after: Vec::new(),
             held_after: 0,

@@ -37,6 +37,7 @@ impl StageCompute for NoopStage {
         microbatch: MicrobatchId,
         _input: Option<MicrobatchId>,
         _recipe: &WeightRecipe,
+        _backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<MicrobatchId>, ComputeError> {
         Ok(if self.is_last {
             ForwardOutput::Loss(LossStats {

@@ -58,12 +58,16 @@ pub trait StageCompute: Send {
     type Message: Send + 'static;
 
     /// Forward of one micro-batch with the weights of `recipe`. `input` is `None` at stage 0,
-    /// which reads its micro-batch from the data itself.
+    /// which reads its micro-batch from the data itself. `backward_reads_forward_weights` says
+    /// whether the micro-batch's backward at this stage will read `recipe` too (the version
+    /// plan knows): a stage may keep what only such a backward can use (an autodiff graph) and
+    /// skip building it otherwise, but must stay correct whatever the hint says.
     fn forward(
         &mut self,
         microbatch: MicrobatchId,
         input: Option<Self::Message>,
         recipe: &WeightRecipe,
+        backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<Self::Message>, ComputeError>;
 
     /// Backward of one or more micro-batches (all N of a mini-batch for nF1B, one for GPipe).

@@ -200,7 +200,12 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     began = now();
                     match self
                         .compute
-                        .forward(microbatch, input, &recipe)
+                        .forward(
+                            microbatch,
+                            input,
+                            &recipe,
+                            planned.backward_reads_forward_weights,
+                        )
                         .map_err(|e| e.0)?
                     {
                         ForwardOutput::Activation(_) if self.is_last() => {

@@ -50,6 +50,7 @@ impl StageCompute for EchoStage {
         microbatch: MicrobatchId,
         input: Option<MicrobatchId>,
         recipe: &WeightRecipe,
+        _backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<MicrobatchId>, ComputeError> {
         self.forwards += 1;
         if self.panic_on_forward == Some(self.forwards) {
