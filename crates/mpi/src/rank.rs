@@ -255,7 +255,11 @@ impl<F: Fabric> Rank<F> {
         loop {
             match self.fabric.poll()? {
                 Some(message) if message.tag == Tag::Abort => {
-                    return Err(self.remote_abort(message));
+                    let error = self.remote_abort(message);
+                    // Let the acknowledgement leave, so that this rank can leave MPI in
+                    // order (and wait there for the aborting rank to print its error).
+                    self.flush(ACK_WAIT);
+                    return Err(error);
                 }
                 Some(message) if wanted(&message) => return Ok(message.bytes),
                 Some(message) => {

@@ -169,7 +169,11 @@ fn a_failing_stage_stops_every_rank_with_an_error_naming_it() {
             ..small(PolicyKind::ITimeprest)
         };
         let started = Instant::now();
-        let fault = Some(Fault { stage: 1, kind });
+        let fault = Some(Fault {
+            stage: 1,
+            kind,
+            epoch: 1,
+        });
         let outcomes = run_ranks(&vec![config; 3], &RunPaths::default(), fault);
         assert_all_fail_naming_stage_1(&outcomes, started);
     }
