@@ -39,7 +39,7 @@ use crate::error::MpiError;
 use crate::fabric::{Fabric, Tag};
 use crate::fault::{Fault, Faulty};
 use crate::handshake::{Identity, check_identities};
-use crate::rank::{FLUSH_WAIT, Rank};
+use crate::rank::{ACK_WAIT, FLUSH_WAIT, Rank};
 use crate::setup::{Model, Resume, Start, epoch_batches};
 use crate::summary::{BlockValues, Summary, assemble_params};
 use crate::wire::{WireError, WireTransport};
@@ -72,7 +72,10 @@ pub fn train_rank<F: Fabric>(
     match &outcome {
         Ok(_) => rank.flush(FLUSH_WAIT),
         Err(error) if !error.is_symmetric() => rank.abort_all(&error.to_string()),
-        Err(_) => {}
+        // Every rank stops by itself; sends still pending would keep it from leaving MPI in
+        // order (it would exit at once, and the launcher could kill the others before they
+        // print their error).
+        Err(_) => rank.flush(ACK_WAIT),
     }
     outcome
 }
