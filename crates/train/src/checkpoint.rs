@@ -74,7 +74,7 @@ pub struct CheckpointPlan {
 impl CheckpointPlan {
     /// True when a checkpoint is due after epoch `epoch` of a run of `last_epoch` epochs.
     pub fn due_after(&self, epoch: u32, last_epoch: u32) -> bool {
-        epoch % self.every == 0 || epoch == last_epoch
+        epoch.is_multiple_of(self.every) || epoch == last_epoch
     }
 }
 
