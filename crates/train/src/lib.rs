@@ -2,7 +2,7 @@
 //!
 //! [`Trainer`] owns the stages (one [`timeprest_nn::BurnStage`] each), the data and the weight
 //! policy; every epoch it generates the schedule, plans the versions and hands both to the
-//! threaded runtime. [`run`] adds the run directory: `config.json`, `metrics.jsonl` and the
+//! threaded runtime. [`run()`] adds the run directory: `config.json`, `metrics.jsonl` and the
 //! weights in safetensors.
 #![warn(missing_docs)]
 
