@@ -161,8 +161,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     /// How the stages talk: `threads` runs every stage in this process; `mpi` runs one stage
-    /// per process under `mpirun -np W` (rank s runs stage s, rank 0 prints and writes the
-    /// outputs; needs a build with `--features mpi`).
+    /// per process under `mpirun -np W` (rank s runs stage s and writes its stage's checkpoint
+    /// file, rank 0 prints and writes the other outputs; needs a build with `--features mpi`).
     #[arg(long, value_enum, default_value = "threads")]
     pub transport: TransportArg,
 }
@@ -218,10 +218,6 @@ impl Process {
             Process::AllStages => Ok(Some(run_training(config, paths, progress)?)),
             #[cfg(feature = "mpi")]
             Process::Rank(mut fabric) => {
-                let root = timeprest_mpi::Fabric::rank(&fabric) == 0;
-                if root && paths.out_dir.is_some() && paths.checkpoint_every > 0 {
-                    eprintln!("note: --transport mpi writes no checkpoints yet");
-                }
                 let run = timeprest_mpi::RankRun {
                     config,
                     paths,

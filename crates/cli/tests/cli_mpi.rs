@@ -1,5 +1,6 @@
 //! `timeprest train --transport mpi` under a real `mpirun`: bit-identity with the threaded
-//! runtime, failure of a rank, mismatched ranks.
+//! runtime, failure of a rank, mismatched ranks, checkpoints and resuming (between MPI and
+//! threaded runs too), and a start from a hostfile as the README shows it.
 //!
 //! These tests need a build with `--features mpi` and `mpirun` (Open MPI) on PATH; otherwise
 //! each prints why it is skipped and passes. `scripts/test-mpi` installs Open MPI and runs them.
@@ -8,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Flags of a small, quick run on W = 3 stages (without `--epochs`).
+/// Flags of a small, quick run (without `--stages` and `--epochs`).
 const SMALL: &[&str] = &[
     "train",
     "--quiet",
@@ -18,18 +19,57 @@ const SMALL: &[&str] = &[
     "160",
     "--limit-test",
     "90",
-    "--stages",
-    "3",
     "--microbatches",
     "2",
     "--batch-size",
     "16",
 ];
 
-/// [`SMALL`] with `epochs` epochs and the flags `extra`.
+/// [`SMALL`] on `stages` stages with `epochs` epochs and the flags `extra`.
+fn small_on<'a>(stages: &'a str, epochs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let counts = ["--stages", stages, "--epochs", epochs];
+    SMALL.iter().chain(&counts).chain(extra).copied().collect()
+}
+
+/// [`SMALL`] on 3 stages with `epochs` epochs and the flags `extra`.
 fn small<'a>(epochs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    small_on("3", epochs, extra)
+}
+
+/// Flags of a small VGG-11 (BatchNorm, so checkpoints hold running statistics) on W = 3 stages:
+/// 4 mini-batches of 3 micro-batches per epoch (without `--epochs`).
+const SMALL_VGG: &[&str] = &[
+    "train",
+    "--quiet",
+    "--model",
+    "vgg11",
+    "--width",
+    "0.0625",
+    "--dataset",
+    "synthetic",
+    "--limit-train",
+    "48",
+    "--limit-test",
+    "16",
+    "--stages",
+    "3",
+    "--batch-size",
+    "12",
+    "--microbatches",
+    "3",
+    "--lr",
+    "0.02",
+];
+
+/// [`SMALL_VGG`] with `epochs` epochs and the flags `extra`.
+fn small_vgg<'a>(epochs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let epochs = ["--epochs", epochs];
-    SMALL.iter().chain(&epochs).chain(extra).copied().collect()
+    SMALL_VGG
+        .iter()
+        .chain(&epochs)
+        .chain(extra)
+        .copied()
+        .collect()
 }
 
 /// Why the MPI tests cannot run here, if they cannot.
@@ -94,6 +134,19 @@ fn mpirun(env: &[&str]) -> Command {
     command
 }
 
+/// Runs `command` (a `timeprest` or `mpirun` command line) and checks that it succeeded.
+fn succeed(command: Command) {
+    let (output, _) = run_with_limit(command, Duration::from_secs(120));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+}
+
+/// A threaded `timeprest` run with `args`.
+fn threaded(args: &[&str]) -> Command {
+    let mut command = Command::new(timeprest());
+    command.args(args);
+    command
+}
+
 fn app(command: &mut Command, ranks: usize, args: &[&str]) {
     command.args(["-np", &ranks.to_string(), timeprest()]);
     command.args(args).arg("--transport").arg("mpi");
@@ -101,6 +154,20 @@ fn app(command: &mut Command, ranks: usize, args: &[&str]) {
 
 fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A `mpirun -np ranks timeprest … --transport mpi` run with `args`.
+fn distributed(ranks: usize, args: &[&str]) -> Command {
+    let mut command = mpirun(&[]);
+    app(&mut command, ranks, args);
+    command
+}
+
+/// The epochs `state.json` of the run directory `run_dir`'s checkpoint says were completed.
+fn checkpointed_epochs(run_dir: &Path) -> u64 {
+    let state = std::fs::read_to_string(run_dir.join("checkpoint/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    state["epoch"].as_u64().unwrap()
 }
 
 /// The measured facts of a run directory's metrics (everything but wall-clock figures).
@@ -242,4 +309,186 @@ fn a_build_without_mpi_says_how_to_get_it() {
         "{}",
         stderr_of(&output)
     );
+}
+
+#[test]
+fn an_interrupted_mpi_run_resumes_bit_for_bit_under_mpi_and_under_threads() {
+    require_mpi!();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let whole = path("whole.safetensors");
+    succeed(threaded(&small_vgg("4", &["--save-weights", &whole])));
+    let expected = std::fs::read(&whole).unwrap();
+
+    // Rank 2 dies in epoch 3, after every rank wrote its stage's checkpoint of epoch 2.
+    let run = dir.path().join("run");
+    let mut interrupted = mpirun(&[
+        "TIMEPREST_FAULT_STAGE",
+        "TIMEPREST_FAULT_KIND",
+        "TIMEPREST_FAULT_EPOCH",
+    ]);
+    interrupted.env("TIMEPREST_FAULT_STAGE", "2");
+    interrupted.env("TIMEPREST_FAULT_KIND", "exit");
+    interrupted.env("TIMEPREST_FAULT_EPOCH", "3");
+    app(
+        &mut interrupted,
+        3,
+        &small_vgg("4", &["--out", &path("run")]),
+    );
+    let (output, _) = run_with_limit(interrupted, Duration::from_secs(120));
+    assert!(!output.status.success(), "the fault did not fire");
+    assert_eq!(checkpointed_epochs(&run), 2);
+    assert_eq!(facts(&run).len(), 2);
+
+    // A copy for the threaded runtime to resume.
+    let copy = dir.path().join("run-for-threads");
+    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
+    for name in ["config.toml", "metrics.jsonl"] {
+        std::fs::copy(run.join(name), copy.join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(run.join("checkpoint")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            copy.join("checkpoint").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+
+    // What a crash while the next checkpoint was written would have left.
+    std::fs::create_dir(run.join("checkpoint.tmp")).unwrap();
+    std::fs::write(run.join("checkpoint.tmp/stage-1.safetensors"), b"half").unwrap();
+    std::fs::write(run.join("checkpoint.tmp/state.json"), b"{ half").unwrap();
+
+    let resumed = path("run/resumed.safetensors");
+    succeed(distributed(
+        3,
+        &[
+            "train",
+            "--resume",
+            &path("run"),
+            "--quiet",
+            "--save-weights",
+            &resumed,
+        ],
+    ));
+    assert!(
+        std::fs::read(&resumed).unwrap() == expected,
+        "MPI resume differs"
+    );
+    assert_eq!(checkpointed_epochs(&run), 4);
+    assert_eq!(facts(&run).len(), 4);
+    assert!(!run.join("checkpoint.tmp").exists());
+
+    let resumed = path("run-for-threads/resumed.safetensors");
+    succeed(threaded(&[
+        "train",
+        "--resume",
+        &path("run-for-threads"),
+        "--quiet",
+        "--save-weights",
+        &resumed,
+    ]));
+    assert!(
+        std::fs::read(&resumed).unwrap() == expected,
+        "threaded resume of the MPI checkpoint differs"
+    );
+    assert_eq!(facts(&copy), facts(&run));
+}
+
+#[test]
+fn a_threaded_checkpoint_resumes_under_mpi_bit_for_bit() {
+    require_mpi!();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let whole = path("whole.safetensors");
+    succeed(threaded(&small_vgg(
+        "3",
+        &["--save-weights", &whole, "--out", &path("whole")],
+    )));
+    succeed(threaded(&small_vgg("1", &["--out", &path("run")])));
+    let resumed = path("resumed.safetensors");
+    succeed(distributed(
+        3,
+        &[
+            "train",
+            "--resume",
+            &path("run"),
+            "--epochs",
+            "3",
+            "--quiet",
+            "--save-weights",
+            &resumed,
+        ],
+    ));
+    assert!(std::fs::read(&resumed).unwrap() == std::fs::read(&whole).unwrap());
+    assert_eq!(
+        facts(&dir.path().join("run")),
+        facts(&dir.path().join("whole"))
+    );
+}
+
+#[test]
+fn resuming_with_another_number_of_stages_stops_every_rank_within_seconds() {
+    require_mpi!();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run = run.to_str().unwrap();
+    succeed(threaded(&small("1", &["--out", run])));
+    let command = distributed(
+        2,
+        &[
+            "train", "--resume", run, "--stages", "2", "--epochs", "3", "--quiet",
+        ],
+    );
+    let (output, elapsed) = run_with_limit(command, Duration::from_secs(60));
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "took {elapsed:?}: {stderr}"
+    );
+    let verdict = "/checkpoint/state.json: it was written by a run of 3 stages, this run has 2";
+    assert_eq!(stderr.matches(verdict).count(), 2, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("error: rank 0 failed: cannot resume from ")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    // The checkpoint is left as it was: three stage files and state.json.
+    assert_eq!(
+        std::fs::read_dir(format!("{run}/checkpoint"))
+            .unwrap()
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn a_run_started_from_a_hostfile_equals_the_threaded_run() {
+    require_mpi!();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "localhost slots=2\n").unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let args = small_on("2", "2", &[]);
+    let threads = path("threads.safetensors");
+    succeed(threaded(
+        &[&args[..], &["--save-weights", &threads]].concat(),
+    ));
+    // The README's form: ranks placed in order over the hostfile's slots.
+    let mut command = Command::new("mpirun");
+    command
+        .arg("--allow-run-as-root")
+        .arg("--hostfile")
+        .arg(&hosts);
+    command.args(["--map-by", "slot"]);
+    app(&mut command, 2, &args);
+    let ranks = path("ranks.safetensors");
+    command.args(["--save-weights", &ranks, "--out", &path("run")]);
+    succeed(command);
+    assert!(std::fs::read(&ranks).unwrap() == std::fs::read(&threads).unwrap());
+    assert_eq!(checkpointed_epochs(&dir.path().join("run")), 2);
 }

@@ -9,32 +9,40 @@
 //! epoch boundary a consistent state, as in the threaded trainer, and gives rank 0 the whole
 //! model to save at the end.
 //!
+//! Checkpoints: at start-up rank 0 decides where they go and, with `--resume`, checks the
+//! checkpoint against the run ([`Start`]); every rank then restores its own stage from its own
+//! file. After a checkpointed epoch every rank writes its stage's file into the staging
+//! directory and reports it written and synced ([`Tag::Saved`]); when all have, rank 0 writes
+//! `state.json` and swaps the checkpoint in, and only then tells the ranks to go on. So the
+//! files are those of the threaded trainer, written by their stage's owner, and a crash at any
+//! point leaves the previous or the new checkpoint complete.
+//!
 //! Failure: any error on a rank is sent to all others ([`Rank::abort_all`]) before this rank
 //! returns it; they stop within milliseconds and return [`MpiError::Remote`] naming it.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use timeprest_nn::{BurnStage, StageMessage, evaluate, save_safetensors};
+use timeprest_nn::{BurnStage, StageMessage, evaluate};
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_pool};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
+use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
-    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, epoch_metrics,
-    measured_chrome_trace, write_run_config,
+    EpochMetrics, MetricsLog, Progress, RunPaths, TrainConfig, TrainError, epoch_metrics,
+    measured_chrome_trace, save_final_weights, write_run_config,
 };
 
 use crate::error::MpiError;
 use crate::fabric::{Fabric, Tag};
 use crate::fault::{Fault, Faulty};
 use crate::handshake::{Identity, check_identities};
-use crate::rank::{FLUSH_WAIT, Rank};
-use crate::setup::{Model, decode_split, encode_split, epoch_batches};
+use crate::rank::{ACK_WAIT, FLUSH_WAIT, Rank};
+use crate::setup::{Model, Resume, Start, epoch_batches};
 use crate::summary::{BlockValues, Summary, assemble_params};
-use crate::wire::WireTransport;
+use crate::wire::{WireError, WireTransport};
 
 /// How long a rank waits for the others at start-up (they may still be starting on other
 /// machines).
@@ -44,7 +52,8 @@ const HANDSHAKE_WAIT: Duration = Duration::from_secs(120);
 pub struct RankRun<'a> {
     /// The configuration (the same on every rank; checked at start-up).
     pub config: &'a TrainConfig,
-    /// Output paths; only rank 0 writes (the initial weights are read by every rank).
+    /// Output paths, as rank 0 sees them: rank 0 writes the run directory and decides where
+    /// checkpoints go and what to resume; the initial weights are read by every rank.
     pub paths: &'a RunPaths,
     /// Progress callbacks; only rank 0 calls them.
     pub progress: &'a dyn Progress,
@@ -63,7 +72,10 @@ pub fn train_rank<F: Fabric>(
     match &outcome {
         Ok(_) => rank.flush(FLUSH_WAIT),
         Err(error) if !error.is_symmetric() => rank.abort_all(&error.to_string()),
-        Err(_) => {}
+        // Every rank stops by itself; sends still pending would keep it from leaving MPI in
+        // order (it would exit at once, and the launcher could kill the others before they
+        // print their error).
+        Err(_) => rank.flush(ACK_WAIT),
     }
     outcome
 }
@@ -84,38 +96,41 @@ fn train<F: Fabric>(
         .collect::<Result<Vec<_>, _>>()?;
     check_identities(&identities, config, world)?;
     config.validate()?;
-    if run.paths.resume {
-        let message = "--resume is not supported with --transport mpi yet";
-        return Err(TrainError::Config(message.into()).into());
-    }
 
     let model = Model::load(config, run.paths.init_weights.as_deref())?;
-    let split = match rank.index() {
+    let start = match rank.index() {
         0 => {
-            let split = model.split(config)?;
-            rank.broadcast(Tag::Split, &encode_split(&split))?;
-            split
+            let start = decide_start(config, run.paths, &model)?;
+            rank.broadcast(Tag::Start, &start.encode())?;
+            start
         }
-        _ => {
-            let bytes = rank.wait_for(0, Tag::Split, None)?;
-            decode_split(&bytes).map_err(|cause| MpiError::Protocol { rank: 0, cause })?
-        }
+        _ => Start::decode(0, &rank.wait_for(0, Tag::Start, None)?)?,
     };
-    let index = rank.index() as u32;
+    let index = rank.index();
     let mut local = LocalStage {
-        stage: model.stage(config, index, split[index as usize].clone())?,
-        index,
+        stage: model.stage(config, index as u32, start.split[index].clone())?,
+        index: index as u32,
         policy: WeightPolicy::new(config.policy, &config.policy_options()),
         updates: 0,
         fault: run.fault,
     };
+    let completed = match &start.resume {
+        Some(Resume { dir, state }) => {
+            checkpoint::restore_stage(dir, index, state, &mut local.stage)?;
+            local.updates = state.updates;
+            state.epoch
+        }
+        None => 0,
+    };
     let mut books = match index {
-        0 => Some(Books::open(config, run.paths)?),
+        0 => Some(Books::open(config, run.paths, completed)?),
         _ => None,
     };
     let mut history = Vec::new();
-    for epoch in 1..=config.epochs {
+    for epoch in completed + 1..=config.epochs {
         let (schedule, summary) = local.run_epoch(rank, config, &model, epoch, run.progress)?;
+        let checkpoint =
+            (start.checkpoints.as_ref()).filter(|plan| plan.due_after(epoch, config.epochs));
         match books.as_mut() {
             Some(books) => {
                 let mut summaries = vec![summary];
@@ -126,15 +141,69 @@ fn train<F: Fabric>(
                 let metrics = books.account(config, &model, epoch, &schedule, summaries)?;
                 run.progress.epoch_finished(&metrics);
                 history.push(metrics);
+                if let Some(plan) = checkpoint {
+                    let mut stages = vec![checkpoint::write_stage(&plan.run_dir, 0, &local.stage)?];
+                    for from in 1..rank.size() {
+                        let bytes = rank.wait_for(from, Tag::Saved, None)?;
+                        stages.push(decode_saved(from, &bytes)?);
+                    }
+                    let state = CheckpointState {
+                        epoch,
+                        updates: local.updates,
+                        config: config.clone(),
+                        stages,
+                    };
+                    checkpoint::commit(&plan.run_dir, &state)?;
+                }
                 rank.broadcast(Tag::Continue, &[])?;
             }
             None => {
                 rank.send(0, Tag::Summary, summary.encode())?;
+                if let Some(plan) = checkpoint {
+                    let saved = checkpoint::write_stage(&plan.run_dir, index, &local.stage)?;
+                    let bytes = serde_json::to_vec(&saved).expect("stage scalars serialise");
+                    rank.send(0, Tag::Saved, bytes)?;
+                }
                 rank.wait_for(0, Tag::Continue, None)?;
             }
         }
     }
     Ok(books.map(|_| history))
+}
+
+/// Rank 0's decisions before training: the split; where checkpoints go (clearing what a crash
+/// left half-written there); and, when resuming, the checkpoint, checked against the run.
+fn decide_start(
+    config: &TrainConfig,
+    paths: &RunPaths,
+    model: &Model,
+) -> Result<Start, TrainError> {
+    let split = model.split(config)?;
+    let resume = match paths.resume_dir()? {
+        Some(run_dir) => {
+            let dir = checkpoint::find(run_dir)?;
+            let state = checkpoint::read_state(&dir, config, &split)?;
+            Some(Resume { dir, state })
+        }
+        None => None,
+    };
+    let checkpoints = paths.checkpoints();
+    if let Some(plan) = &checkpoints {
+        checkpoint::clear_staging(&plan.run_dir)?;
+    }
+    Ok(Start {
+        split,
+        checkpoints,
+        resume,
+    })
+}
+
+/// The stage scalars rank `rank` sent with [`Tag::Saved`].
+fn decode_saved(rank: usize, bytes: &[u8]) -> Result<StageState, MpiError> {
+    serde_json::from_slice(bytes).map_err(|e| MpiError::Protocol {
+        rank,
+        cause: WireError::Invalid(format!("checkpoint stage state: {e}")),
+    })
 }
 
 /// The stage this rank runs, with the state that carries over between epochs.
@@ -181,7 +250,7 @@ impl LocalStage {
             version_offset: self.updates,
             on_update: (self.index == 0).then_some(advanced),
         };
-        let mut compute = Faulty::new(&mut self.stage, self.index, self.fault);
+        let mut compute = Faulty::new(&mut self.stage, self.index, epoch, self.fault);
         let output = rank.run_worker(&abort, |frames| {
             let mut transport = WireTransport::<_, StageMessage>::new(frames);
             run_stage(&context, &mut compute, &mut transport, pool.as_ref())
@@ -206,18 +275,17 @@ impl LocalStage {
 /// Rank 0's outputs: the run directory, the trace, the final weights.
 struct Books<'a> {
     paths: &'a RunPaths,
-    metrics: Option<(std::path::PathBuf, File)>,
+    metrics: Option<MetricsLog>,
 }
 
 impl<'a> Books<'a> {
-    /// Creates the run directory with its configuration files and an empty `metrics.jsonl`.
-    fn open(config: &TrainConfig, paths: &'a RunPaths) -> Result<Self, TrainError> {
+    /// Writes the run directory's configuration files and opens `metrics.jsonl` for a run that
+    /// has completed `completed` epochs.
+    fn open(config: &TrainConfig, paths: &'a RunPaths, completed: u32) -> Result<Self, TrainError> {
         let metrics = match &paths.out_dir {
             Some(dir) => {
                 write_run_config(dir, config, paths.command.as_deref())?;
-                let path = dir.join("metrics.jsonl");
-                let file = File::create(&path).map_err(|e| TrainError::output(&path, e))?;
-                Some((path, file))
+                Some(MetricsLog::open(dir, completed)?)
             }
             None => None,
         };
@@ -258,19 +326,13 @@ impl<'a> Books<'a> {
             fs::write(path, measured_chrome_trace(schedule, &report))
                 .map_err(|e| TrainError::output(path, e))?;
         }
-        if let Some((path, file)) = self.metrics.as_mut() {
-            let line = serde_json::to_string(&metrics).expect("metrics serialise");
-            writeln!(file, "{line}")
-                .and_then(|()| file.flush())
-                .map_err(|e| TrainError::output(path, e))?;
+        if let Some(log) = self.metrics.as_mut() {
+            log.append(&metrics)?;
         }
         if epoch == config.epochs
             && let Some(path) = &self.paths.save_weights
         {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).map_err(|e| TrainError::output(parent, e))?;
-            }
-            save_safetensors(path, &params)?;
+            save_final_weights(path, &params)?;
         }
         Ok(metrics)
     }

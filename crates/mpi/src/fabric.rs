@@ -29,8 +29,11 @@ pub enum Tag {
     Abort = 5,
     /// Reply to [`Tag::Abort`]: the abort was seen.
     AbortSeen = 6,
-    /// Rank 0 to all at start-up: which blocks each stage owns.
-    Split = 7,
+    /// Rank 0 to all at start-up: which blocks each stage owns, checkpoints, resume.
+    Start = 7,
+    /// A rank to rank 0: its stage's checkpoint file is written and synced; the payload is the
+    /// stage's scalars for `state.json`.
+    Saved = 8,
 }
 
 impl Tag {
@@ -40,14 +43,15 @@ impl Tag {
     }
 
     /// Every tag.
-    pub const ALL: [Tag; 7] = [
+    pub const ALL: [Tag; 8] = [
         Tag::Hello,
         Tag::Data,
         Tag::Summary,
         Tag::Continue,
         Tag::Abort,
         Tag::AbortSeen,
-        Tag::Split,
+        Tag::Start,
+        Tag::Saved,
     ];
 }
 

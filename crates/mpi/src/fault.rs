@@ -2,9 +2,11 @@
 //!
 //! The failure tests start real `mpirun` jobs of the real binary, so the fault has to be
 //! switched on from outside: `TIMEPREST_FAULT_STAGE=s` makes stage s fail at its second forward
-//! (after messages have crossed the pipeline), `TIMEPREST_FAULT_KIND` says how: `error` (a
-//! stage error, the default), `panic`, or `exit` (the process dies on the spot, as if killed).
-//! Only the MPI rank driver reads these variables; a normal run never sets them.
+//! (after messages have crossed the pipeline) of the first epoch, or of epoch e with
+//! `TIMEPREST_FAULT_EPOCH=e` (to interrupt a run after checkpoints were written);
+//! `TIMEPREST_FAULT_KIND` says how: `error` (a stage error, the default), `panic`, or `exit`
+//! (the process dies on the spot, as if killed). Only the MPI rank driver reads these
+//! variables; a normal run never sets them.
 
 use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, StageCompute};
@@ -16,7 +18,9 @@ use crate::error::MpiError;
 pub const FAULT_STAGE_VAR: &str = "TIMEPREST_FAULT_STAGE";
 /// The variable naming how it fails.
 pub const FAULT_KIND_VAR: &str = "TIMEPREST_FAULT_KIND";
-/// The forward (1-based, counted per stage over the whole run) at which the fault fires.
+/// The variable naming the epoch in which it fails.
+pub const FAULT_EPOCH_VAR: &str = "TIMEPREST_FAULT_EPOCH";
+/// The forward (1-based, counted per stage within the epoch) at which the fault fires.
 const FAULT_AT_FORWARD: u32 = 2;
 /// The exit code of a rank that dies by [`FaultKind::Exit`].
 pub const FAULT_EXIT_CODE: i32 = 3;
@@ -39,6 +43,8 @@ pub struct Fault {
     pub stage: u32,
     /// How.
     pub kind: FaultKind,
+    /// In which epoch (from 1).
+    pub epoch: u32,
 }
 
 impl Fault {
@@ -62,7 +68,15 @@ impl Fault {
                 )));
             }
         };
-        Ok(Some(Fault { stage, kind }))
+        let epoch = match var(FAULT_EPOCH_VAR) {
+            None => 1,
+            Some(e) => e.parse().ok().filter(|e| *e > 0).ok_or_else(|| {
+                bad(format!(
+                    "{FAULT_EPOCH_VAR}={e} is not an epoch number from 1"
+                ))
+            })?,
+        };
+        Ok(Some(Fault { stage, kind, epoch }))
     }
 }
 
@@ -75,11 +89,13 @@ pub struct Faulty<'a, C> {
 }
 
 impl<'a, C> Faulty<'a, C> {
-    /// `inner`, stage `stage`, failing if `fault` is for it.
-    pub fn new(inner: &'a mut C, stage: u32, fault: Option<Fault>) -> Self {
+    /// `inner`, stage `stage` in epoch `epoch`, failing if `fault` is for them.
+    pub fn new(inner: &'a mut C, stage: u32, epoch: u32, fault: Option<Fault>) -> Self {
         Self {
             inner,
-            fault: fault.filter(|f| f.stage == stage).map(|f| f.kind),
+            fault: fault
+                .filter(|f| f.stage == stage && f.epoch == epoch)
+                .map(|f| f.kind),
             forwards: 0,
         }
     }

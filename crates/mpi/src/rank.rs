@@ -40,8 +40,9 @@ const ABORT_WAIT: Duration = Duration::from_secs(3);
 const ABORT_GRACE: Duration = Duration::from_millis(300);
 /// How long pending sends may take to complete at the end of a run.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(30);
-/// How long a rank stopped by another's abort waits for its acknowledgement to leave.
-const ACK_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping rank waits for its last small messages (an acknowledgement of another's
+/// abort, its start-up identity) to leave, so that it can leave MPI in order.
+pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Idle rounds spent only yielding before a rank starts sleeping between polls.
 const SPIN_ROUNDS: u32 = 64;

@@ -4,21 +4,26 @@
 //! partition, seeded or loaded initial weights, augmentation on stage 0, epoch batches), but
 //! builds only the stage this rank runs. Anything that could differ between processes is
 //! decided once: the split into stages comes from rank 0 (a `--partition time` split is
-//! measured, and two processes would measure differently). Keep this file in step with the
-//! trainer; the bit-identity tests fail if they drift apart.
+//! measured, and two processes would measure differently), and so are where checkpoints go and
+//! which one to resume ([`Start`]). Keep this file in step with the trainer; the bit-identity
+//! tests fail if they drift apart.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use timeprest_data::{Augment, Dataset};
 use timeprest_nn::{
     BurnStage, ModelParams, ModelSpec, init_params, load_safetensors, partition_manual,
     partition_model,
 };
+use timeprest_train::checkpoint::{CheckpointPlan, CheckpointState};
 use timeprest_train::{TrainConfig, TrainError, load_data_and_model};
 
-use crate::wire::{Reader, WireError, put_len};
+use crate::error::MpiError;
+use crate::wire::WireError;
 
 /// The data and model every rank knows.
 pub struct Model {
@@ -88,25 +93,41 @@ impl Model {
     }
 }
 
-/// A split as bytes: the number of stages, then each range's start and end.
-pub fn encode_split(split: &[Range<usize>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_len(&mut out, split.len());
-    for range in split {
-        put_len(&mut out, range.start);
-        put_len(&mut out, range.end);
-    }
-    out
+/// What rank 0 decides for every rank before training: which blocks each stage owns, where
+/// checkpoints go, and which checkpoint the run continues from. Rank 0 alone decides, so ranks
+/// never disagree about them, even when started with different output flags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    /// The blocks of each stage.
+    pub split: Vec<Range<usize>>,
+    /// Where and how often every rank writes its stage's checkpoint file.
+    pub checkpoints: Option<CheckpointPlan>,
+    /// The checkpoint to continue from.
+    pub resume: Option<Resume>,
 }
 
-/// The split [`encode_split`] wrote.
-pub fn decode_split(bytes: &[u8]) -> Result<Vec<Range<usize>>, WireError> {
-    let mut reader = Reader::new(bytes);
-    let split = (0..reader.length()?)
-        .map(|_| Ok(reader.length()?..reader.length()?))
-        .collect::<Result<_, WireError>>()?;
-    reader.finish()?;
-    Ok(split)
+/// A checkpoint rank 0 has checked against the run: every rank restores its stage from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The checkpoint directory (`checkpoint/` or `checkpoint.prev/` of the run directory).
+    pub dir: PathBuf,
+    /// Its `state.json`.
+    pub state: CheckpointState,
+}
+
+impl Start {
+    /// The message's bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a start message always serialises")
+    }
+
+    /// The start message rank `rank` sent as `bytes`.
+    pub fn decode(rank: usize, bytes: &[u8]) -> Result<Self, MpiError> {
+        serde_json::from_slice(bytes).map_err(|e| MpiError::Protocol {
+            rank,
+            cause: WireError::Invalid(format!("start message: {e}")),
+        })
+    }
 }
 
 pub use timeprest_train::epoch_batches;
@@ -116,10 +137,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_split_round_trips() {
-        let split = vec![0..2, 2..3, 3..7];
-        assert_eq!(decode_split(&encode_split(&split)), Ok(split));
-        assert!(decode_split(&[1, 2, 3]).is_err());
+    fn a_start_message_round_trips() {
+        let start = Start {
+            split: vec![0..2, 2..3, 3..7],
+            checkpoints: Some(CheckpointPlan {
+                run_dir: PathBuf::from("runs/a"),
+                every: 2,
+            }),
+            resume: Some(Resume {
+                dir: PathBuf::from("runs/a/checkpoint"),
+                state: CheckpointState {
+                    epoch: 3,
+                    updates: 30,
+                    config: TrainConfig::default(),
+                    stages: Vec::new(),
+                },
+            }),
+        };
+        assert_eq!(Start::decode(0, &start.encode()).unwrap(), start);
+        assert!(matches!(
+            Start::decode(0, &[1, 2, 3]),
+            Err(MpiError::Protocol { rank: 0, .. })
+        ));
     }
 
     #[test]

@@ -169,7 +169,11 @@ fn a_failing_stage_stops_every_rank_with_an_error_naming_it() {
             ..small(PolicyKind::ITimeprest)
         };
         let started = Instant::now();
-        let fault = Some(Fault { stage: 1, kind });
+        let fault = Some(Fault {
+            stage: 1,
+            kind,
+            epoch: 1,
+        });
         let outcomes = run_ranks(&vec![config; 3], &RunPaths::default(), fault);
         assert_all_fail_naming_stage_1(&outcomes, started);
     }
@@ -214,6 +218,114 @@ fn ranks_with_different_configurations_refuse_to_start() {
                 }
             ),
             "{error}"
+        );
+    }
+}
+
+/// Paths of a run in `run_dir` that checkpoints every epoch, resumes if `resume`, and saves its
+/// final weights as `run_dir/<weights>`.
+fn checkpointed(run_dir: &Path, resume: bool, weights: &str) -> RunPaths {
+    RunPaths {
+        out_dir: Some(run_dir.to_owned()),
+        checkpoint_every: 1,
+        resume,
+        save_weights: Some(run_dir.join(weights)),
+        ..RunPaths::default()
+    }
+}
+
+#[test]
+fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |epochs| TrainConfig {
+        epochs,
+        ..small(PolicyKind::Nwpt)
+    };
+    let uninterrupted = checkpointed(&dir.path().join("whole"), false, "weights");
+    run(&config(4), &uninterrupted, &()).unwrap();
+    let expected = std::fs::read(uninterrupted.save_weights.unwrap()).unwrap();
+
+    // Ranks write the checkpoint of epoch 2; ranks and threads each resume it to epoch 4.
+    let ranks = dir.path().join("ranks");
+    let outcomes = run_ranks(
+        &vec![config(2); 3],
+        &checkpointed(&ranks, false, "w2"),
+        None,
+    );
+    assert!(outcomes.into_iter().all(|o| o.is_ok()));
+    for stage in 0..3 {
+        let file = ranks.join(format!("checkpoint/stage-{stage}.safetensors"));
+        assert!(file.is_file(), "{file:?} missing");
+    }
+    let copy = dir.path().join("ranks-copy");
+    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
+    for entry in std::fs::read_dir(ranks.join("checkpoint")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            copy.join("checkpoint").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    run(&config(4), &checkpointed(&copy, true, "weights"), &()).unwrap();
+    assert!(std::fs::read(copy.join("weights")).unwrap() == expected);
+
+    let outcomes = run_ranks(
+        &vec![config(4); 3],
+        &checkpointed(&ranks, true, "weights"),
+        None,
+    );
+    let history = outcomes.into_iter().next().unwrap().unwrap().unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert!(std::fs::read(ranks.join("weights")).unwrap() == expected);
+    let lines = std::fs::read_to_string(ranks.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4);
+
+    // Threads write the checkpoint of epoch 2; ranks resume it.
+    let threads = dir.path().join("threads");
+    run(&config(2), &checkpointed(&threads, false, "w2"), &()).unwrap();
+    let outcomes = run_ranks(
+        &vec![config(4); 3],
+        &checkpointed(&threads, true, "weights"),
+        None,
+    );
+    assert!(outcomes.into_iter().all(|o| o.is_ok()));
+    assert!(std::fs::read(threads.join("weights")).unwrap() == expected);
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_stops_every_rank_with_rank_0s_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run(
+        &small(PolicyKind::Gpipe),
+        &checkpointed(&run_dir, false, "w"),
+        &(),
+    )
+    .unwrap();
+    let two_stages = TrainConfig {
+        stages: 2,
+        epochs: 4,
+        ..small(PolicyKind::Gpipe)
+    };
+    let started = Instant::now();
+    let outcomes = run_ranks(
+        &vec![two_stages; 2],
+        &checkpointed(&run_dir, true, "w"),
+        None,
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let expected = "it was written by a run of 3 stages, this run has 2";
+    for (rank, outcome) in outcomes.into_iter().enumerate() {
+        let message = outcome.unwrap_err().to_string();
+        assert!(message.contains(expected), "rank {rank} says: {message}");
+        assert_eq!(
+            message.starts_with("rank 0 failed: "),
+            rank != 0,
+            "{message}"
         );
     }
 }

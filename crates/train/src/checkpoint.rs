@@ -1,24 +1,34 @@
-//! Checkpoints at epoch boundaries, written atomically, and resuming from them bit for bit.
+//! Checkpoints at epoch boundaries, written atomically by one writer per stage, and resuming
+//! from them bit for bit.
 //!
 //! At the end of an epoch the pipeline has drained, so each stage's whole state is its live
 //! weights, its live version number and its optimizer state; the data order of the next epoch
 //! is a pure function of (seed, epoch), so the epoch number is the data-order position and there
 //! is no other random state. A checkpoint directory holds, per stage (as TiMePReSt checkpoints
 //! each stage locally), `stage-<s>.safetensors` with the weights (`layers.<i>.<param>`, global
-//! block index, PyTorch layout; BatchNorm running statistics too) and the optimizer buffers (`optimizer.first.<i>.<param>`,
-//! `optimizer.second.<i>.<param>`), plus `state.json` with the numbers.
+//! block index, PyTorch layout; BatchNorm running statistics too) and the optimizer buffers
+//! (`optimizer.first.<i>.<param>`, `optimizer.second.<i>.<param>`), plus `state.json` with the
+//! numbers. The layout does not depend on who wrote it: a checkpoint of a threaded run resumes
+//! under MPI and the other way round.
 //!
-//! Atomicity: everything is written into `checkpoint.tmp/` and fsynced, then the previous
-//! `checkpoint/` is renamed to `checkpoint.prev/`, the new one renamed into place, and the old
-//! one removed. A crash at any point leaves either `checkpoint/` or `checkpoint.prev/` complete,
-//! and [`load`] takes whichever exists.
+//! Writing is split so that each stage's owner writes its own file, in this process or on
+//! another MPI rank: [`clear_staging`] once, then [`write_stage`] for every stage (each file
+//! fsynced), then, once all are written, [`commit`] by one process: it checks that every stage
+//! file is there, writes `state.json`, fsyncs the directory and swaps it in. [`save`] does all of
+//! it for the stages of one process.
+//!
+//! Atomicity: everything is written into `checkpoint.tmp/`, then the previous `checkpoint/` is
+//! renamed to `checkpoint.prev/`, the new one renamed into place, and the old one removed. A
+//! crash at any point leaves either `checkpoint/` or `checkpoint.prev/` complete (a directory
+//! counts only once `state.json`, written last, is in it), and [`find`] takes whichever exists.
 
 use std::fs::{self, File};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
-use timeprest_nn::{BlockParams, ModelParams, OptimizerSnapshot, param_name};
+use timeprest_nn::{BlockParams, BurnStage, ModelParams, OptimizerSnapshot, param_name};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -52,12 +62,20 @@ pub struct StageState {
     pub optimizer_steps: u64,
 }
 
-/// One stage's tensors in a checkpoint.
-pub struct StageTensors {
-    /// Live weights.
-    pub params: ModelParams,
-    /// Optimizer state.
-    pub optimizer: OptimizerSnapshot,
+/// Where and how often a run writes checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointPlan {
+    /// The run directory; checkpoints go to its `checkpoint/`.
+    pub run_dir: PathBuf,
+    /// Every this many epochs (at least 1), and after the last.
+    pub every: u32,
+}
+
+impl CheckpointPlan {
+    /// True when a checkpoint is due after epoch `epoch` of a run of `last_epoch` epochs.
+    pub fn due_after(&self, epoch: u32, last_epoch: u32) -> bool {
+        epoch.is_multiple_of(self.every) || epoch == last_epoch
+    }
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> TrainError {
@@ -65,6 +83,20 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> TrainError {
         path: path.display().to_string(),
         cause: what.to_string(),
     }
+}
+
+/// Where the next checkpoint of `run_dir` is assembled: `checkpoint.tmp/`.
+pub fn staging_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join(format!("{CHECKPOINT_DIR}.tmp"))
+}
+
+fn previous_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join(format!("{CHECKPOINT_DIR}.prev"))
+}
+
+/// The file of stage `stage` in a checkpoint directory.
+pub fn stage_file_name(stage: usize) -> String {
+    format!("stage-{stage}.safetensors")
 }
 
 /// Writes `bytes` to `path` and flushes it to disk.
@@ -76,8 +108,19 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
         .map_err(|e| TrainError::output(path, e))
 }
 
+/// Flushes the entries of directory `dir` to disk.
+fn sync_dir(dir: &Path) -> Result<(), TrainError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| TrainError::output(dir, e))
+}
+
 /// Serialises one stage's weights and optimizer buffers.
-fn stage_bytes(state: &StageState, tensors: &StageTensors) -> Result<Vec<u8>, String> {
+fn stage_bytes(
+    state: &StageState,
+    params: &ModelParams,
+    optimizer: &OptimizerSnapshot,
+) -> Result<Vec<u8>, String> {
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let to_bytes = |values: &[f32]| {
         values
@@ -85,7 +128,7 @@ fn stage_bytes(state: &StageState, tensors: &StageTensors) -> Result<Vec<u8>, St
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<u8>>()
     };
-    for (offset, block) in tensors.params.iter().enumerate() {
+    for (offset, block) in params.iter().enumerate() {
         let index = state.first_block + offset;
         // Parameters, then buffers (BatchNorm running statistics), as the file layout lists them.
         let mut shapes = block.block.file_shapes();
@@ -107,10 +150,7 @@ fn stage_bytes(state: &StageState, tensors: &StageTensors) -> Result<Vec<u8>, St
             named.push((param_name(index, name), shape, to_bytes(&values)));
         }
         let names = block.block.param_names();
-        for (moment, buffers) in [
-            ("first", &tensors.optimizer.first),
-            ("second", &tensors.optimizer.second),
-        ] {
+        for (moment, buffers) in [("first", &optimizer.first), ("second", &optimizer.second)] {
             let Some(buffers) = buffers.get(offset) else {
                 continue;
             };
@@ -132,27 +172,63 @@ fn stage_bytes(state: &StageState, tensors: &StageTensors) -> Result<Vec<u8>, St
     safetensors::serialize(views, None).map_err(|e| e.to_string())
 }
 
-/// Writes a checkpoint of `stages` into `run_dir/checkpoint`, atomically.
-pub fn save(
-    run_dir: &Path,
-    state: &CheckpointState,
-    stages: &[StageTensors],
-) -> Result<(), TrainError> {
-    let final_dir = run_dir.join(CHECKPOINT_DIR);
-    let tmp_dir = run_dir.join(format!("{CHECKPOINT_DIR}.tmp"));
-    let prev_dir = run_dir.join(format!("{CHECKPOINT_DIR}.prev"));
+/// Removes what a crash may have left in the staging directory of `run_dir`, so that the next
+/// checkpoint starts from an empty one. Call it before any stage is written.
+pub fn clear_staging(run_dir: &Path) -> Result<(), TrainError> {
+    let tmp_dir = staging_dir(run_dir);
     if tmp_dir.exists() {
         fs::remove_dir_all(&tmp_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
     }
+    Ok(())
+}
+
+/// Writes the file of `stage` (index `index`, drained at an epoch boundary) into the staging
+/// directory of `run_dir`, fsynced, and returns the stage's scalars for `state.json`.
+pub fn write_stage(
+    run_dir: &Path,
+    index: usize,
+    stage: &BurnStage,
+) -> Result<StageState, TrainError> {
+    let params = stage.live_params();
+    let scalars = StageState {
+        first_block: stage.first_block(),
+        num_blocks: params.len(),
+        live_version: stage.live_version(),
+        optimizer_steps: stage.optimizer().steps(),
+    };
+    let tmp_dir = staging_dir(run_dir);
     fs::create_dir_all(&tmp_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
-    for (stage, (scalars, tensors)) in state.stages.iter().zip(stages).enumerate() {
-        let path = tmp_dir.join(format!("stage-{stage}.safetensors"));
-        let bytes = stage_bytes(scalars, tensors).map_err(|e| TrainError::output(&path, e))?;
-        write_synced(&path, &bytes)?;
+    let path = tmp_dir.join(stage_file_name(index));
+    let bytes = stage_bytes(&scalars, &params, &stage.optimizer_snapshot())
+        .map_err(|e| TrainError::output(&path, e))?;
+    write_synced(&path, &bytes)?;
+    Ok(scalars)
+}
+
+/// Completes the checkpoint whose stage files [`write_stage`] put into the staging directory
+/// of `run_dir`: checks that every stage's file is there, writes `state.json` and swaps the
+/// directory into place atomically.
+pub fn commit(run_dir: &Path, state: &CheckpointState) -> Result<(), TrainError> {
+    let final_dir = run_dir.join(CHECKPOINT_DIR);
+    let tmp_dir = staging_dir(run_dir);
+    let prev_dir = previous_dir(run_dir);
+    for stage in 0..state.stages.len() {
+        let path = tmp_dir.join(stage_file_name(stage));
+        if !path.is_file() {
+            return Err(TrainError::output(
+                &path,
+                format!(
+                    "stage {stage} reported this file written, but it is not there (with \
+                     several machines, the run directory must be on a file system they all \
+                     share, at the same path)"
+                ),
+            ));
+        }
     }
     let state_path = tmp_dir.join("state.json");
     let json = serde_json::to_vec_pretty(state).expect("a checkpoint state always serialises");
     write_synced(&state_path, &json)?;
+    sync_dir(&tmp_dir)?;
     if final_dir.exists() {
         if prev_dir.exists() {
             fs::remove_dir_all(&prev_dir).map_err(|e| TrainError::output(&prev_dir, e))?;
@@ -160,13 +236,35 @@ pub fn save(
         fs::rename(&final_dir, &prev_dir).map_err(|e| TrainError::output(&final_dir, e))?;
     }
     fs::rename(&tmp_dir, &final_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
-    File::open(run_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| TrainError::output(run_dir, e))?;
+    sync_dir(run_dir)?;
     if prev_dir.exists() {
         fs::remove_dir_all(&prev_dir).map_err(|e| TrainError::output(&prev_dir, e))?;
     }
     Ok(())
+}
+
+/// Writes a checkpoint of `stages` (all stages of the run, in order) into `run_dir/checkpoint`,
+/// atomically.
+pub fn save(
+    run_dir: &Path,
+    epoch: u32,
+    updates: u64,
+    config: &TrainConfig,
+    stages: &[BurnStage],
+) -> Result<(), TrainError> {
+    clear_staging(run_dir)?;
+    let stages = stages
+        .iter()
+        .enumerate()
+        .map(|(index, stage)| write_stage(run_dir, index, stage))
+        .collect::<Result<_, _>>()?;
+    let state = CheckpointState {
+        epoch,
+        updates,
+        config: config.clone(),
+        stages,
+    };
+    commit(run_dir, &state)
 }
 
 /// The checkpoint directory to resume from in `run_dir`: `checkpoint/`, or `checkpoint.prev/`
@@ -184,77 +282,241 @@ pub fn find(run_dir: &Path) -> Result<PathBuf, TrainError> {
         })
 }
 
-/// Reads a checkpoint directory: the scalars, and per stage the tensors shaped after
-/// `templates` (the stages' current parameters, which give the block kinds).
-pub fn load(
+/// Reads `state.json` of the checkpoint directory `dir` and checks that a run of `config`
+/// whose stages own the blocks `split` can continue from it: same stages, same configuration
+/// up to the number of epochs, and epochs left to train.
+pub fn read_state(
     dir: &Path,
-    templates: &[ModelParams],
-) -> Result<(CheckpointState, Vec<StageTensors>), TrainError> {
+    config: &TrainConfig,
+    split: &[Range<usize>],
+) -> Result<CheckpointState, TrainError> {
     let state_path = dir.join("state.json");
     let text = fs::read(&state_path).map_err(|e| corrupt(&state_path, e))?;
     let state: CheckpointState =
         serde_json::from_slice(&text).map_err(|e| corrupt(&state_path, e))?;
-    if state.stages.len() != templates.len() {
+    if state.stages.len() != split.len() {
         return Err(corrupt(
             &state_path,
             format!(
-                "{} stages saved, the run has {}",
+                "it was written by a run of {} stages, this run has {} (--stages must stay as \
+                 it was)",
                 state.stages.len(),
-                templates.len()
+                split.len()
             ),
         ));
     }
-    let mut stages = Vec::with_capacity(templates.len());
-    for (stage, (scalars, template)) in state.stages.iter().zip(templates).enumerate() {
-        let path = dir.join(format!("stage-{stage}.safetensors"));
-        let bytes = fs::read(&path).map_err(|e| corrupt(&path, e))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&path, e))?;
-        let read = |name: &str| -> Result<Option<Vec<f32>>, TrainError> {
-            match file.tensor(name) {
-                Ok(view) => Ok(Some(
-                    view.data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                )),
-                Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
-                Err(e) => Err(corrupt(&path, format!("{name}: {e}"))),
-            }
-        };
-        let mut params = Vec::with_capacity(template.len());
-        let (mut first, mut second) = (Vec::new(), Vec::new());
-        for (offset, block) in template.iter().enumerate() {
-            let index = scalars.first_block + offset;
-            let state_names = block.block.state_names();
-            let mut values = Vec::with_capacity(state_names.len());
-            for (name, size) in state_names.iter().zip(block.block.state_sizes()) {
-                let key = param_name(index, name);
-                let tensor = read(&key)?.ok_or_else(|| corrupt(&path, format!("{key} missing")))?;
-                if tensor.len() != size {
-                    return Err(corrupt(
-                        &path,
-                        format!("{key} has {} values, not {size}", tensor.len()),
-                    ));
-                }
-                values.push(tensor);
-            }
-            params.push(BlockParams::from_file_layout(block.block, values));
-            let names = block.block.param_names();
-            let moments = |moment: &str| -> Result<Vec<Option<Vec<f32>>>, TrainError> {
-                names
-                    .iter()
-                    .map(|name| read(&format!("optimizer.{moment}.{index}.{name}")))
-                    .collect()
-            };
-            first.push(moments("first")?);
-            second.push(moments("second")?);
-        }
-        let optimizer = OptimizerSnapshot {
-            steps: scalars.optimizer_steps,
-            first,
-            second,
-        };
-        stages.push(StageTensors { params, optimizer });
+    let saved = TrainConfig {
+        epochs: config.epochs,
+        ..state.config.clone()
+    };
+    if saved != *config {
+        return Err(corrupt(
+            &state_path,
+            "the checkpoint was written with another configuration (only --epochs may change \
+             when resuming)",
+        ));
     }
-    Ok((state, stages))
+    let saved_split: Vec<Range<usize>> = state
+        .stages
+        .iter()
+        .map(|stage| stage.first_block..stage.first_block + stage.num_blocks)
+        .collect();
+    if saved_split != split {
+        return Err(corrupt(
+            &state_path,
+            format!(
+                "the checkpoint's stages own the blocks {saved_split:?}, this run's {split:?} \
+                 (a measured --partition may split differently; give the split with --split)"
+            ),
+        ));
+    }
+    if state.epoch >= config.epochs {
+        return Err(corrupt(
+            &state_path,
+            format!(
+                "nothing left to train: the checkpoint has completed {} epochs and --epochs is \
+                 {} (pass a larger --epochs)",
+                state.epoch, config.epochs
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+/// Puts `stage` (index `index`, built for the run `state` fits; see [`read_state`]) back into
+/// its state in the checkpoint directory `dir`: weights, BatchNorm statistics, live version and
+/// optimizer state.
+pub fn restore_stage(
+    dir: &Path,
+    index: usize,
+    state: &CheckpointState,
+    stage: &mut BurnStage,
+) -> Result<(), TrainError> {
+    let scalars = &state.stages[index];
+    let path = dir.join(stage_file_name(index));
+    let (params, optimizer) = read_stage(&path, scalars, &stage.live_params())?;
+    stage
+        .restore(scalars.live_version, params, optimizer)
+        .map_err(|e| corrupt(&path, e))
+}
+
+/// Reads one stage's file at `path`: weights shaped after `template` (the stage's current
+/// parameters, which give the block kinds) and the optimizer state.
+fn read_stage(
+    path: &Path,
+    scalars: &StageState,
+    template: &[BlockParams],
+) -> Result<(ModelParams, OptimizerSnapshot), TrainError> {
+    let bytes = fs::read(path).map_err(|e| corrupt(path, e))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
+    let read = |name: &str| -> Result<Option<Vec<f32>>, TrainError> {
+        match file.tensor(name) {
+            Ok(view) => Ok(Some(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )),
+            Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
+            Err(e) => Err(corrupt(path, format!("{name}: {e}"))),
+        }
+    };
+    let mut params = Vec::with_capacity(template.len());
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for (offset, block) in template.iter().enumerate() {
+        let index = scalars.first_block + offset;
+        let state_names = block.block.state_names();
+        let mut values = Vec::with_capacity(state_names.len());
+        for (name, size) in state_names.iter().zip(block.block.state_sizes()) {
+            let key = param_name(index, name);
+            let tensor = read(&key)?.ok_or_else(|| corrupt(path, format!("{key} missing")))?;
+            if tensor.len() != size {
+                return Err(corrupt(
+                    path,
+                    format!("{key} has {} values, not {size}", tensor.len()),
+                ));
+            }
+            values.push(tensor);
+        }
+        params.push(BlockParams::from_file_layout(block.block, values));
+        let names = block.block.param_names();
+        let moments = |moment: &str| -> Result<Vec<Option<Vec<f32>>>, TrainError> {
+            names
+                .iter()
+                .map(|name| read(&format!("optimizer.{moment}.{index}.{name}")))
+                .collect()
+        };
+        first.push(moments("first")?);
+        second.push(moments("second")?);
+    }
+    let optimizer = OptimizerSnapshot {
+        steps: scalars.optimizer_steps,
+        first,
+        second,
+    };
+    Ok((params, optimizer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(stages: usize, epoch: u32) -> CheckpointState {
+        let stage = |s: usize| StageState {
+            first_block: s,
+            num_blocks: 1,
+            live_version: 7,
+            optimizer_steps: 7,
+        };
+        CheckpointState {
+            epoch,
+            updates: 7,
+            config: TrainConfig {
+                stages: stages as u32,
+                epochs: 4,
+                ..TrainConfig::default()
+            },
+            stages: (0..stages).map(stage).collect(),
+        }
+    }
+
+    fn write_state(dir: &Path, state: &CheckpointState) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("state.json"), serde_json::to_vec(state).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_commit_with_a_stage_file_missing_keeps_the_old_checkpoint() {
+        let run = tempfile::tempdir().unwrap();
+        let old = state(2, 1);
+        write_state(&run.path().join(CHECKPOINT_DIR), &old);
+        clear_staging(run.path()).unwrap();
+        fs::create_dir_all(staging_dir(run.path())).unwrap();
+        fs::write(staging_dir(run.path()).join(stage_file_name(0)), b"stage 0").unwrap();
+        let error = commit(run.path(), &state(2, 2)).unwrap_err().to_string();
+        assert!(
+            error.contains("checkpoint.tmp/stage-1.safetensors") && error.contains("share"),
+            "{error}"
+        );
+        let kept = find(run.path()).unwrap();
+        assert_eq!(kept, run.path().join(CHECKPOINT_DIR));
+        let config = old.config.clone();
+        assert_eq!(read_state(&kept, &config, &[0..1, 1..2]).unwrap(), old);
+
+        fs::write(staging_dir(run.path()).join(stage_file_name(1)), b"stage 1").unwrap();
+        commit(run.path(), &state(2, 2)).unwrap();
+        let new = find(run.path()).unwrap();
+        assert_eq!(read_state(&new, &config, &[0..1, 1..2]).unwrap().epoch, 2);
+        assert!(new.join(stage_file_name(1)).is_file());
+        assert!(!staging_dir(run.path()).exists() && !previous_dir(run.path()).exists());
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_fit_the_run_is_refused_naming_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = state(3, 2);
+        write_state(dir.path(), &saved);
+        let split = [0..1, 1..2, 2..3];
+        let error = |config: &TrainConfig, split: &[Range<usize>]| {
+            read_state(dir.path(), config, split)
+                .unwrap_err()
+                .to_string()
+        };
+        let two = TrainConfig {
+            stages: 2,
+            ..saved.config.clone()
+        };
+        assert!(
+            error(&two, &split[..2]).contains("a run of 3 stages, this run has 2"),
+            "{}",
+            error(&two, &split[..2])
+        );
+        let other = TrainConfig {
+            lr: 0.5,
+            ..saved.config.clone()
+        };
+        assert!(error(&other, &split).contains("another configuration"));
+        let moved = [0..2, 2..3, 3..4];
+        assert!(error(&saved.config, &moved).contains("own the blocks [0..1, 1..2, 2..3]"));
+        let done = TrainConfig {
+            epochs: 2,
+            ..saved.config.clone()
+        };
+        assert!(error(&done, &split).contains("nothing left to train"));
+        let longer = TrainConfig {
+            epochs: 9,
+            ..saved.config.clone()
+        };
+        assert_eq!(read_state(dir.path(), &longer, &split).unwrap(), saved);
+    }
+
+    #[test]
+    fn checkpoints_are_due_every_k_epochs_and_after_the_last() {
+        let plan = CheckpointPlan {
+            run_dir: PathBuf::from("run"),
+            every: 3,
+        };
+        let due: Vec<u32> = (1..=7).filter(|e| plan.due_after(*e, 7)).collect();
+        assert_eq!(due, vec![3, 6, 7]);
+    }
 }

@@ -9,8 +9,9 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use timeprest_nn::{load_safetensors, save_safetensors};
+use timeprest_nn::{BlockParams, load_safetensors, save_safetensors};
 
+use crate::checkpoint::CheckpointPlan;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::EpochMetrics;
@@ -35,6 +36,28 @@ pub struct RunPaths {
     pub checkpoint_every: u32,
     /// Continue from the checkpoint in `out_dir` instead of starting afresh.
     pub resume: bool,
+}
+
+impl RunPaths {
+    /// Where and how often checkpoints are written; `None` when never.
+    pub fn checkpoints(&self) -> Option<CheckpointPlan> {
+        let run_dir = self.out_dir.clone()?;
+        (self.checkpoint_every > 0).then_some(CheckpointPlan {
+            run_dir,
+            every: self.checkpoint_every,
+        })
+    }
+
+    /// The run directory to resume from, if the run resumes.
+    pub fn resume_dir(&self) -> Result<Option<&Path>, TrainError> {
+        match (&self.out_dir, self.resume) {
+            (Some(dir), true) => Ok(Some(dir)),
+            (None, true) => Err(TrainError::Config(
+                "--resume needs the run directory".into(),
+            )),
+            (_, false) => Ok(None),
+        }
+    }
 }
 
 /// Callbacks for showing progress; all default to doing nothing.
@@ -73,6 +96,50 @@ pub fn write_run_config(
     Ok(())
 }
 
+/// `metrics.jsonl` of a run directory, one line per epoch, each flushed when written.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens `dir/metrics.jsonl` for a run that has completed `completed` epochs: it keeps the
+    /// lines of those epochs only (after a crash between an epoch's metrics line and its
+    /// checkpoint, a resumed run would otherwise write that epoch twice).
+    pub fn open(dir: &Path, completed: u32) -> Result<Self, TrainError> {
+        let path = dir.join("metrics.jsonl");
+        let kept: String = match completed {
+            0 => String::new(),
+            _ => fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .take(completed as usize)
+                .map(|line| format!("{line}\n"))
+                .collect(),
+        };
+        let mut file = File::create(&path).map_err(|e| TrainError::output(&path, e))?;
+        file.write_all(kept.as_bytes())
+            .map_err(|e| TrainError::output(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends the line of one epoch.
+    pub fn append(&mut self, metrics: &EpochMetrics) -> Result<(), TrainError> {
+        let line = serde_json::to_string(metrics).expect("metrics always serialise");
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .map_err(|e| TrainError::output(&self.path, e))
+    }
+}
+
+/// Saves the final weights `params` to `path`, creating its directory.
+pub fn save_final_weights(path: &Path, params: &[BlockParams]) -> Result<(), TrainError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| TrainError::output(parent, e))?;
+    }
+    Ok(save_safetensors(path, params)?)
+}
+
 /// Trains `config` for its epochs, writing the run directory and weights of `paths`.
 /// Returns the metrics of every epoch.
 pub fn run(
@@ -89,38 +156,18 @@ pub fn run(
         None => None,
     };
     let mut trainer = Trainer::new(config.clone(), initial)?;
-    let completed = match (&paths.out_dir, paths.resume) {
-        (Some(dir), true) => trainer.restore_checkpoint(dir)?,
-        (None, true) => {
-            return Err(TrainError::Config(
-                "--resume needs the run directory".into(),
-            ));
-        }
-        (_, false) => 0,
+    let completed = match paths.resume_dir()? {
+        Some(dir) => trainer.restore_checkpoint(dir)?,
+        None => 0,
     };
-    let mut metrics_file = match &paths.out_dir {
+    let mut metrics_log = match &paths.out_dir {
         Some(dir) => {
             write_run_config(dir, config, paths.command.as_deref())?;
-            let metrics_path = dir.join("metrics.jsonl");
-            // On resume keep the lines of the checkpointed epochs only (a crash between an
-            // epoch's metrics line and its checkpoint would otherwise leave a duplicate).
-            let kept: String = match completed {
-                0 => String::new(),
-                _ => fs::read_to_string(&metrics_path)
-                    .unwrap_or_default()
-                    .lines()
-                    .take(completed as usize)
-                    .map(|line| format!("{line}\n"))
-                    .collect(),
-            };
-            let mut file =
-                File::create(&metrics_path).map_err(|e| TrainError::output(&metrics_path, e))?;
-            file.write_all(kept.as_bytes())
-                .map_err(|e| TrainError::output(&metrics_path, e))?;
-            Some((metrics_path, file))
+            Some(MetricsLog::open(dir, completed)?)
         }
         None => None,
     };
+    let checkpoints = paths.checkpoints();
 
     let num_minibatches = trainer.minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
@@ -138,26 +185,19 @@ pub fn run(
             fs::write(path, measured_chrome_trace(&schedule, &report))
                 .map_err(|e| TrainError::output(path, e))?;
         }
-        if let Some((path, file)) = metrics_file.as_mut() {
-            let line = serde_json::to_string(&metrics).expect("metrics always serialise");
-            writeln!(file, "{line}")
-                .and_then(|()| file.flush())
-                .map_err(|e| TrainError::output(path, e))?;
+        if let Some(log) = metrics_log.as_mut() {
+            log.append(&metrics)?;
         }
         progress.epoch_finished(&metrics);
         history.push(metrics);
-        if let Some(dir) = &paths.out_dir {
-            let every = paths.checkpoint_every;
-            if every > 0 && (epoch % every == 0 || epoch == config.epochs) {
-                trainer.save_checkpoint(dir, epoch)?;
-            }
+        if let Some(plan) = checkpoints.as_ref()
+            && plan.due_after(epoch, config.epochs)
+        {
+            trainer.save_checkpoint(&plan.run_dir, epoch)?;
         }
     }
     if let Some(path) = &paths.save_weights {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| TrainError::output(parent, e))?;
-        }
-        save_safetensors(path, &trainer.params())?;
+        save_final_weights(path, &trainer.params())?;
     }
     Ok(history)
 }

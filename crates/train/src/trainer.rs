@@ -6,6 +6,7 @@
 //! every epoch (as TiMePReSt does before its per-epoch checkpoint), so an epoch boundary is a
 //! consistent state: every stage has applied the same number of updates.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunOptions, RunReport, run_threaded};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 
-use crate::checkpoint::{self, CheckpointState, StageState, StageTensors};
+use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::{EpochMetrics, epoch_metrics};
@@ -221,53 +222,21 @@ impl Trainer {
 
     /// Writes a checkpoint of the drained pipeline after `epoch` epochs into `run_dir`.
     pub fn save_checkpoint(&self, run_dir: &Path, epoch: u32) -> Result<(), TrainError> {
-        let stages: Vec<StageState> = self
-            .stages
-            .iter()
-            .map(|stage| StageState {
-                first_block: stage.first_block(),
-                num_blocks: stage.live_params().len(),
-                live_version: stage.live_version(),
-                optimizer_steps: stage.optimizer().steps(),
-            })
-            .collect();
-        let tensors: Vec<StageTensors> = self
-            .stages
-            .iter()
-            .map(|stage| StageTensors {
-                params: stage.live_params(),
-                optimizer: stage.optimizer_snapshot(),
-            })
-            .collect();
-        let state = CheckpointState {
-            epoch,
-            updates: self.updates,
-            config: self.config.clone(),
-            stages,
-        };
-        checkpoint::save(run_dir, &state, &tensors)
+        checkpoint::save(run_dir, epoch, self.updates, &self.config, &self.stages)
     }
 
     /// Restores the checkpoint in `run_dir` (whose configuration must equal this trainer's, up
     /// to the number of epochs) and returns the number of epochs it had completed.
     pub fn restore_checkpoint(&mut self, run_dir: &Path) -> Result<u32, TrainError> {
         let dir = checkpoint::find(run_dir)?;
-        let templates: Vec<_> = self.stages.iter().map(BurnStage::live_params).collect();
-        let (state, tensors) = checkpoint::load(&dir, &templates)?;
-        let saved = TrainConfig {
-            epochs: self.config.epochs,
-            ..state.config.clone()
-        };
-        if saved != self.config {
-            return Err(TrainError::Checkpoint {
-                path: dir.display().to_string(),
-                cause: "the checkpoint was written with another configuration (only --epochs may \
-                        change when resuming)"
-                    .into(),
-            });
-        }
-        for ((stage, scalars), saved) in self.stages.iter_mut().zip(&state.stages).zip(tensors) {
-            stage.restore(scalars.live_version, saved.params, saved.optimizer)?;
+        let split: Vec<Range<usize>> = self
+            .stages
+            .iter()
+            .map(|stage| stage.first_block()..stage.first_block() + stage.live_params().len())
+            .collect();
+        let state = checkpoint::read_state(&dir, &self.config, &split)?;
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            checkpoint::restore_stage(&dir, index, &state, stage)?;
         }
         self.updates = state.updates;
         Ok(state.epoch)
