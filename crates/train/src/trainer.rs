@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use timeprest_data::{Augment, DataSplit, Dataset, epoch_order, load};
+use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
     BatchPlan, BurnStage, ModelParams, ModelSize, ModelSpec, evaluate, init_params,
     partition_manual, partition_model,
@@ -27,10 +27,14 @@ use crate::metrics::{EpochMetrics, epoch_metrics};
 pub fn load_data_and_model(
     config: &TrainConfig,
 ) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
+    let options = LoadOptions {
+        data_dir: config.data_dir.as_deref(),
+        seq_len: config.seq_len,
+    };
     let DataSplit {
         mut train,
         mut test,
-    } = load(&config.dataset, config.data_dir.as_deref())?;
+    } = load(&config.dataset, &options)?;
     if let Some(limit) = config.limit_train {
         train.truncate(limit);
     }
@@ -41,8 +45,10 @@ pub fn load_data_and_model(
         hidden: config.hidden.clone(),
         width: config.width,
         depth: config.depth.clone(),
+        embed_dim: config.embed_dim,
+        heads: config.heads,
     };
-    let spec = ModelSpec::from_name(&config.model, train.shape, train.num_classes, &size)
+    let spec = ModelSpec::for_data(&config.model, &train, &size)
         .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
     Ok((train, test, spec))
 }
