@@ -175,10 +175,9 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
             };
             let data = timeprest_data::load(name, &options)
                 .map_err(|e| usage_error(format!("--dataset {name}: {e}")))?;
-            let source = format!("data set {name}");
             let spec = ModelSpec::for_data(&args.model, &data.train, &size)
-                .map_err(|e| usage_error(format!("--model: {e} ({source})")))?;
-            (spec, source)
+                .map_err(|e| usage_error(format!("--model: {e}")))?;
+            (spec, format!("data set {name}"))
         }
         None => {
             let (input, source) = if args.model == GptConfig::NAME {

@@ -247,9 +247,11 @@ enum Layer {
     Norm {
         channels: usize,
     },
-    LayerNorm {
+    /// Layer normalisation over the features of each position (PyTorch's `LayerNorm`).
+    FeatureNorm {
         features: usize,
     },
+    /// A lookup table of `rows` vectors of `width`.
     Embedding {
         rows: usize,
         width: usize,
@@ -292,7 +294,7 @@ impl Layer {
                 }
                 params
             }
-            Layer::Norm { channels: features } | Layer::LayerNorm { features } => vec![
+            Layer::Norm { channels: features } | Layer::FeatureNorm { features } => vec![
                 TensorInfo::new(prefix, "weight", vec![features], Init::Const(1.0)),
                 TensorInfo::new(prefix, "bias", vec![features], Init::Const(0.0)),
             ],
@@ -665,7 +667,7 @@ impl Block {
             }),
             Block::DecoderLayer { embed_dim: d, .. } => {
                 let linear = |input, output| Layer::Linear { input, output };
-                let norm = Layer::LayerNorm { features: d };
+                let norm = Layer::FeatureNorm { features: d };
                 Some(Plan {
                     main: vec![
                         ("ln1", norm),
@@ -686,7 +688,7 @@ impl Block {
                 main: vec![
                     (
                         "ln",
-                        Layer::LayerNorm {
+                        Layer::FeatureNorm {
                             features: embed_dim,
                         },
                     ),
@@ -913,7 +915,7 @@ fn run_plan(plan: &Plan, x: Tensor<4>, params: &[Tensor<1>], mut norm: Norm<'_>)
                     norms_done += 1;
                     out
                 }
-                Layer::Linear { .. } | Layer::LayerNorm { .. } | Layer::Embedding { .. } => {
+                Layer::Linear { .. } | Layer::FeatureNorm { .. } | Layer::Embedding { .. } => {
                     panic!("a {layer:?} layer inside an image block")
                 }
             };

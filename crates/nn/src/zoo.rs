@@ -417,8 +417,9 @@ impl ModelSpec {
     /// [`ModelSpec::from_name`] with the data's shape and classes, checked against the data.
     ///
     /// # Errors
-    /// The errors of [`ModelSpec::from_name`], and [`NnError::Mismatch`] naming model and data
-    /// shapes if the data does not fit (e.g. a classifier on a language-modelling set).
+    /// The errors of [`ModelSpec::from_name`] (with the data set named), and
+    /// [`NnError::Mismatch`] naming model, data set and shapes if the data does not fit (e.g. a
+    /// classifier on a language-modelling set).
     pub fn for_data(name: &str, data: &Dataset, size: &ModelSize) -> Result<Self, NnError> {
         if name != GptConfig::NAME && data.targets_per_sample != 1 {
             let [c, h, w] = data.shape;
@@ -428,7 +429,13 @@ impl ModelSpec {
                 data.name, data.targets_per_sample
             )));
         }
-        let spec = Self::from_name(name, data.shape, data.num_classes, size)?;
+        let spec =
+            Self::from_name(name, data.shape, data.num_classes, size).map_err(|e| match e {
+                NnError::InvalidModel(why) => {
+                    NnError::InvalidModel(format!("{why} (data set {})", data.name))
+                }
+                other => other,
+            })?;
         spec.check_data(data)?;
         Ok(spec)
     }

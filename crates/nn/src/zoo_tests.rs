@@ -890,7 +890,8 @@ fn gpt_trains_on_the_mean_per_token_cross_entropy() {
     let plan = Arc::new(BatchPlan {
         minibatches: vec![vec![vec![0, 1, 2, 3]]],
     });
-    let mut stages = stages_over(&params, &[0..3], GradMode::Graph, &data, &plan);
+    let one_stage = partition_uniform(3, 1).unwrap();
+    let mut stages = stages_over(&params, &one_stage, GradMode::Graph, &data, &plan);
     let (loss_sum, correct, _) = run_minibatch(&mut stages, 0, 1, &[v(0)], &[v(0)]);
     let (mean_loss, accuracy) = evaluate(&spec, &params, &data, 3).unwrap();
     let tokens = (4 * seq_len) as f64;

@@ -49,7 +49,7 @@ pub fn load_data_and_model(
         heads: config.heads,
     };
     let spec = ModelSpec::for_data(&config.model, &train, &size)
-        .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
+        .map_err(|e| TrainError::Config(format!("--model: {e}")))?;
     Ok((train, test, spec))
 }
 
