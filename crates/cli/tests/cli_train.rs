@@ -322,6 +322,10 @@ fn models_and_data_sets_that_do_not_fit_are_named() {
     );
     assert_user_error(&["train", "--dataset", "text:"], "text:PATH");
     assert_user_error(
+        &["train", "--dataset", &text, "--model", "gpt", "--augment"],
+        "--augment",
+    );
+    assert_user_error(
         &[
             "train",
             "--dataset",

@@ -50,6 +50,13 @@ pub fn load_data_and_model(
     };
     let spec = ModelSpec::for_data(&config.model, &train, &size)
         .map_err(|e| TrainError::Config(format!("--model: {e}")))?;
+    if config.augment && train.targets_per_sample > 1 {
+        return Err(TrainError::Config(format!(
+            "--augment: random crops and flips are for images, but data set {} is a \
+             language-modelling set",
+            train.name
+        )));
+    }
     Ok((train, test, spec))
 }
 
