@@ -925,7 +925,10 @@ fn gpt_trains_on_the_mean_per_token_cross_entropy() {
         };
         let numeric = (shifted(epsilon as f32) - shifted(-epsilon as f32)) / (2.0 * epsilon);
         let analytic = f64::from(to_vec(&grads[block][tensor])[element]);
-        assert!(analytic.abs() > 1e-4, "block {block} tensor {tensor}: zero gradient");
+        assert!(
+            analytic.abs() > 1e-4,
+            "block {block} tensor {tensor}: zero gradient"
+        );
         assert!(
             (numeric - analytic).abs() <= 2e-3 + 0.05 * analytic.abs(),
             "block {block} tensor {tensor}[{element}]: finite difference {numeric}, gradient \
