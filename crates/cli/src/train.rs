@@ -541,9 +541,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     if process.is_root() {
         let sizes = if language_model {
+            let layers = config
+                .depth
+                .first()
+                .copied()
+                .unwrap_or(GptConfig::DEFAULT_LAYERS);
             format!(
-                "T={} d={} heads={} depth {:?}",
-                config.seq_len, config.embed_dim, config.heads, config.depth
+                "T={} d={} heads={} layers={layers}",
+                config.seq_len, config.embed_dim, config.heads
             )
         } else {
             format!("{:?}", config.hidden)
