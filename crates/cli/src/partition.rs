@@ -14,14 +14,14 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use clap::Args;
-use timeprest_data::DATASET_NAMES;
+use timeprest_data::{DEFAULT_SEQ_LEN, LoadOptions};
 use timeprest_nn::{
-    BlockProfile, MODEL_NAMES, ModelSize, ModelSpec, PartitionMethod, ProfiledCost, Shape,
-    partition_balanced, partition_manual, partition_uniform, profile_blocks,
+    BlockProfile, GptConfig, MODEL_NAMES, ModelSize, ModelSpec, PartitionMethod, ProfiledCost,
+    Shape, partition_balanced, partition_manual, partition_uniform, profile_blocks,
 };
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, simulate_costs};
 
-use crate::train::PartitionArg;
+use crate::train::{PartitionArg, parse_dataset};
 use crate::usage_error;
 
 /// Show how a model splits into stages, with measured per-stage times and the predicted
@@ -34,27 +34,39 @@ pub struct PartitionArgs {
     /// W: pipeline stages.
     #[arg(long, default_value_t = 4)]
     pub stages: u32,
-    /// Take the input shape and classes from this data set (otherwise `--input`/`--classes`).
-    #[arg(long, value_parser = DATASET_NAMES)]
+    /// Take the input shape and classes from this data set (otherwise `--input`/`--classes`,
+    /// or `--seq-len`/`--classes` for `gpt`).
+    #[arg(long, value_parser = parse_dataset)]
     pub dataset: Option<String>,
     /// Directory (or file) of the data set.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Input shape CxHxW when no data set is given.
+    /// Input shape CxHxW when no data set is given (not for `gpt`, which takes 1x1xT).
     #[arg(long, default_value = "3x32x32", value_parser = parse_shape)]
     pub input: Shape,
-    /// Classes when no data set is given.
+    /// Classes when no data set is given (for `gpt`: the vocabulary size).
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
+    /// Characters per sample of a `text:PATH` data set, or the context length of `gpt` when no
+    /// data set is given.
+    #[arg(long, value_name = "T", default_value_t = DEFAULT_SEQ_LEN)]
+    pub seq_len: usize,
     /// Hidden layer widths of the MLP, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,64")]
     pub hidden: Vec<usize>,
     /// Channel multiplier of the convolutional models.
     #[arg(long, default_value_t = 1.0)]
     pub width: f64,
-    /// Residual blocks per group of the ResNets, 4 comma-separated numbers.
+    /// Residual blocks per group of the ResNets, 4 comma-separated numbers; decoder layers of
+    /// `gpt`, one number.
     #[arg(long, value_delimiter = ',')]
     pub depth: Vec<usize>,
+    /// Embedding width d of `gpt`.
+    #[arg(long, default_value_t = GptConfig::DEFAULT_EMBED_DIM)]
+    pub embed_dim: usize,
+    /// Attention heads of `gpt`.
+    #[arg(long, default_value_t = GptConfig::DEFAULT_HEADS)]
+    pub heads: usize,
     /// The partition method whose split is printed.
     #[arg(long, value_enum, default_value = "time")]
     pub partition: PartitionArg,
@@ -148,25 +160,37 @@ fn predict(
 
 /// Runs `timeprest partition`.
 pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
-    let (input, classes, source) = match &args.dataset {
-        Some(name) => {
-            let data = timeprest_data::load(name, args.data_dir.as_deref())
-                .map_err(|e| usage_error(format!("--dataset {name}: {e}")))?;
-            (
-                data.train.shape,
-                data.train.num_classes,
-                format!("data set {name}"),
-            )
-        }
-        None => (args.input, args.classes, "--input".to_owned()),
-    };
     let size = ModelSize {
         hidden: args.hidden.clone(),
         width: args.width,
         depth: args.depth.clone(),
+        embed_dim: args.embed_dim,
+        heads: args.heads,
     };
-    let spec = ModelSpec::from_name(&args.model, input, classes, &size)
-        .map_err(|e| usage_error(format!("--model: {e} ({source})")))?;
+    let (spec, source) = match &args.dataset {
+        Some(name) => {
+            let options = LoadOptions {
+                data_dir: args.data_dir.as_deref(),
+                seq_len: args.seq_len,
+            };
+            let data = timeprest_data::load(name, &options)
+                .map_err(|e| usage_error(format!("--dataset {name}: {e}")))?;
+            let spec = ModelSpec::for_data(&args.model, &data.train, &size)
+                .map_err(|e| usage_error(format!("--model: {e}")))?;
+            (spec, format!("data set {name}"))
+        }
+        None => {
+            let (input, source) = if args.model == GptConfig::NAME {
+                ([1, 1, args.seq_len], "--seq-len, --classes")
+            } else {
+                (args.input, "--input")
+            };
+            let spec = ModelSpec::from_name(&args.model, input, args.classes, &size)
+                .map_err(|e| usage_error(format!("--model: {e} ({source})")))?;
+            (spec, source.to_owned())
+        }
+    };
+    let (input, classes) = (spec.input_shape(), spec.num_classes());
     if args.microbatches == 0 || args.batch_size < args.microbatches as usize {
         return Err(usage_error(format!(
             "--batch-size: {} samples cannot be split into {} micro-batches",
@@ -206,8 +230,13 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
     };
 
     let [c, h, w] = input;
+    let per_position = match spec.targets_per_sample() {
+        1 => String::new(),
+        positions => format!(" at each of {positions} positions"),
+    };
     println!(
-        "model {} ({c}x{h}x{w} -> {classes} classes, {source}): {} blocks, {} parameters",
+        "model {} ({c}x{h}x{w} -> {classes} classes{per_position}, {source}): {} blocks, {} \
+         parameters",
         spec.name(),
         blocks.len(),
         grouped(spec.param_count())

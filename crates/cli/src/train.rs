@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use timeprest_data::DATASET_NAMES;
-use timeprest_nn::{ComputeDevice, MODEL_NAMES, PartitionMethod};
+use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
+use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
@@ -32,7 +32,8 @@ pub enum GradModeArg {
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Model architecture (`lenet5` … `resnet50` are the 32×32/CIFAR variants; they adapt to
-    /// the data's channels and size where they can).
+    /// the data's channels and size where they can; `gpt` is a small decoder-only transformer
+    /// for `text:PATH` data, sized by --embed-dim, --heads and --depth).
     #[arg(long, default_value = "mlp", value_parser = MODEL_NAMES)]
     pub model: String,
     /// Channel multiplier of the convolutional models (1 = the reference size; 0.25 for quick
@@ -40,9 +41,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     pub width: f64,
     /// Residual blocks per group of the ResNets, 4 comma-separated numbers [default: 2,2,2,2
-    /// for resnet18, 3,4,6,3 for resnet50].
+    /// for resnet18, 3,4,6,3 for resnet50]; for `gpt` one number, its decoder layers
+    /// [default: 2].
     #[arg(long, value_delimiter = ',')]
     pub depth: Vec<usize>,
+    /// Embedding width d of `gpt`.
+    #[arg(long, default_value_t = GptConfig::DEFAULT_EMBED_DIM)]
+    pub embed_dim: usize,
+    /// Attention heads of `gpt` (they must divide --embed-dim).
+    #[arg(long, default_value_t = GptConfig::DEFAULT_HEADS)]
+    pub heads: usize,
     /// How to split the model into stages: equal block counts, balanced parameters, or
     /// balanced forward+backward time measured on this machine.
     #[arg(long, value_enum, default_value = "uniform")]
@@ -59,9 +67,14 @@ pub struct TrainArgs {
     pub hidden: Vec<usize>,
     /// Data set: `digits` (embedded), `fashion-mnist` or `mnist` (IDX files), `mnist-csv`,
     /// `cifar10`, `cifar100` (fine labels), `cifar100-coarse` (binary files), `synthetic`
-    /// (seeded 3×32×32 images).
-    #[arg(long, default_value = "digits", value_parser = DATASET_NAMES)]
+    /// (seeded 3×32×32 images), or `text:PATH` (character-level language modelling on the
+    /// UTF-8 file PATH, for `--model gpt`: first 90% train, last 10% test).
+    #[arg(long, default_value = "digits", value_parser = parse_dataset)]
     pub dataset: String,
+    /// Characters per sample of a `text:PATH` data set (non-overlapping windows; each
+    /// position's target is the next character): the context length of `gpt`.
+    #[arg(long, value_name = "T", default_value_t = DEFAULT_SEQ_LEN)]
+    pub seq_len: usize,
     /// Directory with the IDX files (default: `/usr/share/datasets/<dataset>`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -165,6 +178,21 @@ pub struct TrainArgs {
     /// file, rank 0 prints and writes the other outputs; needs a build with `--features mpi`).
     #[arg(long, value_enum, default_value = "threads")]
     pub transport: TransportArg,
+}
+
+/// Checks a `--dataset` value: a built-in name or `text:PATH` with a non-empty path.
+pub fn parse_dataset(name: &str) -> Result<String, String> {
+    let is_text = name
+        .strip_prefix(TEXT_PREFIX)
+        .is_some_and(|path| !path.is_empty());
+    if is_text || DATASET_NAMES.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "unknown data set; valid: {}, {TEXT_PREFIX}PATH",
+            DATASET_NAMES.join(", ")
+        ))
+    }
 }
 
 /// Transports (`--transport`).
@@ -349,6 +377,9 @@ impl TrainArgs {
             device: self.device,
             width: self.width,
             depth: self.depth.clone(),
+            seq_len: self.seq_len,
+            embed_dim: self.embed_dim,
+            heads: self.heads,
             partition: self.partition.method(),
             split: self.split.clone(),
             augment: self.augment,
@@ -361,14 +392,23 @@ impl TrainArgs {
 struct Bars {
     epochs: ProgressBar,
     batches: ProgressBar,
+    /// Whether the model is a language model, whose summaries add the test perplexity (and
+    /// whose loss and accuracy are per token).
+    language_model: bool,
+}
+
+/// The perplexity of a mean per-token cross-entropy `loss`, as the epoch summary prints it.
+fn perplexity(loss: f64) -> String {
+    format!("ppl {:.2}", loss.exp())
 }
 
 impl Bars {
-    fn new(num_epochs: u32, visible: bool) -> Self {
+    fn new(num_epochs: u32, visible: bool, language_model: bool) -> Self {
         if !visible {
             return Self {
                 epochs: ProgressBar::hidden(),
                 batches: ProgressBar::hidden(),
+                language_model,
             };
         }
         let multi = MultiProgress::new();
@@ -384,7 +424,11 @@ impl Bars {
                 .expect("a valid template")
                 .progress_chars("=> "),
         );
-        Self { epochs, batches }
+        Self {
+            epochs,
+            batches,
+            language_model,
+        }
     }
 }
 
@@ -412,16 +456,24 @@ impl Progress for Bars {
             .iter()
             .map(|s| s.peak_weight_sets.to_string())
             .collect();
+        // A language model's throughput counts its training targets: tokens.
+        let (test_perplexity, throughput_unit) = if self.language_model {
+            (format!(" {}", perplexity(m.test_loss)), "tokens/s")
+        } else {
+            (String::new(), "samples/s")
+        };
         let line = format!(
-            "epoch {:>3}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%  \
-             {:.2}s {:>7.0} samples/s  mean d [{}]  versions [{}]",
+            "epoch {:>3}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%{}  \
+             {:.2}s {:>7.0} {}  mean d [{}]  versions [{}]",
             m.epoch,
             m.train_loss,
             100.0 * m.train_accuracy,
             m.test_loss,
             100.0 * m.test_accuracy,
+            test_perplexity,
             m.epoch_seconds,
             m.samples_per_second,
+            throughput_unit,
             staleness.join(" "),
             versions.join(" "),
         );
@@ -477,7 +529,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     config.validate()?;
     let process = Process::start(args.transport)?;
     let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
-    let bars = Bars::new(config.epochs, visible);
+    let language_model = config.model == GptConfig::NAME;
+    let bars = Bars::new(config.epochs, visible, language_model);
     let paths = RunPaths {
         out_dir: args.out.clone().or_else(|| args.resume.clone()),
         checkpoint_every: args.checkpoint_every,
@@ -488,10 +541,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         command: Some(crate::compare::quoted_command_line()),
     };
     if process.is_root() {
+        let sizes = if language_model {
+            let layers = config
+                .depth
+                .first()
+                .copied()
+                .unwrap_or(GptConfig::DEFAULT_LAYERS);
+            format!(
+                "T={} d={} heads={} layers={layers}",
+                config.seq_len, config.embed_dim, config.heads
+            )
+        } else {
+            format!("{:?}", config.hidden)
+        };
         eprintln!(
-            "training {} ({:?}) on {} with policy {} on schedule {}: W={} N={} M={} for {} epochs",
+            "training {} ({sizes}) on {} with policy {} on schedule {}: W={} N={} M={} for {} \
+             epochs",
             config.model,
-            config.hidden,
             config.dataset,
             config.policy,
             config.schedule_kind(),
@@ -507,8 +573,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     bars.epochs.finish_and_clear();
     bars.batches.finish_and_clear();
     if let Some(last) = history.last() {
+        let per_token = if language_model {
+            format!(" per token ({})", perplexity(last.test_loss))
+        } else {
+            String::new()
+        };
         println!(
-            "final: test accuracy {:.2}% after {} epochs ({:.1}s of pipelined training)",
+            "final: test accuracy {:.2}%{per_token} after {} epochs ({:.1}s of pipelined \
+             training)",
             100.0 * last.test_accuracy,
             last.epoch,
             history.iter().map(|m| m.epoch_seconds).sum::<f64>()

@@ -106,6 +106,77 @@ fn manual_splits_and_impossible_stage_counts() {
     assert!(err.contains("vgg16") && err.contains("1×8×8"), "{err}");
 }
 
+#[test]
+fn partition_splits_gpt_between_its_embedding_decoder_layers_and_head() {
+    let sizes = [
+        "--embed-dim",
+        "16",
+        "--heads",
+        "2",
+        "--depth",
+        "2",
+        "--batch-size",
+        "6",
+        "--repeats",
+        "1",
+    ];
+    // Without a data set: T from --seq-len, the vocabulary from --classes.
+    let out = timeprest(
+        &[
+            &["partition", "--model", "gpt", "--stages", "4"][..],
+            &sizes,
+            &["--seq-len", "16", "--classes", "30"],
+        ]
+        .concat(),
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stage_ranges(&text),
+        vec![(0, 1), (1, 2), (2, 3), (3, 4)],
+        "{text}"
+    );
+    assert!(
+        text.contains("1x1x16 -> 30 classes at each of 16 positions"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decoder 16/2h") && text.contains("lm-head 16->30"),
+        "{text}"
+    );
+    // From a text file; the embedding, 2 layers and the head are 4 blocks.
+    let gpl = [
+        "--dataset",
+        "text:/usr/share/common-licenses/GPL-3",
+        "--seq-len",
+        "8",
+    ];
+    let out = timeprest(
+        &[
+            &["partition", "--model", "gpt", "--stages", "2"][..],
+            &sizes,
+            &gpl,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stage_ranges(&stdout(&out)).len(), 2, "{}", stdout(&out));
+    let out = timeprest(
+        &[
+            &["partition", "--model", "gpt", "--stages", "5"][..],
+            &sizes,
+            &gpl,
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("4 blocks into 5 stages"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Trains `model` for one short epoch through 4 stages; returns stdout.
 fn train_four_stages(model: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! End-to-end `timeprest train` runs on the embedded digits data.
+//! End-to-end `timeprest train` runs on the embedded digits data, and a small GPT on a text file
+//! every Debian machine has.
 
 use std::path::Path;
 use std::process::Output;
@@ -223,6 +224,123 @@ fn bad_training_input_gives_clear_errors() {
     if cfg!(not(feature = "gpu")) {
         assert_user_error(&["train", "--device", "gpu"], "--features gpu");
     }
+}
+
+/// A licence text that every Debian machine has.
+const GPL: &str = "/usr/share/common-licenses/GPL-3";
+
+#[test]
+fn a_small_gpt_learns_the_gpl_text_through_two_stages() {
+    // All ~880 training windows of 32 characters, 2 epochs: about 2 s with optimised
+    // dependencies.
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = format!("text:{GPL}");
+    let output = timeprest(&[
+        "train",
+        "--dataset",
+        &dataset,
+        "--model",
+        "gpt",
+        "--seq-len",
+        "32",
+        "--embed-dim",
+        "32",
+        "--heads",
+        "4",
+        "--depth",
+        "2",
+        "--stages",
+        "2",
+        "--policy",
+        "timeprest",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--limit-test",
+        "64",
+        "--quiet",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("ppl") && stdout.contains("per token"),
+        "{stdout}"
+    );
+    let epochs = metrics(dir.path());
+    let value = |epoch: usize, key: &str| epochs[epoch][key].as_f64().unwrap();
+    // A model that has learnt nothing predicts every character with probability 1/vocabulary.
+    let text = std::fs::read_to_string(GPL).unwrap();
+    let vocabulary: std::collections::BTreeSet<char> = text.chars().collect();
+    let uniform_loss = (vocabulary.len() as f64).ln();
+    assert!(
+        value(1, "train_loss") < value(0, "train_loss"),
+        "training loss did not fall: {epochs:?}"
+    );
+    assert!(
+        value(1, "test_loss") < uniform_loss - 1.0,
+        "test loss {} vs {uniform_loss} for uniform guessing",
+        value(1, "test_loss")
+    );
+}
+
+#[test]
+fn models_and_data_sets_that_do_not_fit_are_named() {
+    let text = format!("text:{GPL}");
+    assert_user_error(&["train", "--model", "gpt"], "1×8×8");
+    assert_user_error(
+        &["train", "--model", "lenet5", "--dataset", &text],
+        "--model gpt",
+    );
+    assert_user_error(
+        &[
+            "train",
+            "--dataset",
+            "text:/nonexistent/corpus.txt",
+            "--model",
+            "gpt",
+        ],
+        "/nonexistent/corpus.txt",
+    );
+    assert_user_error(
+        &[
+            "train",
+            "--dataset",
+            &text,
+            "--model",
+            "gpt",
+            "--heads",
+            "3",
+        ],
+        "3 attention heads",
+    );
+    assert_user_error(&["train", "--dataset", "text:"], "text:PATH");
+    assert_user_error(
+        &["train", "--dataset", &text, "--model", "gpt", "--augment"],
+        "--augment",
+    );
+    assert_user_error(
+        &[
+            "train",
+            "--dataset",
+            &text,
+            "--model",
+            "gpt",
+            "--seq-len",
+            "0",
+        ],
+        "--seq-len",
+    );
 }
 
 #[test]

@@ -4,17 +4,20 @@
 //! contiguous `Vec<f32>` of normalised features (sample-major, each sample row-major as
 //! `[channels, height, width]`) plus a `Vec<u32>` of labels: a batch is one `gather` away,
 //! and nothing ties this crate to a tensor library. Fields are public for cheap read access;
-//! [`Dataset::new`] is the checked way to build one.
+//! [`Dataset::new`] (one label per sample: classification) and [`Dataset::with_targets`]
+//! (several labels per sample: a language model's next token at every position) are the
+//! checked ways to build one.
 
 use std::fmt;
 
 use crate::DataError;
 
-/// One part (train or test) of a classification data set.
+/// One part (train or test) of a data set.
 ///
-/// Invariants (checked by [`Dataset::new`], kept by every method here):
-/// `num_features == shape[0] * shape[1] * shape[2]`,
-/// `features.len() == labels.len() * num_features`, and every label is `< num_classes`.
+/// Invariants (checked by [`Dataset::with_targets`], kept by every method here):
+/// `num_features == shape[0] * shape[1] * shape[2]`, `targets_per_sample >= 1`,
+/// `labels.len() == len() * targets_per_sample`, `features.len() == len() * num_features`,
+/// and every label is `< num_classes`.
 #[derive(Clone, PartialEq)]
 pub struct Dataset {
     /// Name, e.g. `"digits/train"`.
@@ -23,11 +26,15 @@ pub struct Dataset {
     pub num_features: usize,
     /// Shape of one sample: `[channels, height, width]`.
     pub shape: [usize; 3],
-    /// Number of classes; labels lie in `0..num_classes`.
+    /// Number of classes; labels lie in `0..num_classes`. For a language model: the
+    /// vocabulary size.
     pub num_classes: usize,
-    /// All features, sample-major, normalised to `[0, 1]`.
+    /// Labels per sample: 1 for classification, the sequence length for a language model
+    /// (whose every position predicts the next token).
+    pub targets_per_sample: usize,
+    /// All features, sample-major (normalised image pixels, or token ids as `f32`).
     pub features: Vec<f32>,
-    /// One label per sample.
+    /// `targets_per_sample` labels per sample, sample-major.
     pub labels: Vec<u32>,
 }
 
@@ -41,7 +48,8 @@ pub struct DataSplit {
 }
 
 impl Dataset {
-    /// Builds a data set, checking that the parts fit together.
+    /// Builds a classification data set (one label per sample), checking that the parts fit
+    /// together.
     ///
     /// # Errors
     /// [`DataError::Inconsistent`] if the shape, feature count and label count disagree, or
@@ -50,6 +58,24 @@ impl Dataset {
         name: impl Into<String>,
         shape: [usize; 3],
         num_classes: usize,
+        features: Vec<f32>,
+        labels: Vec<u32>,
+    ) -> Result<Self, DataError> {
+        Self::with_targets(name, shape, num_classes, 1, features, labels)
+    }
+
+    /// Builds a data set whose samples have `targets_per_sample` labels each (sample-major),
+    /// checking that the parts fit together.
+    ///
+    /// # Errors
+    /// [`DataError::Inconsistent`] if the shape, feature count and label count disagree or
+    /// `targets_per_sample` is 0, or [`DataError::LabelOutOfRange`] (naming the data set) if
+    /// a label is `>= num_classes` (its index counts labels, not samples).
+    pub fn with_targets(
+        name: impl Into<String>,
+        shape: [usize; 3],
+        num_classes: usize,
+        targets_per_sample: usize,
         features: Vec<f32>,
         labels: Vec<u32>,
     ) -> Result<Self, DataError> {
@@ -65,11 +91,20 @@ impl Dataset {
         if num_features == 0 {
             return Err(inconsistent(format!("shape {shape:?} has no features")));
         }
-        if labels.len().checked_mul(num_features) != Some(features.len()) {
+        if targets_per_sample == 0 {
+            return Err(inconsistent("0 targets per sample".into()));
+        }
+        if !labels.len().is_multiple_of(targets_per_sample) {
             return Err(inconsistent(format!(
-                "{} features do not make {} samples of {num_features}",
-                features.len(),
+                "{} labels do not make samples of {targets_per_sample} targets",
                 labels.len()
+            )));
+        }
+        let num_samples = labels.len() / targets_per_sample;
+        if num_samples.checked_mul(num_features) != Some(features.len()) {
+            return Err(inconsistent(format!(
+                "{} features do not make {num_samples} samples of {num_features}",
+                features.len(),
             )));
         }
         if let Some((index, &label)) = labels
@@ -89,6 +124,7 @@ impl Dataset {
             num_features,
             shape,
             num_classes,
+            targets_per_sample,
             features,
             labels,
         })
@@ -96,7 +132,7 @@ impl Dataset {
 
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.labels.len() / self.targets_per_sample
     }
 
     /// Whether there are no samples.
@@ -104,19 +140,23 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Sample `i`: its features and its label, or `None` if `i >= len()`.
-    pub fn get(&self, i: usize) -> Option<(&[f32], u32)> {
-        let label = *self.labels.get(i)?;
+    /// Sample `i`: its features and its `targets_per_sample` labels, or `None` if
+    /// `i >= len()`.
+    pub fn get(&self, i: usize) -> Option<(&[f32], &[u32])> {
+        let first_label = i * self.targets_per_sample;
+        let labels = self
+            .labels
+            .get(first_label..first_label + self.targets_per_sample)?;
         let start = i * self.num_features;
         let features = self.features.get(start..start + self.num_features)?;
-        Some((features, label))
+        Some((features, labels))
     }
 
-    /// Sample `i`: its features and its label.
+    /// Sample `i`: its features and its labels.
     ///
     /// # Panics
     /// If `i >= len()` (like slice indexing); use [`Dataset::get`] to check instead.
-    pub fn sample(&self, i: usize) -> (&[f32], u32) {
+    pub fn sample(&self, i: usize) -> (&[f32], &[u32]) {
         match self.get(i) {
             Some(s) => s,
             None => panic!(
@@ -128,7 +168,8 @@ impl Dataset {
     }
 
     /// Copies the samples at `indices`, in that order, into one feature buffer
-    /// (`indices.len() * num_features` values) and one label vector: a batch.
+    /// (`indices.len() * num_features` values) and one label vector
+    /// (`indices.len() * targets_per_sample` labels): a batch.
     ///
     /// # Panics
     /// If an index is `>= len()`; use [`Dataset::try_gather`] to check instead.
@@ -145,7 +186,7 @@ impl Dataset {
     /// [`DataError::IndexOutOfRange`] for the first index `>= len()`.
     pub fn try_gather(&self, indices: &[usize]) -> Result<(Vec<f32>, Vec<u32>), DataError> {
         let mut features = Vec::with_capacity(indices.len() * self.num_features);
-        let mut labels = Vec::with_capacity(indices.len());
+        let mut labels = Vec::with_capacity(indices.len() * self.targets_per_sample);
         for &i in indices {
             let (x, y) = self.get(i).ok_or_else(|| DataError::IndexOutOfRange {
                 dataset: self.name.clone(),
@@ -153,7 +194,7 @@ impl Dataset {
                 len: self.len(),
             })?;
             features.extend_from_slice(x);
-            labels.push(y);
+            labels.extend_from_slice(y);
         }
         Ok((features, labels))
     }
@@ -161,12 +202,13 @@ impl Dataset {
     /// Keeps only the first `n` samples (no-op if `n >= len()`), for quick runs.
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {
-            self.labels.truncate(n);
+            self.labels.truncate(n * self.targets_per_sample);
             self.features.truncate(n * self.num_features);
         }
     }
 
-    /// How many samples each class has (`num_classes` entries).
+    /// How many labels each class has (`num_classes` entries): samples per class for
+    /// classification, token frequencies for a language model.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.num_classes];
         for &l in &self.labels {
@@ -185,6 +227,7 @@ impl Dataset {
             num_features: self.num_features,
             shape: self.shape,
             num_classes: self.num_classes,
+            targets_per_sample: self.targets_per_sample,
             features,
             labels,
         })
@@ -199,6 +242,7 @@ impl fmt::Debug for Dataset {
             .field("len", &self.len())
             .field("shape", &self.shape)
             .field("num_classes", &self.num_classes)
+            .field("targets_per_sample", &self.targets_per_sample)
             .finish_non_exhaustive()
     }
 }
@@ -231,7 +275,7 @@ mod tests {
         let d = tiny();
         assert_eq!(d.len(), 4);
         assert_eq!(d.num_features, 3);
-        assert_eq!(d.sample(2), (&[6.0, 7.0, 8.0][..], 2));
+        assert_eq!(d.sample(2), (&[6.0, 7.0, 8.0][..], &[2][..]));
         let (x, y) = d.gather(&[3, 0, 3]);
         assert_eq!(x, vec![9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 9.0, 10.0, 11.0]);
         assert_eq!(y, vec![1, 0, 1]);
@@ -289,6 +333,28 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn samples_with_several_targets_keep_their_labels_together() {
+        // Two samples of 3 features, 3 targets each.
+        let features = (0..6).map(|v| v as f32).collect();
+        let mut d = Dataset::with_targets("seq", [1, 1, 3], 4, 3, features, vec![1, 2, 3, 0, 1, 2])
+            .unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.sample(1), (&[3.0, 4.0, 5.0][..], &[0, 1, 2][..]));
+        let (x, y) = d.gather(&[1, 0]);
+        assert_eq!(x, vec![3.0, 4.0, 5.0, 0.0, 1.0, 2.0]);
+        assert_eq!(y, vec![0, 1, 2, 1, 2, 3]);
+        assert_eq!(d.class_counts(), vec![1, 2, 2, 1]);
+        d.truncate(1);
+        assert_eq!((d.len(), d.labels.len(), d.features.len()), (1, 3, 3));
+        // Labels that do not make whole samples, and 0 targets, are inconsistent.
+        for (targets, labels) in [(3, vec![0; 5]), (0, vec![])] {
+            let e = Dataset::with_targets("seq", [1, 1, 3], 4, targets, vec![0.0; 6], labels)
+                .unwrap_err();
+            assert!(matches!(e, DataError::Inconsistent { .. }), "{e}");
+        }
     }
 
     #[test]

@@ -8,14 +8,17 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::DATASET_NAMES;
+use crate::{DATASET_NAMES, TEXT_PREFIX};
 
 /// Why a data set could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    /// The requested data set name is not one of [`DATASET_NAMES`].
-    #[error("unknown dataset {name:?}; valid names are: {}", DATASET_NAMES.join(", "))]
+    /// The requested data set name is not one of [`DATASET_NAMES`] nor `text:PATH`.
+    #[error(
+        "unknown dataset {name:?}; valid names are: {}, {TEXT_PREFIX}PATH",
+        DATASET_NAMES.join(", ")
+    )]
     UnknownDataset {
         /// The name that was asked for.
         name: String,
@@ -150,6 +153,24 @@ pub enum DataError {
         offset: u64,
         /// What is wrong.
         detail: String,
+    },
+
+    /// A text file too short to give both the training and the test part one window.
+    #[error(
+        "{}: {chars} characters are too few for windows of {seq_len} characters: the training \
+         part (the first 90%) and the test part (the last 10%) each need {seq_len} + 1, so the \
+         file needs at least {needed}",
+        .path.display()
+    )]
+    TextTooShort {
+        /// The file.
+        path: PathBuf,
+        /// Characters the file holds.
+        chars: usize,
+        /// Characters per window.
+        seq_len: usize,
+        /// Characters the file would need.
+        needed: usize,
     },
 
     /// A malformed row in a CSV file.

@@ -1,8 +1,8 @@
 //! Data sets for timeprest: what the pipeline trains on.
 //!
-//! Image-classification data sets, all returned as a [`DataSplit`] of two [`Dataset`]s holding
-//! plain `Vec<f32>` features and `Vec<u32>` labels, so the training code can build tensors in
-//! whatever library it uses:
+//! Image-classification data sets and a character-level text set, all returned as a
+//! [`DataSplit`] of two [`Dataset`]s holding plain `Vec<f32>` features and `Vec<u32>` labels,
+//! so the training code can build tensors in whatever library it uses:
 //!
 //! - `digits`: the UCI optical digits (1,797 8×8 images, 10 classes), embedded in the binary
 //!   so it always works offline; split 80/20 with a fixed seed (see [`load_digits`]).
@@ -16,6 +16,9 @@
 //!   (see [`cifar`]; `assets/README.md` says where to get them), default directories
 //!   [`CIFAR10_DEFAULT_DIR`] and [`CIFAR100_DEFAULT_DIR`].
 //! - `synthetic`: seeded 3×32×32 images of 10 classes, no file needed ([`load_synthetic`]).
+//! - `text:PATH`: character-level language modelling on any UTF-8 file, windows of
+//!   [`LoadOptions::seq_len`] characters with the next character at every position as labels
+//!   ([`load_text`]).
 //!
 //! Normalisation is per data set: the grey-scale sets are scaled to `[0, 1]`, the CIFAR sets
 //! standardised per channel with their usual mean and standard deviation, `synthetic` is
@@ -35,6 +38,7 @@ mod error;
 pub mod idx;
 mod shuffle;
 mod synthetic;
+mod text;
 
 use std::path::Path;
 
@@ -49,8 +53,9 @@ pub use synthetic::{
     SYNTHETIC_CLASSES, SYNTHETIC_SEED, SYNTHETIC_SHAPE, SYNTHETIC_TEST, SYNTHETIC_TRAIN,
     load_synthetic,
 };
+pub use text::{DEFAULT_SEQ_LEN, TEXT_PREFIX, load_text};
 
-/// Names accepted by [`load`].
+/// Names of the built-in data sets accepted by [`load`] (which also takes `text:PATH`).
 pub const DATASET_NAMES: [&str; 8] = [
     "digits",
     "fashion-mnist",
@@ -77,18 +82,47 @@ pub const CIFAR100_DEFAULT_DIR: &str = "/usr/share/datasets/cifar-100";
 /// Side length of (Fashion-)MNIST images.
 const MNIST_SIDE: usize = 28;
 
-/// Loads the data set called `name` (one of [`DATASET_NAMES`]).
-///
-/// `data_dir` is the directory holding the IDX files of `fashion-mnist` or `mnist` (plain or
-/// `.gz`, names as in [`idx::FILE_NAMES`]) or the CIFAR binary files, or the CSV file or
-/// directory of `mnist-csv`; `None` means the default location. It is ignored for `digits`
-/// and `synthetic`, which need no file.
+/// Where a data set's files are and how a text is cut into samples: what `--data-dir` and
+/// `--seq-len` say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions<'a> {
+    /// The directory holding the IDX files of `fashion-mnist` or `mnist` (plain or `.gz`,
+    /// names as in [`idx::FILE_NAMES`]) or the CIFAR binary files, or the CSV file or
+    /// directory of `mnist-csv`; `None` means the default location. Ignored by `digits`,
+    /// `synthetic` and `text:PATH`.
+    pub data_dir: Option<&'a Path>,
+    /// Characters per sample of `text:PATH` (ignored by the image sets).
+    pub seq_len: usize,
+}
+
+impl<'a> LoadOptions<'a> {
+    /// Files in `data_dir` (`None`: the default location), texts cut into windows of
+    /// [`DEFAULT_SEQ_LEN`].
+    pub fn in_dir(data_dir: Option<&'a Path>) -> Self {
+        Self {
+            data_dir,
+            seq_len: DEFAULT_SEQ_LEN,
+        }
+    }
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        Self::in_dir(None)
+    }
+}
+
+/// Loads the data set called `name`: one of [`DATASET_NAMES`], or `text:PATH` for the
+/// character-level language-modelling set of the file `PATH` (see [`load_text`]).
 ///
 /// # Errors
 /// [`DataError::UnknownDataset`] for an unknown name (the message lists the valid ones), or
-/// any error of [`idx::load_idx_dir`], with installation advice when the default directory
-/// lacks a file.
-pub fn load(name: &str, data_dir: Option<&Path>) -> Result<DataSplit, DataError> {
+/// any error of the reader, with installation advice when a default directory lacks a file.
+pub fn load(name: &str, options: &LoadOptions<'_>) -> Result<DataSplit, DataError> {
+    let data_dir = options.data_dir;
+    if let Some(path) = name.strip_prefix(TEXT_PREFIX).filter(|p| !p.is_empty()) {
+        return load_text(Path::new(path), options.seq_len);
+    }
     match name {
         "digits" => load_digits(),
         "fashion-mnist" => load_mnist_like(name, data_dir, Path::new(FASHION_MNIST_DEFAULT_DIR)),
@@ -149,6 +183,20 @@ fn load_mnist_like(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_names_load_the_file_with_the_sequence_length() {
+        let options = LoadOptions {
+            data_dir: None,
+            seq_len: 16,
+        };
+        let split = load("text:/usr/share/common-licenses/GPL-3", &options).unwrap();
+        assert_eq!(split.train.shape, [1, 1, 16]);
+        assert_eq!(split.train.targets_per_sample, 16);
+        let err = load("text:", &options).unwrap_err();
+        assert!(matches!(err, DataError::UnknownDataset { .. }), "{err}");
+        assert!(err.to_string().contains("text:PATH"), "{err}");
+    }
 
     #[test]
     fn missing_default_dir_gives_install_advice() {

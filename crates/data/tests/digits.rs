@@ -1,10 +1,10 @@
 //! The embedded digits data set and the [`load`] entry point.
 
-use timeprest_data::{DATASET_NAMES, DataError, load};
+use timeprest_data::{DATASET_NAMES, DataError, LoadOptions, load};
 
 #[test]
 fn digits_loads_1797_samples_with_64_features() {
-    let split = load("digits", None).unwrap();
+    let split = load("digits", &LoadOptions::default()).unwrap();
     assert_eq!(split.train.len() + split.test.len(), 1797);
     assert_eq!((split.train.len(), split.test.len()), (1438, 359));
     for part in [&split.train, &split.test] {
@@ -22,7 +22,7 @@ fn digits_loads_1797_samples_with_64_features() {
 
 #[test]
 fn digits_labels_in_range_and_classes_balanced() {
-    let split = load("digits", None).unwrap();
+    let split = load("digits", &LoadOptions::default()).unwrap();
     let (train, test) = (split.train.class_counts(), split.test.class_counts());
     assert!(
         split
@@ -41,16 +41,20 @@ fn digits_labels_in_range_and_classes_balanced() {
 
 #[test]
 fn digits_split_is_fixed_and_ignores_data_dir() {
-    let a = load("digits", None).unwrap();
-    let b = load("digits", Some(std::path::Path::new("/nonexistent"))).unwrap();
+    let a = load("digits", &LoadOptions::default()).unwrap();
+    let b = load(
+        "digits",
+        &LoadOptions::in_dir(Some(std::path::Path::new("/nonexistent"))),
+    )
+    .unwrap();
     assert_eq!(a, b);
     // The first sample of the file (a 0) is in the training part.
-    assert_eq!(a.train.sample(0).1, 0);
+    assert_eq!(a.train.sample(0).1, [0]);
 }
 
 #[test]
 fn unknown_name_lists_valid_names() {
-    let err = load("cifar", None).unwrap_err();
+    let err = load("cifar", &LoadOptions::default()).unwrap_err();
     assert!(matches!(err, DataError::UnknownDataset { .. }));
     let msg = err.to_string();
     assert!(msg.contains("cifar"), "{msg}");
@@ -61,7 +65,9 @@ fn unknown_name_lists_valid_names() {
 
 #[test]
 fn limit_truncates_both_parts() {
-    let split = load("digits", None).unwrap().limit(Some(100), Some(10));
+    let split = load("digits", &LoadOptions::default())
+        .unwrap()
+        .limit(Some(100), Some(10));
     assert_eq!((split.train.len(), split.test.len()), (100, 10));
     assert_eq!(split.train.features.len(), 6400);
     let (x, y) = split.test.gather(&[9, 0]);

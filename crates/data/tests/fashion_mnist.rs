@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use timeprest_data::{FASHION_MNIST_DEFAULT_DIR, load};
+use timeprest_data::{FASHION_MNIST_DEFAULT_DIR, LoadOptions, load};
 
 #[test]
 fn real_fashion_mnist_loads_60000_and_10000() {
@@ -15,7 +15,7 @@ fn real_fashion_mnist_loads_60000_and_10000() {
         );
         return;
     }
-    let split = load("fashion-mnist", None).unwrap();
+    let split = load("fashion-mnist", &LoadOptions::default()).unwrap();
     assert_eq!((split.train.len(), split.test.len()), (60_000, 10_000));
     for (part, per_class) in [(&split.train, 6000), (&split.test, 1000)] {
         assert_eq!(part.num_features, 784);

@@ -8,7 +8,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use tempfile::TempDir;
 use timeprest_data::idx::{self, FILE_NAMES, IMAGES_MAGIC, LABELS_MAGIC};
-use timeprest_data::{DataError, load};
+use timeprest_data::{DataError, LoadOptions, load};
 
 /// The bytes of an IDX file.
 fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -60,7 +60,7 @@ fn valid_dir(gz: bool) -> TempDir {
 
 /// Loads `dir` as Fashion-MNIST and expects an error whose message names `file`.
 fn load_err(dir: &Path, file: &str) -> DataError {
-    let err = load("fashion-mnist", Some(dir)).unwrap_err();
+    let err = load("fashion-mnist", &LoadOptions::in_dir(Some(dir))).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains(file), "message does not name {file}: {msg}");
     err
@@ -108,7 +108,7 @@ fn load_idx_dir_scales_pixels_and_keeps_order() {
         assert_eq!(split.train.shape, [1, 1, 2]);
         assert_eq!(split.train.features, vec![0.0, 1.0, 0.2, 0.4]);
         assert_eq!(split.train.labels, vec![2, 0]);
-        assert_eq!(split.test.sample(0), (&[1.0, 0.0][..], 1));
+        assert_eq!(split.test.sample(0), (&[1.0, 0.0][..], &[1][..]));
     }
 }
 
@@ -119,19 +119,22 @@ fn plain_and_gz_files_mix_in_one_dir() {
     write(tmp.path(), FILE_NAMES[1], &labels(&[9, 0, 4]), false);
     write(tmp.path(), FILE_NAMES[2], &images(2, 28, 28), false);
     write(tmp.path(), FILE_NAMES[3], &labels(&[1, 2]), true);
-    let split = load("mnist", Some(tmp.path())).unwrap();
+    let split = load("mnist", &LoadOptions::in_dir(Some(tmp.path()))).unwrap();
     assert_eq!((split.train.len(), split.test.len()), (3, 2));
     assert_eq!(split.train.num_features, 784);
     assert_eq!(split.train.name, "mnist/train");
     assert_eq!(
         split,
-        load("fashion-mnist", Some(valid_dir(true).path()))
-            .map(|mut s| {
-                s.train.name = "mnist/train".into();
-                s.test.name = "mnist/test".into();
-                s
-            })
-            .unwrap()
+        load(
+            "fashion-mnist",
+            &LoadOptions::in_dir(Some(valid_dir(true).path()))
+        )
+        .map(|mut s| {
+            s.train.name = "mnist/train".into();
+            s.test.name = "mnist/test".into();
+            s
+        })
+        .unwrap()
     );
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use timeprest_data::{DataError, load, load_mnist_csv};
+use timeprest_data::{DataError, LoadOptions, load, load_mnist_csv};
 
 /// `count` rows: label `i % 10`, pixels `(i + j) % 256`.
 fn rows(count: usize, header: bool) -> String {
@@ -28,11 +28,11 @@ fn a_directory_and_a_single_gz_file_round_trip() {
     let dir = tmp.path();
     fs::write(dir.join("mnist_train.csv"), rows(7, true)).unwrap();
     fs::write(dir.join("mnist_test.csv"), rows(3, false)).unwrap();
-    let split = load("mnist-csv", Some(dir)).unwrap();
+    let split = load("mnist-csv", &LoadOptions::in_dir(Some(dir))).unwrap();
     assert_eq!((split.train.len(), split.test.len()), (7, 3));
     assert_eq!(split.train.shape, [1, 28, 28]);
     let (x, y) = split.train.sample(5);
-    assert_eq!(y, 5);
+    assert_eq!(y, [5]);
     assert_eq!(x[10], 15.0 / 255.0);
 
     let file = dir.join("mnist_5k.csv.gz");

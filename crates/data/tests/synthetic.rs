@@ -1,12 +1,12 @@
 //! The synthetic data set: deterministic, the announced shape, balanced, and learnable (class
 //! means are far apart compared with the spread inside a class).
 
-use timeprest_data::{SYNTHETIC_CLASSES, SYNTHETIC_SHAPE, load};
+use timeprest_data::{LoadOptions, SYNTHETIC_CLASSES, SYNTHETIC_SHAPE, load};
 
 #[test]
 fn synthetic_is_deterministic_shaped_and_separable() {
-    let a = load("synthetic", None).unwrap();
-    let b = load("synthetic", None).unwrap();
+    let a = load("synthetic", &LoadOptions::default()).unwrap();
+    let b = load("synthetic", &LoadOptions::default()).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.train.shape, SYNTHETIC_SHAPE);
     assert_eq!(a.train.num_classes, SYNTHETIC_CLASSES);
@@ -16,14 +16,16 @@ fn synthetic_is_deterministic_shaped_and_separable() {
     let mut means = vec![vec![0.0f64; f]; SYNTHETIC_CLASSES];
     let counts = a.train.class_counts();
     for i in 0..a.train.len() {
-        let (x, y) = a.train.sample(i);
+        let (x, labels) = a.train.sample(i);
+        let y = labels[0];
         for (m, &v) in means[y as usize].iter_mut().zip(x) {
             *m += f64::from(v) / counts[y as usize] as f64;
         }
     }
     let correct = (0..a.test.len())
         .filter(|&i| {
-            let (x, y) = a.test.sample(i);
+            let (x, labels) = a.test.sample(i);
+            let y = labels[0];
             let dist = |m: &Vec<f64>| -> f64 {
                 m.iter()
                     .zip(x)

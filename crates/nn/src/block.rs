@@ -8,14 +8,19 @@
 //! skip connection, and the partitioner sees the same units as the papers' layer tables.
 //!
 //! Every weighted block is described once, as a small [`Plan`] of primitive layers (linear,
-//! convolution, batch norm, ReLU, and for residual blocks a shortcut): the parameter names,
-//! file shapes, initialisation, running-statistics buffers and the forward all come from that
-//! one description, so they cannot disagree.
+//! convolution, batch norm, layer norm, embedding table, ReLU, and for residual blocks a
+//! shortcut): the parameter names, file shapes, memory layouts, initialisation and
+//! running-statistics buffers all come from that one description, and the convolutional
+//! blocks' forward too, so they cannot disagree. The transformer blocks of `gpt` (token and
+//! position embedding, decoder layer, language-model head; see [`crate::transformer`]) take
+//! their parameters from their plan in its order.
 //!
 //! Messages between stages are `[batch, features]`; a block that works on images reshapes its
 //! input to `[batch, channels, height, width]` and flattens its output again (row-major
 //! `c, h, w`, the order of `torch.flatten`). That is why there is no separate `Flatten`
-//! block: a linear block after a convolution reads the flattened features directly.
+//! block: a linear block after a convolution reads the flattened features directly. The
+//! transformer blocks likewise view `[batch, T·d]` as `[batch·T, d]` (shape `[1, T, d]` per
+//! sample).
 //!
 //! The forward is split into a *weighted* part and an optional trailing ReLU
 //! ([`Block::has_relu`]). Graph-mode gradients (spec §9 item 1) re-run the weighted part on the
@@ -30,6 +35,8 @@ use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d, max
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::transformer;
+
 /// The shape of one sample: `[channels, height, width]`.
 pub type Shape = [usize; 3];
 
@@ -42,6 +49,9 @@ pub const BN_MOMENTUM: f64 = 0.1;
 
 /// Channel expansion of a bottleneck block (ResNet-50).
 pub const BOTTLENECK_EXPANSION: usize = 4;
+
+/// Width of a decoder layer's MLP as a multiple of the embedding width (GPT's 4).
+pub const MLP_EXPANSION: usize = 4;
 
 /// One block of a model: the unit that partitioning assigns to stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,7 +145,42 @@ pub enum Block {
         /// Stride of the 3×3 convolution and of the shortcut.
         stride: usize,
     },
+    /// Token embedding plus learned position embedding: `T` token ids (stored as `f32`) →
+    /// `[T, d]`. Parameters `token.weight` `[vocab, d]` and `position.weight` `[T, d]`.
+    Embedding {
+        /// T: tokens per sample.
+        seq_len: usize,
+        /// Distinct tokens.
+        vocab_size: usize,
+        /// d: embedding width.
+        embed_dim: usize,
+    },
+    /// One pre-LayerNorm decoder layer: `x + Attn(LN(x))` with causal multi-head
+    /// self-attention, then `x + MLP(LN(x))` with a GELU MLP of width `4d`. Parameters
+    /// `ln1.*`, `attn.qkv.*` (`[3d, d]`, queries, keys and values stacked), `attn.proj.*`,
+    /// `ln2.*`, `mlp.fc.*`, `mlp.proj.*`.
+    DecoderLayer {
+        /// T: tokens per sample.
+        seq_len: usize,
+        /// d: embedding width.
+        embed_dim: usize,
+        /// Attention heads (they divide d).
+        heads: usize,
+    },
+    /// The language-model head: final layer norm (`ln.*`), then a linear map to the
+    /// vocabulary (`head.*`): `[T, d]` → `[T, vocab]` logits.
+    LmHead {
+        /// T: tokens per sample.
+        seq_len: usize,
+        /// d: embedding width.
+        embed_dim: usize,
+        /// Distinct tokens.
+        vocab_size: usize,
+    },
 }
+
+/// ε of layer normalisation (PyTorch's default).
+pub const LN_EPSILON: f64 = 1e-5;
 
 /// How a parameter or buffer starts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -146,12 +191,15 @@ pub(crate) enum Init {
     Const(f32),
 }
 
-/// One parameter (or buffer) tensor of a block: name suffix, shape in files, initialisation.
+/// One parameter (or buffer) tensor of a block: name suffix, shape in files, initialisation,
+/// and whether memory holds it transposed (a linear weight: `[out, in]` in files, `[in, out]`
+/// in memory, so the forward is `x · W + b`).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TensorInfo {
     pub(crate) name: String,
     pub(crate) shape: Vec<usize>,
     pub(crate) init: Init,
+    pub(crate) transposed_in_memory: bool,
 }
 
 impl TensorInfo {
@@ -161,7 +209,19 @@ impl TensorInfo {
         } else {
             format!("{prefix}.{name}")
         };
-        Self { name, shape, init }
+        Self {
+            name,
+            shape,
+            init,
+            transposed_in_memory: false,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            transposed_in_memory: true,
+            ..self
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -187,21 +247,37 @@ enum Layer {
     Norm {
         channels: usize,
     },
+    /// Layer normalisation over the features of each position (PyTorch's `LayerNorm`).
+    FeatureNorm {
+        features: usize,
+    },
+    /// A lookup table of `rows` vectors of `width`.
+    Embedding {
+        rows: usize,
+        width: usize,
+    },
     Relu,
 }
 
 impl Layer {
     /// Parameters in order, PyTorch names and layouts, PyTorch's default initialisation
-    /// (Kaiming-uniform with a = √5, i.e. `±1/√fan_in`, for weights and biases; γ = 1, β = 0).
+    /// (Kaiming-uniform with a = √5, i.e. `±1/√fan_in`, for weights and biases; γ = 1, β = 0;
+    /// embedding tables uniform with PyTorch's unit variance, `±√3`).
     fn params(self, prefix: &str) -> Vec<TensorInfo> {
         match self {
             Layer::Linear { input, output } => {
                 let bound = Init::Uniform(1.0 / (input as f64).sqrt());
                 vec![
-                    TensorInfo::new(prefix, "weight", vec![output, input], bound),
+                    TensorInfo::new(prefix, "weight", vec![output, input], bound).transposed(),
                     TensorInfo::new(prefix, "bias", vec![output], bound),
                 ]
             }
+            Layer::Embedding { rows, width } => vec![TensorInfo::new(
+                prefix,
+                "weight",
+                vec![rows, width],
+                Init::Uniform(3f64.sqrt()),
+            )],
             Layer::Conv {
                 in_channels,
                 out_channels,
@@ -218,9 +294,9 @@ impl Layer {
                 }
                 params
             }
-            Layer::Norm { channels } => vec![
-                TensorInfo::new(prefix, "weight", vec![channels], Init::Const(1.0)),
-                TensorInfo::new(prefix, "bias", vec![channels], Init::Const(0.0)),
+            Layer::Norm { channels: features } | Layer::FeatureNorm { features } => vec![
+                TensorInfo::new(prefix, "weight", vec![features], Init::Const(1.0)),
+                TensorInfo::new(prefix, "bias", vec![features], Init::Const(0.0)),
             ],
             Layer::Relu => Vec::new(),
         }
@@ -285,11 +361,19 @@ fn window_output(n: usize, kernel: usize, stride: usize, padding: usize) -> Opti
 }
 
 impl Block {
-    /// Shape of one input sample (`[features, 1, 1]` for a linear or ReLU block).
+    /// Shape of one input sample (`[features, 1, 1]` for a linear or ReLU block, `[1, 1, T]`
+    /// token ids for an embedding, `[1, T, d]` for the other transformer blocks).
     pub fn input_shape(&self) -> Shape {
         match *self {
             Block::Linear { input, .. } => [input, 1, 1],
             Block::Relu { features } => [features, 1, 1],
+            Block::Embedding { seq_len, .. } => [1, 1, seq_len],
+            Block::DecoderLayer {
+                seq_len, embed_dim, ..
+            }
+            | Block::LmHead {
+                seq_len, embed_dim, ..
+            } => [1, seq_len, embed_dim],
             Block::Conv2d { input, .. }
             | Block::BatchNorm2d { input, .. }
             | Block::MaxPool2d { input, .. }
@@ -300,13 +384,21 @@ impl Block {
         }
     }
 
-    /// Whether the block reads images (`[c, h, w]`), not flat features.
+    /// Whether the block reads images (`[c, h, w]`), not flat features or sequences.
     pub fn is_spatial(&self) -> bool {
-        !matches!(self, Block::Linear { .. } | Block::Relu { .. })
+        !matches!(
+            self,
+            Block::Linear { .. }
+                | Block::Relu { .. }
+                | Block::Embedding { .. }
+                | Block::DecoderLayer { .. }
+                | Block::LmHead { .. }
+        )
     }
 
-    /// Why this block cannot run, if it cannot: a zero size, or a window larger than its
-    /// (padded) input, which is what a too-small image gives.
+    /// Why this block cannot run, if it cannot: a zero size, a window larger than its
+    /// (padded) input, which is what a too-small image gives, or heads that do not divide the
+    /// embedding width.
     pub fn check(&self) -> Result<(), String> {
         let [c, h, w] = self.input_shape();
         if c == 0 || h == 0 || w == 0 {
@@ -328,6 +420,14 @@ impl Block {
             Block::BasicBlock { planes: 0, .. } | Block::Bottleneck { planes: 0, .. } => {
                 Err("has 0 planes".into())
             }
+            Block::Embedding { vocab_size: 0, .. } | Block::LmHead { vocab_size: 0, .. } => {
+                Err("has an empty vocabulary".into())
+            }
+            Block::DecoderLayer {
+                embed_dim, heads, ..
+            } if heads == 0 || !embed_dim.is_multiple_of(heads) => Err(format!(
+                "cannot split the embedding width {embed_dim} into {heads} attention heads"
+            )),
             Block::Conv2d {
                 kernel,
                 stride,
@@ -365,7 +465,17 @@ impl Block {
         };
         match *self {
             Block::Linear { output, .. } => [output, 1, 1],
-            Block::Relu { .. } | Block::BatchNorm2d { .. } => [c, h, w],
+            Block::Relu { .. } | Block::BatchNorm2d { .. } | Block::DecoderLayer { .. } => {
+                [c, h, w]
+            }
+            Block::Embedding {
+                seq_len, embed_dim, ..
+            } => [1, seq_len, embed_dim],
+            Block::LmHead {
+                seq_len,
+                vocab_size,
+                ..
+            } => [1, seq_len, vocab_size],
             Block::Conv2d {
                 channels,
                 kernel,
@@ -413,7 +523,8 @@ impl Block {
         self.output_shape().iter().product()
     }
 
-    /// A short human-readable description, e.g. `conv3x3 64` or `bottleneck 128/2`.
+    /// A short human-readable description, e.g. `conv3x3 64`, `bottleneck 128/2` or
+    /// `decoder 64/4h`.
     pub fn label(&self) -> String {
         match *self {
             Block::Linear { input, output, .. } => format!("linear {input}->{output}"),
@@ -439,6 +550,19 @@ impl Block {
             Block::Bottleneck { planes, stride, .. } => {
                 format!("bottleneck {planes}/{stride}")
             }
+            Block::Embedding {
+                vocab_size,
+                embed_dim,
+                ..
+            } => format!("embedding {vocab_size}->{embed_dim}"),
+            Block::DecoderLayer {
+                embed_dim, heads, ..
+            } => format!("decoder {embed_dim}/{heads}h"),
+            Block::LmHead {
+                embed_dim,
+                vocab_size,
+                ..
+            } => format!("lm-head {embed_dim}->{vocab_size}"),
         }
     }
 
@@ -518,6 +642,66 @@ impl Block {
                     shortcut: Some(projection(input[0], out, stride)),
                 })
             }
+            Block::Embedding {
+                seq_len,
+                vocab_size,
+                embed_dim,
+            } => Some(Plan {
+                main: vec![
+                    (
+                        "token",
+                        Layer::Embedding {
+                            rows: vocab_size,
+                            width: embed_dim,
+                        },
+                    ),
+                    (
+                        "position",
+                        Layer::Embedding {
+                            rows: seq_len,
+                            width: embed_dim,
+                        },
+                    ),
+                ],
+                shortcut: None,
+            }),
+            Block::DecoderLayer { embed_dim: d, .. } => {
+                let linear = |input, output| Layer::Linear { input, output };
+                let norm = Layer::FeatureNorm { features: d };
+                Some(Plan {
+                    main: vec![
+                        ("ln1", norm),
+                        ("attn.qkv", linear(d, 3 * d)),
+                        ("attn.proj", linear(d, d)),
+                        ("ln2", norm),
+                        ("mlp.fc", linear(d, MLP_EXPANSION * d)),
+                        ("mlp.proj", linear(MLP_EXPANSION * d, d)),
+                    ],
+                    shortcut: None,
+                })
+            }
+            Block::LmHead {
+                embed_dim,
+                vocab_size,
+                ..
+            } => Some(Plan {
+                main: vec![
+                    (
+                        "ln",
+                        Layer::FeatureNorm {
+                            features: embed_dim,
+                        },
+                    ),
+                    (
+                        "head",
+                        Layer::Linear {
+                            input: embed_dim,
+                            output: vocab_size,
+                        },
+                    ),
+                ],
+                shortcut: None,
+            }),
             Block::Relu { .. }
             | Block::MaxPool2d { .. }
             | Block::AvgPool2d { .. }
@@ -596,9 +780,12 @@ impl Block {
             | Block::Conv2d { relu, .. }
             | Block::BatchNorm2d { relu, .. } => relu,
             Block::Relu { .. } | Block::BasicBlock { .. } | Block::Bottleneck { .. } => true,
-            Block::MaxPool2d { .. } | Block::AvgPool2d { .. } | Block::GlobalAvgPool { .. } => {
-                false
-            }
+            Block::MaxPool2d { .. }
+            | Block::AvgPool2d { .. }
+            | Block::GlobalAvgPool { .. }
+            | Block::Embedding { .. }
+            | Block::DecoderLayer { .. }
+            | Block::LmHead { .. } => false,
         }
     }
 
@@ -621,10 +808,23 @@ impl Block {
                         params.len()
                     );
                 };
-                return x
-                    .matmul(weight.clone().reshape([input, output]))
-                    .add(bias.clone().reshape([1, output]));
+                return affine(x, weight, bias, input, output);
             }
+            Block::Embedding {
+                seq_len,
+                vocab_size,
+                embed_dim,
+            } => return transformer::embed(x, params, seq_len, vocab_size, embed_dim),
+            Block::DecoderLayer {
+                seq_len,
+                embed_dim,
+                heads,
+            } => return transformer::decoder_layer(x, params, seq_len, embed_dim, heads),
+            Block::LmHead {
+                seq_len,
+                embed_dim,
+                vocab_size,
+            } => return transformer::lm_head(x, params, seq_len, embed_dim, vocab_size),
             Block::Relu { .. } => return x,
             Block::MaxPool2d {
                 kernel,
@@ -669,6 +869,19 @@ impl Block {
     }
 }
 
+/// `x · W + b` for `x` `[rows, input]`, a weight in memory layout (`[input, output]`
+/// flattened) and a bias `[output]`.
+pub(crate) fn affine(
+    x: Tensor<2>,
+    weight: &Tensor<1>,
+    bias: &Tensor<1>,
+    input: usize,
+    output: usize,
+) -> Tensor<2> {
+    x.matmul(weight.clone().reshape([input, output]))
+        .add(bias.clone().reshape([1, output]))
+}
+
 /// Runs a plan's layers on `x` (`[batch, c, h, w]`), consuming `params` in order.
 fn run_plan(plan: &Plan, x: Tensor<4>, params: &[Tensor<1>], mut norm: Norm<'_>) -> Tensor<4> {
     let mut tensors = params.iter();
@@ -702,7 +915,9 @@ fn run_plan(plan: &Plan, x: Tensor<4>, params: &[Tensor<1>], mut norm: Norm<'_>)
                     norms_done += 1;
                     out
                 }
-                Layer::Linear { .. } => panic!("a linear layer inside an image block"),
+                Layer::Linear { .. } | Layer::FeatureNorm { .. } | Layer::Embedding { .. } => {
+                    panic!("a {layer:?} layer inside an image block")
+                }
             };
         }
         h

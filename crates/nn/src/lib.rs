@@ -1,5 +1,5 @@
-//! Neural-network side of timeprest, on burn: models as explicit parameter tensors (an MLP and
-//! a zoo of convolutional networks), partitioning into stages (uniform, balanced by parameters
+//! Neural-network side of timeprest, on burn: models as explicit parameter tensors (an MLP, a
+//! zoo of convolutional networks and a small GPT), partitioning into stages (uniform, balanced by parameters
 //! or measured time, manual), optimizers with visible state, a per-stage weight-version store,
 //! and [`BurnStage`], the runtime's [`StageCompute`](timeprest_runtime::StageCompute) for one
 //! pipeline stage.
@@ -24,9 +24,12 @@ mod partition;
 mod stage;
 mod store;
 mod tensor;
+mod transformer;
 mod zoo;
 
-pub use block::{BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, Shape};
+pub use block::{
+    BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, LN_EPSILON, MLP_EXPANSION, Shape,
+};
 pub use checkpoint::{load_safetensors, param_name, save_safetensors};
 pub use error::NnError;
 pub use model::{BlockParams, MlpConfig, ModelParams, ModelSpec, evaluate, init_params};
@@ -37,7 +40,7 @@ pub use partition::{
 };
 pub use stage::{BatchPlan, BurnStage, GradMode, StageMessage};
 pub use tensor::{ComputeDevice, device, select_device, tensor1, tensor2, to_vec};
-pub use zoo::{Arch, MODEL_NAMES, ModelSize, NetConfig};
+pub use zoo::{Arch, GptConfig, MODEL_NAMES, ModelSize, NetConfig};
 
 #[cfg(test)]
 mod tests;

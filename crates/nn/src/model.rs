@@ -27,7 +27,7 @@ use timeprest_data::Dataset;
 use crate::NnError;
 use crate::block::{Block, Init, Norm, Shape};
 use crate::tensor::{count_correct, one_hot, scalar, tensor1, tensor2, to_vec};
-use crate::zoo::NetConfig;
+use crate::zoo::{GptConfig, NetConfig};
 
 /// A multi-layer perceptron: `input → hidden[0] → … → classes`, ReLU after every hidden layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +48,8 @@ pub enum ModelSpec {
     Mlp(MlpConfig),
     /// A convolutional network of the model zoo (LeNet-5, AlexNet, VGG, ResNet).
     Net(NetConfig),
+    /// A decoder-only transformer language model.
+    Gpt(GptConfig),
 }
 
 /// The parameters of one block: its kind, its trainable tensors and its buffers, flattened, in
@@ -108,6 +110,7 @@ impl ModelSpec {
                     .collect())
             }
             ModelSpec::Net(net) => net.blocks(),
+            ModelSpec::Gpt(gpt) => gpt.blocks(),
         }
     }
 
@@ -116,6 +119,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Mlp(mlp) => mlp.hidden.len() + 1,
             ModelSpec::Net(_) => self.try_blocks().map_or(0, |b| b.len()),
+            ModelSpec::Gpt(gpt) => gpt.layers + 2,
         }
     }
 
@@ -130,19 +134,30 @@ impl ModelSpec {
     }
 
     /// Shape of one input sample (`[features, 1, 1]` for an MLP, which takes any shape with
-    /// that many features).
+    /// that many features; `[1, 1, T]` token ids for `gpt`).
     pub fn input_shape(&self) -> Shape {
         match self {
             ModelSpec::Mlp(mlp) => [mlp.input, 1, 1],
             ModelSpec::Net(net) => net.input,
+            ModelSpec::Gpt(gpt) => [1, 1, gpt.seq_len],
         }
     }
 
-    /// Output classes.
+    /// Output classes (for `gpt`: the vocabulary size, the classes of every position).
     pub fn num_classes(&self) -> usize {
         match self {
             ModelSpec::Mlp(mlp) => mlp.classes,
             ModelSpec::Net(net) => net.classes,
+            ModelSpec::Gpt(gpt) => gpt.vocab_size,
+        }
+    }
+
+    /// Predictions per sample: 1 for a classifier, T (one next token per position) for `gpt`.
+    /// The output has `num_classes() · targets_per_sample()` features.
+    pub fn targets_per_sample(&self) -> usize {
+        match self {
+            ModelSpec::Mlp(_) | ModelSpec::Net(_) => 1,
+            ModelSpec::Gpt(gpt) => gpt.seq_len,
         }
     }
 
@@ -151,6 +166,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Mlp(_) => "mlp",
             ModelSpec::Net(net) => net.arch.name(),
+            ModelSpec::Gpt(_) => GptConfig::NAME,
         }
     }
 
@@ -162,7 +178,8 @@ impl ModelSpec {
         self.try_blocks().map(drop)
     }
 
-    /// Checks that `data` (samples of shape `[c, h, w]`, `classes` classes) fits the model.
+    /// Checks that `data` (samples of shape `[c, h, w]`, `classes` classes, targets per
+    /// sample) fits the model.
     ///
     /// # Errors
     /// [`NnError::Mismatch`] naming the model, the data set and both shapes.
@@ -170,17 +187,26 @@ impl ModelSpec {
         let [c, h, w] = data.shape;
         let shape_fits = match self {
             ModelSpec::Mlp(mlp) => data.num_features == mlp.input,
-            ModelSpec::Net(net) => data.shape == net.input,
+            ModelSpec::Net(_) | ModelSpec::Gpt(_) => data.shape == self.input_shape(),
         };
-        if !shape_fits || data.num_classes != self.num_classes() {
+        if !shape_fits
+            || data.num_classes != self.num_classes()
+            || data.targets_per_sample != self.targets_per_sample()
+        {
             let [mc, mh, mw] = self.input_shape();
+            let per_position = |targets: usize| match targets {
+                1 => String::new(),
+                t => format!(" at each of {t} positions"),
+            };
             return Err(NnError::Mismatch(format!(
-                "model {} takes {mc}×{mh}×{mw} inputs and gives {} classes, but data set {} has \
-                 {c}×{h}×{w} samples and {} classes",
+                "model {} takes {mc}×{mh}×{mw} inputs and gives {} classes{}, but data set {} \
+                 has {c}×{h}×{w} samples and {} classes{}",
                 self.name(),
                 self.num_classes(),
+                per_position(self.targets_per_sample()),
                 data.name,
-                data.num_classes
+                data.num_classes,
+                per_position(data.targets_per_sample),
             )));
         }
         Ok(())
@@ -205,11 +231,19 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// File-layout values of state tensor `index` (parameters, then buffers) of `block` from its
-/// memory-layout values, or back (`to_file` false). Only a linear weight differs.
+/// memory-layout values, or back (`to_file` false). Only linear weights differ.
 fn convert_layout(block: Block, index: usize, values: Vec<f32>, to_file: bool) -> Vec<f32> {
-    match (block, index) {
-        (Block::Linear { input, output, .. }, 0) if to_file => transpose(&values, input, output),
-        (Block::Linear { input, output, .. }, 0) => transpose(&values, output, input),
+    match block.param_infos().get(index) {
+        Some(info) if info.transposed_in_memory => {
+            let [output, input] = info.shape[..] else {
+                panic!("{block:?}: transposed tensor {} is not 2-D", info.name);
+            };
+            if to_file {
+                transpose(&values, input, output)
+            } else {
+                transpose(&values, output, input)
+            }
+        }
         _ => values,
     }
 }
@@ -421,7 +455,8 @@ pub(crate) fn check_chain(blocks: &[BlockParams]) -> Result<(), NnError> {
 
 /// Mean loss and accuracy of the model `params` (all blocks of `spec`) on `data`, in batches of
 /// `batch_size`, without autodiff, batch norms using each block's running statistics. The loss
-/// is softmax cross-entropy, averaged over samples.
+/// is softmax cross-entropy, averaged over targets: over samples for a classifier, over
+/// predicted tokens for a language model (whose accuracy is then per token too).
 ///
 /// # Errors
 /// [`NnError::Mismatch`] if `params` do not belong to `spec`, or `data` does not fit the model
@@ -457,14 +492,19 @@ pub fn evaluate(
         correct += count_correct(&to_vec(&x), spec.num_classes(), &labels);
         loss_sum += scalar(&cross_entropy_sum(x, one_hot(&labels, spec.num_classes())));
     }
-    let n = data.len() as f64;
+    let n = data.labels.len() as f64;
     Ok((loss_sum / n, correct as f64 / n))
 }
 
-/// Σ over samples of the softmax cross-entropy of `logits` against one-hot `targets`
-/// (both `[batch, classes]`, plain or autodiff alike), as a one-element tensor.
+/// Σ over targets of the softmax cross-entropy of `logits` against one-hot `targets`
+/// (`[rows, classes]`, one row per target), as a one-element tensor. `logits` is
+/// `[batch, T·classes]` with `batch · T = rows` (T = 1 for a classifier), viewed as
+/// `[rows, classes]`; plain or autodiff alike.
 pub(crate) fn cross_entropy_sum(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
-    log_softmax(logits, 1).mul(targets).sum().neg()
+    log_softmax(logits.reshape(targets.dims()), 1)
+        .mul(targets)
+        .sum()
+        .neg()
 }
 
 #[cfg(test)]

@@ -194,7 +194,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Measures each block's forward and backward on a micro-batch of `batch` samples: one warm-up
 /// run, then the median of `repeats` runs. Inputs are realistic: block `i` gets what the
-/// initialised blocks before it output for a fixed pseudo-random input. Runs on the calling
+/// initialised blocks before it output for a fixed pseudo-random input (token ids for a
+/// language model). Runs on the calling
 /// thread's rayon pool (run it inside `ThreadPool::install` to match a stage's threads).
 ///
 /// # Errors
@@ -212,7 +213,13 @@ pub fn profile_blocks(
     let params: ModelParams = init_params(spec, 0)?;
     let features = spec.input_features();
     let values = (0..batch * features)
-        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .map(|i| {
+            let draw = i * 7919 % 1000;
+            match spec {
+                ModelSpec::Gpt(gpt) => (draw % gpt.vocab_size) as f32,
+                ModelSpec::Mlp(_) | ModelSpec::Net(_) => (draw as f32 / 500.0) - 1.0,
+            }
+        })
         .collect();
     let mut x = tensor2(values, batch, features);
     let mut profiles = Vec::with_capacity(params.len());

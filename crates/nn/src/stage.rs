@@ -26,7 +26,10 @@
 //!
 //! The loss (spec §9 item 8) of micro-batch j is `CE_sum_j / M` with M the number of samples in
 //! the whole mini-batch, so summing micro-batch gradients gives the gradient of the mini-batch
-//! mean loss, whatever the micro-batch sizes.
+//! mean loss, whatever the micro-batch sizes. A language model (a data set with T targets per
+//! sample) predicts every position: its logits `[batch, T·vocab]` are viewed as
+//! `[batch·T, vocab]`, `CE_sum_j` sums over tokens and is divided by `M·T`, so the loss is the
+//! mean per-token cross-entropy, and the reported loss, accuracy and count are per token.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,9 +168,11 @@ impl StageMessage {
 /// Targets of a micro-batch at the last stage.
 #[derive(Clone, Debug)]
 struct Targets {
+    /// The samples' labels, `targets_per_sample` per sample.
     labels: Vec<u32>,
+    /// `[labels, classes]`.
     one_hot: Tensor<2>,
-    /// 1/M, M the mini-batch's number of samples.
+    /// 1/(M·T), M the mini-batch's number of samples, T the targets per sample.
     scale: f64,
 }
 
@@ -289,12 +294,15 @@ impl BurnStage {
                 train_data.num_features
             )));
         }
-        if stage + 1 == num_stages && last.block.output_features() != train_data.num_classes {
+        let outputs = train_data.num_classes * train_data.targets_per_sample;
+        if stage + 1 == num_stages && last.block.output_features() != outputs {
             return Err(NnError::Mismatch(format!(
-                "the last stage gives {} outputs, data set {} has {} classes",
+                "the last stage gives {} outputs, data set {} has {} classes × {} targets per \
+                 sample",
                 last.block.output_features(),
                 train_data.name,
-                train_data.num_classes
+                train_data.num_classes,
+                train_data.targets_per_sample
             )));
         }
         Ok(Self {
@@ -516,9 +524,13 @@ impl BurnStage {
     fn output_gradient(&self, saved: &Saved, upstream: Option<Tensor<2>>) -> Tensor<2> {
         match (upstream, &saved.targets) {
             (Some(g), None) => g,
-            (None, Some(t)) => softmax(saved.trace.stage_output.clone(), 1)
-                .sub(t.one_hot.clone())
-                .mul_scalar(t.scale),
+            (None, Some(t)) => {
+                let logits = &saved.trace.stage_output;
+                softmax(logits.clone().reshape(t.one_hot.dims()), 1)
+                    .sub(t.one_hot.clone())
+                    .mul_scalar(t.scale)
+                    .reshape(logits.dims())
+            }
             _ => panic!(
                 "stage {}: upstream gradient and targets disagree",
                 self.stage
@@ -786,17 +798,15 @@ impl StageCompute for BurnStage {
                     input.dims()[0]
                 )));
             }
-            let labels: Vec<u32> = indices
-                .iter()
-                .map(|&i| self.train_data.labels.get(i).copied())
-                .collect::<Option<_>>()
-                .ok_or_else(|| self.error(format!("{microbatch:?}: sample index out of range")))?;
-            let num_classes = self.train_data.num_classes;
-            let one_hot = one_hot(&labels, num_classes);
+            let (_, labels) = self
+                .train_data
+                .try_gather(indices)
+                .map_err(|e| self.error(format!("{microbatch:?}: {e}")))?;
+            let one_hot = one_hot(&labels, self.train_data.num_classes);
             Some(Targets {
                 labels,
                 one_hot,
-                scale: 1.0 / size as f64,
+                scale: 1.0 / (size * self.train_data.targets_per_sample) as f64,
             })
         } else {
             None

@@ -1,4 +1,5 @@
-//! The model zoo: LeNet-5, AlexNet, VGG-11/16 and ResNet-18/50 as sequences of blocks.
+//! The model zoo: LeNet-5, AlexNet, VGG-11/16, ResNet-18/50 and a small GPT as sequences of
+//! blocks.
 //!
 //! The seed papers evaluate VGG-16, ResNet-50 and AlexNet; users of a pipeline trainer expect
 //! them, and LeNet-5 is the small one that trains on a CPU in minutes. Each architecture is
@@ -16,6 +17,13 @@
 //! - `resnet18`, `resnet50`: `kuangliu/pytorch-cifar`'s ResNet (3×3 stem without max pool,
 //!   four groups of basic or bottleneck blocks, global average pool, linear classifier).
 //!
+//! - `gpt` ([`GptConfig`]): a decoder-only transformer language model for `text:PATH` data:
+//!   token + learned position embedding (one block), `depth` pre-LayerNorm decoder layers
+//!   (causal multi-head self-attention and a GELU MLP of width 4d, both residual, one block
+//!   each), and a head (final layer norm, linear to the vocabulary). Its context length T is
+//!   the data's window length and its vocabulary the data's classes; `--embed-dim`, `--heads`
+//!   and `--depth` (one number: the layers) size it.
+//!
 //! No dropout anywhere: it would need random masks per micro-batch that a graph-mode backward
 //! must reproduce, and the CIFAR variants above train well without it.
 //!
@@ -25,13 +33,14 @@
 //! equal the reference implementations' (tested).
 
 use serde::{Deserialize, Serialize};
+use timeprest_data::Dataset;
 
 use crate::block::{Block, Shape};
 use crate::{MlpConfig, ModelSpec, NnError};
 
 /// Names accepted by `--model`.
-pub const MODEL_NAMES: [&str; 7] = [
-    "mlp", "lenet5", "alexnet", "vgg11", "vgg16", "resnet18", "resnet50",
+pub const MODEL_NAMES: [&str; 8] = [
+    "mlp", "lenet5", "alexnet", "vgg11", "vgg16", "resnet18", "resnet50", "gpt",
 ];
 
 /// A convolutional architecture of the zoo.
@@ -302,6 +311,77 @@ impl NetConfig {
     }
 }
 
+/// A decoder-only transformer language model (`gpt`): sizes of its blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GptConfig {
+    /// T: tokens per sample (the context length).
+    pub seq_len: usize,
+    /// Distinct tokens.
+    pub vocab_size: usize,
+    /// d: embedding width.
+    pub embed_dim: usize,
+    /// Attention heads per layer (they divide d).
+    pub heads: usize,
+    /// Decoder layers.
+    pub layers: usize,
+}
+
+impl GptConfig {
+    /// The name `--model` uses.
+    pub const NAME: &'static str = "gpt";
+    /// Embedding width unless told otherwise: small enough to train on a CPU in seconds.
+    pub const DEFAULT_EMBED_DIM: usize = 64;
+    /// Attention heads unless told otherwise.
+    pub const DEFAULT_HEADS: usize = 4;
+    /// Decoder layers unless told otherwise.
+    pub const DEFAULT_LAYERS: usize = 2;
+
+    /// The blocks: embedding, `layers` decoder layers, head.
+    ///
+    /// # Errors
+    /// [`NnError::InvalidModel`] if a size is zero or the heads do not divide the embedding
+    /// width.
+    pub fn blocks(&self) -> Result<Vec<Block>, NnError> {
+        let GptConfig {
+            seq_len,
+            vocab_size,
+            embed_dim,
+            heads,
+            layers,
+        } = *self;
+        if [seq_len, vocab_size, embed_dim, heads, layers].contains(&0) {
+            return Err(NnError::InvalidModel(format!(
+                "model gpt: every size must be positive: sequence length {seq_len}, vocabulary \
+                 {vocab_size}, embedding width {embed_dim}, heads {heads}, layers {layers}"
+            )));
+        }
+        let layer = Block::DecoderLayer {
+            seq_len,
+            embed_dim,
+            heads,
+        };
+        if let Err(why) = layer.check() {
+            return Err(NnError::InvalidModel(format!(
+                "model gpt: a decoder layer {why}"
+            )));
+        }
+        let embedding = Block::Embedding {
+            seq_len,
+            vocab_size,
+            embed_dim,
+        };
+        let head = Block::LmHead {
+            seq_len,
+            embed_dim,
+            vocab_size,
+        };
+        Ok(std::iter::once(embedding)
+            .chain(std::iter::repeat_n(layer, layers))
+            .chain(std::iter::once(head))
+            .collect())
+    }
+}
+
 /// The size knobs of `--model`: what the command line says besides the name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSize {
@@ -309,13 +389,60 @@ pub struct ModelSize {
     pub hidden: Vec<usize>,
     /// Channel multiplier of the convolutional networks.
     pub width: f64,
-    /// Residual blocks per group (ResNets; empty = default).
+    /// Residual blocks per group (ResNets), or decoder layers (`gpt`, one number); empty =
+    /// default.
     pub depth: Vec<usize>,
+    /// Embedding width of `gpt`.
+    pub embed_dim: usize,
+    /// Attention heads of `gpt`.
+    pub heads: usize,
+}
+
+impl Default for ModelSize {
+    /// The reference sizes: the MLP of `timeprest train`'s default, width 1, default depth,
+    /// `gpt`'s default width and heads.
+    fn default() -> Self {
+        Self {
+            hidden: vec![128, 64],
+            width: 1.0,
+            depth: Vec::new(),
+            embed_dim: GptConfig::DEFAULT_EMBED_DIM,
+            heads: GptConfig::DEFAULT_HEADS,
+        }
+    }
 }
 
 impl ModelSpec {
+    /// The model `name` (one of [`MODEL_NAMES`]) for the samples of `data`, sized by `size`:
+    /// [`ModelSpec::from_name`] with the data's shape and classes, checked against the data.
+    ///
+    /// # Errors
+    /// The errors of [`ModelSpec::from_name`] (with the data set named), and
+    /// [`NnError::Mismatch`] naming model, data set and shapes if the data does not fit (e.g. a
+    /// classifier on a language-modelling set).
+    pub fn for_data(name: &str, data: &Dataset, size: &ModelSize) -> Result<Self, NnError> {
+        if name != GptConfig::NAME && data.targets_per_sample != 1 {
+            let [c, h, w] = data.shape;
+            return Err(NnError::Mismatch(format!(
+                "model {name} predicts one class per sample, but data set {} has {c}×{h}×{w} \
+                 samples with {} targets each (a language-modelling set: use --model gpt)",
+                data.name, data.targets_per_sample
+            )));
+        }
+        let spec =
+            Self::from_name(name, data.shape, data.num_classes, size).map_err(|e| match e {
+                NnError::InvalidModel(why) => {
+                    NnError::InvalidModel(format!("{why} (data set {})", data.name))
+                }
+                other => other,
+            })?;
+        spec.check_data(data)?;
+        Ok(spec)
+    }
+
     /// The model `name` (one of [`MODEL_NAMES`]) for samples of shape `input` and `classes`
-    /// classes, sized by `size`.
+    /// classes, sized by `size`. `gpt` takes `[1, 1, T]` token windows and `classes` is its
+    /// vocabulary.
     ///
     /// # Errors
     /// [`NnError::InvalidModel`] for an unknown name (listing the valid ones), or a spec that
@@ -326,7 +453,32 @@ impl ModelSpec {
         classes: usize,
         size: &ModelSize,
     ) -> Result<Self, NnError> {
-        let spec = if name == "mlp" {
+        let spec = if name == GptConfig::NAME {
+            let [c, h, w] = input;
+            if [c, h] != [1, 1] {
+                return Err(NnError::InvalidModel(format!(
+                    "model gpt takes windows of 1×1×T token ids (a text:PATH data set), not \
+                     {c}×{h}×{w} inputs"
+                )));
+            }
+            let layers = match size.depth[..] {
+                [] => GptConfig::DEFAULT_LAYERS,
+                [layers] => layers,
+                _ => {
+                    return Err(NnError::InvalidModel(format!(
+                        "model gpt: depth must be one number of decoder layers, got {:?}",
+                        size.depth
+                    )));
+                }
+            };
+            ModelSpec::Gpt(GptConfig {
+                seq_len: w,
+                vocab_size: classes,
+                embed_dim: size.embed_dim,
+                heads: size.heads,
+                layers,
+            })
+        } else if name == "mlp" {
             ModelSpec::Mlp(MlpConfig {
                 input: input.iter().product(),
                 hidden: size.hidden.clone(),

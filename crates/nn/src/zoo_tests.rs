@@ -1,7 +1,8 @@
 //! Tests of the model zoo: parameter counts against the reference implementations' formulas,
 //! shapes, split-independence of outputs and gradients, graph-mode gradients through
-//! convolutions, batch norms and residual blocks, running statistics per weight version, and
-//! checkpoints with buffers. Widths are small so the suite stays fast.
+//! convolutions, batch norms, residual blocks and transformer layers, causal masking, running
+//! statistics per weight version, and checkpoints with buffers. Widths are small so the suite
+//! stays fast.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -28,6 +29,45 @@ fn images(count: usize, shape: [usize; 3], classes: usize) -> Arc<Dataset> {
         .collect();
     let labels = (0..count).map(|i| ((i * 3 + 1) % classes) as u32).collect();
     Arc::new(Dataset::new("images", shape, classes, features, labels).unwrap())
+}
+
+/// Deterministic token windows for a language model: `count` samples of `seq_len` ids below
+/// `vocab`, each position's label the id at the next position of one long pseudo-random text.
+fn tokens(count: usize, seq_len: usize, vocab: usize) -> Arc<Dataset> {
+    let mut state = 0x7E47_u64;
+    let text: Vec<u32> = (0..count * seq_len + 1)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) % vocab as u64) as u32
+        })
+        .collect();
+    let (mut features, mut labels) = (Vec::new(), Vec::new());
+    for k in 0..count {
+        let start = k * seq_len;
+        features.extend(text[start..start + seq_len].iter().map(|&id| id as f32));
+        labels.extend_from_slice(&text[start + 1..start + seq_len + 1]);
+    }
+    Arc::new(
+        Dataset::with_targets("tokens", [1, 1, seq_len], vocab, seq_len, features, labels).unwrap(),
+    )
+}
+
+fn gpt(
+    seq_len: usize,
+    vocab_size: usize,
+    embed_dim: usize,
+    heads: usize,
+    layers: usize,
+) -> ModelSpec {
+    ModelSpec::Gpt(GptConfig {
+        seq_len,
+        vocab_size,
+        embed_dim,
+        heads,
+        layers,
+    })
 }
 
 fn net(arch: Arch, input: [usize; 3], width: f64, depth: Vec<usize>) -> ModelSpec {
@@ -73,8 +113,7 @@ fn reference_sizes_have_the_reference_parameter_counts() {
     let size = |name, input| {
         let size = ModelSize {
             hidden: vec![],
-            width: 1.0,
-            depth: vec![],
+            ..ModelSize::default()
         };
         ModelSpec::from_name(name, input, 10, &size)
             .unwrap()
@@ -170,7 +209,7 @@ fn inputs_the_model_cannot_take_are_errors_naming_model_and_shape() {
     let size = ModelSize {
         hidden: vec![],
         width: 0.25,
-        depth: vec![],
+        ..ModelSize::default()
     };
     let err = ModelSpec::from_name("vgg16", [1, 28, 28], 10, &size)
         .unwrap_err()
@@ -213,10 +252,11 @@ fn inputs_the_model_cannot_take_are_errors_naming_model_and_shape() {
     assert!(evaluate(&spec, &params, &data, 2).is_err());
 }
 
-/// Small versions of every zoo model with data they take.
+/// Small versions of every zoo model with data they take (the GPT last).
 fn small_models() -> Vec<(ModelSpec, Arc<Dataset>)> {
     let mnist = images(8, [1, 28, 28], 10);
     let cifar = images(8, [3, 32, 32], 10);
+    let text = tokens(8, 6, 7);
     vec![
         (net(Arch::Lenet5, [1, 28, 28], 0.5, vec![]), mnist),
         (
@@ -233,6 +273,7 @@ fn small_models() -> Vec<(ModelSpec, Arc<Dataset>)> {
             net(Arch::Resnet50, [3, 32, 32], 0.0625, vec![1, 1, 1, 1]),
             cifar,
         ),
+        (gpt(6, 7, 8, 2, 2), text),
     ]
 }
 
@@ -244,7 +285,7 @@ fn every_model_has_consistent_forward_and_backward_shapes() {
     for (spec, data) in small_models() {
         let params = init_params(&spec, 3).unwrap();
         let blocks = spec.blocks();
-        // Each block's output is the next one's input, down to [batch, classes].
+        // Each block's output is the next one's input, down to [batch, classes · targets].
         let mut x = tensor2(data.gather(&[0, 1]).0, 2, data.num_features);
         for p in &params {
             assert_eq!(
@@ -255,7 +296,8 @@ fn every_model_has_consistent_forward_and_backward_shapes() {
             );
             x = p.forward_eval(x);
         }
-        assert_eq!(x.dims(), [2, 10], "{}", spec.name());
+        let outputs = spec.num_classes() * spec.targets_per_sample();
+        assert_eq!(x.dims(), [2, outputs], "{}", spec.name());
         let mut stages = stages_over(
             &params,
             &partition_uniform(blocks.len(), 1).unwrap(),
@@ -727,4 +769,228 @@ fn partitioning_a_model_by_time_or_parameters_gives_valid_splits() {
             .iter()
             .all(|p| p.forward > 0.0 && p.backward >= 0.0)
     );
+}
+
+/// gpt's parameter count written out: the two embedding tables, `layers` decoder layers
+/// (two layer norms, QKV, attention output, the 4d-wide MLP), and the head.
+fn gpt_formula(seq_len: usize, vocab: usize, d: usize, layers: usize) -> usize {
+    let embeddings = vocab * d + seq_len * d;
+    let layer =
+        2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d);
+    let head = 2 * d + d * vocab + vocab;
+    embeddings + layers * layer + head
+}
+
+#[test]
+fn gpt_has_the_formula_parameter_count_and_pytorch_names_and_layouts() {
+    for (seq_len, vocab, d, heads, layers) in
+        [(8, 11, 16, 4, 3), (64, 96, 64, 4, 2), (1, 2, 3, 1, 1)]
+    {
+        let spec = gpt(seq_len, vocab, d, heads, layers);
+        assert_eq!(spec.param_count(), gpt_formula(seq_len, vocab, d, layers));
+        assert_eq!(spec.num_blocks(), layers + 2);
+    }
+    let blocks = gpt(8, 11, 16, 4, 3).blocks();
+    assert_eq!(blocks[0].param_names(), ["token.weight", "position.weight"]);
+    assert_eq!(
+        blocks[1].param_names(),
+        [
+            "ln1.weight",
+            "ln1.bias",
+            "attn.qkv.weight",
+            "attn.qkv.bias",
+            "attn.proj.weight",
+            "attn.proj.bias",
+            "ln2.weight",
+            "ln2.bias",
+            "mlp.fc.weight",
+            "mlp.fc.bias",
+            "mlp.proj.weight",
+            "mlp.proj.bias",
+        ]
+    );
+    assert_eq!(blocks[1].file_shapes()[2], [48, 16]);
+    assert_eq!(blocks[1].file_shapes()[10], [16, 64]);
+    assert!(blocks.iter().all(|b| b.buffer_names().is_empty()));
+    assert_eq!(
+        blocks[4].param_names(),
+        ["ln.weight", "ln.bias", "head.weight", "head.bias"]
+    );
+    assert_eq!(blocks[4].file_shapes()[2], [11, 16]);
+    // Linear weights are [out, in] in files and [in, out] in memory.
+    let params = init_params(&gpt(8, 11, 16, 4, 3), 1).unwrap();
+    let (memory, file) = (&params[1].values()[2], &params[1].to_file_layout()[2]);
+    for (o, i) in [(0, 1), (47, 3), (20, 15)] {
+        assert_eq!(file[o * 16 + i], memory[i * 48 + o]);
+    }
+    // Heads that do not divide the width, and a depth that is not one number.
+    let size = |embed_dim, heads, depth| ModelSize {
+        embed_dim,
+        heads,
+        depth,
+        ..ModelSize::default()
+    };
+    let err = ModelSpec::from_name("gpt", [1, 1, 8], 11, &size(16, 3, vec![]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gpt") && err.contains("3 attention heads"),
+        "{err}"
+    );
+    let err = ModelSpec::from_name("gpt", [1, 1, 8], 11, &size(16, 4, vec![1, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gpt") && err.contains("depth"), "{err}");
+    assert_eq!(
+        ModelSpec::from_name("gpt", [1, 1, 8], 11, &size(16, 4, vec![3])).unwrap(),
+        gpt(8, 11, 16, 4, 3)
+    );
+}
+
+#[test]
+fn gpt_logits_at_a_position_do_not_depend_on_later_tokens() {
+    let (seq_len, vocab) = (6, 7);
+    let params = init_params(&gpt(seq_len, vocab, 8, 2, 2), 5).unwrap();
+    let logits = |ids: &[f32]| {
+        let mut x = tensor2(ids.to_vec(), 1, seq_len);
+        for p in &params {
+            x = p.forward_eval(x);
+        }
+        to_vec(&x)
+    };
+    let base = [1.0, 4.0, 2.0, 6.0, 0.0, 3.0];
+    let reference = logits(&base);
+    for changed in 0..seq_len {
+        let mut ids = base;
+        ids[changed] = (base[changed] + 1.0) % vocab as f32;
+        let out = logits(&ids);
+        for position in 0..seq_len {
+            let range = position * vocab..(position + 1) * vocab;
+            let largest_change = out[range.clone()]
+                .iter()
+                .zip(&reference[range])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            if position < changed {
+                assert!(
+                    largest_change <= 1e-6,
+                    "token {changed} changed the logits of earlier position {position} by \
+                     {largest_change}"
+                );
+            } else if position == changed {
+                assert!(largest_change > 1e-4, "token {changed} has no effect");
+            }
+        }
+    }
+}
+
+#[test]
+fn gpt_trains_on_the_mean_per_token_cross_entropy() {
+    // One stage, one micro-batch of 4 samples: the loss the stage reports is the summed
+    // per-token cross-entropy, and its gradient is that of the *mean* over the 4·T tokens,
+    // checked against central finite differences of `evaluate` (an independent path: no
+    // autodiff, no loss scaling).
+    let (seq_len, vocab) = (5, 6);
+    let spec = gpt(seq_len, vocab, 8, 2, 1);
+    let data = tokens(4, seq_len, vocab);
+    let params = init_params(&spec, 9).unwrap();
+    let plan = Arc::new(BatchPlan {
+        minibatches: vec![vec![vec![0, 1, 2, 3]]],
+    });
+    let one_stage = partition_uniform(3, 1).unwrap();
+    let mut stages = stages_over(&params, &one_stage, GradMode::Graph, &data, &plan);
+    let (loss_sum, correct, _) = run_minibatch(&mut stages, 0, 1, &[v(0)], &[v(0)]);
+    let (mean_loss, accuracy) = evaluate(&spec, &params, &data, 3).unwrap();
+    let tokens = (4 * seq_len) as f64;
+    assert!((loss_sum / tokens - mean_loss).abs() < 1e-5 * mean_loss);
+    assert!((correct as f64 / tokens - accuracy).abs() < 1e-12);
+    let grads = stages[0].accumulated_gradients().unwrap();
+    let epsilon = 1e-2;
+    // (block, tensor, element): the embedding of the first sample's first token, a position
+    // embedding, the QKV weight, the MLP output bias, the head weight.
+    let first_token = data.features[0] as usize;
+    let probes = [
+        (0, 0, first_token * 8 + 3),
+        (0, 1, 17),
+        (1, 2, 30),
+        (1, 11, 3),
+        (2, 2, 11),
+    ];
+    for (block, tensor, element) in probes {
+        let shifted = |delta: f32| {
+            let mut moved = params.clone();
+            let mut values = moved[block].values();
+            values[tensor][element] += delta;
+            moved[block].tensors[tensor] = crate::tensor::tensor1(values[tensor].clone());
+            evaluate(&spec, &moved, &data, 4).unwrap().0
+        };
+        let numeric = (shifted(epsilon as f32) - shifted(-epsilon as f32)) / (2.0 * epsilon);
+        let analytic = f64::from(to_vec(&grads[block][tensor])[element]);
+        assert!(
+            analytic.abs() > 1e-4,
+            "block {block} tensor {tensor}: zero gradient"
+        );
+        assert!(
+            (numeric - analytic).abs() <= 2e-3 + 0.05 * analytic.abs(),
+            "block {block} tensor {tensor}[{element}]: finite difference {numeric}, gradient \
+             {analytic}"
+        );
+    }
+}
+
+#[test]
+fn gpt_and_text_data_refuse_the_wrong_partner_naming_model_and_shape() {
+    let size = ModelSize {
+        embed_dim: 8,
+        heads: 2,
+        ..ModelSize::default()
+    };
+    let err = ModelSpec::for_data("gpt", &images(4, [1, 28, 28], 10), &size)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gpt") && err.contains("1×28×28"), "{err}");
+    let text = tokens(4, 6, 7);
+    for name in ["lenet5", "mlp"] {
+        let err = ModelSpec::for_data(name, &text, &size)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains("1×1×6") && err.contains("--model gpt"),
+            "{err}"
+        );
+    }
+    let spec = ModelSpec::for_data("gpt", &text, &size).unwrap();
+    assert_eq!(spec, gpt(6, 7, 8, 2, GptConfig::DEFAULT_LAYERS));
+    // A gpt of another context length or vocabulary does not fit.
+    for other in [gpt(5, 7, 8, 2, 2), gpt(6, 9, 8, 2, 2)] {
+        let err = other.check_data(&text).unwrap_err().to_string();
+        assert!(err.contains("gpt") && err.contains("1×1×6"), "{err}");
+    }
+}
+
+#[test]
+fn gpt_checkpoints_round_trip_and_partition_by_time() {
+    let (spec, data) = small_models().pop().unwrap();
+    let params = init_params(&spec, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpt.safetensors");
+    save_safetensors(&path, &params).unwrap();
+    let loaded = load_safetensors(&path, &spec).unwrap();
+    for (a, b) in loaded.iter().zip(&params) {
+        assert_eq!(a.values(), b.values(), "{}", a.block.label());
+    }
+    let file = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    assert_eq!(st.tensor("layers.0.token.weight").unwrap().shape(), &[7, 8]);
+    assert_eq!(
+        st.tensor("layers.2.attn.qkv.weight").unwrap().shape(),
+        &[24, 8]
+    );
+    assert_eq!(st.tensor("layers.3.head.weight").unwrap().shape(), &[7, 8]);
+    let (loss, accuracy) = evaluate(&spec, &loaded, &data, 3).unwrap();
+    assert!(loss.is_finite() && (0.0..=1.0).contains(&accuracy));
+    for method in PartitionMethod::ALL {
+        let split = partition_model(&spec, method, 3, 2).unwrap();
+        assert_eq!((split.len(), split[0].start, split[2].end), (3, 0, 4));
+    }
 }

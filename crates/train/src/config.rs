@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use timeprest_nn::{
-    ComputeDevice, GradMode, MODEL_NAMES, OptimizerConfig, OptimizerKind, PartitionMethod,
+    ComputeDevice, GptConfig, GradMode, MODEL_NAMES, OptimizerConfig, OptimizerKind,
+    PartitionMethod,
 };
 use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
 use timeprest_schedule::ScheduleKind;
@@ -42,11 +43,11 @@ pub enum SignificanceChoice {
 /// Everything one training run depends on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Model name (`mlp`).
+    /// Model name (one of [`MODEL_NAMES`]).
     pub model: String,
     /// Hidden layer widths of the MLP.
     pub hidden: Vec<usize>,
-    /// Data set name (`digits`, `fashion-mnist`, `mnist`).
+    /// Data set name (one of `timeprest_data::DATASET_NAMES`, or `text:PATH`).
     pub dataset: String,
     /// Directory of the data set files (IDX data sets).
     pub data_dir: Option<PathBuf>,
@@ -99,14 +100,38 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Channel multiplier of the convolutional models (1 = the reference size).
     pub width: f64,
-    /// Residual blocks per group of the ResNets (empty = the model's default).
+    /// Residual blocks per group of the ResNets, or the number of transformer layers of `gpt`
+    /// (one number) (empty = the model's default).
     pub depth: Vec<usize>,
+    /// Characters per sample of a `text:PATH` data set (the context length of `gpt`).
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Embedding width d of `gpt`.
+    #[serde(default = "default_embed_dim")]
+    pub embed_dim: usize,
+    /// Attention heads of `gpt` (they must divide `embed_dim`).
+    #[serde(default = "default_heads")]
+    pub heads: usize,
     /// How to split the model into stages when `split` is empty.
     pub partition: PartitionMethod,
     /// A split by hand: the first blocks of stages 1, 2, … (empty = use `partition`).
     pub split: Vec<usize>,
     /// Random crops (padding 4) and horizontal flips of the training images.
     pub augment: bool,
+}
+
+// Defaults of the fields added with `gpt`, so that configurations written before them still
+// load.
+fn default_seq_len() -> usize {
+    timeprest_data::DEFAULT_SEQ_LEN
+}
+
+fn default_embed_dim() -> usize {
+    GptConfig::DEFAULT_EMBED_DIM
+}
+
+fn default_heads() -> usize {
+    GptConfig::DEFAULT_HEADS
 }
 
 impl Default for TrainConfig {
@@ -141,6 +166,9 @@ impl Default for TrainConfig {
             eval_batch_size: 512,
             width: 1.0,
             depth: Vec::new(),
+            seq_len: default_seq_len(),
+            embed_dim: default_embed_dim(),
+            heads: default_heads(),
             partition: PartitionMethod::Uniform,
             split: Vec::new(),
             augment: false,
@@ -223,6 +251,15 @@ impl TrainConfig {
                     self.stages
                 ),
             );
+        }
+        for (flag, value) in [
+            ("seq-len", self.seq_len),
+            ("embed-dim", self.embed_dim),
+            ("heads", self.heads),
+        ] {
+            if value == 0 {
+                return bad(flag, "must be at least 1".into());
+            }
         }
         if self.stages == 0 {
             return bad("stages", "must be at least 1".into());

@@ -37,9 +37,10 @@ pub struct StageMetrics {
 pub struct EpochMetrics {
     /// The epoch, from 1.
     pub epoch: u32,
-    /// Mean training loss over the epoch's samples (computed during the pipelined forwards).
+    /// Mean training loss over the epoch's samples (computed during the pipelined forwards;
+    /// over predicted tokens for a language model).
     pub train_loss: f64,
-    /// Training accuracy over the epoch's samples.
+    /// Training accuracy over the epoch's samples (per token for a language model).
     pub train_accuracy: f64,
     /// Mean test loss after the epoch.
     pub test_loss: f64,
@@ -47,7 +48,8 @@ pub struct EpochMetrics {
     pub test_accuracy: f64,
     /// Wall-clock seconds of the pipelined epoch (without evaluation).
     pub epoch_seconds: f64,
-    /// Training samples per second.
+    /// Training samples per second (predicted tokens per second for a language model: the
+    /// targets the last stage scores).
     pub samples_per_second: f64,
     /// Mini-batches (= updates per stage) in the epoch.
     pub num_minibatches: u32,
@@ -55,7 +57,8 @@ pub struct EpochMetrics {
     pub stages: Vec<StageMetrics>,
 }
 
-/// Training loss, accuracy and number of samples of a run.
+/// Training loss, accuracy and number of samples (targets: tokens for a language model) of a
+/// run.
 pub fn training_stats(report: &RunReport) -> (f64, f64, u64) {
     let (loss, correct, count) = report.losses.iter().fold((0.0, 0, 0), |acc, (_, s)| {
         (acc.0 + s.loss_sum, acc.1 + s.correct, acc.2 + s.count)

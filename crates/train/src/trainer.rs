@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use timeprest_data::{Augment, DataSplit, Dataset, epoch_order, load};
+use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
     BatchPlan, BurnStage, ModelParams, ModelSize, ModelSpec, evaluate, init_params,
     partition_manual, partition_model,
@@ -29,10 +29,14 @@ pub fn load_data_and_model(
     config: &TrainConfig,
 ) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
     timeprest_nn::select_device(config.device).map_err(|e| TrainError::Config(e.to_string()))?;
+    let options = LoadOptions {
+        data_dir: config.data_dir.as_deref(),
+        seq_len: config.seq_len,
+    };
     let DataSplit {
         mut train,
         mut test,
-    } = load(&config.dataset, config.data_dir.as_deref())?;
+    } = load(&config.dataset, &options)?;
     if let Some(limit) = config.limit_train {
         train.truncate(limit);
     }
@@ -43,9 +47,18 @@ pub fn load_data_and_model(
         hidden: config.hidden.clone(),
         width: config.width,
         depth: config.depth.clone(),
+        embed_dim: config.embed_dim,
+        heads: config.heads,
     };
-    let spec = ModelSpec::from_name(&config.model, train.shape, train.num_classes, &size)
-        .map_err(|e| TrainError::Config(format!("--model: {e} (data set {})", train.name)))?;
+    let spec = ModelSpec::for_data(&config.model, &train, &size)
+        .map_err(|e| TrainError::Config(format!("--model: {e}")))?;
+    if config.augment && train.targets_per_sample > 1 {
+        return Err(TrainError::Config(format!(
+            "--augment: random crops and flips are for images, but data set {} is a \
+             language-modelling set",
+            train.name
+        )));
+    }
     Ok((train, test, spec))
 }
 

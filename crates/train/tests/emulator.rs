@@ -6,7 +6,7 @@
 //! (§2.2, §3.4, §4.2, §5.2, §6.2). It replays the schedule slot by slot. The pipelined run
 //! (threads, channels, version plan, burn stages) must end with the same weights.
 
-use timeprest_data::load;
+use timeprest_data::{LoadOptions, load};
 use timeprest_nn::{MlpConfig, ModelSpec, init_params, partition_uniform};
 use timeprest_policy::PolicyKind;
 use timeprest_schedule::{
@@ -326,7 +326,7 @@ fn check_policy_against_emulator(
         .map(|p| p.to_file_layout())
         .collect();
 
-    let data = load("digits", None).unwrap().train;
+    let data = load("digits", &LoadOptions::default()).unwrap().train;
     let spec = ModelSpec::Mlp(MlpConfig {
         input: 64,
         hidden,
