@@ -82,7 +82,23 @@ fn burn_device(choice: ComputeDevice) -> Result<Device, NnError> {
         ComputeDevice::Cpu => Ok(Device::flex()),
         #[cfg(feature = "gpu")]
         ComputeDevice::Gpu(index) => {
-            Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)))
+            use burn::tensor::{DeviceKind, DeviceType};
+            // Ask Vulkan what it sees first: a device that is not there fails later, inside
+            // a backend thread, with a panic instead of an error.
+            let found = Device::enumerate(DeviceType::Vulkan);
+            let wanted = Device::vulkan(DeviceKind::DiscreteGpu(index));
+            if found.contains(&wanted) {
+                Ok(wanted)
+            } else {
+                Err(NnError::Device(format!(
+                    "`{choice}`: Vulkan reports {} device(s) and no discrete GPU {index}; \
+                     check the GPU driver's Vulkan ICD (`VK_LOADER_DEBUG=error` shows why it \
+                     fails to load; in containers without a display, an ICD file naming \
+                     `libEGL_nvidia.so.0` in VK_ICD_FILENAMES works where `libGLX_nvidia.so.0` \
+                     does not)",
+                    found.len()
+                )))
+            }
         }
         #[cfg(not(feature = "gpu"))]
         ComputeDevice::Gpu(_) => Err(NnError::Device(format!(
