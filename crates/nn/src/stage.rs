@@ -386,6 +386,15 @@ impl BurnStage {
         self.saved.len()
     }
 
+    /// Number of saved forwards that keep an autodiff graph.
+    #[cfg(test)]
+    pub(crate) fn num_saved_graphs(&self) -> usize {
+        self.saved
+            .values()
+            .filter(|saved| saved.trace.graph.is_some())
+            .count()
+    }
+
     fn is_last(&self) -> bool {
         self.stage + 1 == self.num_stages
     }

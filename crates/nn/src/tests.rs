@@ -790,6 +790,40 @@ fn same_weights_give_the_same_gradients_on_every_path() {
     }
 }
 
+#[test]
+fn only_forwards_whose_backward_reads_their_weights_keep_a_graph() {
+    // A graph whose backward never runs kept every weight version it read alive (TiMePReSt's
+    // RSS grew by one weight set per mini-batch), so forwards told otherwise must build none.
+    let spec = mlp();
+    let data = synthetic(20, 6, 4);
+    let params = init_params(&spec, 5).unwrap();
+    let plan = Arc::new(BatchPlan {
+        minibatches: vec![vec![vec![1, 2, 3], vec![4, 5, 6, 7]]],
+    });
+    for (mode, hint, graphs) in [
+        (GradMode::Graph, true, 2),
+        (GradMode::Graph, false, 0),
+        (GradMode::Recompute, false, 0),
+    ] {
+        let mut stages = make_stages(
+            &params,
+            1,
+            OptimizerConfig::sgd(0.1, 0.9),
+            mode,
+            &data,
+            &plan,
+        );
+        for j in 0..2 {
+            stages[0].forward(mb(0, j), None, &v(0), hint).unwrap();
+        }
+        assert_eq!(
+            stages[0].num_saved_graphs(),
+            graphs,
+            "{mode:?}, hint {hint}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Versions, blends, predictions
 
