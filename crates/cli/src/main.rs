@@ -192,10 +192,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_line(&error));
             ExitCode::from(if is_usage_error(&error) { 2 } else { 1 })
         }
     }
+}
+
+/// The error and its causes on one line, `: `-separated, leaving out a cause whose text is
+/// already in the line (many errors embed their source in their own message, and anyhow's
+/// chain would print it twice).
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 #[cfg(test)]
@@ -207,6 +224,16 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let embedded = anyhow::Error::new(io).context("cannot read /x: no such file");
+        assert_eq!(error_line(&embedded), "cannot read /x: no such file");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let separate = anyhow::Error::new(io).context("loading the data");
+        assert_eq!(error_line(&separate), "loading the data: no such file");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the plots, and the runs that did not complete. Every number comes from the
 //! [`Summary`]; this module only formats.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -56,6 +57,30 @@ pub fn render(
     out
 }
 
+/// The number of stages most policies use, and the policies that differ (a comparison often
+/// runs `single:stages=1` beside W-stage pipelines).
+fn stages_text(manifest: &Manifest) -> String {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for variant in &manifest.variants {
+        *counts.entry(variant.config.stages).or_default() += 1;
+    }
+    // The most common W; among equally common ones, the largest (the pipelines).
+    let Some((&common, _)) = counts.iter().max_by_key(|&(&stages, &n)| (n, stages)) else {
+        return "no policies".into();
+    };
+    let others: Vec<String> = manifest
+        .variants
+        .iter()
+        .filter(|v| v.config.stages != common)
+        .map(|v| format!("{}: W = {}", v.label, v.config.stages))
+        .collect();
+    if others.is_empty() {
+        format!("W = {common} stages")
+    } else {
+        format!("W = {common} stages ({})", others.join(", "))
+    }
+}
+
 fn configuration(
     out: &mut String,
     config: &TrainConfig,
@@ -96,8 +121,9 @@ fn configuration(
         (
             "pipeline",
             format!(
-                "W = {} stages, M = {} samples per mini-batch",
-                config.stages, config.batch_size
+                "{}, M = {} samples per mini-batch",
+                stages_text(manifest),
+                config.batch_size
             ),
         ),
         (
@@ -517,6 +543,24 @@ mod tests {
         assert!(
             text.contains("against 1.00 s for fast, in 1 of 2 seeds"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_configuration_names_the_policies_with_another_number_of_stages() {
+        let mut variants = sample().variants;
+        let mut single = variants[0].clone();
+        single.label = "single:stages=1".into();
+        single.config.stages = 1;
+        variants.insert(0, single);
+        let pipeline = variants[1].config.stages;
+        assert_eq!(
+            stages_text(&manifest(variants)),
+            format!("W = {pipeline} stages (single:stages=1: W = 1)")
+        );
+        assert_eq!(
+            stages_text(&manifest(sample().variants)),
+            format!("W = {pipeline} stages")
         );
     }
 
