@@ -682,8 +682,8 @@ impl BurnStage {
 
     /// Whether the micro-batches of `work` can be differentiated as one stacked batch: graph
     /// mode, several micro-batches reading one weight set that none of their forwards read
-    /// (so no forward graph is reusable), and a closed-form VJP for every block of the stage
-    /// (autodiff re-runs would recompute batch-norm statistics over the stack).
+    /// (so no forward graph is reusable), and no block of the stage normalising with batch
+    /// statistics (a re-run over the stack would mix the micro-batches' statistics).
     fn can_stack(&self, work: &[BackwardWork<StageMessage>]) -> bool {
         self.grad_mode == GradMode::Graph
             && work.len() > 1
@@ -698,13 +698,14 @@ impl BurnStage {
                 .store
                 .live()
                 .iter()
-                .all(|p| direct_vjp::has_closed_form(&p.block))
+                .all(|p| direct_vjp::stacks_rows(&p.block))
     }
 
     /// The backward of several micro-batches that read one weight set (nF1B's N micro-batches
     /// of a mini-batch), as one batch: their saved activations and output gradients are
-    /// stacked along the rows, so each weight gradient is one GEMM over the whole mini-batch
-    /// instead of N thin ones, and comes out already summed; the input gradient is split back.
+    /// stacked along the rows, so each block's VJP runs once over the whole mini-batch instead
+    /// of N times over thin micro-batches, and the weight gradients come out already summed;
+    /// the input gradient is split back.
     fn backward_stacked(
         &mut self,
         work: Vec<BackwardWork<StageMessage>>,
