@@ -16,12 +16,12 @@ use std::path::PathBuf;
 use clap::Args;
 use timeprest_data::{DEFAULT_SEQ_LEN, LoadOptions};
 use timeprest_nn::{
-    BlockProfile, GptConfig, MODEL_NAMES, ModelSize, ModelSpec, PartitionMethod, ProfiledCost,
-    Shape, partition_balanced, partition_manual, partition_uniform, profile_blocks,
+    BlockProfile, GptConfig, MODEL_NAMES, ModelSpec, PartitionMethod, ProfiledCost, Shape,
+    partition_balanced, partition_manual, partition_uniform, profile_blocks,
 };
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, simulate_costs};
 
-use crate::train::{PartitionArg, parse_dataset};
+use crate::train::{ModelSizeArgs, PartitionArg, parse_dataset};
 use crate::usage_error;
 
 /// Show how a model splits into stages, with measured per-stage times and the predicted
@@ -51,22 +51,9 @@ pub struct PartitionArgs {
     /// data set is given.
     #[arg(long, value_name = "T", default_value_t = DEFAULT_SEQ_LEN)]
     pub seq_len: usize,
-    /// Hidden layer widths of the MLP, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "128,64")]
-    pub hidden: Vec<usize>,
-    /// Channel multiplier of the convolutional models.
-    #[arg(long, default_value_t = 1.0)]
-    pub width: f64,
-    /// Residual blocks per group of the ResNets, 4 comma-separated numbers; decoder layers of
-    /// `gpt`, one number.
-    #[arg(long, value_delimiter = ',')]
-    pub depth: Vec<usize>,
-    /// Embedding width d of `gpt`.
-    #[arg(long, default_value_t = GptConfig::DEFAULT_EMBED_DIM)]
-    pub embed_dim: usize,
-    /// Attention heads of `gpt`.
-    #[arg(long, default_value_t = GptConfig::DEFAULT_HEADS)]
-    pub heads: usize,
+    /// The model's sizes.
+    #[command(flatten)]
+    pub size: ModelSizeArgs,
     /// The partition method whose split is printed.
     #[arg(long, value_enum, default_value = "time")]
     pub partition: PartitionArg,
@@ -160,13 +147,7 @@ fn predict(
 
 /// Runs `timeprest partition`.
 pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
-    let size = ModelSize {
-        hidden: args.hidden.clone(),
-        width: args.width,
-        depth: args.depth.clone(),
-        embed_dim: args.embed_dim,
-        heads: args.heads,
-    };
+    let size = args.size.model_size();
     let (spec, source) = match &args.dataset {
         Some(name) => {
             let options = LoadOptions {

@@ -11,7 +11,7 @@ use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
-use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, PartitionMethod};
+use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, ModelSize, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
@@ -28,14 +28,12 @@ pub enum GradModeArg {
     Recompute,
 }
 
-/// Train a model with a pipeline-parallel weight policy.
+/// The size flags of every model, shared by `train` (and `compare`) and `partition`.
 #[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// Model architecture (`lenet5` … `resnet50` are the 32×32/CIFAR variants; they adapt to
-    /// the data's channels and size where they can; `gpt` is a small decoder-only transformer
-    /// for `text:PATH` data, sized by --embed-dim, --heads and --depth).
-    #[arg(long, default_value = "mlp", value_parser = MODEL_NAMES)]
-    pub model: String,
+pub struct ModelSizeArgs {
+    /// Hidden layer widths of the MLP, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,64")]
+    pub hidden: Vec<usize>,
     /// Channel multiplier of the convolutional models (1 = the reference size; 0.25 for quick
     /// CPU runs).
     #[arg(long, default_value_t = 1.0)]
@@ -51,6 +49,32 @@ pub struct TrainArgs {
     /// Attention heads of `gpt` (they must divide --embed-dim).
     #[arg(long, default_value_t = GptConfig::DEFAULT_HEADS)]
     pub heads: usize,
+}
+
+impl ModelSizeArgs {
+    /// The sizes as the model zoo takes them.
+    pub fn model_size(&self) -> ModelSize {
+        ModelSize {
+            hidden: self.hidden.clone(),
+            width: self.width,
+            depth: self.depth.clone(),
+            embed_dim: self.embed_dim,
+            heads: self.heads,
+        }
+    }
+}
+
+/// Train a model with a pipeline-parallel weight policy.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model architecture (`lenet5` … `resnet50` are the 32×32/CIFAR variants; they adapt to
+    /// the data's channels and size where they can; `gpt` is a small decoder-only transformer
+    /// for `text:PATH` data, sized by --embed-dim, --heads and --depth).
+    #[arg(long, default_value = "mlp", value_parser = MODEL_NAMES)]
+    pub model: String,
+    /// The model's sizes.
+    #[command(flatten)]
+    pub size: ModelSizeArgs,
     /// How to split the model into stages: equal block counts, balanced parameters, or
     /// balanced forward+backward time measured on this machine.
     #[arg(long, value_enum, default_value = "uniform")]
@@ -62,9 +86,6 @@ pub struct TrainArgs {
     /// Random crops (padding 4) and horizontal flips of the training images.
     #[arg(long)]
     pub augment: bool,
-    /// Hidden layer widths of the MLP, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "128,64")]
-    pub hidden: Vec<usize>,
     /// Data set: `digits` (embedded), `fashion-mnist` or `mnist` (IDX files), `mnist-csv`,
     /// `cifar10`, `cifar100` (fine labels), `cifar100-coarse` (binary files), `synthetic`
     /// (seeded 3×32×32 images), or `text:PATH` (character-level language modelling on the
@@ -335,7 +356,7 @@ impl TrainArgs {
         let default_microbatches = if one_unit { 1 } else { 3 };
         TrainConfig {
             model: self.model.clone(),
-            hidden: self.hidden.clone(),
+            hidden: self.size.hidden.clone(),
             dataset: self.dataset.clone(),
             data_dir: self.data_dir.clone(),
             limit_train: self.limit_train,
@@ -375,11 +396,11 @@ impl TrainArgs {
             shuffle: !self.no_shuffle,
             threads_per_stage: self.threads_per_stage,
             device: self.device,
-            width: self.width,
-            depth: self.depth.clone(),
+            width: self.size.width,
+            depth: self.size.depth.clone(),
             seq_len: self.seq_len,
-            embed_dim: self.embed_dim,
-            heads: self.heads,
+            embed_dim: self.size.embed_dim,
+            heads: self.size.heads,
             partition: self.partition.method(),
             split: self.split.clone(),
             augment: self.augment,
