@@ -726,18 +726,21 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
     assert_close("last-stage dx", &f64s(&dx), &edx, 1e-6);
 }
 
+/// The small MLP, its data, and one mini-batch of two micro-batches (3 and 4 samples).
+fn two_microbatch_mlp() -> (Arc<Dataset>, ModelParams, Arc<BatchPlan>) {
+    let plan = Arc::new(BatchPlan {
+        minibatches: vec![vec![vec![1, 2, 3], vec![4, 5, 6, 7]]],
+    });
+    (synthetic(20, 6, 4), init_params(&mlp(), 5).unwrap(), plan)
+}
+
 #[test]
 fn same_weights_give_the_same_gradients_on_every_path() {
     // A blend of version 0 with itself is a different recipe with the same weights: it forces
     // the per-block (graph; stacked, as both micro-batches read it) and recompute paths, which
     // must agree with the kept graph. A wrong hint (no graph kept although the backward reads
     // the forward's weights) must take the same paths and give the same gradients.
-    let spec = mlp();
-    let data = synthetic(20, 6, 4);
-    let params = init_params(&spec, 5).unwrap();
-    let plan = Arc::new(BatchPlan {
-        minibatches: vec![vec![vec![1, 2, 3], vec![4, 5, 6, 7]]],
-    });
+    let (data, params, plan) = two_microbatch_mlp();
     let same = WeightRecipe::Blend {
         stale: 0,
         latest: 0,
@@ -794,12 +797,7 @@ fn same_weights_give_the_same_gradients_on_every_path() {
 fn only_forwards_whose_backward_reads_their_weights_keep_a_graph() {
     // A graph whose backward never runs kept every weight version it read alive (TiMePReSt's
     // RSS grew by one weight set per mini-batch), so forwards told otherwise must build none.
-    let spec = mlp();
-    let data = synthetic(20, 6, 4);
-    let params = init_params(&spec, 5).unwrap();
-    let plan = Arc::new(BatchPlan {
-        minibatches: vec![vec![vec![1, 2, 3], vec![4, 5, 6, 7]]],
-    });
+    let (data, params, plan) = two_microbatch_mlp();
     for (mode, hint, graphs) in [
         (GradMode::Graph, true, 2),
         (GradMode::Graph, false, 0),
