@@ -114,8 +114,14 @@ fn burn_device(choice: ComputeDevice) -> Result<Device, NnError> {
 /// [`NnError::Device`] if the choice needs a feature this build lacks, or if the process
 /// already uses another device (a tensor was made, or another choice was selected).
 pub fn select_device(choice: ComputeDevice) -> Result<(), NnError> {
-    let wanted = burn_device(choice)?;
-    let (current, _) = SELECTED.get_or_init(|| (choice, wanted));
+    // The device is built once (for a GPU that means asking Vulkan for its adapters), not on
+    // every call: `compare` selects it again for each of its runs.
+    if SELECTED.get().is_none() {
+        let wanted = burn_device(choice)?;
+        // Another thread's first selection may win the race; the check below compares with it.
+        let _ = SELECTED.set((choice, wanted));
+    }
+    let (current, _) = SELECTED.get().expect("the device was selected above");
     if *current == choice {
         Ok(())
     } else {
