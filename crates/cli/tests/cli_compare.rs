@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::Command;
+mod common;
+
+use common::timeprest;
 
 /// The plots every comparison gets, as file stems in `DIR/plots/`.
 const PLOTS: [&str; 6] = [
@@ -14,14 +16,6 @@ const PLOTS: [&str; 6] = [
     "staleness-per-stage",
     "timeline",
 ];
-
-fn timeprest(args: &[&str]) -> Output {
-    Command::cargo_bin("timeprest")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// `timeprest compare` on a small digits problem (400 training samples, 2 epochs, 3 stages).
 fn compare(out: &Path, policies: &str, seeds: &str) -> Output {

@@ -5,15 +5,9 @@
 
 use std::process::Output;
 
-use assert_cmd::Command;
+mod common;
 
-fn timeprest(args: &[&str]) -> Output {
-    Command::cargo_bin("timeprest")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::timeprest;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

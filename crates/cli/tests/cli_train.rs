@@ -2,17 +2,10 @@
 //! every Debian machine has.
 
 use std::path::Path;
-use std::process::Output;
 
-use assert_cmd::Command;
+mod common;
 
-fn timeprest(args: &[&str]) -> Output {
-    Command::cargo_bin("timeprest")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::timeprest;
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
