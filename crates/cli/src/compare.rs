@@ -24,7 +24,8 @@ use timeprest_policy::PolicyKind;
 use timeprest_report::record::{RUNS_DIR, TRACE_FILE};
 use timeprest_report::{Manifest, Outcome, RunEntry, Variant, predict, run_dir_name};
 use timeprest_train::{
-    EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, run as run_training,
+    DirUse, EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, claim_run_dir, command_line,
+    run as run_training,
 };
 
 use crate::train::TrainArgs;
@@ -194,8 +195,10 @@ fn adjust(command: clap::Command) -> clap::Command {
         }
     });
     command.mut_arg("out", |arg| {
-        arg.required(true)
-            .help("Comparison directory: runs/, plots/, comparison.json and report.md")
+        arg.required(true).help(
+            "Comparison directory: runs/, plots/, comparison.json and report.md. It must be \
+             empty or new (see --overwrite) and is locked while the comparison lasts",
+        )
     })
 }
 
@@ -213,23 +216,6 @@ fn variant_config(train: &mut TrainArgs, spec: &VariantSpec) -> anyhow::Result<T
         .validate()
         .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
     Ok(config)
-}
-
-/// The command line, with arguments that need it single-quoted for a POSIX shell (stored as a
-/// run's `command.txt` and in a comparison's report).
-pub(crate) fn quoted_command_line() -> String {
-    let quote = |arg: String| {
-        let plain = !arg.is_empty()
-            && arg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"%+,-./:=@_".contains(&b));
-        if plain {
-            arg
-        } else {
-            format!("'{}'", arg.replace('\'', r"'\''"))
-        }
-    };
-    std::env::args().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// One progress bar over every epoch of the comparison; its message names the current run.
@@ -307,14 +293,6 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
     let CompareArgs(mut args) = args;
     check_unique(&args)?;
     let out: PathBuf = args.train.out.clone().expect("clap requires --out");
-    if out.join(timeprest_report::record::MANIFEST_FILE).exists() {
-        return Err(usage_error(format!(
-            "--out {}: already holds a comparison; choose another directory (or `timeprest plot \
-             {}` to redraw it)",
-            out.display(),
-            out.display()
-        )));
-    }
     // Every configuration is checked before anything is predicted, trained or written.
     let configs = args
         .policies
@@ -335,10 +313,17 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    std::fs::create_dir_all(&out)
-        .map_err(|e| usage_error(format!("--out {}: {e}", out.display())))?;
+    // Checked and locked like a run directory: refused when not empty (unless --overwrite) or
+    // in use; the runs inside are then made by this process.
+    let _comparison_dir = claim_run_dir(
+        &out,
+        "--out",
+        DirUse::New {
+            overwrite: args.train.overwrite,
+        },
+    )?;
     let mut manifest = Manifest {
-        command: quoted_command_line(),
+        command: command_line(),
         target_accuracy: args.target_accuracy,
         seeds: args.seeds.clone(),
         variants,

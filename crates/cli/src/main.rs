@@ -98,8 +98,9 @@ pub(crate) fn usage_error(message: impl Into<String>) -> anyhow::Error {
 /// True when `error` is the user's mistake (a flag value, a path they gave): exit code 2.
 /// Divergence, model and runtime failures are not (exit code 1).
 fn is_usage_error(error: &anyhow::Error) -> bool {
-    use timeprest_train::TrainError;
+    use timeprest_train::{OutputError, TrainError};
     error.downcast_ref::<UsageError>().is_some()
+        || error.downcast_ref::<OutputError>().is_some()
         || matches!(
             error.downcast_ref::<TrainError>(),
             Some(
@@ -107,6 +108,7 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
                     | TrainError::Schedule(_)
                     | TrainError::Data(_)
                     | TrainError::Output { .. }
+                    | TrainError::OutputPath(_)
             )
         )
 }

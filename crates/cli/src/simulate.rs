@@ -21,6 +21,7 @@ use timeprest_schedule::{
     ConstantCost, InflightCap, Schedule, ScheduleConfig, ScheduleKind, Timeline, generate, render,
     simulate_costs,
 };
+use timeprest_train::{check_output_file, write_file_atomically};
 
 use crate::analyze::VersionSummary;
 use crate::usage_error;
@@ -176,6 +177,9 @@ impl CostArgs {
 
 /// Runs `timeprest simulate`.
 pub(crate) fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.output {
+        check_output_file(path, "--output")?;
+    }
     let kind = resolve_schedule(args.schedule, args.policy)?;
     if args.slots.is_some() && args.format == SimulateFormat::Json {
         return Err(usage_error(
@@ -331,11 +335,11 @@ fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Writes `text` to `output`, or to stdout when it is `None`.
+/// Writes `text` to `output` (atomically, only over a regular file), or to stdout when it is
+/// `None`.
 pub(crate) fn write_output(text: &str, output: Option<&Path>) -> anyhow::Result<()> {
     match output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| usage_error(format!("cannot write --output {}: {e}", path.display()))),
+        Some(path) => Ok(write_file_atomically(path, text.as_bytes())?),
         None => {
             use std::io::Write as _;
             let mut stdout = std::io::stdout().lock();

@@ -16,7 +16,7 @@ use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     EpochMetrics, GradMode, OptimizerChoice, Progress, RunPaths, SignificanceChoice, TrainConfig,
-    run as run_training,
+    command_line, run as run_training,
 };
 
 /// Gradient mode when a backward reads other weights than its forward (spec §9 item 1).
@@ -168,9 +168,14 @@ pub struct TrainArgs {
     /// needs a build with `--features gpu`). All stages of a threaded run share the device.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: ComputeDevice,
-    /// Run directory for config.json and metrics.jsonl.
+    /// Run directory for config.json, metrics.jsonl and checkpoints. It must be empty or new
+    /// (see --overwrite) and is locked while the run lasts.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace the previous run in a non-empty --out directory (it is removed before training
+    /// starts); refused while another process uses it.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Save the final weights (safetensors, names `layers.<i>.<param>`).
     #[arg(long, value_name = "FILE")]
     pub save_weights: Option<PathBuf>,
@@ -556,10 +561,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         out_dir: args.out.clone().or_else(|| args.resume.clone()),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume.is_some(),
+        overwrite: args.overwrite,
         init_weights: args.init_weights.clone(),
         save_weights: args.save_weights.clone(),
         trace: args.trace.clone(),
-        command: Some(crate::compare::quoted_command_line()),
+        command: Some(command_line()),
     };
     if process.is_root() {
         let sizes = if language_model {

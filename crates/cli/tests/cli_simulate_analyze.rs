@@ -268,8 +268,8 @@ fn user_errors_print_one_error_line_and_exit_with_code_2() {
             &["gpipe", "nf1b", "1f1b-flush"],
         ),
         (
-            simulate(&["--schedule", "nf1b", "--output", "/nonexistent-dir/x.txt"]),
-            &["/nonexistent-dir/x.txt"],
+            simulate(&["--schedule", "nf1b", "--output", "/dev/null/x.txt"]),
+            &["--output /dev/null/x.txt: /dev/null: it is a character device"],
         ),
     ];
     for (args, mentions) in cases {

@@ -20,7 +20,6 @@
 //! Failure: any error on a rank is sent to all others ([`Rank::abort_all`]) before this rank
 //! returns it; they stop within milliseconds and return [`MpiError::Remote`] naming it.
 
-use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -31,8 +30,9 @@ use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_po
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
-    EpochMetrics, MetricsLog, Progress, RunPaths, TrainConfig, TrainError, epoch_metrics,
-    measured_chrome_trace, save_final_weights, write_run_config,
+    EpochMetrics, MetricsLog, Progress, RunPaths, TrainConfig, TrainError, claim_outputs,
+    epoch_metrics, measured_chrome_trace, save_final_weights, write_file_atomically,
+    write_run_config,
 };
 
 use crate::error::MpiError;
@@ -96,6 +96,12 @@ fn train<F: Fabric>(
         .collect::<Result<Vec<_>, _>>()?;
     check_identities(&identities, config, world)?;
     config.validate()?;
+    // Rank 0 writes the outputs: it checks their paths and locks the run directory for the
+    // whole run, before any data is loaded (a failure here reaches the other ranks as usual).
+    let _run_dir = match rank.index() {
+        0 => claim_outputs(run.paths)?,
+        _ => None,
+    };
 
     let model = Model::load(config, run.paths.init_weights.as_deref())?;
     let start = match rank.index() {
@@ -284,7 +290,7 @@ impl<'a> Books<'a> {
     fn open(config: &TrainConfig, paths: &'a RunPaths, completed: u32) -> Result<Self, TrainError> {
         let metrics = match &paths.out_dir {
             Some(dir) => {
-                write_run_config(dir, config, paths.command.as_deref())?;
+                write_run_config(dir, config, paths.command.as_deref(), paths.resume)?;
                 Some(MetricsLog::open(dir, completed)?)
             }
             None => None,
@@ -323,8 +329,7 @@ impl<'a> Books<'a> {
         if epoch == 1
             && let Some(path) = &self.paths.trace
         {
-            fs::write(path, measured_chrome_trace(schedule, &report))
-                .map_err(|e| TrainError::output(path, e))?;
+            write_file_atomically(path, measured_chrome_trace(schedule, &report).as_bytes())?;
         }
         if let Some(log) = self.metrics.as_mut() {
             log.append(&metrics)?;

@@ -7,8 +7,9 @@
 //! (`layers.<i>.running_mean`, `layers.<i>.bn1.running_var`, …): they are part of the state
 //! evaluation reads.
 //! Loading is strict: every tensor of the model must be there with the right shape and dtype,
-//! and nothing else may be, each failure naming the file and the tensor. Saving writes a
-//! temporary file next to the target and renames it, so a crash never leaves half a file.
+//! and nothing else may be, each failure naming the file and the tensor. Saving only makes the
+//! bytes ([`safetensors_bytes`]): the train crate writes every output file, atomically and only
+//! over regular files, in one place (`timeprest_train::output`).
 
 use std::path::Path;
 
@@ -31,11 +32,12 @@ fn state_tensors(block: Block) -> impl Iterator<Item = (String, Vec<usize>)> {
         .map(|t| (t.name, t.shape))
 }
 
-/// Writes `params` (all blocks of a model, in order, global indices from 0) to `path`.
+/// The safetensors file of `params` (all blocks of a model, in order, global indices from 0);
+/// `path` is the file it is meant for, named in errors.
 ///
 /// # Errors
-/// [`NnError::Io`] if the file cannot be written, [`NnError::Safetensors`] if serialising fails.
-pub fn save_safetensors(path: &Path, params: &[BlockParams]) -> Result<(), NnError> {
+/// [`NnError::Safetensors`] if serialising fails.
+pub fn safetensors_bytes(path: &Path, params: &[BlockParams]) -> Result<Vec<u8>, NnError> {
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (b, p) in params.iter().enumerate() {
         for ((name, shape), values) in state_tensors(p.block).zip(p.to_file_layout()) {
@@ -54,16 +56,7 @@ pub fn save_safetensors(path: &Path, params: &[BlockParams]) -> Result<(), NnErr
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(safetensors_error)?;
-    let bytes = safetensors::serialize(views, None).map_err(safetensors_error)?;
-    let io_error = |e| NnError::Io {
-        path: path.to_owned(),
-        source: e,
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes).map_err(io_error)?;
-    std::fs::rename(&tmp, path).map_err(io_error)
+    safetensors::serialize(views, None).map_err(safetensors_error)
 }
 
 /// Reads the parameters of `spec` from `path`.

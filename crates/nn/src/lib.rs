@@ -30,7 +30,7 @@ mod zoo;
 pub use block::{
     BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, LN_EPSILON, MLP_EXPANSION, Shape,
 };
-pub use checkpoint::{load_safetensors, param_name, save_safetensors};
+pub use checkpoint::{load_safetensors, param_name, safetensors_bytes};
 pub use error::NnError;
 pub use model::{BlockParams, MlpConfig, ModelParams, ModelSpec, evaluate, init_params};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot};

@@ -1234,7 +1234,7 @@ fn a_checkpoint_saved_from_three_stages_loads_into_one() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    save_safetensors(&path, &trained).unwrap();
+    std::fs::write(&path, safetensors_bytes(&path, &trained).unwrap()).unwrap();
     let loaded = load_safetensors(&path, &spec).unwrap();
     let bits = |p: &[BlockParams]| {
         flat_values(p)
@@ -1271,7 +1271,11 @@ fn bad_checkpoints_are_errors_naming_file_and_tensor() {
         hidden: vec![9, 3, 7],
         classes: 4,
     });
-    save_safetensors(&path, &init_params(&narrow, 0).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        safetensors_bytes(&path, &init_params(&narrow, 0).unwrap()).unwrap(),
+    )
+    .unwrap();
     let err = load_safetensors(&path, &spec).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, NnError::TensorMismatch { .. }), "{msg}");
@@ -1287,7 +1291,11 @@ fn bad_checkpoints_are_errors_naming_file_and_tensor() {
         classes: 4,
     });
     let path = dir.path().join("shallow.safetensors");
-    save_safetensors(&path, &init_params(&shallow, 0).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        safetensors_bytes(&path, &init_params(&shallow, 0).unwrap()).unwrap(),
+    )
+    .unwrap();
     let err = load_safetensors(&path, &spec).unwrap_err();
     assert!(
         matches!(

@@ -39,6 +39,9 @@ pub enum ReportError {
         /// The cause.
         cause: String,
     },
+    /// An output file is not a regular file or cannot be written.
+    #[error(transparent)]
+    Output(#[from] timeprest_train::OutputError),
     /// A plot could not be drawn.
     #[error("cannot draw {path}: {cause}")]
     Plot {

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, RGBColor, register_font};
+use timeprest_train::output::write_file_atomically_with;
 
 use crate::error::ReportError;
 
@@ -59,7 +60,8 @@ fn register_fonts() {
     assert!(ok, "the embedded DejaVu Sans font is a valid TrueType file");
 }
 
-/// Writes `figure` as `DIR/NAME.svg` and `DIR/NAME.png`; returns both paths.
+/// Writes `figure` as `DIR/NAME.svg` and `DIR/NAME.png`, each atomically and only over a
+/// regular file; returns both paths.
 pub(crate) fn save(
     figure: &impl Figure,
     dir: &Path,
@@ -67,9 +69,13 @@ pub(crate) fn save(
 ) -> Result<[PathBuf; 2], ReportError> {
     register_fonts();
     let svg = dir.join(format!("{name}.svg"));
-    render(SVGBackend::new(&svg, figure.size()), figure, &svg)?;
+    write_file_atomically_with(&svg, |temporary| {
+        render(SVGBackend::new(temporary, figure.size()), figure, &svg)
+    })?;
     let png = dir.join(format!("{name}.png"));
-    render(BitMapBackend::new(&png, figure.size()), figure, &png)?;
+    write_file_atomically_with(&png, |temporary| {
+        render(BitMapBackend::new(temporary, figure.size()), figure, &png)
+    })?;
     Ok([svg, png])
 }
 

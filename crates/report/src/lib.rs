@@ -18,8 +18,9 @@ pub mod record;
 pub mod summary;
 pub mod timeline;
 
-use std::fs;
 use std::path::{Path, PathBuf};
+
+use timeprest_train::{check_output_file, write_file_atomically};
 
 pub use error::ReportError;
 pub use figure::{human_bytes, seconds};
@@ -41,15 +42,19 @@ pub struct Written {
 /// `report.md`.
 pub fn write_report(dir: &Path) -> Result<Written, ReportError> {
     let loaded = load(dir)?;
+    let report_path = dir.join(markdown::REPORT_FILE);
+    if loaded.manifest.is_some() {
+        // Before any plot is drawn.
+        check_output_file(&report_path, "the report")?;
+    }
     let target = loaded.manifest.as_ref().and_then(|m| m.target_accuracy);
     let summary = summarise(&loaded, target);
     let plots = plots::write_plots(&summary, &loaded, dir)?;
     let report = match &loaded.manifest {
         Some(manifest) => {
-            let path = dir.join(markdown::REPORT_FILE);
             let text = markdown::render(manifest, &loaded, &summary, &plots, dir);
-            fs::write(&path, text).map_err(|e| record::write_error(&path, e))?;
-            Some(path)
+            write_file_atomically(&report_path, text.as_bytes())?;
+            Some(report_path)
         }
         None => None,
     };

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use timeprest_train::{EpochMetrics, TrainConfig};
+use timeprest_train::{EpochMetrics, TrainConfig, write_file_atomically};
 
 use crate::error::ReportError;
 use crate::predict::{StagePrediction, predict};
@@ -86,12 +86,9 @@ impl Manifest {
     /// Writes `DIR/comparison.json` atomically (a temporary file renamed over the old one), so
     /// a crash while writing leaves the previous manifest readable.
     pub fn save(&self, dir: &Path) -> Result<(), ReportError> {
-        let path = dir.join(MANIFEST_FILE);
-        let temporary = dir.join(format!("{MANIFEST_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("a manifest always serialises");
-        fs::write(&temporary, text + "\n")
-            .and_then(|()| fs::rename(&temporary, &path))
-            .map_err(|e| write_error(&path, e))
+        write_file_atomically(&dir.join(MANIFEST_FILE), (text + "\n").as_bytes())?;
+        Ok(())
     }
 
     /// Reads `DIR/comparison.json`.
@@ -287,7 +284,8 @@ mod tests {
         };
         manifest.save(dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);
-        assert!(!dir.path().join("comparison.json.tmp").exists());
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "no temporary file is left");
     }
 
     #[test]

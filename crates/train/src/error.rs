@@ -39,6 +39,10 @@ pub enum TrainError {
         /// What is wrong.
         cause: String,
     },
+    /// An output path is unusable (not a regular file, not writable) or a run directory is not
+    /// free (not empty, or locked by another run).
+    #[error(transparent)]
+    OutputPath(#[from] crate::output::OutputError),
     /// An output file could not be written.
     #[error("cannot write {path}: {cause}")]
     Output {

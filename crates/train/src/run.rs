@@ -2,19 +2,25 @@
 //!
 //! The run directory holds `config.json` and `config.toml` (the effective configuration, written
 //! before training starts so a crashed run can still be repeated), `command.txt` (the exact
-//! command line) and `metrics.jsonl` (one line per epoch,
+//! command line, one more line per `--resume`) and `metrics.jsonl` (one line per epoch,
 //! flushed as soon as the epoch ends, so nothing measured is lost if the process dies later).
+//! Before anything is loaded or trained, [`claim_outputs`] checks every output path and locks
+//! the run directory (see [`crate::output`]), so a bad path fails at once and two runs never
+//! share a directory.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
 
-use timeprest_nn::{BlockParams, load_safetensors, save_safetensors};
+use timeprest_nn::{BlockParams, load_safetensors, safetensors_bytes};
 
 use crate::checkpoint::CheckpointPlan;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::EpochMetrics;
+use crate::output::{
+    DirUse, RunDirLock, check_output_file, claim_run_dir, open_for_append, write_file_atomically,
+};
 use crate::trace::measured_chrome_trace;
 use crate::trainer::{EpochRun, Trainer};
 
@@ -36,6 +42,9 @@ pub struct RunPaths {
     pub checkpoint_every: u32,
     /// Continue from the checkpoint in `out_dir` instead of starting afresh.
     pub resume: bool,
+    /// A new run may replace a previous run in a non-empty `out_dir` (`--overwrite`); without
+    /// it such a directory is refused.
+    pub overwrite: bool,
 }
 
 impl RunPaths {
@@ -73,25 +82,61 @@ pub trait Progress: Sync {
 /// No progress output.
 impl Progress for () {}
 
-/// Creates the run directory `dir` and writes the run's configuration into it:
-/// `config.json`, `config.toml` (so that `timeprest train --config DIR/config.toml` repeats the
-/// run) and, when known, the exact `command` line as `command.txt`.
+/// Checks every output path of `paths` and claims the run directory, before anything is
+/// loaded or trained: `--save-weights` and `--trace` must be writable regular files (or not
+/// exist yet), and the run directory is locked for the run's life (a new run refuses a
+/// non-empty one unless `paths.overwrite`). Drop the returned lock when the run ends. The
+/// threaded run and MPI's rank 0 both call this, so every entry point checks the same things.
+pub fn claim_outputs(paths: &RunPaths) -> Result<Option<RunDirLock>, TrainError> {
+    if let Some(path) = &paths.save_weights {
+        check_output_file(path, "--save-weights")?;
+    }
+    if let Some(path) = &paths.trace {
+        check_output_file(path, "--trace")?;
+    }
+    let Some(dir) = &paths.out_dir else {
+        return Ok(None);
+    };
+    let (flag, usage) = if paths.resume {
+        ("--resume", DirUse::Resume)
+    } else {
+        (
+            "--out",
+            DirUse::New {
+                overwrite: paths.overwrite,
+            },
+        )
+    };
+    Ok(Some(claim_run_dir(dir, flag, usage)?))
+}
+
+/// Writes the run's configuration into its directory `dir`: `config.json`, `config.toml` (so
+/// that `timeprest train --config DIR/config.toml` repeats the run) and, when known, the exact
+/// `command` line into `command.txt`; a `resumed` run appends its line to the commands already
+/// there, so the file is the run's whole history.
 pub fn write_run_config(
     dir: &Path,
     config: &TrainConfig,
     command: Option<&str>,
+    resumed: bool,
 ) -> Result<(), TrainError> {
-    fs::create_dir_all(dir).map_err(|e| TrainError::output(dir, e))?;
-    let config_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(config).expect("a config always serialises");
-    fs::write(&config_path, text + "\n").map_err(|e| TrainError::output(&config_path, e))?;
-    let toml_path = dir.join("config.toml");
+    write_file_atomically(&dir.join("config.json"), (text + "\n").as_bytes())?;
     let text = toml::to_string(config).expect("a config always serialises to TOML");
-    fs::write(&toml_path, text).map_err(|e| TrainError::output(&toml_path, e))?;
+    write_file_atomically(&dir.join("config.toml"), text.as_bytes())?;
     if let Some(command) = command {
         let command_path = dir.join("command.txt");
-        fs::write(&command_path, format!("{command}\n"))
-            .map_err(|e| TrainError::output(&command_path, e))?;
+        let mut history = if resumed && command_path.is_file() {
+            fs::read_to_string(&command_path).map_err(|e| TrainError::output(&command_path, e))?
+        } else {
+            String::new()
+        };
+        if !history.is_empty() && !history.ends_with('\n') {
+            history.push('\n');
+        }
+        history.push_str(command);
+        history.push('\n');
+        write_file_atomically(&command_path, history.as_bytes())?;
     }
     Ok(())
 }
@@ -106,20 +151,23 @@ impl MetricsLog {
     /// Opens `dir/metrics.jsonl` for a run that has completed `completed` epochs: it keeps the
     /// lines of those epochs only (after a crash between an epoch's metrics line and its
     /// checkpoint, a resumed run would otherwise write that epoch twice).
+    /// The file is appended to, never replaced, and must be a regular file.
     pub fn open(dir: &Path, completed: u32) -> Result<Self, TrainError> {
         let path = dir.join("metrics.jsonl");
-        let kept: String = match completed {
-            0 => String::new(),
-            _ => fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .take(completed as usize)
-                .map(|line| format!("{line}\n"))
-                .collect(),
-        };
-        let mut file = File::create(&path).map_err(|e| TrainError::output(&path, e))?;
-        file.write_all(kept.as_bytes())
+        let mut file = open_for_append(&path)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
             .map_err(|e| TrainError::output(&path, e))?;
+        let kept: usize = text
+            .split_inclusive('\n')
+            .take(completed as usize)
+            .map(str::len)
+            .sum();
+        file.set_len(kept as u64)
+            .map_err(|e| TrainError::output(&path, e))?;
+        if !text[..kept].is_empty() && !text[..kept].ends_with('\n') {
+            writeln!(file).map_err(|e| TrainError::output(&path, e))?;
+        }
         Ok(Self { path, file })
     }
 
@@ -132,12 +180,14 @@ impl MetricsLog {
     }
 }
 
-/// Saves the final weights `params` to `path`, creating its directory.
+/// Saves the final weights `params` to `path` as safetensors, atomically (see
+/// [`write_file_atomically`]: its directory is created, a symbolic link is written through,
+/// anything but a regular file is refused).
 pub fn save_final_weights(path: &Path, params: &[BlockParams]) -> Result<(), TrainError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(|e| TrainError::output(parent, e))?;
-    }
-    Ok(save_safetensors(path, params)?)
+    Ok(write_file_atomically(
+        path,
+        &safetensors_bytes(path, params)?,
+    )?)
 }
 
 /// Trains `config` for its epochs, writing the run directory and weights of `paths`.
@@ -148,6 +198,7 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<Vec<EpochMetrics>, TrainError> {
     config.validate()?;
+    let _run_dir = claim_outputs(paths)?;
     let initial = match &paths.init_weights {
         Some(path) => {
             let spec = Trainer::new(config.clone(), None)?.spec().clone();
@@ -162,7 +213,7 @@ pub fn run(
     };
     let mut metrics_log = match &paths.out_dir {
         Some(dir) => {
-            write_run_config(dir, config, paths.command.as_deref())?;
+            write_run_config(dir, config, paths.command.as_deref(), paths.resume)?;
             Some(MetricsLog::open(dir, completed)?)
         }
         None => None,
@@ -182,8 +233,7 @@ pub fn run(
         if epoch == 1
             && let Some(path) = &paths.trace
         {
-            fs::write(path, measured_chrome_trace(&schedule, &report))
-                .map_err(|e| TrainError::output(path, e))?;
+            write_file_atomically(path, measured_chrome_trace(&schedule, &report).as_bytes())?;
         }
         if let Some(log) = metrics_log.as_mut() {
             log.append(&metrics)?;
