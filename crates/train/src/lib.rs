@@ -15,9 +15,12 @@ pub mod trace;
 pub mod trainer;
 
 pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
-pub use error::TrainError;
+pub use error::{DivergedLoss, LastCheckpoint, TrainError};
 pub use metrics::{EpochMetrics, StageMetrics, epoch_metrics};
-pub use run::{MetricsLog, Progress, RunPaths, run, save_final_weights, write_run_config};
+pub use run::{
+    HISTORY_FILE, HistoryEntry, MetricsLog, Progress, RunPaths, open_run_dir, run,
+    save_final_weights, write_run_config,
+};
 pub use timeprest_nn::GradMode;
 pub use trace::measured_chrome_trace;
 pub use trainer::{EpochRun, Trainer, epoch_batches, load_data_and_model};
