@@ -30,9 +30,9 @@ use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_po
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
-    EpochMetrics, MetricsLog, Progress, RunPaths, TrainConfig, TrainError, claim_outputs,
-    epoch_metrics, measured_chrome_trace, save_final_weights, write_file_atomically,
-    write_run_config,
+    EpochMetrics, LastCheckpoint, MetricsLog, Progress, RunPaths, TrainConfig, TrainError,
+    claim_outputs, epoch_metrics, measured_chrome_trace, open_run_dir, save_final_weights,
+    write_file_atomically,
 };
 
 use crate::error::MpiError;
@@ -120,18 +120,26 @@ fn train<F: Fabric>(
         updates: 0,
         fault: run.fault,
     };
-    let completed = match &start.resume {
+    let resumed_from = match &start.resume {
         Some(Resume { dir, state }) => {
             checkpoint::restore_stage(dir, index, state, &mut local.stage)?;
             local.updates = state.updates;
-            state.epoch
+            Some(state)
         }
-        None => 0,
+        None => None,
     };
+    let completed = resumed_from.map_or(0, |state| state.epoch);
     let mut books = match index {
-        0 => Some(Books::open(config, run.paths, completed)?),
+        0 => Some(Books::open(config, run.paths, resumed_from)?),
         _ => None,
     };
+    let mut last_checkpoint = resumed_from.and_then(|state| {
+        let run_dir = run.paths.out_dir.clone()?;
+        Some(LastCheckpoint {
+            run_dir,
+            epoch: state.epoch,
+        })
+    });
     let mut history = Vec::new();
     for epoch in completed + 1..=config.epochs {
         let (schedule, summary) = local.run_epoch(rank, config, &model, epoch, run.progress)?;
@@ -144,7 +152,9 @@ fn train<F: Fabric>(
                     let bytes = rank.wait_for(from, Tag::Summary, None)?;
                     summaries.push(Summary::decode(from, &bytes)?);
                 }
-                let metrics = books.account(config, &model, epoch, &schedule, summaries)?;
+                let metrics = books
+                    .account(config, &model, epoch, &schedule, summaries)
+                    .map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?;
                 run.progress.epoch_finished(&metrics);
                 history.push(metrics);
                 if let Some(plan) = checkpoint {
@@ -160,6 +170,10 @@ fn train<F: Fabric>(
                         stages,
                     };
                     checkpoint::commit(&plan.run_dir, &state)?;
+                    last_checkpoint = Some(LastCheckpoint {
+                        run_dir: plan.run_dir.clone(),
+                        epoch,
+                    });
                 }
                 rank.broadcast(Tag::Continue, &[])?;
             }
@@ -240,7 +254,7 @@ impl LocalStage {
             generate(config.schedule_kind(), &schedule_config).map_err(TrainError::from)?;
         let version_plan = plan(&schedule, &self.policy);
         check_plan(&schedule, &version_plan)?;
-        self.stage.set_plan(Arc::new(batches));
+        self.stage.set_plan(Arc::new(batches), epoch);
         let pool = stage_pool(self.index, Some(config.threads_per_stage))?;
         if self.index == 0 {
             progress.epoch_started(epoch, u64::from(num_minibatches));
@@ -285,14 +299,19 @@ struct Books<'a> {
 }
 
 impl<'a> Books<'a> {
-    /// Writes the run directory's configuration files and opens `metrics.jsonl` for a run that
-    /// has completed `completed` epochs.
-    fn open(config: &TrainConfig, paths: &'a RunPaths, completed: u32) -> Result<Self, TrainError> {
+    /// Prepares the run directory for a run that starts fresh or continues `resumed_from`.
+    fn open(
+        config: &TrainConfig,
+        paths: &'a RunPaths,
+        resumed_from: Option<&CheckpointState>,
+    ) -> Result<Self, TrainError> {
         let metrics = match &paths.out_dir {
-            Some(dir) => {
-                write_run_config(dir, config, paths.command.as_deref(), paths.resume)?;
-                Some(MetricsLog::open(dir, completed)?)
-            }
+            Some(dir) => Some(open_run_dir(
+                dir,
+                config,
+                paths.command.as_deref(),
+                resumed_from,
+            )?),
             None => None,
         };
         Ok(Self { paths, metrics })
@@ -318,7 +337,7 @@ impl<'a> Books<'a> {
         };
         let params = assemble_params(summaries, &model.initial);
         let num_minibatches = schedule.config.num_minibatches;
-        let metrics = epoch_metrics(epoch, num_minibatches, &report, || {
+        let metrics = epoch_metrics(epoch, num_minibatches, config.lr, &report, || {
             Ok(evaluate(
                 &model.spec,
                 &params,

@@ -297,6 +297,42 @@ fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
 }
 
 #[test]
+fn an_augmented_run_resumed_by_ranks_ends_with_the_threaded_runs_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |epochs| TrainConfig {
+        model: "lenet5".into(),
+        dataset: "synthetic".into(),
+        augment: true,
+        limit_train: Some(64),
+        limit_test: Some(16),
+        stages: 2,
+        microbatches: 2,
+        batch_size: 16,
+        lr: 0.01,
+        epochs,
+        policy: PolicyKind::Timeprest,
+        ..TrainConfig::default()
+    };
+    let uninterrupted = checkpointed(&dir.path().join("whole"), false, "weights");
+    run(&config(2), &uninterrupted, &()).unwrap();
+    let expected = std::fs::read(uninterrupted.save_weights.unwrap()).unwrap();
+    let ranks = dir.path().join("ranks");
+    let first = run_ranks(
+        &vec![config(1); 2],
+        &checkpointed(&ranks, false, "w1"),
+        None,
+    );
+    assert!(first.into_iter().all(|o| o.is_ok()));
+    let rest = run_ranks(
+        &vec![config(2); 2],
+        &checkpointed(&ranks, true, "weights"),
+        None,
+    );
+    assert!(rest.into_iter().all(|o| o.is_ok()));
+    assert!(std::fs::read(ranks.join("weights")).unwrap() == expected);
+}
+
+#[test]
 fn a_checkpoint_that_does_not_fit_stops_every_rank_with_rank_0s_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");

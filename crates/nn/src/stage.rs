@@ -233,7 +233,7 @@ pub struct BurnStage {
     accumulated: Option<Vec<Vec<Tensor<1>>>>,
     /// Random crops and flips of the input images (stage 0), if enabled.
     augment: Option<Augment>,
-    /// Epochs started (plans set), which seeds the augmentation.
+    /// The epoch (from 1) of the current plan, which seeds the augmentation.
     epoch: u64,
 }
 
@@ -322,17 +322,18 @@ impl BurnStage {
     }
 
     /// Enables (or disables) random crops and flips of stage 0's input images. The draws
-    /// depend on the augmentation's seed, the epoch (counted by [`BurnStage::set_plan`]) and
-    /// the sample index only, so they do not depend on the schedule or the split.
+    /// depend on the augmentation's seed, the epoch given to [`BurnStage::set_plan`] and the
+    /// sample index only, so they depend neither on the schedule or the split nor on how many
+    /// epochs this stage object has run (a resumed run draws what an uninterrupted one draws).
     pub fn set_augment(&mut self, augment: Option<Augment>) {
         self.augment = augment;
     }
 
-    /// Sets the plan that says which samples each micro-batch holds (needed by stage 0 and the
-    /// last stage; replace it each epoch).
-    pub fn set_plan(&mut self, plan: Arc<BatchPlan>) {
+    /// Sets the plan of epoch `epoch` (from 1) that says which samples each micro-batch holds
+    /// (needed by stage 0 and the last stage; replace it each epoch).
+    pub fn set_plan(&mut self, plan: Arc<BatchPlan>, epoch: u32) {
         self.plan = Some(plan);
-        self.epoch += 1;
+        self.epoch = u64::from(epoch);
     }
 
     /// The stage index.

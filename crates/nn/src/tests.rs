@@ -87,7 +87,7 @@ fn make_stages(
                 data.clone(),
             )
             .unwrap();
-            stage.set_plan(plan.clone());
+            stage.set_plan(plan.clone(), 1);
             stage
         })
         .collect()
@@ -677,7 +677,7 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
         data.clone(),
     )
     .unwrap();
-    stage.set_plan(plan);
+    stage.set_plan(plan, 1);
     let (x, _) = stale_inputs();
     for j in 0..2 {
         stage
@@ -1140,9 +1140,12 @@ fn forward_misuse_is_reported() {
         }])
         .unwrap_err();
     assert!(err.0.contains("without a saved forward"), "{err}");
-    stage.set_plan(Arc::new(BatchPlan {
-        minibatches: vec![vec![vec![1]], vec![vec![]]],
-    }));
+    stage.set_plan(
+        Arc::new(BatchPlan {
+            minibatches: vec![vec![vec![1]], vec![vec![]]],
+        }),
+        1,
+    );
     let err = stage.forward(mb(1, 0), None, &v(0), true).unwrap_err();
     assert!(err.0.contains("is empty"), "{err}");
 }

@@ -102,7 +102,7 @@ fn stages_over(
                 data.clone(),
             )
             .unwrap();
-            stage.set_plan(plan.clone());
+            stage.set_plan(plan.clone(), 1);
             stage
         })
         .collect()
@@ -468,7 +468,7 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
             Arc::new(Dataset::new("x", [4, 6, 6], 10, vec![0.0; 4 * 36], vec![0]).unwrap()),
         )
         .unwrap();
-        stage.set_plan(plan.clone());
+        stage.set_plan(plan.clone(), 1);
         // Input: the conv block's output on real data.
         let input = params[0].forward_eval(x.clone());
         let out_features = block.output_features();

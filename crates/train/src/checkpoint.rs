@@ -282,9 +282,35 @@ pub fn find(run_dir: &Path) -> Result<PathBuf, TrainError> {
         })
 }
 
+/// Configuration fields a resumed run may change: how many epochs it trains, and its learning
+/// rate (the way out of a divergence: resume from the last good checkpoint with a smaller one).
+/// Every other field decides what the checkpointed epochs computed, so changing it would make
+/// the run a mixture of two experiments.
+pub const RESUMABLE_FIELDS: [&str; 2] = ["epochs", "lr"];
+
+/// The configuration fields whose values differ between `before` and `now`, in a fixed order,
+/// with both values as JSON.
+pub fn changed_fields(
+    before: &TrainConfig,
+    now: &TrainConfig,
+) -> Vec<(String, [serde_json::Value; 2])> {
+    let as_fields = |config: &TrainConfig| match serde_json::to_value(config) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => unreachable!("a configuration serialises to a JSON object"),
+    };
+    let (before, mut now) = (as_fields(before), as_fields(now));
+    before
+        .into_iter()
+        .filter_map(|(field, old)| {
+            let new = now.remove(&field).unwrap_or(serde_json::Value::Null);
+            (old != new).then(|| (field, [old, new]))
+        })
+        .collect()
+}
+
 /// Reads `state.json` of the checkpoint directory `dir` and checks that a run of `config`
 /// whose stages own the blocks `split` can continue from it: same stages, same configuration
-/// up to the number of epochs, and epochs left to train.
+/// up to [`RESUMABLE_FIELDS`], and epochs left to train.
 pub fn read_state(
     dir: &Path,
     config: &TrainConfig,
@@ -305,15 +331,22 @@ pub fn read_state(
             ),
         ));
     }
-    let saved = TrainConfig {
-        epochs: config.epochs,
-        ..state.config.clone()
-    };
-    if saved != *config {
+    let refused: Vec<String> = changed_fields(&state.config, config)
+        .into_iter()
+        .filter(|(field, _)| !RESUMABLE_FIELDS.contains(&field.as_str()))
+        .map(|(field, [before, now])| format!("{field} was {before}, now {now}"))
+        .collect();
+    if !refused.is_empty() {
         return Err(corrupt(
             &state_path,
-            "the checkpoint was written with another configuration (only --epochs may change \
-             when resuming)",
+            format!(
+                "the checkpoint was written with another configuration: {} (only {} may change \
+                 when resuming)",
+                refused.join(", "),
+                RESUMABLE_FIELDS
+                    .map(|field| format!("--{field}"))
+                    .join(" and ")
+            ),
         ));
     }
     let saved_split: Vec<Range<usize>> = state
@@ -492,10 +525,26 @@ mod tests {
             error(&two, &split[..2])
         );
         let other = TrainConfig {
+            momentum: 0.5,
+            batch_size: 64,
             lr: 0.5,
             ..saved.config.clone()
         };
-        assert!(error(&other, &split).contains("another configuration"));
+        assert_eq!(
+            error(&other, &split),
+            format!(
+                "cannot resume from {}: the checkpoint was written with another configuration: \
+                 batch_size was 32, now 64, momentum was 0.9, now 0.5 (only --epochs and --lr \
+                 may change when resuming)",
+                dir.path().join("state.json").display()
+            )
+        );
+        let smaller_lr = TrainConfig {
+            lr: 0.001,
+            epochs: 9,
+            ..saved.config.clone()
+        };
+        assert_eq!(read_state(dir.path(), &smaller_lr, &split).unwrap(), saved);
         let moved = [0..2, 2..3, 3..4];
         assert!(error(&saved.config, &moved).contains("own the blocks [0..1, 1..2, 2..3]"));
         let done = TrainConfig {

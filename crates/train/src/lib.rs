@@ -17,14 +17,15 @@ pub mod trace;
 pub mod trainer;
 
 pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
-pub use error::TrainError;
+pub use error::{DivergedLoss, LastCheckpoint, TrainError};
 pub use metrics::{EpochMetrics, StageMetrics, epoch_metrics};
 pub use output::{
     DirUse, OutputError, RunDirLock, check_output_file, claim_run_dir, command_line,
     write_file_atomically,
 };
 pub use run::{
-    MetricsLog, Progress, RunPaths, claim_outputs, run, save_final_weights, write_run_config,
+    HISTORY_FILE, HistoryEntry, MetricsLog, Progress, RunPaths, claim_outputs, open_run_dir, run,
+    save_final_weights, write_run_config,
 };
 pub use timeprest_nn::GradMode;
 pub use trace::measured_chrome_trace;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use timeprest_runtime::RunReport;
 
-use crate::error::TrainError;
+use crate::error::{DivergedLoss, TrainError};
 
 /// What one stage did during an epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,10 @@ pub struct EpochMetrics {
     pub samples_per_second: f64,
     /// Mini-batches (= updates per stage) in the epoch.
     pub num_minibatches: u32,
+    /// The learning rate of the epoch's updates (it may change when a run is resumed; lines
+    /// written before this field existed read as 0).
+    #[serde(default)]
+    pub lr: f64,
     /// Per-stage measurements.
     pub stages: Vec<StageMetrics>,
 }
@@ -103,15 +107,24 @@ pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
         .collect()
 }
 
-/// The metrics of epoch `epoch` (from 1) from its run report, with the test loss and accuracy
-/// that `evaluate` computes; a non-finite training loss is [`TrainError::Diverged`], naming the
-/// first mini-batch whose loss was not finite.
+/// The metrics of epoch `epoch` (from 1), run with learning rate `lr`, from its run report,
+/// with the test loss and accuracy that `evaluate` computes. A training or test loss that is
+/// not finite is [`TrainError::Diverged`] (naming the first mini-batch whose training loss was
+/// not finite), so a diverged epoch never reaches the metrics or a checkpoint.
 pub fn epoch_metrics(
     epoch: u32,
     num_minibatches: u32,
+    lr: f64,
     report: &RunReport,
     evaluate: impl FnOnce() -> Result<(f64, f64), TrainError>,
 ) -> Result<EpochMetrics, TrainError> {
+    let diverged = |loss, value| TrainError::Diverged {
+        epoch,
+        loss,
+        value,
+        lr,
+        last_checkpoint: None,
+    };
     let (train_loss, train_accuracy, samples) = training_stats(report);
     if !train_loss.is_finite() {
         let step = report
@@ -121,13 +134,12 @@ pub fn epoch_metrics(
             .map(|(microbatch, _)| microbatch.minibatch + 1)
             .min()
             .unwrap_or(1);
-        return Err(TrainError::Diverged {
-            epoch,
-            step,
-            loss: train_loss,
-        });
+        return Err(diverged(DivergedLoss::Training { step }, train_loss));
     }
     let (test_loss, test_accuracy) = evaluate()?;
+    if !test_loss.is_finite() {
+        return Err(diverged(DivergedLoss::Test, test_loss));
+    }
     Ok(EpochMetrics {
         epoch,
         train_loss,
@@ -137,6 +149,76 @@ pub fn epoch_metrics(
         epoch_seconds: report.seconds,
         samples_per_second: samples as f64 / report.seconds.max(f64::MIN_POSITIVE),
         num_minibatches,
+        lr,
         stages: stage_metrics(report),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use timeprest_runtime::LossStats;
+    use timeprest_schedule::MicrobatchId;
+
+    use super::*;
+
+    /// A report of one epoch of 3 mini-batches whose mini-batch `bad` (0-based) has a NaN loss.
+    fn report(bad: Option<u32>) -> RunReport {
+        let losses = (0..3)
+            .map(|minibatch| {
+                let loss_sum = if Some(minibatch) == bad {
+                    f64::NAN
+                } else {
+                    2.0
+                };
+                let stats = LossStats {
+                    loss_sum,
+                    correct: 1,
+                    count: 4,
+                };
+                (MicrobatchId::new(minibatch, 0), stats)
+            })
+            .collect();
+        RunReport {
+            events: Vec::new(),
+            losses,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_nan_training_loss_names_its_mini_batch_and_skips_the_evaluation() {
+        let error = epoch_metrics(4, 3, 0.1, &report(Some(1)), || {
+            panic!("a diverged epoch is not evaluated")
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                TrainError::Diverged {
+                    epoch: 4,
+                    loss: DivergedLoss::Training { step: 2 },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_nan_test_loss_is_a_divergence_too() {
+        let error = epoch_metrics(4, 3, 0.1, &report(None), || Ok((f64::NAN, 0.1))).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                TrainError::Diverged {
+                    loss: DivergedLoss::Test,
+                    lr: 0.1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let metrics = epoch_metrics(4, 3, 0.1, &report(None), || Ok((0.5, 0.9))).unwrap();
+        assert_eq!((metrics.train_loss, metrics.lr), (0.5, 0.1));
+    }
 }

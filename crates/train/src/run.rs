@@ -2,11 +2,13 @@
 //!
 //! The run directory holds `config.json` and `config.toml` (the effective configuration, written
 //! before training starts so a crashed run can still be repeated), `command.txt` (the exact
-//! command line, one more line per `--resume`) and `metrics.jsonl` (one line per epoch,
-//! flushed as soon as the epoch ends, so nothing measured is lost if the process dies later).
-//! Before anything is loaded or trained, [`claim_outputs`] checks every output path and locks
-//! the run directory (see [`crate::output`]), so a bad path fails at once and two runs never
-//! share a directory.
+//! command line, one more line per `--resume`), `config-history.jsonl` (one line per start or
+//! resume: from which epoch, the command, and the configuration fields that changed, e.g. a
+//! smaller `lr` after a divergence) and `metrics.jsonl` (one line per epoch, flushed as soon as
+//! the epoch ends, so nothing measured is lost if the process dies later). A diverged epoch
+//! writes neither its metrics line nor its checkpoint. Before anything is loaded or trained,
+//! [`claim_outputs`] checks every output path and locks the run directory (see
+//! [`crate::output`]), so a bad path fails at once and two runs never share a directory.
 
 use std::fs::{self, File};
 use std::io::{Read as _, Write};
@@ -14,9 +16,11 @@ use std::path::{Path, PathBuf};
 
 use timeprest_nn::{BlockParams, load_safetensors, safetensors_bytes};
 
-use crate::checkpoint::CheckpointPlan;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointPlan, CheckpointState, changed_fields};
 use crate::config::TrainConfig;
-use crate::error::TrainError;
+use crate::error::{LastCheckpoint, TrainError};
 use crate::metrics::EpochMetrics;
 use crate::output::{
     DirUse, RunDirLock, check_output_file, claim_run_dir, open_for_append, write_file_atomically,
@@ -141,6 +145,49 @@ pub fn write_run_config(
     Ok(())
 }
 
+/// One line of a run directory's `config-history.jsonl`: a start or a resume of the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The first epoch this start trains (1 for a fresh run).
+    pub first_epoch: u32,
+    /// The command line, when known.
+    pub command: Option<String>,
+    /// The configuration fields that differ from those of the checkpoint this start resumes,
+    /// as `[before, now]` (empty for a fresh run).
+    pub changed: std::collections::BTreeMap<String, [serde_json::Value; 2]>,
+}
+
+/// Name of the history file in a run directory.
+pub const HISTORY_FILE: &str = "config-history.jsonl";
+
+/// Prepares the run directory `dir` for a run of `config` that starts fresh
+/// (`resumed_from = None`) or continues the checkpoint `resumed_from`: writes the configuration
+/// files ([`write_run_config`]), appends the start to `config-history.jsonl` and opens
+/// `metrics.jsonl` after the epochs already completed.
+pub fn open_run_dir(
+    dir: &Path,
+    config: &TrainConfig,
+    command: Option<&str>,
+    resumed_from: Option<&CheckpointState>,
+) -> Result<MetricsLog, TrainError> {
+    write_run_config(dir, config, command, resumed_from.is_some())?;
+    let entry = HistoryEntry {
+        first_epoch: resumed_from.map_or(0, |state| state.epoch) + 1,
+        command: command.map(str::to_owned),
+        changed: resumed_from
+            .map(|state| changed_fields(&state.config, config))
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    };
+    let path = dir.join(HISTORY_FILE);
+    let line = serde_json::to_string(&entry).expect("a history entry always serialises");
+    open_for_append(&path)?
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| TrainError::output(&path, e))?;
+    MetricsLog::open(dir, resumed_from.map_or(0, |state| state.epoch))
+}
+
 /// `metrics.jsonl` of a run directory, one line per epoch, each flushed when written.
 pub struct MetricsLog {
     path: PathBuf,
@@ -207,18 +254,28 @@ pub fn run(
         None => None,
     };
     let mut trainer = Trainer::new(config.clone(), initial)?;
-    let completed = match paths.resume_dir()? {
-        Some(dir) => trainer.restore_checkpoint(dir)?,
-        None => 0,
+    let resumed_from = match paths.resume_dir()? {
+        Some(dir) => Some(trainer.restore_checkpoint(dir)?),
+        None => None,
     };
+    let completed = resumed_from.as_ref().map_or(0, |state| state.epoch);
     let mut metrics_log = match &paths.out_dir {
-        Some(dir) => {
-            write_run_config(dir, config, paths.command.as_deref(), paths.resume)?;
-            Some(MetricsLog::open(dir, completed)?)
-        }
+        Some(dir) => Some(open_run_dir(
+            dir,
+            config,
+            paths.command.as_deref(),
+            resumed_from.as_ref(),
+        )?),
         None => None,
     };
     let checkpoints = paths.checkpoints();
+    let mut last_checkpoint = resumed_from.as_ref().and_then(|state| {
+        let run_dir = paths.out_dir.clone()?;
+        Some(LastCheckpoint {
+            run_dir,
+            epoch: state.epoch,
+        })
+    });
 
     let num_minibatches = trainer.minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
@@ -229,7 +286,9 @@ pub fn run(
             metrics,
             report,
             schedule,
-        } = trainer.run_epoch(epoch, Some(&advanced))?;
+        } = trainer
+            .run_epoch(epoch, Some(&advanced))
+            .map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?;
         if epoch == 1
             && let Some(path) = &paths.trace
         {
@@ -244,6 +303,10 @@ pub fn run(
             && plan.due_after(epoch, config.epochs)
         {
             trainer.save_checkpoint(&plan.run_dir, epoch)?;
+            last_checkpoint = Some(LastCheckpoint {
+                run_dir: plan.run_dir.clone(),
+                epoch,
+            });
         }
     }
     if let Some(path) = &paths.save_weights {

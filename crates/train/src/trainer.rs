@@ -205,7 +205,7 @@ impl Trainer {
         let version_plan = plan(&schedule, &self.policy);
         let batches = Arc::new(batches);
         for stage in &mut self.stages {
-            stage.set_plan(Arc::clone(&batches));
+            stage.set_plan(Arc::clone(&batches), epoch);
         }
         let options = RunOptions {
             threads_per_stage: Some(self.config.threads_per_stage),
@@ -215,7 +215,9 @@ impl Trainer {
         let report = run_threaded(&schedule, &version_plan, &mut self.stages, options)?;
         self.updates += u64::from(num_minibatches);
 
-        let metrics = epoch_metrics(epoch, num_minibatches, &report, || self.evaluate())?;
+        let metrics = epoch_metrics(epoch, num_minibatches, self.config.lr, &report, || {
+            self.evaluate()
+        })?;
         Ok(EpochRun {
             metrics,
             report,
@@ -239,8 +241,13 @@ impl Trainer {
     }
 
     /// Restores the checkpoint in `run_dir` (whose configuration must equal this trainer's, up
-    /// to the number of epochs) and returns the number of epochs it had completed.
-    pub fn restore_checkpoint(&mut self, run_dir: &Path) -> Result<u32, TrainError> {
+    /// to the fields a resumed run may change, see [`checkpoint::RESUMABLE_FIELDS`]) and
+    /// returns its state: the epochs it had completed and the configuration it was written
+    /// with.
+    pub fn restore_checkpoint(
+        &mut self,
+        run_dir: &Path,
+    ) -> Result<checkpoint::CheckpointState, TrainError> {
         let dir = checkpoint::find(run_dir)?;
         let split: Vec<Range<usize>> = self
             .stages
@@ -252,7 +259,7 @@ impl Trainer {
             checkpoint::restore_stage(&dir, index, &state, stage)?;
         }
         self.updates = state.updates;
-        Ok(state.epoch)
+        Ok(state)
     }
 
     /// Number of mini-batches per epoch (after the 1F1B flattening).
