@@ -109,6 +109,7 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
                     | TrainError::Data(_)
                     | TrainError::Output { .. }
                     | TrainError::OutputPath(_)
+                    | TrainError::Checkpoint { .. }
             )
         )
 }

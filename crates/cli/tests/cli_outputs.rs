@@ -92,7 +92,7 @@ fn a_finished_run_is_kept_unless_overwrite_replaces_it() {
         &tiny(&["--epochs", "1", "--out", text(&run)]),
         &[
             &format!("--out {}: the directory is not empty", run.display()),
-            "checkpoint/, command.txt, config.json, config.toml, metrics.jsonl",
+            "checkpoint/, command.txt, config-history.jsonl, config.json, config.toml and 1 more",
             "--overwrite",
         ],
     );
