@@ -303,7 +303,7 @@ pub fn changed_fields(
         .into_iter()
         .filter_map(|(field, old)| {
             let new = now.remove(&field).unwrap_or(serde_json::Value::Null);
-            (old != new).then(|| (field, [old, new]))
+            (old != new).then_some((field, [old, new]))
         })
         .collect()
 }
