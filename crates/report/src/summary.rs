@@ -5,7 +5,9 @@
 //! diverged run has no final accuracy); every other figure uses every epoch that was measured,
 //! diverged runs included, because those epochs really ran; the standard deviation is the
 //! sample standard deviation (n − 1), 0 for a single seed; the time to the target is the
-//! pipelined training time (the sum of `epoch_seconds`) up to the first epoch at or above it.
+//! pipelined training time (the sum of `epoch_seconds`) up to the first epoch at or above it,
+//! averaged over the runs that reached it, and the "fastest" policy is the first of
+//! [`Summary::fastest_to_target`]; a curve's band spans the lowest to the highest run.
 
 use std::collections::BTreeMap;
 
