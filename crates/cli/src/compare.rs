@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
 use timeprest_policy::PolicyKind;
 use timeprest_report::record::{RUNS_DIR, TRACE_FILE};
@@ -28,6 +28,7 @@ use timeprest_train::{
     run as run_training,
 };
 
+use crate::display::{StepUnits, bar_style};
 use crate::train::TrainArgs;
 use crate::usage_error;
 
@@ -260,13 +261,14 @@ fn progress_bar(total_epochs: u64, visible: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total_epochs);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{pos}/{len} epochs [{bar:30}] {elapsed_precise} eta {eta} {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
+    let epoch = StepUnits {
+        per_step: 1.0,
+        rate_unit: "epochs/s",
+    };
+    bar.set_style(bar_style(
+        "{pos}/{len} epochs [{bar:30}] {elapsed_precise} eta {time_left} {msg}",
+        epoch,
+    ));
     bar
 }
 

@@ -15,6 +15,7 @@
 
 mod analyze;
 mod compare;
+mod display;
 mod partition;
 mod plot;
 mod simulate;

@@ -7,9 +7,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use crate::display::{StepUnits, bar_style, epoch_line, perplexity, stage_line};
 use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
 use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, ModelSize, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
@@ -423,13 +424,10 @@ struct Bars {
     language_model: bool,
 }
 
-/// The perplexity of a mean per-token cross-entropy `loss`, as the epoch summary prints it.
-fn perplexity(loss: f64) -> String {
-    format!("ppl {:.2}", loss.exp())
-}
-
 impl Bars {
-    fn new(num_epochs: u32, visible: bool, language_model: bool) -> Self {
+    /// `minibatch` says what one mini-batch is worth in the batch bar's rate (its samples, or
+    /// its tokens for a language model).
+    fn new(num_epochs: u32, visible: bool, language_model: bool, minibatch: StepUnits) -> Self {
         if !visible {
             return Self {
                 epochs: ProgressBar::hidden(),
@@ -439,17 +437,15 @@ impl Bars {
         }
         let multi = MultiProgress::new();
         let epochs = multi.add(ProgressBar::new(u64::from(num_epochs)));
-        epochs.set_style(
-            ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {elapsed_precise} {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
+        epochs.set_style(bar_style(
+            "epoch {pos}/{len} [{bar:30}] {elapsed_precise} {msg}",
+            minibatch,
+        ));
         let batches = multi.add(ProgressBar::new(0));
-        batches.set_style(
-            ProgressStyle::with_template("batch {pos}/{len} [{bar:30}] {per_sec} eta {eta}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
+        batches.set_style(bar_style(
+            "batch {pos}/{len} [{bar:30}] {rate} eta {time_left}",
+            minibatch,
+        ));
         Self {
             epochs,
             batches,
@@ -460,8 +456,9 @@ impl Bars {
 
 impl Progress for Bars {
     fn epoch_started(&self, _epoch: u32, num_minibatches: u64) {
+        // A fresh start per epoch: the rate and time left average this epoch's steps only.
+        self.batches.reset();
         self.batches.set_length(num_minibatches);
-        self.batches.set_position(0);
     }
 
     fn advanced(&self, done: u64) {
@@ -472,37 +469,7 @@ impl Progress for Bars {
         self.epochs.inc(1);
         self.epochs
             .set_message(format!("test acc {:.2}%", 100.0 * m.test_accuracy));
-        let staleness: Vec<String> = m
-            .stages
-            .iter()
-            .map(|s| format!("{:.2}", s.mean_staleness))
-            .collect();
-        let versions: Vec<String> = m
-            .stages
-            .iter()
-            .map(|s| s.peak_weight_sets.to_string())
-            .collect();
-        // A language model's throughput counts its training targets: tokens.
-        let (test_perplexity, throughput_unit) = if self.language_model {
-            (format!(" {}", perplexity(m.test_loss)), "tokens/s")
-        } else {
-            (String::new(), "samples/s")
-        };
-        let line = format!(
-            "epoch {:>3}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%{}  \
-             {:.2}s {:>7.0} {}  mean d [{}]  versions [{}]",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_accuracy,
-            m.test_loss,
-            100.0 * m.test_accuracy,
-            test_perplexity,
-            m.epoch_seconds,
-            m.samples_per_second,
-            throughput_unit,
-            staleness.join(" "),
-            versions.join(" "),
-        );
+        let line = epoch_line(m, self.language_model);
         // Suspend the bars so the summary line lands on stdout cleanly above them.
         self.epochs.suspend(|| println!("{line}"));
     }
@@ -556,7 +523,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let process = Process::start(args.transport)?;
     let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
     let language_model = config.model == GptConfig::NAME;
-    let bars = Bars::new(config.epochs, visible, language_model);
+    let minibatch = StepUnits::minibatch(&config);
+    let bars = Bars::new(config.epochs, visible, language_model, minibatch);
     let paths = RunPaths {
         out_dir: args.out.clone().or_else(|| args.resume.clone()),
         checkpoint_every: args.checkpoint_every,
@@ -612,6 +580,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             last.epoch,
             history.iter().map(|m| m.epoch_seconds).sum::<f64>()
         );
+        println!("{}", stage_line(&last.stages));
     }
     Ok(())
 }

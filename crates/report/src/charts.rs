@@ -1,4 +1,5 @@
-//! The comparison charts: curves over epochs or time, memory per stage, staleness per stage.
+//! The comparison charts: curves over epochs or time (the mean over seeds with a shaded band
+//! from the lowest to the highest seed), memory per stage, staleness per stage.
 //!
 //! Each chart is a small struct holding exactly the numbers it shows (taken from the
 //! [`crate::summary::Summary`]), so what is drawn is testable without pixels and the same
@@ -9,14 +10,33 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::figure::{DrawResult, FONT, Figure, colour, legend_strip, padded, whole_numbers};
+use crate::summary::CurvePoint;
 
 /// One policy's curve.
 pub(crate) struct Series {
     /// The policy label (legend).
     pub label: String,
-    /// The points, in x order.
-    pub points: Vec<(f64, f64)>,
+    /// The points (mean and spread over seeds), in x order.
+    pub points: Vec<CurvePoint>,
+    /// Whether to shade the spread around the mean (there are at least two seeds).
+    pub band: bool,
 }
+
+impl Series {
+    /// The band's outline: along the highest values, then back along the lowest; empty
+    /// without a band.
+    pub(crate) fn band_outline(&self) -> Vec<(f64, f64)> {
+        if !self.band {
+            return Vec::new();
+        }
+        let upper = self.points.iter().map(|p| (p.x, p.high));
+        let lower = self.points.iter().rev().map(|p| (p.x, p.low));
+        upper.chain(lower).collect()
+    }
+}
+
+/// Opacity of a spread band: light enough for the means and other bands to show through.
+const BAND_OPACITY: f64 = 0.2;
 
 /// What the y axis shows.
 #[derive(Clone, Copy)]
@@ -45,8 +65,9 @@ impl Figure for LineChart {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let points = || self.series.iter().flat_map(|s| s.points.iter());
-        let (x_min, x_max) = bounds(points().map(|p| p.0));
-        let (y_min, y_max) = bounds(points().map(|p| p.1));
+        let (x_min, x_max) = bounds(points().map(|p| p.x));
+        // The bands must fit too, not only the means.
+        let (y_min, y_max) = bounds(points().flat_map(|p| [p.low, p.mean, p.high]));
         let y_range = match self.y_axis {
             YAxis::Percent => (y_min - 0.05).max(0.0)..(y_max + 0.03).min(1.0),
             YAxis::FromZero => 0.0..padded(0.0, y_max, 0.05).end,
@@ -84,15 +105,19 @@ impl Figure for LineChart {
             .axis_desc_style((FONT, 17))
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
+        // Every band first, so that no band covers another policy's mean.
+        for (index, series) in self.series.iter().enumerate() {
+            let outline = series.band_outline();
+            if !outline.is_empty() {
+                let fill = colour(index).mix(BAND_OPACITY).filled();
+                chart.draw_series(std::iter::once(Polygon::new(outline, fill)))?;
+            }
+        }
         for (index, series) in self.series.iter().enumerate() {
             let style = colour(index).stroke_width(3);
-            chart.draw_series(LineSeries::new(series.points.iter().copied(), style))?;
-            chart.draw_series(
-                series
-                    .points
-                    .iter()
-                    .map(|p| Circle::new(*p, 4, colour(index).filled())),
-            )?;
+            let means = || series.points.iter().map(|p| (p.x, p.mean));
+            chart.draw_series(LineSeries::new(means(), style))?;
+            chart.draw_series(means().map(|p| Circle::new(p, 4, colour(index).filled())))?;
         }
         Ok(())
     }

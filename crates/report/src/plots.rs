@@ -14,7 +14,7 @@ use crate::charts::{
 use crate::error::ReportError;
 use crate::figure::{Figure, save};
 use crate::record::{Loaded, write_error};
-use crate::summary::{Curves, Summary};
+use crate::summary::{CurvePoint, Curves, Summary};
 use crate::timeline::{Panel, TimelineChart, read_trace};
 
 /// Folder of the plots in a comparison or run directory.
@@ -65,10 +65,17 @@ pub fn write_plots(
             YAxis::FromZero,
         ),
     ];
+    // A band needs two seeds; a comparison of one seed per policy draws the plain means.
+    let banded = summary.variants.iter().any(|v| v.curves.seeds >= 2);
+    let over_seeds = if banded {
+        "mean over seeds, band: min–max"
+    } else {
+        "mean over seeds"
+    };
     let mut plots = Vec::new();
     for (name, title, x_label, x_is_epoch, pick, y_axis) in curves {
         let chart = LineChart {
-            title: format!("{title} (mean over seeds)"),
+            title: format!("{title} ({over_seeds})"),
             x_label: x_label.into(),
             y_label: match y_axis {
                 YAxis::Percent => "test accuracy".into(),
@@ -82,6 +89,7 @@ pub fn write_plots(
                 .map(|v| Series {
                     label: v.label.clone(),
                     points: pick(&v.curves).clone(),
+                    band: v.curves.seeds >= 2,
                 })
                 .collect(),
         };
@@ -149,7 +157,7 @@ pub fn write_plots(
 }
 
 /// Which curve of a variant a line chart shows.
-type Pick = fn(&Curves) -> &Vec<(f64, f64)>;
+type Pick = fn(&Curves) -> &Vec<CurvePoint>;
 
 fn plot(
     figure: &impl Figure,
@@ -229,6 +237,56 @@ mod tests {
             let png = fs::read(png).unwrap();
             assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
         }
+    }
+
+    /// The `<polygon>` elements of an SVG file.
+    fn polygons(svg: &Path) -> Vec<String> {
+        fs::read_to_string(svg)
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("<polygon"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn accuracy_plots_shade_the_spread_over_seeds_in_each_policys_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = sample();
+        let plots = write_plots(&summarise(&loaded, None), &loaded, dir.path()).unwrap();
+        for plot in &plots[..3] {
+            let svg = &plot.files[0];
+            let bands = polygons(svg);
+            // `fast` and `wild` each ran two seeds: one band each, in their colours, see-through.
+            for colour in ["#1F77B4", "#FF7F0E"] {
+                assert!(
+                    bands
+                        .iter()
+                        .any(|b| b.contains(&format!("fill=\"{colour}\""))
+                            && b.contains("opacity=\"0.2\"")),
+                    "{}: no band in {colour}: {bands:?}",
+                    plot.name
+                );
+            }
+            let text = fs::read_to_string(svg).unwrap();
+            assert!(
+                text.contains("band: min–max"),
+                "{}: the title says so",
+                plot.name
+            );
+        }
+    }
+
+    #[test]
+    fn one_seed_per_policy_draws_the_plain_curves_without_a_band() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut loaded = sample();
+        loaded.runs.retain(|r| r.seed == 1);
+        let plots = write_plots(&summarise(&loaded, None), &loaded, dir.path()).unwrap();
+        let svg = &plots[0].files[0];
+        assert!(polygons(svg).is_empty(), "{:?}", polygons(svg));
+        assert!(!fs::read_to_string(svg).unwrap().contains("band"));
     }
 
     #[test]

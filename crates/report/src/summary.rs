@@ -5,7 +5,9 @@
 //! diverged run has no final accuracy); every other figure uses every epoch that was measured,
 //! diverged runs included, because those epochs really ran; the standard deviation is the
 //! sample standard deviation (n − 1), 0 for a single seed; the time to the target is the
-//! pipelined training time (the sum of `epoch_seconds`) up to the first epoch at or above it.
+//! pipelined training time (the sum of `epoch_seconds`) up to the first epoch at or above it,
+//! averaged over the runs that reached it, and the "fastest" policy is the first of
+//! [`Summary::fastest_to_target`]; a curve's band spans the lowest to the highest run.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +58,13 @@ pub struct Reach {
     pub seconds: f64,
 }
 
+impl Reach {
+    /// The fraction of the runs that reached the target.
+    pub fn share(&self) -> f64 {
+        self.reached as f64 / self.of.max(1) as f64
+    }
+}
+
 /// One stage of a variant, over all its measured epochs and seeds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageSummary {
@@ -69,15 +78,41 @@ pub struct StageSummary {
     pub mean_staleness: f64,
 }
 
-/// A variant's mean curves over seeds, one point per epoch (the runs that reached the epoch).
+/// One point of a curve over seeds: the mean of the runs that reached this epoch and the range
+/// (lowest to highest) they span, which the plots draw as a band around the mean.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CurvePoint {
+    /// The x value (an epoch, or the mean cumulative seconds to the end of that epoch).
+    pub x: f64,
+    /// The mean over the runs.
+    pub mean: f64,
+    /// The lowest value of any run.
+    pub low: f64,
+    /// The highest value of any run.
+    pub high: f64,
+}
+
+impl CurvePoint {
+    /// The point at `x` over the runs' `values`; `None` when there is none.
+    pub fn over_seeds(x: f64, values: &[f64]) -> Option<Self> {
+        let mean = MeanSd::of(values)?.mean;
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(Self { x, mean, low, high })
+    }
+}
+
+/// A variant's curves over seeds, one point per epoch (over the runs that reached the epoch).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Curves {
-    /// (epoch, test accuracy).
-    pub accuracy_by_epoch: Vec<(f64, f64)>,
-    /// (cumulative seconds of pipelined training, test accuracy).
-    pub accuracy_by_time: Vec<(f64, f64)>,
-    /// (epoch, training loss).
-    pub loss_by_epoch: Vec<(f64, f64)>,
+    /// Runs with at least one measured epoch: a band of their spread means something from 2.
+    pub seeds: usize,
+    /// Test accuracy by epoch.
+    pub accuracy_by_epoch: Vec<CurvePoint>,
+    /// Test accuracy by cumulative seconds of pipelined training.
+    pub accuracy_by_time: Vec<CurvePoint>,
+    /// Training loss by epoch.
+    pub loss_by_epoch: Vec<CurvePoint>,
 }
 
 /// Everything the report says about one policy variant.
@@ -178,6 +213,26 @@ pub fn summarise(loaded: &Loaded, target_accuracy: Option<f64>) -> Summary {
     Summary { target, variants }
 }
 
+impl Summary {
+    /// The variants that reached the target, fastest first — the one order the report's table
+    /// and its sentences both follow. A mean time over the seeds that got there says nothing
+    /// about the seeds that did not, so reaching it in a larger share of the runs ranks first;
+    /// among equal shares, the shorter mean time of pipelined training.
+    pub fn fastest_to_target(&self) -> Vec<(&VariantSummary, Reach)> {
+        let mut reached: Vec<(&VariantSummary, Reach)> = self
+            .variants
+            .iter()
+            .filter_map(|v| v.reach.map(|r| (v, r)))
+            .collect();
+        reached.sort_by(|(_, a), (_, b)| {
+            b.share()
+                .total_cmp(&a.share())
+                .then(a.seconds.total_cmp(&b.seconds))
+        });
+        reached
+    }
+}
+
 fn summarise_variant(variant: &Variant, runs: &[&Run]) -> VariantSummary {
     let mut summary = VariantSummary {
         label: variant.label.clone(),
@@ -253,23 +308,34 @@ fn stage_summaries(runs: &[&Run]) -> Vec<StageSummary> {
 
 fn curves(runs: &[&Run]) -> Curves {
     let longest = runs.iter().map(|r| r.epochs.len()).max().unwrap_or(0);
-    let mut curves = Curves::default();
+    let mut curves = Curves {
+        seeds: runs.iter().filter(|r| !r.epochs.is_empty()).count(),
+        ..Curves::default()
+    };
     for index in 0..longest {
         let reached: Vec<&Run> = runs
             .iter()
             .copied()
             .filter(|r| r.epochs.len() > index)
             .collect();
-        let n = reached.len() as f64;
-        let mean = |value: &dyn Fn(&Run) -> f64| reached.iter().map(|r| value(r)).sum::<f64>() / n;
+        let values = |value: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+            reached.iter().map(|r| value(r)).collect()
+        };
         let epoch = (index + 1) as f64;
-        let accuracy = mean(&|r| r.epochs[index].test_accuracy);
-        let seconds = mean(&|r| r.epochs[..=index].iter().map(|m| m.epoch_seconds).sum());
-        curves.accuracy_by_epoch.push((epoch, accuracy));
-        curves.accuracy_by_time.push((seconds, accuracy));
-        curves
-            .loss_by_epoch
-            .push((epoch, mean(&|r| r.epochs[index].train_loss)));
+        let accuracy = values(&|r| r.epochs[index].test_accuracy);
+        let seconds = values(&|r| r.epochs[..=index].iter().map(|m| m.epoch_seconds).sum());
+        let mean_seconds = MeanSd::of(&seconds).map_or(0.0, |m| m.mean);
+        let loss = values(&|r| r.epochs[index].train_loss);
+        let (Some(by_epoch), Some(by_time), Some(loss)) = (
+            CurvePoint::over_seeds(epoch, &accuracy),
+            CurvePoint::over_seeds(mean_seconds, &accuracy),
+            CurvePoint::over_seeds(epoch, &loss),
+        ) else {
+            unreachable!("the longest run reached every epoch up to its length");
+        };
+        curves.accuracy_by_epoch.push(by_epoch);
+        curves.accuracy_by_time.push(by_time);
+        curves.loss_by_epoch.push(loss);
     }
     curves
 }
@@ -424,13 +490,41 @@ pub(crate) mod tests {
     #[test]
     fn curves_average_the_runs_that_reached_each_epoch() {
         let wild = &summarise(&sample(), None).variants[1];
+        assert_eq!(wild.curves.seeds, 2);
         let by_epoch = &wild.curves.accuracy_by_epoch;
         assert_eq!(by_epoch.len(), 3);
         assert!(
-            (by_epoch[0].1 - 0.15).abs() < 1e-12,
+            (by_epoch[0].mean - 0.15).abs() < 1e-12,
             "both runs: (0.2 + 0.1) / 2"
         );
-        assert_eq!(by_epoch[1], (2.0, 0.3), "only the completed run");
-        assert_eq!(wild.curves.accuracy_by_time[2].0, 6.0);
+        assert_eq!((by_epoch[0].low, by_epoch[0].high), (0.1, 0.2));
+        assert_eq!(
+            by_epoch[1],
+            CurvePoint {
+                x: 2.0,
+                mean: 0.3,
+                low: 0.3,
+                high: 0.3
+            },
+            "only the completed run"
+        );
+        assert_eq!(wild.curves.accuracy_by_time[2].x, 6.0);
+    }
+
+    #[test]
+    fn a_curve_point_spans_the_lowest_to_the_highest_seed_around_the_mean() {
+        let point = CurvePoint::over_seeds(3.0, &[0.5, 0.9, 0.7]).unwrap();
+        assert_eq!((point.x, point.low, point.high), (3.0, 0.5, 0.9));
+        assert!((point.mean - 0.7).abs() < 1e-12);
+        assert!(CurvePoint::over_seeds(1.0, &[]).is_none());
+        // Per epoch over the two seeds of `fast`: 0.5/0.6, 0.8/0.7, 0.9/0.7.
+        let fast = &summarise(&sample(), None).variants[0].curves;
+        let bands: Vec<(f64, f64)> = fast
+            .accuracy_by_epoch
+            .iter()
+            .map(|p| (p.low, p.high))
+            .collect();
+        assert_eq!(bands, [(0.5, 0.6), (0.7, 0.8), (0.7, 0.9)]);
+        assert!((fast.accuracy_by_epoch[2].mean - 0.8).abs() < 1e-12);
     }
 }
