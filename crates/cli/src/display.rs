@@ -231,6 +231,7 @@ mod tests {
             epoch_seconds: 123.456,
             samples_per_second: 44_197.71,
             num_minibatches: 1875,
+            lr: 0.05,
             stages: (0..num_stages)
                 .map(|s| stage(s, 1.0 + f64::from(s) / 3.0, 2 * num_stages))
                 .collect(),
