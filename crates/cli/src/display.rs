@@ -33,6 +33,10 @@ pub(crate) struct StepUnits {
     pub rate_unit: &'static str,
 }
 
+/// The throughput unit of a language model, which counts the tokens it predicts. Short, so that
+/// an epoch line with a perplexity still fits in 100 columns.
+const TOKEN_RATE: &str = "tok/s";
+
 impl StepUnits {
     /// A mini-batch of `config`: its samples, or for a language model its tokens (every
     /// position of a sample predicts the next), which the per-epoch throughput counts too.
@@ -40,7 +44,7 @@ impl StepUnits {
         if config.model == GptConfig::NAME {
             Self {
                 per_step: (config.batch_size * config.seq_len) as f64,
-                rate_unit: "tokens/s",
+                rate_unit: TOKEN_RATE,
             }
         } else {
             Self {
@@ -52,7 +56,7 @@ impl StepUnits {
 }
 
 /// `per_second` with about three significant digits and a k/M suffix, then `unit`:
-/// `442 samples/s`, `4.4k samples/s`, `44.2k samples/s`, `1.2M tokens/s`.
+/// `442 samples/s`, `4.4k samples/s`, `44.2k samples/s`, `1.2M tok/s`.
 pub(crate) fn rate(per_second: f64, unit: &str) -> String {
     if !per_second.is_finite() || per_second < 0.0 {
         return format!("? {unit}");
@@ -162,7 +166,7 @@ pub(crate) fn perplexity(loss: f64) -> String {
 pub(crate) fn epoch_line(m: &EpochMetrics, language_model: bool) -> String {
     // A language model's loss, accuracy and throughput count its training targets: tokens.
     let (test_perplexity, unit) = if language_model {
-        (format!(" {}", perplexity(m.test_loss)), "tokens/s")
+        (format!(" {}", perplexity(m.test_loss)), TOKEN_RATE)
     } else {
         (String::new(), "samples/s")
     };
@@ -257,8 +261,11 @@ mod tests {
 
     #[test]
     fn a_language_model_epoch_line_with_perplexity_fits_in_a_hundred_columns() {
-        // Loss 7.5 per token: perplexity 1808, a wide value for a character-level model.
-        let line = epoch_line(&wide_epoch(4, 7.5, 0.4567), true);
+        // Loss 7.5 per token: perplexity 1808, a wide value for a character-level model; an
+        // epoch of a few milliseconds has the widest time (`8.96ms`).
+        let mut epoch = wide_epoch(4, 7.5, 0.4567);
+        epoch.epoch_seconds = 0.00896;
+        let line = epoch_line(&epoch, true);
         assert!(
             columns(&line) <= LINE_WIDTH,
             "{} columns: {line}",
@@ -268,7 +275,7 @@ mod tests {
             line.contains("test loss 7.5000 acc 45.67% ppl 1808  "),
             "{line}"
         );
-        assert!(line.ends_with("44.2k tokens/s"), "{line}");
+        assert!(line.ends_with("  8.96ms 44.2k tok/s"), "{line}");
     }
 
     #[test]
@@ -285,8 +292,8 @@ mod tests {
         assert_eq!(rate(441.9771, "samples/s"), "442 samples/s");
         assert_eq!(rate(4419.771, "samples/s"), "4.4k samples/s");
         assert_eq!(rate(44_197.71, "samples/s"), "44.2k samples/s");
-        assert_eq!(rate(441_977.1, "tokens/s"), "442k tokens/s");
-        assert_eq!(rate(1_234_567.0, "tokens/s"), "1.2M tokens/s");
+        assert_eq!(rate(441_977.1, TOKEN_RATE), "442k tok/s");
+        assert_eq!(rate(1_234_567.0, TOKEN_RATE), "1.2M tok/s");
         assert_eq!(rate(999.7, "samples/s"), "1.0k samples/s");
         assert_eq!(rate(12.34, "samples/s"), "12 samples/s");
         assert_eq!(rate(0.3, "epochs/s"), "0.3 epochs/s");

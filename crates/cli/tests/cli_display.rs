@@ -95,7 +95,7 @@ fn the_epoch_lines_of_a_language_model_with_perplexity_fit_in_a_hundred_columns(
         "1",
         "--quiet",
     ]);
-    assert_eq!(assert_epoch_lines_fit(&stdout, " tokens/s"), 1, "{stdout}");
+    assert_eq!(assert_epoch_lines_fit(&stdout, " tok/s"), 1, "{stdout}");
     assert!(stdout.contains(" ppl "), "{stdout}");
 }
 
