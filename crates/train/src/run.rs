@@ -16,7 +16,7 @@ use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::EpochMetrics;
 use crate::trace::measured_chrome_trace;
-use crate::trainer::{EpochRun, Trainer};
+use crate::trainer::{EpochRun, Trainer, load_data_and_model};
 
 /// Where a run reads and writes files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub fn run(
     config.validate()?;
     let initial = match &paths.init_weights {
         Some(path) => {
-            let spec = Trainer::new(config.clone(), None)?.spec().clone();
+            let (_, _, spec) = load_data_and_model(config)?;
             Some(load_safetensors(path, &spec)?)
         }
         None => None,
