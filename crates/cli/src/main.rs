@@ -96,21 +96,25 @@ pub(crate) fn usage_error(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
-/// True when `error` is the user's mistake (a flag value, a path they gave): exit code 2.
-/// Divergence, model and runtime failures are not (exit code 1).
+/// True when `error` is the user's mistake (a flag value, a file or directory they named, a
+/// model or data set that does not fit, a run directory that cannot be resumed): exit code 2.
+/// Divergence, runtime failures and bugs are not (exit code 1).
 fn is_usage_error(error: &anyhow::Error) -> bool {
     use timeprest_train::{OutputError, TrainError};
     error.downcast_ref::<UsageError>().is_some()
         || error.downcast_ref::<OutputError>().is_some()
+        || error.downcast_ref::<timeprest_nn::NnError>().is_some()
+        || error.downcast_ref::<timeprest_data::DataError>().is_some()
         || matches!(
             error.downcast_ref::<TrainError>(),
             Some(
                 TrainError::Config(_)
                     | TrainError::Schedule(_)
                     | TrainError::Data(_)
+                    | TrainError::Model(_)
+                    | TrainError::Checkpoint { .. }
                     | TrainError::Output { .. }
                     | TrainError::OutputPath(_)
-                    | TrainError::Checkpoint { .. }
             )
         )
 }
@@ -122,16 +126,47 @@ fn default_train_args() -> Result<train::TrainArgs, clap::Error> {
     train::TrainArgs::from_arg_matches(&matches)
 }
 
-/// Clap's error as one line: its `error:` paragraph with the continuation lines joined, without
-/// the usage block and the "For more information" hint.
+/// Clap's error as one line: its `error:` paragraph with the continuation lines joined, then
+/// each of clap's tips in parentheses (`(tip: a similar argument exists: '--stages')`),
+/// without the usage block and the "For more information" hint.
 fn one_line(error: &clap::Error) -> String {
     let rendered = error.render().to_string();
-    let paragraph: Vec<&str> = rendered
-        .lines()
-        .take_while(|line| !line.trim().is_empty())
-        .map(str::trim)
+    let mut lines = rendered.lines().map(str::trim);
+    let mut line: Vec<&str> = lines.by_ref().take_while(|line| !line.is_empty()).collect();
+    let tips: Vec<String> = lines
+        .filter(|line| line.starts_with("tip:"))
+        .map(|tip| format!("({tip})"))
         .collect();
-    paragraph.join(" ")
+    line.extend(tips.iter().map(String::as_str));
+    line.join(" ")
+}
+
+/// The tip clap does not give for `--lr -1`: clap reads `-1` as an unknown flag, while the
+/// user meant it as the value of the option before it, which is written `--lr=-1`. `None`
+/// unless the unexpected argument is a number right after an option that takes a value.
+fn negative_value_tip(error: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::CommandFactory as _;
+    use clap::error::{ContextKind, ContextValue};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // Clap names only the start of `-1.5e3` (it reads it as the short flags `-1`, `-.`, …).
+    let position = args
+        .iter()
+        .position(|arg| arg.starts_with(value.as_str()) && arg.parse::<f64>().is_ok())?;
+    let value = &args[position];
+    let option = args[..position].last()?.strip_prefix("--")?;
+    let command = Cli::command();
+    let takes_value = command
+        .get_subcommands()
+        .flat_map(clap::Command::get_arguments)
+        .any(|arg| arg.get_long() == Some(option) && arg.get_action().takes_values());
+    takes_value.then(|| {
+        format!("(tip: to give --{option} the negative value {value}, write '--{option}={value}')")
+    })
 }
 
 /// Runs the parsed command line.
@@ -189,7 +224,11 @@ fn main() -> ExitCode {
             error.exit()
         }
         Err(error) => {
-            eprintln!("{}", one_line(&error));
+            let args: Vec<String> = std::env::args().collect();
+            match negative_value_tip(&error, &args) {
+                Some(tip) => eprintln!("{} {tip}", one_line(&error)),
+                None => eprintln!("{}", one_line(&error)),
+            }
             return ExitCode::from(2);
         }
     };
@@ -238,6 +277,40 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
         let separate = anyhow::Error::new(io).context("loading the data");
         assert_eq!(error_line(&separate), "loading the data: no such file");
+    }
+
+    /// Parses `args` (after the program name), expecting clap to refuse them.
+    fn clap_error(args: &[&str]) -> (clap::Error, Vec<String>) {
+        let args: Vec<String> = std::iter::once("timeprest")
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        (Cli::try_parse_from(&args).unwrap_err(), args)
+    }
+
+    #[test]
+    fn clap_errors_keep_their_tips_on_one_line() {
+        let (error, _) = clap_error(&["train", "--stage", "2"]);
+        assert_eq!(
+            one_line(&error),
+            "error: unexpected argument '--stage' found (tip: a similar argument exists: \
+             '--stages')"
+        );
+        let (error, args) = clap_error(&["train", "--lr", "-1"]);
+        assert_eq!(
+            negative_value_tip(&error, &args).as_deref(),
+            Some("(tip: to give --lr the negative value -1, write '--lr=-1')")
+        );
+        // A flag that takes no value gets no such tip.
+        let (error, args) = clap_error(&["train", "--width", "-1.5e3"]);
+        assert_eq!(
+            negative_value_tip(&error, &args).as_deref(),
+            Some("(tip: to give --width the negative value -1.5e3, write '--width=-1.5e3')")
+        );
+        let (error, args) = clap_error(&["train", "--quiet", "-1"]);
+        assert_eq!(negative_value_tip(&error, &args), None);
+        let (error, args) = clap_error(&["train", "--stage", "2"]);
+        assert_eq!(negative_value_tip(&error, &args), None);
     }
 
     #[test]

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use clap::Args;
 use timeprest_data::{DEFAULT_SEQ_LEN, LoadOptions};
 use timeprest_nn::{
-    BlockProfile, GptConfig, MODEL_NAMES, ModelSpec, PartitionMethod, ProfiledCost, Shape,
-    partition_balanced, partition_manual, partition_uniform, profile_blocks,
+    AvailableMemory, BlockProfile, GptConfig, MODEL_NAMES, ModelSpec, NnError, PartitionMethod,
+    ProfiledCost, Shape, Workload, partition_balanced, partition_manual, partition_uniform,
+    profile_blocks,
 };
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, simulate_costs};
 
@@ -145,11 +146,21 @@ fn predict(
     })
 }
 
+/// A model that cannot be built, as a usage error: `--model: …` (with `context` appended),
+/// except a model too large for memory, whose message already names its size flags.
+fn model_error(error: NnError, context: &str) -> anyhow::Error {
+    match error {
+        NnError::TooLarge { .. } => error.into(),
+        other => usage_error(format!("--model: {other}{context}")),
+    }
+}
+
 /// Runs `timeprest partition`.
 pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
     let size = args.size.model_size();
     let (spec, source) = match &args.dataset {
         Some(name) => {
+            timeprest_data::check_data_dir(name, args.data_dir.as_deref())?;
             let options = LoadOptions {
                 data_dir: args.data_dir.as_deref(),
                 seq_len: args.seq_len,
@@ -157,17 +168,23 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
             let data = timeprest_data::load(name, &options)
                 .map_err(|e| usage_error(format!("--dataset {name}: {e}")))?;
             let spec = ModelSpec::for_data(&args.model, &data.train, &size)
-                .map_err(|e| usage_error(format!("--model: {e}")))?;
+                .map_err(|e| model_error(e, ""))?;
             (spec, format!("data set {name}"))
         }
         None => {
+            if let Some(dir) = &args.data_dir {
+                return Err(usage_error(format!(
+                    "--data-dir {}: no --dataset is given to read from it",
+                    dir.display()
+                )));
+            }
             let (input, source) = if args.model == GptConfig::NAME {
                 ([1, 1, args.seq_len], "--seq-len, --classes")
             } else {
                 (args.input, "--input")
             };
             let spec = ModelSpec::from_name(&args.model, input, args.classes, &size)
-                .map_err(|e| usage_error(format!("--model: {e} ({source})")))?;
+                .map_err(|e| model_error(e, &format!(" ({source})")))?;
             (spec, source.to_owned())
         }
     };
@@ -178,6 +195,14 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
             args.batch_size, args.microbatches
         )));
     }
+    let microbatch = args.batch_size / args.microbatches as usize;
+    // Profiling builds every block's weights and runs one micro-batch through each block.
+    let profiling = Workload {
+        microbatch_size: microbatch,
+        microbatches_in_flight: 1,
+        optimizer_state_sets: 0,
+    };
+    spec.check_memory(&profiling, &AvailableMemory::of_this_machine())?;
     let blocks = spec.blocks();
     let stages = args.stages as usize;
     let chosen = if args.split.is_empty() {
@@ -195,7 +220,6 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
         Some(split)
     };
     partition_uniform(blocks.len(), stages).map_err(|e| usage_error(format!("--stages: {e}")))?;
-    let microbatch = args.batch_size / args.microbatches as usize;
     let profiles = profile_blocks(&spec, microbatch, args.repeats.max(1))?;
     let params: Vec<f64> = blocks.iter().map(|b| b.param_count() as f64).collect();
     let times: Vec<f64> = profiles.iter().map(BlockProfile::total).collect();

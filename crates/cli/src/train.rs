@@ -475,25 +475,28 @@ impl Progress for Bars {
     }
 }
 
-/// The configuration of this run: flag defaults, overridden by the `--config` file, overridden
-/// by the flags given on the command line.
+/// The configuration of this run: flag defaults, overridden by the `--config` file (or the
+/// `config.toml` of the `--resume` directory), overridden by the flags given on the command
+/// line. Every message names the file and, for a bad value, its key.
 fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let from_flags = args.config();
-    let resumed_config = args.resume.as_ref().map(|dir| dir.join("config.toml"));
-    let Some(path) = args.config_file.as_ref().or(resumed_config.as_ref()) else {
-        return Ok(from_flags);
+    if let Some(dir) = &args.resume {
+        check_run_dir(dir)?;
+    }
+    let (path, origin) = match (&args.config_file, &args.resume) {
+        (Some(file), _) => (file.clone(), format!("--config {}", file.display())),
+        (None, Some(dir)) => (
+            dir.join("config.toml"),
+            format!("--resume {}: config.toml", dir.display()),
+        ),
+        (None, None) => return Ok(from_flags),
     };
-    let file_error = |what: String| usage_error(format!("--config {}: {what}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let file_error = |what: String| usage_error(format!("{origin}: {what}"));
+    let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
     let file: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
-    let matches = crate::Cli::command().get_matches_from(std::env::args_os());
-    let given = |id: &str| {
-        matches.subcommand_matches("train").is_some_and(|m| {
-            m.ids().any(|known| known.as_str() == id)
-                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-        })
-    };
-    let mut merged = serde_json::to_value(&from_flags)?;
+    let given = flags_given();
+    let flags_value = serde_json::to_value(&from_flags)?;
+    let mut merged = flags_value.clone();
     let fields = merged
         .as_object_mut()
         .expect("a config serialises to an object");
@@ -509,15 +512,80 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
                 "unknown key `{key}`; valid keys: {known:?}"
             )));
         }
-        if !given(flag) {
-            fields.insert(key, serde_json::to_value(value)?);
+        if given(flag) {
+            continue;
         }
+        // JSON has no NaN or infinity (serde_json would turn them into null).
+        if let toml::Value::Float(number) = value
+            && !number.is_finite()
+        {
+            return Err(file_error(format!(
+                "key `{key}`: must be a finite number, got {number}"
+            )));
+        }
+        let value = serde_json::to_value(value)?;
+        // Each key on its own over the flags' configuration, so a bad value is named by its key.
+        let mut alone = flags_value.clone();
+        alone[key.as_str()] = value.clone();
+        if let Err(e) = serde_json::from_value::<TrainConfig>(alone) {
+            return Err(file_error(format!("key `{key}`: {e}")));
+        }
+        fields.insert(key, value);
     }
     serde_json::from_value(merged).map_err(|e| file_error(e.to_string()))
 }
 
+/// Whether a flag (by clap id, e.g. `checkpoint_every`) was given on this process's `train`
+/// command line rather than left at its default.
+fn flags_given() -> impl Fn(&str) -> bool {
+    let matches = crate::Cli::command().get_matches_from(std::env::args_os());
+    move |id: &str| {
+        matches.subcommand_matches("train").is_some_and(|m| {
+            m.ids().any(|known| known.as_str() == id)
+                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        })
+    }
+}
+
+/// Refuses `--checkpoint-every K` (K > 0) without a run directory. An error rather than a
+/// warning: the user asked for checkpoints to resume from and would find none after a long
+/// run, while refusing costs nothing before training starts.
+fn check_checkpoint_flags(args: &TrainArgs) -> anyhow::Result<()> {
+    if args.out.is_none()
+        && args.resume.is_none()
+        && args.checkpoint_every > 0
+        && flags_given()("checkpoint_every")
+    {
+        return Err(usage_error(
+            "--checkpoint-every: checkpoints are written into the run directory, and there is \
+             none; add --out DIR, or leave out --checkpoint-every",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `dir` (of `--resume`) is a run directory: one holding the `config.toml` that
+/// `timeprest train --out DIR` writes before its first epoch.
+fn check_run_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let problem = if !dir.exists() {
+        "no such directory"
+    } else if !dir.is_dir() {
+        "not a directory"
+    } else if !dir.join("config.toml").is_file() {
+        "not a run directory: it has no config.toml (a run directory is what `timeprest train \
+         --out DIR` writes)"
+    } else {
+        return Ok(());
+    };
+    Err(usage_error(format!(
+        "--resume {}: {problem}",
+        dir.display()
+    )))
+}
+
 /// Runs `timeprest train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    check_checkpoint_flags(&args)?;
     let config = effective_config(&args)?;
     config.validate()?;
     let process = Process::start(args.transport)?;

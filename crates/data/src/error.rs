@@ -8,7 +8,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::{DATASET_NAMES, TEXT_PREFIX};
+use crate::{DATA_DIR_SETS, DATASET_NAMES, TEXT_PREFIX};
 
 /// Why a data set could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +191,21 @@ pub enum DataError {
         dataset: String,
         /// What does not fit.
         detail: String,
+    },
+
+    /// A data directory was given for a data set that reads none (it would be ignored).
+    #[error(
+        "--data-dir {}: data set `{dataset}` reads no data directory (digits is embedded, \
+         synthetic is generated, text:PATH reads PATH), so it would be ignored; leave out \
+         --data-dir, or choose a data set that reads it: {}",
+        .dir.display(),
+        DATA_DIR_SETS.join(", ")
+    )]
+    UnusedDataDir {
+        /// The data set's name.
+        dataset: String,
+        /// The directory given.
+        dir: PathBuf,
     },
 
     /// A sample index is not below the length of the data set.

@@ -112,6 +112,33 @@ impl Default for LoadOptions<'_> {
     }
 }
 
+/// The data sets that read their files from [`LoadOptions::data_dir`] (`--data-dir`). The
+/// others ignore it: `digits` is embedded, `synthetic` generated and `text:PATH` reads `PATH`.
+pub const DATA_DIR_SETS: [&str; 6] = [
+    "fashion-mnist",
+    "mnist",
+    "mnist-csv",
+    "cifar10",
+    "cifar100",
+    "cifar100-coarse",
+];
+
+/// Checks that a data directory, if given, is one data set `name` reads.
+///
+/// # Errors
+/// [`DataError::UnusedDataDir`] when `data_dir` is given for a data set that would ignore it:
+/// silently training on something other than the files the user pointed at is worse than
+/// refusing before anything starts.
+pub fn check_data_dir(name: &str, data_dir: Option<&Path>) -> Result<(), DataError> {
+    match data_dir {
+        Some(dir) if !DATA_DIR_SETS.contains(&name) => Err(DataError::UnusedDataDir {
+            dataset: name.to_owned(),
+            dir: dir.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Loads the data set called `name`: one of [`DATASET_NAMES`], or `text:PATH` for the
 /// character-level language-modelling set of the file `PATH` (see [`load_text`]).
 ///
@@ -196,6 +223,35 @@ mod tests {
         let err = load("text:", &options).unwrap_err();
         assert!(matches!(err, DataError::UnknownDataset { .. }), "{err}");
         assert!(err.to_string().contains("text:PATH"), "{err}");
+    }
+
+    #[test]
+    fn exactly_the_data_sets_that_use_a_data_dir_fail_on_a_missing_one() {
+        let missing = Path::new("/nonexistent/timeprest-data-dir");
+        let options = LoadOptions::in_dir(Some(missing));
+        let names = DATASET_NAMES
+            .iter()
+            .map(|name| (*name).to_owned())
+            .chain(["text:/usr/share/common-licenses/GPL-3".to_owned()]);
+        for name in names {
+            let loaded = load(&name, &options);
+            assert_eq!(
+                DATA_DIR_SETS.contains(&name.as_str()),
+                loaded.is_err(),
+                "{name}: {:?}",
+                loaded.err()
+            );
+            let checked = check_data_dir(&name, Some(missing));
+            assert_eq!(loaded.is_err(), checked.is_ok(), "{name}: {checked:?}");
+            assert!(check_data_dir(&name, None).is_ok());
+        }
+        let message = check_data_dir("digits", Some(missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("--data-dir /nonexistent/timeprest-data-dir: data set `digits`"),
+            "{message}"
+        );
     }
 
     #[test]

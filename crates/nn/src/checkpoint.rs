@@ -7,9 +7,10 @@
 //! (`layers.<i>.running_mean`, `layers.<i>.bn1.running_var`, …): they are part of the state
 //! evaluation reads.
 //! Loading is strict: every tensor of the model must be there with the right shape and dtype,
-//! and nothing else may be, each failure naming the file and the tensor. Saving only makes the
-//! bytes ([`safetensors_bytes`]): the train crate writes every output file, atomically and only
-//! over regular files, in one place (`timeprest_train::output`).
+//! holding finite values only (a NaN would otherwise surface epochs later as "training
+//! diverged"), and nothing else may be, each failure naming the file and the tensor. Saving only
+//! makes the bytes ([`safetensors_bytes`]): the train crate writes every output file, atomically
+//! and only over regular files, in one place (`timeprest_train::output`).
 
 use std::path::Path;
 
@@ -64,7 +65,8 @@ pub fn safetensors_bytes(path: &Path, params: &[BlockParams]) -> Result<Vec<u8>,
 /// # Errors
 /// [`NnError::Io`] if the file cannot be read, [`NnError::Safetensors`] if it is not a valid
 /// safetensors file, [`NnError::MissingTensor`], [`NnError::UnexpectedTensor`] or
-/// [`NnError::TensorMismatch`] (wrong shape or dtype) naming the tensor, and
+/// [`NnError::TensorMismatch`] (wrong shape or dtype) naming the tensor,
+/// [`NnError::NonFiniteTensor`] if a tensor holds a NaN or an infinite value, and
 /// [`NnError::InvalidModel`] if `spec` itself is invalid.
 pub fn load_safetensors(path: &Path, spec: &ModelSpec) -> Result<ModelParams, NnError> {
     spec.validate()?;
@@ -95,12 +97,21 @@ pub fn load_safetensors(path: &Path, spec: &ModelSpec) -> Result<ModelParams, Nn
                     found: format!("{:?} {:?}", view.dtype(), view.shape()),
                 });
             }
-            values.push(
-                view.data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            );
+            let tensor: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(index) = tensor.iter().position(|v| !v.is_finite()) {
+                return Err(NnError::NonFiniteTensor {
+                    path: path.to_owned(),
+                    name,
+                    count: tensor.iter().filter(|v| !v.is_finite()).count(),
+                    index,
+                    value: tensor[index],
+                });
+            }
+            values.push(tensor);
             expected_names.push(name);
         }
         params.push(BlockParams::from_file_layout(block, values));

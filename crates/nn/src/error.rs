@@ -15,6 +15,15 @@ pub enum NnError {
     /// The model description is unusable (a zero width, no blocks, ...).
     #[error("invalid model: {0}")]
     InvalidModel(String),
+    /// The model, or what training it holds, does not fit in memory (or a size is beyond
+    /// what any memory holds).
+    #[error("{flags}: {detail}")]
+    TooLarge {
+        /// The size flags and their values, e.g. `--width 100000`.
+        flags: String,
+        /// What would be needed, against what is available.
+        detail: String,
+    },
     /// A model of `num_blocks` blocks cannot be split into `num_stages` stages.
     #[error(
         "cannot split a model of {num_blocks} blocks into {num_stages} stages: \
@@ -66,6 +75,23 @@ pub enum NnError {
         path: PathBuf,
         /// The tensor's name.
         name: String,
+    },
+    /// A weights file holds a NaN or an infinite value, which no training can start from.
+    #[error(
+        "{}: tensor `{name}` holds {count} non-finite values (the first, element {index}, is          {value}); weights must be finite numbers",
+        path.display()
+    )]
+    NonFiniteTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// How many of its values are NaN or infinite.
+        count: usize,
+        /// The index of the first one.
+        index: usize,
+        /// The first one (NaN, inf or -inf).
+        value: f32,
     },
     /// A checkpoint tensor has the wrong shape or data type.
     #[error("{}: tensor `{name}`: expected {expected}, found {found}", path.display())]

@@ -18,6 +18,7 @@
 mod block;
 mod checkpoint;
 mod error;
+mod memory;
 mod model;
 mod optim;
 mod partition;
@@ -32,6 +33,9 @@ pub use block::{
 };
 pub use checkpoint::{load_safetensors, param_name, safetensors_bytes};
 pub use error::NnError;
+pub use memory::{
+    AvailableMemory, MAX_BLOCKS, MAX_LAYER_WIDTH, MemoryEstimate, Workload, human_bytes,
+};
 pub use model::{BlockParams, MlpConfig, ModelParams, ModelSpec, evaluate, init_params};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot};
 pub use partition::{

@@ -26,6 +26,7 @@ use timeprest_data::Dataset;
 
 use crate::NnError;
 use crate::block::{Block, Init, Norm, Shape};
+use crate::memory::{MAX_LAYER_WIDTH, too_wide};
 use crate::tensor::{count_correct, one_hot, scalar, tensor1, tensor2, to_vec};
 use crate::zoo::{GptConfig, NetConfig};
 
@@ -93,6 +94,9 @@ impl ModelSpec {
                         "MLP widths must be positive: input {}, hidden {:?}, classes {}",
                         mlp.input, mlp.hidden, mlp.classes
                     )));
+                }
+                if let Some(&width) = mlp.hidden.iter().find(|&&w| w > MAX_LAYER_WIDTH) {
+                    return Err(too_wide(self.size_flags(), "mlp", "features", width as f64));
                 }
                 let widths: Vec<usize> = std::iter::once(mlp.input)
                     .chain(mlp.hidden.iter().copied())

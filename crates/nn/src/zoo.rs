@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use timeprest_data::Dataset;
 
 use crate::block::{Block, Shape};
+use crate::memory::{MAX_BLOCKS, MAX_LAYER_WIDTH, flag_number, joined, too_deep, too_wide};
 use crate::{MlpConfig, ModelSpec, NnError};
 
 /// Names accepted by `--model`.
@@ -127,8 +128,19 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn scale(&self, channels: usize) -> usize {
-        ((channels as f64 * self.config.width).round() as usize).max(1)
+    /// `channels` times the width multiplier, rounded, at least 1; refused beyond
+    /// [`MAX_LAYER_WIDTH`] (an `as usize` cast would saturate, and later products overflow).
+    fn scale(&self, channels: usize) -> Result<usize, NnError> {
+        let scaled = (channels as f64 * self.config.width).round().max(1.0);
+        if scaled > MAX_LAYER_WIDTH as f64 {
+            return Err(too_wide(
+                format!("--width {}", flag_number(self.config.width)),
+                self.config.arch.name(),
+                "channels",
+                scaled,
+            ));
+        }
+        Ok(scaled as usize)
     }
 
     fn push(&mut self, block: Block) -> Result<(), NnError> {
@@ -155,7 +167,7 @@ impl Builder<'_> {
         bias: bool,
         relu: bool,
     ) -> Result<(), NnError> {
-        let channels = self.scale(channels);
+        let channels = self.scale(channels)?;
         self.push(Block::Conv2d {
             input: self.shape,
             channels,
@@ -192,10 +204,12 @@ impl Builder<'_> {
         let output = if classifier {
             output
         } else {
-            self.scale(output)
+            self.scale(output)?
         };
+        // Saturating: a flattened map too large to count is refused by the memory check.
+        let input = self.shape.iter().fold(1usize, |n, &s| n.saturating_mul(s));
         self.push(Block::Linear {
-            input: self.shape.iter().product(),
+            input,
             output,
             relu: !classifier,
         })
@@ -280,11 +294,16 @@ impl NetConfig {
                          got {depth:?}"
                     )));
                 }
+                let residual_blocks: f64 = depth.iter().map(|&d| d as f64).sum();
+                if residual_blocks > MAX_BLOCKS as f64 {
+                    let flags = format!("--depth {}", joined(&depth));
+                    return Err(too_deep(flags, name, residual_blocks + 4.0));
+                }
                 b.conv(64, 3, 1, 1, false, false)?;
                 b.norm_relu()?;
                 for (group, (&blocks, planes)) in depth.iter().zip([64, 128, 256, 512]).enumerate()
                 {
-                    let planes = b.scale(planes);
+                    let planes = b.scale(planes)?;
                     for i in 0..blocks {
                         let stride = if group > 0 && i == 0 { 2 } else { 1 };
                         let input = b.shape;
@@ -354,6 +373,21 @@ impl GptConfig {
                 "model gpt: every size must be positive: sequence length {seq_len}, vocabulary \
                  {vocab_size}, embedding width {embed_dim}, heads {heads}, layers {layers}"
             )));
+        }
+        if embed_dim > MAX_LAYER_WIDTH {
+            return Err(too_wide(
+                format!("--embed-dim {embed_dim}"),
+                Self::NAME,
+                "embedding features",
+                embed_dim as f64,
+            ));
+        }
+        if layers > MAX_BLOCKS {
+            return Err(too_deep(
+                format!("--depth {layers}"),
+                Self::NAME,
+                layers as f64 + 2.0,
+            ));
         }
         let layer = Block::DecoderLayer {
             seq_len,

@@ -235,12 +235,83 @@ impl TrainConfig {
                 ),
             );
         }
-        if !(self.width.is_finite() && self.width > 0.0) {
-            return bad(
-                "width",
-                format!("must be a positive number, got {}", self.width),
-            );
+        // Every real-valued setting: NaN and infinities fail every range test below.
+        for (flag, value, in_range, accepted) in [
+            ("lr", self.lr, self.lr >= 0.0, "a finite number ≥ 0"),
+            (
+                "momentum",
+                self.momentum,
+                (0.0..1.0).contains(&self.momentum),
+                "in [0, 1)",
+            ),
+            (
+                "weight-decay",
+                self.weight_decay,
+                self.weight_decay >= 0.0,
+                "a finite number ≥ 0",
+            ),
+            (
+                "lambda",
+                self.lambda,
+                self.lambda >= 0.0,
+                "a finite number ≥ 0",
+            ),
+            (
+                "alpha",
+                self.alpha,
+                (0.0..=1.0).contains(&self.alpha),
+                "in [0, 1]",
+            ),
+            ("width", self.width, self.width > 0.0, "a finite number > 0"),
+        ] {
+            if !(value.is_finite() && in_range) {
+                return bad(flag, format!("must be {accepted}, got {value}"));
+            }
         }
+        // Every count: at least 1.
+        for (flag, value) in [
+            ("stages", self.stages as usize),
+            ("microbatches", self.microbatches as usize),
+            ("epochs", self.epochs as usize),
+            ("seq-len", self.seq_len),
+            ("embed-dim", self.embed_dim),
+            ("heads", self.heads),
+            ("threads-per-stage", self.threads_per_stage),
+        ] {
+            if value == 0 {
+                return bad(flag, "must be at least 1".into());
+            }
+        }
+        if self.eval_batch_size == 0 {
+            return Err(TrainError::Config(
+                "eval_batch_size (a --config key): must be at least 1".into(),
+            ));
+        }
+        for (flag, sizes) in [("hidden", &self.hidden), ("depth", &self.depth)] {
+            if sizes.contains(&0) {
+                return bad(
+                    flag,
+                    format!("every size must be at least 1, got {sizes:?}"),
+                );
+            }
+        }
+        // A limit of 0 leaves nothing to train on or, for the test set, nothing to report
+        // accuracy on after every epoch: refused rather than run into NaN metrics.
+        for (flag, limit, what) in [
+            ("limit-train", self.limit_train, "training"),
+            ("limit-test", self.limit_test, "test"),
+        ] {
+            if limit == Some(0) {
+                return bad(
+                    flag,
+                    format!(
+                        "must be at least 1 (0 leaves no {what} samples); leave it out to use \
+                         every {what} sample"
+                    ),
+                );
+            }
+        }
+        timeprest_data::check_data_dir(&self.dataset, self.data_dir.as_deref())?;
         if !self.split.is_empty() && self.split.len() + 1 != self.stages as usize {
             return bad(
                 "split",
@@ -252,21 +323,6 @@ impl TrainConfig {
                 ),
             );
         }
-        for (flag, value) in [
-            ("seq-len", self.seq_len),
-            ("embed-dim", self.embed_dim),
-            ("heads", self.heads),
-        ] {
-            if value == 0 {
-                return bad(flag, "must be at least 1".into());
-            }
-        }
-        if self.stages == 0 {
-            return bad("stages", "must be at least 1".into());
-        }
-        if self.microbatches == 0 {
-            return bad("microbatches", "must be at least 1".into());
-        }
         if self.batch_size < self.microbatches as usize {
             return bad(
                 "batch-size",
@@ -276,29 +332,11 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.epochs == 0 {
-            return bad("epochs", "must be at least 1".into());
-        }
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
+        if self.nesterov && (self.optimizer != OptimizerChoice::Sgd || self.momentum == 0.0) {
             return bad(
-                "lr",
-                format!("must be a finite number ≥ 0, got {}", self.lr),
+                "nesterov",
+                "Nesterov momentum needs --optimizer sgd with --momentum > 0".into(),
             );
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return bad(
-                "momentum",
-                format!("must be in [0, 1), got {}", self.momentum),
-            );
-        }
-        if !(0.0..=1.0).contains(&self.alpha) {
-            return bad("alpha", format!("must be in [0, 1], got {}", self.alpha));
-        }
-        if self.lambda < 0.0 {
-            return bad("lambda", format!("must be ≥ 0, got {}", self.lambda));
-        }
-        if self.threads_per_stage == 0 {
-            return bad("threads-per-stage", "must be at least 1".into());
         }
         if self.policy == PolicyKind::Single && self.stages != 1 {
             return bad(
@@ -330,5 +368,192 @@ impl TrainConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expects `config` to be refused with a message starting with `prefix`.
+    fn refused(config: TrainConfig, prefix: &str) {
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with(prefix), "{prefix}: {error}");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        TrainConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_real_valued_setting_outside_its_range_names_its_flag() {
+        let base = TrainConfig::default;
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5] {
+            refused(TrainConfig { lr: bad, ..base() }, "--lr:");
+            refused(
+                TrainConfig {
+                    momentum: bad,
+                    ..base()
+                },
+                "--momentum:",
+            );
+            let weight_decay = TrainConfig {
+                weight_decay: bad,
+                ..base()
+            };
+            refused(weight_decay, "--weight-decay:");
+            refused(
+                TrainConfig {
+                    lambda: bad,
+                    ..base()
+                },
+                "--lambda:",
+            );
+            refused(
+                TrainConfig {
+                    alpha: bad,
+                    ..base()
+                },
+                "--alpha:",
+            );
+            refused(
+                TrainConfig {
+                    width: bad,
+                    ..base()
+                },
+                "--width:",
+            );
+        }
+        refused(
+            TrainConfig {
+                momentum: 1.0,
+                ..base()
+            },
+            "--momentum: must be in [0, 1)",
+        );
+        refused(
+            TrainConfig {
+                alpha: 1.5,
+                ..base()
+            },
+            "--alpha: must be in [0, 1]",
+        );
+        refused(
+            TrainConfig {
+                width: 0.0,
+                ..base()
+            },
+            "--width: must be a finite number > 0",
+        );
+    }
+
+    #[test]
+    fn every_count_of_zero_names_its_flag() {
+        let base = TrainConfig::default;
+        refused(
+            TrainConfig {
+                stages: 0,
+                ..base()
+            },
+            "--stages:",
+        );
+        refused(
+            TrainConfig {
+                microbatches: 0,
+                ..base()
+            },
+            "--microbatches:",
+        );
+        refused(
+            TrainConfig {
+                epochs: 0,
+                ..base()
+            },
+            "--epochs:",
+        );
+        refused(
+            TrainConfig {
+                seq_len: 0,
+                ..base()
+            },
+            "--seq-len:",
+        );
+        refused(
+            TrainConfig {
+                embed_dim: 0,
+                ..base()
+            },
+            "--embed-dim:",
+        );
+        refused(TrainConfig { heads: 0, ..base() }, "--heads:");
+        let threads = TrainConfig {
+            threads_per_stage: 0,
+            ..base()
+        };
+        refused(threads, "--threads-per-stage:");
+        let eval = TrainConfig {
+            eval_batch_size: 0,
+            ..base()
+        };
+        refused(eval, "eval_batch_size");
+        let hidden = TrainConfig {
+            hidden: vec![128, 0],
+            ..base()
+        };
+        refused(hidden, "--hidden:");
+        let depth = TrainConfig {
+            depth: vec![0],
+            ..base()
+        };
+        refused(depth, "--depth:");
+        let train = TrainConfig {
+            limit_train: Some(0),
+            ..base()
+        };
+        refused(train, "--limit-train:");
+        let test = TrainConfig {
+            limit_test: Some(0),
+            ..base()
+        };
+        refused(test, "--limit-test:");
+    }
+
+    #[test]
+    fn a_data_dir_is_refused_for_data_sets_that_read_none() {
+        for dataset in [
+            "digits",
+            "synthetic",
+            "text:/usr/share/common-licenses/GPL-3",
+        ] {
+            let config = TrainConfig {
+                dataset: dataset.into(),
+                data_dir: Some("/data".into()),
+                ..TrainConfig::default()
+            };
+            refused(config, "--data-dir /data: data set");
+        }
+        let reads_it = TrainConfig {
+            dataset: "fashion-mnist".into(),
+            data_dir: Some("/data".into()),
+            ..TrainConfig::default()
+        };
+        reads_it.validate().unwrap();
+    }
+
+    #[test]
+    fn nesterov_needs_sgd_with_momentum() {
+        let adam = TrainConfig {
+            nesterov: true,
+            optimizer: OptimizerChoice::Adam,
+            ..TrainConfig::default()
+        };
+        refused(adam, "--nesterov:");
+        let no_momentum = TrainConfig {
+            nesterov: true,
+            momentum: 0.0,
+            ..TrainConfig::default()
+        };
+        refused(no_momentum, "--nesterov:");
     }
 }

@@ -26,7 +26,7 @@ use crate::output::{
     DirUse, RunDirLock, check_output_file, claim_run_dir, open_for_append, write_file_atomically,
 };
 use crate::trace::measured_chrome_trace;
-use crate::trainer::{EpochRun, Trainer};
+use crate::trainer::{EpochRun, Trainer, load_data_and_model};
 
 /// Where a run reads and writes files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -248,7 +248,7 @@ pub fn run(
     let _run_dir = claim_outputs(paths)?;
     let initial = match &paths.init_weights {
         Some(path) => {
-            let spec = Trainer::new(config.clone(), None)?.spec().clone();
+            let (_, _, spec) = load_data_and_model(config)?;
             Some(load_safetensors(path, &spec)?)
         }
         None => None,

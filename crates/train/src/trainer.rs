@@ -12,19 +12,21 @@ use std::sync::Arc;
 
 use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
-    BatchPlan, BurnStage, ModelParams, ModelSize, ModelSpec, evaluate, init_params,
-    partition_manual, partition_model,
+    AvailableMemory, BatchPlan, BurnStage, ModelParams, ModelSize, ModelSpec, NnError, Workload,
+    evaluate, init_params, partition_manual, partition_model,
 };
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunOptions, RunReport, run_threaded};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 
 use crate::checkpoint;
-use crate::config::TrainConfig;
+use crate::config::{OptimizerChoice, TrainConfig};
 use crate::error::TrainError;
 use crate::metrics::{EpochMetrics, epoch_metrics};
 
-/// Loads the data sets of `config` (with its limits) and the model architecture that fits them.
+/// Loads the data sets of `config` (with its limits) and the model architecture that fits them,
+/// refusing a model whose training cannot fit in this machine's memory before anything of it
+/// is allocated (every entry point, threaded or MPI, builds its model after this).
 pub fn load_data_and_model(
     config: &TrainConfig,
 ) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
@@ -50,8 +52,14 @@ pub fn load_data_and_model(
         embed_dim: config.embed_dim,
         heads: config.heads,
     };
-    let spec = ModelSpec::for_data(&config.model, &train, &size)
-        .map_err(|e| TrainError::Config(format!("--model: {e}")))?;
+    let spec = ModelSpec::for_data(&config.model, &train, &size).map_err(|e| match e {
+        too_large @ NnError::TooLarge { .. } => TrainError::Model(too_large),
+        other => TrainError::Config(format!("--model: {other}")),
+    })?;
+    spec.check_memory(
+        &training_workload(config),
+        &AvailableMemory::of_this_machine(),
+    )?;
     if config.augment && train.targets_per_sample > 1 {
         return Err(TrainError::Config(format!(
             "--augment: random crops and flips are for images, but data set {} is a \
@@ -60,6 +68,22 @@ pub fn load_data_and_model(
         )));
     }
     Ok((train, test, spec))
+}
+
+/// What training `config` holds besides the model, for the memory check: one mini-batch's
+/// micro-batches in flight (the least any schedule holds; a stage may hold more) and the
+/// optimizer's state per parameter.
+fn training_workload(config: &TrainConfig) -> Workload {
+    let optimizer_state_sets = match config.optimizer {
+        OptimizerChoice::Sgd if config.momentum == 0.0 => 0,
+        OptimizerChoice::Sgd => 1,
+        OptimizerChoice::Adam => 2,
+    };
+    Workload {
+        microbatch_size: (config.batch_size / config.microbatches.max(1) as usize).max(1),
+        microbatches_in_flight: config.microbatches as usize,
+        optimizer_state_sets,
+    }
 }
 
 /// How epoch `epoch` (from 1) cuts `num_samples` training samples: mini-batches of
