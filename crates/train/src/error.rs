@@ -31,6 +31,22 @@ pub enum TrainError {
         /// The loss value.
         loss: f64,
     },
+    /// The run was stopped on request (Ctrl-C, SIGTERM) before it completed; every checkpoint
+    /// it committed is complete.
+    #[error(
+        "interrupted in epoch {epoch}; {}",
+        match last_checkpoint {
+            Some((done, dir)) => format!("last checkpoint: epoch {done} in {}", dir.display()),
+            None => "no checkpoint was written".to_string(),
+        }
+    )]
+    Interrupted {
+        /// The epoch (1-based) that was running or about to start; it did not complete.
+        epoch: u32,
+        /// The last checkpoint committed before the stop, or restored by a resumed run: the
+        /// epochs it holds and its directory.
+        last_checkpoint: Option<(u32, std::path::PathBuf)>,
+    },
     /// A checkpoint is missing, unreadable or does not fit the run.
     #[error("cannot resume from {path}: {cause}")]
     Checkpoint {

@@ -17,7 +17,9 @@ pub mod trainer;
 pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
 pub use error::TrainError;
 pub use metrics::{EpochMetrics, StageMetrics, epoch_metrics};
-pub use run::{MetricsLog, Progress, RunPaths, run, save_final_weights, write_run_config};
+pub use run::{
+    MetricsLog, Progress, RunPaths, run, run_until_stopped, save_final_weights, write_run_config,
+};
 pub use timeprest_nn::GradMode;
 pub use trace::measured_chrome_trace;
 pub use trainer::{EpochRun, Trainer, epoch_batches, load_data_and_model};

@@ -4,14 +4,20 @@
 //! before training starts so a crashed run can still be repeated), `command.txt` (the exact
 //! command line) and `metrics.jsonl` (one line per epoch,
 //! flushed as soon as the epoch ends, so nothing measured is lost if the process dies later).
+//!
+//! [`run_until_stopped`] takes a stop flag (the CLI raises it on Ctrl-C and SIGTERM): the run
+//! then stops at the next safe point and reports what was saved ([`TrainError::Interrupted`]),
+//! instead of dying with a half-written epoch.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use timeprest_nn::{BlockParams, load_safetensors, save_safetensors};
+use timeprest_runtime::RuntimeError;
 
-use crate::checkpoint::CheckpointPlan;
+use crate::checkpoint::{self, CheckpointPlan};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::EpochMetrics;
@@ -147,6 +153,20 @@ pub fn run(
     paths: &RunPaths,
     progress: &dyn Progress,
 ) -> Result<Vec<EpochMetrics>, TrainError> {
+    run_until_stopped(config, paths, progress, &AtomicBool::new(false))
+}
+
+/// [`run()`] that stops cleanly once `stop` is raised (by a Ctrl-C or SIGTERM handler): within
+/// one pipeline action when it is raised during an epoch, before the next epoch otherwise. An
+/// epoch's evaluation, metrics line and checkpoint are never cut short, so every checkpoint on
+/// disk is complete. Ends with [`TrainError::Interrupted`], naming the epoch that did not
+/// complete and the last checkpoint to resume from.
+pub fn run_until_stopped(
+    config: &TrainConfig,
+    paths: &RunPaths,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) -> Result<Vec<EpochMetrics>, TrainError> {
     config.validate()?;
     let initial = match &paths.init_weights {
         Some(path) => {
@@ -156,9 +176,12 @@ pub fn run(
         None => None,
     };
     let mut trainer = Trainer::new(config.clone(), initial)?;
-    let completed = match paths.resume_dir()? {
-        Some(dir) => trainer.restore_checkpoint(dir)?,
-        None => 0,
+    let (completed, mut last_checkpoint) = match paths.resume_dir()? {
+        Some(dir) => {
+            let epoch = trainer.restore_checkpoint(dir)?;
+            (epoch, Some((epoch, checkpoint::find(dir)?)))
+        }
+        None => (0, None),
     };
     let mut metrics_log = match &paths.out_dir {
         Some(dir) => {
@@ -172,13 +195,25 @@ pub fn run(
     let num_minibatches = trainer.minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
     for epoch in completed + 1..=config.epochs {
+        let interrupted = |last_checkpoint: &Option<(u32, PathBuf)>| TrainError::Interrupted {
+            epoch,
+            last_checkpoint: last_checkpoint.clone(),
+        };
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted(&last_checkpoint));
+        }
         progress.epoch_started(epoch, num_minibatches);
         let advanced = |done: u64| progress.advanced(done);
         let EpochRun {
             metrics,
             report,
             schedule,
-        } = trainer.run_epoch(epoch, Some(&advanced))?;
+        } = match trainer.run_epoch_with_stop(epoch, Some(&advanced), Some(stop)) {
+            Err(TrainError::Runtime(RuntimeError::Interrupted)) => {
+                return Err(interrupted(&last_checkpoint));
+            }
+            other => other?,
+        };
         if epoch == 1
             && let Some(path) = &paths.trace
         {
@@ -194,6 +229,7 @@ pub fn run(
             && plan.due_after(epoch, config.epochs)
         {
             trainer.save_checkpoint(&plan.run_dir, epoch)?;
+            last_checkpoint = Some((epoch, plan.run_dir.join(checkpoint::CHECKPOINT_DIR)));
         }
     }
     if let Some(path) = &paths.save_weights {
