@@ -9,6 +9,13 @@
 //! every policy for its first seeds. A diverged run is recorded and the comparison goes on; the
 //! manifest is rewritten after every run. All reporting lives in `timeprest-report`, which
 //! `timeprest plot` calls too.
+//!
+//! Ctrl-C or SIGTERM stops the run in progress as it stops `train` (at the next safe point, its
+//! last checkpoint kept) and leaves the manifest saying which runs finished. `compare --resume
+//! DIR` then continues: it reads the manifest (variants, seeds, configurations, checkpoint
+//! frequency, initial weights), skips the runs that completed or diverged, continues a run that
+//! did not finish from its checkpoint (or, without one, removes what it left and runs it
+//! again), runs the missing ones, and rewrites the report.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -23,12 +30,14 @@ use serde_json::Value;
 use timeprest_policy::PolicyKind;
 use timeprest_report::record::{RUNS_DIR, TRACE_FILE};
 use timeprest_report::{Manifest, Outcome, RunEntry, Variant, predict, run_dir_name};
+use timeprest_train::checkpoint;
 use timeprest_train::{
     DirUse, EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, claim_run_dir, command_line,
-    run as run_training,
+    run_until_stopped, shell_quoted,
 };
 
 use crate::display::{StepUnits, bar_style};
+use crate::interrupt::StopRequest;
 use crate::train::TrainArgs;
 use crate::usage_error;
 
@@ -124,7 +133,7 @@ pub(crate) struct CompareFlags {
 }
 
 /// `train` flags that `compare` sets per run itself: giving one is a usage error.
-const PER_RUN_FLAGS: [(&str, &str); 7] = [
+const PER_RUN_FLAGS: [(&str, &str); 6] = [
     (
         "policy",
         "--policy: compare runs every policy of --policies",
@@ -143,29 +152,48 @@ const PER_RUN_FLAGS: [(&str, &str); 7] = [
         "--config: compare does not read config files yet; give the flags",
     ),
     (
-        "resume",
-        "--resume: compare starts every run afresh; resume one run with `timeprest train --resume`",
-    ),
-    (
         "transport",
         "--transport: compare runs every stage in this process (threads)",
     ),
 ];
 
 /// The arguments of `timeprest compare`: [`CompareFlags`] with the per-run `train` flags hidden
-/// and rejected, and `--out` required.
+/// and rejected, and `--out` required unless `--resume` is given.
 #[derive(Debug)]
 pub(crate) struct CompareArgs(CompareFlags);
 
+/// The flags `compare --resume DIR` accepts besides `--resume`: everything else comes from
+/// `DIR/comparison.json`.
+const RESUME_FLAGS: [&str; 2] = ["resume", "quiet"];
+
 impl FromArgMatches for CompareArgs {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let given = |id: &str| {
+            matches.ids().any(|known| known.as_str() == id)
+                && matches.value_source(id) == Some(ValueSource::CommandLine)
+        };
         for (id, message) in PER_RUN_FLAGS {
-            let given = matches.ids().any(|known| known.as_str() == id)
-                && matches.value_source(id) == Some(ValueSource::CommandLine);
-            if given {
+            if given(id) {
                 return Err(clap::Error::raw(
                     ErrorKind::ArgumentConflict,
                     format!("{message}\n"),
+                ));
+            }
+        }
+        if given("resume") {
+            let command = CompareFlags::augment_args(clap::Command::new("compare"));
+            let extra = command.get_arguments().find(|arg| {
+                let id = arg.get_id().as_str();
+                !RESUME_FLAGS.contains(&id) && given(id)
+            });
+            if let Some(arg) = extra {
+                return Err(clap::Error::raw(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "--resume: a comparison continues with the settings in its \
+                         comparison.json; give no other flag than --quiet (--{} was given)\n",
+                        arg.get_long().unwrap_or(arg.get_id().as_str())
+                    ),
                 ));
             }
         }
@@ -195,12 +223,20 @@ fn adjust(command: clap::Command) -> clap::Command {
             command
         }
     });
-    command.mut_arg("out", |arg| {
-        arg.required(true).help(
-            "Comparison directory: runs/, plots/, comparison.json and report.md. It must be \
-             empty or new (see --overwrite) and is locked while the comparison lasts",
-        )
-    })
+    command
+        .mut_arg("out", |arg| {
+            arg.required_unless_present("resume").help(
+                "Comparison directory: runs/, plots/, comparison.json and report.md. It must be \
+                 empty or new (see --overwrite) and is locked while the comparison lasts",
+            )
+        })
+        .mut_arg("resume", |arg| {
+            arg.help(
+                "Continue the comparison in DIR (after Ctrl-C, SIGTERM or a crash): run the runs \
+                 that are missing or did not finish, each from its last checkpoint when it has \
+                 one, then rewrite the report",
+            )
+        })
 }
 
 /// The configuration of `spec`: the training flags with its policy (and N defaulting to that
@@ -224,6 +260,8 @@ struct RunProgress<'a> {
     bar: &'a ProgressBar,
     run: String,
     epochs: u32,
+    /// Epochs of the comparison's runs before this one.
+    base: u64,
     minibatches: AtomicU64,
     epoch: AtomicU64,
 }
@@ -242,6 +280,8 @@ impl RunProgress<'_> {
 
 impl Progress for RunProgress<'_> {
     fn epoch_started(&self, epoch: u32, num_minibatches: u64) {
+        // A run continued from a checkpoint starts after its first epochs.
+        self.bar.set_position(self.base + u64::from(epoch) - 1);
         self.epoch.store(u64::from(epoch), Ordering::Relaxed);
         self.minibatches.store(num_minibatches, Ordering::Relaxed);
         self.show(0);
@@ -293,6 +333,9 @@ fn check_unique(args: &CompareFlags) -> anyhow::Result<()> {
 /// Runs `timeprest compare`.
 pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
     let CompareArgs(mut args) = args;
+    if let Some(dir) = args.train.resume.clone() {
+        return resume(&dir, args.train.quiet);
+    }
     check_unique(&args)?;
     let out: PathBuf = args.train.out.clone().expect("clap requires --out");
     // Every configuration is checked before anything is predicted, trained or written.
@@ -330,19 +373,12 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         seeds: args.seeds.clone(),
         variants,
         runs: Vec::new(),
+        checkpoint_every: args.train.checkpoint_every,
+        // Absolute, so that `compare --resume` finds it from any directory.
+        init_weights: (args.train.init_weights.clone())
+            .map(|path| std::fs::canonicalize(&path).unwrap_or(path)),
     };
     manifest.save(&out)?;
-
-    let total_epochs: u64 = manifest
-        .variants
-        .iter()
-        .map(|v| u64::from(v.config.epochs))
-        .sum::<u64>()
-        * args.seeds.len() as u64;
-    let bar = progress_bar(
-        total_epochs,
-        !args.train.quiet && std::io::stderr().is_terminal(),
-    );
     eprintln!(
         "comparing {} policies × {} seeds ({} runs) into {}",
         manifest.variants.len(),
@@ -350,67 +386,179 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         manifest.variants.len() * args.seeds.len(),
         out.display()
     );
-    for (seed_index, &seed) in args.seeds.iter().enumerate() {
+    run_unfinished(&out, &mut manifest, args.train.quiet)
+}
+
+/// `timeprest compare --resume DIR`: the comparison in `dir` as its manifest describes it
+/// (variants, seeds, configurations, checkpoint frequency, initial weights), running only the
+/// runs that are missing or did not finish.
+fn resume(dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    let flag_error = |what: String| usage_error(format!("--resume {}: {what}", dir.display()));
+    if !dir.join(timeprest_report::record::MANIFEST_FILE).is_file() {
+        return Err(flag_error(format!(
+            "not a comparison directory (it has no {}); start one with `timeprest compare --out \
+             DIR`",
+            timeprest_report::record::MANIFEST_FILE
+        )));
+    }
+    // Locked like a resumed run: a comparison still running there is named and refused.
+    let _comparison_dir = claim_run_dir(dir, "--resume", DirUse::Resume)?;
+    let mut manifest = Manifest::load(dir).map_err(|e| flag_error(e.to_string()))?;
+    let planned = manifest.variants.len() * manifest.seeds.len();
+    let finished = (manifest.runs.iter())
+        .filter(|entry| entry.outcome != Outcome::Incomplete)
+        .count();
+    eprintln!(
+        "continuing the comparison in {}: {} of {planned} runs to run",
+        dir.display(),
+        planned - finished
+    );
+    run_unfinished(dir, &mut manifest, quiet)
+}
+
+/// How a run of the comparison starts.
+enum Start {
+    /// It has finished (completed or diverged): skip it.
+    Finished,
+    /// The manifest says it did not finish, but its checkpoint holds every epoch (it was
+    /// finished with `timeprest train --resume`): record it as completed.
+    CompleteOnDisk,
+    /// From the beginning.
+    Afresh,
+    /// From the checkpoint in its run directory.
+    FromCheckpoint,
+}
+
+/// How the run of `label` with `seed` and `epochs` epochs, whose directory is `run_dir`,
+/// starts: a run the manifest does not list has not started; a run that did not finish
+/// continues from its checkpoint, or starts afresh when it has none.
+fn run_start(manifest: &Manifest, label: &str, seed: u64, epochs: u32, run_dir: &Path) -> Start {
+    let entry = (manifest.runs.iter()).find(|entry| entry.label == label && entry.seed == seed);
+    match entry.map(|entry| &entry.outcome) {
+        None => Start::Afresh,
+        Some(Outcome::Completed | Outcome::Diverged { .. }) => Start::Finished,
+        Some(Outcome::Incomplete) => match checkpoint::find(run_dir) {
+            Err(_) => Start::Afresh,
+            Ok(dir) if checkpointed_epochs(&dir).is_some_and(|done| done >= epochs) => {
+                Start::CompleteOnDisk
+            }
+            // An unreadable checkpoint is reported by the resume itself.
+            Ok(_) => Start::FromCheckpoint,
+        },
+    }
+}
+
+/// The epochs the checkpoint directory `dir` holds, if its `state.json` is readable.
+fn checkpointed_epochs(dir: &Path) -> Option<u32> {
+    let text = std::fs::read(dir.join("state.json")).ok()?;
+    let state: checkpoint::CheckpointState = serde_json::from_slice(&text).ok()?;
+    Some(state.epoch)
+}
+
+/// Runs every run of `manifest` that is missing or did not finish, seed-major, saving the
+/// manifest before and after each, then writes the report. Ctrl-C or SIGTERM stops the run in
+/// progress as `train` stops (its checkpoint kept, the manifest left saying it did not finish)
+/// and ends the command with the interrupted message.
+fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::Result<()> {
+    let stop = StopRequest::install()?;
+    let seeds = manifest.seeds.clone();
+    let epochs_per_seed: u64 = (manifest.variants.iter())
+        .map(|v| u64::from(v.config.epochs))
+        .sum();
+    let bar = progress_bar(
+        epochs_per_seed * seeds.len() as u64,
+        !quiet && std::io::stderr().is_terminal(),
+    );
+    let mut epochs_before = 0;
+    for (seed_index, &seed) in seeds.iter().enumerate() {
         for index in 0..manifest.variants.len() {
             let variant = &manifest.variants[index];
             let config = TrainConfig {
                 seed,
                 ..variant.config.clone()
             };
-            let entry = RunEntry {
-                label: variant.label.clone(),
-                seed,
-                dir: Path::new(RUNS_DIR).join(run_dir_name(&variant.label, seed)),
-                outcome: Outcome::Incomplete,
-            };
-            let run_dir = out.join(&entry.dir);
+            let base = epochs_before;
+            epochs_before += u64::from(config.epochs);
+            let label = variant.label.clone();
+            let dir = Path::new(RUNS_DIR).join(run_dir_name(&label, seed));
+            let run_dir = out.join(&dir);
+            let listed = (manifest.runs.iter()).any(|e| e.label == label && e.seed == seed);
+            let start = run_start(manifest, &label, seed, config.epochs, &run_dir);
+            match start {
+                Start::Finished => {
+                    bar.set_position(epochs_before);
+                    continue;
+                }
+                Start::CompleteOnDisk => {
+                    bar.set_position(epochs_before);
+                    record_outcome(out, manifest, &label, seed, Outcome::Completed)?;
+                    bar.suspend(|| println!("{label} seed {seed}: already complete on disk"));
+                    continue;
+                }
+                Start::FromCheckpoint => {}
+                Start::Afresh if listed && run_dir.exists() => {
+                    // What an unfinished run without a checkpoint left cannot be continued.
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{label} seed {seed}: no checkpoint to continue from; starting it \
+                             again"
+                        );
+                    });
+                    std::fs::remove_dir_all(&run_dir)
+                        .map_err(|e| TrainError::output(&run_dir, e))?;
+                }
+                Start::Afresh => {}
+            }
+            if !listed {
+                manifest.runs.push(RunEntry {
+                    label: label.clone(),
+                    seed,
+                    dir,
+                    outcome: Outcome::Incomplete,
+                });
+                manifest.save(out)?;
+            }
             let paths = RunPaths {
                 out_dir: Some(run_dir.clone()),
-                init_weights: args.train.init_weights.clone(),
+                init_weights: manifest.init_weights.clone(),
                 trace: (seed_index == 0).then(|| run_dir.join(TRACE_FILE)),
-                checkpoint_every: args.train.checkpoint_every,
+                checkpoint_every: manifest.checkpoint_every,
+                resume: matches!(start, Start::FromCheckpoint),
                 ..RunPaths::default()
             };
             let progress = RunProgress {
                 bar: &bar,
-                run: format!("{} seed {seed}", variant.label),
+                run: format!("{label} seed {seed}"),
                 epochs: config.epochs,
+                base,
                 minibatches: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
             };
-            manifest.runs.push(entry);
-            manifest.save(&out)?;
-            let result = run_training(&config, &paths, &progress);
+            let result = run_until_stopped(&config, &paths, &progress, stop.flag());
+            bar.set_position(epochs_before);
             let (outcome, line) = match result {
-                Ok(history) => {
-                    let last = history.last().context("a run has at least one epoch")?;
-                    let time: f64 = history.iter().map(|m| m.epoch_seconds).sum();
-                    let line = format!(
-                        "{}: final test accuracy {:.2}% after {} epochs ({} s of training)",
-                        progress.run,
-                        100.0 * last.test_accuracy,
-                        last.epoch,
-                        timeprest_report::seconds(time)
-                    );
-                    (Outcome::Completed, line)
-                }
+                Ok(history) => (Outcome::Completed, finished_line(&progress.run, &history)?),
                 Err(error @ TrainError::Diverged { epoch, .. }) => {
-                    let done = bar.position();
-                    let run_end = done + u64::from(config.epochs + 1 - epoch);
-                    bar.set_position(run_end.min(total_epochs));
                     let message = error.to_string();
                     let line = format!("{}: {message}", progress.run);
                     (Outcome::Diverged { epoch, message }, line)
                 }
+                Err(error @ TrainError::Interrupted { .. }) => {
+                    bar.finish_and_clear();
+                    return Err(stop.interrupted(format!(
+                        "{}: {error}; continue with `timeprest compare --resume {}`",
+                        progress.run,
+                        shell_quoted(&out.display().to_string())
+                    )));
+                }
                 Err(error) => return Err(error).context(format!("{} failed", progress.run)),
             };
-            manifest.runs.last_mut().expect("just pushed").outcome = outcome;
-            manifest.save(&out)?;
+            record_outcome(out, manifest, &label, seed, outcome)?;
             bar.suspend(|| println!("{line}"));
         }
     }
     bar.finish_and_clear();
-    let written = timeprest_report::write_report(&out)?;
+    let written = timeprest_report::write_report(out)?;
     println!(
         "wrote {} and {} plots (SVG and PNG) in {}",
         written
@@ -422,6 +570,39 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         out.join(timeprest_report::PLOTS_DIR).display()
     );
     Ok(())
+}
+
+/// Records `outcome` for the run of `label` with `seed` in the manifest of comparison `out`.
+fn record_outcome(
+    out: &Path,
+    manifest: &mut Manifest,
+    label: &str,
+    seed: u64,
+    outcome: Outcome,
+) -> anyhow::Result<()> {
+    let entry = (manifest.runs.iter_mut())
+        .find(|entry| entry.label == label && entry.seed == seed)
+        .expect("a run is in the manifest once it started");
+    entry.outcome = outcome;
+    Ok(manifest.save(out)?)
+}
+
+/// The line printed when run `run` completed with `history` (the epochs it ran in this
+/// process; a run continued from a checkpoint starts after epoch 1).
+fn finished_line(run: &str, history: &[EpochMetrics]) -> anyhow::Result<String> {
+    let (Some(first), Some(last)) = (history.first(), history.last()) else {
+        anyhow::bail!("{run} completed without running an epoch");
+    };
+    let time = timeprest_report::seconds(history.iter().map(|m| m.epoch_seconds).sum());
+    let since = match first.epoch {
+        1 => String::new(),
+        epoch => format!(" since epoch {epoch}"),
+    };
+    Ok(format!(
+        "{run}: final test accuracy {:.2}% after {} epochs ({time} s of training{since})",
+        100.0 * last.test_accuracy,
+        last.epoch,
+    ))
 }
 
 #[cfg(test)]

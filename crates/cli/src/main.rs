@@ -5,7 +5,8 @@
 //! line `error: …` on stderr (naming the flag or value and what would be accepted) and exits
 //! with code 2 ([`is_usage_error`]); any other failure prints `error: …` and exits with code 1.
 //! Nothing panics on user input, and a panic (a bug) prints one `error: internal error …` line,
-//! never a backtrace.
+//! never a backtrace. A `train` or `compare` stopped by Ctrl-C or SIGTERM is not an error: it
+//! prints what was saved and how to continue, and exits with 130 or 143 ([`interrupt`]).
 //!
 //! Running `timeprest` with no subcommand runs `train` with its default arguments. The defaults
 //! are obtained by letting clap parse an empty `train` command line ([`default_train_args`]),
@@ -16,6 +17,7 @@
 mod analyze;
 mod compare;
 mod display;
+mod interrupt;
 mod partition;
 mod plot;
 mod simulate;
@@ -234,6 +236,13 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<interrupt::Interrupted>() => {
+            let interrupted = error
+                .downcast::<interrupt::Interrupted>()
+                .expect("checked by the guard");
+            eprintln!("{}", interrupted.message);
+            ExitCode::from(interrupted.signal.exit_code())
+        }
         Err(error) => {
             eprintln!("error: {}", error_line(&error));
             ExitCode::from(if is_usage_error(&error) { 2 } else { 1 })

@@ -2,12 +2,15 @@
 //!
 //! Every flag has a default, so `timeprest` with no arguments trains the embedded default
 //! (digits, a 3-block MLP on 3 stages, I-TiMePReSt) in well under a minute. Progress bars go
-//! to stderr and only when it is a terminal; the per-epoch summary goes to stdout.
+//! to stderr and only when it is a terminal; the per-epoch summary goes to stdout. Ctrl-C or
+//! SIGTERM stops the run at its next safe point: the bars are cleared and one line says which
+//! epoch was cut short, where the last checkpoint is and how to continue ([`crate::interrupt`]).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use crate::display::{StepUnits, bar_style, epoch_line, perplexity, stage_line};
+use crate::interrupt::StopRequest;
 use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
@@ -17,7 +20,7 @@ use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     EpochMetrics, GradMode, OptimizerChoice, Progress, RunPaths, SignificanceChoice, TrainConfig,
-    command_line, run as run_training,
+    TrainError, command_line, run_until_stopped, shell_quoted,
 };
 
 /// Gradient mode when a backward reads other weights than its forward (spec §9 item 1).
@@ -262,37 +265,96 @@ impl Process {
         }
     }
 
-    /// Trains; the metrics of every epoch on the root process, `None` on the others.
+    /// Trains until done or stopped by `stop`; the metrics of every epoch on the root process,
+    /// `None` on the others.
     fn train(
         self,
         config: &TrainConfig,
         paths: &RunPaths,
-        progress: &dyn Progress,
+        bars: &Bars,
+        stop: &StopRequest,
     ) -> anyhow::Result<Option<Vec<EpochMetrics>>> {
         match self {
-            Process::AllStages => Ok(Some(run_training(config, paths, progress)?)),
+            Process::AllStages => match run_until_stopped(config, paths, bars, stop.flag()) {
+                Ok(history) => Ok(Some(history)),
+                Err(error @ TrainError::Interrupted { .. }) => {
+                    Err(stop.interrupted(interrupted_message(&error, paths, None)))
+                }
+                Err(error) => Err(error.into()),
+            },
             #[cfg(feature = "mpi")]
             Process::Rank(mut fabric) => {
+                let is_root = timeprest_mpi::Fabric::rank(&fabric) == 0;
                 let run = timeprest_mpi::RankRun {
                     config,
                     paths,
-                    progress,
+                    progress: bars,
                     fault: timeprest_mpi::Fault::from_env()?,
+                    stop: Some(stop.flag()),
                 };
                 match timeprest_mpi::train_rank(&mut fabric, &run) {
                     Ok(history) => Ok(history),
                     Err(error) => {
                         // Every rank prints its error *before* leaving MPI: finalising waits
                         // for the other ranks, so none exits (and makes mpirun kill the rest)
-                        // before all have said why they stop.
-                        eprintln!("error: {error}");
+                        // before all have said why they stop. A stop is reported once, by
+                        // rank 0, as a threaded run reports it.
+                        let code = match error {
+                            timeprest_mpi::MpiError::Train(
+                                error @ TrainError::Interrupted { .. },
+                            ) => {
+                                if is_root {
+                                    bars.clear();
+                                    let mpi_stages = Some(config.stages);
+                                    eprintln!("{}", interrupted_message(&error, paths, mpi_stages));
+                                }
+                                stop.signal().exit_code().into()
+                            }
+                            error => {
+                                eprintln!("error: {error}");
+                                1
+                            }
+                        };
                         drop(fabric);
-                        std::process::exit(1);
+                        std::process::exit(code);
                     }
                 }
             }
         }
     }
+}
+
+/// The line a stopped `train` prints: the interruption (the epoch cut short, the last
+/// checkpoint) and how to continue, or why there is nothing to continue from. `mpi_stages` is
+/// the number of ranks of an MPI run, which must be continued under `mpirun` too.
+fn interrupted_message(error: &TrainError, paths: &RunPaths, mpi_stages: Option<u32>) -> String {
+    let checkpointed = matches!(
+        error,
+        TrainError::Interrupted {
+            last_checkpoint: Some(_),
+            ..
+        }
+    );
+    let next = match (&paths.out_dir, paths.checkpoint_every) {
+        (Some(dir), _) if checkpointed => {
+            let launcher = mpi_stages
+                .map(|stages| format!("mpirun -np {stages} "))
+                .unwrap_or_default();
+            let transport = if mpi_stages.is_some() {
+                " --transport mpi"
+            } else {
+                ""
+            };
+            format!(
+                "; continue with `{launcher}timeprest train{transport} --resume {}`",
+                shell_quoted(&dir.display().to_string())
+            )
+        }
+        (None, _) => " (no --out)".to_string(),
+        (Some(_), 0) => " (--checkpoint-every 0)".to_string(),
+        (Some(_), _) => " (none was due yet)".to_string(),
+    };
+    format!("{error}{next}")
 }
 
 /// Partition methods (`--partition`).
@@ -451,6 +513,14 @@ impl Bars {
             batches,
             language_model,
         }
+    }
+}
+
+impl Bars {
+    /// Removes the bars from the screen.
+    fn clear(&self) {
+        self.epochs.finish_and_clear();
+        self.batches.finish_and_clear();
     }
 }
 
@@ -630,11 +700,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.epochs
         );
     }
-    let Some(history) = process.train(&config, &paths, &bars)? else {
+    let stop = StopRequest::install()?;
+    let outcome = process.train(&config, &paths, &bars, &stop);
+    bars.clear();
+    let Some(history) = outcome? else {
         return Ok(());
     };
-    bars.epochs.finish_and_clear();
-    bars.batches.finish_and_clear();
     if let Some(last) = history.last() {
         let per_token = if language_model {
             format!(" per token ({})", perplexity(last.test_loss))

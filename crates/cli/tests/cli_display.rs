@@ -148,6 +148,8 @@ fn write_comparison(dir: &Path, target: f64, runs: &[(&str, u64, &[f64], f64)]) 
             })
             .collect(),
         runs: Vec::new(),
+        checkpoint_every: 0,
+        init_weights: None,
     };
     for &(label, seed, accuracies, seconds) in runs {
         let run_dir = Path::new("runs").join(format!("{label}-seed{seed}"));

@@ -9,6 +9,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod background;
+
+use background::Running;
+
 /// Flags of a small, quick run (without `--stages` and `--epochs`).
 const SMALL: &[&str] = &[
     "train",
@@ -491,4 +495,46 @@ fn a_run_started_from_a_hostfile_equals_the_threaded_run() {
     succeed(command);
     assert!(std::fs::read(&ranks).unwrap() == std::fs::read(&threads).unwrap());
     assert_eq!(checkpointed_epochs(&dir.path().join("run")), 2);
+}
+
+#[test]
+fn ctrl_c_on_mpirun_stops_every_rank_and_rank_0_names_the_checkpoint() {
+    require_mpi!();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_str = run.to_str().unwrap();
+    let args = small("100000", &["--out", run_str, "--checkpoint-every", "1"]);
+    let mut training = Running::spawn(distributed(3, &args), dir.path());
+    training.wait_until("the first epoch was written", || {
+        std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|text| !text.is_empty())
+    });
+    // mpirun (Open MPI) passes Ctrl-C on to the ranks as SIGTERM and kills them about a second
+    // later: the ranks must stop and rank 0 must report within that second.
+    training.signal("INT");
+    let (status, stderr) = training.finish();
+    assert!(!status.success(), "{stderr}");
+    let reports: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("interrupted in epoch "))
+        .collect();
+    assert_eq!(reports.len(), 1, "rank 0 alone reports:\n{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    let line = reports[0];
+    let done = checkpointed_epochs(&run);
+    let expected = format!(
+        "; last checkpoint: epoch {done} in {run_str}/checkpoint; continue with `mpirun -np 3 \
+         timeprest train --transport mpi --resume {run_str}`"
+    );
+    assert!(
+        line == format!("interrupted in epoch {}{expected}", done + 1),
+        "{line}"
+    );
+    assert_eq!(facts(&run).len() as u64, done);
+
+    let epochs = (done + 1).to_string();
+    succeed(distributed(
+        3,
+        &["train", "--resume", run_str, "--quiet", "--epochs", &epochs],
+    ));
+    assert_eq!(facts(&run).len() as u64, done + 1);
 }

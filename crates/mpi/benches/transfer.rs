@@ -123,7 +123,7 @@ where
     let abort = AtomicBool::new(false);
     let n = iterations(size);
     let stop = &abort;
-    rank.run_worker(stop, move |frames| {
+    rank.run_worker(stop, None, move |frames| {
         let mut transport = WireTransport::<_, M>::new(frames);
         let mut bounce = |i: usize| {
             let id = MicrobatchId::new(i as u32, 0);

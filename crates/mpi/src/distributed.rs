@@ -19,14 +19,21 @@
 //!
 //! Failure: any error on a rank is sent to all others ([`Rank::abort_all`]) before this rank
 //! returns it; they stop within milliseconds and return [`MpiError::Remote`] naming it.
+//!
+//! Stopping on request: on Ctrl-C or SIGTERM, `mpirun` (Open MPI 4.1) sends the ranks SIGTERM
+//! and kills them about a second later (measured), so each rank's stop flag ([`RankRun::stop`])
+//! is usually raised at about the same time, and the stop must be quick; but one rank is
+//! enough: a rank that sees its flag stops its stage before the next action (or its next epoch) and aborts the others with the cause
+//! [`timeprest_runtime::INTERRUPTED`]. Every rank then returns [`TrainError::Interrupted`] with
+//! the epoch that did not complete and the last committed checkpoint, as a threaded run does.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use timeprest_nn::{BurnStage, StageMessage, evaluate};
 use timeprest_policy::{WeightPolicy, plan};
-use timeprest_runtime::{RunReport, StageContext, check_plan, run_stage, stage_pool};
+use timeprest_runtime::{RunReport, RuntimeError, StageContext, check_plan, run_stage, stage_pool};
 use timeprest_schedule::{Schedule, ScheduleConfig, generate};
 use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
@@ -59,6 +66,17 @@ pub struct RankRun<'a> {
     pub progress: &'a dyn Progress,
     /// A fault to inject (tests).
     pub fault: Option<Fault>,
+    /// Raised on Ctrl-C or SIGTERM: the run stops at the next action (or epoch) on every rank.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// How far a run got: where an interrupted run can be continued from.
+#[derive(Default)]
+struct Position {
+    /// The epoch running or about to start.
+    epoch: u32,
+    /// The last committed checkpoint, or the one a resumed run started from.
+    last_checkpoint: Option<LastCheckpoint>,
 }
 
 /// Trains this rank's stage of `run` over `fabric`. Returns the metrics of every epoch on
@@ -68,21 +86,30 @@ pub fn train_rank<F: Fabric>(
     run: &RankRun<'_>,
 ) -> Result<Option<Vec<EpochMetrics>>, MpiError> {
     let mut rank = Rank::new(fabric);
-    let outcome = train(&mut rank, run);
+    let mut position = Position::default();
+    let outcome = train(&mut rank, run, &mut position);
     match &outcome {
         Ok(_) => rank.flush(FLUSH_WAIT),
+        Err(error) if error.is_interruption() && !error.is_symmetric() => rank.interrupt_all(),
         Err(error) if !error.is_symmetric() => rank.abort_all(&error.to_string()),
         // Every rank stops by itself; sends still pending would keep it from leaving MPI in
         // order (it would exit at once, and the launcher could kill the others before they
         // print their error).
         Err(_) => rank.flush(ACK_WAIT),
     }
-    outcome
+    outcome.map_err(|error| match error.is_interruption() {
+        true => MpiError::Train(TrainError::Interrupted {
+            epoch: position.epoch,
+            last_checkpoint: position.last_checkpoint,
+        }),
+        false => error,
+    })
 }
 
 fn train<F: Fabric>(
     rank: &mut Rank<F>,
     run: &RankRun<'_>,
+    position: &mut Position,
 ) -> Result<Option<Vec<EpochMetrics>>, MpiError> {
     let config = run.config;
     let world = rank.size();
@@ -124,25 +151,27 @@ fn train<F: Fabric>(
         Some(Resume { dir, state }) => {
             checkpoint::restore_stage(dir, index, state, &mut local.stage)?;
             local.updates = state.updates;
+            position.last_checkpoint = dir.parent().map(|run_dir| LastCheckpoint {
+                run_dir: run_dir.to_owned(),
+                epoch: state.epoch,
+            });
             Some(state)
         }
         None => None,
     };
     let completed = resumed_from.map_or(0, |state| state.epoch);
+    let stop_requested = || run.stop.is_some_and(|stop| stop.load(Ordering::Relaxed));
     let mut books = match index {
         0 => Some(Books::open(config, run.paths, resumed_from)?),
         _ => None,
     };
-    let mut last_checkpoint = resumed_from.and_then(|state| {
-        let run_dir = run.paths.out_dir.clone()?;
-        Some(LastCheckpoint {
-            run_dir,
-            epoch: state.epoch,
-        })
-    });
     let mut history = Vec::new();
     for epoch in completed + 1..=config.epochs {
-        let (schedule, summary) = local.run_epoch(rank, config, &model, epoch, run.progress)?;
+        position.epoch = epoch;
+        if stop_requested() {
+            return Err(RuntimeError::Interrupted.into());
+        }
+        let (schedule, summary) = local.run_epoch(rank, config, &model, epoch, run)?;
         let checkpoint =
             (start.checkpoints.as_ref()).filter(|plan| plan.due_after(epoch, config.epochs));
         match books.as_mut() {
@@ -154,7 +183,7 @@ fn train<F: Fabric>(
                 }
                 let metrics = books
                     .account(config, &model, epoch, &schedule, summaries)
-                    .map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?;
+                    .map_err(|error| error.after_checkpoint(position.last_checkpoint.clone()))?;
                 run.progress.epoch_finished(&metrics);
                 history.push(metrics);
                 if let Some(plan) = checkpoint {
@@ -170,10 +199,6 @@ fn train<F: Fabric>(
                         stages,
                     };
                     checkpoint::commit(&plan.run_dir, &state)?;
-                    last_checkpoint = Some(LastCheckpoint {
-                        run_dir: plan.run_dir.clone(),
-                        epoch,
-                    });
                 }
                 rank.broadcast(Tag::Continue, &[])?;
             }
@@ -186,6 +211,13 @@ fn train<F: Fabric>(
                 }
                 rank.wait_for(0, Tag::Continue, None)?;
             }
+        }
+        // Every rank knows the checkpoint is committed: rank 0 committed it before going on.
+        if let Some(plan) = checkpoint {
+            position.last_checkpoint = Some(LastCheckpoint {
+                run_dir: plan.run_dir.clone(),
+                epoch,
+            });
         }
     }
     Ok(books.map(|_| history))
@@ -244,8 +276,9 @@ impl LocalStage {
         config: &TrainConfig,
         model: &Model,
         epoch: u32,
-        progress: &dyn Progress,
+        run: &RankRun<'_>,
     ) -> Result<(Schedule, Summary), MpiError> {
+        let progress = run.progress;
         let batches = epoch_batches(config, model.train.len(), epoch)?;
         let num_minibatches = batches.num_minibatches() as u32;
         let num_microbatches = batches.minibatches[0].len() as u32;
@@ -269,9 +302,10 @@ impl LocalStage {
             start: Instant::now(),
             version_offset: self.updates,
             on_update: (self.index == 0).then_some(advanced),
+            stop: run.stop,
         };
         let mut compute = Faulty::new(&mut self.stage, self.index, epoch, self.fault);
-        let output = rank.run_worker(&abort, |frames| {
+        let output = rank.run_worker(&abort, run.stop, |frames| {
             let mut transport = WireTransport::<_, StageMessage>::new(frames);
             run_stage(&context, &mut compute, &mut transport, pool.as_ref())
         })??;

@@ -25,6 +25,12 @@ pub enum MpiError {
         /// Its error message.
         cause: String,
     },
+    /// Another rank was stopped on request (Ctrl-C, SIGTERM); this one stopped with it.
+    #[error("rank {rank} was interrupted")]
+    Interrupted {
+        /// The rank that was stopped first.
+        rank: usize,
+    },
     /// The ranks were started with different configurations or program versions.
     #[error(
         "the ranks disagree: rank {rank} differs from rank 0 in {} (start every rank with the \
@@ -76,7 +82,20 @@ impl MpiError {
     pub fn is_symmetric(&self) -> bool {
         matches!(
             self,
-            MpiError::ConfigMismatch { .. } | MpiError::WorldSize { .. } | MpiError::Remote { .. }
+            MpiError::ConfigMismatch { .. }
+                | MpiError::WorldSize { .. }
+                | MpiError::Remote { .. }
+                | MpiError::Interrupted { .. }
+        )
+    }
+
+    /// True when the run stopped on request, on this rank or another.
+    pub fn is_interruption(&self) -> bool {
+        matches!(
+            self,
+            MpiError::Interrupted { .. }
+                | MpiError::Runtime(RuntimeError::Interrupted)
+                | MpiError::Train(TrainError::Interrupted { .. })
         )
     }
 }

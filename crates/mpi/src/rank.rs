@@ -16,7 +16,9 @@
 //! ends it: the pump raises the worker's abort flag (the worker stops within milliseconds),
 //! acknowledges, and returns [`MpiError::Remote`] naming the failing rank. A rank that fails itself
 //! calls [`Rank::abort_all`], which tells everyone and waits (briefly) until they have seen it, so
-//! that every rank prints the cause before the MPI launcher tears the job down. Messages that
+//! that every rank prints the cause before the MPI launcher tears the job down. A rank stopped on
+//! request (Ctrl-C, SIGTERM) aborts the same way with the cause [`INTERRUPTED`], which the
+//! others report as [`MpiError::Interrupted`] rather than as a failure. Messages that
 //! arrive before they are wanted (a summary during an epoch, the next epoch's frames during the
 //! wait for the go-ahead) are kept in a backlog, never dropped.
 
@@ -26,7 +28,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, unbounded};
-use timeprest_runtime::{ChannelTransport, Envelope, Neighbour, Transport, TransportError};
+use timeprest_runtime::{
+    ChannelTransport, Envelope, INTERRUPTED, Neighbour, Transport, TransportError,
+};
 use timeprest_schedule::MicrobatchId;
 
 use crate::error::MpiError;
@@ -173,6 +177,9 @@ struct Flags<'a> {
     abort: &'a AtomicBool,
     /// Raised while the worker waits for a frame.
     waiting: &'a AtomicBool,
+    /// Raised on Ctrl-C or SIGTERM; the pump then raises `abort`, so that a worker waiting for
+    /// a frame stops too.
+    stop: Option<&'a AtomicBool>,
 }
 
 /// This process's rank, with its fabric.
@@ -226,9 +233,13 @@ impl<F: Fabric> Rank<F> {
         }
     }
 
-    /// Acknowledges `abort` and turns it into the error this rank reports.
+    /// Acknowledges `abort` and turns it into the error this rank reports: the other rank's
+    /// failure, or [`MpiError::Interrupted`] when it stopped on request.
     fn remote_abort(&mut self, abort: Received) -> MpiError {
         let _ = self.fabric.send(abort.from, Tag::AbortSeen, Vec::new());
+        if abort.bytes == INTERRUPTED.as_bytes() {
+            return MpiError::Interrupted { rank: abort.from };
+        }
         MpiError::Remote {
             rank: abort.from,
             cause: String::from_utf8_lossy(&abort.bytes).into_owned(),
@@ -300,10 +311,12 @@ impl<F: Fabric> Rank<F> {
     /// Runs `work` on a new thread with a transport to this rank's pipeline neighbours, pumping
     /// frames between it and the fabric until it returns and its frames are sent. An abort from
     /// another rank raises `abort` (the worker must poll it) and ends with
-    /// [`MpiError::Remote`] once the worker has stopped.
+    /// [`MpiError::Remote`] (or [`MpiError::Interrupted`]) once the worker has stopped. A raised
+    /// `stop` raises `abort` too; the worker reports that itself.
     pub fn run_worker<R: Send>(
         &mut self,
         abort: &AtomicBool,
+        stop: Option<&AtomicBool>,
         work: impl FnOnce(Frames<'_>) -> R + Send,
     ) -> Result<R, MpiError> {
         let (pipes, channels) = Pipes::new(self.index(), self.size());
@@ -322,6 +335,7 @@ impl<F: Fabric> Rank<F> {
             let flags = Flags {
                 abort,
                 waiting: &waiting,
+                stop,
             };
             let pumped = self.pump(&pipes, flags, &worker, &mut remote, &mut deferred);
             if pumped.is_err() {
@@ -341,13 +355,20 @@ impl<F: Fabric> Rank<F> {
     fn pump(
         &mut self,
         pipes: &Pipes,
-        Flags { abort, waiting }: Flags<'_>,
+        Flags {
+            abort,
+            waiting,
+            stop,
+        }: Flags<'_>,
         worker: &thread::ScopedJoinHandle<'_, impl Sized>,
         remote: &mut Option<MpiError>,
         deferred: &mut Vec<Received>,
     ) -> Result<(), MpiError> {
         let mut backoff = Backoff::default();
         loop {
+            if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                abort.store(true, Ordering::Relaxed);
+            }
             let mut busy = false;
             for (peer, from_worker) in &pipes.outgoing {
                 while let Ok(envelope) = from_worker.try_recv() {
@@ -398,8 +419,24 @@ impl<F: Fabric> Rank<F> {
     }
 
     /// Tells every other rank that the run failed because of `cause`, then waits (at most a few
-    /// seconds) until each has seen it or aborted itself.
+    /// seconds) until each has seen it or aborted itself, and a little longer, so that they
+    /// print their error before this rank's exit makes the launcher end the job.
     pub fn abort_all(&mut self, cause: &str) {
+        self.tell_all(cause);
+        thread::sleep(ABORT_GRACE);
+    }
+
+    /// Tells every other rank that this one stopped on request (Ctrl-C, SIGTERM), then waits (at
+    /// most a few seconds) until each has seen it or stopped itself. Without
+    /// [`Rank::abort_all`]'s grace: the others print nothing, and `mpirun` kills the ranks about a
+    /// second after passing the signal on, so the time is rank 0's to report the stop.
+    pub fn interrupt_all(&mut self) {
+        self.tell_all(INTERRUPTED);
+    }
+
+    /// Sends `cause` as an abort to every other rank and waits (at most [`ABORT_WAIT`]) until
+    /// each has acknowledged it or aborted itself.
+    fn tell_all(&mut self, cause: &str) {
         let _ = self.broadcast(Tag::Abort, cause.as_bytes());
         let mut waiting: BTreeSet<usize> = self.others().collect();
         let started = Instant::now();
@@ -415,7 +452,6 @@ impl<F: Fabric> Rank<F> {
             }
         }
         self.flush(ACK_WAIT);
-        thread::sleep(ABORT_GRACE);
     }
 }
 
@@ -486,6 +522,22 @@ mod tests {
     }
 
     #[test]
+    fn a_rank_stopped_on_request_is_reported_as_interrupted_not_failed() {
+        let mut group: Vec<Rank<LocalFabric>> =
+            LocalFabric::group(2).into_iter().map(Rank::new).collect();
+        group[1]
+            .send(0, Tag::Abort, INTERRUPTED.as_bytes().to_vec())
+            .unwrap();
+        let error = group[0].wait_for(1, Tag::Continue, None).unwrap_err();
+        assert!(
+            matches!(error, MpiError::Interrupted { rank: 1 }),
+            "{error}"
+        );
+        assert!(error.is_interruption() && error.is_symmetric());
+        assert_eq!(error.to_string(), "rank 1 was interrupted");
+    }
+
+    #[test]
     fn an_exchange_gives_every_rank_every_identity() {
         let ranks: Vec<Rank<LocalFabric>> =
             LocalFabric::group(3).into_iter().map(Rank::new).collect();
@@ -525,7 +577,7 @@ mod tests {
                     scope.spawn(move || {
                         let abort = AtomicBool::new(false);
                         let first = rank.index() == 0;
-                        rank.run_worker(&abort, |mut transport| {
+                        rank.run_worker(&abort, None, |mut transport| {
                             if first {
                                 transport.send(Neighbour::Next, id, frame(7)).unwrap();
                                 transport.take(Neighbour::Next, id, &abort).unwrap()
@@ -556,7 +608,7 @@ mod tests {
         let (outcome, ()) = thread::scope(|scope| {
             let waiter = scope.spawn(move || {
                 let abort = AtomicBool::new(false);
-                waiting.run_worker(&abort, |mut transport| {
+                waiting.run_worker(&abort, None, |mut transport| {
                     transport.take(Neighbour::Next, MicrobatchId::new(0, 0), &abort)
                 })
             });

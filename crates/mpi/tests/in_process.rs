@@ -6,13 +6,16 @@
 //! handling) in every build, and the `mpirun` tests of the CLI check the MPI fabric on top.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use timeprest_mpi::{Fabric, Fault, FaultKind, LocalFabric, MpiError, RankRun, train_rank};
 use timeprest_policy::PolicyKind;
-use timeprest_train::{EpochMetrics, RunPaths, TrainConfig, run};
+use timeprest_train::{
+    EpochMetrics, LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, run,
+};
 
 type RankOutcome = Result<Option<Vec<EpochMetrics>>, MpiError>;
 
@@ -35,17 +38,62 @@ const HANG: Duration = Duration::from_secs(120);
 
 /// Runs one rank per entry of `configs` (rank 0 first) as threads; fails on a hang.
 fn run_ranks(configs: &[TrainConfig], paths: &RunPaths, fault: Option<Fault>) -> Vec<RankOutcome> {
+    run_ranks_with(configs, paths, fault, None)
+}
+
+/// A stop request that reaches one rank only, as a signal sent to one process would: rank 0
+/// raises the stop flag of rank `rank` when it starts epoch `at_epoch`.
+#[derive(Clone, Copy)]
+struct Interrupt {
+    rank: usize,
+    at_epoch: u32,
+}
+
+/// Rank 0's progress callbacks that raise `flag` when epoch `epoch` starts.
+struct RaiseAt {
+    epoch: u32,
+    flag: Arc<AtomicBool>,
+}
+
+impl Progress for RaiseAt {
+    fn epoch_started(&self, epoch: u32, _num_minibatches: u64) {
+        if epoch == self.epoch {
+            self.flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// [`run_ranks`] with a stop request for one rank.
+fn run_ranks_with(
+    configs: &[TrainConfig],
+    paths: &RunPaths,
+    fault: Option<Fault>,
+    interrupt: Option<Interrupt>,
+) -> Vec<RankOutcome> {
     let (done, outcomes) = mpsc::channel();
+    let flag = Arc::new(AtomicBool::new(false));
     for (fabric, config) in LocalFabric::group(configs.len()).into_iter().zip(configs) {
         let (config, paths, done) = (config.clone(), paths.clone(), done.clone());
+        let flag = Arc::clone(&flag);
         // Detached, so that a hung rank fails the test instead of hanging it.
         thread::spawn(move || {
             let rank = fabric.rank();
+            let raise = interrupt.map(|interrupt| RaiseAt {
+                epoch: interrupt.at_epoch,
+                flag: Arc::clone(&flag),
+            });
+            let progress: &dyn Progress = match &raise {
+                Some(raise) => raise,
+                None => &(),
+            };
             let rank_run = RankRun {
                 config: &config,
                 paths: &paths,
-                progress: &(),
+                progress,
                 fault,
+                stop: interrupt
+                    .filter(|interrupt| interrupt.rank == rank)
+                    .map(|_| &*flag),
             };
             let _ = done.send((rank, train_rank(fabric, &rank_run)));
         });
@@ -364,4 +412,58 @@ fn a_checkpoint_that_does_not_fit_stops_every_rank_with_rank_0s_verdict() {
             "{message}"
         );
     }
+}
+
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_naming_the_last_checkpoint_and_the_run_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let config = |epochs| TrainConfig {
+        epochs,
+        ..small(PolicyKind::Timeprest)
+    };
+    // Rank 2 alone is stopped, while rank 0 starts epoch 3: every rank stops in epoch 3, after
+    // the checkpoint of epoch 2 was committed.
+    let interrupt = Interrupt {
+        rank: 2,
+        at_epoch: 3,
+    };
+    let outcomes = run_ranks_with(
+        &vec![config(50); 3],
+        &checkpointed(&run_dir, false, "w"),
+        None,
+        Some(interrupt),
+    );
+    for (rank, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Err(MpiError::Train(TrainError::Interrupted {
+                epoch,
+                last_checkpoint,
+            })) => {
+                assert_eq!(epoch, 3, "rank {rank}");
+                assert_eq!(
+                    last_checkpoint,
+                    Some(LastCheckpoint {
+                        run_dir: run_dir.clone(),
+                        epoch: 2
+                    }),
+                    "rank {rank}"
+                );
+            }
+            other => panic!("rank {rank} did not stop as interrupted: {other:?}"),
+        }
+    }
+    let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(
+        !run_dir.join("w").exists(),
+        "an interrupted run saves no final weights"
+    );
+
+    // The checkpoint is whole: the run continues from it.
+    let history = run(&config(4), &checkpointed(&run_dir, true, "w"), &()).unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
 }

@@ -271,11 +271,27 @@ fn per_stage(out: &mut String, summary: &Summary) {
     out.push('\n');
 }
 
+/// The "Runs" section: how many of the planned runs completed, as the run directories are now,
+/// and each run that did not.
 fn problems(out: &mut String, manifest: &Manifest, loaded: &Loaded) {
+    let incomplete = Outcome::Incomplete;
     let failed: Vec<String> = manifest
         .runs
         .iter()
-        .filter_map(|entry| match &entry.outcome {
+        .map(|entry| {
+            let on_disk = loaded
+                .runs
+                .iter()
+                .find(|run| run.label == entry.label && run.seed == entry.seed);
+            // Only a divergence comes from the manifest (see `record::load`); a run without a
+            // directory was stopped before it wrote anything.
+            let outcome = match entry.outcome {
+                Outcome::Diverged { .. } => &entry.outcome,
+                _ => on_disk.map_or(&incomplete, |run| &run.outcome),
+            };
+            (entry, outcome)
+        })
+        .filter_map(|(entry, outcome)| match outcome {
             Outcome::Completed => None,
             Outcome::Diverged { message, .. } => Some(format!(
                 "- `{}` seed {}: {message} (`{}`)",
@@ -296,12 +312,21 @@ fn problems(out: &mut String, manifest: &Manifest, loaded: &Loaded) {
         .iter()
         .filter(|r| r.outcome == Outcome::Completed)
         .count();
+    let planned = manifest.variants.len() * manifest.seeds.len();
     let _ = writeln!(
         out,
-        "## Runs\n\n{completed} of {} runs completed; each has its `config.json`, \
+        "## Runs\n\n{completed} of {planned} runs completed; each has its `config.json`, \
          `metrics.jsonl` and (first seed) `trace.json` under `runs/`.",
-        manifest.runs.len()
     );
+    let not_started = planned.saturating_sub(manifest.runs.len());
+    if not_started > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} not started; `timeprest compare --resume` on this directory runs the runs \
+             that are missing or did not finish.",
+            count(not_started as u32, "run has", "runs have"),
+        );
+    }
     if !failed.is_empty() {
         let _ = writeln!(out, "\n{}", failed.join("\n"));
     }
@@ -526,6 +551,8 @@ mod tests {
                     message: "training diverged in epoch 2".into(),
                 },
             }],
+            checkpoint_every: 1,
+            init_weights: None,
         }
     }
 

@@ -7,6 +7,11 @@
 //! is rewritten after every run, so an interrupted comparison still has a readable record; the
 //! metrics themselves stay in the run directories, where `train` already writes them, so there is
 //! one source for every number and `timeprest plot` can rebuild everything from the directory.
+//! For the same reason a run's outcome is judged from its directory as it is now (the epochs in
+//! its `metrics.jsonl` against its configuration), not from the manifest, which may be older: a
+//! comparison interrupted in a run, whose run was then finished by `timeprest train --resume`,
+//! counts that run as completed. Only a divergence, which the files do not show, comes from the
+//! manifest.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -78,8 +83,17 @@ pub struct Manifest {
     pub seeds: Vec<u64>,
     /// The policy variants, in the order given.
     pub variants: Vec<Variant>,
-    /// Every run, in the order they ran.
+    /// Every run started so far, in the order they were first started; the runs of
+    /// `variants` × `seeds` missing here have not started (`timeprest compare --resume` runs
+    /// them).
     pub runs: Vec<RunEntry>,
+    /// `--checkpoint-every` of every run (0: none), so that `compare --resume` continues the
+    /// runs as they were started.
+    #[serde(default)]
+    pub checkpoint_every: u32,
+    /// `--init-weights` of every run (made absolute), if given.
+    #[serde(default)]
+    pub init_weights: Option<PathBuf>,
 }
 
 impl Manifest {
@@ -157,7 +171,9 @@ pub fn load(dir: &Path) -> Result<Loaded, ReportError> {
             .map(|entry| {
                 let mut run = load_run(&dir.join(&entry.dir), entry.label.clone())?;
                 run.seed = entry.seed;
-                run.outcome = entry.outcome.clone();
+                if let Outcome::Diverged { .. } = entry.outcome {
+                    run.outcome = entry.outcome.clone();
+                }
                 Ok(run)
             })
             .collect::<Result<Vec<_>, ReportError>>()?;
@@ -281,6 +297,8 @@ mod tests {
                     message: "the loss is NaN".into(),
                 },
             }],
+            checkpoint_every: 2,
+            init_weights: Some("/weights/start.safetensors".into()),
         };
         manifest.save(dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);

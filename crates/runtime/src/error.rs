@@ -2,10 +2,16 @@
 //!
 //! A failing stage is reported once, with its stage, the action it was running and the cause;
 //! stages that stop only because another one failed record [`ABORTED`] as their cause, so a
-//! caller can tell the root cause from its consequences.
+//! caller can tell the root cause from its consequences. A run stopped on request (Ctrl-C or
+//! SIGTERM raised the caller's stop flag) is not a failure: it ends with
+//! [`RuntimeError::Interrupted`], so callers can tell it apart without reading messages.
 
 /// The cause recorded by workers that stop because another stage failed.
 pub const ABORTED: &str = "aborted because another stage failed";
+
+/// What [`RuntimeError::Interrupted`] says; also the word an MPI rank sends the others when it
+/// stops on request, so they know the run was interrupted rather than failed.
+pub const INTERRUPTED: &str = "interrupted";
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +32,9 @@ pub enum RuntimeError {
         /// The cause.
         cause: String,
     },
+    /// The caller's stop flag was raised: the run stopped at the next action of every stage.
+    #[error("{}", INTERRUPTED)]
+    Interrupted,
     /// Could not build a stage's thread pool.
     #[error("could not create the thread pool of stage {stage}: {cause}")]
     ThreadPool {

@@ -7,7 +7,8 @@
 //! Failure handling: the workers share one abort flag, which a failing worker raises and every
 //! waiting worker polls, so when any worker fails or panics every other one stops promptly and
 //! the run returns the first failure that is not a consequence of another, naming the stage and
-//! the cause. A run never hangs on a dead neighbour.
+//! the cause. A run never hangs on a dead neighbour. The caller's stop flag
+//! ([`RunOptions::stop`]) ends a run the same way, as [`RuntimeError::Interrupted`].
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -32,6 +33,9 @@ pub struct RunOptions<'a> {
     /// Called by stage 0 after each of its updates with the number of updates it applied in
     /// this run so far (for progress bars).
     pub on_first_stage_update: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Raised by the caller to stop the run (Ctrl-C, SIGTERM): every stage stops before its
+    /// next action and the run returns [`RuntimeError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
 }
 
 impl Default for RunOptions<'_> {
@@ -40,6 +44,7 @@ impl Default for RunOptions<'_> {
             threads_per_stage: Some(1),
             version_offset: 0,
             on_first_stage_update: None,
+            stop: None,
         }
     }
 }
@@ -92,6 +97,7 @@ pub fn run_threaded<C: StageCompute>(
                     start,
                     version_offset: options.version_offset,
                     on_update: options.on_first_stage_update.filter(|_| stage == 0),
+                    stop: options.stop,
                 };
                 let failures = &failures;
                 std::thread::Builder::new()
@@ -115,11 +121,14 @@ pub fn run_threaded<C: StageCompute>(
     });
 
     let mut failures = failures.into_inner().expect("failure list poisoned");
-    if !failures.is_empty() {
-        let root = failures
-            .iter()
-            .position(|f| !f.is_consequence())
-            .unwrap_or(0);
+    // The first failure of a stage's own is the cause; an interruption comes next; stages that
+    // only stopped because of another come last.
+    let precedence = |failure: &RuntimeError| match failure {
+        RuntimeError::Interrupted => 1,
+        failure if failure.is_consequence() => 2,
+        _ => 0,
+    };
+    if let Some(root) = (0..failures.len()).min_by_key(|&index| precedence(&failures[index])) {
         return Err(failures.swap_remove(root));
     }
     let mut report = RunReport {

@@ -9,6 +9,12 @@
 //! Failures never escape as panics: a panic or error inside the stage becomes a
 //! [`RuntimeError::StageFailed`] naming the action, and the abort flag is raised before the
 //! worker's transport is dropped, so neighbours see an abort rather than a disconnection.
+//!
+//! Stopping on request: the caller may pass a stop flag (raised by Ctrl-C or SIGTERM). A worker
+//! reads it before each action, so a stop takes effect within one action, never in the middle
+//! of one; the first worker that sees it raises the abort flag, which ends every wait. A worker
+//! that stops while the stop flag is raised reports [`RuntimeError::Interrupted`] instead of a
+//! failure, unless it failed for a reason of its own.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +45,15 @@ pub struct StageContext<'a> {
     pub version_offset: u64,
     /// Called after each update with the number of updates applied in this run so far.
     pub on_update: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Raised by the caller to stop the run (Ctrl-C, SIGTERM); read before every action.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+impl StageContext<'_> {
+    /// True once the caller raised the stop flag.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_some_and(|stop| stop.load(Ordering::Relaxed))
+    }
 }
 
 /// What a stage worker reports when its plan ran to the end.
@@ -84,6 +99,8 @@ pub fn stage_pool(
 
 /// Runs the stage's plan to the end on the calling thread (inside `pool` if given), turning
 /// errors and panics into [`RuntimeError::StageFailed`] and raising `context.abort` on failure.
+/// A stage that stopped because the caller raised `context.stop` (and not for a failure of its
+/// own) reports [`RuntimeError::Interrupted`].
 pub fn run_stage<C, T>(
     context: &StageContext<'_>,
     compute: &mut C,
@@ -120,6 +137,9 @@ where
             format!("panic: {message}")
         }
     };
+    if cause == ABORTED && context.stop_requested() {
+        return Err(RuntimeError::Interrupted);
+    }
     Err(RuntimeError::StageFailed {
         stage: context.stage,
         action: current,
@@ -177,6 +197,9 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
         };
         for planned in &context.plan.actions {
             *current = planned.action.to_string();
+            if context.stop_requested() {
+                context.abort.store(true, Ordering::Relaxed);
+            }
             if context.abort.load(Ordering::Relaxed) {
                 return Err(ABORTED.to_string());
             }

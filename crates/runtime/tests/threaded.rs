@@ -1,6 +1,8 @@
 //! The threaded executor with stages that do no maths: routing, event log, and failures.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use timeprest_policy::{PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan};
@@ -17,6 +19,8 @@ struct EchoStage {
     stored: BTreeSet<WeightKey>,
     panic_on_forward: Option<u32>,
     fail_on_update: Option<u64>,
+    /// Raises this flag at this forward, as a signal handler would mid-run.
+    stop_at_forward: Option<(u32, Arc<AtomicBool>)>,
     forwards: u32,
 }
 
@@ -28,6 +32,7 @@ impl EchoStage {
             stored: BTreeSet::from([WeightKey::Version(0)]),
             panic_on_forward: None,
             fail_on_update: None,
+            stop_at_forward: None,
             forwards: 0,
         }
     }
@@ -53,6 +58,11 @@ impl StageCompute for EchoStage {
         _backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<MicrobatchId>, ComputeError> {
         self.forwards += 1;
+        if let Some((at, stop)) = &self.stop_at_forward
+            && *at == self.forwards
+        {
+            stop.store(true, Ordering::Relaxed);
+        }
         if self.panic_on_forward == Some(self.forwards) {
             panic!("injected fault in forward {}", self.forwards);
         }
@@ -247,4 +257,51 @@ fn mismatched_stage_count_is_rejected() {
     )
     .unwrap_err();
     assert!(matches!(error, RuntimeError::Mismatch(_)), "{error}");
+}
+
+#[test]
+fn a_raised_stop_flag_ends_the_run_as_interrupted_before_the_next_action() {
+    let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(3, 2, 40)).unwrap();
+    let version_plan = plan(
+        &schedule,
+        &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
+    );
+    let mut workers = stages(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    workers[1].stop_at_forward = Some((5, Arc::clone(&stop)));
+    let options = RunOptions {
+        stop: Some(&stop),
+        ..RunOptions::default()
+    };
+    let error = run_threaded(&schedule, &version_plan, &mut workers, options).unwrap_err();
+    assert!(matches!(error, RuntimeError::Interrupted), "{error}");
+    assert_eq!(error.to_string(), "interrupted");
+    // Stage 1 ran no forward after the one that raised the flag.
+    assert_eq!(workers[1].forwards, 5);
+    let planned_forwards = 2 * 40;
+    assert!(workers.iter().all(|w| w.forwards < planned_forwards));
+}
+
+#[test]
+fn a_failure_of_its_own_outranks_an_interruption() {
+    let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(3, 2, 40)).unwrap();
+    let version_plan = plan(
+        &schedule,
+        &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
+    );
+    let mut workers = stages(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stage 2 raises the stop flag and then panics in the same forward: the other stages stop
+    // as interrupted, the run reports stage 2's failure.
+    workers[2].stop_at_forward = Some((6, Arc::clone(&stop)));
+    workers[2].panic_on_forward = Some(6);
+    let options = RunOptions {
+        stop: Some(&stop),
+        ..RunOptions::default()
+    };
+    let error = run_threaded(&schedule, &version_plan, &mut workers, options).unwrap_err();
+    assert!(
+        matches!(&error, RuntimeError::StageFailed { stage: 2, .. }),
+        "{error}"
+    );
 }

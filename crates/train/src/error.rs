@@ -38,6 +38,24 @@ pub enum TrainError {
         /// The last checkpoint the run committed, if any: where to resume from.
         last_checkpoint: Option<LastCheckpoint>,
     },
+    /// The run was stopped on request (Ctrl-C, SIGTERM) before it completed; every checkpoint
+    /// it committed is complete.
+    #[error(
+        "interrupted in epoch {epoch}; {}",
+        match last_checkpoint {
+            Some(LastCheckpoint { run_dir, epoch }) => format!(
+                "last checkpoint: epoch {epoch} in {}",
+                run_dir.join(crate::checkpoint::CHECKPOINT_DIR).display()
+            ),
+            None => "no checkpoint was written".to_string(),
+        }
+    )]
+    Interrupted {
+        /// The epoch (1-based) that was running or about to start; it did not complete.
+        epoch: u32,
+        /// The last checkpoint committed before the stop, or restored by a resumed run.
+        last_checkpoint: Option<LastCheckpoint>,
+    },
     /// A checkpoint is missing, unreadable or does not fit the run.
     #[error("cannot resume from {path}: {cause}")]
     Checkpoint {

@@ -20,12 +20,12 @@ pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
 pub use error::{DivergedLoss, LastCheckpoint, TrainError};
 pub use metrics::{EpochMetrics, StageMetrics, epoch_metrics};
 pub use output::{
-    DirUse, OutputError, RunDirLock, check_output_file, claim_run_dir, command_line,
+    DirUse, OutputError, RunDirLock, check_output_file, claim_run_dir, command_line, shell_quoted,
     write_file_atomically,
 };
 pub use run::{
     HISTORY_FILE, HistoryEntry, MetricsLog, Progress, RunPaths, claim_outputs, open_run_dir, run,
-    save_final_weights, write_run_config,
+    run_until_stopped, save_final_weights, write_run_config,
 };
 pub use timeprest_nn::GradMode;
 pub use trace::measured_chrome_trace;

@@ -410,18 +410,21 @@ pub fn check_output_file(path: &Path, flag: &str) -> Result<(), OutputError> {
 /// shell: what a run stores as `command.txt`, a comparison in its report, and a lock as its
 /// holder.
 pub fn command_line() -> String {
-    let quote = |arg: String| {
-        let plain = !arg.is_empty()
-            && arg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"%+,-./:=@_".contains(&b));
-        if plain {
-            arg
-        } else {
-            format!("'{}'", arg.replace('\'', r"'\''"))
-        }
-    };
-    std::env::args().map(quote).collect::<Vec<_>>().join(" ")
+    let args: Vec<String> = std::env::args().map(|arg| shell_quoted(&arg)).collect();
+    args.join(" ")
+}
+
+/// `arg` as a POSIX shell reads it back: unchanged when it is plain, else single-quoted.
+pub fn shell_quoted(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"%+,-./:=@_".contains(&b));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
 }
 
 /// The process a lock file names.

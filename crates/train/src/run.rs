@@ -9,12 +9,18 @@
 //! writes neither its metrics line nor its checkpoint. Before anything is loaded or trained,
 //! [`claim_outputs`] checks every output path and locks the run directory (see
 //! [`crate::output`]), so a bad path fails at once and two runs never share a directory.
+//!
+//! [`run_until_stopped`] takes a stop flag (the CLI raises it on Ctrl-C and SIGTERM): the run
+//! then stops at the next safe point and reports what was saved ([`TrainError::Interrupted`]),
+//! instead of dying with a half-written epoch.
 
 use std::fs::{self, File};
 use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use timeprest_nn::{BlockParams, load_safetensors, safetensors_bytes};
+use timeprest_runtime::RuntimeError;
 
 use serde::{Deserialize, Serialize};
 
@@ -244,6 +250,20 @@ pub fn run(
     paths: &RunPaths,
     progress: &dyn Progress,
 ) -> Result<Vec<EpochMetrics>, TrainError> {
+    run_until_stopped(config, paths, progress, &AtomicBool::new(false))
+}
+
+/// [`run()`] that stops cleanly once `stop` is raised (by a Ctrl-C or SIGTERM handler): within
+/// one pipeline action when it is raised during an epoch, before the next epoch otherwise. An
+/// epoch's evaluation, metrics line and checkpoint are never cut short, so every checkpoint on
+/// disk is complete. Ends with [`TrainError::Interrupted`], naming the epoch that did not
+/// complete and the last checkpoint to resume from.
+pub fn run_until_stopped(
+    config: &TrainConfig,
+    paths: &RunPaths,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) -> Result<Vec<EpochMetrics>, TrainError> {
     config.validate()?;
     let _run_dir = claim_outputs(paths)?;
     let initial = match &paths.init_weights {
@@ -280,15 +300,25 @@ pub fn run(
     let num_minibatches = trainer.minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
     for epoch in completed + 1..=config.epochs {
+        let interrupted = |last_checkpoint: &Option<LastCheckpoint>| TrainError::Interrupted {
+            epoch,
+            last_checkpoint: last_checkpoint.clone(),
+        };
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted(&last_checkpoint));
+        }
         progress.epoch_started(epoch, num_minibatches);
         let advanced = |done: u64| progress.advanced(done);
         let EpochRun {
             metrics,
             report,
             schedule,
-        } = trainer
-            .run_epoch(epoch, Some(&advanced))
-            .map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?;
+        } = match trainer.run_epoch_with_stop(epoch, Some(&advanced), Some(stop)) {
+            Err(TrainError::Runtime(RuntimeError::Interrupted)) => {
+                return Err(interrupted(&last_checkpoint));
+            }
+            other => other.map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?,
+        };
         if epoch == 1
             && let Some(path) = &paths.trace
         {

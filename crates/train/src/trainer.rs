@@ -9,6 +9,7 @@
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
@@ -220,6 +221,18 @@ impl Trainer {
         epoch: u32,
         progress: Option<&(dyn Fn(u64) + Sync)>,
     ) -> Result<EpochRun, TrainError> {
+        self.run_epoch_with_stop(epoch, progress, None)
+    }
+
+    /// [`Trainer::run_epoch`] that ends with [`timeprest_runtime::RuntimeError::Interrupted`] (inside
+    /// [`TrainError::Runtime`]) within one action of every stage once `stop` is raised. The
+    /// stages are then left mid-epoch: continue from a checkpoint, not from this trainer.
+    pub fn run_epoch_with_stop(
+        &mut self,
+        epoch: u32,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+        stop: Option<&AtomicBool>,
+    ) -> Result<EpochRun, TrainError> {
         let batches = self.batch_plan(epoch)?;
         let num_minibatches = batches.num_minibatches() as u32;
         let num_microbatches = batches.minibatches[0].len() as u32;
@@ -235,6 +248,7 @@ impl Trainer {
             threads_per_stage: Some(self.config.threads_per_stage),
             version_offset: self.updates,
             on_first_stage_update: progress,
+            stop,
         };
         let report = run_threaded(&schedule, &version_plan, &mut self.stages, options)?;
         self.updates += u64::from(num_minibatches);
