@@ -5,23 +5,12 @@ use std::path::Path;
 
 mod common;
 
-use common::timeprest;
+use common::succeed;
 use timeprest_report::{Manifest, Outcome, RunEntry, Variant};
 use timeprest_train::{EpochMetrics, StageMetrics, TrainConfig};
 
 /// The widest a per-epoch line may be.
 const COLUMNS: usize = 100;
-
-/// Runs `timeprest args…`, asserts success and returns stdout.
-fn stdout_of(args: &[&str]) -> String {
-    let output = timeprest(args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// Asserts that every `epoch` line of `stdout` fits in [`COLUMNS`] and says `unit`; returns
 /// how many there are.
@@ -37,7 +26,7 @@ fn assert_epoch_lines_fit(stdout: &str, unit: &str) -> usize {
 
 #[test]
 fn the_epoch_lines_of_a_four_stage_run_fit_in_a_hundred_columns() {
-    let stdout = stdout_of(&[
+    let stdout = succeed(&[
         "train",
         "--hidden",
         "64,32,16",
@@ -73,7 +62,7 @@ fn the_epoch_lines_of_a_language_model_with_perplexity_fit_in_a_hundred_columns(
     )
     .unwrap();
     let dataset = format!("text:{}", text.display());
-    let stdout = stdout_of(&[
+    let stdout = succeed(&[
         "train",
         "--model",
         "gpt",
@@ -201,7 +190,7 @@ fn the_reports_fastest_policy_is_the_one_its_table_shows_and_the_plots_shade_the
             ("pipedream", 3, &[0.4, 0.5, 0.55], 0.0571),
         ],
     );
-    stdout_of(&["plot", out.to_str().unwrap()]);
+    succeed(&["plot", out.to_str().unwrap()]);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let time_cell = |policy: &str| {
         let row = report

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::timeprest;
+use common::{succeed, timeprest};
 
 /// Runs `args`, expects exit code 2 with exactly one `error:` line on stderr (the last line;
 /// only `train`'s banner may come before it) that contains every one of `needles`; returns
@@ -224,7 +224,12 @@ fn resuming_something_that_is_not_a_run_says_so() {
 
 /// Trains one quick epoch of the default MLP and saves its weights at `path`.
 fn save_weights(path: &Path) {
-    let output = timeprest(&[
+    quick_train(&["--save-weights", path.to_str().unwrap()]);
+}
+
+/// Trains one quick epoch of the default MLP with the `extra` flags.
+fn quick_train(extra: &[&str]) {
+    let quick = [
         "train",
         "--epochs",
         "1",
@@ -233,14 +238,8 @@ fn save_weights(path: &Path) {
         "--limit-test",
         "32",
         "--quiet",
-        "--save-weights",
-        path.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ];
+    succeed(&[&quick[..], extra].concat());
 }
 
 #[test]
@@ -275,24 +274,6 @@ fn every_user_error_exits_with_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let run = run.to_str().unwrap();
-    let output = timeprest(&[
-        "train",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "96",
-        "--limit-test",
-        "32",
-        "--quiet",
-        "--checkpoint-every",
-        "0",
-        "--out",
-        run,
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    quick_train(&["--checkpoint-every", "0", "--out", run]);
     refused(&["train", "--resume", run, "--epochs", "2"], &[run]);
 }

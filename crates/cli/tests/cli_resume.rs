@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod common;
 
-use common::timeprest;
+use common::{succeed, timeprest};
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -24,11 +24,6 @@ fn stderr_of(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-fn train_ok(args: &[&str]) {
-    let (code, stderr) = stderr_of(args);
-    assert_eq!(code, Some(0), "{args:?}: {stderr}");
-}
-
 fn checkpoint_epoch(run: &Path) -> u64 {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("checkpoint/state.json")).unwrap()).unwrap();
@@ -41,7 +36,7 @@ fn a_diverged_epoch_commits_nothing_and_a_smaller_lr_resumes_the_run() {
     let run = dir.path().join("run");
     let run_str = run.to_str().unwrap();
     let base = ["train", "--quiet", "--limit-train", "300", "--stages", "2"];
-    train_ok(&[&base[..], &["--epochs", "1", "--out", run_str]].concat());
+    succeed(&[&base[..], &["--epochs", "1", "--out", run_str]].concat());
 
     // Epoch 2 diverges: its metrics line and checkpoint are not written, and the message says
     // how to go on.
@@ -80,7 +75,7 @@ fn a_diverged_epoch_commits_nothing_and_a_smaller_lr_resumes_the_run() {
         "{stderr}"
     );
 
-    train_ok(&[
+    succeed(&[
         "train", "--quiet", "--resume", run_str, "--epochs", "3", "--lr", "0.01",
     ]);
     assert_eq!(checkpoint_epoch(&run), 3);
@@ -123,7 +118,7 @@ fn an_augmented_run_resumes_bit_for_bit() {
         "0.01",
     ];
     let (whole, whole_weights) = (path("whole"), path("whole.safetensors"));
-    train_ok(
+    succeed(
         &[
             &base[..],
             &[
@@ -138,9 +133,9 @@ fn an_augmented_run_resumes_bit_for_bit() {
         .concat(),
     );
     let half = path("half");
-    train_ok(&[&base[..], &["--epochs", "1", "--out", &half]].concat());
+    succeed(&[&base[..], &["--epochs", "1", "--out", &half]].concat());
     let resumed_weights = path("resumed.safetensors");
-    train_ok(&[
+    succeed(&[
         "train",
         "--quiet",
         "--resume",

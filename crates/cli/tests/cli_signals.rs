@@ -13,7 +13,7 @@ mod background;
 mod common;
 
 use background::Running;
-use common::timeprest;
+use common::{succeed, timeprest};
 
 /// Starts `timeprest args` in the background; its stdout and stderr go to files in `dir`.
 fn start(dir: &Path, args: &[&str]) -> Running {
@@ -49,6 +49,68 @@ fn number_after(line: &str, word: &str) -> usize {
         .unwrap_or_else(|_| panic!("no number after {word:?} in {line:?}"))
 }
 
+/// Waits until `condition` (`what` names it in a timeout), sends `signal` to `running` and
+/// checks that it exits with `code`; returns its stderr.
+fn stop_when(
+    mut running: Running,
+    what: &str,
+    condition: impl Fn() -> bool,
+    signal: &str,
+    code: i32,
+) -> String {
+    running.wait_until(what, condition);
+    running.signal(signal);
+    let (status, stderr) = running.finish();
+    assert_eq!(status.code(), Some(code), "{status}; stderr:\n{stderr}");
+    stderr
+}
+
+/// [`stop_when`] the run in `run_dir` has written its first epoch.
+fn stop_after_first_epoch(running: Running, run_dir: &Path, signal: &str, code: i32) -> String {
+    let written = || epochs_written(run_dir) >= 1;
+    stop_when(
+        running,
+        "the first epoch was written",
+        written,
+        signal,
+        code,
+    )
+}
+
+/// Starts a 40-epoch comparison of `policies` (one seed) into `out`, sends `signal` once the
+/// first run (gpipe's) has written an epoch, and checks the exit `code`; returns the
+/// comparison's stderr and the epoch of the checkpoint its interrupted line names.
+fn stop_a_comparison(
+    dir: &Path,
+    policies: &str,
+    out: &Path,
+    signal: &str,
+    code: i32,
+) -> (String, usize) {
+    let first_run = out.join("runs/gpipe-seed1");
+    let comparing = start(
+        dir,
+        &[
+            "compare",
+            "--quiet",
+            "--policies",
+            policies,
+            "--seeds",
+            "1",
+            "--epochs",
+            "40",
+            "--limit-test",
+            "100",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let stderr = stop_after_first_epoch(comparing, &first_run, signal, code);
+    let line = line_starting(&stderr, "gpipe seed 1: interrupted in epoch ");
+    let checkpoint_epoch = number_after(line, "last checkpoint: epoch");
+    (stderr, checkpoint_epoch)
+}
+
 /// A long `train` on digits is stopped by `signal` after its first epoch: it exits with `code`,
 /// names the epoch it cut short and the checkpoint of the one before, and `train --resume`
 /// continues from there.
@@ -56,7 +118,7 @@ fn a_stopped_train_names_its_checkpoint_and_continues(signal: &str, code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let run = run_dir.to_str().unwrap();
-    let mut training = start(
+    let training = start(
         dir.path(),
         &[
             "train",
@@ -69,12 +131,7 @@ fn a_stopped_train_names_its_checkpoint_and_continues(signal: &str, code: i32) {
             "1",
         ],
     );
-    training.wait_until("the first epoch was written", || {
-        epochs_written(&run_dir) >= 1
-    });
-    training.signal(signal);
-    let (status, stderr) = training.finish();
-    assert_eq!(status.code(), Some(code), "{status}; stderr:\n{stderr}");
+    let stderr = stop_after_first_epoch(training, &run_dir, signal, code);
 
     let line = line_starting(&stderr, "interrupted in epoch ");
     let epoch = number_after(line, "interrupted in epoch");
@@ -118,7 +175,7 @@ fn a_stopped_train_without_out_says_nothing_was_saved() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.json");
     // The trace is written after the first epoch: the sign that training is under way.
-    let mut training = start(
+    let training = start(
         dir.path(),
         &[
             "train",
@@ -129,10 +186,13 @@ fn a_stopped_train_without_out_says_nothing_was_saved() {
             trace.to_str().unwrap(),
         ],
     );
-    training.wait_until("the first epoch ended", || trace.is_file());
-    training.signal("INT");
-    let (status, stderr) = training.finish();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let stderr = stop_when(
+        training,
+        "the first epoch ended",
+        || trace.is_file(),
+        "INT",
+        130,
+    );
     let line = line_starting(&stderr, "interrupted in epoch ");
     assert!(
         line.ends_with("; no checkpoint was written (no --out)"),
@@ -161,47 +221,15 @@ fn manifest_runs(dir: &Path) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-fn succeed(args: &[&str]) -> String {
-    let output = timeprest(args);
-    assert!(
-        output.status.success(),
-        "timeprest {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[test]
 fn a_stopped_comparison_is_reported_as_it_is_on_disk_and_resume_completes_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");
     let out_str = out.to_str().unwrap();
     let first_run = out.join("runs/gpipe-seed1");
-    let mut comparing = start(
-        dir.path(),
-        &[
-            "compare",
-            "--quiet",
-            "--policies",
-            "gpipe,pipedream",
-            "--seeds",
-            "1",
-            "--epochs",
-            "40",
-            "--limit-test",
-            "100",
-            "--out",
-            out_str,
-        ],
-    );
-    comparing.wait_until("the first epoch of the first run was written", || {
-        epochs_written(&first_run) >= 1
-    });
-    comparing.signal("INT");
-    let (status, stderr) = comparing.finish();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let (stderr, checkpoint_epoch) =
+        stop_a_comparison(dir.path(), "gpipe,pipedream", &out, "INT", 130);
     let line = line_starting(&stderr, "gpipe seed 1: interrupted in epoch ");
-    let checkpoint_epoch = number_after(line, "last checkpoint: epoch");
     assert!(
         line.ends_with(&format!(
             "continue with `timeprest compare --resume {out_str}`"
@@ -267,31 +295,7 @@ fn compare_resume_continues_a_cut_short_run_from_its_checkpoint() {
     let out = dir.path().join("cmp");
     let out_str = out.to_str().unwrap();
     let run_dir = out.join("runs/gpipe-seed1");
-    let mut comparing = start(
-        dir.path(),
-        &[
-            "compare",
-            "--quiet",
-            "--policies",
-            "gpipe",
-            "--seeds",
-            "1",
-            "--epochs",
-            "40",
-            "--limit-test",
-            "100",
-            "--out",
-            out_str,
-        ],
-    );
-    comparing.wait_until("the first epoch was written", || {
-        epochs_written(&run_dir) >= 1
-    });
-    comparing.signal("TERM");
-    let (status, stderr) = comparing.finish();
-    assert_eq!(status.code(), Some(143), "{stderr}");
-    let line = line_starting(&stderr, "gpipe seed 1: interrupted in epoch ");
-    let checkpoint_epoch = number_after(line, "last checkpoint: epoch");
+    let (_, checkpoint_epoch) = stop_a_comparison(dir.path(), "gpipe", &out, "TERM", 143);
 
     let stdout = succeed(&["compare", "--quiet", "--resume", out_str]);
     let line = line_starting(&stdout, "gpipe seed 1: final test accuracy ");

@@ -2,8 +2,11 @@
 //! §3.2), the SVG / Chrome-trace / JSON outputs, the version analyses (spec §3.5–3.6), and the
 //! error contract (one `error:` line, exit code 2, no panic).
 
-use assert_cmd::Command;
 use serde_json::Value;
+
+mod common;
+
+use common::{succeed, timeprest};
 
 /// The W=4, N=2 nF1B grid of spec §3.2 (Fig. 2a), first 16 slots.
 const SPEC_W4_N2: &str = "
@@ -13,24 +16,9 @@ S3:   .   .  1A  1B  2A  2B  B1  3A  3B  B2  4A  4B  B3  5A  5B  B4
 S4:   .   .   .  1A  1B  B1  2A  2B  B2  3A  3B  B3  4A  4B  B4  5A
 ";
 
-/// Runs `timeprest args…`, asserts success and returns stdout.
-fn stdout_of(args: &[&str]) -> String {
-    let output = Command::cargo_bin("timeprest")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "timeprest {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 /// Runs `timeprest args…` and parses stdout as JSON.
 fn json_of(args: &[&str]) -> Value {
-    serde_json::from_str(&stdout_of(args)).expect("stdout is JSON")
+    serde_json::from_str(&succeed(args)).expect("stdout is JSON")
 }
 
 /// Whitespace-split tokens of every non-empty line.
@@ -61,21 +49,21 @@ fn nf1b_w4_n2(extra: &[&'static str]) -> Vec<&'static str> {
 
 #[test]
 fn nf1b_w4_n2_grid_equals_the_spec_grid_token_by_token() {
-    let grid = stdout_of(&nf1b_w4_n2(&["--slots", "16"]));
+    let grid = succeed(&nf1b_w4_n2(&["--slots", "16"]));
     assert_eq!(tokens(&grid), tokens(SPEC_W4_N2), "got:\n{grid}");
 }
 
 #[test]
 fn slots_cut_the_grid_and_the_policy_report_follows_an_unchanged_grid() {
-    let full = stdout_of(&nf1b_w4_n2(&[]));
-    let cut = stdout_of(&nf1b_w4_n2(&["--slots", "5"]));
+    let full = succeed(&nf1b_w4_n2(&[]));
+    let cut = succeed(&nf1b_w4_n2(&["--slots", "5"]));
     assert!(tokens(&cut).iter().all(|line| line.len() == 1 + 5), "{cut}");
     assert!(tokens(&full)[0].len() > 1 + 16, "{full}");
     for (cut_line, full_line) in tokens(&cut).iter().zip(tokens(&full)) {
         assert_eq!(cut_line[..], full_line[..6]);
     }
 
-    let with_policy = stdout_of(&nf1b_w4_n2(&["--slots", "5", "--policy", "timeprest"]));
+    let with_policy = succeed(&nf1b_w4_n2(&["--slots", "5", "--policy", "timeprest"]));
     assert!(with_policy.starts_with(&cut), "{with_policy}");
     assert!(with_policy.contains("stored versions"), "{with_policy}");
     assert!(!full.contains("stored versions"));
@@ -83,7 +71,7 @@ fn slots_cut_the_grid_and_the_policy_report_follows_an_unchanged_grid() {
 
 #[test]
 fn svg_output_is_a_complete_document_also_when_written_to_a_file() {
-    let svg = stdout_of(&nf1b_w4_n2(&["--format", "svg"]));
+    let svg = succeed(&nf1b_w4_n2(&["--format", "svg"]));
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<svg").count(), 1);
@@ -93,7 +81,7 @@ fn svg_output_is_a_complete_document_also_when_written_to_a_file() {
     let path_arg = path.to_str().unwrap();
     let mut args = nf1b_w4_n2(&["--format", "svg", "--forward-seconds", "0.5"]);
     args.extend(["--output", path_arg]);
-    assert!(stdout_of(&args).is_empty());
+    assert!(succeed(&args).is_empty());
     let written = std::fs::read_to_string(&path).unwrap();
     assert!(written.starts_with("<svg") && written.trim_end().ends_with("</svg>"));
     assert!(
@@ -177,7 +165,7 @@ fn version_difference_json_reproduces_the_spec_table() {
 
 #[test]
 fn version_difference_table_marks_formula_mismatches() {
-    let table = stdout_of(&[
+    let table = succeed(&[
         "analyze",
         "version-difference",
         "--stages",
@@ -213,7 +201,7 @@ fn analyze_versions_reports_timeprest_w4_n2_storing_one_to_four_versions() {
 
     let mut table_args = args.to_vec();
     table_args.push("3");
-    let table = stdout_of(&table_args);
+    let table = succeed(&table_args);
     let stored: Vec<String> = tokens(&table)[2..]
         .iter()
         .map(|row| row[1].clone())
@@ -273,11 +261,7 @@ fn user_errors_print_one_error_line_and_exit_with_code_2() {
         ),
     ];
     for (args, mentions) in cases {
-        let output = Command::cargo_bin("timeprest")
-            .unwrap()
-            .args(&args)
-            .output()
-            .unwrap();
+        let output = timeprest(&args);
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
@@ -295,7 +279,7 @@ fn user_errors_print_one_error_line_and_exit_with_code_2() {
 
 #[test]
 fn help_teaches_every_subcommand() {
-    let help = stdout_of(&["--help"]);
+    let help = succeed(&["--help"]);
     for word in ["simulate", "analyze", "train", "Examples:", "weight policy"] {
         assert!(help.contains(word), "--help should mention {word}:\n{help}");
     }

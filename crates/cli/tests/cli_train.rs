@@ -5,7 +5,7 @@ use std::path::Path;
 
 mod common;
 
-use common::timeprest;
+use common::{succeed, timeprest};
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -348,15 +348,6 @@ fn a_diverging_run_stops_with_a_message_naming_the_epoch() {
     );
 }
 
-fn train_ok(args: &[&str]) {
-    let output = timeprest(args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -371,7 +362,7 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     ];
     let straight: Vec<&str> = common.to_vec();
     let (whole, whole_weights) = (path("whole"), path("whole.safetensors"));
-    train_ok(
+    succeed(
         &[
             &straight[..],
             &[
@@ -386,10 +377,10 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
         .concat(),
     );
     let half = path("half");
-    train_ok(&[&straight[..], &["--epochs", "2", "--out", &half]].concat());
+    succeed(&[&straight[..], &["--epochs", "2", "--out", &half]].concat());
     assert!(dir.path().join("half/checkpoint/state.json").is_file());
     let resumed_weights = path("resumed.safetensors");
-    train_ok(&[
+    succeed(&[
         "train",
         "--resume",
         &half,
@@ -421,7 +412,7 @@ fn a_crash_during_a_checkpoint_swap_leaves_a_readable_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let run_str = run.to_str().unwrap();
-    train_ok(&[
+    succeed(&[
         "train",
         "--epochs",
         "2",
@@ -435,7 +426,7 @@ fn a_crash_during_a_checkpoint_swap_leaves_a_readable_checkpoint() {
     std::fs::rename(run.join("checkpoint"), run.join("checkpoint.prev")).unwrap();
     std::fs::create_dir(run.join("checkpoint.tmp")).unwrap();
     std::fs::write(run.join("checkpoint.tmp/state.json"), b"{ truncated").unwrap();
-    train_ok(&["train", "--resume", run_str, "--epochs", "3", "--quiet"]);
+    succeed(&["train", "--resume", run_str, "--epochs", "3", "--quiet"]);
     assert_eq!(metrics(&run).len(), 3);
     assert!(run.join("checkpoint/state.json").is_file());
 }
@@ -445,7 +436,7 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (first, first_weights) = (path("first"), path("first.safetensors"));
-    train_ok(&[
+    succeed(&[
         "train",
         "--policy",
         "nwpt",
@@ -463,7 +454,7 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
     ]);
     let config = format!("{first}/config.toml");
     let (again, again_weights) = (path("again"), path("again.safetensors"));
-    train_ok(&[
+    succeed(&[
         "train",
         "--config",
         &config,
@@ -480,7 +471,7 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
     let command = std::fs::read_to_string(dir.path().join("again/command.txt")).unwrap();
     assert!(command.contains("--config"), "{command}");
     let overridden = path("overridden");
-    train_ok(&[
+    succeed(&[
         "train",
         "--config",
         &config,

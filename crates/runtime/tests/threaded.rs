@@ -259,8 +259,11 @@ fn mismatched_stage_count_is_rejected() {
     assert!(matches!(error, RuntimeError::Mismatch(_)), "{error}");
 }
 
-#[test]
-fn a_raised_stop_flag_ends_the_run_as_interrupted_before_the_next_action() {
+/// Runs a 3-stage nF1B TiMePReSt plan of 40 mini-batches with a stop flag that `prepare` hands
+/// to the stages; returns the run's error and the stages.
+fn run_with_stop_flag(
+    prepare: impl FnOnce(&mut [EchoStage], &Arc<AtomicBool>),
+) -> (RuntimeError, Vec<EchoStage>) {
     let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(3, 2, 40)).unwrap();
     let version_plan = plan(
         &schedule,
@@ -268,12 +271,20 @@ fn a_raised_stop_flag_ends_the_run_as_interrupted_before_the_next_action() {
     );
     let mut workers = stages(3);
     let stop = Arc::new(AtomicBool::new(false));
-    workers[1].stop_at_forward = Some((5, Arc::clone(&stop)));
+    prepare(&mut workers, &stop);
     let options = RunOptions {
         stop: Some(&stop),
         ..RunOptions::default()
     };
     let error = run_threaded(&schedule, &version_plan, &mut workers, options).unwrap_err();
+    (error, workers)
+}
+
+#[test]
+fn a_raised_stop_flag_ends_the_run_as_interrupted_before_the_next_action() {
+    let (error, workers) = run_with_stop_flag(|workers, stop| {
+        workers[1].stop_at_forward = Some((5, Arc::clone(stop)));
+    });
     assert!(matches!(error, RuntimeError::Interrupted), "{error}");
     assert_eq!(error.to_string(), "interrupted");
     // Stage 1 ran no forward after the one that raised the flag.
@@ -284,22 +295,12 @@ fn a_raised_stop_flag_ends_the_run_as_interrupted_before_the_next_action() {
 
 #[test]
 fn a_failure_of_its_own_outranks_an_interruption() {
-    let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(3, 2, 40)).unwrap();
-    let version_plan = plan(
-        &schedule,
-        &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
-    );
-    let mut workers = stages(3);
-    let stop = Arc::new(AtomicBool::new(false));
     // Stage 2 raises the stop flag and then panics in the same forward: the other stages stop
     // as interrupted, the run reports stage 2's failure.
-    workers[2].stop_at_forward = Some((6, Arc::clone(&stop)));
-    workers[2].panic_on_forward = Some(6);
-    let options = RunOptions {
-        stop: Some(&stop),
-        ..RunOptions::default()
-    };
-    let error = run_threaded(&schedule, &version_plan, &mut workers, options).unwrap_err();
+    let (error, _) = run_with_stop_flag(|workers, stop| {
+        workers[2].stop_at_forward = Some((6, Arc::clone(stop)));
+        workers[2].panic_on_forward = Some(6);
+    });
     assert!(
         matches!(&error, RuntimeError::StageFailed { stage: 2, .. }),
         "{error}"

@@ -1,4 +1,6 @@
-//! What the end-to-end CLI tests share.
+//! What the end-to-end CLI tests share. Every test binary compiles this module and uses a part
+//! of it, so the parts one binary leaves unused are not dead code.
+#![allow(dead_code)]
 
 use std::process::Output;
 
@@ -11,4 +13,16 @@ pub fn timeprest(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Runs `timeprest args…`, asserts that it succeeded (showing its stderr if not) and returns
+/// its stdout.
+pub fn succeed(args: &[&str]) -> String {
+    let output = timeprest(args);
+    assert!(
+        output.status.success(),
+        "timeprest {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
