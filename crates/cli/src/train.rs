@@ -15,7 +15,7 @@ use crate::usage_error;
 use clap::{Args, CommandFactory, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
-use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, ModelSize, PartitionMethod};
+use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
@@ -684,8 +684,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 "T={} d={} heads={} layers={layers}",
                 config.seq_len, config.embed_dim, config.heads
             )
+        } else if config.model == MlpConfig::NAME {
+            format!("hidden {:?}", config.hidden)
         } else {
-            format!("{:?}", config.hidden)
+            format!("width {}", config.width)
         };
         eprintln!(
             "training {} ({sizes}) on {} with policy {} on schedule {}: W={} N={} M={} for {} \

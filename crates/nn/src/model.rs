@@ -41,6 +41,11 @@ pub struct MlpConfig {
     pub classes: usize,
 }
 
+impl MlpConfig {
+    /// The name `--model` gives it.
+    pub const NAME: &'static str = "mlp";
+}
+
 /// A model architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -168,7 +173,7 @@ impl ModelSpec {
     /// The model's name, as `--model` spells it.
     pub fn name(&self) -> &'static str {
         match self {
-            ModelSpec::Mlp(_) => "mlp",
+            ModelSpec::Mlp(_) => MlpConfig::NAME,
             ModelSpec::Net(net) => net.arch.name(),
             ModelSpec::Gpt(_) => GptConfig::NAME,
         }

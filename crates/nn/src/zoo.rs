@@ -512,7 +512,7 @@ impl ModelSpec {
                 heads: size.heads,
                 layers,
             })
-        } else if name == "mlp" {
+        } else if name == MlpConfig::NAME {
             ModelSpec::Mlp(MlpConfig {
                 input: input.iter().product(),
                 hidden: size.hidden.clone(),
