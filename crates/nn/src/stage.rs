@@ -825,13 +825,21 @@ impl StageCompute for BurnStage {
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
         let keep = self.grad_mode == GradMode::Graph;
         // A graph serves only a backward that reads these same weights; any other backward
-        // differentiates from the kept activations (graph mode) or a re-run (recompute).
+        // differentiates from the kept activations (graph mode) or a re-run (recompute). In
+        // graph mode a stage whose every block has a closed-form VJP needs no graph at all: its
+        // backward takes the per-block path from the kept activations, whatever weights it reads.
+        let closed_form = keep
+            && self
+                .store
+                .live()
+                .iter()
+                .all(|p| direct_vjp::has_closed_form(&p.block));
         let mut trace = self.run(
             &input,
             &weights,
             targets.as_ref(),
             keep,
-            backward_reads_forward_weights,
+            backward_reads_forward_weights && !closed_form,
         );
         // Running statistics move once per forward, on the live version (spec §9 item 14).
         self.store

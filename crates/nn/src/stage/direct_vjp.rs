@@ -41,6 +41,14 @@ pub(super) fn stacks_rows(block: &Block) -> bool {
     }
 }
 
+/// Whether [`direct_vjp`] has a closed form for `block` (it never returns `None` for it).
+pub(super) fn has_closed_form(block: &Block) -> bool {
+    matches!(
+        block,
+        Block::Linear { .. } | Block::Relu { .. } | Block::Conv2d { .. }
+    )
+}
+
 /// Parameter gradients (in the block's parameter order) and, if asked for, the input gradient
 /// of `block` at input `x` (`[batch, in]`, plain) and weights `params`, for the gradient `g`
 /// of the block's weighted output (before any trailing ReLU). `None` if the block has no
