@@ -231,6 +231,10 @@ pub struct BurnStage {
     saved: HashMap<MicrobatchId, Saved>,
     /// Σ of the parameter gradients since the last update, per block, per tensor.
     accumulated: Option<Vec<Vec<Tensor<1>>>>,
+    /// Per block, the (input rows, output-gradient rows) of the micro-batches whose linear
+    /// weight gradient is deferred to the update: summed there as one deep GEMM instead of one
+    /// thin GEMM and one accumulation pass per micro-batch. Empty for other blocks.
+    deferred: Vec<Vec<(Tensor<2>, Tensor<2>)>>,
     /// Random crops and flips of the input images (stage 0), if enabled.
     augment: Option<Augment>,
     /// The epoch (from 1) of the current plan, which seeds the augmentation.
@@ -316,6 +320,7 @@ impl BurnStage {
             plan: None,
             saved: HashMap::new(),
             accumulated: None,
+            deferred: Vec::new(),
             augment: None,
             epoch: 0,
         })
@@ -378,8 +383,36 @@ impl BurnStage {
 
     /// Parameter gradients accumulated since the last update (per block, per tensor, memory
     /// layout), or `None` if no backward ran since.
-    pub fn accumulated_gradients(&self) -> Option<&[Vec<Tensor<1>>]> {
+    pub fn accumulated_gradients(&mut self) -> Option<&[Vec<Tensor<1>>]> {
+        self.complete_deferred();
         self.accumulated.as_deref()
+    }
+
+    /// Graph mode on a stage whose every block has a closed-form VJP: its forwards build no
+    /// autodiff graph, every backward takes the per-block path, and linear weight gradients are
+    /// deferred to the update.
+    fn all_closed_form(&self) -> bool {
+        self.grad_mode == GradMode::Graph
+            && (self.store.live().iter()).all(|p| direct_vjp::has_closed_form(&p.block))
+    }
+
+    /// Adds the deferred linear weight gradients to the accumulator, each as `xᵀ·g` over the
+    /// stacked rows of every deferred micro-batch, in front of the block's bias gradient.
+    fn complete_deferred(&mut self) {
+        let deferred = std::mem::take(&mut self.deferred);
+        let Some(accumulated) = self.accumulated.as_mut() else {
+            return;
+        };
+        for (grads, pairs) in accumulated.iter_mut().zip(deferred) {
+            if pairs.is_empty() {
+                continue;
+            }
+            let (xs, gs): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+            let weight_grad =
+                direct_vjp::linear_weight_grad(&Tensor::cat(xs, 0), &Tensor::cat(gs, 0));
+            let len = weight_grad.shape().num_elements();
+            grads.insert(0, weight_grad.reshape([len]));
+        }
     }
 
     /// Number of micro-batches whose forward state is waiting for a backward.
@@ -553,11 +586,15 @@ impl BurnStage {
     /// `g`: per block, the ReLU mask from the saved output, then the weighted part's VJP at the
     /// saved block input and `weights` — in closed form where the block has one
     /// ([`direct_vjp`](direct_vjp::direct_vjp)), else by re-running it under autodiff.
+    ///
+    /// With `defer`, linear blocks leave out their weight gradient and record their (input,
+    /// output-gradient) rows in [`BurnStage::deferred`] instead.
     fn per_block_vjp(
-        &self,
+        &mut self,
         acts: &[Tensor<2>],
         weights: &[BlockParams],
         mut g: Tensor<2>,
+        defer: bool,
     ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
         assert_eq!(
             acts.len(),
@@ -576,8 +613,14 @@ impl BurnStage {
                 g = g.mul(acts[i + 1].clone().sign());
             }
             if let Some((grads, input_grad)) =
-                direct_vjp::direct_vjp(&p.block, &acts[i], &p.tensors, &g, need_input_grad)
+                direct_vjp::direct_vjp(&p.block, &acts[i], &p.tensors, &g, need_input_grad, defer)
             {
+                if defer && matches!(p.block, crate::Block::Linear { .. }) {
+                    if self.deferred.len() < weights.len() {
+                        self.deferred.resize_with(weights.len(), Vec::new);
+                    }
+                    self.deferred[i].push((acts[i].clone(), g.clone()));
+                }
                 param_grads[i] = grads;
                 if let Some(input_grad) = input_grad {
                     g = input_grad;
@@ -670,7 +713,8 @@ impl BurnStage {
         Ok(match self.grad_mode {
             GradMode::Graph => {
                 let g = self.output_gradient(&saved, upstream);
-                self.per_block_vjp(&saved.trace.activations, &weights, g)
+                let defer = self.all_closed_form();
+                self.per_block_vjp(&saved.trace.activations, &weights, g, defer)
             }
             GradMode::Recompute => {
                 let input = &saved.trace.activations[0];
@@ -732,8 +776,12 @@ impl BurnStage {
         let weights = self
             .store
             .weights(&recipe, Pass::Backward, &self.optimizer)?;
-        let (param_grads, input_grad) =
-            self.per_block_vjp(&acts, &weights, Tensor::cat(gradients, 0));
+        let (param_grads, input_grad) = self.per_block_vjp(
+            &acts,
+            &weights,
+            Tensor::cat(gradients, 0),
+            self.all_closed_form(),
+        );
         self.accumulate(param_grads);
         Ok(match input_grad {
             Some(grad) => grad
@@ -825,13 +873,16 @@ impl StageCompute for BurnStage {
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
         let keep = self.grad_mode == GradMode::Graph;
         // A graph serves only a backward that reads these same weights; any other backward
-        // differentiates from the kept activations (graph mode) or a re-run (recompute).
+        // differentiates from the kept activations (graph mode) or a re-run (recompute). In
+        // graph mode a stage whose every block has a closed-form VJP needs no graph at all: its
+        // backward takes the per-block path from the kept activations, whatever weights it reads.
+        let closed_form = self.all_closed_form();
         let mut trace = self.run(
             &input,
             &weights,
             targets.as_ref(),
             keep,
-            backward_reads_forward_weights,
+            backward_reads_forward_weights && !closed_form,
         );
         // Running statistics move once per forward, on the live version (spec §9 item 14).
         self.store
@@ -875,6 +926,7 @@ impl StageCompute for BurnStage {
     }
 
     fn update(&mut self) -> Result<(), ComputeError> {
+        self.complete_deferred();
         let grads = self.accumulated.take().ok_or_else(|| {
             self.error("update without any backward since the last update".into())
         })?;

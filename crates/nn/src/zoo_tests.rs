@@ -316,7 +316,7 @@ fn every_model_has_consistent_forward_and_backward_shapes() {
             let sizes: Vec<usize> = g.iter().map(|t| t.shape().num_elements()).collect();
             assert_eq!(sizes, p.block.param_sizes(), "{}", p.block.label());
         }
-        let flat = all_grads(&stages);
+        let flat = all_grads(&mut stages);
         assert_eq!(flat.len(), spec.param_count());
         assert!(flat.iter().all(|g| g.is_finite()));
         assert!(
@@ -343,7 +343,7 @@ fn split_models_compute_the_unsplit_outputs_and_gradients() {
             &plan,
         );
         let (loss, correct, _) = run_minibatch(&mut one, 0, 2, &[v(0)], &[v(0)]);
-        let reference = all_grads(&one);
+        let reference = all_grads(&mut one);
         for stages in 2..=4 {
             for split in [
                 partition_uniform(n, stages).unwrap(),
@@ -366,7 +366,7 @@ fn split_models_compute_the_unsplit_outputs_and_gradients() {
                     "{what}: loss {l} vs {loss}"
                 );
                 assert_eq!(c, correct, "{what}");
-                assert_close(&what, &all_grads(&pipe), &reference, 1e-4);
+                assert_close(&what, &all_grads(&mut pipe), &reference, 1e-4);
             }
         }
     }
@@ -397,7 +397,7 @@ fn graph_and_recompute_paths_agree_through_convolutions_norms_and_residuals() {
         ] {
             let mut stages = stages_over(&params, &split, mode, &data, &plan);
             run_minibatch(&mut stages, 0, 2, &[v(0); 3], &[backward; 3]);
-            results.push(all_grads(&stages));
+            results.push(all_grads(&mut stages));
         }
         for (k, grads) in results.iter().enumerate().skip(1) {
             assert_close(

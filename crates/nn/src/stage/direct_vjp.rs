@@ -41,6 +41,14 @@ pub(super) fn stacks_rows(block: &Block) -> bool {
     }
 }
 
+/// Whether [`direct_vjp`] has a closed form for `block` (it never returns `None` for it).
+pub(super) fn has_closed_form(block: &Block) -> bool {
+    matches!(
+        block,
+        Block::Linear { .. } | Block::Relu { .. } | Block::Conv2d { .. }
+    )
+}
+
 /// Parameter gradients (in the block's parameter order) and, if asked for, the input gradient
 /// of `block` at input `x` (`[batch, in]`, plain) and weights `params`, for the gradient `g`
 /// of the block's weighted output (before any trailing ReLU). `None` if the block has no
@@ -51,6 +59,7 @@ pub(super) fn direct_vjp(
     params: &[Tensor<1>],
     g: &Tensor<2>,
     need_input_grad: bool,
+    defer_linear_weight: bool,
 ) -> Option<(Vec<Tensor<1>>, Option<Tensor<2>>)> {
     let (input, output) = match *block {
         Block::Linear { input, output, .. } => (input, output),
@@ -65,17 +74,22 @@ pub(super) fn direct_vjp(
             params.len()
         );
     };
-    let weight_grad = x
-        .clone()
-        .transpose()
-        .matmul(g.clone())
-        .reshape([input * output]);
     let bias_grad = g.clone().sum_dim(0).reshape([output]);
     let input_grad = need_input_grad.then(|| {
         g.clone()
             .matmul(weight.clone().reshape([input, output]).transpose())
     });
+    if defer_linear_weight {
+        return Some((vec![bias_grad], input_grad));
+    }
+    let weight_grad = linear_weight_grad(x, g).reshape([input * output]);
     Some((vec![weight_grad, bias_grad], input_grad))
+}
+
+/// `xᵀ·g`: the weight gradient of a linear block (`[in, out]`) at input rows `x` and output
+/// gradient rows `g`; with several micro-batches stacked along the rows, their sum.
+pub(super) fn linear_weight_grad(x: &Tensor<2>, g: &Tensor<2>) -> Tensor<2> {
+    x.clone().transpose().matmul(g.clone())
 }
 
 /// [`direct_vjp`] of a [`Block::Conv2d`].
@@ -243,7 +257,7 @@ mod tests {
                 batch,
                 block.output_features(),
             );
-            let (grads, input_grad) = direct_vjp(&block, &x, &params, &g, true).unwrap();
+            let (grads, input_grad) = direct_vjp(&block, &x, &params, &g, true, false).unwrap();
             let (expected_grads, expected_input_grad) = autodiff_vjp(&block, &x, &params, &g);
             assert_eq!(grads.len(), expected_grads.len(), "{block:?}");
             for (k, (got, expected)) in grads.iter().zip(&expected_grads).enumerate() {
