@@ -430,7 +430,12 @@ fn microbatch_gradients_sum_to_the_minibatch_mean_loss_gradient() {
         .flatten()
         .copied()
         .collect();
-    assert_close("mean-loss gradient", &all_grads(&mut stages), &expected, 1e-5);
+    assert_close(
+        "mean-loss gradient",
+        &all_grads(&mut stages),
+        &expected,
+        1e-5,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
