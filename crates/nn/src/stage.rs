@@ -594,15 +594,16 @@ impl BurnStage {
     /// saved block input and `weights` — in closed form where the block has one
     /// ([`direct_vjp`](direct_vjp::direct_vjp)), else by re-running it under autodiff.
     ///
-    /// With `defer`, linear blocks leave out their weight gradient and record their (input,
-    /// output-gradient) rows in [`BurnStage::deferred`] instead.
+    /// On a stage made only of closed-form blocks ([`BurnStage::all_closed_form`]), linear
+    /// blocks leave out their weight gradient and record their (input, output-gradient) rows in
+    /// [`BurnStage::deferred`] instead.
     fn per_block_vjp(
         &mut self,
         acts: &[Tensor<2>],
         weights: &[BlockParams],
         mut g: Tensor<2>,
-        defer: bool,
     ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
+        let defer = self.all_closed_form();
         assert_eq!(
             acts.len(),
             weights.len() + 1,
@@ -720,8 +721,7 @@ impl BurnStage {
         Ok(match self.grad_mode {
             GradMode::Graph => {
                 let g = self.output_gradient(&saved, upstream);
-                let defer = self.all_closed_form();
-                self.per_block_vjp(&saved.trace.activations, &weights, g, defer)
+                self.per_block_vjp(&saved.trace.activations, &weights, g)
             }
             GradMode::Recompute => {
                 let input = &saved.trace.activations[0];
@@ -783,12 +783,8 @@ impl BurnStage {
         let weights = self
             .store
             .weights(&recipe, Pass::Backward, &self.optimizer)?;
-        let (param_grads, input_grad) = self.per_block_vjp(
-            &acts,
-            &weights,
-            Tensor::cat(gradients, 0),
-            self.all_closed_form(),
-        );
+        let (param_grads, input_grad) =
+            self.per_block_vjp(&acts, &weights, Tensor::cat(gradients, 0));
         self.accumulate(param_grads);
         Ok(match input_grad {
             Some(grad) => grad

@@ -134,7 +134,7 @@ impl std::fmt::Display for DivergenceAdvice<'_> {
                 "the checkpoint of epoch {epoch} in {} is kept; continue from it with a smaller \
                  learning rate: `timeprest train --resume {} --lr {smaller}`",
                 run_dir.join(crate::checkpoint::CHECKPOINT_DIR).display(),
-                run_dir.display()
+                crate::output::shell_quoted(&run_dir.display().to_string())
             ),
             None => write!(
                 f,

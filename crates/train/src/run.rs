@@ -300,12 +300,12 @@ pub fn run_until_stopped(
     let num_minibatches = trainer.minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
     for epoch in completed + 1..=config.epochs {
-        let interrupted = |last_checkpoint: &Option<LastCheckpoint>| TrainError::Interrupted {
+        let interrupted = || TrainError::Interrupted {
             epoch,
             last_checkpoint: last_checkpoint.clone(),
         };
         if stop.load(Ordering::Relaxed) {
-            return Err(interrupted(&last_checkpoint));
+            return Err(interrupted());
         }
         progress.epoch_started(epoch, num_minibatches);
         let advanced = |done: u64| progress.advanced(done);
@@ -314,9 +314,7 @@ pub fn run_until_stopped(
             report,
             schedule,
         } = match trainer.run_epoch_with_stop(epoch, Some(&advanced), Some(stop)) {
-            Err(TrainError::Runtime(RuntimeError::Interrupted)) => {
-                return Err(interrupted(&last_checkpoint));
-            }
+            Err(TrainError::Runtime(RuntimeError::Interrupted)) => return Err(interrupted()),
             other => other.map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?,
         };
         if epoch == 1
