@@ -24,6 +24,7 @@ mod simulate;
 mod train;
 
 use std::fmt;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
@@ -209,8 +210,21 @@ fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {l}"))
             .unwrap_or_default();
-        eprintln!("error: internal error{location}: {message} (a bug; please report it)");
+        print_stderr_line(&format!(
+            "error: internal error{location}: {message} (a bug; please report it)"
+        ));
     }));
+}
+
+/// Writes `line` and a newline to stderr in one `write`. The ranks of an MPI job share one
+/// stderr pipe, and `eprintln!` writes each formatted piece separately, so two ranks' lines
+/// could interleave mid-line; a pipe write of at most 4096 bytes is never split.
+pub(crate) fn print_stderr_line(line: &str) {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    // Nothing is left to tell the user if stderr itself fails.
+    let _ = std::io::stderr().write_all(&bytes);
 }
 
 fn main() -> ExitCode {
@@ -228,8 +242,8 @@ fn main() -> ExitCode {
         Err(error) => {
             let args: Vec<String> = std::env::args().collect();
             match negative_value_tip(&error, &args) {
-                Some(tip) => eprintln!("{} {tip}", one_line(&error)),
-                None => eprintln!("{}", one_line(&error)),
+                Some(tip) => print_stderr_line(&format!("{} {tip}", one_line(&error))),
+                None => print_stderr_line(&one_line(&error)),
             }
             return ExitCode::from(2);
         }
@@ -240,11 +254,11 @@ fn main() -> ExitCode {
             let interrupted = error
                 .downcast::<interrupt::Interrupted>()
                 .expect("checked by the guard");
-            eprintln!("{}", interrupted.message);
+            print_stderr_line(&interrupted.message);
             ExitCode::from(interrupted.signal.exit_code())
         }
         Err(error) => {
-            eprintln!("error: {}", error_line(&error));
+            print_stderr_line(&format!("error: {}", error_line(&error)));
             ExitCode::from(if is_usage_error(&error) { 2 } else { 1 })
         }
     }

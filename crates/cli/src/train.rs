@@ -306,12 +306,14 @@ impl Process {
                                 if is_root {
                                     bars.clear();
                                     let mpi_stages = Some(config.stages);
-                                    eprintln!("{}", interrupted_message(&error, paths, mpi_stages));
+                                    crate::print_stderr_line(&interrupted_message(
+                                        &error, paths, mpi_stages,
+                                    ));
                                 }
                                 stop.signal().exit_code().into()
                             }
                             error => {
-                                eprintln!("error: {error}");
+                                crate::print_stderr_line(&format!("error: {error}"));
                                 1
                             }
                         };
@@ -328,15 +330,14 @@ impl Process {
 /// checkpoint) and how to continue, or why there is nothing to continue from. `mpi_stages` is
 /// the number of ranks of an MPI run, which must be continued under `mpirun` too.
 fn interrupted_message(error: &TrainError, paths: &RunPaths, mpi_stages: Option<u32>) -> String {
-    let checkpointed = matches!(
-        error,
+    let last_checkpoint = match error {
         TrainError::Interrupted {
-            last_checkpoint: Some(_),
-            ..
-        }
-    );
-    let next = match (&paths.out_dir, paths.checkpoint_every) {
-        (Some(dir), _) if checkpointed => {
+            last_checkpoint, ..
+        } => last_checkpoint.as_ref(),
+        _ => None,
+    };
+    let next = match (last_checkpoint, &paths.out_dir, paths.checkpoint_every) {
+        (Some(checkpoint), _, _) => {
             let launcher = mpi_stages
                 .map(|stages| format!("mpirun -np {stages} "))
                 .unwrap_or_default();
@@ -347,12 +348,12 @@ fn interrupted_message(error: &TrainError, paths: &RunPaths, mpi_stages: Option<
             };
             format!(
                 "; continue with `{launcher}timeprest train{transport} --resume {}`",
-                shell_quoted(&dir.display().to_string())
+                shell_quoted(&checkpoint.run_dir.display().to_string())
             )
         }
-        (None, _) => " (no --out)".to_string(),
-        (Some(_), 0) => " (--checkpoint-every 0)".to_string(),
-        (Some(_), _) => " (none was due yet)".to_string(),
+        (None, None, _) => " (no --out)".to_string(),
+        (None, Some(_), 0) => " (--checkpoint-every 0)".to_string(),
+        (None, Some(_), _) => " (none was due yet)".to_string(),
     };
     format!("{error}{next}")
 }
