@@ -37,6 +37,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::transformer;
 
+mod vjp;
+
+pub(crate) use vjp::Vjp;
+
 /// The shape of one sample: `[channels, height, width]`.
 pub type Shape = [usize; 3];
 
@@ -797,6 +801,19 @@ impl Block {
         params: &[Tensor<1>],
         norm: Norm<'_>,
     ) -> Tensor<2> {
+        self.forward_weighted_recording(x, params, norm, None)
+    }
+
+    /// [`Block::forward_weighted`] that also appends the input of every layer of the block's
+    /// plan (main path, then shortcut; nothing for a block without a plan) to `layer_inputs`:
+    /// what the closed-form backward ([`Block::spatial_vjp`]) needs of a residual block.
+    fn forward_weighted_recording(
+        &self,
+        x: Tensor<2>,
+        params: &[Tensor<1>],
+        norm: Norm<'_>,
+        layer_inputs: Option<&mut Vec<Tensor<4>>>,
+    ) -> Tensor<2> {
         let batch = x.dims()[0];
         let [c, h, w] = self.input_shape();
         let image = || x.clone().reshape([batch, c, h, w]);
@@ -856,7 +873,7 @@ impl Block {
             | Block::BasicBlock { .. }
             | Block::Bottleneck { .. } => {
                 let plan = self.plan().expect("weighted blocks have a plan");
-                run_plan(&plan, image(), params, norm)
+                run_plan(&plan, image(), params, norm, layer_inputs)
             }
         };
         out.reshape([batch, self.output_features()])
@@ -864,7 +881,19 @@ impl Block {
 
     /// The whole forward of the block.
     pub(crate) fn forward(&self, x: Tensor<2>, params: &[Tensor<1>], norm: Norm<'_>) -> Tensor<2> {
-        let pre = self.forward_weighted(x, params, norm);
+        self.forward_recording(x, params, norm, None)
+    }
+
+    /// [`Block::forward`] that records the input of every layer of the block's plan in
+    /// `layer_inputs` if given (see [`Block::spatial_vjp`]).
+    pub(crate) fn forward_recording(
+        &self,
+        x: Tensor<2>,
+        params: &[Tensor<1>],
+        norm: Norm<'_>,
+        layer_inputs: Option<&mut Vec<Tensor<4>>>,
+    ) -> Tensor<2> {
+        let pre = self.forward_weighted_recording(x, params, norm, layer_inputs);
         if self.has_relu() { relu(pre) } else { pre }
     }
 }
@@ -882,12 +911,22 @@ pub(crate) fn affine(
         .add(bias.clone().reshape([1, output]))
 }
 
-/// Runs a plan's layers on `x` (`[batch, c, h, w]`), consuming `params` in order.
-fn run_plan(plan: &Plan, x: Tensor<4>, params: &[Tensor<1>], mut norm: Norm<'_>) -> Tensor<4> {
+/// Runs a plan's layers on `x` (`[batch, c, h, w]`), consuming `params` in order; appends
+/// each layer's input to `layer_inputs` if given (main path, then shortcut).
+fn run_plan(
+    plan: &Plan,
+    x: Tensor<4>,
+    params: &[Tensor<1>],
+    mut norm: Norm<'_>,
+    mut layer_inputs: Option<&mut Vec<Tensor<4>>>,
+) -> Tensor<4> {
     let mut tensors = params.iter();
     let mut norms_done = 0;
     let mut run = |layers: &[(&'static str, Layer)], mut h: Tensor<4>| {
         for &(name, layer) in layers {
+            if let Some(inputs) = layer_inputs.as_deref_mut() {
+                inputs.push(h.clone());
+            }
             h = match layer {
                 Layer::Relu => relu(h),
                 Layer::Conv {

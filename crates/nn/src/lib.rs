@@ -17,11 +17,14 @@
 
 mod block;
 mod checkpoint;
+mod conv_kernel;
 mod error;
 mod memory;
 mod model;
+mod norm_kernel;
 mod optim;
 mod partition;
+mod pool_kernel;
 mod stage;
 mod store;
 mod tensor;

@@ -215,6 +215,9 @@ struct Trace {
     loss_sum: Option<f64>,
     /// Per block: each batch norm's batch mean and unbiased variance (plain).
     batch_stats: Vec<Vec<Tensor<1>>>,
+    /// Per block, the input of every layer of its plan, if the run recorded them for a
+    /// closed-form backward with the same weights (see `Block::spatial_vjp`).
+    layer_inputs: Option<Vec<Vec<Tensor<4>>>>,
 }
 
 /// What a forward keeps for the backward of its micro-batch.
@@ -465,7 +468,8 @@ impl BurnStage {
         Ok((indices, size))
     }
 
-    /// Runs the blocks with `weights` on `input` (plain), with autodiff if `with_graph`.
+    /// Runs the blocks with `weights` on `input` (plain), with autodiff if `with_graph`, and
+    /// records every block's layer inputs if `record_layers`.
     ///
     /// Without a graph the run is plain tensor arithmetic: cheaper, and nothing but the kept
     /// activations stays alive (no parameter leaves, no autodiff copies of every activation).
@@ -476,6 +480,7 @@ impl BurnStage {
         targets: Option<&Targets>,
         keep_activations: bool,
         with_graph: bool,
+        record_layers: bool,
     ) -> Trace {
         let input_leaf =
             (with_graph && self.stage != 0).then(|| input.clone().autodiff().require_grad());
@@ -494,6 +499,7 @@ impl BurnStage {
         };
         let mut activations = vec![input.clone()];
         let mut batch_stats = Vec::with_capacity(weights.len());
+        let mut layer_inputs = record_layers.then(|| Vec::with_capacity(weights.len()));
         let mut h = match &input_leaf {
             Some(leaf) => leaf.clone(),
             None if with_graph => input.clone().autodiff(),
@@ -501,8 +507,17 @@ impl BurnStage {
         };
         for (p, block_leaves) in weights.iter().zip(&leaves) {
             let mut stats = Vec::new();
-            h = p.block.forward(h, block_leaves, Norm::Batch(&mut stats));
+            let mut recorded = Vec::new();
+            h = p.block.forward_recording(
+                h,
+                block_leaves,
+                Norm::Batch(&mut stats),
+                layer_inputs.is_some().then_some(&mut recorded),
+            );
             batch_stats.push(stats);
+            if let Some(inputs) = layer_inputs.as_mut() {
+                inputs.push(recorded);
+            }
             if keep_activations {
                 activations.push(h.clone().inner());
             }
@@ -531,6 +546,7 @@ impl BurnStage {
             stage_output,
             loss_sum,
             batch_stats,
+            layer_inputs,
         }
     }
 
@@ -602,6 +618,7 @@ impl BurnStage {
         acts: &[Tensor<2>],
         weights: &[BlockParams],
         mut g: Tensor<2>,
+        layer_inputs: Option<&[Vec<Tensor<4>>]>,
     ) -> (Vec<Vec<Tensor<1>>>, Option<Tensor<2>>) {
         let defer = self.all_closed_form();
         assert_eq!(
@@ -620,9 +637,15 @@ impl BurnStage {
                 // relu'(pre) from the forward: 1 where its output was positive.
                 g = g.mul(acts[i + 1].clone().sign());
             }
-            if let Some((grads, input_grad)) =
-                direct_vjp::direct_vjp(&p.block, &acts[i], &p.tensors, &g, need_input_grad, defer)
-            {
+            if let Some((grads, input_grad)) = direct_vjp::direct_vjp(
+                &p.block,
+                &acts[i],
+                &p.tensors,
+                &g,
+                need_input_grad,
+                defer,
+                layer_inputs.map(|inputs| inputs[i].as_slice()),
+            ) {
                 if defer && matches!(p.block, crate::Block::Linear { .. }) {
                     if self.deferred.len() < weights.len() {
                         self.deferred.resize_with(weights.len(), Vec::new);
@@ -721,11 +744,17 @@ impl BurnStage {
         Ok(match self.grad_mode {
             GradMode::Graph => {
                 let g = self.output_gradient(&saved, upstream);
-                self.per_block_vjp(&saved.trace.activations, &weights, g)
+                // Layer inputs recorded by the forward serve only a backward with its weights.
+                let layer_inputs = saved
+                    .trace
+                    .layer_inputs
+                    .as_deref()
+                    .filter(|_| recipe == saved.recipe);
+                self.per_block_vjp(&saved.trace.activations, &weights, g, layer_inputs)
             }
             GradMode::Recompute => {
                 let input = &saved.trace.activations[0];
-                let trace = self.run(input, &weights, saved.targets.as_ref(), false, true);
+                let trace = self.run(input, &weights, saved.targets.as_ref(), false, true, false);
                 let graph = trace.graph.expect("a run with a graph has one");
                 Self::graph_vjp(graph, upstream)
             }
@@ -784,7 +813,7 @@ impl BurnStage {
             .store
             .weights(&recipe, Pass::Backward, &self.optimizer)?;
         let (param_grads, input_grad) =
-            self.per_block_vjp(&acts, &weights, Tensor::cat(gradients, 0));
+            self.per_block_vjp(&acts, &weights, Tensor::cat(gradients, 0), None);
         self.accumulate(param_grads);
         Ok(match input_grad {
             Some(grad) => grad
@@ -886,6 +915,7 @@ impl StageCompute for BurnStage {
             targets.as_ref(),
             keep,
             backward_reads_forward_weights && !closed_form,
+            backward_reads_forward_weights && closed_form,
         );
         // Running statistics move once per forward, on the live version (spec §9 item 14).
         self.store

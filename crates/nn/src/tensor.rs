@@ -140,6 +140,14 @@ pub fn device() -> Device {
         .clone()
 }
 
+/// True when this process computes on the CPU, where tensor data is host memory that the
+/// crate's own kernels ([`crate::conv_kernel`], [`crate::norm_kernel`]) work on directly.
+pub(crate) fn on_cpu() -> bool {
+    SELECTED
+        .get()
+        .is_none_or(|(choice, _)| *choice == ComputeDevice::Cpu)
+}
+
 /// A 1-D f32 tensor on [`device()`].
 pub fn tensor1(values: Vec<f32>) -> Tensor<1> {
     let len = values.len();

@@ -5,11 +5,10 @@
 //! weights. Through autodiff that means re-running the block's forward (one GEMM for a linear
 //! block) only to build a graph; profiling showed that re-run at 19% of all instructions of a
 //! TiMePReSt run on an MLP. For a linear block `y = x·W + b` the products are known in closed
-//! form — `∂W = xᵀ·g`, `∂b = Σ_rows g`, `∂x = g·Wᵀ` — so the re-run is skipped. A convolution
-//! block likewise: `∂W` is burn's weight-gradient convolution, `∂b` sums `g` over batch and
-//! positions, `∂x` is the transposed convolution of `g` (with the output padding that restores
-//! the input size when the stride drops rows). Blocks without a closed form here return `None`
-//! and take the autodiff path.
+//! form — `∂W = xᵀ·g`, `∂b = Σ_rows g`, `∂x = g·Wᵀ` — so the re-run is skipped. Image blocks
+//! (convolutions, batch norms, pools, residual blocks) have theirs beside their forward
+//! ([`Block::spatial_vjp`]). Blocks without a closed form (the transformer blocks) return
+//! `None` and take the autodiff path.
 //!
 //! Stacking (see `backward_stacked`): the micro-batches of one nF1B backward that read one
 //! weight set can be differentiated as one batch when every block of the stage treats samples
@@ -17,10 +16,9 @@
 //! with M rows instead of N times with M/N.
 
 use burn::tensor::Tensor;
-use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use crate::Block;
+use crate::block::Vjp;
 
 /// Whether the block's VJP at several micro-batches stacked along the rows equals their VJPs
 /// taken one by one (rows stacked, parameter gradients summed): true for every block that
@@ -43,16 +41,14 @@ pub(super) fn stacks_rows(block: &Block) -> bool {
 
 /// Whether [`direct_vjp`] has a closed form for `block` (it never returns `None` for it).
 pub(super) fn has_closed_form(block: &Block) -> bool {
-    matches!(
-        block,
-        Block::Linear { .. } | Block::Relu { .. } | Block::Conv2d { .. }
-    )
+    matches!(block, Block::Linear { .. } | Block::Relu { .. }) || block.has_spatial_vjp()
 }
 
 /// Parameter gradients (in the block's parameter order) and, if asked for, the input gradient
 /// of `block` at input `x` (`[batch, in]`, plain) and weights `params`, for the gradient `g`
 /// of the block's weighted output (before any trailing ReLU). `None` if the block has no
-/// closed form here.
+/// closed form here. `layer_inputs`: what a forward with these same weights recorded for an
+/// image block ([`Block::spatial_vjp`]).
 pub(super) fn direct_vjp(
     block: &Block,
     x: &Tensor<2>,
@@ -60,13 +56,13 @@ pub(super) fn direct_vjp(
     g: &Tensor<2>,
     need_input_grad: bool,
     defer_linear_weight: bool,
-) -> Option<(Vec<Tensor<1>>, Option<Tensor<2>>)> {
+    layer_inputs: Option<&[Tensor<4>]>,
+) -> Option<Vjp<2>> {
     let (input, output) = match *block {
         Block::Linear { input, output, .. } => (input, output),
         // The weighted part of a ReLU block is the identity (the mask is already in `g`).
         Block::Relu { .. } => return Some((Vec::new(), need_input_grad.then(|| g.clone()))),
-        Block::Conv2d { .. } => return Some(conv_vjp(block, x, params, g, need_input_grad)),
-        _ => return None,
+        _ => return block.spatial_vjp(x, params, g, need_input_grad, layer_inputs),
     };
     let [weight, _bias] = params else {
         panic!(
@@ -90,71 +86,6 @@ pub(super) fn direct_vjp(
 /// gradient rows `g`; with several micro-batches stacked along the rows, their sum.
 pub(super) fn linear_weight_grad(x: &Tensor<2>, g: &Tensor<2>) -> Tensor<2> {
     x.clone().transpose().matmul(g.clone())
-}
-
-/// [`direct_vjp`] of a [`Block::Conv2d`].
-fn conv_vjp(
-    block: &Block,
-    x: &Tensor<2>,
-    params: &[Tensor<1>],
-    g: &Tensor<2>,
-    need_input_grad: bool,
-) -> (Vec<Tensor<1>>, Option<Tensor<2>>) {
-    let Block::Conv2d {
-        input: [channels_in, height, width],
-        channels,
-        kernel,
-        stride,
-        padding,
-        bias,
-        ..
-    } = *block
-    else {
-        panic!("conv_vjp of {block:?}");
-    };
-    let batch = x.dims()[0];
-    let [_, _, height_out, width_out] = block_output_shape(block, batch);
-    let weight = params[0]
-        .clone()
-        .reshape([channels, channels_in, kernel, kernel]);
-    let x = x.clone().reshape([batch, channels_in, height, width]);
-    let g = g.clone().reshape([batch, channels, height_out, width_out]);
-    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
-    let weight_grad = conv2d_weight_backward(x, weight.clone(), g.clone(), options)
-        .reshape([channels * channels_in * kernel * kernel]);
-    let mut grads = vec![weight_grad];
-    if bias {
-        grads.push(
-            g.clone()
-                .sum_dim(0)
-                .sum_dim(2)
-                .sum_dim(3)
-                .reshape([channels]),
-        );
-    }
-    let input_grad = need_input_grad.then(|| {
-        // The rows and columns a strided forward dropped at the far edge come back as output
-        // padding, so the transposed convolution returns exactly the input size.
-        let dropped = |size_in: usize, size_out: usize| {
-            let covered = (size_out - 1) * stride + kernel;
-            (size_in + 2 * padding).saturating_sub(covered)
-        };
-        let padding_out = [dropped(height, height_out), dropped(width, width_out)];
-        conv_transpose2d(
-            g,
-            weight,
-            None,
-            ConvTransposeOptions::new([stride, stride], [padding, padding], padding_out, [1, 1], 1),
-        )
-        .reshape([batch, channels_in * height * width])
-    });
-    (grads, input_grad)
-}
-
-/// `[batch, channels, height, width]` of a spatial block's output.
-fn block_output_shape(block: &Block, batch: usize) -> [usize; 4] {
-    let [channels, height, width] = block.output_shape();
-    [batch, channels, height, width]
 }
 
 #[cfg(test)]
@@ -203,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn closed_forms_equal_autodiff_for_linear_and_convolution_blocks() {
+    fn closed_forms_equal_autodiff_for_linear_and_image_blocks() {
         let blocks = [
             Block::Linear {
                 input: 5,
@@ -238,6 +169,39 @@ mod tests {
                 bias: true,
                 relu: false,
             },
+            Block::BatchNorm2d {
+                input: [3, 5, 3],
+                relu: true,
+            },
+            Block::MaxPool2d {
+                input: [2, 7, 6],
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+            Block::AvgPool2d {
+                input: [2, 6, 5],
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+            Block::GlobalAvgPool { input: [3, 3, 5] },
+            // Identity shortcut; projection shortcut with a stride that drops a column.
+            Block::BasicBlock {
+                input: [2, 5, 5],
+                planes: 2,
+                stride: 1,
+            },
+            Block::BasicBlock {
+                input: [2, 6, 5],
+                planes: 3,
+                stride: 2,
+            },
+            Block::Bottleneck {
+                input: [3, 5, 4],
+                planes: 2,
+                stride: 2,
+            },
         ];
         let batch = 3;
         for block in blocks {
@@ -257,17 +221,28 @@ mod tests {
                 batch,
                 block.output_features(),
             );
-            let (grads, input_grad) = direct_vjp(&block, &x, &params, &g, true, false).unwrap();
             let (expected_grads, expected_input_grad) = autodiff_vjp(&block, &x, &params, &g);
-            assert_eq!(grads.len(), expected_grads.len(), "{block:?}");
-            for (k, (got, expected)) in grads.iter().zip(&expected_grads).enumerate() {
-                assert_close(&format!("{block:?} parameter {k}"), &to_vec(got), expected);
-            }
-            assert_close(
-                &format!("{block:?} input"),
-                &to_vec(&input_grad.unwrap()),
-                &expected_input_grad,
+            // Layer inputs recomputed from `x`, and recorded by a forward with these weights.
+            let mut recorded = Vec::new();
+            block.forward_recording(
+                x.clone(),
+                &params,
+                Norm::Batch(&mut Vec::new()),
+                Some(&mut recorded),
             );
+            for layer_inputs in [None, Some(recorded.as_slice())] {
+                let (grads, input_grad) =
+                    direct_vjp(&block, &x, &params, &g, true, false, layer_inputs).unwrap();
+                assert_eq!(grads.len(), expected_grads.len(), "{block:?}");
+                for (k, (got, expected)) in grads.iter().zip(&expected_grads).enumerate() {
+                    assert_close(&format!("{block:?} parameter {k}"), &to_vec(got), expected);
+                }
+                assert_close(
+                    &format!("{block:?} input"),
+                    &to_vec(&input_grad.unwrap()),
+                    &expected_input_grad,
+                );
+            }
         }
     }
 }

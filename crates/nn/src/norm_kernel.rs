@@ -1,0 +1,218 @@
+//! The backward of batch normalisation with batch statistics, on plain `f32` slices.
+//!
+//! Why it exists: through autodiff, burn differentiates its batch norm as the dozen tensor
+//! operations it is made of (means, differences, squares, broadcasts), each one a pass over
+//! memory with a freshly allocated output; a conv model's step spent 6 % of its time there.
+//! The closed form needs two reads of the input and the output gradient and one write:
+//!
+//! - per channel, over the `n = batch · positions` values: the mean `μ`, the biased variance
+//!   `σ²`, `Σg` and `Σg·(x − μ)` (with `x̂ = (x − μ)/√(σ² + ε)`);
+//! - `∂β = Σg`, `∂γ = Σg·x̂`, and `∂x = γ/√(σ² + ε) · (g − Σg/n − x̂ · Σg·x̂/n)`.
+//!
+//! Channel sums accumulate in `f64` across images (per image plane in `f32` lanes), so the
+//! result differs from autodiff's only in the last bits. The layout is NCHW, as burn's.
+
+use rayon::prelude::*;
+
+/// Lanes of the per-plane `f32` sums (a multiple of every SIMD width in use, so the compiler
+/// vectorises the loops).
+const LANES: usize = 8;
+
+/// `Σ f(a_i, b_i)` over two equally long slices, in [`LANES`] independent `f32` partial sums.
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (a_chunks.remainder().iter())
+        .zip(b_chunks.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for k in 0..LANES {
+            lanes[k] += f(ca[k], cb[k]);
+        }
+    }
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+}
+
+/// The gradients of a batch norm's `γ`, `β` and (if asked for) input.
+#[derive(Debug)]
+pub(crate) struct BatchNormGrads {
+    /// `∂x`, `[batch, channels, positions]` flattened, if it was asked for.
+    pub input: Option<Vec<f32>>,
+    /// `∂γ`, one per channel.
+    pub gamma: Vec<f32>,
+    /// `∂β`, one per channel.
+    pub beta: Vec<f32>,
+}
+
+/// The VJP of `y = γ·x̂ + β` normalised with the batch statistics of `x`
+/// (`[batch, channels, positions]` flattened, `channels = gamma.len()`), for the output
+/// gradient `g` (same layout). Runs on the current rayon pool (channels, then images, split
+/// between its threads).
+///
+/// # Panics
+/// If the slice lengths do not match (a broken invariant of the caller).
+pub(crate) fn batch_norm_backward(
+    x: &[f32],
+    g: &[f32],
+    gamma: &[f32],
+    positions: usize,
+    epsilon: f64,
+    need_input_grad: bool,
+) -> BatchNormGrads {
+    let channels = gamma.len();
+    let image_len = channels * positions;
+    assert!(
+        image_len > 0 && x.len().is_multiple_of(image_len),
+        "batch norm input of {} values for {channels} channels × {positions} positions",
+        x.len()
+    );
+    assert_eq!(g.len(), x.len(), "batch norm output gradient");
+    let batch = x.len() / image_len;
+    let n = (batch * positions) as f64;
+    fn channel_plane(data: &[f32], index: usize, positions: usize) -> &[f32] {
+        &data[index * positions..][..positions]
+    }
+    let plane = |data, b, c| channel_plane(data, b * channels + c, positions);
+    // Per channel: mean, 1/√(σ² + ε), Σg, Σg·(x − μ).
+    let stats: Vec<[f64; 4]> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = (0..batch)
+                .map(|b| lane_sum(plane(x, b, c), plane(x, b, c), |v, _| v))
+                .sum();
+            let mean = sum / n;
+            let centre = mean as f32;
+            let (mut squares, mut g_sum, mut g_centred) = (0.0, 0.0, 0.0);
+            for b in 0..batch {
+                let (xp, gp) = (plane(x, b, c), plane(g, b, c));
+                squares += lane_sum(xp, xp, |v, _| (v - centre) * (v - centre));
+                g_sum += lane_sum(gp, gp, |v, _| v);
+                g_centred += lane_sum(xp, gp, |v, w| w * (v - centre));
+            }
+            let inv_std = 1.0 / (squares / n + epsilon).sqrt();
+            [mean, inv_std, g_sum, g_centred]
+        })
+        .collect();
+    let input = need_input_grad.then(|| {
+        // ∂x = k·(g − a − (x − μ)·s): k = γ/√(σ² + ε), a = Σg/n, s = Σg·(x − μ)/(n·(σ² + ε)).
+        let coefficients: Vec<[f32; 4]> = (stats.iter().zip(gamma))
+            .map(|(&[mean, inv_std, g_sum, g_centred], &gamma)| {
+                [
+                    mean as f32,
+                    (f64::from(gamma) * inv_std) as f32,
+                    (g_sum / n) as f32,
+                    (g_centred * inv_std * inv_std / n) as f32,
+                ]
+            })
+            .collect();
+        let mut dx = vec![0.0f32; x.len()];
+        dx.par_chunks_mut(image_len)
+            .enumerate()
+            .for_each(|(b, image)| {
+                for (c, out) in image.chunks_exact_mut(positions).enumerate() {
+                    let [mean, k, a, s] = coefficients[c];
+                    for ((o, &xv), &gv) in out.iter_mut().zip(plane(x, b, c)).zip(plane(g, b, c)) {
+                        *o = k * (gv - a - (xv - mean) * s);
+                    }
+                }
+            });
+        dx
+    });
+    BatchNormGrads {
+        input,
+        gamma: stats
+            .iter()
+            .map(|&[_, inv_std, _, g_centred]| (g_centred * inv_std) as f32)
+            .collect(),
+        beta: stats.iter().map(|&[_, _, g_sum, _]| g_sum as f32).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The VJP by its definition, in f64: `x̂`, then the three sums, then `∂x` element by
+    /// element.
+    fn reference(
+        x: &[f32],
+        g: &[f32],
+        gamma: &[f32],
+        positions: usize,
+        epsilon: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let channels = gamma.len();
+        let batch = x.len() / (channels * positions);
+        let n = (batch * positions) as f64;
+        let index = |b: usize, c: usize, p: usize| (b * channels + c) * positions + p;
+        let (mut dx, mut dgamma, mut dbeta) =
+            (vec![0.0; x.len()], vec![0.0; channels], vec![0.0; channels]);
+        for c in 0..channels {
+            let values =
+                || (0..batch).flat_map(move |b| (0..positions).map(move |p| index(b, c, p)));
+            let mean = values().map(|i| f64::from(x[i])).sum::<f64>() / n;
+            let var = values()
+                .map(|i| (f64::from(x[i]) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let std = (var + epsilon).sqrt();
+            let x_hat = |i: usize| (f64::from(x[i]) - mean) / std;
+            dbeta[c] = values().map(|i| f64::from(g[i])).sum();
+            dgamma[c] = values().map(|i| f64::from(g[i]) * x_hat(i)).sum();
+            for i in values() {
+                dx[i] = f64::from(gamma[c]) / std
+                    * (f64::from(g[i]) - dbeta[c] / n - x_hat(i) * dgamma[c] / n);
+            }
+        }
+        (dx, dgamma, dbeta)
+    }
+
+    fn values(len: usize, seed: u32, scale: f32, offset: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(13);
+                offset + scale * ((h % 2000) as f32 / 1000.0 - 1.0)
+            })
+            .collect()
+    }
+
+    fn assert_close(what: &str, got: &[f32], expected: &[f64]) {
+        assert_eq!(got.len(), expected.len(), "{what}: lengths");
+        for (k, (&a, &b)) in got.iter().zip(expected).enumerate() {
+            assert!(
+                (f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{what}[{k}]: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_batch_norm_backward_equals_its_definition_on_odd_shapes() {
+        // (batch, channels, positions): lane tails, one position, one image, many channels.
+        for (batch, channels, positions) in [(3, 2, 35), (1, 5, 9), (4, 3, 1), (2, 17, 16)] {
+            let len = batch * channels * positions;
+            // An offset mean and a spread far from 1, so centring and scaling both matter.
+            let x = values(len, 1, 3.0, 2.5);
+            let g = values(len, 2, 1.0, 0.1);
+            let gamma = values(channels, 3, 0.5, 1.0);
+            let expected = reference(&x, &g, &gamma, positions, 1e-5);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got =
+                    pool.install(|| batch_norm_backward(&x, &g, &gamma, positions, 1e-5, true));
+                let what = format!("{batch}×{channels}×{positions}, {threads} threads");
+                assert_close(&format!("{what} ∂x"), &got.input.unwrap(), &expected.0);
+                assert_close(&format!("{what} ∂γ"), &got.gamma, &expected.1);
+                assert_close(&format!("{what} ∂β"), &got.beta, &expected.2);
+            }
+            let without = batch_norm_backward(&x, &g, &gamma, positions, 1e-5, false);
+            assert!(without.input.is_none());
+        }
+    }
+}
