@@ -35,6 +35,8 @@ use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d, max
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::conv_kernel::{ConvGeometry, conv2d_forward};
+use crate::tensor::{host_values, tensor1};
 use crate::transformer;
 
 mod vjp;
@@ -929,23 +931,10 @@ fn run_plan(
             }
             h = match layer {
                 Layer::Relu => relu(h),
-                Layer::Conv {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                } => {
-                    let weight = next_tensor(&mut tensors, name).reshape([
-                        out_channels,
-                        in_channels,
-                        kernel,
-                        kernel,
-                    ]);
+                Layer::Conv { bias, .. } => {
+                    let weight = next_tensor(&mut tensors, name);
                     let bias = bias.then(|| next_tensor(&mut tensors, name));
-                    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
-                    conv2d(h, weight, bias, options)
+                    conv_layer(layer, h, weight, bias)
                 }
                 Layer::Norm { .. } => {
                     let gamma = next_tensor(&mut tensors, name);
@@ -970,6 +959,66 @@ fn run_plan(
             main.add(shortcut)
         }
     }
+}
+
+/// The geometry of convolution layer `layer` on an input of `dims` (`[batch, c, h, w]`).
+fn conv_geometry(layer: Layer, [batch, _, height, width]: [usize; 4]) -> ConvGeometry {
+    let Layer::Conv {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+        ..
+    } = layer
+    else {
+        panic!("conv_geometry of {layer:?}");
+    };
+    ConvGeometry {
+        batch,
+        channels_in: in_channels,
+        height,
+        width,
+        channels_out: out_channels,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+/// Convolution layer `layer` on `x` (`[batch, c, h, w]`) with its weight (`[OC, C, k, k]`
+/// flattened) and bias: [`conv_kernel`](crate::conv_kernel) on plain CPU tensors, burn's
+/// convolution on autodiff or GPU tensors.
+fn conv_layer(layer: Layer, x: Tensor<4>, weight: Tensor<1>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let geometry = conv_geometry(layer, x.dims());
+    let output = [
+        geometry.batch,
+        geometry.channels_out,
+        geometry.height_out(),
+        geometry.width_out(),
+    ];
+    let host = host_values(&x, |x| {
+        host_values(&weight, |weight| match &bias {
+            Some(bias) => host_values(bias, |bias| {
+                conv2d_forward(&geometry, x, weight, Some(bias))
+            }),
+            None => Some(conv2d_forward(&geometry, x, weight, None)),
+        })
+    });
+    if let Some(Some(Some(values))) = host {
+        return tensor1(values).reshape(output);
+    }
+    let ConvGeometry {
+        channels_in,
+        channels_out,
+        kernel,
+        stride,
+        padding,
+        ..
+    } = geometry;
+    let weight = weight.reshape([channels_out, channels_in, kernel, kernel]);
+    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+    conv2d(x, weight, bias, options)
 }
 
 /// Batch norm number `index` of a block on `x` (`[batch, c, h, w]`).

@@ -1,18 +1,22 @@
-//! The weight gradient of a 2-D convolution as one GEMM per image, on plain `f32` slices.
+//! Convolutions on plain `f32` slices: forward, input gradient and weight gradient, each a
+//! GEMM per chunk of images on the `gemm` crate.
 //!
-//! Why it exists: profiling one training step of resnet18 (`--width 0.25`, batch 64, one
-//! thread) put burn's `conv2d_weight_backward` at 30 % of all samples, more than the forward
-//! convolutions (22 %). Burn computes `∂W` as a convolution of the input with the output
-//! gradient, batch and channels swapped, so the "kernel" is a whole output plane: the swapped
-//! tensors are copied to contiguous layout, converted to channels-last and unrolled, and the
-//! GEMM it reaches has a 9-row output (3×3 kernels). Here `∂W = Σ_b g_b · col_bᵀ` instead, with
-//! `col_b` the image's unrolled patches (`[C·k·k, OH·OW]`, built in NCHW order straight from
-//! the input) and `g_b` the image's output gradient (`[OC, OH·OW]`): GEMMs with the output `[OC, C·k·k]` in burn's and PyTorch's `[out, in, kh, kw]` layout,
-//! accumulated in place; a few images are multiplied at once (their patches side by side, up to
-//! [`CHUNK_BYTES`]) so that each GEMM has a long inner dimension. With several threads the images are split between them, each thread
-//! summing into its own gradient, and the partial gradients are added at the end.
+//! Why it exists: profiling training steps put burn's convolutions at most of a conv model's
+//! time: its weight gradient (a convolution of the input with the output gradient, batch and
+//! channels swapped, so the GEMM it reaches has a 9-row output for 3×3 kernels) at 30 % of a
+//! resnet18 step, and its direct ("small channel") forward at 47 % of an alexnet step. Here all
+//! three products work on the images' unrolled patches (`col`, `[C·k·k, OH·OW]` per image,
+//! built in NCHW order straight from the input; zero where a patch reads padding):
 //!
-//! Only the CPU device uses it (the slices are the tensors' host data); a GPU keeps burn's.
+//! - forward: `y_b = W · col_b (+ b)`, `W` as `[OC, C·k·k]`;
+//! - input gradient: `col_b' = Wᵀ · g_b`, folded back onto the positions each patch read;
+//! - weight gradient: `∂W = Σ_b g_b · col_bᵀ`, in burn's and PyTorch's `[OC, C, k, k]` layout.
+//!
+//! A few images are multiplied at once (their patches side by side, up to [`CHUNK_BYTES`]) so
+//! that each GEMM has a long inner or outer dimension, and chunks are split between the threads
+//! of the current rayon pool.
+//!
+//! Only the CPU device uses them (the slices are the tensors' host data); a GPU keeps burn's.
 
 use rayon::prelude::*;
 
@@ -60,15 +64,20 @@ impl ConvGeometry {
     }
 }
 
-/// Unrolls the patches of one image (`[C, H, W]`) into its `OH·OW` columns of `col`
-/// (`C·k·k` rows of `row_len` values, the image's columns starting at `first_column`):
-/// `col[(c, i, j), (oh, ow)] = image[c, oh·s + i − p, ow·s + j − p]`, zero outside the image.
-fn unroll_patches(
+/// Where one patch row of one output row reads the image: the output columns whose input lies
+/// inside the image, and the image offset of the first of them (input columns follow with the
+/// stride).
+struct RowSpan {
+    columns: std::ops::Range<usize>,
+    image_offset: usize,
+}
+
+/// Calls `visit(row, oh, span)` for every patch row `row = (c, i, j)` and output row `oh`,
+/// with `span` `None` where that output row reads only padding. Patch row `(c, i, j)` of output
+/// position `(oh, ow)` reads `image[c, oh·s + i − p, ow·s + j − p]`.
+fn for_each_patch_row(
     geometry: &ConvGeometry,
-    image: &[f32],
-    col: &mut [f32],
-    row_len: usize,
-    first_column: usize,
+    mut visit: impl FnMut(usize, usize, Option<RowSpan>),
 ) {
     let ConvGeometry {
         height,
@@ -79,8 +88,7 @@ fn unroll_patches(
         ..
     } = *geometry;
     let (height_out, width_out) = (geometry.height_out(), geometry.width_out());
-    let positions = geometry.positions();
-    // The output columns `ow` whose input column `ow·s + j − p` lies inside the image.
+    // The output indices whose input index `o·s + offset − p` lies inside `0..size`.
     let inside = |offset: usize, size: usize, size_out: usize| {
         let first = padding.saturating_sub(offset).div_ceil(stride);
         let last = (size + padding)
@@ -88,70 +96,159 @@ fn unroll_patches(
             .map_or(0, |max| (max / stride + 1).min(size_out));
         first..last.max(first)
     };
-    // `col` may be longer than this chunk's `[C·k·k, row_len]` (the last chunk of a thread can
-    // hold fewer images than the buffer was sized for).
-    let rows = geometry.patch_rows();
-    for (row, col_row) in col[..rows * row_len].chunks_exact_mut(row_len).enumerate() {
-        let col_row = &mut col_row[first_column..first_column + positions];
+    for row in 0..geometry.patch_rows() {
         let channel = row / (kernel * kernel);
         let (i, j) = ((row / kernel) % kernel, row % kernel);
-        let plane = &image[channel * height * width..(channel + 1) * height * width];
         let rows_inside = inside(i, height, height_out);
-        let columns_inside = inside(j, width, width_out);
-        for (oh, out) in col_row.chunks_exact_mut(width_out).enumerate() {
-            if !rows_inside.contains(&oh) {
-                out.fill(0.0);
-                continue;
-            }
-            let input_row = &plane[(oh * stride + i - padding) * width..][..width];
-            out[..columns_inside.start].fill(0.0);
-            out[columns_inside.end..].fill(0.0);
-            let (first, last) = (columns_inside.start, columns_inside.end);
-            if stride == 1 {
-                out[first..last]
-                    .copy_from_slice(&input_row[first + j - padding..last + j - padding]);
-            } else {
-                for ow in first..last {
-                    out[ow] = input_row[ow * stride + j - padding];
-                }
-            }
+        let columns = inside(j, width, width_out);
+        for oh in 0..height_out {
+            let span = rows_inside.contains(&oh).then(|| RowSpan {
+                image_offset: (channel * height + oh * stride + i - padding) * width
+                    + columns.start * stride
+                    + j
+                    - padding,
+                columns: columns.clone(),
+            });
+            visit(row, oh, span);
         }
     }
 }
 
-/// Adds `g_chunk · colᵀ` to `weight_grad` (`[OC, C·k·k]`), where `g_chunk` (`[OC, columns]`)
-/// and `col` (`[C·k·k, columns]`) hold the output gradients and patches of a chunk of images.
-fn accumulate_chunk(
+/// Unrolls the patches of one image (`[C, H, W]`) into its `OH·OW` columns of `col`
+/// (`C·k·k` rows of `row_len` values, the image's columns starting at `first_column`):
+/// `col[(c, i, j), (oh, ow)] = image[c, oh·s + i − p, ow·s + j − p]`, zero outside the image.
+fn unroll_patches(
     geometry: &ConvGeometry,
-    g_chunk: &[f32],
-    col: &[f32],
-    columns: usize,
-    weight_grad: &mut [f32],
+    image: &[f32],
+    col: &mut [f32],
+    row_len: usize,
+    first_column: usize,
 ) {
-    let rows = geometry.patch_rows();
-    assert!(g_chunk.len() >= geometry.channels_out * columns);
-    assert!(col.len() >= rows * columns);
-    assert_eq!(weight_grad.len(), geometry.channels_out * rows);
-    // SAFETY: the strides below address only the checked prefixes of the three slices: the
-    // output `[OC, rows]` row-major, the left operand `g_chunk` as `[OC, columns]` row-major,
-    // and the right operand `colᵀ` (`[columns, rows]`) read from `col` (`[rows, columns]`
-    // row-major) by swapping its strides. `weight_grad` does not alias the inputs (it is a
-    // distinct `&mut`).
+    let (width_out, stride) = (geometry.width_out(), geometry.stride);
+    for_each_patch_row(geometry, |row, oh, span| {
+        let out = &mut col[row * row_len + first_column + oh * width_out..][..width_out];
+        let Some(RowSpan {
+            columns,
+            image_offset,
+        }) = span
+        else {
+            out.fill(0.0);
+            return;
+        };
+        out[..columns.start].fill(0.0);
+        out[columns.end..].fill(0.0);
+        let out = &mut out[columns];
+        if stride == 1 {
+            out.copy_from_slice(&image[image_offset..image_offset + out.len()]);
+        } else {
+            for (k, value) in out.iter_mut().enumerate() {
+                *value = image[image_offset + k * stride];
+            }
+        }
+    });
+}
+
+/// The adjoint of [`unroll_patches`]: adds every value of the image's columns of `col` to the
+/// image position it was read from (`image` is `[C, H, W]`, accumulated into).
+fn fold_patches(
+    geometry: &ConvGeometry,
+    col: &[f32],
+    row_len: usize,
+    first_column: usize,
+    image: &mut [f32],
+) {
+    let (width_out, stride) = (geometry.width_out(), geometry.stride);
+    for_each_patch_row(geometry, |row, oh, span| {
+        let Some(RowSpan {
+            columns,
+            image_offset,
+        }) = span
+        else {
+            return;
+        };
+        let values = &col[row * row_len + first_column + oh * width_out..][columns];
+        if stride == 1 {
+            let target = &mut image[image_offset..image_offset + values.len()];
+            target.iter_mut().zip(values).for_each(|(t, v)| *t += v);
+        } else {
+            for (k, value) in values.iter().enumerate() {
+                image[image_offset + k * stride] += value;
+            }
+        }
+    });
+}
+
+/// A matrix operand of [`gemm_into`]: `values[r·row_stride + c·column_stride]` is element
+/// `(r, c)`, so a transposed operand is the same slice with its strides swapped.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major matrix with rows of `row_len` values.
+    fn rows(values: &'a [f32], row_len: usize) -> Self {
+        Self {
+            values,
+            row_stride: row_len,
+            column_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with rows of `row_len` values.
+    fn transposed(values: &'a [f32], row_len: usize) -> Self {
+        Self {
+            values,
+            row_stride: 1,
+            column_stride: row_len,
+        }
+    }
+
+    /// Whether every element of a `rows × columns` matrix lies inside `values`.
+    fn covers(&self, rows: usize, columns: usize) -> bool {
+        rows == 0
+            || columns == 0
+            || (rows - 1) * self.row_stride + (columns - 1) * self.column_stride < self.values.len()
+    }
+}
+
+/// `dst = lhs · rhs` (`dst += lhs · rhs` if `accumulate`) for a `[m, k]` left and a `[k, n]`
+/// right operand, `dst` row-major `[m, n]`; on the calling thread (the kernels split work
+/// between threads themselves).
+fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    accumulate: bool,
+) {
+    assert!(
+        dst.len() >= m * n,
+        "GEMM output of {} for [{m}, {n}]",
+        dst.len()
+    );
+    assert!(lhs.covers(m, k), "GEMM left operand for [{m}, {k}]");
+    assert!(rhs.covers(k, n), "GEMM right operand for [{k}, {n}]");
+    let stride = |s: usize| s as isize;
+    // SAFETY: the asserts above keep every element the strides address inside its slice; `dst`
+    // is a distinct `&mut`, so it aliases neither operand.
     unsafe {
         gemm::gemm(
-            geometry.channels_out,
-            rows,
-            columns,
-            weight_grad.as_mut_ptr(),
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
             1,
-            rows as isize,
-            true,
-            g_chunk.as_ptr(),
-            1,
-            columns as isize,
-            col.as_ptr(),
-            columns as isize,
-            1,
+            stride(n),
+            accumulate,
+            lhs.values.as_ptr(),
+            stride(lhs.column_stride),
+            stride(lhs.row_stride),
+            rhs.values.as_ptr(),
+            stride(rhs.column_stride),
+            stride(rhs.row_stride),
             1.0,
             1.0,
             false,
@@ -166,45 +263,192 @@ fn accumulate_chunk(
 /// worth, so that each GEMM has a long inner dimension but its operands stay in cache.
 const CHUNK_BYTES: usize = 2 << 20;
 
+impl ConvGeometry {
+    /// Values of one input image (`C·H·W`).
+    fn image_len(&self) -> usize {
+        self.channels_in * self.height * self.width
+    }
+
+    /// Values of one output image (`OC·OH·OW`).
+    fn output_len(&self) -> usize {
+        self.channels_out * self.positions()
+    }
+
+    /// Images unrolled together for one GEMM: as many as fit [`CHUNK_BYTES`], but no more than
+    /// an even share of the batch between the current pool's threads.
+    fn images_per_chunk(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        let col_bytes = 4 * self.patch_rows() * self.positions();
+        (CHUNK_BYTES / col_bytes.max(1)).clamp(1, self.batch.div_ceil(threads).max(1))
+    }
+
+    /// Unrolls the patches of images `start..start + count` of `x` side by side into `col`
+    /// (`[C·k·k, count·OH·OW]`).
+    fn unroll_chunk(&self, x: &[f32], start: usize, count: usize, col: &mut [f32]) {
+        let (image_len, positions) = (self.image_len(), self.positions());
+        for i in 0..count {
+            let image = &x[(start + i) * image_len..][..image_len];
+            unroll_patches(self, image, col, count * positions, i * positions);
+        }
+    }
+
+    /// Copies the output-shaped values (`[B, OC, OH·OW]`) of images `start..start + count`
+    /// into `chunk` as `[OC, count·OH·OW]`, images side by side.
+    fn gather_outputs(&self, values: &[f32], start: usize, count: usize, chunk: &mut [f32]) {
+        let (output_len, positions) = (self.output_len(), self.positions());
+        let columns = count * positions;
+        for i in 0..count {
+            let image = &values[(start + i) * output_len..][..output_len];
+            for (o, row) in image.chunks_exact(positions).enumerate() {
+                chunk[o * columns + i * positions..][..positions].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// The forward `W ⊛ x + b` of a convolution with input `x` (`[B, C, H, W]`), weight
+/// (`[OC, C, k, k]`) and optional bias (`[OC]`), flattened row-major; `[B, OC, OH, OW]`
+/// flattened. Runs on the current rayon pool: chunks of images are split between its threads.
+///
+/// # Panics
+/// If the slice lengths do not match `geometry` (a broken invariant of the caller).
+pub(crate) fn conv2d_forward(
+    geometry: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (rows, positions, output_len) = (
+        geometry.patch_rows(),
+        geometry.positions(),
+        geometry.output_len(),
+    );
+    assert_eq!(
+        x.len(),
+        geometry.batch * geometry.image_len(),
+        "input of {geometry:?}"
+    );
+    assert_eq!(
+        weight.len(),
+        geometry.channels_out * rows,
+        "weight of {geometry:?}"
+    );
+    let chunk = geometry.images_per_chunk();
+    let mut out = vec![0.0f32; geometry.batch * output_len];
+    out.par_chunks_mut(output_len * chunk)
+        .enumerate()
+        .for_each(|(index, out_chunk)| {
+            let count = out_chunk.len() / output_len;
+            let columns = count * positions;
+            let mut col = vec![0.0f32; rows * columns];
+            geometry.unroll_chunk(x, index * chunk, count, &mut col);
+            let mut product = vec![0.0f32; geometry.channels_out * columns];
+            gemm_into(
+                &mut product,
+                (geometry.channels_out, columns, rows),
+                Operand::rows(weight, rows),
+                Operand::rows(&col, columns),
+                false,
+            );
+            for (i, image) in out_chunk.chunks_exact_mut(output_len).enumerate() {
+                for (o, row) in image.chunks_exact_mut(positions).enumerate() {
+                    row.copy_from_slice(&product[o * columns + i * positions..][..positions]);
+                    if let Some(bias) = bias {
+                        row.iter_mut().for_each(|v| *v += bias[o]);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `∂x` (`[B, C, H, W]` flattened) of a convolution with weight `[OC, C, k, k]` for the output
+/// gradient `g` (`[B, OC, OH, OW]`): per chunk of images `Wᵀ·g` gives the gradient of every
+/// unrolled patch, which is folded back onto the positions it was read from. Runs on the
+/// current rayon pool: chunks of images are split between its threads.
+///
+/// # Panics
+/// If the slice lengths do not match `geometry` (a broken invariant of the caller).
+pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> Vec<f32> {
+    let (rows, positions, image_len) = (
+        geometry.patch_rows(),
+        geometry.positions(),
+        geometry.image_len(),
+    );
+    assert_eq!(
+        weight.len(),
+        geometry.channels_out * rows,
+        "weight of {geometry:?}"
+    );
+    assert_eq!(
+        g.len(),
+        geometry.batch * geometry.output_len(),
+        "output gradient of {geometry:?}"
+    );
+    let chunk = geometry.images_per_chunk();
+    let mut dx = vec![0.0f32; geometry.batch * image_len];
+    dx.par_chunks_mut(image_len * chunk)
+        .enumerate()
+        .for_each(|(index, dx_chunk)| {
+            let count = dx_chunk.len() / image_len;
+            let columns = count * positions;
+            let mut g_chunk = vec![0.0f32; geometry.channels_out * columns];
+            geometry.gather_outputs(g, index * chunk, count, &mut g_chunk);
+            let mut col = vec![0.0f32; rows * columns];
+            gemm_into(
+                &mut col,
+                (rows, columns, geometry.channels_out),
+                Operand::transposed(weight, rows),
+                Operand::rows(&g_chunk, columns),
+                false,
+            );
+            for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
+                fold_patches(geometry, &col, columns, i * positions, image);
+            }
+        });
+    dx
+}
+
 /// `∂W` (`[OC, C, k, k]` flattened) of a convolution with input `x` (`[B, C, H, W]`) and
-/// output gradient `g` (`[B, OC, OH, OW]`), both flattened row-major. Runs on the current rayon
-/// pool: images are split between its threads.
+/// output gradient `g` (`[B, OC, OH, OW]`), both flattened row-major: `Σ g_chunk · colᵀ` over
+/// chunks of images. Runs on the current rayon pool: each thread sums the chunks of its share
+/// of the images, and the partial sums are added at the end.
 ///
 /// # Panics
 /// If the slice lengths do not match `geometry` (a broken invariant of the caller).
 pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let image_len = geometry.channels_in * geometry.height * geometry.width;
-    let g_len = geometry.channels_out * geometry.positions();
-    assert_eq!(x.len(), geometry.batch * image_len, "input of {geometry:?}");
+    let (rows, positions) = (geometry.patch_rows(), geometry.positions());
+    assert_eq!(
+        x.len(),
+        geometry.batch * geometry.image_len(),
+        "input of {geometry:?}"
+    );
     assert_eq!(
         g.len(),
-        geometry.batch * g_len,
+        geometry.batch * geometry.output_len(),
         "output gradient of {geometry:?}"
     );
-    let grad_len = geometry.channels_out * geometry.patch_rows();
-    let col_len = geometry.patch_rows() * geometry.positions();
+    let grad_len = geometry.channels_out * rows;
+    let chunk = geometry.images_per_chunk();
     let threads = rayon::current_num_threads().clamp(1, geometry.batch.max(1));
     let images_per_thread = geometry.batch.div_ceil(threads).max(1);
-    let positions = geometry.positions();
-    let chunk = (CHUNK_BYTES / (4 * col_len).max(1)).clamp(1, images_per_thread);
     let partial = |images: std::ops::Range<usize>| {
         let mut weight_grad = vec![0.0; grad_len];
-        let mut col = vec![0.0; col_len * chunk];
-        let mut g_chunk = vec![0.0; g_len * chunk];
+        let mut col = vec![0.0; rows * positions * chunk];
+        let mut g_chunk = vec![0.0; geometry.channels_out * positions * chunk];
         let mut start = images.start;
         while start < images.end {
             let count = chunk.min(images.end - start);
             let columns = count * positions;
-            for i in 0..count {
-                let b = start + i;
-                let image = &x[b * image_len..(b + 1) * image_len];
-                unroll_patches(geometry, image, &mut col, columns, i * positions);
-                let g_image = &g[b * g_len..(b + 1) * g_len];
-                for (o, g_row) in g_image.chunks_exact(positions).enumerate() {
-                    g_chunk[o * columns + i * positions..][..positions].copy_from_slice(g_row);
-                }
-            }
-            accumulate_chunk(geometry, &g_chunk, &col, columns, &mut weight_grad);
+            geometry.unroll_chunk(x, start, count, &mut col);
+            geometry.gather_outputs(g, start, count, &mut g_chunk);
+            gemm_into(
+                &mut weight_grad,
+                (geometry.channels_out, rows, columns),
+                Operand::rows(&g_chunk, columns),
+                Operand::transposed(&col, columns),
+                true,
+            );
             start += count;
         }
         weight_grad
@@ -226,8 +470,10 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
 mod tests {
     use super::*;
 
-    /// `∂W` by its definition: `Σ_{b, oh, ow} g[b, o, oh, ow] · x[b, c, oh·s + i − p, ow·s + j − p]`.
-    fn reference(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
+    /// Calls `visit(x_index, w_index, y_index)` for every product `x[b, c, ih, iw] ·
+    /// w[o, c, i, j]` that output `y[b, o, oh, ow]` sums, `(ih, iw) = (oh·s + i − p, ow·s + j − p)`
+    /// inside the image: the definition all three kernels are checked against.
+    fn for_each_product(geometry: &ConvGeometry, mut visit: impl FnMut(usize, usize, usize)) {
         let ConvGeometry {
             batch,
             channels_in,
@@ -239,13 +485,11 @@ mod tests {
             padding,
         } = *geometry;
         let (height_out, width_out) = (geometry.height_out(), geometry.width_out());
-        let mut grad = vec![0.0f64; channels_out * channels_in * kernel * kernel];
         for b in 0..batch {
             for o in 0..channels_out {
                 for c in 0..channels_in {
                     for i in 0..kernel {
                         for j in 0..kernel {
-                            let mut sum = 0.0f64;
                             for oh in 0..height_out {
                                 for ow in 0..width_out {
                                     let (ih, iw) = (oh * stride + i, ow * stride + j);
@@ -256,23 +500,20 @@ mod tests {
                                     {
                                         continue;
                                     }
-                                    let xv = x[((b * channels_in + c) * height + ih - padding)
-                                        * width
-                                        + iw
-                                        - padding];
-                                    let gv = g[((b * channels_out + o) * height_out + oh)
-                                        * width_out
-                                        + ow];
-                                    sum += f64::from(xv) * f64::from(gv);
+                                    visit(
+                                        ((b * channels_in + c) * height + ih - padding) * width
+                                            + iw
+                                            - padding,
+                                        ((o * channels_in + c) * kernel + i) * kernel + j,
+                                        ((b * channels_out + o) * height_out + oh) * width_out + ow,
+                                    );
                                 }
                             }
-                            grad[((o * channels_in + c) * kernel + i) * kernel + j] += sum;
                         }
                     }
                 }
             }
         }
-        grad.into_iter().map(|v| v as f32).collect()
     }
 
     /// Deterministic values in [-1, 1).
@@ -287,35 +528,52 @@ mod tests {
             .collect()
     }
 
+    fn assert_close(what: &str, got: &[f32], expected: &[f64]) {
+        assert_eq!(got.len(), expected.len(), "{what}: lengths");
+        for (k, (&a, &b)) in got.iter().zip(expected).enumerate() {
+            assert!(
+                (f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{what}, element {k}: {a} vs {b}"
+            );
+        }
+    }
+
     fn check(geometry: ConvGeometry) {
-        let x = values(
-            geometry.batch * geometry.channels_in * geometry.height * geometry.width,
-            1,
-        );
-        let g = values(
-            geometry.batch * geometry.channels_out * geometry.positions(),
-            2,
-        );
-        let expected = reference(&geometry, &x, &g);
+        let x = values(geometry.batch * geometry.image_len(), 1);
+        let g = values(geometry.batch * geometry.output_len(), 2);
+        let weight = values(geometry.channels_out * geometry.patch_rows(), 3);
+        let bias = values(geometry.channels_out, 4);
+        let mut output = vec![0.0f64; g.len()];
+        for (k, value) in output.iter_mut().enumerate() {
+            *value = f64::from(bias[k / geometry.positions() % geometry.channels_out]);
+        }
+        let mut input_grad = vec![0.0f64; x.len()];
+        let mut weight_grad = vec![0.0f64; weight.len()];
+        for_each_product(&geometry, |xi, wi, yi| {
+            output[yi] += f64::from(weight[wi]) * f64::from(x[xi]);
+            input_grad[xi] += f64::from(weight[wi]) * f64::from(g[yi]);
+            weight_grad[wi] += f64::from(x[xi]) * f64::from(g[yi]);
+        });
         // 2 threads leave one thread a shorter last chunk than its buffer holds.
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let got = pool.install(|| conv2d_weight_grad(&geometry, &x, &g));
-            assert_eq!(got.len(), expected.len());
-            for (k, (a, b)) in got.iter().zip(&expected).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{geometry:?}, {threads} threads, element {k}: {a} vs {b}"
-                );
-            }
+            let what = |kernel: &str| format!("{kernel} of {geometry:?}, {threads} threads");
+            pool.install(|| {
+                let got = conv2d_forward(&geometry, &x, &weight, Some(&bias));
+                assert_close(&what("forward"), &got, &output);
+                let got = conv2d_input_grad(&geometry, &weight, &g);
+                assert_close(&what("input gradient"), &got, &input_grad);
+                let got = conv2d_weight_grad(&geometry, &x, &g);
+                assert_close(&what("weight gradient"), &got, &weight_grad);
+            });
         }
     }
 
     #[test]
-    fn the_weight_gradient_equals_its_definition_on_odd_shapes() {
+    fn the_kernels_equal_the_definition_on_odd_shapes() {
         let base = ConvGeometry {
             batch: 3,
             channels_in: 2,
@@ -357,7 +615,15 @@ mod tests {
             width: 13,
             ..base
         });
-        // More threads than images.
+        // More threads than images; a 1×1 strided projection.
         check(ConvGeometry { batch: 2, ..base });
+        check(ConvGeometry {
+            kernel: 1,
+            padding: 0,
+            stride: 2,
+            height: 6,
+            width: 7,
+            ..base
+        });
     }
 }

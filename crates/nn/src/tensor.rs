@@ -168,6 +168,30 @@ pub fn tensor2(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), &device())
 }
 
+/// Runs `f` on the values of `tensor` (row-major) in place if they are contiguous host memory
+/// of a tensor without autodiff (a plain CPU tensor); `None` otherwise. The crate's CPU kernels
+/// read tensors this way instead of copying them.
+pub(crate) fn host_values<const D: usize, R>(
+    tensor: &Tensor<D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    let host = tensor
+        .clone()
+        .try_into_primitive::<burn_flex::Flex>()
+        .ok()?;
+    host.as_slice::<f32>().map(f)
+}
+
+/// Runs `f` on the values of `tensor` (row-major): in place where [`host_values`] can, else on
+/// a copy.
+pub(crate) fn with_values<const D: usize, R>(tensor: &Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let mut f = Some(f);
+    if let Some(result) = host_values(tensor, |values| (f.take().expect("called once"))(values)) {
+        return result;
+    }
+    (f.take().expect("not called by host_values"))(&to_vec(tensor))
+}
+
 /// The values of a tensor (row-major), read back as f32.
 ///
 /// # Panics

@@ -10,9 +10,9 @@
 //! autodiff would differentiate.
 //!
 //! - convolution `y = W ⊛ x + b`: `∂W` is the correlation of the input with the output
-//!   gradient ([`crate::conv_kernel`] on the CPU, burn's `conv2d_weight_backward` elsewhere),
-//!   `∂b = Σ g` over images and positions, `∂x` the transposed convolution of `g` (with the
-//!   output padding that restores the input size when the stride dropped rows or columns);
+//!   gradient, `∂b = Σ g` over images and positions, `∂x` the transposed convolution of `g`
+//!   ([`crate::conv_kernel`] on the CPU; burn's `conv2d_weight_backward` and
+//!   `conv_transpose2d` elsewhere);
 //! - batch norm with batch statistics: [`crate::norm_kernel`] on the CPU;
 //! - ReLU inside a block: `g` masked where the layer's input was not positive;
 //! - max pooling: [`crate::pool_kernel`] routes each output gradient to its window's first
@@ -27,11 +27,11 @@ use burn::tensor::Tensor;
 use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
-use super::{BN_EPSILON, Block, Layer, Norm, Plan};
-use crate::conv_kernel::{ConvGeometry, conv2d_weight_grad};
+use super::{BN_EPSILON, Block, Layer, Norm, Plan, conv_geometry};
+use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
 use crate::pool_kernel::{PoolGeometry, max_pool_backward};
-use crate::tensor::{on_cpu, tensor1, to_vec};
+use crate::tensor::{on_cpu, tensor1, to_vec, with_values};
 
 /// Parameter gradients (in parameter order) and, if it was asked for, the input gradient.
 pub(crate) type Vjp<const D: usize> = (Vec<Tensor<1>>, Option<Tensor<D>>);
@@ -94,8 +94,10 @@ impl Block {
                     padding,
                 };
                 let input_grad = need_input_grad.then(|| {
-                    tensor1(max_pool_backward(&geometry, &to_vec(&image), &to_vec(&g)))
-                        .reshape([batch, c, h, w])
+                    let dx = with_values(&image, |x| {
+                        with_values(&g, |g| max_pool_backward(&geometry, x, g))
+                    });
+                    tensor1(dx).reshape([batch, c, h, w])
                 });
                 (Vec::new(), input_grad)
             }
@@ -234,38 +236,18 @@ fn layer_vjp(
     need_input_grad: bool,
 ) -> Vjp<4> {
     match layer {
-        Layer::Conv {
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            bias,
-        } => {
-            let [batch, _, height, width] = x.dims();
-            let geometry = ConvGeometry {
-                batch,
-                channels_in: in_channels,
-                height,
-                width,
-                channels_out: out_channels,
-                kernel,
-                stride,
-                padding,
-            };
+        Layer::Conv { bias, .. } => {
+            let geometry = conv_geometry(layer, x.dims());
             conv_vjp(&geometry, x, &params[0], bias, g, need_input_grad)
         }
         Layer::Norm { channels } => {
             let [batch, _, height, width] = x.dims();
             let gamma = to_vec(&params[0]);
-            let grads = batch_norm_backward(
-                &to_vec(x),
-                &to_vec(&g),
-                &gamma,
-                height * width,
-                BN_EPSILON,
-                need_input_grad,
-            );
+            let grads = with_values(x, |x| {
+                with_values(&g, |g| {
+                    batch_norm_backward(x, g, &gamma, height * width, BN_EPSILON, need_input_grad)
+                })
+            });
             let input_grad = grads
                 .input
                 .map(|dx| tensor1(dx).reshape([batch, channels, height, width]));
@@ -304,7 +286,9 @@ fn conv_vjp(
         .clone()
         .reshape([channels_out, channels_in, kernel, kernel]);
     let weight_grad = if on_cpu() {
-        tensor1(conv2d_weight_grad(geometry, &to_vec(x), &to_vec(&g)))
+        tensor1(with_values(x, |x| {
+            with_values(&g, |g| conv2d_weight_grad(geometry, x, g))
+        }))
     } else {
         let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
         conv2d_weight_backward(x.clone(), weight.clone(), g.clone(), options)
@@ -321,6 +305,12 @@ fn conv_vjp(
         );
     }
     let input_grad = need_input_grad.then(|| {
+        if on_cpu() {
+            let values = with_values(&weight, |weight| {
+                with_values(&g, |g| conv2d_input_grad(geometry, weight, g))
+            });
+            return tensor1(values).reshape([geometry.batch, channels_in, height, width]);
+        }
         // The rows and columns a strided forward dropped at the far edge come back as output
         // padding, so the transposed convolution returns exactly the input size.
         let dropped = |size_in: usize, size_out: usize| {
