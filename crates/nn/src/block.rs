@@ -36,7 +36,8 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::conv_kernel::{ConvGeometry, conv2d_forward};
-use crate::tensor::{host_values, tensor1};
+use crate::pool_kernel::{PoolGeometry, max_pool_forward};
+use crate::tensor::{host_values, tensor1, tensor2};
 use crate::transformer;
 
 mod vjp;
@@ -850,12 +851,24 @@ impl Block {
                 stride,
                 padding,
                 ..
-            } => max_pool2d(
-                image(),
-                MaxPoolOptions::new([kernel, kernel])
-                    .with_stride([stride, stride])
-                    .with_padding([padding, padding]),
-            ),
+            } => {
+                let geometry = PoolGeometry {
+                    height: h,
+                    width: w,
+                    kernel,
+                    stride,
+                    padding,
+                };
+                if let Some(values) = host_values(&x, |x| max_pool_forward(&geometry, x)) {
+                    return tensor2(values, batch, self.output_features());
+                }
+                max_pool2d(
+                    image(),
+                    MaxPoolOptions::new([kernel, kernel])
+                        .with_stride([stride, stride])
+                        .with_padding([padding, padding]),
+                )
+            }
             Block::AvgPool2d {
                 kernel,
                 stride,

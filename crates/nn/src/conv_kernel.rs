@@ -141,9 +141,8 @@ fn unroll_patches(
         if stride == 1 {
             out.copy_from_slice(&image[image_offset..image_offset + out.len()]);
         } else {
-            for (k, value) in out.iter_mut().enumerate() {
-                *value = image[image_offset + k * stride];
-            }
+            let read = image[image_offset..].iter().step_by(stride);
+            out.iter_mut().zip(read).for_each(|(o, v)| *o = *v);
         }
     });
 }
@@ -167,14 +166,8 @@ fn fold_patches(
             return;
         };
         let values = &col[row * row_len + first_column + oh * width_out..][columns];
-        if stride == 1 {
-            let target = &mut image[image_offset..image_offset + values.len()];
-            target.iter_mut().zip(values).for_each(|(t, v)| *t += v);
-        } else {
-            for (k, value) in values.iter().enumerate() {
-                image[image_offset + k * stride] += value;
-            }
-        }
+        let target = image[image_offset..].iter_mut().step_by(stride);
+        target.zip(values).for_each(|(t, v)| *t += v);
     });
 }
 

@@ -1,11 +1,12 @@
-//! The backward of 2-D max pooling, on plain `f32` slices.
+//! 2-D max pooling and its backward, on plain `f32` slices.
 //!
-//! Why it exists: burn's max-pool VJP needs the argmax indices of a forward *with indices*,
-//! which the plain forward of a closed-form stage does not compute; recomputing them through
-//! burn cost 17 % of a lenet5 training step. The backward here finds each window's argmax
-//! again while it routes the gradient, in one pass over the input: the first maximum in
-//! row-major window order wins, as in burn's and PyTorch's forward, and positions in the
-//! padding are skipped (they hold −∞ there). The layout is NCHW, as burn's.
+//! Why it exists: burn's max pooling always computes the argmax indices too (its plain forward
+//! calls the one with indices: 8–10 % of a vgg11 step), and its VJP needs them from a forward
+//! with indices, which recomputing through burn cost 17 % of a lenet5 step. Here the forward
+//! keeps only the maxima, and the backward finds each window's argmax again while it routes
+//! the gradient, in one pass over the input. Both take the first maximum in row-major window
+//! order (a NaN wins, so it propagates), as burn and PyTorch do, and skip positions in the
+//! padding (they hold −∞ there). The layout is NCHW, as burn's.
 
 use rayon::prelude::*;
 
@@ -31,28 +32,71 @@ impl PoolGeometry {
         start.saturating_sub(self.padding)..(start + self.kernel - self.padding).min(size)
     }
 
+    /// Output size along a side of `size`.
     fn output(&self, size: usize) -> usize {
         (size + 2 * self.padding - self.kernel) / self.stride + 1
     }
+
+    /// Values of one input plane and of one output plane; checks that `x` holds whole planes.
+    fn plane_lens(&self, x: &[f32]) -> (usize, usize) {
+        let plane_in = self.height * self.width;
+        assert!(
+            plane_in > 0 && x.len().is_multiple_of(plane_in),
+            "max-pool input of {} values for {self:?}",
+            x.len()
+        );
+        (plane_in, self.output(self.height) * self.output(self.width))
+    }
 }
 
-/// `∂x` of max pooling `x` (`[planes, height, width]` flattened, a plane per image and
-/// channel) for the output gradient `g` (`[planes, height_out, width_out]`). Runs on the
-/// current rayon pool (planes split between its threads).
-///
-/// # Panics
-/// If the slice lengths do not match `geometry` (a broken invariant of the caller).
-pub(crate) fn max_pool_backward(geometry: &PoolGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
+/// Calls `visit(output_index, argmax)` for every window of one plane (`[height, width]`): the
+/// plane index of its first maximum.
+fn for_each_argmax(geometry: &PoolGeometry, plane: &[f32], mut visit: impl FnMut(usize, usize)) {
     let (height_out, width_out) = (
         geometry.output(geometry.height),
         geometry.output(geometry.width),
     );
-    let (plane_in, plane_out) = (geometry.height * geometry.width, height_out * width_out);
-    assert!(
-        plane_in > 0 && x.len().is_multiple_of(plane_in),
-        "max-pool input of {} values for {geometry:?}",
-        x.len()
-    );
+    for oh in 0..height_out {
+        let rows = geometry.window(oh, geometry.height);
+        for ow in 0..width_out {
+            let columns = geometry.window(ow, geometry.width);
+            let mut best = rows.start * geometry.width + columns.start;
+            for ih in rows.clone() {
+                let row_start = ih * geometry.width + columns.start;
+                for (at, &value) in plane[row_start..][..columns.len()].iter().enumerate() {
+                    if value > plane[best] || (value.is_nan() && !plane[best].is_nan()) {
+                        best = row_start + at;
+                    }
+                }
+            }
+            visit(oh * width_out + ow, best);
+        }
+    }
+}
+
+/// Max pooling of `x` (`[planes, height, width]` flattened, a plane per image and channel):
+/// `[planes, height_out, width_out]` flattened. Runs on the current rayon pool (planes split
+/// between its threads).
+///
+/// # Panics
+/// If the length of `x` does not match `geometry` (a broken invariant of the caller).
+pub(crate) fn max_pool_forward(geometry: &PoolGeometry, x: &[f32]) -> Vec<f32> {
+    let (plane_in, plane_out) = geometry.plane_lens(x);
+    let mut out = vec![0.0f32; x.len() / plane_in * plane_out];
+    out.par_chunks_mut(plane_out)
+        .zip(x.par_chunks(plane_in))
+        .for_each(|(out, x)| for_each_argmax(geometry, x, |at, best| out[at] = x[best]));
+    out
+}
+
+/// `∂x` of max pooling `x` (`[planes, height, width]` flattened) for the output gradient `g`
+/// (`[planes, height_out, width_out]`): each output's gradient goes to its window's first
+/// maximum. Runs on the current rayon pool (planes split between its threads).
+///
+/// # Panics
+/// If the slice lengths do not match `geometry` (a broken invariant of the caller).
+pub(crate) fn max_pool_backward(geometry: &PoolGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
+    let (plane_in, plane_out) = geometry.plane_lens(x);
     assert_eq!(
         g.len() / plane_out,
         x.len() / plane_in,
@@ -62,23 +106,49 @@ pub(crate) fn max_pool_backward(geometry: &PoolGeometry, x: &[f32], g: &[f32]) -
     dx.par_chunks_mut(plane_in)
         .zip(x.par_chunks(plane_in))
         .zip(g.par_chunks(plane_out))
-        .for_each(|((dx, x), g)| {
-            for (oh, g_row) in g.chunks_exact(width_out).enumerate() {
-                let rows = geometry.window(oh, geometry.height);
-                for (ow, &gv) in g_row.iter().enumerate() {
-                    let columns = geometry.window(ow, geometry.width);
-                    let mut best = rows.start * geometry.width + columns.start;
-                    for ih in rows.clone() {
-                        for iw in columns.clone() {
-                            let at = ih * geometry.width + iw;
-                            if x[at] > x[best] {
-                                best = at;
-                            }
-                        }
-                    }
-                    dx[best] += gv;
-                }
-            }
-        });
+        .for_each(|((dx, x), g)| for_each_argmax(geometry, x, |at, best| dx[best] += g[at]));
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::module::max_pool2d;
+    use burn::tensor::ops::MaxPoolOptions;
+
+    use super::*;
+    use crate::tensor::{tensor2, to_vec};
+
+    #[test]
+    fn the_forward_equals_burns_max_pooling_with_padding_ties_and_odd_sizes() {
+        for (height, width, kernel, stride, padding) in [
+            (7, 6, 3, 2, 1),
+            (5, 5, 2, 2, 0),
+            (4, 7, 3, 1, 1),
+            (6, 6, 2, 3, 0),
+        ] {
+            let geometry = PoolGeometry {
+                height,
+                width,
+                kernel,
+                stride,
+                padding,
+            };
+            let planes = 3;
+            // Few distinct values (ties) and negatives (padding must not win).
+            let x: Vec<f32> = (0..planes * height * width)
+                .map(|i| ((i * 7 % 5) as f32) - 3.0)
+                .collect();
+            let expected = max_pool2d(
+                tensor2(x.clone(), 1, x.len()).reshape([1, planes, height, width]),
+                MaxPoolOptions::new([kernel, kernel])
+                    .with_stride([stride, stride])
+                    .with_padding([padding, padding]),
+            );
+            assert_eq!(
+                max_pool_forward(&geometry, &x),
+                to_vec(&expected),
+                "{geometry:?}"
+            );
+        }
+    }
 }
