@@ -449,14 +449,18 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
     if threads == 1 {
         return partial(0..geometry.batch);
     }
-    (0..threads)
+    // The partial sums are added in thread order, so the result does not depend on how rayon
+    // scheduled the work (runs stay bit-identical across transports and repetitions).
+    let partials: Vec<Vec<f32>> = (0..threads)
         .into_par_iter()
         .map(|t| partial(t * images_per_thread..((t + 1) * images_per_thread).min(geometry.batch)))
-        .reduce_with(|mut sum, part| {
-            sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
-            sum
-        })
-        .unwrap_or_else(|| vec![0.0; grad_len])
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().unwrap_or_else(|| vec![0.0; grad_len]);
+    for part in partials {
+        sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -17,12 +17,13 @@
 //!   last block to the first. [`GradMode::Recompute`] re-runs the whole stage forward from the
 //!   saved stage input with the backward's weights and takes the exact VJP there.
 //!
-//! A stage whose every block has a closed-form VJP (linear, ReLU and convolution blocks: the
-//! MLP) keeps no autodiff graph at all in graph mode: every backward, with the forward's weights
-//! or others, takes the per-block closed forms from the kept activations, and each linear
-//! block's weight gradient is deferred to the update, where `Σ_j x_jᵀ·g_j` over the mini-batch's
-//! micro-batches is one GEMM over all their rows (measured: N thin GEMMs plus an accumulation
-//! pass per micro-batch cost 1.8× the per-sample time of one full-batch step).
+//! A stage whose every block has a closed-form VJP (linear, ReLU and image blocks: the MLP and
+//! every conv model of the zoo) keeps no autodiff graph at all in graph mode: every backward,
+//! with the forward's weights or others, takes the per-block closed forms from the kept
+//! activations (and the layer inputs of residual blocks, recorded by the forward), and each
+//! linear block's weight gradient is deferred to the update, where `Σ_j x_jᵀ·g_j` over the
+//! mini-batch's micro-batches is one GEMM over all their rows (measured: N thin GEMMs plus an
+//! accumulation pass per micro-batch cost 1.8× the per-sample time of one full-batch step).
 //!
 //! Batch norms normalise with each micro-batch's own statistics in every training pass (the
 //! graph-mode and recompute re-runs use the saved input, so they see the same batch); the
