@@ -852,13 +852,7 @@ impl Block {
                 padding,
                 ..
             } => {
-                let geometry = PoolGeometry {
-                    height: h,
-                    width: w,
-                    kernel,
-                    stride,
-                    padding,
-                };
+                let geometry = self.max_pool_geometry();
                 if let Some(values) = host_values(&x, |x| max_pool_forward(&geometry, x)) {
                     return tensor2(values, batch, self.output_features());
                 }
@@ -892,6 +886,26 @@ impl Block {
             }
         };
         out.reshape([batch, self.output_features()])
+    }
+
+    /// The window geometry of a [`Block::MaxPool2d`].
+    pub(crate) fn max_pool_geometry(&self) -> PoolGeometry {
+        let Block::MaxPool2d {
+            input: [_, height, width],
+            kernel,
+            stride,
+            padding,
+        } = *self
+        else {
+            panic!("max_pool_geometry of {self:?}");
+        };
+        PoolGeometry {
+            height,
+            width,
+            kernel,
+            stride,
+            padding,
+        }
     }
 
     /// The whole forward of the block.

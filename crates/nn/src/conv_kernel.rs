@@ -466,6 +466,7 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_test_support::{assert_near, pseudo_random as values};
 
     /// Calls `visit(x_index, w_index, y_index)` for every product `x[b, c, ih, iw] ·
     /// w[o, c, i, j]` that output `y[b, o, oh, ow]` sums, `(ih, iw) = (oh·s + i − p, ow·s + j − p)`
@@ -513,28 +514,6 @@ mod tests {
         }
     }
 
-    /// Deterministic values in [-1, 1).
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed)
-                    .wrapping_mul(2_654_435_761)
-                    .rotate_left(13);
-                (h % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn assert_close(what: &str, got: &[f32], expected: &[f64]) {
-        assert_eq!(got.len(), expected.len(), "{what}: lengths");
-        for (k, (&a, &b)) in got.iter().zip(expected).enumerate() {
-            assert!(
-                (f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{what}, element {k}: {a} vs {b}"
-            );
-        }
-    }
-
     fn check(geometry: ConvGeometry) {
         let x = values(geometry.batch * geometry.image_len(), 1);
         let g = values(geometry.batch * geometry.output_len(), 2);
@@ -560,11 +539,11 @@ mod tests {
             let what = |kernel: &str| format!("{kernel} of {geometry:?}, {threads} threads");
             pool.install(|| {
                 let got = conv2d_forward(&geometry, &x, &weight, Some(&bias));
-                assert_close(&what("forward"), &got, &output);
+                assert_near(&what("forward"), &got, &output);
                 let got = conv2d_input_grad(&geometry, &weight, &g);
-                assert_close(&what("input gradient"), &got, &input_grad);
+                assert_near(&what("input gradient"), &got, &input_grad);
                 let got = conv2d_weight_grad(&geometry, &x, &g);
-                assert_close(&what("weight gradient"), &got, &weight_grad);
+                assert_near(&what("weight gradient"), &got, &weight_grad);
             });
         }
     }

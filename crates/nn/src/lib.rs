@@ -19,6 +19,8 @@ mod block;
 mod checkpoint;
 mod conv_kernel;
 mod error;
+#[cfg(test)]
+mod kernel_test_support;
 mod memory;
 mod model;
 mod norm_kernel;

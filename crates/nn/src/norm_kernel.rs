@@ -132,6 +132,7 @@ pub(crate) fn batch_norm_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_test_support::{assert_near, pseudo_random};
 
     /// The VJP by its definition, in f64: `x̂`, then the three sums, then `∂x` element by
     /// element.
@@ -168,25 +169,10 @@ mod tests {
         (dx, dgamma, dbeta)
     }
 
+    /// Deterministic values in `offset ± scale`.
     fn values(len: usize, seed: u32, scale: f32, offset: f32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed)
-                    .wrapping_mul(2_654_435_761)
-                    .rotate_left(13);
-                offset + scale * ((h % 2000) as f32 / 1000.0 - 1.0)
-            })
-            .collect()
-    }
-
-    fn assert_close(what: &str, got: &[f32], expected: &[f64]) {
-        assert_eq!(got.len(), expected.len(), "{what}: lengths");
-        for (k, (&a, &b)) in got.iter().zip(expected).enumerate() {
-            assert!(
-                (f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{what}[{k}]: {a} vs {b}"
-            );
-        }
+        let unit = pseudo_random(len, seed);
+        unit.into_iter().map(|v| offset + scale * v).collect()
     }
 
     #[test]
@@ -207,9 +193,9 @@ mod tests {
                 let got =
                     pool.install(|| batch_norm_backward(&x, &g, &gamma, positions, 1e-5, true));
                 let what = format!("{batch}×{channels}×{positions}, {threads} threads");
-                assert_close(&format!("{what} ∂x"), &got.input.unwrap(), &expected.0);
-                assert_close(&format!("{what} ∂γ"), &got.gamma, &expected.1);
-                assert_close(&format!("{what} ∂β"), &got.beta, &expected.2);
+                assert_near(&format!("{what} ∂x"), &got.input.unwrap(), &expected.0);
+                assert_near(&format!("{what} ∂γ"), &got.gamma, &expected.1);
+                assert_near(&format!("{what} ∂β"), &got.beta, &expected.2);
             }
             let without = batch_norm_backward(&x, &g, &gamma, positions, 1e-5, false);
             assert!(without.input.is_none());

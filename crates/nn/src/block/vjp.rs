@@ -30,7 +30,7 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use super::{BN_EPSILON, Block, Layer, Norm, Plan, conv_geometry};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
-use crate::pool_kernel::{PoolGeometry, max_pool_backward};
+use crate::pool_kernel::max_pool_backward;
 use crate::tensor::{on_cpu, tensor1, to_vec, with_values};
 
 /// Parameter gradients (in parameter order) and, if it was asked for, the input gradient.
@@ -77,22 +77,8 @@ impl Block {
         let image = x.clone().reshape([batch, c, h, w]);
         let g = g.clone().reshape([batch, co, ho, wo]);
         let (grads, input_grad) = match (self.plan(), *self) {
-            (
-                None,
-                Block::MaxPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                },
-            ) => {
-                let geometry = PoolGeometry {
-                    height: h,
-                    width: w,
-                    kernel,
-                    stride,
-                    padding,
-                };
+            (None, Block::MaxPool2d { .. }) => {
+                let geometry = self.max_pool_geometry();
                 let input_grad = need_input_grad.then(|| {
                     let dx = with_values(&image, |x| {
                         with_values(&g, |g| max_pool_backward(&geometry, x, g))
