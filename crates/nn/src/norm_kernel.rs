@@ -90,17 +90,27 @@ impl Planes {
             .collect()
     }
 
-    /// `out[b, c, ·] = f(c, x[b, c, ·], other[b, c, ·])` elementwise, images split between the
-    /// current pool's threads.
-    fn map(&self, x: &[f32], other: &[f32], f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f32> {
+    /// `out[b, c, ·] = f(constants[c], x[b, c, ·], other[b, c, ·])` elementwise, images split
+    /// between the current pool's threads (the channel's constants are read once per plane).
+    fn map(
+        &self,
+        x: &[f32],
+        other: &[f32],
+        constants: &[[f32; 4]],
+        f: impl Fn([f32; 4], f32, f32) -> f32 + Sync,
+    ) -> Vec<f32> {
         let mut out = vec![0.0f32; x.len()];
         out.par_chunks_mut(self.channels * self.positions)
             .enumerate()
             .for_each(|(b, image)| {
-                for (c, out) in image.chunks_exact_mut(self.positions).enumerate() {
+                for ((c, out), &constants) in image
+                    .chunks_exact_mut(self.positions)
+                    .enumerate()
+                    .zip(constants)
+                {
                     let (xp, op) = (self.plane(x, b, c), self.plane(other, b, c));
                     for ((o, &xv), &ov) in out.iter_mut().zip(xp).zip(op) {
-                        *o = f(c, xv, ov);
+                        *o = f(constants, xv, ov);
                     }
                 }
             });
@@ -135,16 +145,16 @@ pub(crate) fn batch_norm_forward(
     assert_eq!(beta.len(), gamma.len(), "batch norm β");
     let moments = planes.moments(x);
     // y = x·k + m per channel: k = γ/√(σ² + ε), m = β − μ·k.
-    let affine: Vec<[f32; 2]> = (moments.iter().zip(gamma).zip(beta))
+    let affine: Vec<[f32; 4]> = (moments.iter().zip(gamma).zip(beta))
         .map(|((&[mean, variance], &gamma), &beta)| {
             let k = f64::from(gamma) / (variance + epsilon).sqrt();
-            [k as f32, (f64::from(beta) - mean * k) as f32]
+            [k as f32, (f64::from(beta) - mean * k) as f32, 0.0, 0.0]
         })
         .collect();
     let n = planes.count();
     let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
     BatchNormOutput {
-        output: planes.map(x, x, |c, v, _| v * affine[c][0] + affine[c][1]),
+        output: planes.map(x, x, &affine, |[k, m, _, _], v, _| v * k + m),
         mean: moments.iter().map(|&[mean, _]| mean as f32).collect(),
         unbiased_variance: moments
             .iter()
@@ -207,8 +217,7 @@ pub(crate) fn batch_norm_backward(
                 ]
             })
             .collect();
-        planes.map(x, g, |c, xv, gv| {
-            let [mean, k, a, s] = coefficients[c];
+        planes.map(x, g, &coefficients, |[mean, k, a, s], xv, gv| {
             k * (gv - a - (xv - mean) * s)
         })
     });
