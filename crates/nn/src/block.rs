@@ -43,7 +43,7 @@ use crate::transformer;
 
 mod vjp;
 
-pub(crate) use vjp::Vjp;
+pub(crate) use vjp::{Vjp, relu_backward};
 
 /// The shape of one sample: `[channels, height, width]`.
 pub type Shape = [usize; 3];

@@ -127,8 +127,8 @@ fn unroll_patches(
     first_column: usize,
 ) {
     let (width_out, stride) = (geometry.width_out(), geometry.stride);
-    if stride == 1 && width_out == geometry.width && geometry.padding < geometry.width {
-        unroll_same_width(geometry, image, col, row_len, first_column);
+    if reads_contiguous_blocks(geometry) {
+        unroll_blocks(geometry, image, col, row_len, first_column);
         return;
     }
     for_each_patch_row(geometry, |row, oh, span| {
@@ -153,18 +153,52 @@ fn unroll_patches(
     });
 }
 
-/// [`unroll_patches`] of a convolution with stride 1 and as many output as input columns (a
-/// "same" convolution, `2p = k − 1`, with `p` below the width): output rows `oh` of patch row `(c, i, j)` read input rows
-/// `oh + i − p` shifted by `j − p` columns, so all of them are one contiguous copy, after which
-/// the `|j − p|` columns that wrapped around a row edge are zeroed. (One copy per patch row
-/// instead of one per output row: the short copies cost a third of a width-0.25 resnet18 step.)
-fn unroll_same_width(
-    geometry: &ConvGeometry,
-    image: &[f32],
-    col: &mut [f32],
-    row_len: usize,
-    first_column: usize,
-) {
+/// Whether the patch rows of this convolution read the image in contiguous blocks: stride 1
+/// and as many output as input columns (a "same" convolution, `2p = k − 1`, with `p` below the
+/// width). Output rows `oh` of patch row `(c, i, j)` then read input rows `oh + i − p` shifted
+/// by `j − p` columns, so all of them are one contiguous run of the image in which only the
+/// `|j − p|` columns that wrap around a row edge are wrong (they read padding). One copy per
+/// patch row instead of one per output row: the short copies cost a third of a width-0.25
+/// resnet18 step.
+fn reads_contiguous_blocks(geometry: &ConvGeometry) -> bool {
+    geometry.stride == 1
+        && geometry.width_out() == geometry.width
+        && geometry.padding < geometry.width
+}
+
+/// One patch row's contiguous block (see [`reads_contiguous_blocks`]).
+struct Block {
+    /// The patch row `(c, i, j)`.
+    row: usize,
+    /// The output rows that read inside the image.
+    rows: std::ops::Range<usize>,
+    /// Block elements `e` in `skip_front..rows.len()·W − skip_back` read `image[start + e]`
+    /// (`start` may be "negative": it is stored plus `skip_front`).
+    image_start: usize,
+    /// Wrapped columns at the front (`p − j`) and back (`j − p`) of every output row.
+    skip_front: usize,
+    skip_back: usize,
+}
+
+impl Block {
+    /// The block elements that read the image, and where the first of them reads.
+    fn run(&self, width: usize) -> (std::ops::Range<usize>, usize) {
+        let len = self.rows.len() * width;
+        (self.skip_front..len - self.skip_back, self.image_start)
+    }
+
+    /// Zeroes the wrapped columns of the block (`[rows, W]` row-major).
+    fn zero_wrapped(&self, block: &mut [f32], width: usize) {
+        for out_row in block.chunks_exact_mut(width) {
+            out_row[..self.skip_front].fill(0.0);
+            out_row[width - self.skip_back..].fill(0.0);
+        }
+    }
+}
+
+/// Calls `visit` with the contiguous block of every patch row of a convolution that
+/// [`reads_contiguous_blocks`].
+fn for_each_block(geometry: &ConvGeometry, mut visit: impl FnMut(Block)) {
     let ConvGeometry {
         height,
         width,
@@ -176,38 +210,87 @@ fn unroll_same_width(
     for row in 0..geometry.patch_rows() {
         let channel = row / (kernel * kernel);
         let (i, j) = ((row / kernel) % kernel, row % kernel);
-        let out = &mut col[row * row_len + first_column..][..height_out * width];
         let rows = geometry.inside(i, height, height_out);
-        out[..rows.start * width].fill(0.0);
-        out[rows.end * width..].fill(0.0);
-        if rows.is_empty() {
-            continue;
-        }
-        // Block element e = (oh − rows.start)·W + ow reads image[source + e], where
-        // source = (c·H + rows.start + i − p)·W + j − p; the first `p − j` (or last `j − p`)
-        // elements of the block would read outside the rows used, and are wrapped columns.
-        let block = &mut out[rows.start * width..rows.end * width];
-        let row_start = (channel * height + rows.start + i - padding) * width;
-        let (skip_front, skip_back) = (padding.saturating_sub(j), j.saturating_sub(padding));
-        let len = block.len() - skip_front - skip_back;
-        block[skip_front..skip_front + len]
-            .copy_from_slice(&image[row_start + skip_front + j - padding..][..len]);
-        for out_row in block.chunks_exact_mut(width) {
-            out_row[..skip_front].fill(0.0);
-            out_row[width - skip_back..].fill(0.0);
-        }
+        let start = if rows.is_empty() {
+            0
+        } else {
+            (channel * height + rows.start + i - padding) * width + j.max(padding) - padding
+        };
+        visit(Block {
+            row,
+            rows,
+            image_start: start,
+            skip_front: padding.saturating_sub(j),
+            skip_back: j.saturating_sub(padding),
+        });
     }
 }
 
-/// The adjoint of [`unroll_patches`]: adds every value of the image's columns of `col` to the
-/// image position it was read from (`image` is `[C, H, W]`, accumulated into).
-fn fold_patches(
+/// [`unroll_patches`] of a convolution that [`reads_contiguous_blocks`]: one copy per patch row.
+fn unroll_blocks(
     geometry: &ConvGeometry,
-    col: &[f32],
+    image: &[f32],
+    col: &mut [f32],
+    row_len: usize,
+    first_column: usize,
+) {
+    let width = geometry.width;
+    let positions = geometry.positions();
+    for_each_block(geometry, |block| {
+        let out = &mut col[block.row * row_len + first_column..][..positions];
+        out[..block.rows.start * width].fill(0.0);
+        out[block.rows.end * width..].fill(0.0);
+        if block.rows.is_empty() {
+            return;
+        }
+        let out = &mut out[block.rows.start * width..block.rows.end * width];
+        let (run, start) = block.run(width);
+        out[run.clone()].copy_from_slice(&image[start..start + run.len()]);
+        block.zero_wrapped(out, width);
+    });
+}
+
+/// [`fold_patches`] of a convolution that [`reads_contiguous_blocks`]: the wrapped columns of
+/// `col` (gradients of padding reads, which are dropped) are zeroed, then each patch row is one
+/// contiguous addition.
+fn fold_blocks(
+    geometry: &ConvGeometry,
+    col: &mut [f32],
     row_len: usize,
     first_column: usize,
     image: &mut [f32],
 ) {
+    let width = geometry.width;
+    for_each_block(geometry, |block| {
+        if block.rows.is_empty() {
+            return;
+        }
+        let values = &mut col[block.row * row_len + first_column..]
+            [block.rows.start * width..block.rows.end * width];
+        block.zero_wrapped(values, width);
+        let (run, start) = block.run(width);
+        let target = &mut image[start..start + run.len()];
+        target
+            .iter_mut()
+            .zip(&values[run])
+            .for_each(|(t, v)| *t += v);
+    });
+}
+
+/// The adjoint of [`unroll_patches`]: adds every value of the image's columns of `col` to the
+/// image position it was read from (`image` is `[C, H, W]`, accumulated into). May zero the
+/// values of `col` that read padding.
+fn fold_patches(
+    geometry: &ConvGeometry,
+    col: &mut [f32],
+    row_len: usize,
+    first_column: usize,
+    image: &mut [f32],
+) {
+    if reads_contiguous_blocks(geometry) {
+        fold_blocks(geometry, col, row_len, first_column, image);
+        return;
+    }
     let (width_out, stride) = (geometry.width_out(), geometry.stride);
     for_each_patch_row(geometry, |row, oh, span| {
         let Some(RowSpan {
@@ -448,7 +531,7 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
                 false,
             );
             for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
-                fold_patches(geometry, &col, columns, i * positions, image);
+                fold_patches(geometry, &mut col, columns, i * positions, image);
             }
         });
     dx

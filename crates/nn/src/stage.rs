@@ -50,7 +50,7 @@ use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
 use timeprest_schedule::MicrobatchId;
 
-use crate::block::Norm;
+use crate::block::{Norm, relu_backward};
 use crate::model::{check_chain, cross_entropy_sum};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::store::{Pass, WeightStore};
@@ -636,7 +636,7 @@ impl BurnStage {
             }
             if p.block.has_relu() {
                 // relu'(pre) from the forward: 1 where its output was positive.
-                g = g.mul(acts[i + 1].clone().sign());
+                g = relu_backward(g, &acts[i + 1]);
             }
             if let Some((grads, input_grad)) = direct_vjp::direct_vjp(
                 &p.block,

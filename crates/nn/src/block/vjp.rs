@@ -31,7 +31,7 @@ use super::{BN_EPSILON, Block, Layer, Norm, Plan, conv_geometry};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
 use crate::pool_kernel::max_pool_backward;
-use crate::tensor::{on_cpu, tensor1, to_vec, with_values};
+use crate::tensor::{host_values, on_cpu, tensor1, to_vec, with_values};
 
 /// Parameter gradients (in parameter order) and, if it was asked for, the input gradient.
 pub(crate) type Vjp<const D: usize> = (Vec<Tensor<1>>, Option<Tensor<D>>);
@@ -137,6 +137,23 @@ impl Block {
     }
 }
 
+/// The VJP of a ReLU: `g` where `activation` (the ReLU's input or output) is positive, 0
+/// elsewhere; one pass over host memory on the CPU.
+pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>) -> Tensor<D> {
+    let dims = g.dims();
+    let masked = host_values(activation, |activation| {
+        with_values(&g, |g| {
+            (g.iter().zip(activation))
+                .map(|(&g, &a)| if a > 0.0 { g } else { 0.0 })
+                .collect::<Vec<f32>>()
+        })
+    });
+    match masked {
+        Some(values) => tensor1(values).reshape(dims),
+        None => g.mask_fill(activation.clone().lower_equal_elem(0.0), 0.0),
+    }
+}
+
 /// The input gradient of `f` at `x` for the output gradient `g`, by burn's autodiff of `f`
 /// alone.
 fn autodiff_input_grad(
@@ -239,10 +256,7 @@ fn layer_vjp(
                 .map(|dx| tensor1(dx).reshape([batch, channels, height, width]));
             (vec![tensor1(grads.gamma), tensor1(grads.beta)], input_grad)
         }
-        Layer::Relu => (
-            Vec::new(),
-            need_input_grad.then(|| g.mask_fill(x.clone().lower_equal_elem(0.0), 0.0)),
-        ),
+        Layer::Relu => (Vec::new(), need_input_grad.then(|| relu_backward(g, x))),
         Layer::Linear { .. } | Layer::FeatureNorm { .. } | Layer::Embedding { .. } => {
             panic!("a {layer:?} layer inside an image block")
         }
