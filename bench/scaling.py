@@ -2,7 +2,13 @@
 """Pipeline scaling on this machine: W=2 stages x 1 intra-op thread vs W=1 x 1 thread (goal
 >= 1.85x) and vs W=1 x 2 threads, MLP 784-1024-1024-1024-10 on Fashion-MNIST, batch 128.
 
-Usage: bench/scaling.py [repetitions]   (release binary must be built)
+Usage: bench/scaling.py [repetitions] [--model lenet5|resnet18|...]   (release binary built)
+
+With --model, the same schedules train that zoo model at --width 0.25 on the synthetic 3x32x32
+images (batch 128, 4 micro-batches where the schedule has them, `--partition time`), and the
+ratios are printed against issue 12's goals: N=4 micro-batches cost at most 1.2x per sample of
+N=1 (single N=4 / N=1 >= 0.83), timeprest W=2 N=4 >= 1.6x single N=1, gpipe and
+pipedream-flush >= 1.5x, pipedream W=2 >= 1.85x.
 
 The uniform block partition puts 784x1024 + 1024x1024 on stage 0 and 1024x1024 + 1024x10 on
 stage 1 (64% / 36% of the FLOPs), which caps any 2-stage pipeline at 1.57x. The control model
@@ -14,9 +20,15 @@ import sys
 
 from common import DATASET, MLP, median, quiet_run, ratio_line, spread, steady_throughput, train
 
-REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+ARGS = [a for a in sys.argv[1:] if a != "--model"]
+MODEL = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else None
+if MODEL is not None:
+    ARGS.remove(MODEL)
+REPS = int(ARGS[0]) if ARGS else 3
 BALANCED = "1024,1024,1792"
 BASE = DATASET + ["--batch-size", "128", "--limit-train", "3840", "--limit-test", "256", "--lr", "0.01"]
+# Training samples per epoch of the conv models: a few seconds on one core.
+CONV_SAMPLES = {"lenet5": 3840, "alexnet": 2048, "vgg11": 1024, "resnet18": 512}
 
 
 def cfg(hidden, policy, stages, threads, microbatches):
@@ -39,6 +51,46 @@ CONFIGS = {
     "balanced timeprest W=2 N=4": cfg(BALANCED, "timeprest", 2, 1, 4),
 }
 
+GOALS = [
+    ("gpipe W=2 N=4", "single 1t N=1", 1.85),
+    ("gpipe W=2 N=4", "single 1t N=4", 1.85),
+    ("pipedream-flush W=2 N=4", "single 1t N=1", 1.85),
+    ("pipedream W=2 N=1", "single 1t N=1", 1.85),
+    ("timeprest W=2 N=4", "single 1t N=1", 1.85),
+    ("single 2t N=1", "single 1t N=1", None),
+    ("gpipe W=2 N=4", "single 2t N=1", None),
+    ("pipedream W=2 N=1", "single 2t N=1", None),
+    ("balanced gpipe W=2 N=4", "balanced single 1t N=1", 1.85),
+    ("balanced gpipe W=2 N=4", "balanced single 1t N=4", 1.85),
+    ("balanced pipedream W=2 N=1", "balanced single 1t N=1", 1.85),
+    ("balanced timeprest W=2 N=4", "balanced single 1t N=1", 1.85),
+]
+
+if MODEL is not None:
+    conv_base = ["--dataset", "synthetic", "--model", MODEL, "--width", "0.25", "--batch-size",
+                 "128", "--limit-train", str(CONV_SAMPLES.get(MODEL, 512)), "--limit-test", "64",
+                 "--lr", "0.01", "--partition", "time"]
+
+    def conv(policy, stages, threads, microbatches):
+        return conv_base + ["--policy", policy, "--stages", str(stages), "--threads-per-stage",
+                            str(threads), "--microbatches", str(microbatches)]
+
+    CONFIGS = {
+        "single 1t N=1": conv("single", 1, 1, 1),
+        "single 1t N=4": conv("single", 1, 1, 4),
+        "timeprest W=2 N=4": conv("timeprest", 2, 1, 4),
+        "gpipe W=2 N=4": conv("gpipe", 2, 1, 4),
+        "pipedream-flush W=2 N=4": conv("pipedream-flush", 2, 1, 4),
+        "pipedream W=2 N=1": conv("pipedream", 2, 1, 1),
+    }
+    GOALS = [
+        ("single 1t N=4", "single 1t N=1", 1 / 1.2),
+        ("timeprest W=2 N=4", "single 1t N=1", 1.6),
+        ("gpipe W=2 N=4", "single 1t N=1", 1.5),
+        ("pipedream-flush W=2 N=4", "single 1t N=1", 1.5),
+        ("pipedream W=2 N=1", "single 1t N=1", 1.85),
+    ]
+
 results = {name: [] for name in CONFIGS}
 probes = []
 for rep in range(REPS):
@@ -56,18 +108,5 @@ for name, values in results.items():
     print(f"{name}: {median(values):.0f} ({lo:.0f}-{hi:.0f})")
 print("## ratios (paired by repetition)")
 r = results
-for num, den, goal in [
-    ("gpipe W=2 N=4", "single 1t N=1", 1.85),
-    ("gpipe W=2 N=4", "single 1t N=4", 1.85),
-    ("pipedream-flush W=2 N=4", "single 1t N=1", 1.85),
-    ("pipedream W=2 N=1", "single 1t N=1", 1.85),
-    ("timeprest W=2 N=4", "single 1t N=1", 1.85),
-    ("single 2t N=1", "single 1t N=1", None),
-    ("gpipe W=2 N=4", "single 2t N=1", None),
-    ("pipedream W=2 N=1", "single 2t N=1", None),
-    ("balanced gpipe W=2 N=4", "balanced single 1t N=1", 1.85),
-    ("balanced gpipe W=2 N=4", "balanced single 1t N=4", 1.85),
-    ("balanced pipedream W=2 N=1", "balanced single 1t N=1", 1.85),
-    ("balanced timeprest W=2 N=4", "balanced single 1t N=1", 1.85),
-]:
+for num, den, goal in GOALS:
     print(ratio_line(f"{num} / {den}", r[num], r[den], goal))
