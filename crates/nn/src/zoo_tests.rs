@@ -12,7 +12,7 @@ use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::StageCompute;
 
 use crate::tensor::{tensor2, to_vec};
-use crate::tests::{all_grads, assert_close, run_minibatch, update_all, v};
+use crate::tests::{all_grads, assert_close, mb, run_minibatch, update_all, v};
 use crate::*;
 
 /// Deterministic images of `shape`, values in [-1, 1], labels cycling over `classes`.
@@ -374,10 +374,12 @@ fn split_models_compute_the_unsplit_outputs_and_gradients() {
 
 #[test]
 fn graph_and_recompute_paths_agree_through_convolutions_norms_and_residuals() {
-    // The same weights through a different recipe force the per-block graph path (with the
-    // two micro-batches stacked into one backward where no batch norm forbids it, in closed
-    // form for linear and convolution blocks) and the recompute path; both must give the kept
-    // graph's gradients for every block kind.
+    // Path 0 reads the forward's recipe: the kept autodiff graph for gpt, the closed forms
+    // with the layer inputs the forward recorded for every conv model. The same weights
+    // through a different recipe force the per-block graph path with recomputed layer inputs
+    // (the two micro-batches stacked into one backward where no batch norm forbids it) and
+    // the recompute path, whose autodiff re-run is exact: all three must agree for every
+    // block kind.
     let same = WeightRecipe::Blend {
         stale: 0,
         latest: 0,
@@ -407,6 +409,29 @@ fn graph_and_recompute_paths_agree_through_convolutions_norms_and_residuals() {
                 1e-4,
             );
         }
+    }
+}
+
+#[test]
+fn graph_mode_conv_stages_build_no_autodiff_graph_and_transformer_stages_do() {
+    // Every image block has a closed-form backward, so a conv stage's forward builds no graph
+    // even when its backward reads the same weights (the fast path of every conv model);
+    // the gpt's embedding has none, so its stage 0 keeps one.
+    let plan = Arc::new(BatchPlan {
+        minibatches: vec![vec![vec![0, 1, 2]]],
+    });
+    for (spec, data) in small_models() {
+        let params = init_params(&spec, 6).unwrap();
+        let split = partition_uniform(params.len(), 3).unwrap();
+        let mut stages = stages_over(&params, &split, GradMode::Graph, &data, &plan);
+        stages[0].forward(mb(0, 0), None, &v(0), true).unwrap();
+        let expected = usize::from(matches!(spec, ModelSpec::Gpt(_)));
+        assert_eq!(
+            stages[0].num_saved_graphs(),
+            expected,
+            "{}: saved graphs",
+            spec.name()
+        );
     }
 }
 
