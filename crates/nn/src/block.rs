@@ -360,7 +360,12 @@ fn next_tensor<'a>(tensors: &mut impl Iterator<Item = &'a Tensor<1>>, what: &str
 }
 
 /// `(n + 2p − k) / s + 1`, or `None` if the window does not fit or the stride is 0.
-fn window_output(n: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+pub(crate) fn window_output(
+    n: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Option<usize> {
     let padded = n + 2 * padding;
     if kernel == 0 || stride == 0 || padded < kernel {
         return None;
@@ -854,8 +859,9 @@ impl Block {
                 ..
             } => {
                 let geometry = self.max_pool_geometry();
-                if let Some(values) = host_values(&x, |x| max_pool_forward(&geometry, x)) {
-                    return tensor2(values, batch, self.output_features());
+                if let Some(x) = host_values(&x) {
+                    let pooled = max_pool_forward(&geometry, &x);
+                    return tensor2(pooled, batch, self.output_features());
                 }
                 max_pool2d(
                     image(),
@@ -1025,16 +1031,13 @@ fn conv_layer(layer: Layer, x: Tensor<4>, weight: Tensor<1>, bias: Option<Tensor
         geometry.height_out(),
         geometry.width_out(),
     ];
-    let host = host_values(&x, |x| {
-        host_values(&weight, |weight| match &bias {
-            Some(bias) => host_values(bias, |bias| {
-                conv2d_forward(&geometry, x, weight, Some(bias))
-            }),
-            None => Some(conv2d_forward(&geometry, x, weight, None)),
-        })
-    });
-    if let Some(Some(Some(values))) = host {
-        return tensor1(values).reshape(output);
+    let host_bias = bias.as_ref().map(host_values);
+    // Input and weight in host memory, and no bias or a bias in host memory.
+    if let (Some(x), Some(weight), None | Some(Some(_))) =
+        (host_values(&x), host_values(&weight), &host_bias)
+    {
+        let bias = host_bias.flatten();
+        return tensor1(conv2d_forward(&geometry, &x, &weight, bias.as_deref())).reshape(output);
     }
     let ConvGeometry {
         channels_in,
@@ -1070,14 +1073,10 @@ fn apply_norm(
         }
         Norm::Batch(stats) => {
             let [b, _, h, w] = x.dims();
-            let host = host_values(&x, |x| {
-                host_values(&gamma, |gamma| {
-                    host_values(&beta, |beta| {
-                        batch_norm_forward(x, gamma, beta, h * w, BN_EPSILON)
-                    })
-                })
-            });
-            if let Some(Some(Some(out))) = host {
+            if let (Some(x_values), Some(gamma), Some(beta)) =
+                (host_values(&x), host_values(&gamma), host_values(&beta))
+            {
+                let out = batch_norm_forward(&x_values, &gamma, &beta, h * w, BN_EPSILON);
                 stats.push(tensor1(out.mean));
                 stats.push(tensor1(out.unbiased_variance));
                 return tensor1(out.output).reshape(x.dims());

@@ -22,6 +22,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::block::window_output;
+
 /// The geometry of a 2-D convolution with a square kernel, the same stride and padding in
 /// both directions, no dilation and one group (every convolution of the model zoo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,12 +49,18 @@ pub(crate) struct ConvGeometry {
 impl ConvGeometry {
     /// Output height.
     pub fn height_out(&self) -> usize {
-        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+        self.output(self.height)
     }
 
     /// Output width.
     pub fn width_out(&self) -> usize {
-        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+        self.output(self.width)
+    }
+
+    /// Output size along a side of `size` (the geometry comes from a checked block).
+    fn output(&self, size: usize) -> usize {
+        window_output(size, self.kernel, self.stride, self.padding)
+            .unwrap_or_else(|| panic!("a convolution window that does not fit: {self:?}"))
     }
 
     /// The output indices `o` whose input index `o·s + offset − p` lies inside `0..size`.
@@ -72,6 +80,16 @@ impl ConvGeometry {
     /// Rows of the unrolled patches: one per (input channel, kernel row, kernel column).
     fn patch_rows(&self) -> usize {
         self.channels_in * self.kernel * self.kernel
+    }
+
+    /// The (input channel, kernel row, kernel column) of patch row `row`.
+    fn patch_row(&self, row: usize) -> (usize, usize, usize) {
+        let kernel = self.kernel;
+        (
+            row / (kernel * kernel),
+            (row / kernel) % kernel,
+            row % kernel,
+        )
     }
 }
 
@@ -93,18 +111,15 @@ fn for_each_patch_row(
     let ConvGeometry {
         height,
         width,
-        kernel,
         stride,
         padding,
         ..
     } = *geometry;
     let (height_out, width_out) = (geometry.height_out(), geometry.width_out());
-    let inside = |offset, size, size_out| geometry.inside(offset, size, size_out);
     for row in 0..geometry.patch_rows() {
-        let channel = row / (kernel * kernel);
-        let (i, j) = ((row / kernel) % kernel, row % kernel);
-        let rows_inside = inside(i, height, height_out);
-        let columns = inside(j, width, width_out);
+        let (channel, i, j) = geometry.patch_row(row);
+        let rows_inside = geometry.inside(i, height, height_out);
+        let columns = geometry.inside(j, width, width_out);
         for oh in 0..height_out {
             let span = rows_inside.contains(&oh).then(|| RowSpan {
                 image_offset: (channel * height + oh * stride + i - padding) * width
@@ -129,8 +144,8 @@ fn unroll_patches(
     first_column: usize,
 ) {
     let (width_out, stride) = (geometry.width_out(), geometry.stride);
-    if reads_contiguous_blocks(geometry) {
-        unroll_blocks(geometry, image, col, row_len, first_column);
+    if reads_contiguous_runs(geometry) {
+        unroll_contiguous(geometry, image, col, row_len, first_column);
         return;
     }
     for_each_patch_row(geometry, |row, oh, span| {
@@ -155,70 +170,69 @@ fn unroll_patches(
     });
 }
 
-/// Whether the patch rows of this convolution read the image in contiguous blocks: stride 1
+/// Whether the patch rows of this convolution read the image in contiguous runs: stride 1
 /// and as many output as input columns (a "same" convolution, `2p = k − 1`, with `p` below the
 /// width). Output rows `oh` of patch row `(c, i, j)` then read input rows `oh + i − p` shifted
 /// by `j − p` columns, so all of them are one contiguous run of the image in which only the
 /// `|j − p|` columns that wrap around a row edge are wrong (they read padding). One copy per
 /// patch row instead of one per output row: the short copies cost a third of a width-0.25
 /// resnet18 step.
-fn reads_contiguous_blocks(geometry: &ConvGeometry) -> bool {
+fn reads_contiguous_runs(geometry: &ConvGeometry) -> bool {
     geometry.stride == 1
         && geometry.width_out() == geometry.width
         && geometry.padding < geometry.width
 }
 
-/// One patch row's contiguous block (see [`reads_contiguous_blocks`]).
-struct Block {
+/// One patch row's contiguous run of the image (see [`reads_contiguous_runs`]): its output
+/// rows that read inside the image, `[rows, W]` row-major.
+struct ContiguousRun {
     /// The patch row `(c, i, j)`.
     row: usize,
     /// The output rows that read inside the image.
     rows: std::ops::Range<usize>,
-    /// Block elements `e` in `skip_front..rows.len()·W − skip_back` read `image[start + e]`
-    /// (`start` may be "negative": it is stored plus `skip_front`).
+    /// The image index read by element `skip_front` of the rows; element `e` in
+    /// `skip_front..rows.len()·W − skip_back` reads `image[image_start + e − skip_front]`.
     image_start: usize,
     /// Wrapped columns at the front (`p − j`) and back (`j − p`) of every output row.
     skip_front: usize,
     skip_back: usize,
 }
 
-impl Block {
-    /// The block elements that read the image, and where the first of them reads.
+impl ContiguousRun {
+    /// The elements that read the image, and where the first of them reads.
     fn run(&self, width: usize) -> (std::ops::Range<usize>, usize) {
         let len = self.rows.len() * width;
         (self.skip_front..len - self.skip_back, self.image_start)
     }
 
-    /// Zeroes the wrapped columns of the block (`[rows, W]` row-major).
-    fn zero_wrapped(&self, block: &mut [f32], width: usize) {
-        for out_row in block.chunks_exact_mut(width) {
+    /// Zeroes the wrapped columns of the run's rows (`[rows, W]` row-major).
+    fn zero_wrapped(&self, rows: &mut [f32], width: usize) {
+        for out_row in rows.chunks_exact_mut(width) {
             out_row[..self.skip_front].fill(0.0);
             out_row[width - self.skip_back..].fill(0.0);
         }
     }
 }
 
-/// Calls `visit` with the contiguous block of every patch row of a convolution that
-/// [`reads_contiguous_blocks`].
-fn for_each_block(geometry: &ConvGeometry, mut visit: impl FnMut(Block)) {
+/// Calls `visit` with the contiguous run of every patch row of a convolution that
+/// [`reads_contiguous_runs`].
+fn for_each_contiguous_run(geometry: &ConvGeometry, mut visit: impl FnMut(ContiguousRun)) {
     let ConvGeometry {
         height,
         width,
-        kernel,
         padding,
         ..
     } = *geometry;
     let height_out = geometry.height_out();
     for row in 0..geometry.patch_rows() {
-        let channel = row / (kernel * kernel);
-        let (i, j) = ((row / kernel) % kernel, row % kernel);
+        let (channel, i, j) = geometry.patch_row(row);
         let rows = geometry.inside(i, height, height_out);
         let start = if rows.is_empty() {
             0
         } else {
             (channel * height + rows.start + i - padding) * width + j.max(padding) - padding
         };
-        visit(Block {
+        visit(ContiguousRun {
             row,
             rows,
             image_start: start,
@@ -228,8 +242,8 @@ fn for_each_block(geometry: &ConvGeometry, mut visit: impl FnMut(Block)) {
     }
 }
 
-/// [`unroll_patches`] of a convolution that [`reads_contiguous_blocks`]: one copy per patch row.
-fn unroll_blocks(
+/// [`unroll_patches`] of a convolution that [`reads_contiguous_runs`]: one copy per patch row.
+fn unroll_contiguous(
     geometry: &ConvGeometry,
     image: &[f32],
     col: &mut [f32],
@@ -238,24 +252,24 @@ fn unroll_blocks(
 ) {
     let width = geometry.width;
     let positions = geometry.positions();
-    for_each_block(geometry, |block| {
-        let out = &mut col[block.row * row_len + first_column..][..positions];
-        out[..block.rows.start * width].fill(0.0);
-        out[block.rows.end * width..].fill(0.0);
-        if block.rows.is_empty() {
+    for_each_contiguous_run(geometry, |patch| {
+        let out = &mut col[patch.row * row_len + first_column..][..positions];
+        out[..patch.rows.start * width].fill(0.0);
+        out[patch.rows.end * width..].fill(0.0);
+        if patch.rows.is_empty() {
             return;
         }
-        let out = &mut out[block.rows.start * width..block.rows.end * width];
-        let (run, start) = block.run(width);
+        let out = &mut out[patch.rows.start * width..patch.rows.end * width];
+        let (run, start) = patch.run(width);
         out[run.clone()].copy_from_slice(&image[start..start + run.len()]);
-        block.zero_wrapped(out, width);
+        patch.zero_wrapped(out, width);
     });
 }
 
-/// [`fold_patches`] of a convolution that [`reads_contiguous_blocks`]: the wrapped columns of
+/// [`fold_patches`] of a convolution that [`reads_contiguous_runs`]: the wrapped columns of
 /// `col` (gradients of padding reads, which are dropped) are zeroed, then each patch row is one
 /// contiguous addition.
-fn fold_blocks(
+fn fold_contiguous(
     geometry: &ConvGeometry,
     col: &mut [f32],
     row_len: usize,
@@ -263,14 +277,14 @@ fn fold_blocks(
     image: &mut [f32],
 ) {
     let width = geometry.width;
-    for_each_block(geometry, |block| {
-        if block.rows.is_empty() {
+    for_each_contiguous_run(geometry, |patch| {
+        if patch.rows.is_empty() {
             return;
         }
-        let values = &mut col[block.row * row_len + first_column..]
-            [block.rows.start * width..block.rows.end * width];
-        block.zero_wrapped(values, width);
-        let (run, start) = block.run(width);
+        let values = &mut col[patch.row * row_len + first_column..]
+            [patch.rows.start * width..patch.rows.end * width];
+        patch.zero_wrapped(values, width);
+        let (run, start) = patch.run(width);
         let target = &mut image[start..start + run.len()];
         target
             .iter_mut()
@@ -289,8 +303,8 @@ fn fold_patches(
     first_column: usize,
     image: &mut [f32],
 ) {
-    if reads_contiguous_blocks(geometry) {
-        fold_blocks(geometry, col, row_len, first_column, image);
+    if reads_contiguous_runs(geometry) {
+        fold_contiguous(geometry, col, row_len, first_column, image);
         return;
     }
     let (width_out, stride) = (geometry.width_out(), geometry.stride);
@@ -427,6 +441,12 @@ impl ConvGeometry {
         self.channels_out * self.positions()
     }
 
+    /// Checks that operand `what` holds `expected` values (a broken invariant of the caller
+    /// otherwise).
+    fn check_len(&self, what: &str, values: &[f32], expected: usize) {
+        assert_eq!(values.len(), expected, "{what} of {self:?}");
+    }
+
     /// Images unrolled together for one GEMM: as many as fit [`CHUNK_BYTES`], but no more than
     /// an even share of the batch between the current pool's threads.
     fn images_per_chunk(&self) -> usize {
@@ -476,16 +496,8 @@ pub(crate) fn conv2d_forward(
         geometry.positions(),
         geometry.output_len(),
     );
-    assert_eq!(
-        x.len(),
-        geometry.batch * geometry.image_len(),
-        "input of {geometry:?}"
-    );
-    assert_eq!(
-        weight.len(),
-        geometry.channels_out * rows,
-        "weight of {geometry:?}"
-    );
+    geometry.check_len("input", x, geometry.batch * geometry.image_len());
+    geometry.check_len("weight", weight, geometry.channels_out * rows);
     let chunk = geometry.images_per_chunk();
     let mut out = vec![0.0f32; geometry.batch * output_len];
     out.par_chunks_mut(output_len * chunk)
@@ -533,16 +545,8 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
         geometry.positions(),
         geometry.image_len(),
     );
-    assert_eq!(
-        weight.len(),
-        geometry.channels_out * rows,
-        "weight of {geometry:?}"
-    );
-    assert_eq!(
-        g.len(),
-        geometry.batch * geometry.output_len(),
-        "output gradient of {geometry:?}"
-    );
+    geometry.check_len("weight", weight, geometry.channels_out * rows);
+    geometry.check_len("output gradient", g, geometry.batch * geometry.output_len());
     let chunk = geometry.images_per_chunk();
     let mut dx = vec![0.0f32; geometry.batch * image_len];
     dx.par_chunks_mut(image_len * chunk)
@@ -579,16 +583,8 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
 /// If the slice lengths do not match `geometry` (a broken invariant of the caller).
 pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
     let (rows, positions) = (geometry.patch_rows(), geometry.positions());
-    assert_eq!(
-        x.len(),
-        geometry.batch * geometry.image_len(),
-        "input of {geometry:?}"
-    );
-    assert_eq!(
-        g.len(),
-        geometry.batch * geometry.output_len(),
-        "output gradient of {geometry:?}"
-    );
+    geometry.check_len("input", x, geometry.batch * geometry.image_len());
+    geometry.check_len("output gradient", g, geometry.batch * geometry.output_len());
     let grad_len = geometry.channels_out * rows;
     let chunk = geometry.images_per_chunk();
     let threads = rayon::current_num_threads().clamp(1, geometry.batch.max(1));

@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::block::window_output;
+
 /// The geometry of a square pooling window, the same stride and padding in both directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PoolGeometry {
@@ -32,9 +34,10 @@ impl PoolGeometry {
         start.saturating_sub(self.padding)..(start + self.kernel - self.padding).min(size)
     }
 
-    /// Output size along a side of `size`.
+    /// Output size along a side of `size` (the geometry comes from a checked block).
     fn output(&self, size: usize) -> usize {
-        (size + 2 * self.padding - self.kernel) / self.stride + 1
+        window_output(size, self.kernel, self.stride, self.padding)
+            .unwrap_or_else(|| panic!("a pooling window that does not fit: {self:?}"))
     }
 
     /// Values of one input plane and of one output plane; checks that `x` holds whole planes.

@@ -168,28 +168,44 @@ pub fn tensor2(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), &device())
 }
 
-/// Runs `f` on the values of `tensor` (row-major) in place if they are contiguous host memory
-/// of a tensor without autodiff (a plain CPU tensor); `None` otherwise. The crate's CPU kernels
-/// read tensors this way instead of copying them.
-pub(crate) fn host_values<const D: usize, R>(
-    tensor: &Tensor<D>,
-    f: impl FnOnce(&[f32]) -> R,
-) -> Option<R> {
+/// The values of a tensor (row-major) as the crate's CPU kernels read them: the tensor's own
+/// host memory (a shared handle, no copy), or a copy of them.
+pub(crate) enum Values {
+    /// A contiguous f32 CPU tensor without autodiff.
+    Host(burn_flex::FlexTensor),
+    /// The values read back from any other tensor.
+    Copied(Vec<f32>),
+}
+
+impl std::ops::Deref for Values {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::Host(tensor) => tensor
+                .as_slice::<f32>()
+                .expect("host values are checked contiguous f32 when made"),
+            Values::Copied(values) => values,
+        }
+    }
+}
+
+/// The values of `tensor` in place if they are contiguous host memory of a tensor without
+/// autodiff (a plain CPU tensor); `None` otherwise (an autodiff or GPU tensor, which burn's own
+/// operations must handle).
+pub(crate) fn host_values<const D: usize>(tensor: &Tensor<D>) -> Option<Values> {
     let host = tensor
         .clone()
         .try_into_primitive::<burn_flex::Flex>()
         .ok()?;
-    host.as_slice::<f32>().map(f)
+    host.as_slice::<f32>()
+        .is_some()
+        .then_some(Values::Host(host))
 }
 
-/// Runs `f` on the values of `tensor` (row-major): in place where [`host_values`] can, else on
-/// a copy.
-pub(crate) fn with_values<const D: usize, R>(tensor: &Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> R {
-    let mut f = Some(f);
-    if let Some(result) = host_values(tensor, |values| (f.take().expect("called once"))(values)) {
-        return result;
-    }
-    (f.take().expect("not called by host_values"))(&to_vec(tensor))
+/// The values of `tensor`: in place where [`host_values`] can, else a copy.
+pub(crate) fn values<const D: usize>(tensor: &Tensor<D>) -> Values {
+    host_values(tensor).unwrap_or_else(|| Values::Copied(to_vec(tensor)))
 }
 
 /// The values of a tensor (row-major), read back as f32.

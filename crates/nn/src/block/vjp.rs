@@ -31,7 +31,7 @@ use super::{BN_EPSILON, Block, Layer, Norm, Plan, conv_geometry};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
 use crate::pool_kernel::max_pool_backward;
-use crate::tensor::{host_values, on_cpu, tensor1, to_vec, with_values};
+use crate::tensor::{host_values, on_cpu, tensor1, values};
 
 /// Parameter gradients (in parameter order) and, if it was asked for, the input gradient.
 pub(crate) type Vjp<const D: usize> = (Vec<Tensor<1>>, Option<Tensor<D>>);
@@ -80,9 +80,7 @@ impl Block {
             (None, Block::MaxPool2d { .. }) => {
                 let geometry = self.max_pool_geometry();
                 let input_grad = need_input_grad.then(|| {
-                    let dx = with_values(&image, |x| {
-                        with_values(&g, |g| max_pool_backward(&geometry, x, g))
-                    });
+                    let dx = max_pool_backward(&geometry, &values(&image), &values(&g));
                     tensor1(dx).reshape([batch, c, h, w])
                 });
                 (Vec::new(), input_grad)
@@ -141,17 +139,13 @@ impl Block {
 /// elsewhere; one pass over host memory on the CPU.
 pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>) -> Tensor<D> {
     let dims = g.dims();
-    let masked = host_values(activation, |activation| {
-        with_values(&g, |g| {
-            (g.iter().zip(activation))
-                .map(|(&g, &a)| if a > 0.0 { g } else { 0.0 })
-                .collect::<Vec<f32>>()
-        })
-    });
-    match masked {
-        Some(values) => tensor1(values).reshape(dims),
-        None => g.mask_fill(activation.clone().lower_equal_elem(0.0), 0.0),
-    }
+    let Some(activation) = host_values(activation) else {
+        return g.mask_fill(activation.clone().lower_equal_elem(0.0), 0.0);
+    };
+    let masked = (values(&g).iter().zip(activation.iter()))
+        .map(|(&g, &a)| if a > 0.0 { g } else { 0.0 })
+        .collect();
+    tensor1(masked).reshape(dims)
 }
 
 /// The input gradient of `f` at `x` for the output gradient `g`, by burn's autodiff of `f`
@@ -245,12 +239,14 @@ fn layer_vjp(
         }
         Layer::Norm { channels } => {
             let [batch, _, height, width] = x.dims();
-            let gamma = to_vec(&params[0]);
-            let grads = with_values(x, |x| {
-                with_values(&g, |g| {
-                    batch_norm_backward(x, g, &gamma, height * width, BN_EPSILON, need_input_grad)
-                })
-            });
+            let grads = batch_norm_backward(
+                &values(x),
+                &values(&g),
+                &values(&params[0]),
+                height * width,
+                BN_EPSILON,
+                need_input_grad,
+            );
             let input_grad = grads
                 .input
                 .map(|dx| tensor1(dx).reshape([batch, channels, height, width]));
@@ -286,9 +282,7 @@ fn conv_vjp(
         .clone()
         .reshape([channels_out, channels_in, kernel, kernel]);
     let weight_grad = if on_cpu() {
-        tensor1(with_values(x, |x| {
-            with_values(&g, |g| conv2d_weight_grad(geometry, x, g))
-        }))
+        tensor1(conv2d_weight_grad(geometry, &values(x), &values(&g)))
     } else {
         let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
         conv2d_weight_backward(x.clone(), weight.clone(), g.clone(), options)
@@ -306,10 +300,8 @@ fn conv_vjp(
     }
     let input_grad = need_input_grad.then(|| {
         if on_cpu() {
-            let values = with_values(&weight, |weight| {
-                with_values(&g, |g| conv2d_input_grad(geometry, weight, g))
-            });
-            return tensor1(values).reshape([geometry.batch, channels_in, height, width]);
+            let dx = conv2d_input_grad(geometry, &values(&weight), &values(&g));
+            return tensor1(dx).reshape([geometry.batch, channels_in, height, width]);
         }
         // The rows and columns a strided forward dropped at the far edge come back as output
         // padding, so the transposed convolution returns exactly the input size.
