@@ -4,7 +4,7 @@
 //! Choosing W and the split is the first decision of a pipeline run, and it is cheap to get
 //! wrong: one heavy stage sets the pace of all. This command builds the model (for a data set's
 //! input shape, or a given one), measures every block's forward and backward on this machine,
-//! splits it (`--partition uniform|params|time` or `--split`), and prints per stage the blocks,
+//! splits it (`--partition uniform|params|ops|time` or `--split`), and prints per stage the blocks,
 //! parameters, the activation it sends on and its measured time. It then replays the schedule
 //! with those times through the cost-model simulator (`timeprest_schedule::simulate_costs`) and
 //! prints the predicted throughput of every partition method, so the split can be compared
@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use clap::Args;
 use timeprest_data::{DEFAULT_SEQ_LEN, LoadOptions};
 use timeprest_nn::{
-    AvailableMemory, BlockProfile, GptConfig, MODEL_NAMES, ModelSpec, NnError, PartitionMethod,
-    ProfiledCost, Shape, Workload, partition_balanced, partition_manual, partition_uniform,
-    profile_blocks,
+    AvailableMemory, Block, BlockProfile, GptConfig, MODEL_NAMES, ModelSpec, NnError,
+    PartitionMethod, ProfiledCost, Shape, Workload, partition_balanced, partition_manual,
+    partition_uniform, profile_blocks,
 };
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, simulate_costs};
 
@@ -222,10 +222,12 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
     partition_uniform(blocks.len(), stages).map_err(|e| usage_error(format!("--stages: {e}")))?;
     let profiles = profile_blocks(&spec, microbatch, args.repeats.max(1))?;
     let params: Vec<f64> = blocks.iter().map(|b| b.param_count() as f64).collect();
+    let ops: Vec<f64> = blocks.iter().map(Block::forward_ops).collect();
     let times: Vec<f64> = profiles.iter().map(BlockProfile::total).collect();
     let split_by = |method: PartitionMethod| match method {
         PartitionMethod::Uniform => partition_uniform(blocks.len(), stages),
         PartitionMethod::Params => partition_balanced(&params, stages),
+        PartitionMethod::Ops => partition_balanced(&ops, stages),
         PartitionMethod::Time => partition_balanced(&times, stages),
     };
     let method = args.partition.method();

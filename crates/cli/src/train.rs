@@ -79,9 +79,11 @@ pub struct TrainArgs {
     /// The model's sizes.
     #[command(flatten)]
     pub size: ModelSizeArgs,
-    /// How to split the model into stages: equal block counts, balanced parameters, or
-    /// balanced forward+backward time measured on this machine.
-    #[arg(long, value_enum, default_value = "uniform")]
+    /// How to split the model into stages: equal block counts, balanced parameters, balanced
+    /// arithmetic counted from the blocks' shapes (the default: deterministic, and close to
+    /// time), or balanced forward+backward time measured on this machine (closest, but two runs
+    /// may split differently).
+    #[arg(long, value_enum, default_value = "ops")]
     pub partition: PartitionArg,
     /// Split by hand: the first block of each stage after the first, e.g. `3,7,12` for 4
     /// stages (see `timeprest partition` for the blocks).
@@ -365,6 +367,8 @@ pub enum PartitionArg {
     Uniform,
     /// Balanced parameter counts.
     Params,
+    /// Balanced forward arithmetic (multiply-adds) counted from the blocks' shapes.
+    Ops,
     /// Balanced measured forward + backward time.
     Time,
 }
@@ -375,6 +379,7 @@ impl PartitionArg {
         match self {
             PartitionArg::Uniform => PartitionMethod::Uniform,
             PartitionArg::Params => PartitionMethod::Params,
+            PartitionArg::Ops => PartitionMethod::Ops,
             PartitionArg::Time => PartitionMethod::Time,
         }
     }

@@ -54,7 +54,7 @@ fn partition_prints_every_stage_and_the_predicted_throughput() {
         assert_eq!(ranges[0].0, 0, "{text}");
         assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{text}");
         assert!(text.contains("--partition time"), "{text}");
-        for method in ["uniform", "params", "time"] {
+        for method in ["uniform", "params", "ops", "time"] {
             let line = text
                 .lines()
                 .find(|l| l.trim_start().starts_with(method) && l.contains("samples/s"))

@@ -740,6 +740,78 @@ impl Block {
         })
     }
 
+    /// Arithmetic of one sample's forward, counted from the shapes alone: multiply-adds of
+    /// linear layers, convolutions and attention, plus one per value for the elementwise layers
+    /// (normalisation, ReLU, pooling windows, embedding lookups). A deterministic stand-in for
+    /// the block's compute time: what [`PartitionMethod::Ops`](crate::PartitionMethod::Ops)
+    /// balances. Backward costs about twice the forward for every kind of layer here, so the
+    /// forward's count ranks stages as forward + backward would.
+    pub fn forward_ops(&self) -> f64 {
+        let [c, h, w] = self.input_shape();
+        let values = |shape: Shape| (shape[0] * shape[1] * shape[2]) as f64;
+        match *self {
+            Block::Relu { features } => features as f64,
+            Block::GlobalAvgPool { .. } => values([c, h, w]),
+            Block::MaxPool2d { kernel, .. } | Block::AvgPool2d { kernel, .. } => {
+                values(self.output_shape()) * (kernel * kernel) as f64
+            }
+            Block::DecoderLayer {
+                seq_len, embed_dim, ..
+            } => {
+                let (seq, d) = (seq_len as f64, embed_dim as f64);
+                // Per position: the plan's linear layers (qkv, projection, MLP) and norms;
+                // attention: scores and the weighted sum of values, seq × seq × d each.
+                seq * self.plan_ops([1, 1, 1]) + 2.0 * seq * seq * d
+            }
+            Block::LmHead { seq_len, .. } => seq_len as f64 * self.plan_ops([1, 1, 1]),
+            Block::Embedding {
+                seq_len, embed_dim, ..
+            } => 2.0 * (seq_len * embed_dim) as f64,
+            Block::Linear { .. }
+            | Block::Conv2d { .. }
+            | Block::BatchNorm2d { .. }
+            | Block::BasicBlock { .. }
+            | Block::Bottleneck { .. } => self.plan_ops([c, h, w]),
+        }
+    }
+
+    /// [`Block::forward_ops`] of the layers of the block's plan (main path and shortcut, each
+    /// from `input`), with the plan's linear and norm layers applied to one position.
+    fn plan_ops(&self, input: Shape) -> f64 {
+        let Some(plan) = self.plan() else {
+            return 0.0;
+        };
+        let path_ops = |layers: &[(&'static str, Layer)]| {
+            let [mut c, mut h, mut w] = input;
+            let mut ops = 0.0;
+            for &(_, layer) in layers {
+                let positions = (h * w) as f64;
+                ops += match layer {
+                    Layer::Linear { input, output } => (input * output) as f64,
+                    Layer::Conv {
+                        in_channels,
+                        out_channels,
+                        kernel,
+                        stride,
+                        padding,
+                        ..
+                    } => {
+                        h = window_output(h, kernel, stride, padding).unwrap_or(0);
+                        w = window_output(w, kernel, stride, padding).unwrap_or(0);
+                        c = out_channels;
+                        (in_channels * kernel * kernel * out_channels * h * w) as f64
+                    }
+                    Layer::Norm { channels } => channels as f64 * positions,
+                    Layer::FeatureNorm { features } => features as f64,
+                    Layer::Embedding { width, .. } => width as f64,
+                    Layer::Relu => c as f64 * positions,
+                };
+            }
+            ops
+        };
+        path_ops(&plan.main) + plan.shortcut.as_deref().map_or(0.0, path_ops)
+    }
+
     /// Number of scalar parameters (buffers excluded, as PyTorch counts).
     pub fn param_count(&self) -> usize {
         self.param_sizes().iter().sum()

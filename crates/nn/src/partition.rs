@@ -1,12 +1,15 @@
-//! Splitting a model's blocks into pipeline stages: by count, by parameters, by measured time,
-//! or by hand.
+//! Splitting a model's blocks into pipeline stages: by count, by parameters, by arithmetic, by
+//! measured time, or by hand.
 //!
 //! A pipeline runs at the pace of its slowest stage, so the useful split is the contiguous one
 //! that minimises the largest per-stage cost. [`partition_balanced`] finds it exactly with the
 //! classic dynamic program over prefix sums (as PipeDream's and torchgpipe's partitioners do):
 //! `best[k][i]` = the smallest possible maximum stage cost when the first `i` blocks form `k`
-//! stages. The costs are either parameter counts ([`PartitionMethod::Params`]) or forward +
-//! backward times measured on this machine by [`profile_blocks`] ([`PartitionMethod::Time`]).
+//! stages. The costs are parameter counts ([`PartitionMethod::Params`]), each block's forward
+//! arithmetic counted from its shapes ([`PartitionMethod::Ops`], the default: deterministic, free
+//! to compute, and close to time for every block kind of the zoo), or forward + backward times
+//! measured on this machine by [`profile_blocks`] ([`PartitionMethod::Time`]: closest to the
+//! truth, but a measurement, so two runs of one command may split differently).
 //! [`ProfiledCost`] turns the measured times of a split into the schedule crate's
 //! [`CostModel`], so the simulator can predict the pipeline's throughput before training.
 
@@ -21,26 +24,29 @@ use timeprest_schedule::CostModel;
 
 use crate::block::Norm;
 use crate::tensor::tensor2;
-use crate::{ModelParams, ModelSpec, NnError, init_params};
+use crate::{Block, ModelParams, ModelSpec, NnError, init_params};
 
 /// How to choose the split when none is given by hand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PartitionMethod {
     /// Equal numbers of blocks (the first stages one more when it does not divide).
-    #[default]
     Uniform,
     /// Balanced parameter counts.
     Params,
+    /// Balanced forward arithmetic ([`Block::forward_ops`](crate::Block::forward_ops)).
+    #[default]
+    Ops,
     /// Balanced measured forward + backward time.
     Time,
 }
 
 impl PartitionMethod {
     /// All methods, in `--partition`'s order.
-    pub const ALL: [PartitionMethod; 3] = [
+    pub const ALL: [PartitionMethod; 4] = [
         PartitionMethod::Uniform,
         PartitionMethod::Params,
+        PartitionMethod::Ops,
         PartitionMethod::Time,
     ];
 
@@ -49,6 +55,7 @@ impl PartitionMethod {
         match self {
             PartitionMethod::Uniform => "uniform",
             PartitionMethod::Params => "params",
+            PartitionMethod::Ops => "ops",
             PartitionMethod::Time => "time",
         }
     }
@@ -67,7 +74,9 @@ impl FromStr for PartitionMethod {
         Self::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown partition method `{s}`; valid: uniform, params, time"))
+            .ok_or_else(|| {
+                format!("unknown partition method `{s}`; valid: uniform, params, ops, time")
+            })
     }
 }
 
@@ -273,6 +282,10 @@ pub fn partition_model(
             let costs: Vec<f64> = blocks.iter().map(|b| b.param_count() as f64).collect();
             partition_balanced(&costs, num_stages)
         }
+        PartitionMethod::Ops => {
+            let costs: Vec<f64> = blocks.iter().map(Block::forward_ops).collect();
+            partition_balanced(&costs, num_stages)
+        }
         PartitionMethod::Time => {
             check_stages(blocks.len(), num_stages)?;
             let costs: Vec<f64> = profile_blocks(spec, batch, 3)?
@@ -449,6 +462,64 @@ mod tests {
             let err = partition_manual(bad, 15).unwrap_err().to_string();
             assert!(err.contains("split") && err.contains("15 blocks"), "{err}");
         }
+    }
+
+    #[test]
+    fn forward_ops_count_each_layer_from_the_shapes() {
+        let linear = Block::Linear {
+            input: 784,
+            output: 1024,
+            relu: true,
+        };
+        assert_eq!(linear.forward_ops(), (784 * 1024) as f64);
+        let conv = Block::Conv2d {
+            input: [3, 32, 32],
+            channels: 16,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            bias: true,
+            relu: true,
+        };
+        assert_eq!(conv.forward_ops(), (3 * 9 * 16 * 16 * 16) as f64);
+        // conv1 (stride 2) + bn1 + relu + conv2 + bn2, and the 1×1 projection + its bn.
+        let residual = Block::BasicBlock {
+            input: [16, 32, 32],
+            planes: 32,
+            stride: 2,
+        };
+        let map = (32 * 16 * 16) as f64;
+        let main = 16.0 * 9.0 * map + map + map + 32.0 * 9.0 * map + map;
+        let shortcut = 16.0 * map + map;
+        assert_eq!(residual.forward_ops(), main + shortcut);
+        let pool = Block::MaxPool2d {
+            input: [6, 28, 28],
+            kernel: 2,
+            stride: 2,
+            padding: 0,
+        };
+        assert_eq!(pool.forward_ops(), (6 * 14 * 14 * 4) as f64);
+    }
+
+    #[test]
+    fn the_ops_partition_balances_arithmetic_where_uniform_does_not() {
+        // On 3×32×32 images LeNet-5's first convolution is more than half of its arithmetic
+        // (352,800 of 658,024 multiply-adds): ops gives it a stage alone, as profiling does
+        // (`timeprest partition --model lenet5 --dataset synthetic --stages 2`: split 1 for
+        // both), where uniform puts 4 of the 7 blocks on stage 0.
+        let lenet5 = ModelSpec::from_name("lenet5", [3, 32, 32], 10, &Default::default()).unwrap();
+        let ops = partition_model(&lenet5, PartitionMethod::Ops, 2, 8).unwrap();
+        assert_eq!(ops[0], 0..1);
+        assert_ne!(
+            ops,
+            partition_model(&lenet5, PartitionMethod::Uniform, 2, 8).unwrap()
+        );
+        // Deterministic: the same split every time, unlike a measurement.
+        assert_eq!(
+            ops,
+            partition_model(&lenet5, PartitionMethod::Ops, 2, 8).unwrap()
+        );
+        assert_eq!(PartitionMethod::default(), PartitionMethod::Ops);
     }
 
     #[test]

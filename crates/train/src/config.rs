@@ -169,7 +169,7 @@ impl Default for TrainConfig {
             seq_len: default_seq_len(),
             embed_dim: default_embed_dim(),
             heads: default_heads(),
-            partition: PartitionMethod::Uniform,
+            partition: PartitionMethod::Ops,
             split: Vec::new(),
             augment: false,
         }

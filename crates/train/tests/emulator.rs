@@ -7,7 +7,7 @@
 //! (threads, channels, version plan, burn stages) must end with the same weights.
 
 use timeprest_data::{LoadOptions, load};
-use timeprest_nn::{MlpConfig, ModelSpec, init_params, partition_uniform};
+use timeprest_nn::{MlpConfig, ModelSpec, PartitionMethod, init_params, partition_uniform};
 use timeprest_policy::PolicyKind;
 use timeprest_schedule::{
     ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
@@ -316,6 +316,8 @@ fn check_policy_against_emulator(
         limit_train: Some(limit),
         limit_test: Some(50),
         seed: 7,
+        // The emulation below splits the layers evenly.
+        partition: PartitionMethod::Uniform,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config, None).unwrap();
