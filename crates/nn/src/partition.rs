@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use timeprest_schedule::CostModel;
 
 use crate::block::Norm;
+use crate::stage::{closed_form_backward, has_closed_form};
 use crate::tensor::tensor2;
-use crate::{Block, ModelParams, ModelSpec, NnError, init_params};
+use crate::{Block, BlockParams, ModelParams, ModelSpec, NnError, init_params};
 
 /// How to choose the split when none is given by hand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,8 +205,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Measures each block's forward and backward on a micro-batch of `batch` samples: one warm-up
 /// run, then the median of `repeats` runs. Inputs are realistic: block `i` gets what the
 /// initialised blocks before it output for a fixed pseudo-random input (token ids for a
-/// language model). Runs on the calling
-/// thread's rayon pool (run it inside `ThreadPool::install` to match a stage's threads).
+/// language model). Each block runs the path a graph-mode stage runs: the closed-form backward
+/// where the block has one, autodiff otherwise. Runs on the calling thread's rayon pool (run it
+/// inside `ThreadPool::install` to match a stage's threads).
 ///
 /// # Errors
 /// [`NnError::InvalidModel`] if the spec is invalid or `batch` or `repeats` is 0.
@@ -235,23 +237,14 @@ pub fn profile_blocks(
     for p in &params {
         let (mut forward, mut backward) = (Vec::new(), Vec::new());
         for run in 0..=repeats {
-            let input = x.clone().autodiff().require_grad();
-            let leaves: Vec<Tensor<1>> = p
-                .tensors
-                .iter()
-                .map(|t| t.clone().autodiff().require_grad())
-                .collect();
-            let start = Instant::now();
-            let out = p
-                .block
-                .forward(input, &leaves, Norm::Batch(&mut Vec::new()));
-            let middle = Instant::now();
-            let grads = out.sum().backward();
-            drop(grads);
-            let end = Instant::now();
+            let (forward_seconds, backward_seconds) = if has_closed_form(&p.block) {
+                time_closed_form(p, &x)
+            } else {
+                time_autodiff(p, &x)
+            };
             if run > 0 {
-                forward.push((middle - start).as_secs_f64());
-                backward.push((end - middle).as_secs_f64());
+                forward.push(forward_seconds);
+                backward.push(backward_seconds);
             }
         }
         profiles.push(BlockProfile {
@@ -261,6 +254,53 @@ pub fn profile_blocks(
         x = p.forward_eval(x);
     }
     Ok(profiles)
+}
+
+/// Seconds of one forward and one backward of block `p` at input `x` as a graph-mode stage
+/// runs them when the block has a closed-form backward: a plain forward recording what the
+/// backward reads, then the closed form (weight gradients included).
+fn time_closed_form(p: &BlockParams, x: &Tensor<2>) -> (f64, f64) {
+    let start = Instant::now();
+    let mut layer_inputs = Vec::new();
+    let out = p.block.forward_recording(
+        x.clone(),
+        &p.tensors,
+        Norm::Batch(&mut Vec::new()),
+        Some(&mut layer_inputs),
+    );
+    let middle = Instant::now();
+    let grads = closed_form_backward(
+        &p.block,
+        x,
+        &p.tensors,
+        &out,
+        out.ones_like(),
+        &layer_inputs,
+    )
+    .expect("a block with a closed form has a closed-form backward");
+    drop(grads);
+    let end = Instant::now();
+    ((middle - start).as_secs_f64(), (end - middle).as_secs_f64())
+}
+
+/// [`time_closed_form`] for a block without a closed form: its forward under autodiff and
+/// autodiff's backward, as a stage runs them.
+fn time_autodiff(p: &BlockParams, x: &Tensor<2>) -> (f64, f64) {
+    let input = x.clone().autodiff().require_grad();
+    let leaves: Vec<Tensor<1>> = p
+        .tensors
+        .iter()
+        .map(|t| t.clone().autodiff().require_grad())
+        .collect();
+    let start = Instant::now();
+    let out = p
+        .block
+        .forward(input, &leaves, Norm::Batch(&mut Vec::new()));
+    let middle = Instant::now();
+    let grads = out.sum().backward();
+    drop(grads);
+    let end = Instant::now();
+    ((middle - start).as_secs_f64(), (end - middle).as_secs_f64())
 }
 
 /// The split of `spec` into `num_stages` stages by `method`; `Time` profiles the blocks on

@@ -58,6 +58,7 @@ use crate::tensor::{count_correct, one_hot, scalar, tensor2, to_vec};
 use crate::{BlockParams, ModelParams, NnError};
 
 mod direct_vjp;
+pub(crate) use direct_vjp::{closed_form_backward, has_closed_form};
 mod resume;
 
 /// How a backward computes gradients when it reads other weights than its forward did

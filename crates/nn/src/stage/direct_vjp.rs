@@ -18,7 +18,7 @@
 use burn::tensor::Tensor;
 
 use crate::Block;
-use crate::block::Vjp;
+use crate::block::{Vjp, relu_backward};
 
 /// Whether the block's VJP at several micro-batches stacked along the rows equals their VJPs
 /// taken one by one (rows stacked, parameter gradients summed): true for every block that
@@ -40,7 +40,7 @@ pub(super) fn stacks_rows(block: &Block) -> bool {
 }
 
 /// Whether [`direct_vjp`] has a closed form for `block` (it never returns `None` for it).
-pub(super) fn has_closed_form(block: &Block) -> bool {
+pub(crate) fn has_closed_form(block: &Block) -> bool {
     matches!(block, Block::Linear { .. } | Block::Relu { .. }) || block.has_spatial_vjp()
 }
 
@@ -77,6 +77,29 @@ pub(super) fn direct_vjp(
     }
     let weight_grad = linear_weight_grad(x, g).reshape([input * output]);
     Some((vec![weight_grad, bias_grad], input_grad))
+}
+
+/// The whole backward of one block in graph mode, as a stage runs it when the block has a
+/// closed form: the ReLU mask from the forward's output `out`, then [`direct_vjp`] at input
+/// `x` with the weight gradients included (not deferred). `None` without a closed form. What
+/// [`profile_blocks`](crate::profile_blocks) times, so that profiles measure the training path.
+pub(crate) fn closed_form_backward(
+    block: &Block,
+    x: &Tensor<2>,
+    params: &[Tensor<1>],
+    out: &Tensor<2>,
+    g: Tensor<2>,
+    layer_inputs: &[Tensor<4>],
+) -> Option<Vjp<2>> {
+    if !has_closed_form(block) {
+        return None;
+    }
+    let g = if block.has_relu() {
+        relu_backward(g, out)
+    } else {
+        g
+    };
+    direct_vjp(block, x, params, &g, true, false, Some(layer_inputs))
 }
 
 /// `g·Wᵀ`: the input gradient of a linear block with weight `W` (`[in, out]`, flattened) for
