@@ -18,8 +18,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use timeprest_policy::PolicyKind;
 use timeprest_schedule::{
-    ConstantCost, InflightCap, Schedule, ScheduleConfig, ScheduleKind, Timeline, generate, render,
-    simulate_costs,
+    ConstantCost, InflightCap, MAX_BACKWARD_SLOTS, Schedule, ScheduleConfig, ScheduleKind,
+    Timeline, generate, render, simulate_costs,
 };
 use timeprest_train::{check_output_file, write_file_atomically};
 
@@ -64,6 +64,11 @@ pub(crate) struct PipelineArgs {
     /// When a stage could run a forward or a backward, run the forward (default: the backward).
     #[arg(long)]
     pub(crate) no_backward_priority: bool,
+    /// Order the schedule with backwards of K slots per micro-batch (a forward takes 1), as
+    /// `train` does with K = 2 because a real backward costs about two forwards; default: the
+    /// papers' unit grid, where every forward and backward takes one slot.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BACKWARD_SLOTS)))]
+    pub(crate) backward_slots: Option<u32>,
 }
 
 impl PipelineArgs {
@@ -75,6 +80,7 @@ impl PipelineArgs {
             num_minibatches,
             inflight_cap: self.inflight_cap,
             backward_priority: !self.no_backward_priority,
+            backward_slots: self.backward_slots,
         }
     }
 

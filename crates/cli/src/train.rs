@@ -146,6 +146,13 @@ pub struct TrainArgs {
     /// Schedule (default: the policy's own): naive, gpipe, 1f1b, 1f1b-flush, nf1b.
     #[arg(long)]
     pub schedule: Option<ScheduleKind>,
+    /// Order the schedule as if a backward took K slots per micro-batch (a forward: 1) instead
+    /// of the papers' unit grid. With K = 2 (a backward costs about two forwards) nF1B's first
+    /// stage runs its next forwards while the last stage's long backward runs, instead of
+    /// waiting: faster pipelines, but forwards then read older weights (more staleness).
+    /// `timeprest simulate --backward-slots K` shows the order.
+    #[arg(long, value_name = "K")]
+    pub backward_slots: Option<u32>,
     /// Gradient mode when forward and backward read different weights.
     #[arg(long, value_enum, default_value = "graph")]
     pub grad_mode: GradModeArg,
@@ -449,6 +456,7 @@ impl TrainArgs {
             },
             policy: self.policy,
             schedule: self.schedule,
+            backward_slots: self.backward_slots,
             grad_mode: match self.grad_mode {
                 GradModeArg::Graph => GradMode::Graph,
                 GradModeArg::Recompute => GradMode::Recompute,

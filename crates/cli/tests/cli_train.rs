@@ -217,6 +217,8 @@ fn bad_training_input_gives_clear_errors() {
         &["train", "--init-weights", "/nonexistent.safetensors"],
         "/nonexistent.safetensors",
     );
+    assert_user_error(&["train", "--backward-slots", "0"], "--backward-slots");
+    assert_user_error(&["train", "--backward-slots", "65"], "--backward-slots");
     assert_user_error(&["train", "--device", "tpu"], "gpu:N");
     if cfg!(not(feature = "gpu")) {
         assert_user_error(&["train", "--device", "gpu"], "--features gpu");

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use timeprest_nn::{BurnStage, StageMessage, evaluate};
 use timeprest_policy::{WeightPolicy, plan};
 use timeprest_runtime::{RunReport, RuntimeError, StageContext, check_plan, run_stage, stage_pool};
-use timeprest_schedule::{Schedule, ScheduleConfig, generate};
+use timeprest_schedule::{Schedule, generate};
 use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
     EpochMetrics, LastCheckpoint, MetricsLog, Progress, RunPaths, TrainConfig, TrainError,
@@ -282,7 +282,7 @@ impl LocalStage {
         let batches = epoch_batches(config, model.train.len(), epoch)?;
         let num_minibatches = batches.num_minibatches() as u32;
         let num_microbatches = batches.minibatches[0].len() as u32;
-        let schedule_config = ScheduleConfig::new(config.stages, num_microbatches, num_minibatches);
+        let schedule_config = config.schedule_config(num_microbatches, num_minibatches);
         let schedule =
             generate(config.schedule_kind(), &schedule_config).map_err(TrainError::from)?;
         let version_plan = plan(&schedule, &self.policy);

@@ -52,8 +52,7 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
     // (1F1B runs each micro-batch as a mini-batch of its own).
     let probe = generate(kind, &ScheduleConfig::new(1, config.microbatches, 1))
         .map_err(|e| failed(e.to_string()))?;
-    let shape = ScheduleConfig::new(
-        config.stages,
+    let shape = config.schedule_config(
         probe.config.num_microbatches,
         u32::try_from(num_minibatches).map_err(|e| failed(e.to_string()))?,
     );

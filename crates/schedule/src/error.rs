@@ -29,6 +29,9 @@ pub enum ScheduleError {
         /// The cap found there.
         cap: u32,
     },
+    /// A backward duration outside 1..=[`MAX_BACKWARD_SLOTS`](crate::MAX_BACKWARD_SLOTS).
+    #[error("backward_slots must be 1 to {max}, got {0}", max = crate::MAX_BACKWARD_SLOTS)]
+    BackwardSlots(u32),
     /// The schedule would have more actions than slots can address.
     #[error(
         "schedule too large: W={num_stages}, N={num_microbatches}, {num_minibatches} mini-batches \

@@ -32,7 +32,8 @@ pub use error::ScheduleError;
 pub use generate::{MAX_ACTIONS, generate};
 pub use memory::{MemoryModel, StageMemory, max_microbatches_in_flight};
 pub use schedule::{
-    InflightCap, Schedule, ScheduleConfig, ScheduleKind, ScheduledAction, UnknownScheduleError,
+    InflightCap, MAX_BACKWARD_SLOTS, Schedule, ScheduleConfig, ScheduleKind, ScheduledAction,
+    UnknownScheduleError,
 };
 pub use timeline::{TimeUnit, TimedAction, Timeline};
 pub use validate::{ValidationError, ValidationRule, validate};

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::Action;
+use crate::action::{Action, ActionKind};
 
 /// The schedule families timeprest can generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,10 +130,24 @@ pub struct ScheduleConfig {
     pub inflight_cap: InflightCap,
     /// When a stage could run either a backward or a forward, run the backward (`1f1b`, `nf1b`).
     pub backward_priority: bool,
+    /// `None`: the papers' unit-slot grid, where every forward and backward takes one slot
+    /// (nF1B's mini-batch backward as short as one forward). `Some(k)`: a forward takes one
+    /// slot and a backward `k` per micro-batch it covers. Real backwards cost about twice a
+    /// forward per micro-batch: ordered with `Some(2)`, the greedy families (`1f1b`, `nf1b`)
+    /// let an upstream stage run its next forwards while a long backward runs downstream, as
+    /// the specification's ready-queue rule does on real hardware, instead of waiting for a
+    /// backward the grid assumed finished. Only the order and the slots change; every
+    /// dependency rule is the same.
+    #[serde(default)]
+    pub backward_slots: Option<u32>,
 }
 
+/// The largest `k` of [`ScheduleConfig::backward_slots`] accepted.
+pub const MAX_BACKWARD_SLOTS: u32 = 64;
+
 impl ScheduleConfig {
-    /// A configuration with the defaults of the specification: cap W − s, backward priority.
+    /// A configuration with the defaults of the specification: cap W − s, backward priority,
+    /// unit slots.
     pub fn new(num_stages: u32, num_microbatches: u32, num_minibatches: u32) -> Self {
         Self {
             num_stages,
@@ -141,6 +155,20 @@ impl ScheduleConfig {
             num_minibatches,
             inflight_cap: InflightCap::StagesRemaining,
             backward_priority: true,
+            backward_slots: None,
+        }
+    }
+
+    /// Slots `kind` occupies its stage: one for a forward; for a backward one on the unit grid,
+    /// else `k` per micro-batch it covers (see [`ScheduleConfig::backward_slots`]); none for an
+    /// update (it follows its backward in the same slot).
+    pub fn duration(&self, kind: ActionKind) -> u32 {
+        match (kind, self.backward_slots) {
+            (ActionKind::Forward(_), _) => 1,
+            (ActionKind::Update(_), _) => 0,
+            (ActionKind::BackwardMicrobatch(_) | ActionKind::BackwardMinibatch(_), None) => 1,
+            (ActionKind::BackwardMicrobatch(_), Some(k)) => k,
+            (ActionKind::BackwardMinibatch(_), Some(k)) => k.saturating_mul(self.num_microbatches),
         }
     }
 }
@@ -150,7 +178,8 @@ impl ScheduleConfig {
 pub struct ScheduledAction {
     /// The action.
     pub action: Action,
-    /// Its unit slot (time 0 is the first). An update shares the slot of the backward before it.
+    /// The slot it starts in (time 0 is the first). An update shares the slot of the backward
+    /// before it.
     pub slot: u32,
 }
 
@@ -166,11 +195,16 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Number of slots the schedule spans (one past the last occupied slot).
+    /// Number of slots the schedule spans (up to the end of the last action).
     pub fn num_slots(&self) -> u32 {
         self.stages
             .iter()
-            .flat_map(|stage| stage.iter().map(|a| a.slot + 1))
+            .flat_map(|stage| {
+                stage.iter().map(|a| {
+                    a.slot
+                        .saturating_add(self.config.duration(a.action.kind).max(1))
+                })
+            })
             .max()
             .unwrap_or(0)
     }

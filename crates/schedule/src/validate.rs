@@ -4,11 +4,13 @@
 //! the one gate. [`validate()`] checks, in this order (the first failure is reported):
 //! 1. the shape: W, N and the number of mini-batches are positive and there is one row per stage;
 //! 2. each row, in sequence order: the action's stage field equals its row, the action exists for
-//!    this kind and shape, it appears once, forwards and backwards occupy strictly increasing
-//!    slots (at most one per slot, sequence order consistent with slots), and each update
+//!    this kind and shape, it appears once, forwards and backwards occupy increasing slots
+//!    without overlap (each starts once the one before it has run for its
+//!    [`ScheduleConfig::duration`](crate::ScheduleConfig::duration)), and each update
 //!    immediately follows a backward of its mini-batch in the same slot;
 //! 3. completeness: every stage has every expected action (counts follow from kind and config);
-//! 4. dependencies (the rules of [`crate::deps`]): each dependency finished in an earlier slot,
+//! 4. dependencies (the rules of [`crate::deps`]): each dependency finished by the slot the
+//!    action starts in,
 //!    and each update comes after all backwards of its mini-batch at its stage. Of all violations
 //!    the one in the earliest slot is reported, since later ones are often its consequences.
 //!
@@ -22,7 +24,7 @@ use crate::action::{Action, ActionKind};
 use crate::deps::dependencies;
 use crate::index::ActionIndex;
 use crate::render::{Mark, grid_window};
-use crate::schedule::Schedule;
+use crate::schedule::{MAX_BACKWARD_SLOTS, Schedule};
 
 /// Slots of context shown on each side of the failing slot.
 const CONTEXT_SLOTS: u32 = 12;
@@ -40,7 +42,7 @@ pub enum ValidationRule {
     DuplicateAction,
     /// An expected action that never appears.
     MissingAction,
-    /// Two forwards or backwards of one stage in the same slot.
+    /// A forward or backward that starts while the one before it at its stage still runs.
     SlotConflict,
     /// A stage's sequence goes back in time.
     SlotOrder,
@@ -60,7 +62,7 @@ impl ValidationRule {
             ValidationRule::UnknownAction => "only actions of this kind and shape",
             ValidationRule::DuplicateAction => "each action once",
             ValidationRule::MissingAction => "every expected action present",
-            ValidationRule::SlotConflict => "at most one forward/backward per stage per slot",
+            ValidationRule::SlotConflict => "one forward/backward at a time per stage",
             ValidationRule::SlotOrder => "sequence order consistent with slots",
             ValidationRule::UpdatePlacement => {
                 "an update follows the last backward of its mini-batch in that slot"
@@ -127,6 +129,12 @@ pub fn validate(schedule: &Schedule) -> Result<(), ValidationError> {
         );
         return fail(ValidationRule::Shape, 0, None, None, reason);
     }
+    if let Some(k) = config.backward_slots
+        && !(1..=MAX_BACKWARD_SLOTS).contains(&k)
+    {
+        let reason = format!("backward_slots {k}: must be 1 to {MAX_BACKWARD_SLOTS}");
+        return fail(ValidationRule::Shape, 0, None, None, reason);
+    }
     if schedule.stages.len() != config.num_stages as usize {
         let reason = format!(
             "{} stage rows but W = {}",
@@ -176,7 +184,8 @@ fn check_rows(
         ))
     };
     for (s, row) in schedule.stages.iter().enumerate() {
-        let mut last_busy_slot: Option<u32> = None;
+        // Start and end slot of the row's last forward or backward.
+        let mut last_busy: Option<(u32, u32)> = None;
         for (p, scheduled) in row.iter().enumerate() {
             let (action, slot) = (scheduled.action, scheduled.slot);
             if action.stage as usize != s {
@@ -213,18 +222,23 @@ fn check_rows(
                 }
                 continue;
             }
-            match last_busy_slot {
-                Some(last) if last == slot => {
+            match last_busy {
+                Some((start, _)) if start > slot => {
                     let reason =
-                        format!("{action} shares slot {slot} with another forward/backward");
-                    return fail(ValidationRule::SlotConflict, s, slot, action, reason);
-                }
-                Some(last) if last > slot => {
-                    let reason =
-                        format!("{action} in slot {slot} comes after an action in slot {last}");
+                        format!("{action} in slot {slot} comes after an action in slot {start}");
                     return fail(ValidationRule::SlotOrder, s, slot, action, reason);
                 }
-                _ => last_busy_slot = Some(slot),
+                Some((start, end)) if end > slot => {
+                    let reason = format!(
+                        "{action} starts in slot {slot}, while the forward/backward started in \
+                         slot {start} runs until slot {end}"
+                    );
+                    return fail(ValidationRule::SlotConflict, s, slot, action, reason);
+                }
+                _ => {
+                    let end = slot.saturating_add(schedule.config.duration(action.kind));
+                    last_busy = Some((slot, end));
+                }
             }
         }
     }
@@ -287,8 +301,10 @@ fn check_dependencies(
                         (ValidationRule::UpdatePlacement, reason)
                     })
             } else {
+                let end_of =
+                    |dep: Action| slot_of(dep).saturating_add(schedule.config.duration(dep.kind));
                 dependencies(schedule.kind, &schedule.config, action)
-                    .find(|dep| slot_of(dep.action) >= slot)
+                    .find(|dep| end_of(dep.action) > slot)
                     .map(|dep| {
                         let reason = format!(
                             "{action} in slot {slot} needs {} to finish in an earlier slot, but it \

@@ -4,7 +4,9 @@
 //! (nF1B, Fig. 2 of the TiMePReSt paper and the main-experiment configurations). Each is
 //! compared over the slots it shows; whitespace runs and a trailing `...` are ignored.
 
-use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, render};
+use timeprest_schedule::{
+    ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, generate, render, validate,
+};
 
 /// Enough mini-batches that the shown slots are never cut short by the end of the run.
 const NUM_MINIBATCHES: u32 = 20;
@@ -166,4 +168,44 @@ S1:  1A   .  1B   .   .  B1  2A   .  2B   .   .  B2
 S2:   .  1A   .  1B  B1   .   .  2A   .  2B  B2   .
 ",
     );
+}
+
+#[test]
+fn costed_nf1b_runs_forwards_while_a_long_backward_runs_downstream() {
+    // W = 2, N = 4, a backward 2 slots per micro-batch (a mini-batch backward: 8 slots). On the
+    // unit grid stage 0 runs `1A 1B 1C 1D 2A 2B B1` and then waits for stage 1's 8-slot B1;
+    // costed, it fills its cap of W − 0 = 2 mini-batches first (8 forwards), and the last
+    // stage, once its first backward starts (slot 5: forwards 1A-1D in slots 1-4), is never
+    // idle again: B1 and then 5 mini-batches of 4 forward + 8 backward slots end at slot
+    // 5 + 8 + 5·12.
+    let config = ScheduleConfig {
+        backward_slots: Some(2),
+        ..ScheduleConfig::new(2, 4, 6)
+    };
+    let schedule = generate(ScheduleKind::Nf1b, &config).unwrap();
+    validate(&schedule).unwrap();
+    let first: Vec<ActionKind> = schedule.actions(0).take(10).map(|a| a.kind).collect();
+    let forwards =
+        (0..2).flat_map(|i| (0..4).map(move |j| ActionKind::Forward(MicrobatchId::new(i, j))));
+    let expected: Vec<ActionKind> = forwards
+        .chain([ActionKind::BackwardMinibatch(0), ActionKind::Update(0)])
+        .collect();
+    assert_eq!(first, expected);
+    let last = &schedule.stages[1];
+    let busy = last
+        .iter()
+        .filter(|a| !matches!(a.action.kind, ActionKind::Update(_)));
+    let mut ends_at = 5;
+    for scheduled in busy.skip(4) {
+        assert_eq!(
+            scheduled.slot, ends_at,
+            "stage 1 idles before {}",
+            scheduled.action
+        );
+        ends_at += config.duration(scheduled.action.kind);
+    }
+    assert_eq!(ends_at, 5 + 8 + 5 * 12);
+    let unit = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(2, 4, 6)).unwrap();
+    let unit_first: Vec<ActionKind> = unit.actions(0).take(7).map(|a| a.kind).collect();
+    assert_eq!(unit_first[6], ActionKind::BackwardMinibatch(0));
 }

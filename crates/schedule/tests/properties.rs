@@ -1,4 +1,5 @@
-//! Property tests over every generator: W in 1..8, N in 1..8, 1..20 mini-batches.
+//! Property tests over every generator: W in 1..8, N in 1..8, 1..20 mini-batches, unit slots
+//! or backwards of 1 to 4 slots per micro-batch.
 //!
 //! Every generated schedule validates, contains each expected action exactly once, and every
 //! action's text round-trips; the validator rejects the three basic corruptions (two actions
@@ -22,13 +23,21 @@ fn configs() -> impl Strategy<Value = ScheduleConfig> {
         Just(InflightCap::Unlimited),
         (1u32..4).prop_map(InflightCap::Constant),
     ];
-    (1u32..8, 1u32..8, 1u32..20, caps, any::<bool>()).prop_map(|(w, n, m, cap, priority)| {
-        ScheduleConfig {
+    let backward_slots = prop_oneof![Just(None), (1u32..5).prop_map(Some)];
+    (
+        1u32..8,
+        1u32..8,
+        1u32..20,
+        caps,
+        any::<bool>(),
+        backward_slots,
+    )
+        .prop_map(|(w, n, m, cap, priority, backward_slots)| ScheduleConfig {
             inflight_cap: cap,
             backward_priority: priority,
+            backward_slots,
             ..ScheduleConfig::new(w, n, m)
-        }
-    })
+        })
 }
 
 /// The number of each kind of action one stage must run.
@@ -98,18 +107,23 @@ proptest! {
     }
 
     #[test]
-    fn naive_schedules_run_one_action_per_slot(config in configs()) {
+    fn naive_schedules_run_one_action_at_a_time(config in configs()) {
         let schedule = generate(ScheduleKind::Naive, &config).unwrap();
-        let busy: Vec<u32> = schedule
+        let mut busy: Vec<(u32, u32)> = schedule
             .stages
             .iter()
             .flatten()
             .filter(|a| !a.action.kind.is_update())
-            .map(|a| a.slot)
+            .map(|a| (a.slot, a.slot + config.duration(a.action.kind)))
             .collect();
-        let distinct: HashSet<u32> = busy.iter().copied().collect();
-        prop_assert_eq!(distinct.len(), busy.len());
-        prop_assert_eq!(schedule.num_slots() as usize, busy.len());
+        busy.sort_unstable();
+        // Back to back across the whole pipeline: each action starts when the one before ends.
+        let mut now = 0;
+        for (start, end) in busy {
+            prop_assert_eq!(start, now);
+            now = end;
+        }
+        prop_assert_eq!(schedule.num_slots(), now);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use timeprest_nn::{
     PartitionMethod,
 };
 use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
-use timeprest_schedule::ScheduleKind;
+use timeprest_schedule::{MAX_BACKWARD_SLOTS, ScheduleConfig, ScheduleKind};
 
 use crate::error::TrainError;
 
@@ -77,6 +77,10 @@ pub struct TrainConfig {
     pub policy: PolicyKind,
     /// Schedule; `None` uses the policy's default.
     pub schedule: Option<ScheduleKind>,
+    /// Order the schedule with backwards of this many slots per micro-batch
+    /// ([`ScheduleConfig::backward_slots`]); `None` (the default): the papers' unit grid.
+    #[serde(default)]
+    pub backward_slots: Option<u32>,
     /// Gradient mode when forward and backward read different weights.
     pub grad_mode: GradMode,
     /// I-TiMePReSt significance function.
@@ -154,6 +158,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerChoice::Sgd,
             policy: PolicyKind::ITimeprest,
             schedule: None,
+            backward_slots: None,
             grad_mode: GradMode::Graph,
             significance: SignificanceChoice::Exp,
             lambda: 1.0,
@@ -181,6 +186,17 @@ impl TrainConfig {
     pub fn schedule_kind(&self) -> ScheduleKind {
         self.schedule
             .unwrap_or_else(|| self.policy.default_schedule())
+    }
+
+    /// The schedule shape of one epoch of this run with `num_microbatches` micro-batches per
+    /// mini-batch and `num_minibatches` mini-batches: W = `stages`, ordered on the papers' unit
+    /// grid or, with [`TrainConfig::backward_slots`], with backwards that take that many slots
+    /// per micro-batch.
+    pub fn schedule_config(&self, num_microbatches: u32, num_minibatches: u32) -> ScheduleConfig {
+        ScheduleConfig {
+            backward_slots: self.backward_slots,
+            ..ScheduleConfig::new(self.stages, num_microbatches, num_minibatches)
+        }
     }
 
     /// The optimizer configuration.
@@ -342,6 +358,14 @@ impl TrainConfig {
             return bad(
                 "stages",
                 format!("policy `single` runs on one stage, got {}", self.stages),
+            );
+        }
+        if let Some(k) = self.backward_slots
+            && !(1..=MAX_BACKWARD_SLOTS).contains(&k)
+        {
+            return bad(
+                "backward-slots",
+                format!("{k}: a backward takes 1 to {MAX_BACKWARD_SLOTS} slots per micro-batch"),
             );
         }
         let schedule = self.schedule_kind();

@@ -236,8 +236,9 @@ impl Trainer {
         let batches = self.batch_plan(epoch)?;
         let num_minibatches = batches.num_minibatches() as u32;
         let num_microbatches = batches.minibatches[0].len() as u32;
-        let schedule_config =
-            ScheduleConfig::new(self.config.stages, num_microbatches, num_minibatches);
+        let schedule_config = self
+            .config
+            .schedule_config(num_microbatches, num_minibatches);
         let schedule = generate(self.config.schedule_kind(), &schedule_config)?;
         let version_plan = plan(&schedule, &self.policy);
         let batches = Arc::new(batches);

@@ -301,6 +301,18 @@ fn check_policy_against_emulator(
     microbatches: u32,
     batch_size: usize,
 ) {
+    check_ordered_policy_against_emulator(policy, num_stages, microbatches, batch_size, None);
+}
+
+/// [`check_policy_against_emulator`] on a schedule ordered with backwards of `backward_slots`
+/// slots per micro-batch (`None`: the unit grid).
+fn check_ordered_policy_against_emulator(
+    policy: PolicyKind,
+    num_stages: u32,
+    microbatches: u32,
+    batch_size: usize,
+    backward_slots: Option<u32>,
+) {
     let hidden = vec![16, 12, 8];
     let limit = 96;
     let config = TrainConfig {
@@ -318,6 +330,7 @@ fn check_policy_against_emulator(
         seed: 7,
         // The emulation below splits the layers evenly.
         partition: PartitionMethod::Uniform,
+        backward_slots,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config, None).unwrap();
@@ -373,9 +386,29 @@ fn check_policy_against_emulator(
     let kind = trainer.config().schedule_kind();
     let schedule = generate(
         kind,
-        &ScheduleConfig::new(num_stages, microbatches, batches.len() as u32),
+        &ScheduleConfig {
+            backward_slots,
+            ..ScheduleConfig::new(num_stages, microbatches, batches.len() as u32)
+        },
     )
     .unwrap();
+    if backward_slots.is_some() {
+        let unit = generate(
+            kind,
+            &ScheduleConfig::new(num_stages, microbatches, batches.len() as u32),
+        )
+        .unwrap();
+        let order = |s: &Schedule| {
+            (0..num_stages)
+                .map(|w| s.actions(w).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(
+            order(&schedule),
+            order(&unit),
+            "test setup: the costed order differs"
+        );
+    }
     assert_eq!(
         schedule.config.num_microbatches, microbatches,
         "test setup: no 1F1B flattening"
@@ -422,6 +455,14 @@ fn pipedream_equals_its_sequential_emulator() {
 #[test]
 fn timeprest_equals_its_sequential_emulator() {
     check_policy_against_emulator(PolicyKind::Timeprest, 3, 3, 12);
+}
+
+#[test]
+fn timeprest_on_a_costed_order_equals_its_sequential_emulator() {
+    // Backwards ordered as 2 slots per micro-batch: stage 0 runs more forwards before each
+    // backward, so they read other versions than on the unit grid; the pipeline must still
+    // apply exactly the update equation over the order it ran.
+    check_ordered_policy_against_emulator(PolicyKind::Timeprest, 3, 3, 12, Some(2));
 }
 
 #[test]

@@ -14,9 +14,10 @@ mod nf1b;
 mod one_f_one_b;
 mod one_f_one_b_flush;
 
+use crate::action::ActionKind;
 use crate::error::ScheduleError;
 use crate::index::ActionIndex;
-use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+use crate::schedule::{MAX_BACKWARD_SLOTS, Schedule, ScheduleConfig, ScheduleKind};
 
 /// The largest supported number of actions in one schedule: slots are `u32`.
 pub const MAX_ACTIONS: u64 = u32::MAX as u64;
@@ -80,8 +81,15 @@ fn check(kind: ScheduleKind, config: &ScheduleConfig) -> Result<(), ScheduleErro
         }
         _ => *config,
     };
+    if let Some(k) = config.backward_slots
+        && !(1..=MAX_BACKWARD_SLOTS).contains(&k)
+    {
+        return Err(ScheduleError::BackwardSlots(k));
+    }
     let num_actions = ActionIndex::new(kind, &scheduled).total_u64();
-    if num_actions > MAX_ACTIONS {
+    // Slots are u32 too: no stage may run longer than that, even if each action is a backward.
+    let longest = u64::from(scheduled.duration(ActionKind::BackwardMinibatch(0)).max(1));
+    if num_actions > MAX_ACTIONS || num_actions.saturating_mul(longest) > MAX_ACTIONS {
         return Err(too_large(num_actions));
     }
     if matches!(kind, ScheduleKind::OneFOneB | ScheduleKind::Nf1b) {
