@@ -76,6 +76,10 @@ pub struct PartitionArgs {
     /// Timed runs per block (after one warm-up); the median is used.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Intra-op threads each block is timed on: a stage's `--threads-per-stage` (as in `train`,
+    /// 1 by default).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads_per_stage: u64,
 }
 
 /// `CxHxW` → `[c, h, w]`.
@@ -220,7 +224,12 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
         Some(split)
     };
     partition_uniform(blocks.len(), stages).map_err(|e| usage_error(format!("--stages: {e}")))?;
-    let profiles = profile_blocks(&spec, microbatch, args.repeats.max(1))?;
+    let profiles = profile_blocks(
+        &spec,
+        microbatch,
+        args.repeats.max(1),
+        args.threads_per_stage as usize,
+    )?;
     let params: Vec<f64> = blocks.iter().map(|b| b.param_count() as f64).collect();
     let ops: Vec<f64> = blocks.iter().map(Block::forward_ops).collect();
     let times: Vec<f64> = profiles.iter().map(BlockProfile::total).collect();

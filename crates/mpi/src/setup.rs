@@ -62,6 +62,7 @@ impl Model {
                 config.partition,
                 config.stages as usize,
                 microbatch,
+                config.threads_per_stage,
             )
             .map_err(|e| TrainError::Config(format!("--stages: {e}")))
         } else {

@@ -49,6 +49,14 @@ pub enum NnError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The profiling thread pool could not be started.
+    #[error("--threads-per-stage: cannot start {threads} threads to profile the blocks: {cause}")]
+    ThreadPool {
+        /// Threads asked for.
+        threads: usize,
+        /// Why the pool failed.
+        cause: String,
+    },
     /// The compute device cannot be used (not built in, or another one is already in use).
     #[error("--device: {0}")]
     Device(String),

@@ -778,7 +778,7 @@ fn partitioning_a_model_by_time_or_parameters_gives_valid_splits() {
     let spec = net(Arch::Vgg11, [3, 32, 32], 0.0625, vec![]);
     let n = spec.num_blocks();
     for method in PartitionMethod::ALL {
-        let split = partition_model(&spec, method, 4, 2).unwrap();
+        let split = partition_model(&spec, method, 4, 2, 1).unwrap();
         assert_eq!(split.len(), 4);
         assert_eq!((split[0].start, split[3].end), (0, n));
         assert!(
@@ -787,9 +787,9 @@ fn partitioning_a_model_by_time_or_parameters_gives_valid_splits() {
                 .all(|w| w[0].end == w[1].start && !w[0].is_empty())
         );
     }
-    let err = partition_model(&spec, PartitionMethod::Time, n + 1, 2).unwrap_err();
+    let err = partition_model(&spec, PartitionMethod::Time, n + 1, 2, 1).unwrap_err();
     assert!(matches!(err, NnError::TooManyStages { .. }), "{err}");
-    let profiles = profile_blocks(&spec, 2, 1).unwrap();
+    let profiles = profile_blocks(&spec, 2, 1, 1).unwrap();
     assert_eq!(profiles.len(), n);
     assert!(
         profiles
@@ -1017,7 +1017,7 @@ fn gpt_checkpoints_round_trip_and_partition_by_time() {
     let (loss, accuracy) = evaluate(&spec, &loaded, &data, 3).unwrap();
     assert!(loss.is_finite() && (0.0..=1.0).contains(&accuracy));
     for method in PartitionMethod::ALL {
-        let split = partition_model(&spec, method, 3, 2).unwrap();
+        let split = partition_model(&spec, method, 3, 2, 1).unwrap();
         assert_eq!((split.len(), split[0].start, split[2].end), (3, 0, 4));
     }
 }

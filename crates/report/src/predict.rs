@@ -107,7 +107,13 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
 fn stage_blocks(config: &TrainConfig, spec: &ModelSpec) -> Result<Vec<Range<usize>>, NnError> {
     if config.split.is_empty() {
         let microbatch = (config.batch_size / config.microbatches as usize).max(1);
-        partition_model(spec, config.partition, config.stages as usize, microbatch)
+        partition_model(
+            spec,
+            config.partition,
+            config.stages as usize,
+            microbatch,
+            config.threads_per_stage,
+        )
     } else {
         partition_manual(&config.split, spec.num_blocks())
     }

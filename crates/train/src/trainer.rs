@@ -154,8 +154,14 @@ impl Trainer {
         let train_data = Arc::new(train);
         let microbatch = (config.batch_size / config.microbatches as usize).max(1);
         let split = if config.split.is_empty() {
-            partition_model(&spec, config.partition, config.stages as usize, microbatch)
-                .map_err(|e| TrainError::Config(format!("--stages: {e}")))?
+            partition_model(
+                &spec,
+                config.partition,
+                config.stages as usize,
+                microbatch,
+                config.threads_per_stage,
+            )
+            .map_err(|e| TrainError::Config(format!("--stages: {e}")))?
         } else {
             partition_manual(&config.split, spec.num_blocks())
                 .map_err(|e| TrainError::Config(format!("--split: {e}")))?
