@@ -1,8 +1,8 @@
 //! A timeline: every action of a schedule with a start and an end time.
 //!
-//! Two producers fill the same type: [`Timeline::from_schedule`] turns the unit-slot placement
-//! into times (a forward or backward occupies `[slot, slot + 1)`, an update is instantaneous at
-//! the end of its backward), and [`crate::simulate_costs`] produces real-valued times from a
+//! Two producers fill the same type: [`Timeline::from_schedule`] turns the slot placement into
+//! times (a forward or backward occupies `[slot, slot + duration)`, an update is instantaneous
+//! at the end of its backward), and [`crate::simulate_costs`] produces real-valued times from a
 //! cost model. The renderers (SVG, Chrome trace) and the utilisation figures read only this type,
 //! so a predicted timeline renders exactly like an idealised one.
 
@@ -15,7 +15,8 @@ use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimeUnit {
-    /// Unit slots of the idealised schedule (every forward and backward takes one).
+    /// Slots of the generated schedule (every forward takes one, a backward one or its costed
+    /// [`ScheduleConfig::duration`]).
     Slots,
     /// Seconds, as predicted by a cost model.
     Seconds,
@@ -71,25 +72,29 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// The unit-slot timeline of `schedule`: a forward or backward in slot t spans `[t, t + 1)`,
-    /// an update is a zero-length event at `t + 1`.
+    /// The slot timeline of `schedule`: a forward or backward starting in slot t spans
+    /// `[t, t + d)` with d its [`ScheduleConfig::duration`] (1 on the unit grid), an update is
+    /// a zero-length event at the end of the backward before it.
     pub fn from_schedule(schedule: &Schedule) -> Self {
         let stages = schedule
             .stages
             .iter()
             .map(|row| {
+                let mut last_end = 0.0;
                 row.iter()
                     .map(|scheduled| {
-                        let slot = f64::from(scheduled.slot);
-                        let start = if scheduled.action.kind.is_update() {
-                            slot + 1.0
+                        let kind = scheduled.action.kind;
+                        let (start, end) = if kind.is_update() {
+                            (last_end, last_end)
                         } else {
-                            slot
+                            let start = f64::from(scheduled.slot);
+                            (start, start + f64::from(schedule.config.duration(kind)))
                         };
+                        last_end = end;
                         TimedAction {
                             action: scheduled.action,
                             start,
-                            end: slot + 1.0,
+                            end,
                         }
                     })
                     .collect()

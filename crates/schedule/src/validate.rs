@@ -373,7 +373,7 @@ fn failure(
         slot,
         reason: &reason,
     };
-    grid.push_str(&grid_window(&schedule.stages, window, Some(&mark)));
+    grid.push_str(&grid_window(schedule, window, Some(&mark)));
     ValidationError {
         rule,
         stage: stage as u32,

@@ -5,7 +5,7 @@
 //! compared over the slots it shows; whitespace runs and a trailing `...` are ignored.
 
 use timeprest_schedule::{
-    ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, generate, render, validate,
+    ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, Timeline, generate, render, validate,
 };
 
 /// Enough mini-batches that the shown slots are never cut short by the end of the run.
@@ -205,6 +205,13 @@ fn costed_nf1b_runs_forwards_while_a_long_backward_runs_downstream() {
         ends_at += config.duration(scheduled.action.kind);
     }
     assert_eq!(ends_at, 5 + 8 + 5 * 12);
+    // The timeline spans each backward over its 8 slots, and the update at its end.
+    let timeline = Timeline::from_schedule(&schedule);
+    let spans: Vec<(f64, f64)> = timeline.stages[1][4..6]
+        .iter()
+        .map(|a| (a.start, a.end))
+        .collect();
+    assert_eq!(spans, [(5.0, 13.0), (13.0, 13.0)]);
     let unit = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(2, 4, 6)).unwrap();
     let unit_first: Vec<ActionKind> = unit.actions(0).take(7).map(|a| a.kind).collect();
     assert_eq!(unit_first[6], ActionKind::BackwardMinibatch(0));

@@ -2,8 +2,10 @@
 //!
 //! One line per stage, `S<k>:` with k from 1, then one token per slot from slot 0: a forward is
 //! `<mini-batch><micro-batch letter>` (`3B` = mini-batch 3, micro-batch B), a backward of a whole
-//! mini-batch is `B<mini-batch>`, a backward of one micro-batch `B<mini-batch><letter>`, and an
-//! idle slot `.`; mini-batches are 1-based here and only here. Updates take no slot and are not
+//! mini-batch is `B<mini-batch>`, a backward of one micro-batch `B<mini-batch><letter>`, the
+//! further slots of a backward that takes several (a costed order,
+//! [`ScheduleConfig::backward_slots`](crate::ScheduleConfig::backward_slots)) `-`, and an idle
+//! slot `.`; mini-batches are 1-based here and only here. Updates take no slot and are not
 //! shown. Tokens are right-aligned to a common width so that columns line up as in the spec's
 //! grids; consumers should still compare ignoring repeated whitespace.
 //!
@@ -15,7 +17,7 @@ use std::fmt::Write as _;
 use std::ops::Range;
 
 use crate::action::ActionKind;
-use crate::schedule::{Schedule, ScheduledAction};
+use crate::schedule::Schedule;
 
 /// Renders `schedule` as a grid, cut after `max_slots` slots when given.
 ///
@@ -32,7 +34,7 @@ use crate::schedule::{Schedule, ScheduledAction};
 pub fn grid(schedule: &Schedule, max_slots: Option<u32>) -> String {
     let num_slots = schedule.num_slots();
     let end = max_slots.map_or(num_slots, |max| max.min(num_slots));
-    grid_window(&schedule.stages, 0..end, None)
+    grid_window(schedule, 0..end, None)
 }
 
 /// The grid token of an action: `3B`, `B3`, `B3A`; `None` for an update (it has no cell).
@@ -76,17 +78,28 @@ pub(crate) struct Mark<'a> {
     pub(crate) reason: &'a str,
 }
 
-/// Renders the slots `slots` of `rows` (one row per stage), marking `mark` if given.
+/// Renders the slots `slots` of `schedule`'s rows (one per stage), marking `mark` if given.
 pub(crate) fn grid_window(
-    rows: &[Vec<ScheduledAction>],
+    schedule: &Schedule,
     slots: Range<u32>,
     mark: Option<&Mark<'_>>,
 ) -> String {
+    let rows = &schedule.stages;
     let width = slots.len();
     let mut cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
             let mut cells = vec![String::new(); width];
+            for scheduled in row {
+                let end = (scheduled.slot)
+                    .saturating_add(schedule.config.duration(scheduled.action.kind));
+                for busy in (scheduled.slot + 1..end).filter(|t| slots.contains(t)) {
+                    let cell = &mut cells[(busy - slots.start) as usize];
+                    if cell.is_empty() {
+                        cell.push('-');
+                    }
+                }
+            }
             for scheduled in row.iter().filter(|s| slots.contains(&s.slot)) {
                 let Some(token) = grid_token(scheduled.action.kind) else {
                     continue;
@@ -135,6 +148,7 @@ pub(crate) fn grid_window(
 mod tests {
     use super::*;
     use crate::action::Action;
+    use crate::schedule::{ScheduleConfig, ScheduleKind, ScheduledAction};
 
     #[test]
     fn tokens_are_one_based_with_microbatch_letters() {
@@ -156,6 +170,23 @@ mod tests {
     }
 
     #[test]
+    fn a_backward_of_several_slots_shows_dashes_after_its_token() {
+        let config = ScheduleConfig {
+            backward_slots: Some(1),
+            ..ScheduleConfig::new(2, 2, 2)
+        };
+        let schedule = crate::generate(ScheduleKind::Nf1b, &config).unwrap();
+        let text = grid(&schedule, None);
+        assert_eq!(
+            text,
+            concat!(
+                "S1:  1A  1B  2A  2B   .  B1   -   .   .  B2   -\n",
+                "S2:   .  1A  1B  B1   -  2A  2B  B2   -   .   .\n",
+            )
+        );
+    }
+
+    #[test]
     fn a_marked_cell_is_bracketed_and_its_row_says_why() {
         let at = |action, slot| ScheduledAction { action, slot };
         let rows = vec![
@@ -170,7 +201,12 @@ mod tests {
             slot: Some(1),
             reason: "just because",
         };
-        let text = grid_window(&rows, 0..2, Some(&mark));
+        let schedule = Schedule {
+            kind: ScheduleKind::Gpipe,
+            config: ScheduleConfig::new(2, 1, 2),
+            stages: rows,
+        };
+        let text = grid_window(&schedule, 0..2, Some(&mark));
         assert_eq!(
             text,
             "S1:    1A    2A\nS2:     .  [1A]  <-- ERROR HERE: just because\n"
