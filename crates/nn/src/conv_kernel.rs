@@ -14,7 +14,9 @@
 //!
 //! A few images are multiplied at once (their patches side by side, up to [`CHUNK_BYTES`]) so
 //! that each GEMM has a long inner or outer dimension, and chunks are split between the threads
-//! of the current rayon pool.
+//! of the current rayon pool. A 1×1 convolution with stride 1 on a map of at least
+//! [`POINTWISE_MIN_POSITIONS`] positions skips the patches: an image is its own `col`, so each
+//! image is multiplied in place (ResNet-50 at width 0.25: 1.05–1.10× per training step).
 //!
 //! Only the CPU device uses them (the slices are the tensors' host data); a GPU keeps burn's.
 
@@ -75,6 +77,19 @@ impl ConvGeometry {
     /// Output positions per channel (OH·OW).
     fn positions(&self) -> usize {
         self.height_out() * self.width_out()
+    }
+
+    /// Whether every output position reads exactly its own input position (a 1×1 kernel,
+    /// stride 1, no padding; ResNet-50's bottleneck ends and projections): an image's unrolled
+    /// patches are then the image itself (`[C, H·W]`), so the products read and write the
+    /// images in place instead of through copies.
+    /// Only on maps of at least [`POINTWISE_MIN_POSITIONS`] positions: on smaller ones a GEMM per
+    /// image is too thin, and several images side by side (one copy) multiply faster.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1
+            && self.stride == 1
+            && self.padding == 0
+            && self.positions() >= POINTWISE_MIN_POSITIONS
     }
 
     /// Rows of the unrolled patches: one per (input channel, kernel row, kernel column).
@@ -426,6 +441,10 @@ fn with_scratch<R>(lens: [usize; 2], f: impl FnOnce(&mut [f32], &mut [f32]) -> R
     })
 }
 
+/// The smallest map (output positions) on which a 1×1 convolution multiplies each image in
+/// place rather than copying several side by side (see [`ConvGeometry::is_pointwise`]).
+const POINTWISE_MIN_POSITIONS: usize = 256;
+
 /// The most bytes of unrolled patches a thread builds before multiplying them: a few images'
 /// worth, so that each GEMM has a long inner dimension but its operands stay in cache.
 const CHUNK_BYTES: usize = 2 << 20;
@@ -500,6 +519,27 @@ pub(crate) fn conv2d_forward(
     geometry.check_len("weight", weight, geometry.channels_out * rows);
     let chunk = geometry.images_per_chunk();
     let mut out = vec![0.0f32; geometry.batch * output_len];
+    if geometry.is_pointwise() {
+        // `y_b = W · x_b`, each image's output written in place.
+        let image_len = geometry.image_len();
+        out.par_chunks_mut(output_len)
+            .zip(x.par_chunks(image_len))
+            .for_each(|(y, image)| {
+                gemm_into(
+                    y,
+                    (geometry.channels_out, positions, rows),
+                    Operand::rows(weight, rows),
+                    Operand::rows(image, positions),
+                    false,
+                );
+                if let Some(bias) = bias {
+                    for (row, b) in y.chunks_exact_mut(positions).zip(bias) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            });
+        return out;
+    }
     out.par_chunks_mut(output_len * chunk)
         .enumerate()
         .for_each(|(index, out_chunk)| {
@@ -549,6 +589,21 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
     geometry.check_len("output gradient", g, geometry.batch * geometry.output_len());
     let chunk = geometry.images_per_chunk();
     let mut dx = vec![0.0f32; geometry.batch * image_len];
+    if geometry.is_pointwise() {
+        // `∂x_b = Wᵀ · g_b`: the patches' gradient is the image's, nothing to fold.
+        dx.par_chunks_mut(image_len)
+            .zip(g.par_chunks(geometry.output_len()))
+            .for_each(|(dx_image, g_image)| {
+                gemm_into(
+                    dx_image,
+                    (rows, positions, geometry.channels_out),
+                    Operand::transposed(weight, rows),
+                    Operand::rows(g_image, positions),
+                    false,
+                );
+            });
+        return dx;
+    }
     dx.par_chunks_mut(image_len * chunk)
         .enumerate()
         .for_each(|(index, dx_chunk)| {
@@ -591,6 +646,20 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
     let images_per_thread = geometry.batch.div_ceil(threads).max(1);
     let partial = |images: std::ops::Range<usize>| {
         let mut weight_grad = vec![0.0; grad_len];
+        if geometry.is_pointwise() {
+            // `Σ_b g_b · x_bᵀ` with each image read in place.
+            let (image_len, output_len) = (geometry.image_len(), geometry.output_len());
+            for b in images {
+                gemm_into(
+                    &mut weight_grad,
+                    (geometry.channels_out, rows, positions),
+                    Operand::rows(&g[b * output_len..][..output_len], positions),
+                    Operand::transposed(&x[b * image_len..][..image_len], positions),
+                    true,
+                );
+            }
+            return weight_grad;
+        }
         let lens = [
             rows * positions * chunk,
             geometry.channels_out * positions * chunk,
@@ -793,5 +862,15 @@ mod tests {
             width: 7,
             ..base
         });
+        // A 1×1 convolution on a map large enough to multiply each image in place.
+        let pointwise = ConvGeometry {
+            kernel: 1,
+            padding: 0,
+            height: 16,
+            width: 17,
+            ..base
+        };
+        assert!(pointwise.is_pointwise());
+        check(pointwise);
     }
 }
