@@ -34,7 +34,8 @@ mod transformer;
 mod zoo;
 
 pub use block::{
-    BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, LN_EPSILON, MLP_EXPANSION, Shape,
+    BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, LN_EPSILON, MLP_EXPANSION,
+    PATCH_VALUE_OPS, Shape,
 };
 pub use checkpoint::{load_safetensors, param_name, safetensors_bytes};
 pub use error::NnError;

@@ -409,6 +409,7 @@ impl CostModel for ProfiledCost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PATCH_VALUE_OPS;
 
     #[test]
     fn partition_is_contiguous_and_balanced() {
@@ -542,17 +543,35 @@ mod tests {
             bias: true,
             relu: true,
         };
-        assert_eq!(conv.forward_ops(), (3 * 9 * 16 * 16 * 16) as f64);
-        // conv1 (stride 2) + bn1 + relu + conv2 + bn2, and the 1×1 projection + its bn.
+        // Multiply-adds, and the 3·9 values unrolled per output position.
+        let patches = (3 * 9 * 16 * 16) as f64;
+        assert_eq!(
+            conv.forward_ops(),
+            16.0 * patches + PATCH_VALUE_OPS * patches
+        );
+        // conv1 (stride 2) + bn1 + relu + conv2 + bn2, and the 1×1 projection + its bn; a 1×1
+        // stride-1 convolution unrolls nothing, a strided one does.
         let residual = Block::BasicBlock {
             input: [16, 32, 32],
             planes: 32,
             stride: 2,
         };
-        let map = (32 * 16 * 16) as f64;
-        let main = 16.0 * 9.0 * map + map + map + 32.0 * 9.0 * map + map;
-        let shortcut = 16.0 * map + map;
+        let positions = (16 * 16) as f64;
+        let map = 32.0 * positions;
+        let conv = |patch_values: f64| 32.0 * patch_values + PATCH_VALUE_OPS * patch_values;
+        let main = conv(16.0 * 9.0 * positions) + map + map + conv(32.0 * 9.0 * positions) + map;
+        let shortcut = conv(16.0 * positions) + map;
         assert_eq!(residual.forward_ops(), main + shortcut);
+        let pointwise = Block::Conv2d {
+            input: [8, 4, 4],
+            channels: 16,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            bias: false,
+            relu: false,
+        };
+        assert_eq!(pointwise.forward_ops(), (8 * 16 * 16) as f64);
         let pool = Block::MaxPool2d {
             input: [6, 28, 28],
             kernel: 2,
@@ -564,10 +583,11 @@ mod tests {
 
     #[test]
     fn the_ops_partition_balances_arithmetic_where_uniform_does_not() {
-        // On 3×32×32 images LeNet-5's first convolution is more than half of its arithmetic
-        // (352,800 of 658,024 multiply-adds): ops gives it a stage alone, as profiling does
-        // (`timeprest partition --model lenet5 --dataset synthetic --stages 2`: split 1 for
-        // both), where uniform puts 4 of the 7 blocks on stage 0.
+        // On 3×32×32 images LeNet-5's first convolution is more than half of its cost (352,800
+        // of 658,024 multiply-adds, and 4 times the second's unrolled values): ops gives it a
+        // stage alone, as profiling does (`timeprest partition --model lenet5 --dataset
+        // synthetic --stages 2`: split 1 for both), where uniform puts 4 of the 7 blocks on
+        // stage 0.
         let lenet5 = ModelSpec::from_name("lenet5", [3, 32, 32], 10, &Default::default()).unwrap();
         let ops = partition_model(&lenet5, PartitionMethod::Ops, 2, 8, 1).unwrap();
         assert_eq!(ops[0], 0..1);
