@@ -534,15 +534,16 @@ mod tests {
             relu: true,
         };
         assert_eq!(linear.forward_ops(), (784 * 1024) as f64);
-        let conv = Block::Conv2d {
-            input: [3, 32, 32],
-            channels: 16,
-            kernel: 3,
-            stride: 2,
-            padding: 1,
+        let conv2d = |input, channels, kernel, stride, padding| Block::Conv2d {
+            input,
+            channels,
+            kernel,
+            stride,
+            padding,
             bias: true,
             relu: true,
         };
+        let conv = conv2d([3, 32, 32], 16, 3, 2, 1);
         // Multiply-adds, and the 3·9 values unrolled per output position.
         let patches = (3 * 9 * 16 * 16) as f64;
         assert_eq!(
@@ -562,15 +563,7 @@ mod tests {
         let main = conv(16.0 * 9.0 * positions) + map + map + conv(32.0 * 9.0 * positions) + map;
         let shortcut = conv(16.0 * positions) + map;
         assert_eq!(residual.forward_ops(), main + shortcut);
-        let pointwise = Block::Conv2d {
-            input: [8, 4, 4],
-            channels: 16,
-            kernel: 1,
-            stride: 1,
-            padding: 0,
-            bias: false,
-            relu: false,
-        };
+        let pointwise = conv2d([8, 4, 4], 16, 1, 1, 0);
         assert_eq!(pointwise.forward_ops(), (8 * 16 * 16) as f64);
         let pool = Block::MaxPool2d {
             input: [6, 28, 28],
