@@ -91,9 +91,6 @@ pub(crate) fn closed_form_backward(
     g: Tensor<2>,
     layer_inputs: &[Tensor<4>],
 ) -> Option<Vjp<2>> {
-    if !has_closed_form(block) {
-        return None;
-    }
     let g = if block.has_relu() {
         relu_backward(g, out)
     } else {
