@@ -148,10 +148,139 @@ fn for_each_patch_row(
     }
 }
 
-/// Unrolls the patches of one image (`[C, H, W]`) into its `OH·OW` columns of `col`
-/// (`C·k·k` rows of `row_len` values, the image's columns starting at `first_column`):
-/// `col[(c, i, j), (oh, ow)] = image[c, oh·s + i − p, ow·s + j − p]`, zero outside the image.
-fn unroll_patches(
+/// How a convolution's patches are copied out of an image and added back onto it: runs of
+/// the image are copied where they are long, and a table of indices serves the rest. Measured
+/// per unrolled value (one thread, docs/benchmarks.md): a copy per run costs about 0.2–0.3 ns
+/// on runs of 28 or more values but 1.5–7 ns on runs of 2–8 (2×2 to 8×8 maps, strides of 2
+/// and 4), where the table takes 0.5–1 ns whatever the shape. The small maps of AlexNet and the
+/// last ResNet stages are such runs (a width-0.25 AlexNet step: 1.3× faster with the table).
+#[derive(Debug)]
+enum PatchLayout {
+    /// Each patch row reads one contiguous run of the image (see [`reads_contiguous_runs`]),
+    /// used where that run has at least [`SHORTEST_COPIED_RUN`] values.
+    Contiguous,
+    /// Each (patch row, output row) reads one run of the image, strided by the convolution's:
+    /// used at stride 1 where an output row has at least [`SHORTEST_COPIED_ROW`] values.
+    Rows,
+    /// The image index every unrolled value reads, `[C·k·k, OH·OW]` row-major, with
+    /// [`READS_PADDING`] where it reads padding: built once per kernel call, then one indexed
+    /// load per value.
+    Table(Vec<u32>),
+}
+
+/// The fewest values of a patch row's contiguous run for which [`PatchLayout::Contiguous`]
+/// beats the table (8×8 maps copy, 4×4 ones use the table).
+const SHORTEST_COPIED_RUN: usize = 32;
+
+/// The fewest values of an output row for which [`PatchLayout::Rows`] beats the table (a
+/// 28-column row copies in half the table's time, a 10-column one takes as long).
+const SHORTEST_COPIED_ROW: usize = 12;
+
+/// The [`PatchLayout::Table`] entry of a value that reads padding (no image has that many
+/// values: [`PatchLayout::table`] checks).
+const READS_PADDING: u32 = u32::MAX;
+
+impl PatchLayout {
+    /// The layout for `geometry`.
+    fn new(geometry: &ConvGeometry) -> Self {
+        if reads_contiguous_runs(geometry) {
+            if geometry.positions() >= SHORTEST_COPIED_RUN {
+                return Self::Contiguous;
+            }
+        } else if geometry.stride == 1 && geometry.width_out() >= SHORTEST_COPIED_ROW {
+            return Self::Rows;
+        }
+        Self::table(geometry)
+    }
+
+    /// The [`PatchLayout::Table`] of `geometry`.
+    fn table(geometry: &ConvGeometry) -> Self {
+        assert!(
+            geometry.image_len() < READS_PADDING as usize,
+            "an image too large to index with u32: {geometry:?}"
+        );
+        let (positions, width_out, stride) =
+            (geometry.positions(), geometry.width_out(), geometry.stride);
+        let mut table = vec![READS_PADDING; geometry.patch_rows() * positions];
+        for_each_patch_row(geometry, |row, oh, span| {
+            let Some(RowSpan {
+                columns,
+                image_offset,
+            }) = span
+            else {
+                return;
+            };
+            let out = &mut table[row * positions + oh * width_out..][columns];
+            for (k, entry) in out.iter_mut().enumerate() {
+                // In range: checked against the image size above.
+                *entry = (image_offset + k * stride) as u32;
+            }
+        });
+        Self::Table(table)
+    }
+
+    /// Unrolls the patches of one image (`[C, H, W]`) into its `OH·OW` columns of `col`
+    /// (`C·k·k` rows of `row_len` values, the image's columns starting at `first_column`):
+    /// `col[(c, i, j), (oh, ow)] = image[c, oh·s + i − p, ow·s + j − p]`, zero outside the
+    /// image.
+    fn unroll(
+        &self,
+        geometry: &ConvGeometry,
+        image: &[f32],
+        col: &mut [f32],
+        row_len: usize,
+        first_column: usize,
+    ) {
+        let table = match self {
+            Self::Contiguous => {
+                return unroll_contiguous(geometry, image, col, row_len, first_column);
+            }
+            Self::Rows => return unroll_rows(geometry, image, col, row_len, first_column),
+            Self::Table(table) => table,
+        };
+        let positions = geometry.positions();
+        for (reads, out) in table
+            .chunks_exact(positions)
+            .zip(col.chunks_exact_mut(row_len))
+        {
+            let out = &mut out[first_column..][..positions];
+            for (value, &read) in out.iter_mut().zip(reads) {
+                *value = image.get(read as usize).copied().unwrap_or(0.0);
+            }
+        }
+    }
+
+    /// The adjoint of [`PatchLayout::unroll`]: adds every value of the image's columns of `col`
+    /// to the image position it was read from (`image` is `[C, H, W]`, accumulated into). May
+    /// zero the values of `col` that read padding.
+    fn fold(
+        &self,
+        geometry: &ConvGeometry,
+        col: &mut [f32],
+        row_len: usize,
+        first_column: usize,
+        image: &mut [f32],
+    ) {
+        let table = match self {
+            Self::Contiguous => {
+                return fold_contiguous(geometry, col, row_len, first_column, image);
+            }
+            Self::Rows => return fold_rows(geometry, col, row_len, first_column, image),
+            Self::Table(table) => table,
+        };
+        let positions = geometry.positions();
+        for (reads, values) in table.chunks_exact(positions).zip(col.chunks_exact(row_len)) {
+            for (&read, value) in reads.iter().zip(&values[first_column..][..positions]) {
+                if let Some(target) = image.get_mut(read as usize) {
+                    *target += value;
+                }
+            }
+        }
+    }
+}
+
+/// [`PatchLayout::unroll`] one (patch row, output row) at a time.
+fn unroll_rows(
     geometry: &ConvGeometry,
     image: &[f32],
     col: &mut [f32],
@@ -159,10 +288,6 @@ fn unroll_patches(
     first_column: usize,
 ) {
     let (width_out, stride) = (geometry.width_out(), geometry.stride);
-    if reads_contiguous_runs(geometry) {
-        unroll_contiguous(geometry, image, col, row_len, first_column);
-        return;
-    }
     for_each_patch_row(geometry, |row, oh, span| {
         let out = &mut col[row * row_len + first_column + oh * width_out..][..width_out];
         let Some(RowSpan {
@@ -182,6 +307,29 @@ fn unroll_patches(
             let read = image[image_offset..].iter().step_by(stride);
             out.iter_mut().zip(read).for_each(|(o, v)| *o = *v);
         }
+    });
+}
+
+/// [`PatchLayout::fold`] one (patch row, output row) at a time.
+fn fold_rows(
+    geometry: &ConvGeometry,
+    col: &mut [f32],
+    row_len: usize,
+    first_column: usize,
+    image: &mut [f32],
+) {
+    let (width_out, stride) = (geometry.width_out(), geometry.stride);
+    for_each_patch_row(geometry, |row, oh, span| {
+        let Some(RowSpan {
+            columns,
+            image_offset,
+        }) = span
+        else {
+            return;
+        };
+        let values = &col[row * row_len + first_column + oh * width_out..][columns];
+        let target = image[image_offset..].iter_mut().step_by(stride);
+        target.zip(values).for_each(|(t, v)| *t += v);
     });
 }
 
@@ -257,7 +405,7 @@ fn for_each_contiguous_run(geometry: &ConvGeometry, mut visit: impl FnMut(Contig
     }
 }
 
-/// [`unroll_patches`] of a convolution that [`reads_contiguous_runs`]: one copy per patch row.
+/// [`PatchLayout::unroll`] of a convolution that [`reads_contiguous_runs`]: one copy per patch row.
 fn unroll_contiguous(
     geometry: &ConvGeometry,
     image: &[f32],
@@ -281,7 +429,7 @@ fn unroll_contiguous(
     });
 }
 
-/// [`fold_patches`] of a convolution that [`reads_contiguous_runs`]: the wrapped columns of
+/// [`PatchLayout::fold`] of a convolution that [`reads_contiguous_runs`]: the wrapped columns of
 /// `col` (gradients of padding reads, which are dropped) are zeroed, then each patch row is one
 /// contiguous addition.
 fn fold_contiguous(
@@ -305,35 +453,6 @@ fn fold_contiguous(
             .iter_mut()
             .zip(&values[run])
             .for_each(|(t, v)| *t += v);
-    });
-}
-
-/// The adjoint of [`unroll_patches`]: adds every value of the image's columns of `col` to the
-/// image position it was read from (`image` is `[C, H, W]`, accumulated into). May zero the
-/// values of `col` that read padding.
-fn fold_patches(
-    geometry: &ConvGeometry,
-    col: &mut [f32],
-    row_len: usize,
-    first_column: usize,
-    image: &mut [f32],
-) {
-    if reads_contiguous_runs(geometry) {
-        fold_contiguous(geometry, col, row_len, first_column, image);
-        return;
-    }
-    let (width_out, stride) = (geometry.width_out(), geometry.stride);
-    for_each_patch_row(geometry, |row, oh, span| {
-        let Some(RowSpan {
-            columns,
-            image_offset,
-        }) = span
-        else {
-            return;
-        };
-        let values = &col[row * row_len + first_column + oh * width_out..][columns];
-        let target = image[image_offset..].iter_mut().step_by(stride);
-        target.zip(values).for_each(|(t, v)| *t += v);
     });
 }
 
@@ -476,11 +595,18 @@ impl ConvGeometry {
 
     /// Unrolls the patches of images `start..start + count` of `x` side by side into `col`
     /// (`[C·k·k, count·OH·OW]`).
-    fn unroll_chunk(&self, x: &[f32], start: usize, count: usize, col: &mut [f32]) {
+    fn unroll_chunk(
+        &self,
+        layout: &PatchLayout,
+        x: &[f32],
+        start: usize,
+        count: usize,
+        col: &mut [f32],
+    ) {
         let (image_len, positions) = (self.image_len(), self.positions());
         for i in 0..count {
             let image = &x[(start + i) * image_len..][..image_len];
-            unroll_patches(self, image, col, count * positions, i * positions);
+            layout.unroll(self, image, col, count * positions, i * positions);
         }
     }
 
@@ -540,6 +666,7 @@ pub(crate) fn conv2d_forward(
             });
         return out;
     }
+    let layout = PatchLayout::new(geometry);
     out.par_chunks_mut(output_len * chunk)
         .enumerate()
         .for_each(|(index, out_chunk)| {
@@ -548,7 +675,7 @@ pub(crate) fn conv2d_forward(
             with_scratch(
                 [rows * columns, geometry.channels_out * columns],
                 |col, product| {
-                    geometry.unroll_chunk(x, index * chunk, count, col);
+                    geometry.unroll_chunk(&layout, x, index * chunk, count, col);
                     gemm_into(
                         product,
                         (geometry.channels_out, columns, rows),
@@ -604,6 +731,7 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
             });
         return dx;
     }
+    let layout = PatchLayout::new(geometry);
     dx.par_chunks_mut(image_len * chunk)
         .enumerate()
         .for_each(|(index, dx_chunk)| {
@@ -621,7 +749,7 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
                         false,
                     );
                     for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
-                        fold_patches(geometry, col, columns, i * positions, image);
+                        layout.fold(geometry, col, columns, i * positions, image);
                     }
                 },
             );
@@ -644,6 +772,7 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
     let chunk = geometry.images_per_chunk();
     let threads = rayon::current_num_threads().clamp(1, geometry.batch.max(1));
     let images_per_thread = geometry.batch.div_ceil(threads).max(1);
+    let layout = (!geometry.is_pointwise()).then(|| PatchLayout::new(geometry));
     let partial = |images: std::ops::Range<usize>| {
         let mut weight_grad = vec![0.0; grad_len];
         if geometry.is_pointwise() {
@@ -660,6 +789,9 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
             }
             return weight_grad;
         }
+        let layout = layout
+            .as_ref()
+            .expect("a layout for every convolution that is not pointwise");
         let lens = [
             rows * positions * chunk,
             geometry.channels_out * positions * chunk,
@@ -669,7 +801,7 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
             while start < images.end {
                 let count = chunk.min(images.end - start);
                 let columns = count * positions;
-                geometry.unroll_chunk(x, start, count, col);
+                geometry.unroll_chunk(layout, x, start, count, col);
                 geometry.gather_outputs(g, start, count, g_chunk);
                 gemm_into(
                     &mut weight_grad,
@@ -785,8 +917,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_kernels_equal_the_definition_on_odd_shapes() {
+    /// Geometries with odd shapes, strides and padding, covering every [`PatchLayout`] and the
+    /// in-place 1×1 path.
+    fn odd_geometries() -> Vec<ConvGeometry> {
+        let mut geometries = Vec::new();
         let base = ConvGeometry {
             batch: 3,
             channels_in: 2,
@@ -797,30 +931,30 @@ mod tests {
             stride: 1,
             padding: 1,
         };
-        check(base);
+        geometries.push(base);
         // Stride 2 with even and odd sizes (the far edge drops a row or a column).
-        check(ConvGeometry { stride: 2, ..base });
-        check(ConvGeometry {
+        geometries.push(ConvGeometry { stride: 2, ..base });
+        geometries.push(ConvGeometry {
             stride: 2,
             height: 8,
             width: 6,
             ..base
         });
         // No padding, a large kernel, one image, a 1×1 kernel, padding larger than a stride.
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             padding: 0,
             kernel: 5,
             height: 9,
             width: 11,
             ..base
         });
-        check(ConvGeometry { batch: 1, ..base });
-        check(ConvGeometry {
+        geometries.push(ConvGeometry { batch: 1, ..base });
+        geometries.push(ConvGeometry {
             kernel: 1,
             padding: 0,
             ..base
         });
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             kernel: 5,
             padding: 2,
             stride: 3,
@@ -829,32 +963,32 @@ mod tests {
             ..base
         });
         // More threads than images; a 1×1 strided projection.
-        check(ConvGeometry { batch: 2, ..base });
+        geometries.push(ConvGeometry { batch: 2, ..base });
         // "Same" convolutions (the contiguous unroll): 5×5 with padding 2, one row, one column.
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             kernel: 5,
             padding: 2,
             ..base
         });
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             height: 1,
             width: 6,
             ..base
         });
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             height: 4,
             width: 1,
             ..base
         });
         // Padding as wide as the image: the general unroll.
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             kernel: 5,
             padding: 2,
             height: 3,
             width: 2,
             ..base
         });
-        check(ConvGeometry {
+        geometries.push(ConvGeometry {
             kernel: 1,
             padding: 0,
             stride: 2,
@@ -871,6 +1005,85 @@ mod tests {
             ..base
         };
         assert!(pointwise.is_pointwise());
-        check(pointwise);
+        geometries.push(pointwise);
+        // Rows wide enough to copy (no padding, stride 1).
+        geometries.push(ConvGeometry {
+            padding: 0,
+            height: 5,
+            width: 15,
+            ..base
+        });
+        geometries
+    }
+
+    #[test]
+    fn the_kernels_equal_the_definition_on_odd_shapes() {
+        for geometry in odd_geometries() {
+            check(geometry);
+        }
+    }
+
+    /// Every layout that applies to a geometry unrolls an image into what the definition reads
+    /// and folds patch values back onto the positions they were read from.
+    #[test]
+    fn every_patch_layout_unrolls_and_folds_by_the_definition() {
+        let mut chosen = Vec::new();
+        for geometry in odd_geometries() {
+            let one_image = ConvGeometry {
+                batch: 1,
+                channels_out: 1,
+                ..geometry
+            };
+            if one_image.is_pointwise() {
+                continue;
+            }
+            let image = values(one_image.image_len(), 5);
+            let col_values = values(one_image.patch_rows() * one_image.positions(), 6);
+            let mut unrolled = vec![0.0f64; col_values.len()];
+            let mut folded = vec![0.0f64; image.len()];
+            // With one image and one output channel, the weight index is the patch row and the
+            // output index the position.
+            for_each_product(&one_image, |xi, row, position| {
+                let k = row * one_image.positions() + position;
+                unrolled[k] = f64::from(image[xi]);
+                folded[xi] += f64::from(col_values[k]);
+            });
+            chosen.push(std::mem::discriminant(&PatchLayout::new(&one_image)));
+            let mut layouts = vec![PatchLayout::Rows, PatchLayout::table(&one_image)];
+            if reads_contiguous_runs(&one_image) {
+                layouts.push(PatchLayout::Contiguous);
+            }
+            // Two images side by side in `col`: this one's columns are the second half.
+            let (positions, row_len) = (one_image.positions(), 2 * one_image.positions());
+            for layout in &layouts {
+                let what = |pass: &str| format!("{pass} of {one_image:?} by {layout:?}");
+                let mut col = vec![f32::NAN; one_image.patch_rows() * row_len];
+                layout.unroll(&one_image, &image, &mut col, row_len, positions);
+                let got: Vec<f32> = col
+                    .chunks_exact(row_len)
+                    .flat_map(|row| row[positions..].iter().copied())
+                    .collect();
+                assert_near(&what("unroll"), &got, &unrolled);
+                for (row, values) in col
+                    .chunks_exact_mut(row_len)
+                    .zip(col_values.chunks_exact(positions))
+                {
+                    row[positions..].copy_from_slice(values);
+                }
+                let mut got = vec![0.0f32; image.len()];
+                layout.fold(&one_image, &mut col, row_len, positions, &mut got);
+                assert_near(&what("fold"), &got, &folded);
+            }
+        }
+        for layout in [
+            PatchLayout::Contiguous,
+            PatchLayout::Rows,
+            PatchLayout::Table(Vec::new()),
+        ] {
+            assert!(
+                chosen.contains(&std::mem::discriminant(&layout)),
+                "no geometry takes {layout:?}"
+            );
+        }
     }
 }
