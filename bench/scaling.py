@@ -6,7 +6,10 @@ Usage: bench/scaling.py [repetitions] [--model lenet5|resnet18|...]   (release b
 
 Goals, as ratios of throughput paired by repetition: N=4 micro-batches cost at most 1.2x per
 sample of N=1 (single N=4 / N=1 >= 0.83); timeprest W=2 N=4 >= 1.6x single N=1; gpipe and
-pipedream-flush W=2 N=4 >= 1.5x; pipedream W=2 on a balanced split >= 1.85x.
+pipedream-flush W=2 N=4 >= 1.5x; pipedream W=2 on a balanced split >= 1.85x. Goal 4, the
+simulator's fidelity, is read off the same pipeline runs: each epoch's `simulated_seconds` (the
+makespan the cost-model simulator predicts for the epoch's schedule from the epoch's own mean
+action durations per stage) over its measured `epoch_seconds`, within 5 %.
 
 "two singles at once" runs two independent `single` trainings side by side and reports their
 summed throughput over one alone: what this machine's two cores deliver to two threads that
@@ -101,25 +104,33 @@ if MODEL is not None:
 
 
 def two_at_once(args):
-    """Summed steady throughput of two `train ARGS` runs started together."""
+    """Summed steady throughput of two `train ARGS` runs started together (no fidelity)."""
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: steady_throughput(train(args)[0]), range(2)))
-    return sum(runs)
+    return sum(runs), None
 
 
 def alone(args):
-    """Steady throughput of one `train ARGS` run."""
-    return steady_throughput(train(args)[0])
+    """Steady throughput of one `train ARGS` run, and the simulator's fidelity on it: the
+    makespan the cost-model simulator predicts from the run's own measured action durations
+    (`simulated_seconds` in metrics.jsonl) over the measured epoch time, steady epochs."""
+    metrics = train(args)[0]
+    steady = metrics[1:] or metrics
+    fidelity = sum(m["simulated_seconds"] for m in steady) / sum(m["epoch_seconds"] for m in steady)
+    return steady_throughput(metrics), fidelity
 
 
 TWO_AT_ONCE = {"two singles at once": CONFIGS["single 1t N=1"]}
 results = {name: [] for name in list(CONFIGS) + list(TWO_AT_ONCE)}
+fidelity = {name: [] for name in CONFIGS if "W=2" in name}
 probes = []
 for rep in range(REPS):
     for name, args in list(CONFIGS.items()) + list(TWO_AT_ONCE.items()):
         measure = two_at_once if name in TWO_AT_ONCE else alone
-        value, before, after = quiet_run(lambda: measure(args))
+        (value, simulated), before, after = quiet_run(lambda: measure(args))
         results[name].append(value)
+        if name in fidelity:
+            fidelity[name].append(simulated)
         probes += [before, after]
         print(f"rep {rep} {name}: {value:.0f} samples/s (free cores {before:.2f} / {after:.2f})",
               file=sys.stderr, flush=True)
@@ -133,3 +144,8 @@ print("## ratios (paired by repetition)")
 r = results
 for num, den, goal in GOALS:
     print(ratio_line(f"{num} / {den}", r[num], r[den], goal))
+print("## simulator fidelity (goal 4: within 5 %): simulated / measured epoch seconds")
+for name, values in fidelity.items():
+    lo, hi = spread(values)
+    verdict = "MET" if abs(median(values) - 1) <= 0.05 else "MISSED"
+    print(f"{name}: {median(values):.3f} (range {lo:.3f}-{hi:.3f}, n={len(values)})  {verdict}")

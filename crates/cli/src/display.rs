@@ -236,6 +236,7 @@ mod tests {
             samples_per_second: 44_197.71,
             num_minibatches: 1875,
             lr: 0.05,
+            simulated_seconds: 0.0,
             stages: (0..num_stages)
                 .map(|s| stage(s, 1.0 + f64::from(s) / 3.0, 2 * num_stages))
                 .collect(),

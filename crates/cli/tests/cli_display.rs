@@ -110,6 +110,7 @@ fn epoch(epoch: u32, accuracy: f64, seconds: f64) -> EpochMetrics {
         samples_per_second: 64.0 / seconds,
         num_minibatches: 2,
         lr: 0.05,
+        simulated_seconds: 0.0,
         stages: vec![stage(0), stage(1)],
     }
 }

@@ -370,8 +370,7 @@ impl<'a> Books<'a> {
                 .unwrap_or_default(),
         };
         let params = assemble_params(summaries, &model.initial);
-        let num_minibatches = schedule.config.num_minibatches;
-        let metrics = epoch_metrics(epoch, num_minibatches, config.lr, &report, || {
+        let metrics = epoch_metrics(epoch, schedule, config.lr, &report, || {
             Ok(evaluate(
                 &model.spec,
                 &params,

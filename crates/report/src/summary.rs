@@ -387,6 +387,7 @@ pub(crate) mod tests {
             samples_per_second: 100.0 / seconds,
             num_minibatches: 10,
             lr: 0.05,
+            simulated_seconds: 0.0,
             stages: vec![stage(0, &[(1, 6)], 2), stage(1, &[(0, 6)], 1)],
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! Trains real epochs (`Trainer::run_epoch`, W = 3, MLP 784-1024-1024-1024-10 on Fashion-MNIST,
 //! or the embedded digits set when its IDX files are missing), takes the per-stage mean
-//! forward / backward / update durations from the epoch's event log, feeds them into a
-//! per-stage [`CostModel`] and simulates the same schedule with `simulate_costs`. It prints
+//! forward / backward / update durations from the epoch's event log ([`MeasuredCosts`], the
+//! cost model behind every epoch's `simulated_seconds`) and simulates the same schedule with
+//! `simulate_costs`. `bench/fidelity.py` reads the same figure from the CLI's metrics for
+//! convolutional models. It prints
 //! predicted makespan / measured epoch time (goal ≥ 0.95) per policy, the policies alternating
 //! within each repetition so that machine noise hits them alike.
 //!
@@ -29,96 +31,12 @@
 use std::collections::HashMap;
 
 use timeprest_policy::PolicyKind;
-use timeprest_runtime::Event;
 use timeprest_schedule::{
-    Action, ActionKind, CostModel, Schedule, ScheduleConfig, ScheduleKind, generate, simulate_costs,
+    CostModel, Schedule, ScheduleConfig, ScheduleKind, generate, simulate_costs,
 };
-use timeprest_train::{EpochRun, TrainConfig, Trainer};
+use timeprest_train::{EpochRun, MeasuredCosts, TrainConfig, Trainer};
 
-/// Mean measured durations per stage, in seconds.
-#[derive(Debug)]
-struct StageCosts {
-    forward: Vec<f64>,
-    backward_minibatch: Vec<f64>,
-    backward_microbatch: Vec<f64>,
-    update: Vec<f64>,
-}
-
-impl CostModel for StageCosts {
-    fn forward(&self, stage: u32) -> f64 {
-        self.forward[stage as usize]
-    }
-    fn backward_minibatch(&self, stage: u32, _num_microbatches: u32) -> f64 {
-        self.backward_minibatch[stage as usize]
-    }
-    fn backward_microbatch(&self, stage: u32) -> f64 {
-        self.backward_microbatch[stage as usize]
-    }
-    fn update(&self, stage: u32) -> f64 {
-        self.update[stage as usize]
-    }
-    fn transfer(&self, _from_stage: u32, _to_stage: u32) -> f64 {
-        0.0
-    }
-}
-
-/// The neighbour's action whose message `action` consumes (the last one, for a whole-mini-batch
-/// backward), if any.
-fn message_source(action: Action, num_stages: u32) -> Option<Action> {
-    let last = num_stages - 1;
-    match action.kind {
-        ActionKind::Forward(_) if action.stage > 0 => Some(Action {
-            stage: action.stage - 1,
-            kind: action.kind,
-        }),
-        ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_)
-            if action.stage < last =>
-        {
-            Some(Action {
-                stage: action.stage + 1,
-                kind: action.kind,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Per-stage mean durations; `without_wait` starts an action no earlier than its message's
-/// sender finished.
-fn stage_costs(events: &[Vec<Event>], without_wait: bool) -> StageCosts {
-    let num_stages = events.len() as u32;
-    let end_of: HashMap<Action, f64> = events.iter().flatten().map(|e| (e.action, e.end)).collect();
-    let mut sums = vec![[(0.0f64, 0u32); 4]; events.len()];
-    for (stage, stage_events) in events.iter().enumerate() {
-        for event in stage_events {
-            let mut start = event.start;
-            if without_wait && let Some(source) = message_source(event.action, num_stages) {
-                start = start.max(end_of[&source]);
-            }
-            let slot = match event.action.kind {
-                ActionKind::Forward(_) => 0,
-                ActionKind::BackwardMinibatch(_) => 1,
-                ActionKind::BackwardMicrobatch(_) => 2,
-                ActionKind::Update(_) => 3,
-            };
-            sums[stage][slot].0 += (event.end - start).max(0.0);
-            sums[stage][slot].1 += 1;
-        }
-    }
-    let mean = |slot: usize| -> Vec<f64> {
-        sums.iter()
-            .map(|s| s[slot].0 / f64::from(s[slot].1.max(1)))
-            .collect()
-    };
-    StageCosts {
-        forward: mean(0),
-        backward_minibatch: mean(1),
-        backward_microbatch: mean(2),
-        update: mean(3),
-    }
-}
-
-fn predicted(schedule: &Schedule, costs: &StageCosts) -> f64 {
+fn predicted(schedule: &Schedule, costs: &MeasuredCosts) -> f64 {
     simulate_costs(schedule, costs)
         .expect("the epoch's schedule is valid")
         .makespan()
@@ -166,7 +84,7 @@ fn projection_config(hidden: &[usize], microbatches: u32) -> TrainConfig {
 }
 
 /// The time one core needs for the whole epoch: every action's compute time, summed.
-fn serial_seconds(schedule: &Schedule, costs: &StageCosts) -> f64 {
+fn serial_seconds(schedule: &Schedule, costs: &MeasuredCosts) -> f64 {
     let n = schedule.config.num_microbatches;
     schedule
         .stages
@@ -211,7 +129,7 @@ fn projection(repetitions: usize) {
             for (n, trainer) in &mut trainers {
                 let run = trainer.run_epoch(2 + rep as u32, None).expect("epoch");
                 minibatches = run.schedule.config.num_minibatches;
-                let mut cost = stage_costs(&run.report.events, true);
+                let mut cost = MeasuredCosts::from_events(&run.report.events, true);
                 // A per-micro-batch backward costs 1/N of the naive whole-mini-batch one.
                 cost.backward_microbatch = cost
                     .backward_minibatch
@@ -301,8 +219,11 @@ fn main() {
                 .flatten()
                 .map(|e| e.end)
                 .fold(0.0, f64::max);
-            let raw = predicted(&schedule, &stage_costs(&report.events, false)) / measured;
-            let costs = stage_costs(&report.events, true);
+            let raw = predicted(
+                &schedule,
+                &MeasuredCosts::from_events(&report.events, false),
+            ) / measured;
+            let costs = MeasuredCosts::from_events(&report.events, true);
             let compute = predicted(&schedule, &costs) / measured;
             println!("{policy}\t{rep}\t{measured:.4}\t{raw:.3}\t{compute:.3}\t{last_end:.4}");
             if rep == 0 {

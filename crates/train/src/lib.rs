@@ -18,7 +18,7 @@ pub mod trainer;
 
 pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
 pub use error::{DivergedLoss, LastCheckpoint, TrainError};
-pub use metrics::{EpochMetrics, StageMetrics, epoch_metrics};
+pub use metrics::{EpochMetrics, MeasuredCosts, StageMetrics, epoch_metrics};
 pub use output::{
     DirUse, OutputError, RunDirLock, check_output_file, claim_run_dir, command_line, shell_quoted,
     write_file_atomically,

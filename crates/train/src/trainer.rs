@@ -260,7 +260,7 @@ impl Trainer {
         let report = run_threaded(&schedule, &version_plan, &mut self.stages, options)?;
         self.updates += u64::from(num_minibatches);
 
-        let metrics = epoch_metrics(epoch, num_minibatches, self.config.lr, &report, || {
+        let metrics = epoch_metrics(epoch, &schedule, self.config.lr, &report, || {
             self.evaluate()
         })?;
         Ok(EpochRun {
