@@ -10,7 +10,12 @@
 //!
 //! - forward: `y_b = W · col_b (+ b)`, `W` as `[OC, C·k·k]`;
 //! - input gradient: `col_b' = Wᵀ · g_b`, folded back onto the positions each patch read;
-//! - weight gradient: `∂W = Σ_b g_b · col_bᵀ`, in burn's and PyTorch's `[OC, C, k, k]` layout.
+//! - weight gradient: `∂W = Σ_b g_b · col_bᵀ`, in burn's and PyTorch's `[OC, C, k, k]` layout
+//!   (summed as its transpose, see [`conv2d_weight_grad`]).
+//!
+//! Patches are copied out of an image (and added back for the input gradient) in runs where
+//! the runs are long and through a table of image indices where they are short: small maps and
+//! large strides ([`PatchLayout`]).
 //!
 //! A few images are multiplied at once (their patches side by side, up to [`CHUNK_BYTES`]) so
 //! that each GEMM has a long inner or outer dimension, and chunks are split between the threads
