@@ -183,6 +183,7 @@ fn facts(run_dir: &Path) -> Vec<serde_json::Value> {
             let object = metrics.as_object_mut().unwrap();
             object.remove("epoch_seconds");
             object.remove("samples_per_second");
+            object.remove("simulated_seconds");
             for stage in object["stages"].as_array_mut().unwrap() {
                 let stage = stage.as_object_mut().unwrap();
                 stage.remove("busy_seconds");

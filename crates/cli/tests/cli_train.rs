@@ -66,6 +66,7 @@ fn every_policy_reaches_80_percent_on_digits() {
             "test_loss",
             "epoch_seconds",
             "samples_per_second",
+            "simulated_seconds",
         ] {
             assert!(last.get(key).is_some(), "{policy}: metrics lack {key}");
         }
