@@ -2,12 +2,12 @@
 //!
 //! Trains real epochs (`Trainer::run_epoch`, W = 3, MLP 784-1024-1024-1024-10 on Fashion-MNIST,
 //! or the embedded digits set when its IDX files are missing), takes the per-stage mean
-//! forward / backward / update durations from the epoch's event log ([`MeasuredCosts`], the
-//! cost model behind every epoch's `simulated_seconds`) and simulates the same schedule with
-//! `simulate_costs`. `bench/fidelity.py` reads the same figure from the CLI's metrics for
-//! convolutional models. It prints
-//! predicted makespan / measured epoch time (goal ≥ 0.95) per policy, the policies alternating
-//! within each repetition so that machine noise hits them alike.
+//! forward / backward / update durations from the epoch's event log ([`MeasuredCosts`]) and
+//! simulates the same schedule with `simulate_costs`: the `compute` figure is each epoch's own
+//! `simulated_seconds` metric, which `bench/scaling.py` also reads, through the CLI, for
+//! convolutional models. It prints predicted makespan / measured epoch time (goal ≥ 0.95) per
+//! policy, the policies alternating within each repetition so that machine noise hits them
+//! alike.
 //!
 //! Two cost models are compared: `raw` uses `end − start` as logged, `compute` also starts each
 //! action no earlier than the end of the neighbour's action whose message it consumes. They
@@ -210,7 +210,9 @@ fn main() {
     for rep in 0..repetitions {
         for (trainer, policy) in trainers.iter_mut().zip(policies) {
             let EpochRun {
-                report, schedule, ..
+                metrics,
+                report,
+                schedule,
             } = trainer.run_epoch(2 + rep as u32, None).expect("epoch");
             let measured = report.seconds;
             let last_end = report
@@ -223,10 +225,10 @@ fn main() {
                 &schedule,
                 &MeasuredCosts::from_events(&report.events, false),
             ) / measured;
-            let costs = MeasuredCosts::from_events(&report.events, true);
-            let compute = predicted(&schedule, &costs) / measured;
+            let compute = metrics.simulated_seconds / measured;
             println!("{policy}\t{rep}\t{measured:.4}\t{raw:.3}\t{compute:.3}\t{last_end:.4}");
             if rep == 0 {
+                let costs = MeasuredCosts::from_events(&report.events, true);
                 eprintln!("{policy} per-stage means (s, compute model): {costs:?}");
             }
             ratios.entry(policy).or_default().push((raw, compute));
