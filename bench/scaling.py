@@ -11,6 +11,14 @@ simulator's fidelity, is read off the same pipeline runs: each epoch's `simulate
 makespan the cost-model simulator predicts for the epoch's schedule from the epoch's own mean
 action durations per stage) over its measured `epoch_seconds`, within 5 %.
 
+Each pipeline's speed-up over `single` N=1 is also split into the two factors it is made of:
+speed-up = W x mean utilisation x work ratio, where the mean utilisation (busy / epoch time,
+averaged over stages) is what the schedule, its bubble and the split's balance leave, and the
+work ratio (single N=1's busy seconds / the pipeline's busy seconds summed over its stages, per
+sample) is what the compute loses to micro-batches and to two cores running at once. A goal
+missed with a utilisation near 1 is a compute problem; one missed with a work ratio near 1 is
+the schedule's.
+
 "two singles at once" runs two independent `single` trainings side by side and reports their
 summed throughput over one alone: what this machine's two cores deliver to two threads that
 never wait for each other, i.e. the ceiling of any two-stage pipeline here.
@@ -38,7 +46,7 @@ REPS = int(ARGS[0]) if ARGS else 3
 BALANCED = "1024,1024,1792"
 BASE = DATASET + ["--batch-size", "128", "--limit-train", "3840", "--limit-test", "256", "--lr", "0.01"]
 # Training samples per epoch of the conv models: a few seconds on one core.
-CONV_SAMPLES = {"lenet5": 3840, "alexnet": 2048, "vgg11": 1024, "resnet18": 512}
+CONV_SAMPLES = {"lenet5": 3840, "alexnet": 2048, "vgg11": 1536, "resnet18": 1536}
 
 
 def cfg(hidden, policy, stages, threads, microbatches):
@@ -111,26 +119,36 @@ def two_at_once(args):
 
 
 def alone(args):
-    """Steady throughput of one `train ARGS` run, and the simulator's fidelity on it: the
-    makespan the cost-model simulator predicts from the run's own measured action durations
-    (`simulated_seconds` in metrics.jsonl) over the measured epoch time, steady epochs."""
+    """Steady throughput of one `train ARGS` run, and what its steady epochs say of it: the
+    simulator's fidelity (the makespan the cost-model simulator predicts from the run's own
+    measured action durations, `simulated_seconds` in metrics.jsonl, over the measured epoch
+    time), the mean utilisation of its stages, and its busy seconds per sample summed over
+    stages."""
     metrics = train(args)[0]
     steady = metrics[1:] or metrics
-    fidelity = sum(m["simulated_seconds"] for m in steady) / sum(m["epoch_seconds"] for m in steady)
-    return steady_throughput(metrics), fidelity
+    seconds = sum(m["epoch_seconds"] for m in steady)
+    samples = sum(m["samples_per_second"] * m["epoch_seconds"] for m in steady)
+    busy = sum(s["busy_seconds"] for m in steady for s in m["stages"])
+    stages = len(steady[0]["stages"])
+    facts = {
+        "fidelity": sum(m["simulated_seconds"] for m in steady) / seconds,
+        "utilisation": busy / (stages * seconds),
+        "busy_per_sample": busy / samples,
+    }
+    return steady_throughput(metrics), facts
 
 
 TWO_AT_ONCE = {"two singles at once": CONFIGS["single 1t N=1"]}
 results = {name: [] for name in list(CONFIGS) + list(TWO_AT_ONCE)}
-fidelity = {name: [] for name in CONFIGS if "W=2" in name}
+facts = {name: [] for name in CONFIGS}
 probes = []
 for rep in range(REPS):
     for name, args in list(CONFIGS.items()) + list(TWO_AT_ONCE.items()):
         measure = two_at_once if name in TWO_AT_ONCE else alone
-        (value, simulated), before, after = quiet_run(lambda: measure(args))
+        (value, run_facts), before, after = quiet_run(lambda: measure(args))
         results[name].append(value)
-        if name in fidelity:
-            fidelity[name].append(simulated)
+        if name in facts:
+            facts[name].append(run_facts)
         probes += [before, after]
         print(f"rep {rep} {name}: {value:.0f} samples/s (free cores {before:.2f} / {after:.2f})",
               file=sys.stderr, flush=True)
@@ -144,8 +162,17 @@ print("## ratios (paired by repetition)")
 r = results
 for num, den, goal in GOALS:
     print(ratio_line(f"{num} / {den}", r[num], r[den], goal))
+PIPELINES = [name for name in CONFIGS if "W=2" in name]
+print("## where each pipeline's speed-up goes: W x mean utilisation x work ratio (medians;")
+print("## work ratio = the single N=1 run's busy seconds per sample / the pipeline's, same model)")
+for name in PIPELINES:
+    single = "balanced single 1t N=1" if name.startswith("balanced") else "single 1t N=1"
+    work = [s["busy_per_sample"] / p["busy_per_sample"] for p, s in zip(facts[name], facts[single])]
+    utilisation = median([p["utilisation"] for p in facts[name]])
+    print(f"{name}: 2 x {utilisation:.3f} x {median(work):.3f} = {2 * utilisation * median(work):.3f}")
 print("## simulator fidelity (goal 4: within 5 %): simulated / measured epoch seconds")
-for name, values in fidelity.items():
+for name in PIPELINES:
+    values = [run["fidelity"] for run in facts[name]]
     lo, hi = spread(values)
     verdict = "MET" if abs(median(values) - 1) <= 0.05 else "MISSED"
     print(f"{name}: {median(values):.3f} (range {lo:.3f}-{hi:.3f}, n={len(values)})  {verdict}")
