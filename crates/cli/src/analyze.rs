@@ -1,11 +1,11 @@
 //! `timeprest analyze`: weight-version analyses over simulated schedules.
 //!
 //! - `version-difference`: TiMePReSt's version difference v over a grid of (W, N), simulated on
-//!   nF1B and compared with the paper's closed form ⌊(W+N−2)/N⌋ (spec §3.6), with the chains of
-//!   update propagation (the "multiple sequence problem").
+//!   nF1B and compared with the paper's closed form ⌊(W+N−2)/N⌋ (`docs/algorithms.md` §3.5),
+//!   with the chains of update propagation (the "multiple sequence problem").
 //! - `versions`: for one schedule and policy, the weight versions each stage stores at peak, the
 //!   distribution of the staleness d of its backwards (overall and in steady state) and the
-//!   micro-batches in flight (spec §3.5–3.6).
+//!   micro-batches in flight (`docs/algorithms.md` §3.10, §5).
 //!
 //! Both print an aligned table or JSON. [`VersionSummary`] is also what `simulate --policy`
 //! reports.
@@ -372,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_align_and_histograms_read_like_the_spec() {
+    fn tables_align_and_histograms_read_like_the_docs() {
         let table = aligned(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(table, "a    bb\nxyz  1\n");
         assert_eq!(

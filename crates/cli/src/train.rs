@@ -23,7 +23,7 @@ use timeprest_train::{
     TrainError, command_line, run_until_stopped, shell_quoted,
 };
 
-/// Gradient mode when a backward reads other weights than its forward (spec §9 item 1).
+/// Gradient mode when a backward reads other weights than its forward (`docs/algorithms.md` §4).
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GradModeArg {
     /// Saved activations, backward weights in every local VJP.

@@ -1,6 +1,7 @@
-//! End-to-end tests of `timeprest simulate` and `timeprest analyze`: the grid contract (spec
-//! §3.2), the SVG / Chrome-trace / JSON outputs, the version analyses (spec §3.5–3.6), and the
-//! error contract (one `error:` line, exit code 2, no panic).
+//! End-to-end tests of `timeprest simulate` and `timeprest analyze`: the grid contract
+//! (`docs/algorithms.md` §2.8), the SVG / Chrome-trace / JSON outputs, the version analyses
+//! (`docs/algorithms.md` §3.5, §3.10), and the error contract (one `error:` line, exit code 2,
+//! no panic).
 
 use serde_json::Value;
 
@@ -8,7 +9,7 @@ mod common;
 
 use common::{succeed, timeprest};
 
-/// The W=4, N=2 nF1B grid of spec §3.2 (Fig. 2a), first 16 slots.
+/// The W=4, N=2 nF1B grid of `docs/algorithms.md` §2.8 (the paper's Fig. 2a), first 16 slots.
 const SPEC_W4_N2: &str = "
 S1:  1A  1B  2A  2B  3A  3B  4A  4B  B1  5A  5B  B2  6A  6B  B3  7A
 S2:   .  1A  1B  2A  2B  3A  3B  B1  4A  4B  B2  5A  5B  B3  6A  6B
@@ -48,7 +49,7 @@ fn nf1b_w4_n2(extra: &[&'static str]) -> Vec<&'static str> {
 }
 
 #[test]
-fn nf1b_w4_n2_grid_equals_the_spec_grid_token_by_token() {
+fn nf1b_w4_n2_grid_equals_the_documented_grid_token_by_token() {
     let grid = succeed(&nf1b_w4_n2(&["--slots", "16"]));
     assert_eq!(tokens(&grid), tokens(SPEC_W4_N2), "got:\n{grid}");
 }
@@ -127,7 +128,7 @@ fn json_output_has_the_schedule_timeline_figures_and_traced_versions() {
 }
 
 #[test]
-fn version_difference_json_reproduces_the_spec_table() {
+fn version_difference_json_reproduces_the_documented_table() {
     let rows = json_of(&[
         "analyze",
         "version-difference",
@@ -206,7 +207,11 @@ fn analyze_versions_reports_timeprest_w4_n2_storing_one_to_four_versions() {
         .iter()
         .map(|row| row[1].clone())
         .collect();
-    assert_eq!(stored, ["1", "2", "3", "3"], "spec §3.5, W=4 N=3:\n{table}");
+    assert_eq!(
+        stored,
+        ["1", "2", "3", "3"],
+        "docs/algorithms.md §3.10, W=4 N=3:\n{table}"
+    );
 }
 
 #[test]

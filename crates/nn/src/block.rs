@@ -23,11 +23,11 @@
 //! sample).
 //!
 //! The forward is split into a *weighted* part and an optional trailing ReLU
-//! ([`Block::has_relu`]). Graph-mode gradients (spec §9 item 1) re-run the weighted part on the
-//! saved block input with the backward's weights and take the ReLU mask from the forward's
-//! saved output. For a residual block the weighted part is the whole block up to its final
-//! ReLU, so its *inner* activations (inner ReLU masks, the batch statistics of its inner batch
-//! norms) are recomputed from the saved block input with the backward's weights.
+//! ([`Block::has_relu`]). Graph-mode gradients (`docs/algorithms.md` §4.1) re-run the weighted
+//! part on the saved block input with the backward's weights and take the ReLU mask from the
+//! forward's saved output. For a residual block the weighted part is the whole block up to its
+//! final ReLU, so its *inner* activations (inner ReLU masks, the batch statistics of its inner
+//! batch norms) are recomputed from the saved block input with the backward's weights.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;

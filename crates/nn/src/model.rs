@@ -10,9 +10,10 @@
 //! block reshapes its parameters when it runs (free for contiguous data).
 //!
 //! Besides its trainable parameters a block may hold *buffers*: the running mean and variance
-//! of its batch norms. They are state that belongs to a weight version (spec §9 item 14 as this
-//! project reads it): every [`BlockParams`] carries its own, so the version store keeps them
-//! with each stored version, and evaluation of a version uses that version's statistics.
+//! of its batch norms. They are state that belongs to a weight version (`docs/algorithms.md`
+//! §4.3, the project's reading of an open choice, §6 row 14): every [`BlockParams`] carries its
+//! own, so the version store keeps them with each stored version, and evaluation of a version
+//! uses that version's statistics.
 //!
 //! Parameters are named `layers.<i>.<name>` with the global block index `i`, so names do not
 //! depend on how the model is split. In files they use PyTorch's layouts (a linear weight is

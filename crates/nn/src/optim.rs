@@ -2,10 +2,10 @@
 //! semantics.
 //!
 //! Burn's own optimizers keep their state private and use a different SGD dampening, but
-//! weight prediction (spec §6.2) reads the SGD momentum buffer `b`, and results must be
-//! comparable with PyTorch runs. So this module implements the update rules directly on the
-//! stage's parameter tensors (a functional step: old parameters in, new parameters out, which
-//! is exactly what a version store wants) and exposes the buffers.
+//! weight prediction (`docs/algorithms.md` §3.9) reads the SGD momentum buffer `b`, and results
+//! must be comparable with PyTorch runs. So this module implements the update rules directly on
+//! the stage's parameter tensors (a functional step: old parameters in, new parameters out,
+//! which is exactly what a version store wants) and exposes the buffers.
 //!
 //! SGD, dampening 0: `g ← g + λθ`; `b ← μb + g` (`b = g` on the first step);
 //! `d = nesterov ? g + μb : b` (`d = g` when μ = 0); `θ ← θ − ηd`.

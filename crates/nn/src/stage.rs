@@ -10,7 +10,7 @@
 //!   versions themselves stay plain tensors), and keeps the graph's output, the leaves, and the
 //!   stage input and each block's output as plain tensors (cheap shared handles).
 //! - A backward whose recipe equals the forward's uses the kept graph, the ordinary VJP.
-//! - Otherwise (spec §3.4, §9 item 1) [`GradMode::Graph`] reproduces what an autograd graph
+//! - Otherwise (`docs/algorithms.md` §4) [`GradMode::Graph`] reproduces what an autograd graph
 //!   with swapped weights computes: each block's weight-dependent part is re-run on its
 //!   *saved* input with the backward's weights, while weight-free local VJPs (the ReLU mask,
 //!   the loss) use the forward's saved activations; the input gradients are chained from the
@@ -27,15 +27,15 @@
 //!
 //! Batch norms normalise with each micro-batch's own statistics in every training pass (the
 //! graph-mode and recompute re-runs use the saved input, so they see the same batch); the
-//! forward then moves the live version's running statistics once (spec §9 item 14), and
-//! re-runs never move them. Residual blocks are one block each: graph mode re-runs the whole
+//! forward then moves the live version's running statistics once (`docs/algorithms.md` §4.3),
+//! and re-runs never move them. Residual blocks are one block each: graph mode re-runs the whole
 //! block up to its final ReLU, so its inner activations are recomputed with the backward's
 //! weights (see [`Block`](crate::Block)).
 //!
-//! The loss (spec §9 item 8) of micro-batch j is `CE_sum_j / M` with M the number of samples in
-//! the whole mini-batch, so summing micro-batch gradients gives the gradient of the mini-batch
-//! mean loss, whatever the micro-batch sizes. A language model (a data set with T targets per
-//! sample) predicts every position: its logits `[batch, T·vocab]` are viewed as
+//! The loss (`docs/algorithms.md` §4.4) of micro-batch j is `CE_sum_j / M` with M the number of
+//! samples in the whole mini-batch, so summing micro-batch gradients gives the gradient of the
+//! mini-batch mean loss, whatever the micro-batch sizes. A language model (a data set with T
+//! targets per sample) predicts every position: its logits `[batch, T·vocab]` are viewed as
 //! `[batch·T, vocab]`, `CE_sum_j` sums over tokens and is divided by `M·T`, so the loss is the
 //! mean per-token cross-entropy, and the reported loss, accuracy and count are per token.
 
@@ -62,7 +62,7 @@ pub(crate) use direct_vjp::{closed_form_backward, has_closed_form};
 mod resume;
 
 /// How a backward computes gradients when it reads other weights than its forward did
-/// (spec §3.4 and §9 item 1).
+/// (`docs/algorithms.md` §4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GradMode {
@@ -919,7 +919,8 @@ impl StageCompute for BurnStage {
             backward_reads_forward_weights && !closed_form,
             backward_reads_forward_weights && closed_form,
         );
-        // Running statistics move once per forward, on the live version (spec §9 item 14).
+        // Running statistics move once per forward, on the live version
+        // (`docs/algorithms.md` §4.3).
         self.store
             .update_running_stats(&std::mem::take(&mut trace.batch_stats));
         let output = match &targets {

@@ -5,10 +5,10 @@
 //! keeping an old version is just keeping its tensor handles (no copy). What is stored is
 //! exactly what the policy said to keep, which is what the papers' memory comparisons count:
 //! the live set, every superseded version until it is released, and every materialised
-//! prediction until it is released. Blends are built on demand and never stored (spec §5.2:
-//! one transient buffer). Predictions are built when a forward first asks for them, from the
-//! live version and the optimizer's momentum buffer, and cached so the matching backward
-//! reads bit-identical weights (spec §6.3).
+//! prediction until it is released. Blends are built on demand and never stored (one transient
+//! weight set, `docs/algorithms.md` §3.8). Predictions are built when a forward first asks for
+//! them, from the live version and the optimizer's momentum buffer, and cached so the matching
+//! backward reads bit-identical weights (`docs/algorithms.md` §3.9).
 //!
 //! Each weight set carries its batch norms' running statistics. Training forwards normalise
 //! with batch statistics and then move the *live* version's running statistics (once per

@@ -1,12 +1,12 @@
 //! TiMePReSt's version analysis: the version difference v and the multiple-sequence problem.
 //!
-//! Spec §3.6. For mini-batch i (1-based), let c(i) be the number of updates stage 0 has already
-//! applied (in an earlier slot) when B(i) starts at the last stage; B(i) therefore computes its
-//! gradient on weights whose newest update came from mini-batch c(i). The version difference is
-//! v(i) = i − c(i): v = 1 means B(i) already sees the update of mini-batch i − 1. When v > 1,
-//! updates propagate along several disjoint chains (W = 4, N = 2: {1,3,5,…} and {2,4,6,…}),
-//! the paper's "multiple sequence problem". The paper's closed form ⌊(W+N−2)/N⌋ is kept beside
-//! the simulated value because it is wrong at a few points.
+//! See `docs/algorithms.md` §3.5. For mini-batch i (1-based), let c(i) be the number of updates
+//! stage 0 has already applied (in an earlier slot) when B(i) starts at the last stage; B(i)
+//! therefore computes its gradient on weights whose newest update came from mini-batch c(i).
+//! The version difference is v(i) = i − c(i): v = 1 means B(i) already sees the update of
+//! mini-batch i − 1. When v > 1, updates propagate along several disjoint chains (W = 4, N = 2:
+//! {1,3,5,…} and {2,4,6,…}), the paper's "multiple sequence problem". The paper's closed form
+//! ⌊(W+N−2)/N⌋ is kept beside the simulated value because it is wrong at a few points.
 
 use serde::{Deserialize, Serialize};
 use timeprest_schedule::{ActionKind, Schedule};

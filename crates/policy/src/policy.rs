@@ -1,4 +1,5 @@
-//! Weight policies: the pure per-pass decisions of every system in the specification.
+//! Weight policies: the pure per-pass decisions of every system timeprest implements
+//! (`docs/algorithms.md` §3).
 //!
 //! A policy answers two questions for one stage, given only plain numbers: which weights a
 //! forward reads ([`WeightPolicy::forward`]) and which a backward reads
@@ -153,7 +154,8 @@ impl FromStr for PolicyKind {
 }
 
 /// I-TiMePReSt's significance σ(d) of the stale weight for a staleness of d updates
-/// (spec §5.2). σ(0) = 1 for every function, so d = 0 reads exactly the latest = stale weights.
+/// (`docs/algorithms.md` §3.8). σ(0) = 1 for every function, so d = 0 reads exactly the
+/// latest = stale weights.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Significance {
@@ -196,7 +198,7 @@ pub enum Horizon {
     /// s = W − 1 − stage: the number of updates that land before this forward's backward in
     /// asynchronous 1F1B (the last stage predicts nothing).
     StagesRemaining,
-    /// SpecTrain's s = ⌊stage/2⌋ + W − stage − 1 (unverified, spec §6.2).
+    /// SpecTrain's s = ⌊stage/2⌋ + W − stage − 1 (unverified, `docs/algorithms.md` §3.9).
     Spectrain,
     /// The same horizon everywhere.
     Constant(u32),
@@ -269,16 +271,16 @@ impl BackwardContext {
     }
 }
 
-/// The configurable choices of the policies (spec §9).
+/// The configurable choices of the policies (`docs/algorithms.md` §6).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PolicyOptions {
-    /// I-TiMePReSt's significance function (spec §9 item 3).
+    /// I-TiMePReSt's significance function (`docs/algorithms.md` §6, row 3).
     pub significance: Significance,
-    /// NWPT's prediction formula (spec §9 item 16).
+    /// NWPT's prediction formula (`docs/algorithms.md` §6, row 16).
     pub prediction: Prediction,
-    /// NWPT's horizon rule (spec §9 item 17).
+    /// NWPT's horizon rule (`docs/algorithms.md` §6, row 17).
     pub horizon: Horizon,
-    /// V-TiMePReSt's and I-TiMePReSt's forward source (spec §9 items 2 and 7).
+    /// V-TiMePReSt's and I-TiMePReSt's forward source (`docs/algorithms.md` §6, rows 2 and 7).
     pub forward: ForwardSource,
 }
 

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 pub type Version = u64;
 
 /// How NWPT-style prediction extrapolates future weights from version `base`
-/// (spec §6.2; b is the SGD momentum buffer `b ← μ b + g`, η the learning rate, μ the momentum,
-/// s the horizon).
+/// (`docs/algorithms.md` §3.9, where the horizon is written h; here b is the SGD momentum buffer
+/// `b ← μ b + g`, η the learning rate, μ the momentum, s the horizon).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Prediction {
@@ -56,7 +56,7 @@ pub enum WeightRecipe {
         version: Version,
     },
     /// I-TiMePReSt's intermediate weight θ = θ_latest + σ (θ_stale − θ_latest)
-    /// (spec §5.2), with σ = `stale_weight` ∈ [0, 1].
+    /// (`docs/algorithms.md` §3.8), with σ = `stale_weight` ∈ [0, 1].
     Blend {
         /// The stale version (the one the forward read).
         stale: Version,
@@ -65,8 +65,9 @@ pub enum WeightRecipe {
         /// σ(d), the significance of the stale weight.
         stale_weight: f64,
     },
-    /// NWPT's predicted weights θ̂ = θ_base − coefficient · b_base (spec §6.2), built when the
-    /// forward reads it (then `base` is the live version) and kept for the matching backward.
+    /// NWPT's predicted weights θ̂ = θ_base − coefficient · b_base (`docs/algorithms.md` §3.9),
+    /// built when the forward reads it (then `base` is the live version) and kept for the
+    /// matching backward.
     Predict {
         /// The version extrapolated from.
         base: Version,

@@ -1,4 +1,4 @@
-//! The version tables of the specification (§3.5, §3.6, §5.2, §10), checked against tracing.
+//! The version tables of `docs/algorithms.md` (§2.8, §3.5, §3.10), checked against tracing.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ fn traced(policy: PolicyKind, kind: ScheduleKind, num_stages: u32, n: u32) -> Ve
 }
 
 #[test]
-fn stored_versions_match_spec_section_3_5_and_5_2() {
+fn stored_versions_match_the_documented_table() {
     use PolicyKind::*;
     let cases: [(PolicyKind, u32, u32, &[u32]); 20] = [
         (Timeprest, 2, 3, &[1, 2]),
@@ -72,7 +72,7 @@ fn hist(pairs: &[(u64, u32)]) -> BTreeMap<u64, u32> {
 }
 
 #[test]
-fn staleness_distributions_match_spec_section_3_6() {
+fn staleness_distributions_match_the_documented_table() {
     // (W, N, V-TiMePReSt-style forward = live, TiMePReSt forward = vertical-sync tag)
     let all = |pairs: &[(u64, u32)], w: usize| vec![hist(pairs); w];
     type Histograms = Vec<BTreeMap<u64, u32>>;
@@ -131,8 +131,8 @@ fn staleness_distributions_match_spec_section_3_6() {
 }
 
 #[test]
-fn version_difference_table_matches_spec_including_the_three_formula_errors() {
-    // Rows W = 2..8, columns N = 2..7: the simulated v (spec §3.6).
+fn version_difference_table_matches_the_docs_including_the_three_formula_errors() {
+    // Rows W = 2..8, columns N = 2..7: the simulated v (`docs/algorithms.md` §3.5).
     let simulated: [[u32; 6]; 7] = [
         [1, 1, 1, 1, 1, 1],
         [1, 1, 1, 1, 1, 1],
@@ -187,7 +187,7 @@ fn w4_n2_has_two_chains_of_odd_and_even_minibatches() {
 
 #[test]
 fn microbatches_of_one_minibatch_can_read_different_versions() {
-    // Spec §3.2 / §10.3: W=4, N=4 at stage 0, 3A/3B read version 0 and 3C/3D version 1.
+    // `docs/algorithms.md` §2.8: W=4, N=4 at stage 0, 3A/3B read version 0 and 3C/3D version 1.
     let plan = traced(PolicyKind::VTimeprest, ScheduleKind::Nf1b, 4, 4);
     let reads: BTreeMap<u32, WeightRecipe> = plan.stages[0]
         .actions

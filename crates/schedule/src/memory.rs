@@ -1,6 +1,6 @@
 //! A bookkeeping memory model: weights × versions held + optimizer state + activations.
 //!
-//! Peak memory per stage is dominated by three terms (spec §3.5, §9 item 19): the weight
+//! Peak memory per stage is dominated by three terms (`docs/algorithms.md` §5): the weight
 //! versions the stage holds (stashing and vertical sync keep old versions alive), the optimizer
 //! state of the live weights, and the activations of the micro-batches whose forward is done and
 //! whose backward is not. The versions held depend on the weight policy, which another crate
@@ -17,8 +17,8 @@ use crate::schedule::Schedule;
 /// Per stage, the most micro-batches whose forward is done and whose backward is not, over the
 /// stage's sequence. A mini-batch backward releases all its micro-batches at once.
 ///
-/// For nF1B with W = 4, N = 3 this is `[9, 7, 5, 3]` (spec §3.5). For 1F1B schedules, a
-/// "micro-batch" is a whole (normalised) mini-batch.
+/// For nF1B with W = 4, N = 3 this is `[9, 7, 5, 3]` (`docs/algorithms.md` §5.2). For 1F1B
+/// schedules, a "micro-batch" is a whole (normalised) mini-batch.
 pub fn max_microbatches_in_flight(schedule: &Schedule) -> Vec<u32> {
     let mut done_forwards = vec![0u32; schedule.config.num_minibatches as usize];
     schedule
@@ -154,7 +154,7 @@ mod tests {
     use crate::schedule::{ScheduleConfig, ScheduleKind};
 
     #[test]
-    fn nf1b_w4_n3_holds_the_activations_of_spec_3_5() {
+    fn nf1b_w4_n3_holds_the_activations_of_9_7_5_3_microbatches() {
         let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(4, 3, 20)).unwrap();
         assert_eq!(max_microbatches_in_flight(&schedule), [9, 7, 5, 3]);
     }

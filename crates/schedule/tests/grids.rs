@@ -1,8 +1,9 @@
-//! Snapshot tests: the generators reproduce the grids of the specification, token by token.
+//! Snapshot tests: the generators reproduce the reference grids, token by token.
 //!
-//! The grid texts are copied verbatim from `spec/algorithms.md` §2.1 (1F1B, W = 4) and §3.2
-//! (nF1B, Fig. 2 of the TiMePReSt paper and the main-experiment configurations). Each is
-//! compared over the slots it shows; whitespace runs and a trailing `...` are ignored.
+//! The 1F1B (W = 4) and nF1B grid texts are those of `docs/algorithms.md` §2.8: nF1B as in
+//! Fig. 2 of the TiMePReSt paper plus the main-experiment configurations (N = 3). The GPipe,
+//! 1F1B-flush, naive and costed grids follow the rules of §2.3, §2.5, §2.2 and §2.7 there. Each
+//! is compared over the slots it shows; whitespace runs and a trailing `...` are ignored.
 
 use timeprest_schedule::{
     ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, Timeline, generate, render, validate,
@@ -47,7 +48,7 @@ S4:   .   .   .  1A  B1  2A  B2  3A  B3  4A  B4  5A  B5  6A ...
 ";
 
 #[test]
-fn one_f_one_b_reproduces_the_spec_2_1_grid() {
+fn one_f_one_b_reproduces_the_documented_w4_grid() {
     check(ScheduleKind::OneFOneB, 4, 1, ONE_F_ONE_B_W4);
 }
 

@@ -2,8 +2,8 @@
 //!
 //! The emulator below is written independently of the runtime, the policy crate and burn: plain
 //! `f32` loops, one thread, every stage's weight versions kept explicitly in a `Vec`, and each
-//! policy's rule for which version a pass reads written out again from the specification
-//! (§2.2, §3.4, §4.2, §5.2, §6.2). It replays the schedule slot by slot. The pipelined run
+//! policy's rule for which version a pass reads written out again from `docs/algorithms.md`
+//! (§3.3, §3.4, §3.6–§3.9). It replays the schedule slot by slot. The pipelined run
 //! (threads, channels, version plan, burn stages) must end with the same weights.
 
 use timeprest_data::{LoadOptions, load};
@@ -49,8 +49,9 @@ fn layer_forward(layer: &Layer, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) 
 }
 
 /// Local VJP of one block with weights `layer`, at the forward's saved input `x` and saved
-/// pre-activation `pre` (the ReLU mask is an activation, so it comes from the forward, spec
-/// §3.4 `graph`); adds the parameter gradients into `grad` and returns the input gradient.
+/// pre-activation `pre` (the ReLU mask is an activation, so it comes from the forward: the
+/// `graph` mode of `docs/algorithms.md` §4.1); adds the parameter gradients into `grad` and
+/// returns the input gradient.
 fn layer_backward(
     layer: &Layer,
     x: &[f32],
@@ -176,7 +177,7 @@ fn emulate(
                         } else {
                             activations.remove(&(s, mb)).expect("activation arrived")
                         };
-                        // Which weights the forward reads (spec §2.2, §3.4, §4.2, §5.2, §6.2).
+                        // Which weights the forward reads (`docs/algorithms.md` §3.3–§3.9).
                         let version = match policy {
                             PolicyKind::Timeprest | PolicyKind::Variant1 => tags[&mb],
                             _ => live,

@@ -1,14 +1,14 @@
 //! Closed-form backward passes for blocks whose vector-Jacobian product is a pair of GEMMs.
 //!
-//! Graph-mode gradients with other weights than the forward's (spec §9 item 1) need, per
-//! block, `∂(out · g)/∂θ` and `∂(out · g)/∂x` evaluated at the saved input and the backward's
-//! weights. Through autodiff that means re-running the block's forward (one GEMM for a linear
-//! block) only to build a graph; profiling showed that re-run at 19% of all instructions of a
-//! TiMePReSt run on an MLP. For a linear block `y = x·W + b` the products are known in closed
-//! form — `∂W = xᵀ·g`, `∂b = Σ_rows g`, `∂x = g·Wᵀ` — so the re-run is skipped. Image blocks
-//! (convolutions, batch norms, pools, residual blocks) have theirs beside their forward
-//! ([`Block::spatial_vjp`]). Blocks without a closed form (the transformer blocks) return
-//! `None` and take the autodiff path.
+//! Graph-mode gradients with other weights than the forward's (`docs/algorithms.md` §4.1) need,
+//! per block, `∂(out · g)/∂θ` and `∂(out · g)/∂x` evaluated at the saved input and the
+//! backward's weights. Through autodiff that means re-running the block's forward (one GEMM for
+//! a linear block) only to build a graph; profiling showed that re-run at 19% of all
+//! instructions of a TiMePReSt run on an MLP. For a linear block `y = x·W + b` the products are
+//! known in closed form — `∂W = xᵀ·g`, `∂b = Σ_rows g`, `∂x = g·Wᵀ` — so the re-run is skipped.
+//! Image blocks (convolutions, batch norms, pools, residual blocks) have theirs beside their
+//! forward ([`Block::spatial_vjp`]). Blocks without a closed form (the transformer blocks)
+//! return `None` and take the autodiff path.
 //!
 //! Stacking (see `backward_stacked`): the micro-batches of one nF1B backward that read one
 //! weight set can be differentiated as one batch when every block of the stage treats samples

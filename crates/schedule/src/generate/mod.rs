@@ -25,8 +25,9 @@ pub const MAX_ACTIONS: u64 = u32::MAX as u64;
 /// Generates the `kind` schedule for `config`.
 ///
 /// The result's `config` is the one actually scheduled: equal to `config` except for `1f1b` with
-/// N > 1, which schedules each micro-batch as its own mini-batch (N = 1, M·N mini-batches; see
-/// the module documentation of `one_f_one_b.rs` and spec §2.4).
+/// N > 1, which schedules each micro-batch as its own mini-batch (N = 1 and N times as many
+/// mini-batches; see the module documentation of `one_f_one_b.rs` and `docs/algorithms.md`
+/// §2.4).
 ///
 /// # Errors
 /// [`ScheduleError`] when W, N or the number of mini-batches is zero, when the in-flight cap is

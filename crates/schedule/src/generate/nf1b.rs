@@ -1,4 +1,5 @@
-//! nF1B (TiMePReSt, spec §3.2): the greedy backward-first rule, also used for async 1F1B.
+//! nF1B (TiMePReSt, `docs/algorithms.md` §2.6): the greedy backward-first rule, also used for
+//! async 1F1B.
 //!
 //! Each stage, in each slot: if backward priority is on and the backward of its oldest unfinished
 //! mini-batch is ready, run it (and the update after it); otherwise run the next forward in order
@@ -8,8 +9,8 @@
 //! forwards of a mini-batch already in flight is never held back by the cap: the backward needs
 //! all N of them, so holding one back could only deadlock.
 //!
-//! With N = 1 this is exactly PipeDream's 1F1B with the W − s warm-up (spec §2.1), which is why
-//! the `1f1b` family reuses this policy.
+//! With N = 1 this is exactly PipeDream's 1F1B with the W − s warm-up (`docs/algorithms.md`
+//! §2.4), which is why the `1f1b` family reuses this policy.
 
 use super::engine::{self, StagePolicy};
 use crate::action::{ActionKind, MicrobatchId};

@@ -1,16 +1,17 @@
-//! Asynchronous 1F1B (PipeDream, spec §2): one forward, one backward, an update after each.
+//! Asynchronous 1F1B (PipeDream, `docs/algorithms.md` §2.4): one forward, one backward, an
+//! update after each.
 //!
 //! The unit of work is a whole mini-batch, so the schedule has one micro-batch per mini-batch.
 //! **Normalisation:** when the configuration asks for N > 1 micro-batches, each micro-batch is
-//! treated as its own mini-batch of size M/N (the "per-micro-batch PipeDream" reading of spec
-//! §2.4, P2 Eq. 17: N backwards, N updates and 2N messages per M samples). The returned
-//! schedule's config therefore has `num_microbatches = 1` and `num_minibatches = M·N`, where M
-//! here is the requested number of mini-batches; mini-batch `i·N + j` of the result is
-//! micro-batch j of requested mini-batch i. To compare with PipeDream on whole mini-batches of
-//! size M (the other reading of §2.4), ask for N = 1.
+//! treated as its own mini-batch of about M/N samples (PipeDream run per micro-batch, one
+//! reading of the TiMePReSt paper's baseline, its Eq. 17: N backwards, N updates and 2N
+//! messages per M samples). The returned schedule's config therefore has `num_microbatches = 1`
+//! and `num_minibatches` = N × the requested number of mini-batches; mini-batch `i·N + j` of
+//! the result is micro-batch j of requested mini-batch i. To compare with PipeDream on whole
+//! mini-batches of M samples (the other reading, `docs/algorithms.md` §6 row 13), ask for N = 1.
 //!
 //! The rule is nF1B's greedy rule with N = 1 (see [`super::nf1b`]); with the default W − s cap
-//! it reproduces the spec §2.1 grid.
+//! it reproduces the 1F1B grid of `docs/algorithms.md` §2.8.
 
 use super::nf1b::greedy;
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
