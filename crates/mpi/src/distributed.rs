@@ -1,9 +1,10 @@
 //! Rank-local training: rank s builds and runs only stage s; rank 0 also keeps the books.
 //!
-//! Every rank runs the same loop as the threaded trainer, epoch by epoch, with the same
-//! schedule, version plan and data order (all pure functions of the configuration), so the only
-//! difference is where stage s runs and how its messages travel: here, on this process, through
-//! [`Rank::run_worker`] and the fabric. At the end of an epoch each rank sends rank 0 a
+//! Every rank builds the same [`Pipeline`] as the threaded trainer and runs, epoch by epoch, its
+//! own stage of the same [`EpochWork`](timeprest_train::EpochWork) (schedule, version plan and
+//! data order, all pure functions of the configuration), so the only difference is where stage
+//! s runs and how its messages travel: here, on this process, through [`Rank::run_worker`] and
+//! the fabric. At the end of an epoch each rank sends rank 0 a
 //! [`Summary`] (events, losses, live weights); rank 0 computes the metrics, evaluates, writes the
 //! run directory, reports progress, and tells everyone to go on. That round trip keeps the
 //! epoch boundary a consistent state, as in the threaded trainer, and gives rank 0 the whole
@@ -27,19 +28,16 @@
 //! [`timeprest_runtime::INTERRUPTED`]. Every rank then returns [`TrainError::Interrupted`] with
 //! the epoch that did not complete and the last committed checkpoint, as a threaded run does.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use timeprest_nn::{BurnStage, StageMessage, evaluate};
-use timeprest_policy::{WeightPolicy, plan};
+use timeprest_nn::{BurnStage, StageMessage};
 use timeprest_runtime::{RunReport, RuntimeError, StageContext, check_plan, run_stage, stage_pool};
-use timeprest_schedule::{Schedule, generate};
+use timeprest_schedule::Schedule;
 use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
-    EpochMetrics, LastCheckpoint, MetricsLog, Progress, RunPaths, TrainConfig, TrainError,
-    claim_outputs, epoch_metrics, measured_chrome_trace, open_run_dir, save_final_weights,
-    write_file_atomically,
+    EpochMetrics, LastCheckpoint, Pipeline, Progress, RunPaths, RunRecord, TrainConfig, TrainError,
+    UnsplitPipeline, claim_outputs, epoch_metrics,
 };
 
 use crate::error::MpiError;
@@ -47,7 +45,7 @@ use crate::fabric::{Fabric, Tag};
 use crate::fault::{Fault, Faulty};
 use crate::handshake::{Identity, check_identities};
 use crate::rank::{ACK_WAIT, FLUSH_WAIT, Rank};
-use crate::setup::{Model, Resume, Start, epoch_batches};
+use crate::setup::{Resume, Start};
 use crate::summary::{BlockValues, Summary, assemble_params};
 use crate::wire::{WireError, WireTransport};
 
@@ -130,20 +128,20 @@ fn train<F: Fabric>(
         _ => None,
     };
 
-    let model = Model::load(config, run.paths.init_weights.as_deref())?;
+    let unsplit = UnsplitPipeline::load(config.clone(), run.paths.init_weights.as_deref())?;
     let start = match rank.index() {
         0 => {
-            let start = decide_start(config, run.paths, &model)?;
+            let start = decide_start(config, run.paths, unsplit.split_by_config()?)?;
             rank.broadcast(Tag::Start, &start.encode())?;
             start
         }
         _ => Start::decode(0, &rank.wait_for(0, Tag::Start, None)?)?,
     };
+    let pipeline = unsplit.with_split(start.split.clone())?;
     let index = rank.index();
     let mut local = LocalStage {
-        stage: model.stage(config, index as u32, start.split[index].clone())?,
+        stage: pipeline.stage(index as u32)?,
         index: index as u32,
-        policy: WeightPolicy::new(config.policy, &config.policy_options()),
         updates: 0,
         fault: run.fault,
     };
@@ -161,8 +159,8 @@ fn train<F: Fabric>(
     };
     let completed = resumed_from.map_or(0, |state| state.epoch);
     let stop_requested = || run.stop.is_some_and(|stop| stop.load(Ordering::Relaxed));
-    let mut books = match index {
-        0 => Some(Books::open(config, run.paths, resumed_from)?),
+    let mut record = match index {
+        0 => Some(RunRecord::open(config, run.paths, resumed_from)?),
         _ => None,
     };
     let mut history = Vec::new();
@@ -171,18 +169,17 @@ fn train<F: Fabric>(
         if stop_requested() {
             return Err(RuntimeError::Interrupted.into());
         }
-        let (schedule, summary) = local.run_epoch(rank, config, &model, epoch, run)?;
+        let (schedule, summary) = local.run_epoch(rank, &pipeline, epoch, run)?;
         let checkpoint =
             (start.checkpoints.as_ref()).filter(|plan| plan.due_after(epoch, config.epochs));
-        match books.as_mut() {
-            Some(books) => {
+        match record.as_mut() {
+            Some(record) => {
                 let mut summaries = vec![summary];
                 for from in 1..rank.size() {
                     let bytes = rank.wait_for(from, Tag::Summary, None)?;
                     summaries.push(Summary::decode(from, &bytes)?);
                 }
-                let metrics = books
-                    .account(config, &model, epoch, &schedule, summaries)
+                let metrics = account(record, &pipeline, epoch, &schedule, summaries)
                     .map_err(|error| error.after_checkpoint(position.last_checkpoint.clone()))?;
                 run.progress.epoch_finished(&metrics);
                 history.push(metrics);
@@ -220,17 +217,16 @@ fn train<F: Fabric>(
             });
         }
     }
-    Ok(books.map(|_| history))
+    Ok(record.map(|_| history))
 }
 
-/// Rank 0's decisions before training: the split; where checkpoints go (clearing what a crash
+/// Rank 0's decisions before training: the `split` it computed; where checkpoints go (clearing what a crash
 /// left half-written there); and, when resuming, the checkpoint, checked against the run.
 fn decide_start(
     config: &TrainConfig,
     paths: &RunPaths,
-    model: &Model,
+    split: Vec<std::ops::Range<usize>>,
 ) -> Result<Start, TrainError> {
-    let split = model.split(config)?;
     let resume = match paths.resume_dir()? {
         Some(run_dir) => {
             let dir = checkpoint::find(run_dir)?;
@@ -262,7 +258,6 @@ fn decode_saved(rank: usize, bytes: &[u8]) -> Result<StageState, MpiError> {
 struct LocalStage {
     stage: BurnStage,
     index: u32,
-    policy: WeightPolicy,
     /// Updates applied so far (equal on every rank at epoch boundaries).
     updates: u64,
     fault: Option<Fault>,
@@ -273,21 +268,16 @@ impl LocalStage {
     fn run_epoch<F: Fabric>(
         &mut self,
         rank: &mut Rank<F>,
-        config: &TrainConfig,
-        model: &Model,
+        pipeline: &Pipeline,
         epoch: u32,
         run: &RankRun<'_>,
     ) -> Result<(Schedule, Summary), MpiError> {
         let progress = run.progress;
-        let batches = epoch_batches(config, model.train.len(), epoch)?;
-        let num_minibatches = batches.num_minibatches() as u32;
-        let num_microbatches = batches.minibatches[0].len() as u32;
-        let schedule_config = config.schedule_config(num_microbatches, num_minibatches);
-        let schedule =
-            generate(config.schedule_kind(), &schedule_config).map_err(TrainError::from)?;
-        let version_plan = plan(&schedule, &self.policy);
-        check_plan(&schedule, &version_plan)?;
-        self.stage.set_plan(Arc::new(batches), epoch);
+        let config = pipeline.config();
+        let work = pipeline.epoch_work(epoch)?;
+        let num_minibatches = work.num_minibatches();
+        check_plan(&work.schedule, &work.versions)?;
+        work.hand_batches_to(&mut self.stage);
         let pool = stage_pool(self.index, Some(config.threads_per_stage))?;
         if self.index == 0 {
             progress.epoch_started(epoch, u64::from(num_minibatches));
@@ -297,7 +287,7 @@ impl LocalStage {
         let context = StageContext {
             stage: self.index,
             num_stages: config.stages,
-            plan: &version_plan.stages[self.index as usize],
+            plan: &work.versions.stages[self.index as usize],
             abort: &abort,
             start: Instant::now(),
             version_offset: self.updates,
@@ -322,75 +312,35 @@ impl LocalStage {
                 .map(BlockValues::of)
                 .collect(),
         };
-        Ok((schedule, summary))
+        Ok((work.schedule, summary))
     }
 }
 
-/// Rank 0's outputs: the run directory, the trace, the final weights.
-struct Books<'a> {
-    paths: &'a RunPaths,
-    metrics: Option<MetricsLog>,
-}
-
-impl<'a> Books<'a> {
-    /// Prepares the run directory for a run that starts fresh or continues `resumed_from`.
-    fn open(
-        config: &TrainConfig,
-        paths: &'a RunPaths,
-        resumed_from: Option<&CheckpointState>,
-    ) -> Result<Self, TrainError> {
-        let metrics = match &paths.out_dir {
-            Some(dir) => Some(open_run_dir(
-                dir,
-                config,
-                paths.command.as_deref(),
-                resumed_from,
-            )?),
-            None => None,
-        };
-        Ok(Self { paths, metrics })
+/// The metrics of epoch `epoch` from every rank's summary (in rank order), recorded in the run
+/// directory; after the last epoch, also the weights.
+fn account(
+    record: &mut RunRecord<'_>,
+    pipeline: &Pipeline,
+    epoch: u32,
+    schedule: &Schedule,
+    summaries: Vec<Summary>,
+) -> Result<EpochMetrics, TrainError> {
+    let config = pipeline.config();
+    let report = RunReport {
+        seconds: summaries.iter().map(|s| s.seconds).fold(0.0, f64::max),
+        events: summaries.iter().map(|s| s.events.clone()).collect(),
+        losses: summaries
+            .last()
+            .map(|s| s.losses.clone())
+            .unwrap_or_default(),
+    };
+    let params = assemble_params(summaries, pipeline.initial());
+    let metrics = epoch_metrics(epoch, schedule, config.lr, &report, || {
+        pipeline.evaluate(&params)
+    })?;
+    record.epoch(&metrics, schedule, &report)?;
+    if epoch == config.epochs {
+        record.final_weights(&params)?;
     }
-
-    /// The metrics of epoch `epoch` from every rank's summary (in rank order), written to the
-    /// run directory; after the last epoch, also the weights.
-    fn account(
-        &mut self,
-        config: &TrainConfig,
-        model: &Model,
-        epoch: u32,
-        schedule: &Schedule,
-        summaries: Vec<Summary>,
-    ) -> Result<EpochMetrics, TrainError> {
-        let report = RunReport {
-            seconds: summaries.iter().map(|s| s.seconds).fold(0.0, f64::max),
-            events: summaries.iter().map(|s| s.events.clone()).collect(),
-            losses: summaries
-                .last()
-                .map(|s| s.losses.clone())
-                .unwrap_or_default(),
-        };
-        let params = assemble_params(summaries, &model.initial);
-        let metrics = epoch_metrics(epoch, schedule, config.lr, &report, || {
-            Ok(evaluate(
-                &model.spec,
-                &params,
-                &model.test,
-                config.eval_batch_size,
-            )?)
-        })?;
-        if epoch == 1
-            && let Some(path) = &self.paths.trace
-        {
-            write_file_atomically(path, measured_chrome_trace(schedule, &report).as_bytes())?;
-        }
-        if let Some(log) = self.metrics.as_mut() {
-            log.append(&metrics)?;
-        }
-        if epoch == config.epochs
-            && let Some(path) = &self.paths.save_weights
-        {
-            save_final_weights(path, &params)?;
-        }
-        Ok(metrics)
-    }
+    Ok(metrics)
 }

@@ -8,7 +8,7 @@
 //! each pass read*: parameters are plain lists of tensors (not burn `Module`s), so a version is
 //! a cheap set of shared handles, and blends (I-TiMePReSt), predictions (NWPT) and optimizer
 //! steps are plain tensor maps. Autodiff is used per pass on fresh leaves, which is what lets a
-//! backward read different weights than its forward (spec §3.4, [`GradMode`]).
+//! backward read different weights than its forward (`docs/algorithms.md` §4, [`GradMode`]).
 //!
 //! All tensors live on one device per process ([`select_device`]): burn's Flex CPU backend by
 //! default, a GPU (Vulkan) with the `gpu` feature. Flex parallelises with rayon's *current* pool,
@@ -37,7 +37,9 @@ pub use block::{
     BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, LN_EPSILON, MLP_EXPANSION,
     PATCH_VALUE_OPS, Shape,
 };
-pub use checkpoint::{load_safetensors, param_name, safetensors_bytes};
+pub use checkpoint::{
+    load_safetensors, param_name, read_stage_checkpoint, safetensors_bytes, stage_checkpoint_bytes,
+};
 pub use error::NnError;
 pub use memory::{
     AvailableMemory, MAX_BLOCKS, MAX_LAYER_WIDTH, MemoryEstimate, Workload, human_bytes,

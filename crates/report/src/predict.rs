@@ -1,20 +1,16 @@
 //! The simulator's prediction for one training configuration, per stage.
 //!
 //! A comparison puts measured figures next to predicted ones, so the prediction must not look
-//! at the run: it rebuilds the epoch's schedule exactly as the trainer does (same mini-batch
-//! count, same 1F1B flattening), traces the policy over it with `timeprest_policy::plan`, and
-//! prices weight sets and in-flight micro-batches with the schedule crate's [`MemoryModel`].
+//! at the run: it takes the first epoch's plan of the same [`Pipeline`] the run trains (same
+//! split, schedule and traced weight versions), and prices weight sets and in-flight micro-batches with the schedule crate's [`MemoryModel`].
 //! Weight bytes are exact (f32 parameters × weight sets); activation bytes are an estimate
 //! (each block's input and output per sample, f32, × samples per micro-batch), since the
 //! runtime does not measure them.
 
 use serde::{Deserialize, Serialize};
-use std::ops::Range;
 
-use timeprest_nn::{ModelSpec, NnError, partition_manual, partition_model};
-use timeprest_policy::{WeightPolicy, plan};
-use timeprest_schedule::{MemoryModel, ScheduleConfig, generate, max_microbatches_in_flight};
-use timeprest_train::{TrainConfig, Trainer};
+use timeprest_schedule::{MemoryModel, max_microbatches_in_flight};
+use timeprest_train::{EpochWork, Pipeline, TrainConfig};
 
 use crate::error::ReportError;
 
@@ -43,27 +39,12 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
         label: label.to_string(),
         cause,
     };
-    let trainer = Trainer::new(config.clone(), None).map_err(|e| failed(e.to_string()))?;
-    let num_minibatches = trainer
-        .minibatches_per_epoch()
-        .map_err(|e| failed(e.to_string()))?;
-    let kind = config.schedule_kind();
-    // The generator says how many micro-batches a mini-batch really has on this schedule
-    // (1F1B runs each micro-batch as a mini-batch of its own).
-    let probe = generate(kind, &ScheduleConfig::new(1, config.microbatches, 1))
-        .map_err(|e| failed(e.to_string()))?;
-    let shape = config.schedule_config(
-        probe.config.num_microbatches,
-        u32::try_from(num_minibatches).map_err(|e| failed(e.to_string()))?,
-    );
-    let schedule = generate(kind, &shape).map_err(|e| failed(e.to_string()))?;
-    let versions = plan(
-        &schedule,
-        &WeightPolicy::new(config.policy, &config.policy_options()),
-    );
-
-    let blocks = trainer.spec().blocks();
-    let split = stage_blocks(config, trainer.spec()).map_err(|e| failed(e.to_string()))?;
+    let pipeline = Pipeline::load(config.clone(), None).map_err(|e| failed(e.to_string()))?;
+    let EpochWork {
+        schedule, versions, ..
+    } = pipeline.epoch_work(1).map_err(|e| failed(e.to_string()))?;
+    let blocks = pipeline.spec().blocks();
+    let split = pipeline.split();
     let samples = config.batch_size.div_ceil(config.microbatches as usize) as u64;
     let per_stage = |bytes: &dyn Fn(&timeprest_nn::Block) -> u64| -> Vec<u64> {
         split
@@ -100,23 +81,6 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
             }
         })
         .collect())
-}
-
-/// The blocks of each stage, split as `Trainer::new` splits them (a `--split` by hand, else the
-/// `--partition` method for the configured micro-batch size).
-fn stage_blocks(config: &TrainConfig, spec: &ModelSpec) -> Result<Vec<Range<usize>>, NnError> {
-    if config.split.is_empty() {
-        let microbatch = (config.batch_size / config.microbatches as usize).max(1);
-        partition_model(
-            spec,
-            config.partition,
-            config.stages as usize,
-            microbatch,
-            config.threads_per_stage,
-        )
-    } else {
-        partition_manual(&config.split, spec.num_blocks())
-    }
 }
 
 #[cfg(test)]

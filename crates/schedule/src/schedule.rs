@@ -69,6 +69,15 @@ impl ScheduleKind {
     pub fn has_microbatch_backwards(self) -> bool {
         matches!(self, ScheduleKind::Gpipe | ScheduleKind::OneFOneBFlush)
     }
+
+    /// True when the family runs each of a mini-batch's micro-batches as a mini-batch of its
+    /// own (asynchronous 1F1B, `docs/algorithms.md` §2.4): asked for `num_microbatches`
+    /// micro-batches in each of `num_minibatches` mini-batches, [`generate`](crate::generate)
+    /// returns one micro-batch in each of `num_microbatches × num_minibatches` mini-batches,
+    /// with that many updates. False for every family that keeps both counts as given.
+    pub fn splits_microbatches(self) -> bool {
+        matches!(self, ScheduleKind::OneFOneB)
+    }
 }
 
 impl fmt::Display for ScheduleKind {
@@ -135,7 +144,7 @@ pub struct ScheduleConfig {
     /// slot and a backward `k` per micro-batch it covers. Real backwards cost about twice a
     /// forward per micro-batch: ordered with `Some(2)`, the greedy families (`1f1b`, `nf1b`)
     /// let an upstream stage run its next forwards while a long backward runs downstream, as
-    /// the specification's ready-queue rule does on real hardware, instead of waiting for a
+    /// the ready-queue rule does on real hardware (`docs/algorithms.md` §2.7), instead of waiting for a
     /// backward the grid assumed finished. Only the order and the slots change; every
     /// dependency rule is the same.
     #[serde(default)]
@@ -146,8 +155,8 @@ pub struct ScheduleConfig {
 pub const MAX_BACKWARD_SLOTS: u32 = 64;
 
 impl ScheduleConfig {
-    /// A configuration with the defaults of the specification: cap W − s, backward priority,
-    /// unit slots.
+    /// A configuration with the papers' defaults: cap W − s, backward priority
+    /// (`docs/algorithms.md` §2.6), unit slots (§2.7).
     pub fn new(num_stages: u32, num_microbatches: u32, num_minibatches: u32) -> Self {
         Self {
             num_stages,

@@ -98,6 +98,21 @@ proptest! {
     }
 
     #[test]
+    fn a_kind_says_what_it_does_to_the_micro_and_mini_batch_counts(
+        kind in kinds(),
+        config in configs(),
+    ) {
+        let scheduled = generate(kind, &config).unwrap().config;
+        let (microbatches, minibatches) = if kind.splits_microbatches() {
+            (1, config.num_microbatches * config.num_minibatches)
+        } else {
+            (config.num_microbatches, config.num_minibatches)
+        };
+        prop_assert_eq!(scheduled.num_microbatches, microbatches);
+        prop_assert_eq!(scheduled.num_minibatches, minibatches);
+    }
+
+    #[test]
     fn every_action_text_round_trips(kind in kinds(), config in configs()) {
         let schedule = generate(kind, &config).unwrap();
         for scheduled in schedule.stages.iter().flatten() {

@@ -26,9 +26,8 @@ use std::fs::{self, File};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
-use timeprest_nn::{BlockParams, BurnStage, ModelParams, OptimizerSnapshot, param_name};
+use timeprest_nn::{BurnStage, read_stage_checkpoint, stage_checkpoint_bytes};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -115,63 +114,6 @@ fn sync_dir(dir: &Path) -> Result<(), TrainError> {
         .map_err(|e| TrainError::output(dir, e))
 }
 
-/// Serialises one stage's weights and optimizer buffers.
-fn stage_bytes(
-    state: &StageState,
-    params: &ModelParams,
-    optimizer: &OptimizerSnapshot,
-) -> Result<Vec<u8>, String> {
-    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let to_bytes = |values: &[f32]| {
-        values
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>()
-    };
-    for (offset, block) in params.iter().enumerate() {
-        let index = state.first_block + offset;
-        // Parameters, then buffers (BatchNorm running statistics), as the file layout lists them.
-        let mut shapes = block.block.file_shapes();
-        shapes.extend(
-            block
-                .block
-                .state_sizes()
-                .into_iter()
-                .skip(shapes.len())
-                .map(|n| vec![n]),
-        );
-        for ((name, shape), values) in block
-            .block
-            .state_names()
-            .iter()
-            .zip(shapes)
-            .zip(block.to_file_layout())
-        {
-            named.push((param_name(index, name), shape, to_bytes(&values)));
-        }
-        let names = block.block.param_names();
-        for (moment, buffers) in [("first", &optimizer.first), ("second", &optimizer.second)] {
-            let Some(buffers) = buffers.get(offset) else {
-                continue;
-            };
-            for (name, buffer) in names.iter().zip(buffers) {
-                if let Some(values) = buffer {
-                    let key = format!("optimizer.{moment}.{index}.{name}");
-                    named.push((key, vec![values.len()], to_bytes(values)));
-                }
-            }
-        }
-    }
-    let views = named
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.as_str(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    safetensors::serialize(views, None).map_err(|e| e.to_string())
-}
-
 /// Removes what a crash may have left in the staging directory of `run_dir`, so that the next
 /// checkpoint starts from an empty one. Call it before any stage is written.
 pub fn clear_staging(run_dir: &Path) -> Result<(), TrainError> {
@@ -199,8 +141,13 @@ pub fn write_stage(
     let tmp_dir = staging_dir(run_dir);
     fs::create_dir_all(&tmp_dir).map_err(|e| TrainError::output(&tmp_dir, e))?;
     let path = tmp_dir.join(stage_file_name(index));
-    let bytes = stage_bytes(&scalars, &params, &stage.optimizer_snapshot())
-        .map_err(|e| TrainError::output(&path, e))?;
+    let bytes = stage_checkpoint_bytes(
+        &path,
+        scalars.first_block,
+        &params,
+        &stage.optimizer_snapshot(),
+    )
+    .map_err(|e| TrainError::output(&path, e))?;
     write_synced(&path, &bytes)?;
     Ok(scalars)
 }
@@ -387,67 +334,16 @@ pub fn restore_stage(
 ) -> Result<(), TrainError> {
     let scalars = &state.stages[index];
     let path = dir.join(stage_file_name(index));
-    let (params, optimizer) = read_stage(&path, scalars, &stage.live_params())?;
+    let (params, optimizer) = read_stage_checkpoint(
+        &path,
+        scalars.first_block,
+        &stage.live_params(),
+        scalars.optimizer_steps,
+    )
+    .map_err(|e| corrupt(&path, e))?;
     stage
         .restore(scalars.live_version, params, optimizer)
         .map_err(|e| corrupt(&path, e))
-}
-
-/// Reads one stage's file at `path`: weights shaped after `template` (the stage's current
-/// parameters, which give the block kinds) and the optimizer state.
-fn read_stage(
-    path: &Path,
-    scalars: &StageState,
-    template: &[BlockParams],
-) -> Result<(ModelParams, OptimizerSnapshot), TrainError> {
-    let bytes = fs::read(path).map_err(|e| corrupt(path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
-    let read = |name: &str| -> Result<Option<Vec<f32>>, TrainError> {
-        match file.tensor(name) {
-            Ok(view) => Ok(Some(
-                view.data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            )),
-            Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
-            Err(e) => Err(corrupt(path, format!("{name}: {e}"))),
-        }
-    };
-    let mut params = Vec::with_capacity(template.len());
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    for (offset, block) in template.iter().enumerate() {
-        let index = scalars.first_block + offset;
-        let state_names = block.block.state_names();
-        let mut values = Vec::with_capacity(state_names.len());
-        for (name, size) in state_names.iter().zip(block.block.state_sizes()) {
-            let key = param_name(index, name);
-            let tensor = read(&key)?.ok_or_else(|| corrupt(path, format!("{key} missing")))?;
-            if tensor.len() != size {
-                return Err(corrupt(
-                    path,
-                    format!("{key} has {} values, not {size}", tensor.len()),
-                ));
-            }
-            values.push(tensor);
-        }
-        params.push(BlockParams::from_file_layout(block.block, values));
-        let names = block.block.param_names();
-        let moments = |moment: &str| -> Result<Vec<Option<Vec<f32>>>, TrainError> {
-            names
-                .iter()
-                .map(|name| read(&format!("optimizer.{moment}.{index}.{name}")))
-                .collect()
-        };
-        first.push(moments("first")?);
-        second.push(moments("second")?);
-    }
-    let optimizer = OptimizerSnapshot {
-        steps: scalars.optimizer_steps,
-        first,
-        second,
-    };
-    Ok((params, optimizer))
 }
 
 #[cfg(test)]

@@ -19,8 +19,9 @@ use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use timeprest_nn::{BlockParams, load_safetensors, safetensors_bytes};
-use timeprest_runtime::RuntimeError;
+use timeprest_nn::{BlockParams, safetensors_bytes};
+use timeprest_runtime::{RunReport, RuntimeError};
+use timeprest_schedule::Schedule;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +33,7 @@ use crate::output::{
     DirUse, RunDirLock, check_output_file, claim_run_dir, open_for_append, write_file_atomically,
 };
 use crate::trace::measured_chrome_trace;
-use crate::trainer::{EpochRun, Trainer, load_data_and_model};
+use crate::trainer::{EpochRun, Trainer};
 
 /// Where a run reads and writes files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -233,6 +234,63 @@ impl MetricsLog {
     }
 }
 
+/// What a run writes as its epochs end, whichever executor ran them: the measured Chrome trace
+/// of the first epoch (`--trace`), one line of `metrics.jsonl` per epoch (with a run
+/// directory) and the final weights (`--save-weights`). The threaded run and MPI's rank 0 both
+/// write through it.
+pub struct RunRecord<'a> {
+    paths: &'a RunPaths,
+    metrics: Option<MetricsLog>,
+}
+
+impl<'a> RunRecord<'a> {
+    /// Prepares the run directory of `paths`, if any, for a run of `config` that starts fresh
+    /// (`resumed_from = None`) or continues the checkpoint `resumed_from` ([`open_run_dir`]).
+    pub fn open(
+        config: &TrainConfig,
+        paths: &'a RunPaths,
+        resumed_from: Option<&CheckpointState>,
+    ) -> Result<Self, TrainError> {
+        let metrics = match &paths.out_dir {
+            Some(dir) => Some(open_run_dir(
+                dir,
+                config,
+                paths.command.as_deref(),
+                resumed_from,
+            )?),
+            None => None,
+        };
+        Ok(Self { paths, metrics })
+    }
+
+    /// Records an epoch that ran `schedule` with the measured `report`: the trace (of the
+    /// first epoch) and the metrics line.
+    pub fn epoch(
+        &mut self,
+        metrics: &EpochMetrics,
+        schedule: &Schedule,
+        report: &RunReport,
+    ) -> Result<(), TrainError> {
+        if metrics.epoch == 1
+            && let Some(path) = &self.paths.trace
+        {
+            write_file_atomically(path, measured_chrome_trace(schedule, report).as_bytes())?;
+        }
+        match self.metrics.as_mut() {
+            Some(log) => log.append(metrics),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves the final weights `params`, when the run was asked to.
+    pub fn final_weights(&self, params: &[BlockParams]) -> Result<(), TrainError> {
+        match &self.paths.save_weights {
+            Some(path) => save_final_weights(path, params),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Saves the final weights `params` to `path` as safetensors, atomically (see
 /// [`write_file_atomically`]: its directory is created, a symbolic link is written through,
 /// anything but a regular file is refused).
@@ -266,28 +324,13 @@ pub fn run_until_stopped(
 ) -> Result<Vec<EpochMetrics>, TrainError> {
     config.validate()?;
     let _run_dir = claim_outputs(paths)?;
-    let initial = match &paths.init_weights {
-        Some(path) => {
-            let (_, _, spec) = load_data_and_model(config)?;
-            Some(load_safetensors(path, &spec)?)
-        }
-        None => None,
-    };
-    let mut trainer = Trainer::new(config.clone(), initial)?;
+    let mut trainer = Trainer::new(config.clone(), paths.init_weights.as_deref())?;
     let resumed_from = match paths.resume_dir()? {
         Some(dir) => Some(trainer.restore_checkpoint(dir)?),
         None => None,
     };
     let completed = resumed_from.as_ref().map_or(0, |state| state.epoch);
-    let mut metrics_log = match &paths.out_dir {
-        Some(dir) => Some(open_run_dir(
-            dir,
-            config,
-            paths.command.as_deref(),
-            resumed_from.as_ref(),
-        )?),
-        None => None,
-    };
+    let mut record = RunRecord::open(config, paths, resumed_from.as_ref())?;
     let checkpoints = paths.checkpoints();
     let mut last_checkpoint = resumed_from.as_ref().and_then(|state| {
         let run_dir = paths.out_dir.clone()?;
@@ -297,7 +340,7 @@ pub fn run_until_stopped(
         })
     });
 
-    let num_minibatches = trainer.minibatches_per_epoch()?;
+    let num_minibatches = trainer.pipeline().minibatches_per_epoch()?;
     let mut history = Vec::with_capacity(config.epochs as usize);
     for epoch in completed + 1..=config.epochs {
         let interrupted = || TrainError::Interrupted {
@@ -317,14 +360,7 @@ pub fn run_until_stopped(
             Err(TrainError::Runtime(RuntimeError::Interrupted)) => return Err(interrupted()),
             other => other.map_err(|error| error.after_checkpoint(last_checkpoint.clone()))?,
         };
-        if epoch == 1
-            && let Some(path) = &paths.trace
-        {
-            write_file_atomically(path, measured_chrome_trace(&schedule, &report).as_bytes())?;
-        }
-        if let Some(log) = metrics_log.as_mut() {
-            log.append(&metrics)?;
-        }
+        record.epoch(&metrics, &schedule, &report)?;
         progress.epoch_finished(&metrics);
         history.push(metrics);
         if let Some(plan) = checkpoints.as_ref()
@@ -337,8 +373,6 @@ pub fn run_until_stopped(
             });
         }
     }
-    if let Some(path) = &paths.save_weights {
-        save_final_weights(path, &trainer.params())?;
-    }
+    record.final_weights(&trainer.params())?;
     Ok(history)
 }
