@@ -111,7 +111,7 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
         || matches!(
             error.downcast_ref::<TrainError>(),
             Some(
-                TrainError::Config(_)
+                TrainError::Config { .. }
                     | TrainError::Schedule(_)
                     | TrainError::Data(_)
                     | TrainError::Model(_)

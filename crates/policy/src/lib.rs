@@ -18,7 +18,7 @@ pub use policy::{
 pub use recipe::{Prediction, Version, WeightKey, WeightRecipe};
 pub mod trace;
 
-pub use trace::{PlannedAction, PlannedBackward, StagePlan, VersionPlan, plan};
+pub use trace::{PlannedAction, PlannedBackward, PlannedPass, StagePlan, VersionPlan, plan};
 pub mod analysis;
 
 pub use analysis::{VersionDifference, steady_window, v_formula, version_difference};

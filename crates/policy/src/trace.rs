@@ -31,6 +31,26 @@ pub struct PlannedBackward {
     pub staleness: u64,
 }
 
+/// What the policy decided about the weights of one action, by kind of action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlannedPass {
+    /// A forward of one micro-batch.
+    Forward {
+        /// The weights it reads.
+        recipe: WeightRecipe,
+        /// Its micro-batch's vertical-sync tag: the version stage 0's forward read.
+        tag: Version,
+        /// Whether its micro-batch's backward at this stage reads the same weights, so that
+        /// whatever the forward built for differentiating (an autodiff graph) will serve.
+        backward_reads_forward_weights: bool,
+    },
+    /// A backward: one entry per micro-batch it covers.
+    Backward(Vec<PlannedBackward>),
+    /// An optimizer update; it reads no stored weight set.
+    Update,
+}
+
 /// One action of a stage with everything the policy decided about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlannedAction {
@@ -40,18 +60,22 @@ pub struct PlannedAction {
     pub slot: u32,
     /// The stage's live version when the action starts.
     pub live: Version,
-    /// For a forward: what it reads, and its micro-batch's vertical-sync tag.
-    pub forward: Option<(WeightRecipe, Version)>,
-    /// For a forward: whether its micro-batch's backward at this stage reads the same weights,
-    /// so that whatever the forward built for differentiating (an autodiff graph) will serve;
-    /// `false` for every other action.
-    pub backward_reads_forward_weights: bool,
-    /// For a backward: one entry per micro-batch it covers.
-    pub backward: Vec<PlannedBackward>,
+    /// What it reads.
+    pub pass: PlannedPass,
     /// Weight sets no later action of this stage reads; release them after this action.
     pub release_after: Vec<WeightKey>,
     /// Number of distinct weight sets the stage holds after this action (live included).
     pub held_after: u32,
+}
+
+impl PlannedAction {
+    /// The micro-batches of a backward, with what each reads; empty for other actions.
+    pub fn backwards(&self) -> &[PlannedBackward] {
+        match &self.pass {
+            PlannedPass::Backward(backwards) => backwards,
+            PlannedPass::Forward { .. } | PlannedPass::Update => &[],
+        }
+    }
 }
 
 /// The version plan of one stage.
@@ -74,7 +98,7 @@ impl StagePlan {
 
     /// Every backward micro-batch of this stage, in execution order.
     pub fn backwards(&self) -> impl Iterator<Item = &PlannedBackward> {
-        self.actions.iter().flat_map(|a| a.backward.iter())
+        self.actions.iter().flat_map(PlannedAction::backwards)
     }
 
     /// Histogram of the staleness d over the backwards of mini-batches in `minibatches`.
@@ -169,9 +193,7 @@ fn decide_recipes(
     let mut planned: Vec<PlannedAction> = Vec::with_capacity(schedule.stages[stage as usize].len());
     for scheduled in &schedule.stages[stage as usize] {
         let action = scheduled.action;
-        let mut forward = None;
-        let mut backward = Vec::new();
-        match action.kind {
+        let pass = match action.kind {
             ActionKind::Forward(mb) => {
                 let tag = *tags
                     .get(&mb)
@@ -183,9 +205,14 @@ fn decide_recipes(
                     tag,
                 });
                 forwards.insert(mb, (recipe, planned.len()));
-                forward = Some((recipe, tag));
+                PlannedPass::Forward {
+                    recipe,
+                    tag,
+                    backward_reads_forward_weights: false,
+                }
             }
             ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
+                let mut backwards = Vec::new();
                 for mb in covered_microbatches(action.kind, num_microbatches) {
                     let (forward_recipe, forward_index) = forwards
                         .remove(&mb)
@@ -197,25 +224,29 @@ fn decide_recipes(
                         forward: forward_recipe,
                     };
                     let recipe = policy.backward(&ctx);
-                    planned[forward_index].backward_reads_forward_weights =
-                        recipe == forward_recipe;
-                    backward.push(PlannedBackward {
+                    if let PlannedPass::Forward {
+                        backward_reads_forward_weights,
+                        ..
+                    } = &mut planned[forward_index].pass
+                    {
+                        *backward_reads_forward_weights = recipe == forward_recipe;
+                    }
+                    backwards.push(PlannedBackward {
                         microbatch: mb,
                         recipe,
                         forward_recipe,
                         staleness: ctx.staleness(),
                     });
                 }
+                PlannedPass::Backward(backwards)
             }
-            ActionKind::Update(_) => {}
-        }
+            ActionKind::Update(_) => PlannedPass::Update,
+        };
         planned.push(PlannedAction {
             action,
             slot: scheduled.slot,
             live,
-            forward,
-            backward_reads_forward_weights: false,
-            backward,
+            pass,
             release_after: Vec::new(),
             held_after: 0,
         });
@@ -228,9 +259,13 @@ fn decide_recipes(
 
 /// The weight sets an action reads.
 fn reads(action: &PlannedAction) -> Vec<WeightKey> {
-    let forward = action.forward.iter().flat_map(|(recipe, _)| recipe.needs());
-    let backward = action.backward.iter().flat_map(|b| b.recipe.needs());
-    forward.chain(backward).collect()
+    match &action.pass {
+        PlannedPass::Forward { recipe, .. } => recipe.needs(),
+        PlannedPass::Backward(backwards) => {
+            backwards.iter().flat_map(|b| b.recipe.needs()).collect()
+        }
+        PlannedPass::Update => Vec::new(),
+    }
 }
 
 /// Second pass over one stage: when each weight set can be released, and how many are held.

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use timeprest_policy::{
-    PolicyKind, PolicyOptions, VersionPlan, WeightPolicy, WeightRecipe, plan, v_formula,
-    version_difference,
+    PlannedPass, PolicyKind, PolicyOptions, VersionPlan, WeightPolicy, WeightRecipe, plan,
+    v_formula, version_difference,
 };
 use timeprest_schedule::{ActionKind, Schedule, ScheduleConfig, ScheduleKind, generate};
 
@@ -192,8 +192,10 @@ fn microbatches_of_one_minibatch_can_read_different_versions() {
     let reads: BTreeMap<u32, WeightRecipe> = plan.stages[0]
         .actions
         .iter()
-        .filter_map(|a| match a.action.kind {
-            ActionKind::Forward(mb) if mb.minibatch == 2 => Some((mb.microbatch, a.forward?.0)),
+        .filter_map(|a| match (a.action.kind, &a.pass) {
+            (ActionKind::Forward(mb), PlannedPass::Forward { recipe, .. }) if mb.minibatch == 2 => {
+                Some((mb.microbatch, *recipe))
+            }
             _ => None,
         })
         .collect();

@@ -17,7 +17,7 @@ pub mod transport;
 pub mod worker;
 
 pub use compute::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
-pub use error::{ABORTED, INTERRUPTED, RuntimeError};
+pub use error::{INTERRUPTED, RuntimeError, StageFailure};
 pub use event::Event;
 pub use threaded::{RunOptions, RunReport, run_threaded};
 pub use transport::{ABORT_POLL, ChannelTransport, Envelope, Neighbour, Transport, TransportError};

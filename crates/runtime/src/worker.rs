@@ -20,13 +20,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use timeprest_policy::{StagePlan, VersionPlan};
+use timeprest_policy::{PlannedPass, StagePlan, VersionPlan};
 use timeprest_schedule::{ActionKind, MicrobatchId, Schedule, validate};
 
 use crate::compute::{BackwardWork, ForwardOutput, LossStats, StageCompute};
-use crate::error::{ABORTED, RuntimeError};
+use crate::error::{RuntimeError, StageFailure};
 use crate::event::Event;
-use crate::transport::{Neighbour, Transport, TransportError};
+use crate::transport::{Neighbour, Transport};
 
 /// Everything a stage worker needs besides its compute and its transport.
 #[derive(Clone, Copy)]
@@ -134,10 +134,10 @@ where
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".to_string());
-            format!("panic: {message}")
+            StageFailure::Panic(message)
         }
     };
-    if cause == ABORTED && context.stop_requested() {
+    if cause == StageFailure::Aborted && context.stop_requested() {
         return Err(RuntimeError::Interrupted);
     }
     Err(RuntimeError::StageFailed {
@@ -145,13 +145,6 @@ where
         action: current,
         cause,
     })
-}
-
-fn transport_cause(error: TransportError) -> String {
-    match error {
-        TransportError::Aborted => ABORTED.to_string(),
-        other => other.to_string(),
-    }
 }
 
 struct Worker<'a, 'c, C, T> {
@@ -169,10 +162,12 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
         self.context.stage + 1 == self.context.num_stages
     }
 
-    fn take(&mut self, from: Neighbour, microbatch: MicrobatchId) -> Result<C::Message, String> {
-        self.transport
-            .take(from, microbatch, self.context.abort)
-            .map_err(transport_cause)
+    fn take(
+        &mut self,
+        from: Neighbour,
+        microbatch: MicrobatchId,
+    ) -> Result<C::Message, StageFailure> {
+        Ok(self.transport.take(from, microbatch, self.context.abort)?)
     }
 
     fn send(
@@ -180,15 +175,13 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
         to: Neighbour,
         microbatch: MicrobatchId,
         message: C::Message,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, StageFailure> {
         let bytes = C::message_bytes(&message);
-        self.transport
-            .send(to, microbatch, message)
-            .map_err(transport_cause)?;
+        self.transport.send(to, microbatch, message)?;
         Ok(bytes)
     }
 
-    fn run(&mut self, current: &mut String) -> Result<StageOutput, String> {
+    fn run(&mut self, current: &mut String) -> Result<StageOutput, StageFailure> {
         let context = self.context;
         let offset = context.version_offset;
         let mut output = StageOutput {
@@ -201,7 +194,7 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                 context.abort.store(true, Ordering::Relaxed);
             }
             if context.abort.load(Ordering::Relaxed) {
-                return Err(ABORTED.to_string());
+                return Err(StageFailure::Aborted);
             }
             // An action starts when its inputs are here: waiting for a neighbour is idle time,
             // not work, so the clock is read again after every receive below.
@@ -210,9 +203,15 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
             let mut bytes_sent = 0;
             let mut recipes = Vec::new();
             let mut staleness = Vec::new();
-            match planned.action.kind {
-                ActionKind::Forward(microbatch) => {
-                    let (recipe, _tag) = planned.forward.expect("a planned forward has a recipe");
+            match (planned.action.kind, &planned.pass) {
+                (
+                    ActionKind::Forward(microbatch),
+                    &PlannedPass::Forward {
+                        recipe,
+                        backward_reads_forward_weights,
+                        ..
+                    },
+                ) => {
                     let recipe = recipe.shifted(offset);
                     recipes.push(recipe);
                     let input = if self.is_first() {
@@ -221,20 +220,16 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                         Some(self.take(Neighbour::Previous, microbatch)?)
                     };
                     began = now();
-                    match self
-                        .compute
-                        .forward(
-                            microbatch,
-                            input,
-                            &recipe,
-                            planned.backward_reads_forward_weights,
-                        )
-                        .map_err(|e| e.0)?
-                    {
+                    match self.compute.forward(
+                        microbatch,
+                        input,
+                        &recipe,
+                        backward_reads_forward_weights,
+                    )? {
                         ForwardOutput::Activation(_) if self.is_last() => {
-                            return Err(
-                                "the last stage produced activations instead of a loss".into()
-                            );
+                            return Err(StageFailure::Protocol(
+                                "the last stage produced activations instead of a loss".into(),
+                            ));
                         }
                         ForwardOutput::Activation(payload) => {
                             bytes_sent += self.send(Neighbour::Next, microbatch, payload)?;
@@ -242,9 +237,12 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                         ForwardOutput::Loss(stats) => output.losses.push((microbatch, stats)),
                     }
                 }
-                ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
-                    let mut work = Vec::with_capacity(planned.backward.len());
-                    for backward in &planned.backward {
+                (
+                    ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_),
+                    PlannedPass::Backward(backwards),
+                ) => {
+                    let mut work = Vec::with_capacity(backwards.len());
+                    for backward in backwards {
                         let output_gradient = if self.is_last() {
                             None
                         } else {
@@ -262,29 +260,35 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     began = now();
                     let microbatches: Vec<MicrobatchId> =
                         work.iter().map(|w| w.microbatch).collect();
-                    let gradients = self.compute.backward(work).map_err(|e| e.0)?;
+                    let gradients = self.compute.backward(work)?;
                     if gradients.len() != microbatches.len() {
-                        return Err(format!(
+                        return Err(StageFailure::Protocol(format!(
                             "backward returned {} input gradients for {} micro-batches",
                             gradients.len(),
                             microbatches.len()
-                        ));
+                        )));
                     }
                     if !self.is_first() {
                         for (microbatch, gradient) in microbatches.into_iter().zip(gradients) {
                             let payload = gradient.ok_or_else(|| {
-                                format!("no input gradient for {microbatch:?} at a non-first stage")
+                                StageFailure::Protocol(format!(
+                                    "no input gradient for {microbatch:?} at a non-first stage"
+                                ))
                             })?;
                             bytes_sent += self.send(Neighbour::Previous, microbatch, payload)?;
                         }
                     }
                 }
-                ActionKind::Update(_) => {
-                    self.compute.update().map_err(|e| e.0)?;
+                (ActionKind::Update(_), PlannedPass::Update) => {
+                    self.compute.update()?;
                     if let Some(on_update) = context.on_update {
                         on_update(planned.live + 1);
                     }
                 }
+                (kind, pass) => panic!(
+                    "the version plan pairs {kind:?} with {pass:?}: \
+                     policy::plan always pairs an action with the pass of its kind"
+                ),
             }
             for key in &planned.release_after {
                 self.compute.release(key.shifted(offset));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use timeprest_policy::{PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan};
 use timeprest_runtime::{
     BackwardWork, ComputeError, ForwardOutput, LossStats, RunOptions, RuntimeError, StageCompute,
-    run_threaded,
+    StageFailure, run_threaded,
 };
 use timeprest_schedule::{MicrobatchId, ScheduleConfig, ScheduleKind, generate};
 
@@ -212,7 +212,10 @@ fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
         } => {
             assert_eq!(stage, 2);
             assert!(action.starts_with("2F"), "{action}");
-            assert!(cause.contains("injected fault"), "{cause}");
+            assert!(
+                matches!(&cause, StageFailure::Panic(message) if message.contains("injected fault")),
+                "{cause:?}"
+            );
         }
         other => panic!("unexpected error {other}"),
     }

@@ -240,7 +240,7 @@ impl TrainConfig {
     /// Checks every field; the error names the flag and the valid values.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad =
-            |flag: &str, message: String| Err(TrainError::Config(format!("--{flag}: {message}")));
+            |flag: &str, message: String| Err(TrainError::config(format!("--{flag}"), message));
         if !MODEL_NAMES.contains(&self.model.as_str()) {
             return bad(
                 "model",
@@ -299,8 +299,9 @@ impl TrainConfig {
             }
         }
         if self.eval_batch_size == 0 {
-            return Err(TrainError::Config(
-                "eval_batch_size (a --config key): must be at least 1".into(),
+            return Err(TrainError::config(
+                "eval_batch_size (a --config key)",
+                "must be at least 1",
             ));
         }
         for (flag, sizes) in [("hidden", &self.hidden), ("depth", &self.depth)] {

@@ -5,9 +5,14 @@ use std::path::PathBuf;
 /// Why a training run could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// A configuration value is invalid; the message names the flag.
-    #[error("{0}")]
-    Config(String),
+    /// A configuration value is invalid.
+    #[error("{setting}: {reason}")]
+    Config {
+        /// The flag or configuration key as the user gives it, e.g. `--lr`.
+        setting: String,
+        /// Why the value cannot be used.
+        reason: String,
+    },
     /// The data set could not be loaded.
     #[error(transparent)]
     Data(#[from] timeprest_data::DataError),
@@ -156,6 +161,14 @@ fn short_number(value: f64) -> String {
 }
 
 impl TrainError {
+    /// A [`TrainError::Config`] for the flag or key `setting`.
+    pub fn config(setting: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        TrainError::Config {
+            setting: setting.into(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// This error with `last_checkpoint` as the place to resume from, when it is a divergence
     /// (the epoch that diverged knows its losses, the run loop knows its checkpoints).
     pub fn after_checkpoint(self, last_checkpoint: Option<LastCheckpoint>) -> Self {

@@ -105,10 +105,10 @@ impl UnsplitPipeline {
                 microbatch_size(config),
                 config.threads_per_stage,
             )
-            .map_err(|e| TrainError::Config(format!("--stages: {e}")))
+            .map_err(|e| TrainError::config("--stages", e))
         } else {
             partition_manual(&config.split, self.0.spec.num_blocks())
-                .map_err(|e| TrainError::Config(format!("--split: {e}")))
+                .map_err(|e| TrainError::config("--split", e))
         }
     }
 
@@ -126,10 +126,13 @@ impl UnsplitPipeline {
             && split.windows(2).all(|pair| pair[0].end == pair[1].start)
             && split.iter().all(|blocks| !blocks.is_empty());
         if !covers {
-            return Err(TrainError::Config(format!(
-                "split {split:?} does not cut {num_blocks} blocks into {} stages",
-                pipeline.config.stages
-            )));
+            return Err(TrainError::config(
+                "--stages",
+                format!(
+                    "the split {split:?} does not cut {num_blocks} blocks into {} stages",
+                    pipeline.config.stages
+                ),
+            ));
         }
         pipeline.split = split;
         Ok(pipeline)
@@ -229,7 +232,7 @@ fn microbatch_size(config: &TrainConfig) -> usize {
 pub fn load_data_and_model(
     config: &TrainConfig,
 ) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
-    timeprest_nn::select_device(config.device).map_err(|e| TrainError::Config(e.to_string()))?;
+    timeprest_nn::select_device(config.device)?;
     let options = LoadOptions {
         data_dir: config.data_dir.as_deref(),
         seq_len: config.seq_len,
@@ -253,18 +256,21 @@ pub fn load_data_and_model(
     };
     let spec = ModelSpec::for_data(&config.model, &train, &size).map_err(|e| match e {
         too_large @ NnError::TooLarge { .. } => TrainError::Model(too_large),
-        other => TrainError::Config(format!("--model: {other}")),
+        other => TrainError::config("--model", other),
     })?;
     spec.check_memory(
         &training_workload(config),
         &AvailableMemory::of_this_machine(),
     )?;
     if config.augment && train.targets_per_sample > 1 {
-        return Err(TrainError::Config(format!(
-            "--augment: random crops and flips are for images, but data set {} is a \
-             language-modelling set",
-            train.name
-        )));
+        return Err(TrainError::config(
+            "--augment",
+            format!(
+                "random crops and flips are for images, but data set {} is a \
+                 language-modelling set",
+                train.name
+            ),
+        ));
     }
     Ok((train, test, spec))
 }
@@ -306,10 +312,13 @@ pub fn epoch_batches(
             .collect();
     }
     if batches.minibatches.is_empty() {
-        return Err(TrainError::Config(format!(
-            "--batch-size: {num_samples} training samples make no complete mini-batch of {}",
-            config.batch_size
-        )));
+        return Err(TrainError::config(
+            "--batch-size",
+            format!(
+                "{num_samples} training samples make no complete mini-batch of {}",
+                config.batch_size
+            ),
+        ));
     }
     Ok(batches)
 }
@@ -387,7 +396,10 @@ mod tests {
             decided.iter().map(|b| b.start..b.end + 1).collect(),
         ] {
             let error = load().with_split(bad).err();
-            assert!(matches!(error, Some(TrainError::Config(_))), "{error:?}");
+            assert!(
+                matches!(error, Some(TrainError::Config { .. })),
+                "{error:?}"
+            );
         }
     }
 }

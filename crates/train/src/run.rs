@@ -72,9 +72,7 @@ impl RunPaths {
     pub fn resume_dir(&self) -> Result<Option<&Path>, TrainError> {
         match (&self.out_dir, self.resume) {
             (Some(dir), true) => Ok(Some(dir)),
-            (None, true) => Err(TrainError::Config(
-                "--resume needs the run directory".into(),
-            )),
+            (None, true) => Err(TrainError::config("--resume", "needs the run directory")),
             (_, false) => Ok(None),
         }
     }
