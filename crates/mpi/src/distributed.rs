@@ -277,7 +277,6 @@ impl LocalStage {
         let work = pipeline.epoch_work(epoch)?;
         let num_minibatches = work.num_minibatches();
         check_plan(&work.schedule, &work.versions)?;
-        work.hand_batches_to(&mut self.stage);
         let pool = stage_pool(self.index, Some(config.threads_per_stage))?;
         if self.index == 0 {
             progress.epoch_started(epoch, u64::from(num_minibatches));
@@ -297,7 +296,13 @@ impl LocalStage {
         let mut compute = Faulty::new(&mut self.stage, self.index, epoch, self.fault);
         let output = rank.run_worker(&abort, run.stop, |frames| {
             let mut transport = WireTransport::<_, StageMessage>::new(frames);
-            run_stage(&context, &mut compute, &mut transport, pool.as_ref())
+            run_stage(
+                &context,
+                &mut compute,
+                &mut transport,
+                &work.feed,
+                pool.as_ref(),
+            )
         })??;
         let seconds = context.start.elapsed().as_secs_f64();
         self.updates += u64::from(num_minibatches);

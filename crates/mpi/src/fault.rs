@@ -103,11 +103,13 @@ impl<'a, C> Faulty<'a, C> {
 
 impl<C: StageCompute> StageCompute for Faulty<'_, C> {
     type Message = C::Message;
+    type Targets = C::Targets;
 
     fn forward(
         &mut self,
         microbatch: MicrobatchId,
-        input: Option<Self::Message>,
+        input: Self::Message,
+        targets: Option<Self::Targets>,
         recipe: &WeightRecipe,
         backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<Self::Message>, ComputeError> {
@@ -122,8 +124,13 @@ impl<C: StageCompute> StageCompute for Faulty<'_, C> {
                 Some(FaultKind::Exit) => std::process::exit(FAULT_EXIT_CODE),
             }
         }
-        self.inner
-            .forward(microbatch, input, recipe, backward_reads_forward_weights)
+        self.inner.forward(
+            microbatch,
+            input,
+            targets,
+            recipe,
+            backward_reads_forward_weights,
+        )
     }
 
     fn backward(

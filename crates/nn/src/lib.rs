@@ -19,6 +19,7 @@ mod block;
 mod checkpoint;
 mod conv_kernel;
 mod error;
+mod feed;
 #[cfg(test)]
 mod kernel_test_support;
 mod memory;
@@ -41,6 +42,7 @@ pub use checkpoint::{
     load_safetensors, param_name, read_stage_checkpoint, safetensors_bytes, stage_checkpoint_bytes,
 };
 pub use error::NnError;
+pub use feed::{BatchPlan, DataFeed, Targets};
 pub use memory::{
     AvailableMemory, MAX_BLOCKS, MAX_LAYER_WIDTH, MemoryEstimate, Workload, human_bytes,
 };
@@ -50,7 +52,7 @@ pub use partition::{
     BlockProfile, PartitionMethod, ProfiledCost, partition_balanced, partition_manual,
     partition_model, partition_uniform, profile_blocks,
 };
-pub use stage::{BatchPlan, BurnStage, GradMode, StageMessage};
+pub use stage::{BurnStage, GradMode, StageMessage};
 pub use tensor::{ComputeDevice, device, select_device, tensor1, tensor2, to_vec};
 pub use zoo::{Arch, GptConfig, MODEL_NAMES, ModelSize, NetConfig};
 

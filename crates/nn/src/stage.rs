@@ -40,21 +40,20 @@
 //! mean per-token cross-entropy, and the reported loss, accuracy and count are per token.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
-use timeprest_data::{Augment, Dataset};
 use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
 use timeprest_schedule::MicrobatchId;
 
 use crate::block::{Norm, relu_backward};
+use crate::feed::Targets;
 use crate::model::{check_chain, cross_entropy_sum};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::store::{Pass, WeightStore};
-use crate::tensor::{count_correct, one_hot, scalar, tensor2, to_vec};
+use crate::tensor::{count_correct, scalar, to_vec};
 use crate::{BlockParams, ModelParams, NnError};
 
 mod direct_vjp;
@@ -71,70 +70,6 @@ pub enum GradMode {
     Graph,
     /// Re-run the stage forward from the saved stage input with the backward's weights.
     Recompute,
-}
-
-/// Which samples each micro-batch holds: for each mini-batch, for each micro-batch, indices
-/// into the training set.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchPlan {
-    /// `minibatches[i][j]`: the sample indices of micro-batch j of mini-batch i.
-    pub minibatches: Vec<Vec<Vec<usize>>>,
-}
-
-impl BatchPlan {
-    /// Cuts `order` (e.g. an epoch's sample order) into mini-batches of `minibatch_size`
-    /// samples, each split into `num_microbatches` contiguous micro-batches as equal as possible
-    /// (the first ones one sample larger, like `torch.tensor_split`). A shorter final
-    /// mini-batch is kept if it has at least `num_microbatches` samples, dropped otherwise.
-    ///
-    /// # Errors
-    /// [`NnError::Mismatch`] if `num_microbatches` is 0 or larger than `minibatch_size`.
-    pub fn split(
-        order: &[usize],
-        minibatch_size: usize,
-        num_microbatches: usize,
-    ) -> Result<Self, NnError> {
-        if num_microbatches == 0 || num_microbatches > minibatch_size {
-            return Err(NnError::Mismatch(format!(
-                "cannot split mini-batches of {minibatch_size} samples into {num_microbatches} \
-                 micro-batches"
-            )));
-        }
-        let minibatches = order
-            .chunks(minibatch_size)
-            .filter(|mb| mb.len() >= num_microbatches)
-            .map(|mb| {
-                let (base, extra) = (mb.len() / num_microbatches, mb.len() % num_microbatches);
-                let mut start = 0;
-                (0..num_microbatches)
-                    .map(|j| {
-                        let len = base + usize::from(j < extra);
-                        start += len;
-                        mb[start - len..start].to_vec()
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(Self { minibatches })
-    }
-
-    /// Number of mini-batches.
-    pub fn num_minibatches(&self) -> usize {
-        self.minibatches.len()
-    }
-
-    /// Number of samples M of mini-batch `minibatch`, or `None` if there is no such mini-batch.
-    pub fn minibatch_size(&self, minibatch: usize) -> Option<usize> {
-        Some(self.minibatches.get(minibatch)?.iter().map(Vec::len).sum())
-    }
-
-    /// The sample indices of micro-batch `id`, or `None` if the plan has no such micro-batch.
-    pub fn microbatch(&self, id: MicrobatchId) -> Option<&[usize]> {
-        self.minibatches
-            .get(id.minibatch as usize)?
-            .get(id.microbatch as usize)
-            .map(Vec::as_slice)
-    }
 }
 
 /// What crosses a stage boundary: a plain (non-autodiff) `[batch, features]` tensor of
@@ -172,17 +107,6 @@ impl StageMessage {
     pub fn to_vec(&self) -> Vec<f32> {
         to_vec(&self.tensor)
     }
-}
-
-/// Targets of a micro-batch at the last stage.
-#[derive(Clone, Debug)]
-struct Targets {
-    /// The samples' labels, `targets_per_sample` per sample.
-    labels: Vec<u32>,
-    /// `[labels, classes]`.
-    one_hot: Tensor<2>,
-    /// 1/(M·T), M the mini-batch's number of samples, T the targets per sample.
-    scale: f64,
 }
 
 /// The end of a forward graph.
@@ -238,8 +162,6 @@ pub struct BurnStage {
     grad_mode: GradMode,
     optimizer: Optimizer,
     store: WeightStore,
-    train_data: Arc<Dataset>,
-    plan: Option<Arc<BatchPlan>>,
     saved: HashMap<MicrobatchId, Saved>,
     /// Σ of the parameter gradients since the last update, per block, per tensor.
     accumulated: Option<Vec<Vec<Tensor<1>>>>,
@@ -247,10 +169,6 @@ pub struct BurnStage {
     /// weight gradient is deferred to the update: summed there as one deep GEMM instead of one
     /// thin GEMM and one accumulation pass per micro-batch. Empty for other blocks.
     deferred: Vec<Vec<(Tensor<2>, Tensor<2>)>>,
-    /// Random crops and flips of the input images (stage 0), if enabled.
-    augment: Option<Augment>,
-    /// The epoch (from 1) of the current plan, which seeds the augmentation.
-    epoch: u64,
 }
 
 impl std::fmt::Debug for BurnStage {
@@ -269,12 +187,12 @@ impl std::fmt::Debug for BurnStage {
 
 impl BurnStage {
     /// Stage `stage` of `num_stages`, owning `blocks` (global indices `first_block..`), with
-    /// `blocks` as its live version 0. Stage 0 reads features and the last stage reads labels
-    /// of `train_data`, through the [`BatchPlan`] given by [`BurnStage::set_plan`].
+    /// `blocks` as its live version 0. Its inputs (at stage 0) and targets (at the last stage)
+    /// arrive with each forward, from the executor's [`Feed`](timeprest_runtime::Feed), e.g. a
+    /// [`DataFeed`](crate::DataFeed).
     ///
     /// # Errors
-    /// [`NnError`] if the blocks are empty or do not chain, the first stage's input width or
-    /// the last stage's output width does not fit `train_data`, `stage >= num_stages`, or the
+    /// [`NnError`] if the blocks are empty or do not chain, `stage >= num_stages`, or the
     /// optimizer setting is invalid.
     pub fn new(
         stage: u32,
@@ -283,44 +201,16 @@ impl BurnStage {
         first_block: usize,
         optimizer: OptimizerConfig,
         grad_mode: GradMode,
-        train_data: Arc<Dataset>,
     ) -> Result<Self, NnError> {
         if stage >= num_stages {
             return Err(NnError::Mismatch(format!(
                 "stage {stage} of {num_stages} stages"
             )));
         }
-        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+        if blocks.is_empty() {
             return Err(NnError::Mismatch(format!("stage {stage} has no blocks")));
-        };
+        }
         check_chain(&blocks)?;
-        let [c, h, w] = train_data.shape;
-        if stage == 0 && first.block.is_spatial() && first.block.input_shape() != [c, h, w] {
-            let [bc, bh, bw] = first.block.input_shape();
-            return Err(NnError::Mismatch(format!(
-                "stage 0 takes {bc}×{bh}×{bw} samples, data set {} has {c}×{h}×{w}",
-                train_data.name
-            )));
-        }
-        if stage == 0 && first.block.input_features() != train_data.num_features {
-            return Err(NnError::Mismatch(format!(
-                "stage 0 takes {} features, data set {} has {}",
-                first.block.input_features(),
-                train_data.name,
-                train_data.num_features
-            )));
-        }
-        let outputs = train_data.num_classes * train_data.targets_per_sample;
-        if stage + 1 == num_stages && last.block.output_features() != outputs {
-            return Err(NnError::Mismatch(format!(
-                "the last stage gives {} outputs, data set {} has {} classes × {} targets per \
-                 sample",
-                last.block.output_features(),
-                train_data.name,
-                train_data.num_classes,
-                train_data.targets_per_sample
-            )));
-        }
         Ok(Self {
             stage,
             num_stages,
@@ -328,29 +218,10 @@ impl BurnStage {
             grad_mode,
             optimizer: Optimizer::new(optimizer)?,
             store: WeightStore::new(blocks),
-            train_data,
-            plan: None,
             saved: HashMap::new(),
             accumulated: None,
             deferred: Vec::new(),
-            augment: None,
-            epoch: 0,
         })
-    }
-
-    /// Enables (or disables) random crops and flips of stage 0's input images. The draws
-    /// depend on the augmentation's seed, the epoch given to [`BurnStage::set_plan`] and the
-    /// sample index only, so they depend neither on the schedule or the split nor on how many
-    /// epochs this stage object has run (a resumed run draws what an uninterrupted one draws).
-    pub fn set_augment(&mut self, augment: Option<Augment>) {
-        self.augment = augment;
-    }
-
-    /// Sets the plan of epoch `epoch` (from 1) that says which samples each micro-batch holds
-    /// (needed by stage 0 and the last stage; replace it each epoch).
-    pub fn set_plan(&mut self, plan: Arc<BatchPlan>, epoch: u32) {
-        self.plan = Some(plan);
-        self.epoch = u64::from(epoch);
     }
 
     /// The stage index.
@@ -441,33 +312,12 @@ impl BurnStage {
             .count()
     }
 
-    fn is_last(&self) -> bool {
+    pub(crate) fn is_last(&self) -> bool {
         self.stage + 1 == self.num_stages
     }
 
     fn error(&self, what: String) -> ComputeError {
         ComputeError(format!("stage {}: {what}", self.stage))
-    }
-
-    fn plan(&self) -> Result<&BatchPlan, ComputeError> {
-        self.plan
-            .as_deref()
-            .ok_or_else(|| self.error("no batch plan set (call set_plan)".into()))
-    }
-
-    /// The sample indices of `microbatch` and the size M of its mini-batch.
-    fn samples(&self, microbatch: MicrobatchId) -> Result<(&[usize], usize), ComputeError> {
-        let plan = self.plan()?;
-        let indices = plan.microbatch(microbatch).ok_or_else(|| {
-            self.error(format!("the batch plan has no micro-batch {microbatch:?}"))
-        })?;
-        if indices.is_empty() {
-            return Err(self.error(format!("micro-batch {microbatch:?} of the plan is empty")));
-        }
-        let size = plan
-            .minibatch_size(microbatch.minibatch as usize)
-            .unwrap_or(0);
-        Ok((indices, size))
     }
 
     /// Runs the blocks with `weights` on `input` (plain), with autodiff if `with_graph`, and
@@ -842,11 +692,13 @@ impl BurnStage {
 
 impl StageCompute for BurnStage {
     type Message = StageMessage;
+    type Targets = Targets;
 
     fn forward(
         &mut self,
         microbatch: MicrobatchId,
-        input: Option<StageMessage>,
+        input: StageMessage,
+        targets: Option<Targets>,
         recipe: &WeightRecipe,
         backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<StageMessage>, ComputeError> {
@@ -856,54 +708,41 @@ impl StageCompute for BurnStage {
             )));
         }
         let in_features = self.store.live()[0].block.input_features();
-        let input = match (self.stage, input) {
-            (0, None) => {
-                let (indices, _) = self.samples(microbatch)?;
-                let (mut features, _) = self
-                    .train_data
-                    .try_gather(indices)
-                    .map_err(|e| self.error(format!("{microbatch:?}: {e}")))?;
-                if let Some(augment) = &self.augment {
-                    augment.apply(&mut features, self.train_data.shape, indices, self.epoch);
-                }
-                tensor2(features, indices.len(), in_features)
-            }
-            (0, Some(_)) => return Err(self.error("stage 0 reads its own input".into())),
-            (_, Some(m)) => {
-                if m.dims()[1] != in_features {
-                    return Err(self.error(format!(
-                        "input of {microbatch:?} has {} features, the stage takes {in_features}",
-                        m.dims()[1]
-                    )));
-                }
-                m.into_tensor()
-            }
-            (_, None) => {
-                return Err(self.error(format!("forward of {microbatch:?} needs an input")));
-            }
-        };
-        let targets = if self.is_last() {
-            let (indices, size) = self.samples(microbatch)?;
-            if indices.len() != input.dims()[0] {
+        let [rows, features] = input.dims();
+        if features != in_features {
+            return Err(self.error(format!(
+                "input of {microbatch:?} has {features} features, the stage takes {in_features}"
+            )));
+        }
+        let input = input.into_tensor();
+        match (&targets, self.is_last()) {
+            (None, true) => {
                 return Err(self.error(format!(
-                    "{microbatch:?} has {} samples in the plan but {} rows arrived",
-                    indices.len(),
-                    input.dims()[0]
+                    "the last stage's forward of {microbatch:?} needs its targets"
                 )));
             }
-            let (_, labels) = self
-                .train_data
-                .try_gather(indices)
-                .map_err(|e| self.error(format!("{microbatch:?}: {e}")))?;
-            let one_hot = one_hot(&labels, self.train_data.num_classes);
-            Some(Targets {
-                labels,
-                one_hot,
-                scale: 1.0 / (size * self.train_data.targets_per_sample) as f64,
-            })
-        } else {
-            None
-        };
+            (Some(_), false) => {
+                return Err(self.error(format!(
+                    "targets of {microbatch:?} given to a stage that is not the last"
+                )));
+            }
+            (Some(t), true) => {
+                let outputs = self
+                    .store
+                    .live()
+                    .last()
+                    .map_or(0, |b| b.block.output_features());
+                if t.labels.len() * t.num_classes != rows * outputs {
+                    return Err(self.error(format!(
+                        "{microbatch:?}: {} targets of {} classes for {rows} samples, but the \
+                         stage gives {outputs} outputs per sample",
+                        t.labels.len(),
+                        t.num_classes
+                    )));
+                }
+            }
+            (None, false) => {}
+        }
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
         let keep = self.grad_mode == GradMode::Graph;
         // A graph serves only a backward that reads these same weights; any other backward
@@ -928,7 +767,7 @@ impl StageCompute for BurnStage {
                 let logits = to_vec(&trace.stage_output);
                 ForwardOutput::Loss(LossStats {
                     loss_sum: trace.loss_sum.unwrap_or(f64::NAN),
-                    correct: count_correct(&logits, self.train_data.num_classes, &t.labels),
+                    correct: count_correct(&logits, t.num_classes, &t.labels),
                     count: t.labels.len() as u64,
                 })
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use burn::tensor::Tensor;
 use timeprest_data::Dataset;
 use timeprest_policy::{Prediction, WeightKey, WeightRecipe};
-use timeprest_runtime::{BackwardWork, ForwardOutput, StageCompute};
+use timeprest_runtime::{BackwardWork, ComputeError, Feed, ForwardOutput, StageCompute};
 use timeprest_schedule::MicrobatchId;
 
 use crate::store::blend;
@@ -68,8 +68,6 @@ fn make_stages(
     num_stages: usize,
     optimizer: OptimizerConfig,
     grad_mode: GradMode,
-    data: &Arc<Dataset>,
-    plan: &Arc<BatchPlan>,
 ) -> Vec<BurnStage> {
     partition_uniform(params.len(), num_stages)
         .unwrap()
@@ -77,20 +75,50 @@ fn make_stages(
         .enumerate()
         .map(|(s, range)| {
             let first = range.start;
-            let mut stage = BurnStage::new(
+            BurnStage::new(
                 s as u32,
                 num_stages as u32,
                 params[range].to_vec(),
                 first,
                 optimizer,
                 grad_mode,
-                data.clone(),
             )
-            .unwrap();
-            stage.set_plan(plan.clone(), 1);
-            stage
+            .unwrap()
         })
         .collect()
+}
+
+/// The feed of epoch 1 of `data` cut as `plan` says, without augmentation.
+pub(crate) fn feed(data: &Arc<Dataset>, plan: &Arc<BatchPlan>) -> DataFeed {
+    DataFeed::new(Arc::clone(data), Arc::clone(plan), None, 1)
+}
+
+/// Forward of `microbatch` on `stage` as an executor runs it: `input` from the previous stage,
+/// or from `feed` at stage 0; the targets from `feed` at the last stage.
+pub(crate) fn forward_fed(
+    stage: &mut BurnStage,
+    feed: &DataFeed,
+    microbatch: MicrobatchId,
+    input: Option<StageMessage>,
+    recipe: &WeightRecipe,
+    backward_reads_forward_weights: bool,
+) -> Result<ForwardOutput<StageMessage>, ComputeError> {
+    let input = match input {
+        Some(message) => message,
+        None => feed.input(microbatch)?,
+    };
+    let targets = if stage.is_last() {
+        Some(feed.targets(microbatch)?)
+    } else {
+        None
+    };
+    stage.forward(
+        microbatch,
+        input,
+        targets,
+        recipe,
+        backward_reads_forward_weights,
+    )
 }
 
 /// Forwards of all micro-batches of `minibatch` through all stages with `forward[s]`, then the
@@ -98,6 +126,7 @@ fn make_stages(
 /// number of correct predictions and, per stage, the input gradients it returned.
 pub(crate) fn run_minibatch(
     stages: &mut [BurnStage],
+    feed: &DataFeed,
     minibatch: u32,
     num_microbatches: u32,
     forward: &[WeightRecipe],
@@ -106,6 +135,7 @@ pub(crate) fn run_minibatch(
     let hints: Vec<bool> = forward.iter().zip(backward).map(|(f, b)| f == b).collect();
     run_minibatch_hinted(
         stages,
+        feed,
         minibatch,
         num_microbatches,
         forward,
@@ -118,6 +148,7 @@ pub(crate) fn run_minibatch(
 /// forward's weights (true or not).
 fn run_minibatch_hinted(
     stages: &mut [BurnStage],
+    feed: &DataFeed,
     minibatch: u32,
     num_microbatches: u32,
     forward: &[WeightRecipe],
@@ -128,9 +159,15 @@ fn run_minibatch_hinted(
     for j in 0..num_microbatches {
         let mut message = None;
         for (s, stage) in stages.iter_mut().enumerate() {
-            match stage
-                .forward(mb(minibatch, j), message.take(), &forward[s], hints[s])
-                .unwrap()
+            match forward_fed(
+                stage,
+                feed,
+                mb(minibatch, j),
+                message.take(),
+                &forward[s],
+                hints[s],
+            )
+            .unwrap()
             {
                 ForwardOutput::Activation(m) => message = Some(m),
                 ForwardOutput::Loss(stats) => {
@@ -342,15 +379,9 @@ fn split_pipelines_match_the_unsplit_model_and_the_reference() {
         .copied()
         .collect();
 
-    let mut unsplit = make_stages(
-        &params,
-        1,
-        OptimizerConfig::sgd(0.1, 0.9),
-        GradMode::Graph,
-        &data,
-        &whole,
-    );
-    let (unsplit_loss, _, _) = run_minibatch(&mut unsplit, 0, 1, &[v(0)], &[v(0)]);
+    let mut unsplit = make_stages(&params, 1, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
+    let whole_feed = feed(&data, &whole);
+    let (unsplit_loss, _, _) = run_minibatch(&mut unsplit, &whole_feed, 0, 1, &[v(0)], &[v(0)]);
     let unsplit_grads = all_grads(&mut unsplit);
     assert_close("unsplit vs f64 reference", &unsplit_grads, &ref_grads, 1e-5);
     assert!((unsplit_loss - reference.loss_sum).abs() <= 1e-5 * reference.loss_sum);
@@ -363,11 +394,11 @@ fn split_pipelines_match_the_unsplit_model_and_the_reference() {
                 num_stages,
                 OptimizerConfig::sgd(0.1, 0.9),
                 GradMode::Graph,
-                &data,
-                plan,
             );
+            let feed = feed(&data, plan);
             let recipes = vec![v(0); num_stages];
-            let (loss, _, input_grads) = run_minibatch(&mut stages, 0, n, &recipes, &recipes);
+            let (loss, _, input_grads) =
+                run_minibatch(&mut stages, &feed, 0, n, &recipes, &recipes);
             assert!(
                 (loss - unsplit_loss).abs() <= 1e-6 * unsplit_loss,
                 "{what}: loss {loss} vs {unsplit_loss}"
@@ -413,15 +444,9 @@ fn microbatch_gradients_sum_to_the_minibatch_mean_loss_gradient() {
     let plan = Arc::new(BatchPlan {
         minibatches: vec![vec![samples[..1].to_vec(), samples[1..].to_vec()]],
     });
-    let mut stages = make_stages(
-        &params,
-        2,
-        OptimizerConfig::sgd(0.1, 0.0),
-        GradMode::Graph,
-        &data,
-        &plan,
-    );
-    run_minibatch(&mut stages, 0, 2, &[v(0), v(0)], &[v(0), v(0)]);
+    let feed = feed(&data, &plan);
+    let mut stages = make_stages(&params, 2, OptimizerConfig::sgd(0.1, 0.0), GradMode::Graph);
+    run_minibatch(&mut stages, &feed, 0, 2, &[v(0), v(0)], &[v(0), v(0)]);
     let reference = reference(&params, &data, &samples, samples.len());
     let expected: Vec<f64> = reference
         .param_grads
@@ -442,7 +467,7 @@ fn microbatch_gradients_sum_to_the_minibatch_mean_loss_gradient() {
 // Gradient modes
 
 /// A middle stage (1 of 3) holding one linear block `in → out` with the given file-layout
-/// weights, plus a data set it does not read.
+/// weights.
 fn middle_stage(
     block: Block,
     weight: Vec<f32>,
@@ -451,16 +476,7 @@ fn middle_stage(
     mode: GradMode,
 ) -> BurnStage {
     let params = BlockParams::from_file_layout(block, vec![weight, bias]);
-    BurnStage::new(
-        1,
-        3,
-        vec![params],
-        1,
-        OptimizerConfig::sgd(lr, 0.0),
-        mode,
-        synthetic(4, 6, 4),
-    )
-    .unwrap()
+    BurnStage::new(1, 3, vec![params], 1, OptimizerConfig::sgd(lr, 0.0), mode).unwrap()
 }
 
 fn message(values: Vec<f32>, rows: usize, cols: usize) -> StageMessage {
@@ -481,7 +497,8 @@ fn stale_backward(
         let out = stage
             .forward(
                 mb(0, j),
-                Some(message(x[j as usize].clone(), rows, n_in)),
+                message(x[j as usize].clone(), rows, n_in),
+                None,
                 &v(0),
                 true,
             )
@@ -679,20 +696,20 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
         1,
         OptimizerConfig::sgd(2.0, 0.0),
         GradMode::Graph,
-        data.clone(),
     )
     .unwrap();
-    stage.set_plan(plan, 1);
+    let feed = feed(&data, &plan);
     let (x, _) = stale_inputs();
     for j in 0..2 {
-        stage
-            .forward(
-                mb(0, j),
-                Some(message(x[j as usize].clone(), 2, 3)),
-                &v(0),
-                true,
-            )
-            .unwrap();
+        forward_fed(
+            &mut stage,
+            &feed,
+            mb(0, j),
+            Some(message(x[j as usize].clone(), 2, 3)),
+            &v(0),
+            true,
+        )
+        .unwrap();
     }
     let work = |j, version| BackwardWork {
         microbatch: mb(0, j),
@@ -759,16 +776,11 @@ fn same_weights_give_the_same_gradients_on_every_path() {
         (GradMode::Graph, v(0), false),
         (GradMode::Recompute, v(0), false),
     ] {
-        let mut stages = make_stages(
-            &params,
-            2,
-            OptimizerConfig::sgd(0.1, 0.9),
-            mode,
-            &data,
-            &plan,
-        );
+        let feed = feed(&data, &plan);
+        let mut stages = make_stages(&params, 2, OptimizerConfig::sgd(0.1, 0.9), mode);
         let (_, _, input_grads) = run_minibatch_hinted(
             &mut stages,
+            &feed,
             0,
             2,
             &[v(0), v(0)],
@@ -811,16 +823,10 @@ fn only_forwards_whose_backward_reads_their_weights_keep_a_graph() {
         (GradMode::Recompute, true, 2),
         (GradMode::Recompute, false, 0),
     ] {
-        let mut stages = make_stages(
-            &params,
-            1,
-            OptimizerConfig::sgd(0.1, 0.9),
-            mode,
-            &data,
-            &plan,
-        );
+        let feed = feed(&data, &plan);
+        let mut stages = make_stages(&params, 1, OptimizerConfig::sgd(0.1, 0.9), mode);
         for j in 0..2 {
-            stages[0].forward(mb(0, j), None, &v(0), hint).unwrap();
+            forward_fed(&mut stages[0], &feed, mb(0, j), None, &v(0), hint).unwrap();
         }
         assert_eq!(
             stages[0].num_saved_graphs(),
@@ -834,11 +840,12 @@ fn only_forwards_whose_backward_reads_their_weights_keep_a_graph() {
 // Versions, blends, predictions
 
 /// A one-stage model trained for `steps` mini-batches (forward and backward with the live
-/// version, update), keeping every old version.
+/// version, update), keeping every old version; with the gradients of each step and the feed
+/// of its data.
 fn trained_single_stage(
     optimizer: OptimizerConfig,
     steps: u32,
-) -> (BurnStage, Vec<Vec<Vec<Tensor<1>>>>) {
+) -> (BurnStage, Vec<Vec<Vec<Tensor<1>>>>, DataFeed) {
     let spec = ModelSpec::Mlp(MlpConfig {
         input: 6,
         hidden: vec![5],
@@ -848,20 +855,21 @@ fn trained_single_stage(
     let params = init_params(&spec, 9).unwrap();
     let order: Vec<usize> = (0..30).collect();
     let plan = Arc::new(BatchPlan::split(&order, 6, 2).unwrap());
-    let mut stages = make_stages(&params, 1, optimizer, GradMode::Graph, &data, &plan);
+    let feed = feed(&data, &plan);
+    let mut stages = make_stages(&params, 1, optimizer, GradMode::Graph);
     let mut grads = Vec::new();
     for i in 0..steps {
         let k = stages[0].live_version();
-        run_minibatch(&mut stages, i, 2, &[v(k)], &[v(k)]);
+        run_minibatch(&mut stages, &feed, i, 2, &[v(k)], &[v(k)]);
         grads.push(stages[0].accumulated_gradients().unwrap().to_vec());
         stages[0].update().unwrap();
     }
-    (stages.pop().unwrap(), grads)
+    (stages.pop().unwrap(), grads, feed)
 }
 
 #[test]
 fn blend_extremes_are_bitwise_and_the_middle_follows_the_formula() {
-    let (stage, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 2);
+    let (stage, _, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 2);
     let stale = stage.stored_weights(WeightKey::Version(0)).unwrap();
     let latest = stage.stored_weights(WeightKey::Version(2)).unwrap();
     let bits = |p: &[BlockParams]| {
@@ -897,7 +905,7 @@ fn blend_recipes_in_a_forward_read_the_blended_weights() {
     stale_backward(&mut stage, x.clone(), g, DIMS);
     let forward = |stage: &mut BurnStage, j: u32, recipe: WeightRecipe| -> Vec<u32> {
         match stage
-            .forward(mb(1, j), Some(message(x[0].clone(), 2, 3)), &recipe, true)
+            .forward(mb(1, j), message(x[0].clone(), 2, 3), None, &recipe, true)
             .unwrap()
         {
             ForwardOutput::Activation(m) => m.to_vec().iter().map(|x| x.to_bits()).collect(),
@@ -923,7 +931,8 @@ fn blend_recipes_in_a_forward_read_the_blended_weights() {
     let err = stage
         .forward(
             mb(1, 6),
-            Some(message(x[0].clone(), 2, 3)),
+            message(x[0].clone(), 2, 3),
+            None,
             &blend(1.5),
             true,
         )
@@ -934,7 +943,7 @@ fn blend_recipes_in_a_forward_read_the_blended_weights() {
 #[test]
 fn nag_prediction_applies_the_real_momentum_buffer() {
     let (lr, mu) = (0.1, 0.9);
-    let (mut stage, grads) = trained_single_stage(OptimizerConfig::sgd(lr, mu), 2);
+    let (mut stage, grads, feed) = trained_single_stage(OptimizerConfig::sgd(lr, mu), 2);
     // b₁ = g₁, b₂ = μ b₁ + g₂; θ̂ = θ₂ − η μ b₂.
     let g1: Vec<f64> = grads[0]
         .iter()
@@ -968,7 +977,7 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
     assert!(stage.stored_weights(key).is_none());
     let sets_before = stage.num_stored_weight_sets();
     let bytes_before = stage.stored_weight_bytes();
-    stage.forward(mb(2, 0), None, &recipe, true).unwrap();
+    forward_fed(&mut stage, &feed, mb(2, 0), None, &recipe, true).unwrap();
     let predicted = stage
         .stored_weights(key)
         .expect("the forward caches its prediction");
@@ -985,7 +994,7 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
     );
 
     // The matching backward reuses the cached prediction; a second forward reuses it too.
-    stage.forward(mb(2, 1), None, &recipe, true).unwrap();
+    forward_fed(&mut stage, &feed, mb(2, 1), None, &recipe, true).unwrap();
     let work = |j| BackwardWork {
         microbatch: mb(2, j),
         recipe,
@@ -1006,14 +1015,14 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
     );
 
     // A stale base, or a backward of a prediction no forward built, is an error.
-    let err = stage.forward(mb(3, 0), None, &recipe, true).unwrap_err();
+    let err = forward_fed(&mut stage, &feed, mb(3, 0), None, &recipe, true).unwrap_err();
     assert!(err.0.contains("live version, which is 3"), "{err}");
     let other = WeightRecipe::Predict {
         base: 3,
         horizon: 2,
         method: Prediction::Nag,
     };
-    stage.forward(mb(3, 0), None, &v(3), true).unwrap();
+    forward_fed(&mut stage, &feed, mb(3, 0), None, &v(3), true).unwrap();
     let err = stage
         .backward(vec![BackwardWork {
             microbatch: mb(3, 0),
@@ -1027,14 +1036,14 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
 #[test]
 fn msnag_with_zero_future_gradients_equals_real_momentum_steps() {
     let (lr, mu) = (0.05, 0.8);
-    let (mut stage, _) = trained_single_stage(OptimizerConfig::sgd(lr, mu), 3);
+    let (mut stage, _, feed) = trained_single_stage(OptimizerConfig::sgd(lr, mu), 3);
     let horizon = 4;
     let recipe = WeightRecipe::Predict {
         base: 3,
         horizon,
         method: Prediction::Msnag,
     };
-    stage.forward(mb(3, 0), None, &recipe, true).unwrap();
+    forward_fed(&mut stage, &feed, mb(3, 0), None, &recipe, true).unwrap();
     let predicted = stage.stored_weights(recipe.needs()[0]).unwrap();
 
     let mut optimizer = stage.optimizer().clone();
@@ -1063,17 +1072,17 @@ fn prediction_without_an_sgd_momentum_buffer_is_an_error() {
         horizon: 1,
         method: Prediction::Nag,
     };
-    let (mut adam, _) = trained_single_stage(OptimizerConfig::adam(0.01), 1);
-    let err = adam.forward(mb(1, 0), None, &recipe, true).unwrap_err();
+    let (mut adam, _, feed) = trained_single_stage(OptimizerConfig::adam(0.01), 1);
+    let err = forward_fed(&mut adam, &feed, mb(1, 0), None, &recipe, true).unwrap_err();
     assert!(err.0.contains("Adam"), "{err}");
-    let (mut plain, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.0), 1);
-    let err = plain.forward(mb(1, 0), None, &recipe, true).unwrap_err();
+    let (mut plain, _, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.0), 1);
+    let err = forward_fed(&mut plain, &feed, mb(1, 0), None, &recipe, true).unwrap_err();
     assert!(err.0.contains("momentum 0"), "{err}");
 }
 
 #[test]
 fn an_update_keeps_the_old_version_until_released() {
-    let (mut stage, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 0);
+    let (mut stage, _, feed) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 0);
     let set_bytes = (6 * 5 + 5 + 5 * 4 + 4) * 4;
     assert_eq!(
         (stage.live_version(), stage.num_stored_weight_sets()),
@@ -1085,7 +1094,7 @@ fn an_update_keeps_the_old_version_until_released() {
     let step = |stage: &mut BurnStage, i: u32| {
         let k = stage.live_version();
         for j in 0..2 {
-            stage.forward(mb(i, j), None, &v(k), true).unwrap();
+            forward_fed(stage, &feed, mb(i, j), None, &v(k), true).unwrap();
         }
         let work = (0..2).map(|j| BackwardWork {
             microbatch: mb(i, j),
@@ -1124,22 +1133,32 @@ fn an_update_keeps_the_old_version_until_released() {
     assert_eq!(stage.num_stored_weight_sets(), 1);
     step(&mut stage, 2);
     assert_eq!(stage.stored_keys(), vec![WeightKey::Version(3)]);
-    let err = stage.forward(mb(3, 0), None, &v(1), true).unwrap_err();
+    let err = forward_fed(&mut stage, &feed, mb(3, 0), None, &v(1), true).unwrap_err();
     assert!(err.0.contains("weight version 1 is not stored"), "{err}");
 }
 
 #[test]
 fn forward_misuse_is_reported() {
-    let (mut stage, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 0);
-    stage.forward(mb(0, 0), None, &v(0), true).unwrap();
-    let err = stage.forward(mb(0, 0), None, &v(0), true).unwrap_err();
+    let (mut stage, _, feed) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.9), 0);
+    forward_fed(&mut stage, &feed, mb(0, 0), None, &v(0), true).unwrap();
+    let err = forward_fed(&mut stage, &feed, mb(0, 0), None, &v(0), true).unwrap_err();
     assert!(err.0.contains("second forward"), "{err}");
-    let err = stage.forward(mb(99, 0), None, &v(0), true).unwrap_err();
+    let err = forward_fed(&mut stage, &feed, mb(99, 0), None, &v(0), true).unwrap_err();
     assert!(err.0.contains("no micro-batch"), "{err}");
+    let err = forward_fed(
+        &mut stage,
+        &feed,
+        mb(0, 1),
+        Some(message(vec![0.0; 5], 1, 5)),
+        &v(0),
+        true,
+    )
+    .unwrap_err();
+    assert!(err.0.contains("has 5 features, the stage takes 6"), "{err}");
     let err = stage
-        .forward(mb(0, 1), Some(message(vec![0.0; 6], 1, 6)), &v(0), true)
+        .forward(mb(0, 1), feed.input(mb(0, 1)).unwrap(), None, &v(0), true)
         .unwrap_err();
-    assert!(err.0.contains("reads its own input"), "{err}");
+    assert!(err.0.contains("needs its targets"), "{err}");
     let err = stage
         .backward(vec![BackwardWork {
             microbatch: mb(5, 0),
@@ -1148,13 +1167,11 @@ fn forward_misuse_is_reported() {
         }])
         .unwrap_err();
     assert!(err.0.contains("without a saved forward"), "{err}");
-    stage.set_plan(
-        Arc::new(BatchPlan {
-            minibatches: vec![vec![vec![1]], vec![vec![]]],
-        }),
-        1,
-    );
-    let err = stage.forward(mb(1, 0), None, &v(0), true).unwrap_err();
+    let holey = Arc::new(BatchPlan {
+        minibatches: vec![vec![vec![1]], vec![vec![]]],
+    });
+    let holey = DataFeed::new(synthetic(30, 6, 4), holey, None, 1);
+    let err = holey.input(mb(1, 0)).unwrap_err();
     assert!(err.0.contains("is empty"), "{err}");
 }
 
@@ -1169,17 +1186,11 @@ fn training_is_bit_identical_across_runs() {
         let params = init_params(&spec, 42).unwrap();
         let order: Vec<usize> = (0..24).rev().collect();
         let plan = Arc::new(BatchPlan::split(&order, 8, 3).unwrap());
-        let mut stages = make_stages(
-            &params,
-            3,
-            OptimizerConfig::sgd(0.1, 0.9),
-            GradMode::Graph,
-            &data,
-            &plan,
-        );
+        let feed = feed(&data, &plan);
+        let mut stages = make_stages(&params, 3, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
         for i in 0..3 {
             let k: Vec<WeightRecipe> = stages.iter().map(|s| v(s.live_version())).collect();
-            run_minibatch(&mut stages, i, 3, &k, &k);
+            run_minibatch(&mut stages, &feed, i, 3, &k, &k);
             update_all(&mut stages);
         }
         flat_values(&all_params(&stages))
@@ -1209,15 +1220,9 @@ fn evaluate_matches_the_reference_loss_and_counts_accuracy() {
     let plan = Arc::new(BatchPlan {
         minibatches: vec![vec![all]],
     });
-    let mut stages = make_stages(
-        &params,
-        2,
-        OptimizerConfig::sgd(0.1, 0.9),
-        GradMode::Graph,
-        &data,
-        &plan,
-    );
-    let (_, correct, _) = run_minibatch(&mut stages, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
+    let feed = feed(&data, &plan);
+    let mut stages = make_stages(&params, 2, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
+    let (_, correct, _) = run_minibatch(&mut stages, &feed, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
     assert_eq!(accuracy, correct as f64 / 13.0);
     assert!(evaluate(&spec, &params, &data, 0).is_err());
     assert!(evaluate(&spec, &params[..2], &data, 4).is_err());
@@ -1230,16 +1235,10 @@ fn a_checkpoint_saved_from_three_stages_loads_into_one() {
     let params = init_params(&spec, 8).unwrap();
     let order: Vec<usize> = (0..12).collect();
     let plan = Arc::new(BatchPlan::split(&order, 6, 2).unwrap());
-    let mut stages = make_stages(
-        &params,
-        3,
-        OptimizerConfig::sgd(0.1, 0.9),
-        GradMode::Graph,
-        &data,
-        &plan,
-    );
+    let feed = feed(&data, &plan);
+    let mut stages = make_stages(&params, 3, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
     let recipes = vec![v(0); 3];
-    run_minibatch(&mut stages, 0, 2, &recipes, &recipes);
+    run_minibatch(&mut stages, &feed, 0, 2, &recipes, &recipes);
     update_all(&mut stages);
     let trained = all_params(&stages);
 
@@ -1261,7 +1260,6 @@ fn a_checkpoint_saved_from_three_stages_loads_into_one() {
         0,
         OptimizerConfig::sgd(0.1, 0.9),
         GradMode::Graph,
-        data,
     )
     .unwrap();
     assert_eq!(bits(&one.live_params()), bits(&trained));
@@ -1376,28 +1374,50 @@ fn batch_plans_split_minibatches_into_near_equal_microbatches() {
 }
 
 #[test]
-fn construction_checks_that_blocks_fit_the_data() {
+fn stages_check_their_blocks_when_built_and_the_data_when_fed() {
     let data = synthetic(4, 6, 4);
+    let plan = Arc::new(BatchPlan {
+        minibatches: vec![vec![vec![0, 1]]],
+    });
+    let feed = feed(&data, &plan);
     let params = init_params(&mlp(), 0).unwrap();
     let sgd = OptimizerConfig::sgd(0.1, 0.9);
     let new = |s, n, blocks: &[BlockParams]| {
-        BurnStage::new(s, n, blocks.to_vec(), 0, sgd, GradMode::Graph, data.clone())
+        BurnStage::new(s, n, blocks.to_vec(), 0, sgd, GradMode::Graph)
     };
     assert!(new(0, 1, &params).is_ok());
-    assert!(
-        new(0, 2, &params[1..2]).is_err(),
-        "stage 0 must take the data's features"
-    );
-    assert!(
-        new(1, 2, &params[1..3]).is_err(),
-        "the last stage must give the classes"
-    );
     assert!(
         new(1, 3, &[params[0].clone(), params[2].clone()]).is_err(),
         "blocks must chain"
     );
     assert!(new(2, 2, &params).is_err());
     assert!(new(0, 1, &[]).is_err());
+    let err = forward_fed(
+        &mut new(0, 2, &params[1..2]).unwrap(),
+        &feed,
+        mb(0, 0),
+        None,
+        &v(0),
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        err.0.contains("features, the stage takes"),
+        "stage 0 must take the data's features: {err}"
+    );
+    let err = forward_fed(
+        &mut new(1, 2, &params[1..3]).unwrap(),
+        &feed,
+        mb(0, 0),
+        Some(message(vec![1.0; 18], 2, 9)),
+        &v(0),
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        err.0.contains("outputs per sample"),
+        "the last stage must give the classes: {err}"
+    );
     let m = message(vec![1.0; 6], 2, 3);
     assert_eq!(BurnStage::message_bytes(&m), 24);
 }

@@ -12,7 +12,7 @@ use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::StageCompute;
 
 use crate::tensor::{tensor2, to_vec};
-use crate::tests::{all_grads, assert_close, mb, run_minibatch, update_all, v};
+use crate::tests::{all_grads, assert_close, feed, forward_fed, mb, run_minibatch, update_all, v};
 use crate::*;
 
 /// Deterministic images of `shape`, values in [-1, 1], labels cycling over `classes`.
@@ -81,29 +81,20 @@ fn net(arch: Arch, input: [usize; 3], width: f64, depth: Vec<usize>) -> ModelSpe
 }
 
 /// Stages of `params` over `split`.
-fn stages_over(
-    params: &ModelParams,
-    split: &[Range<usize>],
-    mode: GradMode,
-    data: &Arc<Dataset>,
-    plan: &Arc<BatchPlan>,
-) -> Vec<BurnStage> {
+fn stages_over(params: &ModelParams, split: &[Range<usize>], mode: GradMode) -> Vec<BurnStage> {
     split
         .iter()
         .enumerate()
         .map(|(s, range)| {
-            let mut stage = BurnStage::new(
+            BurnStage::new(
                 s as u32,
                 split.len() as u32,
                 params[range.clone()].to_vec(),
                 range.start,
                 OptimizerConfig::sgd(0.1, 0.9),
                 mode,
-                data.clone(),
             )
-            .unwrap();
-            stage.set_plan(plan.clone(), 1);
-            stage
+            .unwrap()
         })
         .collect()
 }
@@ -298,14 +289,13 @@ fn every_model_has_consistent_forward_and_backward_shapes() {
         }
         let outputs = spec.num_classes() * spec.targets_per_sample();
         assert_eq!(x.dims(), [2, outputs], "{}", spec.name());
+        let feed = feed(&data, &plan);
         let mut stages = stages_over(
             &params,
             &partition_uniform(blocks.len(), 1).unwrap(),
             GradMode::Graph,
-            &data,
-            &plan,
         );
-        let (loss, _, _) = run_minibatch(&mut stages, 0, 2, &[v(0)], &[v(0)]);
+        let (loss, _, _) = run_minibatch(&mut stages, &feed, 0, 2, &[v(0)], &[v(0)]);
         assert!(
             loss.is_finite() && loss > 0.0,
             "{}: loss {loss}",
@@ -335,14 +325,9 @@ fn split_models_compute_the_unsplit_outputs_and_gradients() {
     for (spec, data) in small_models() {
         let params = init_params(&spec, 4).unwrap();
         let n = params.len();
-        let mut one = stages_over(
-            &params,
-            &partition_uniform(n, 1).unwrap(),
-            GradMode::Graph,
-            &data,
-            &plan,
-        );
-        let (loss, correct, _) = run_minibatch(&mut one, 0, 2, &[v(0)], &[v(0)]);
+        let feed = feed(&data, &plan);
+        let mut one = stages_over(&params, &partition_uniform(n, 1).unwrap(), GradMode::Graph);
+        let (loss, correct, _) = run_minibatch(&mut one, &feed, 0, 2, &[v(0)], &[v(0)]);
         let reference = all_grads(&mut one);
         for stages in 2..=4 {
             for split in [
@@ -357,9 +342,9 @@ fn split_models_compute_the_unsplit_outputs_and_gradients() {
                 )
                 .unwrap(),
             ] {
-                let mut pipe = stages_over(&params, &split, GradMode::Graph, &data, &plan);
+                let mut pipe = stages_over(&params, &split, GradMode::Graph);
                 let recipes = vec![v(0); stages];
-                let (l, c, _) = run_minibatch(&mut pipe, 0, 2, &recipes, &recipes);
+                let (l, c, _) = run_minibatch(&mut pipe, &feed, 0, 2, &recipes, &recipes);
                 let what = format!("{} split {split:?}", spec.name());
                 assert!(
                     (l - loss).abs() <= 1e-5 * loss,
@@ -397,8 +382,9 @@ fn graph_and_recompute_paths_agree_through_convolutions_norms_and_residuals() {
             (GradMode::Graph, same),
             (GradMode::Recompute, same),
         ] {
-            let mut stages = stages_over(&params, &split, mode, &data, &plan);
-            run_minibatch(&mut stages, 0, 2, &[v(0); 3], &[backward; 3]);
+            let feed = feed(&data, &plan);
+            let mut stages = stages_over(&params, &split, mode);
+            run_minibatch(&mut stages, &feed, 0, 2, &[v(0); 3], &[backward; 3]);
             results.push(all_grads(&mut stages));
         }
         for (k, grads) in results.iter().enumerate().skip(1) {
@@ -423,8 +409,9 @@ fn graph_mode_conv_stages_build_no_autodiff_graph_and_transformer_stages_do() {
     for (spec, data) in small_models() {
         let params = init_params(&spec, 6).unwrap();
         let split = partition_uniform(params.len(), 3).unwrap();
-        let mut stages = stages_over(&params, &split, GradMode::Graph, &data, &plan);
-        stages[0].forward(mb(0, 0), None, &v(0), true).unwrap();
+        let feed = feed(&data, &plan);
+        let mut stages = stages_over(&params, &split, GradMode::Graph);
+        forward_fed(&mut stages[0], &feed, mb(0, 0), None, &v(0), true).unwrap();
         let expected = usize::from(matches!(spec, ModelSpec::Gpt(_)));
         assert_eq!(
             stages[0].num_saved_graphs(),
@@ -477,9 +464,6 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
             BlockParams::from_file_layout(b, values)
         })
         .collect();
-    let plan = Arc::new(BatchPlan {
-        minibatches: vec![vec![vec![0, 1, 2]], vec![vec![3, 4, 5]]],
-    });
     let x: Vec<f32> = data.gather(&[0, 1, 2]).0;
     let x = tensor2(x, 3, data.num_features);
     for mode in [GradMode::Graph, GradMode::Recompute] {
@@ -490,10 +474,8 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
             1,
             OptimizerConfig::sgd(0.5, 0.0),
             mode,
-            Arc::new(Dataset::new("x", [4, 6, 6], 10, vec![0.0; 4 * 36], vec![0]).unwrap()),
         )
         .unwrap();
-        stage.set_plan(plan.clone(), 1);
         // Input: the conv block's output on real data.
         let input = params[0].forward_eval(x.clone());
         let out_features = block.output_features();
@@ -504,7 +486,7 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
         // Make version 1: one forward/backward/update on mini-batch 1.
         let mid = timeprest_schedule::MicrobatchId::new(1, 0);
         stage
-            .forward(mid, Some(StageMessage::new(input.clone())), &v(0), true)
+            .forward(mid, StageMessage::new(input.clone()), None, &v(0), true)
             .unwrap();
         stage
             .backward(vec![timeprest_runtime::BackwardWork {
@@ -516,7 +498,7 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
         stage.update().unwrap();
         let id = timeprest_schedule::MicrobatchId::new(0, 0);
         let forward_out =
-            match stage.forward(id, Some(StageMessage::new(input.clone())), &v(0), true) {
+            match stage.forward(id, StageMessage::new(input.clone()), None, &v(0), true) {
                 Ok(timeprest_runtime::ForwardOutput::Activation(m)) => m.into_tensor(),
                 other => panic!("{other:?}"),
             };
@@ -644,7 +626,8 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
     let plan = Arc::new(BatchPlan {
         minibatches: vec![vec![vec![0, 1, 2, 3]], vec![vec![4, 5, 6, 7]]],
     });
-    let mut stages = stages_over(&params, &[0..2, 2..4], GradMode::Recompute, &data, &plan);
+    let feed = feed(&data, &plan);
+    let mut stages = stages_over(&params, &[0..2, 2..4], GradMode::Recompute);
     let stats_of = |samples: &[usize]| {
         let x = tensor2(data.gather(samples).0, samples.len(), data.num_features);
         let y = to_vec(&params[0].forward_eval(x));
@@ -670,7 +653,7 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
     };
     // Initial buffers: mean 0, var 1 (as written above).
     let stats = stats_of(&[0, 1, 2, 3]);
-    run_minibatch(&mut stages, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
+    run_minibatch(&mut stages, &feed, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
     let after_one = buffers(&stages[0], WeightKey::Version(0));
     for c in 0..3 {
         let (mean, var) = stats[c];
@@ -687,7 +670,7 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
     assert_eq!(buffers(&stages[0], WeightKey::Version(1)), after_one);
     // A stale forward (reading version 0) moves the *live* version's statistics; the recompute
     // backward does not move them again; version 0 keeps its own.
-    run_minibatch(&mut stages, 1, 1, &[v(0), v(1)], &[v(1), v(1)]);
+    run_minibatch(&mut stages, &feed, 1, 1, &[v(0), v(1)], &[v(1), v(1)]);
     let stats = stats_of(&[4, 5, 6, 7]);
     let live = buffers(&stages[0], WeightKey::Version(1));
     for c in 0..3 {
@@ -730,14 +713,13 @@ fn checkpoints_carry_convolution_weights_and_running_statistics() {
     let plan = Arc::new(BatchPlan {
         minibatches: vec![vec![vec![0, 1, 2, 3]]],
     });
+    let feed = feed(&data, &plan);
     let mut stages = stages_over(
         &params,
         &partition_uniform(params.len(), 2).unwrap(),
         GradMode::Graph,
-        &data,
-        &plan,
     );
-    run_minibatch(&mut stages, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
+    run_minibatch(&mut stages, &feed, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
     update_all(&mut stages);
     let trained: ModelParams = stages.iter().flat_map(BurnStage::live_params).collect();
     let dir = tempfile::tempdir().unwrap();
@@ -925,8 +907,9 @@ fn gpt_trains_on_the_mean_per_token_cross_entropy() {
         minibatches: vec![vec![vec![0, 1, 2, 3]]],
     });
     let one_stage = partition_uniform(3, 1).unwrap();
-    let mut stages = stages_over(&params, &one_stage, GradMode::Graph, &data, &plan);
-    let (loss_sum, correct, _) = run_minibatch(&mut stages, 0, 1, &[v(0)], &[v(0)]);
+    let feed = feed(&data, &plan);
+    let mut stages = stages_over(&params, &one_stage, GradMode::Graph);
+    let (loss_sum, correct, _) = run_minibatch(&mut stages, &feed, 0, 1, &[v(0)], &[v(0)]);
     let (mean_loss, accuracy) = evaluate(&spec, &params, &data, 3).unwrap();
     let tokens = (4 * seq_len) as f64;
     assert!((loss_sum / tokens - mean_loss).abs() < 1e-5 * mean_loss);

@@ -17,7 +17,8 @@ use timeprest_policy::{
     PolicyKind, PolicyOptions, VersionPlan, WeightKey, WeightPolicy, WeightRecipe, plan,
 };
 use timeprest_runtime::{
-    BackwardWork, ComputeError, ForwardOutput, LossStats, RunOptions, StageCompute, run_threaded,
+    BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, StageCompute,
+    run_threaded,
 };
 use timeprest_schedule::{
     MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate, validate,
@@ -29,13 +30,28 @@ struct NoopStage {
     sets: u32,
 }
 
+/// Feeds stage 0 the micro-batch's id and the last stage nothing.
+struct NoopFeed;
+
+impl Feed<MicrobatchId, ()> for NoopFeed {
+    fn input(&self, microbatch: MicrobatchId) -> Result<MicrobatchId, ComputeError> {
+        Ok(microbatch)
+    }
+
+    fn targets(&self, _microbatch: MicrobatchId) -> Result<(), ComputeError> {
+        Ok(())
+    }
+}
+
 impl StageCompute for NoopStage {
     type Message = MicrobatchId;
+    type Targets = ();
 
     fn forward(
         &mut self,
         microbatch: MicrobatchId,
-        _input: Option<MicrobatchId>,
+        _input: MicrobatchId,
+        _targets: Option<()>,
         _recipe: &WeightRecipe,
         _backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<MicrobatchId>, ComputeError> {
@@ -102,7 +118,14 @@ fn setup(
 
 fn run(schedule: &Schedule, version_plan: &VersionPlan) {
     let mut stages = noop_stages(schedule.config.num_stages);
-    let report = run_threaded(schedule, version_plan, &mut stages, RunOptions::default()).unwrap();
+    let report = run_threaded(
+        schedule,
+        version_plan,
+        &mut stages,
+        &NoopFeed,
+        RunOptions::default(),
+    )
+    .unwrap();
     black_box(report);
 }
 

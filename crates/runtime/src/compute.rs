@@ -2,7 +2,9 @@
 //!
 //! The runtime knows schedules, weight recipes and messages; it never sees a tensor. A
 //! [`StageCompute`] owns one stage's layers, its stored weight versions, its optimizer and its
-//! saved activations, and performs the passes the runtime orders. Keeping this trait small is
+//! saved activations, and performs the passes the runtime orders. It only computes: stage 0's
+//! inputs and the last stage's targets come from a [`Feed`] the executor holds, so the data,
+//! its batching and its augmentation stay out of the stage. Keeping this trait small is
 //! what lets another backend (or a fault-injecting or no-op stage for tests and benchmarks) be
 //! dropped in.
 
@@ -46,6 +48,16 @@ pub struct BackwardWork<M> {
     pub output_gradient: Option<M>,
 }
 
+/// Where the pipeline's data enters: stage 0's input and the last stage's targets of every
+/// micro-batch of an epoch. The executor asks it and hands the result to the stage.
+pub trait Feed<M, T>: Sync {
+    /// The input of `microbatch` at stage 0.
+    fn input(&self, microbatch: MicrobatchId) -> Result<M, ComputeError>;
+
+    /// What the last stage's loss compares `microbatch`'s output with.
+    fn targets(&self, microbatch: MicrobatchId) -> Result<T, ComputeError>;
+}
+
 /// One pipeline stage's computation.
 ///
 /// Contract: `forward` saves whatever the later `backward` of the same micro-batch needs;
@@ -54,18 +66,23 @@ pub struct BackwardWork<M> {
 /// becomes the next version, and clears the accumulator. Weight sets named by recipes must stay
 /// available until `release` is called for them.
 pub trait StageCompute: Send {
-    /// What crosses a stage boundary: activations forward, gradients backward.
+    /// What crosses a stage boundary: activations forward, gradients backward; also what a
+    /// [`Feed`] gives stage 0 as its input.
     type Message: Send + 'static;
+    /// What the last stage's loss compares its output with (from a [`Feed`]).
+    type Targets: Send;
 
-    /// Forward of one micro-batch with the weights of `recipe`. `input` is `None` at stage 0,
-    /// which reads its micro-batch from the data itself. `backward_reads_forward_weights` says
-    /// whether the micro-batch's backward at this stage will read `recipe` too (the version
-    /// plan knows): a stage may keep what only such a backward can use (an autodiff graph) and
-    /// skip building it otherwise, but must stay correct whatever the hint says.
+    /// Forward of one micro-batch with the weights of `recipe`. `input` comes from the previous
+    /// stage, or from the feed at stage 0; `targets` are given at the last stage only.
+    /// `backward_reads_forward_weights` says whether the micro-batch's backward at this stage
+    /// will read `recipe` too (the version plan knows): a stage may keep what only such a
+    /// backward can use (an autodiff graph) and skip building it otherwise, but must stay
+    /// correct whatever the hint says.
     fn forward(
         &mut self,
         microbatch: MicrobatchId,
-        input: Option<Self::Message>,
+        input: Self::Message,
+        targets: Option<Self::Targets>,
         recipe: &WeightRecipe,
         backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<Self::Message>, ComputeError>;

@@ -16,7 +16,7 @@ pub mod threaded;
 pub mod transport;
 pub mod worker;
 
-pub use compute::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
+pub use compute::{BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, StageCompute};
 pub use error::{INTERRUPTED, RuntimeError, StageFailure};
 pub use event::Event;
 pub use threaded::{RunOptions, RunReport, run_threaded};

@@ -17,7 +17,7 @@ use std::time::Instant;
 use timeprest_policy::VersionPlan;
 use timeprest_schedule::{MicrobatchId, Schedule};
 
-use crate::compute::{LossStats, StageCompute};
+use crate::compute::{Feed, LossStats, StageCompute};
 use crate::error::RuntimeError;
 use crate::event::Event;
 use crate::transport::ChannelTransport;
@@ -60,11 +60,13 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
-/// Executes `plan` (made from `schedule`) on `stages`, one thread per stage.
+/// Executes `plan` (made from `schedule`) on `stages`, one thread per stage, with stage 0's
+/// inputs and the last stage's targets from `feed`.
 pub fn run_threaded<C: StageCompute>(
     schedule: &Schedule,
     plan: &VersionPlan,
     stages: &mut [C],
+    feed: &dyn Feed<C::Message, C::Targets>,
     options: RunOptions<'_>,
 ) -> Result<RunReport, RuntimeError> {
     check_plan(schedule, plan)?;
@@ -103,7 +105,7 @@ pub fn run_threaded<C: StageCompute>(
                 std::thread::Builder::new()
                     .name(format!("stage-{stage}"))
                     .spawn_scoped(scope, move || {
-                        match run_stage(&context, compute, &mut transport, pool.as_ref()) {
+                        match run_stage(&context, compute, &mut transport, feed, pool.as_ref()) {
                             Ok(output) => Some(output),
                             Err(error) => {
                                 failures.lock().expect("failure list poisoned").push(error);

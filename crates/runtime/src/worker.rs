@@ -23,7 +23,7 @@ use std::time::Instant;
 use timeprest_policy::{PlannedPass, StagePlan, VersionPlan};
 use timeprest_schedule::{ActionKind, MicrobatchId, Schedule, validate};
 
-use crate::compute::{BackwardWork, ForwardOutput, LossStats, StageCompute};
+use crate::compute::{BackwardWork, Feed, ForwardOutput, LossStats, StageCompute};
 use crate::error::{RuntimeError, StageFailure};
 use crate::event::Event;
 use crate::transport::{Neighbour, Transport};
@@ -97,14 +97,16 @@ pub fn stage_pool(
         .transpose()
 }
 
-/// Runs the stage's plan to the end on the calling thread (inside `pool` if given), turning
-/// errors and panics into [`RuntimeError::StageFailed`] and raising `context.abort` on failure.
+/// Runs the stage's plan to the end on the calling thread (inside `pool` if given), with stage
+/// 0's inputs and the last stage's targets from `feed`, turning errors and panics into
+/// [`RuntimeError::StageFailed`] and raising `context.abort` on failure.
 /// A stage that stopped because the caller raised `context.stop` (and not for a failure of its
 /// own) reports [`RuntimeError::Interrupted`].
 pub fn run_stage<C, T>(
     context: &StageContext<'_>,
     compute: &mut C,
     transport: &mut T,
+    feed: &dyn Feed<C::Message, C::Targets>,
     pool: Option<&rayon::ThreadPool>,
 ) -> Result<StageOutput, RuntimeError>
 where
@@ -116,6 +118,7 @@ where
         context,
         compute,
         transport,
+        feed,
     };
     let mut guarded = || catch_unwind(AssertUnwindSafe(|| worker.run(&mut current)));
     let outcome = match pool {
@@ -147,10 +150,11 @@ where
     })
 }
 
-struct Worker<'a, 'c, C, T> {
+struct Worker<'a, 'c, C: StageCompute, T> {
     context: &'a StageContext<'c>,
     compute: &'a mut C,
     transport: &'a mut T,
+    feed: &'a dyn Feed<C::Message, C::Targets>,
 }
 
 impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
@@ -215,14 +219,20 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     let recipe = recipe.shifted(offset);
                     recipes.push(recipe);
                     let input = if self.is_first() {
-                        None
+                        self.feed.input(microbatch)?
                     } else {
-                        Some(self.take(Neighbour::Previous, microbatch)?)
+                        self.take(Neighbour::Previous, microbatch)?
+                    };
+                    let targets = if self.is_last() {
+                        Some(self.feed.targets(microbatch)?)
+                    } else {
+                        None
                     };
                     began = now();
                     match self.compute.forward(
                         microbatch,
                         input,
+                        targets,
                         &recipe,
                         backward_reads_forward_weights,
                     )? {

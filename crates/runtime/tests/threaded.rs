@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use timeprest_policy::{PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan};
 use timeprest_runtime::{
-    BackwardWork, ComputeError, ForwardOutput, LossStats, RunOptions, RuntimeError, StageCompute,
-    StageFailure, run_threaded,
+    BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, RuntimeError,
+    StageCompute, StageFailure, run_threaded,
 };
 use timeprest_schedule::{MicrobatchId, ScheduleConfig, ScheduleKind, generate};
 
@@ -47,13 +47,28 @@ impl EchoStage {
     }
 }
 
+/// Feeds every micro-batch its own id, as input and as target.
+struct IdFeed;
+
+impl Feed<MicrobatchId, MicrobatchId> for IdFeed {
+    fn input(&self, microbatch: MicrobatchId) -> Result<MicrobatchId, ComputeError> {
+        Ok(microbatch)
+    }
+
+    fn targets(&self, microbatch: MicrobatchId) -> Result<MicrobatchId, ComputeError> {
+        Ok(microbatch)
+    }
+}
+
 impl StageCompute for EchoStage {
     type Message = MicrobatchId;
+    type Targets = MicrobatchId;
 
     fn forward(
         &mut self,
         microbatch: MicrobatchId,
-        input: Option<MicrobatchId>,
+        input: MicrobatchId,
+        targets: Option<MicrobatchId>,
         recipe: &WeightRecipe,
         _backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<MicrobatchId>, ComputeError> {
@@ -66,9 +81,15 @@ impl StageCompute for EchoStage {
         if self.panic_on_forward == Some(self.forwards) {
             panic!("injected fault in forward {}", self.forwards);
         }
+        assert_eq!(input, microbatch, "message routed to the wrong micro-batch");
+        assert_eq!(
+            targets.is_some(),
+            self.is_last,
+            "targets go to the last stage only"
+        );
         assert!(
-            input.is_none_or(|id| id == microbatch),
-            "message routed to the wrong micro-batch"
+            targets.is_none_or(|id| id == microbatch),
+            "targets of another micro-batch"
         );
         self.check_available(recipe)?;
         if let WeightRecipe::Predict {
@@ -158,6 +179,7 @@ fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
             &schedule,
             &version_plan,
             &mut workers,
+            &IdFeed,
             RunOptions::default(),
         )
         .unwrap();
@@ -196,6 +218,7 @@ fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
         &schedule,
         &version_plan,
         &mut workers,
+        &IdFeed,
         RunOptions::default(),
     )
     .unwrap_err();
@@ -234,6 +257,7 @@ fn a_failing_update_ends_the_run_with_its_cause() {
         &schedule,
         &version_plan,
         &mut workers,
+        &IdFeed,
         RunOptions::default(),
     )
     .unwrap_err();
@@ -256,6 +280,7 @@ fn mismatched_stage_count_is_rejected() {
         &schedule,
         &version_plan,
         &mut workers,
+        &IdFeed,
         RunOptions::default(),
     )
     .unwrap_err();
@@ -279,7 +304,7 @@ fn run_with_stop_flag(
         stop: Some(&stop),
         ..RunOptions::default()
     };
-    let error = run_threaded(&schedule, &version_plan, &mut workers, options).unwrap_err();
+    let error = run_threaded(&schedule, &version_plan, &mut workers, &IdFeed, options).unwrap_err();
     (error, workers)
 }
 

@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
-    AvailableMemory, BatchPlan, BlockParams, BurnStage, ModelParams, ModelSize, ModelSpec, NnError,
-    Workload, evaluate, init_params, load_safetensors, partition_manual, partition_model,
+    AvailableMemory, BatchPlan, BlockParams, BurnStage, DataFeed, ModelParams, ModelSize,
+    ModelSpec, NnError, Workload, evaluate, init_params, load_safetensors, partition_manual,
+    partition_model,
 };
 use timeprest_policy::{VersionPlan, WeightPolicy, plan};
 use timeprest_schedule::{Schedule, generate};
@@ -38,13 +39,16 @@ pub struct Pipeline {
     policy: WeightPolicy,
 }
 
-/// One epoch's work: which samples each micro-batch holds, the schedule that orders the passes
-/// and the version every pass reads. Every stage of the epoch executes its own row of it.
+/// One epoch's work: which samples each micro-batch holds (and the feed that makes stage 0's
+/// inputs and the last stage's targets from them), the schedule that orders the passes and the
+/// version every pass reads. Every stage of the epoch executes its own row of it.
 pub struct EpochWork {
     /// The epoch, from 1.
     pub epoch: u32,
     /// The samples of every micro-batch of every mini-batch.
     pub batches: Arc<BatchPlan>,
+    /// Stage 0's inputs and the last stage's targets of every micro-batch.
+    pub feed: DataFeed,
     /// The order of every stage's forwards, backwards and updates.
     pub schedule: Schedule,
     /// The weight version every pass reads and every update writes.
@@ -55,11 +59,6 @@ impl EpochWork {
     /// Number of mini-batches the epoch schedules.
     pub fn num_minibatches(&self) -> u32 {
         self.schedule.config.num_minibatches
-    }
-
-    /// Gives `stage` the epoch's micro-batches, so that it can read its inputs and targets.
-    pub fn hand_batches_to(&self, stage: &mut BurnStage) {
-        stage.set_plan(Arc::clone(&self.batches), self.epoch);
     }
 }
 
@@ -167,24 +166,17 @@ impl Pipeline {
         &self.split
     }
 
-    /// Stage `stage` with its initial weights (stage 0 also augments, when configured).
+    /// Stage `stage` with its initial weights.
     pub fn stage(&self, stage: u32) -> Result<BurnStage, TrainError> {
         let blocks = self.split[stage as usize].clone();
-        let mut built = BurnStage::new(
+        Ok(BurnStage::new(
             stage,
             self.config.stages,
             self.initial[blocks.clone()].to_vec(),
             blocks.start,
             self.config.optimizer_config(),
             self.config.grad_mode,
-            Arc::clone(&self.train_data),
-        )?;
-        if stage == 0 {
-            built.set_augment(self.config.augment.then_some(Augment {
-                seed: self.config.seed,
-            }));
-        }
-        Ok(built)
+        )?)
     }
 
     /// The work of epoch `epoch` (from 1): its batches, schedule and weight versions.
@@ -197,9 +189,19 @@ impl Pipeline {
             .schedule_config(num_microbatches, num_minibatches);
         let schedule = generate(self.config.schedule_kind(), &shape)?;
         let versions = plan(&schedule, &self.policy);
+        let batches = Arc::new(batches);
+        let augment = self.config.augment.then_some(Augment {
+            seed: self.config.seed,
+        });
         Ok(EpochWork {
             epoch,
-            batches: Arc::new(batches),
+            feed: DataFeed::new(
+                Arc::clone(&self.train_data),
+                Arc::clone(&batches),
+                augment,
+                epoch,
+            ),
+            batches,
             schedule,
             versions,
         })

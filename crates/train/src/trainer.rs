@@ -95,16 +95,19 @@ impl Trainer {
         stop: Option<&AtomicBool>,
     ) -> Result<EpochRun, TrainError> {
         let work = self.pipeline.epoch_work(epoch)?;
-        for stage in &mut self.stages {
-            work.hand_batches_to(stage);
-        }
         let options = RunOptions {
             threads_per_stage: Some(self.config().threads_per_stage),
             version_offset: self.updates,
             on_first_stage_update: progress,
             stop,
         };
-        let report = run_threaded(&work.schedule, &work.versions, &mut self.stages, options)?;
+        let report = run_threaded(
+            &work.schedule,
+            &work.versions,
+            &mut self.stages,
+            &work.feed,
+            options,
+        )?;
         self.updates += u64::from(work.num_minibatches());
         let metrics = epoch_metrics(epoch, &work.schedule, self.config().lr, &report, || {
             self.evaluate()
