@@ -1392,30 +1392,21 @@ fn stages_check_their_blocks_when_built_and_the_data_when_fed() {
     );
     assert!(new(2, 2, &params).is_err());
     assert!(new(0, 1, &[]).is_err());
-    let err = forward_fed(
-        &mut new(0, 2, &params[1..2]).unwrap(),
-        &feed,
-        mb(0, 0),
-        None,
-        &v(0),
-        true,
-    )
-    .unwrap_err();
+    // Blocks that do not fit the data are refused at the first forward fed from it.
+    let refused = |stage: u32, blocks: &[BlockParams], input: Option<StageMessage>| {
+        let mut stage = new(stage, 2, blocks).unwrap();
+        forward_fed(&mut stage, &feed, mb(0, 0), input, &v(0), true)
+            .unwrap_err()
+            .0
+    };
+    let err = refused(0, &params[1..2], None);
     assert!(
-        err.0.contains("features, the stage takes"),
+        err.contains("features, the stage takes"),
         "stage 0 must take the data's features: {err}"
     );
-    let err = forward_fed(
-        &mut new(1, 2, &params[1..3]).unwrap(),
-        &feed,
-        mb(0, 0),
-        Some(message(vec![1.0; 18], 2, 9)),
-        &v(0),
-        true,
-    )
-    .unwrap_err();
+    let err = refused(1, &params[1..3], Some(message(vec![1.0; 18], 2, 9)));
     assert!(
-        err.0.contains("outputs per sample"),
+        err.contains("outputs per sample"),
         "the last stage must give the classes: {err}"
     );
     let m = message(vec![1.0; 6], 2, 3);
