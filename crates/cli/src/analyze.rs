@@ -7,25 +7,23 @@
 //!   distribution of the staleness d of its backwards (overall and in steady state) and the
 //!   micro-batches in flight (`docs/algorithms.md` §3.10, §5).
 //!
-//! Both print an aligned table or JSON. [`VersionSummary`] is also what `simulate --policy`
-//! reports.
+//! Both print an aligned table or JSON. The version summary
+//! ([`timeprest_policy::VersionSummary`]) is also what `simulate --policy` reports.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
-use timeprest_policy::{
-    PolicyKind, PolicyOptions, WeightPolicy, plan, steady_window, v_formula, version_difference,
-};
-use timeprest_schedule::{Schedule, ScheduleConfig, ScheduleKind, max_microbatches_in_flight};
+use timeprest_policy::{PolicyKind, VersionSummary, v_formula, version_difference};
+use timeprest_schedule::{ScheduleConfig, ScheduleKind};
 
 use crate::simulate::{
     PipelineArgs, at_least_one, generate_checked, policy_parser, range_at_least_one,
     resolve_schedule, schedule_parser, write_output,
 };
+use crate::table::{aligned, version_table};
 
 /// Chains shown per row of the version-difference table.
 const TABLE_CHAINS: usize = 3;
@@ -131,7 +129,7 @@ pub(crate) fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             let kind = resolve_schedule(args.schedule, Some(args.policy))?;
             let schedule = args.pipeline.generate(kind, args.minibatches)?;
             let summary = VersionSummary::new(&schedule, args.policy);
-            args.report.write(&summary, || summary.table())
+            args.report.write(&summary, || version_table(&summary))
         }
     }
 }
@@ -246,140 +244,9 @@ fn chains_cell(chains: &[Vec<u32>]) -> String {
     cell.trim_end().to_string()
 }
 
-/// What a policy does to the weight versions of one schedule, per stage.
-#[derive(Debug, Serialize)]
-pub(crate) struct VersionSummary {
-    /// The schedule family.
-    schedule: ScheduleKind,
-    /// The policy traced.
-    policy: PolicyKind,
-    /// W.
-    stages: u32,
-    /// N.
-    microbatches: u32,
-    /// Mini-batches simulated.
-    minibatches: u32,
-    /// The steady-state mini-batches, 1-based and inclusive: `[first, last]`.
-    steady_minibatches: [u32; 2],
-    /// Per stage, the most weight sets (versions or predictions) stored at once.
-    stored_versions: Vec<u32>,
-    /// Per stage, the most micro-batches whose forward is done and backward is not.
-    max_microbatches_in_flight: Vec<u32>,
-    /// Per stage, d → number of micro-batch backwards with that staleness, over all of them.
-    staleness: Vec<BTreeMap<u64, u32>>,
-    /// The same over the steady-state mini-batches only.
-    steady_staleness: Vec<BTreeMap<u64, u32>>,
-}
-
-impl VersionSummary {
-    /// Traces `policy` (with default options) over `schedule`.
-    pub(crate) fn new(schedule: &Schedule, policy: PolicyKind) -> Self {
-        let config = &schedule.config;
-        let plan = plan(
-            schedule,
-            &WeightPolicy::new(policy, &PolicyOptions::default()),
-        );
-        let steady = steady_window(config.num_minibatches);
-        let histograms = |range: Range<u32>| -> Vec<BTreeMap<u64, u32>> {
-            plan.stages
-                .iter()
-                .map(|stage| stage.staleness_histogram(range.clone()))
-                .collect()
-        };
-        Self {
-            schedule: schedule.kind,
-            policy,
-            stages: config.num_stages,
-            microbatches: config.num_microbatches,
-            minibatches: config.num_minibatches,
-            steady_minibatches: [steady.start + 1, steady.end],
-            stored_versions: plan.peak_weight_sets(),
-            max_microbatches_in_flight: max_microbatches_in_flight(schedule),
-            staleness: histograms(0..config.num_minibatches),
-            steady_staleness: histograms(steady),
-        }
-    }
-
-    /// A title line and one aligned row per stage.
-    pub(crate) fn table(&self) -> String {
-        let [first, last] = self.steady_minibatches;
-        let mut out = format!(
-            "policy {} on {}: W={}, N={}, {} mini-batches (steady state: mini-batches {first}..{last})\n",
-            self.policy, self.schedule, self.stages, self.microbatches, self.minibatches
-        );
-        let header = [
-            "stage",
-            "stored versions",
-            "max in flight",
-            "d: count (all backwards)",
-            "d: count (steady state)",
-        ];
-        let body: Vec<Vec<String>> = (0..self.stages as usize)
-            .map(|s| {
-                vec![
-                    format!("S{}", s + 1),
-                    self.stored_versions[s].to_string(),
-                    self.max_microbatches_in_flight[s].to_string(),
-                    histogram_cell(&self.staleness[s]),
-                    histogram_cell(&self.steady_staleness[s]),
-                ]
-            })
-            .collect();
-        out.push_str(&aligned(&header, &body));
-        out
-    }
-}
-
-/// A histogram as in the spec's tables: `{0:25, 1:50}`.
-fn histogram_cell(histogram: &BTreeMap<u64, u32>) -> String {
-    let entries: Vec<String> = histogram
-        .iter()
-        .map(|(d, count)| format!("{d}:{count}"))
-        .collect();
-    format!("{{{}}}", entries.join(", "))
-}
-
-/// Left-aligned columns separated by two spaces, with a header row.
-fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            write!(line, "{cell:<width$}  ").unwrap();
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_steady_window_is_the_middle_half_and_never_empty() {
-        assert_eq!(steady_window(40), 10..30);
-        assert_eq!(steady_window(1), 0..1);
-        assert_eq!(steady_window(2), 0..1);
-    }
-
-    #[test]
-    fn tables_align_and_histograms_read_like_the_docs() {
-        let table = aligned(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(table, "a    bb\nxyz  1\n");
-        assert_eq!(
-            histogram_cell(&BTreeMap::from([(0, 25), (1, 50)])),
-            "{0:25, 1:50}"
-        );
-    }
 
     #[test]
     fn long_chains_are_cut_in_the_table() {

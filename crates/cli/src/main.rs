@@ -21,6 +21,7 @@ mod interrupt;
 mod partition;
 mod plot;
 mod simulate;
+mod table;
 mod train;
 
 use std::fmt;

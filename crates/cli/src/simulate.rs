@@ -16,14 +16,14 @@ use anyhow::Context as _;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use timeprest_policy::PolicyKind;
+use timeprest_policy::{PolicyKind, VersionSummary};
 use timeprest_schedule::{
     ConstantCost, InflightCap, MAX_BACKWARD_SLOTS, Schedule, ScheduleConfig, ScheduleKind,
     Timeline, generate, render, simulate_costs,
 };
 use timeprest_train::{check_output_file, write_file_atomically};
 
-use crate::analyze::VersionSummary;
+use crate::table::version_table;
 use crate::usage_error;
 
 /// The most actions one command will simulate: far beyond any figure, small enough that a typo
@@ -201,7 +201,7 @@ pub(crate) fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             let mut text = render::grid(&schedule, args.slots);
             if let Some(versions) = &versions {
                 text.push('\n');
-                text.push_str(&versions.table());
+                text.push_str(&version_table(versions));
             }
             text
         }

@@ -8,8 +8,14 @@
 //! {1,3,5,…} and {2,4,6,…}), the paper's "multiple sequence problem". The paper's closed form
 //! ⌊(W+N−2)/N⌋ is kept beside the simulated value because it is wrong at a few points.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
-use timeprest_schedule::{ActionKind, Schedule};
+use timeprest_schedule::{ActionKind, Schedule, ScheduleKind, max_microbatches_in_flight};
+
+use crate::policy::{PolicyKind, PolicyOptions, WeightPolicy};
+use crate::trace::plan;
 
 /// The version-difference analysis of one schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,5 +111,74 @@ pub fn version_difference(schedule: &Schedule) -> VersionDifference {
         parents,
         chains,
         steady_v,
+    }
+}
+
+/// What a policy does to the weight versions of one schedule, per stage: the most weight sets
+/// it stores, the micro-batches in flight, and the staleness of its backwards
+/// (`docs/algorithms.md` §3.10, §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionSummary {
+    /// The schedule family.
+    pub schedule: ScheduleKind,
+    /// The policy traced.
+    pub policy: PolicyKind,
+    /// W.
+    pub stages: u32,
+    /// N.
+    pub microbatches: u32,
+    /// Mini-batches simulated.
+    pub minibatches: u32,
+    /// The steady-state mini-batches, 1-based and inclusive: `[first, last]`.
+    pub steady_minibatches: [u32; 2],
+    /// Per stage, the most weight sets (versions or predictions) stored at once.
+    pub stored_versions: Vec<u32>,
+    /// Per stage, the most micro-batches whose forward is done and backward is not.
+    pub max_microbatches_in_flight: Vec<u32>,
+    /// Per stage, d → number of micro-batch backwards with that staleness, over all of them.
+    pub staleness: Vec<BTreeMap<u64, u32>>,
+    /// The same over the steady-state mini-batches only.
+    pub steady_staleness: Vec<BTreeMap<u64, u32>>,
+}
+
+impl VersionSummary {
+    /// Traces `policy` (with default options) over `schedule`.
+    pub fn new(schedule: &Schedule, policy: PolicyKind) -> Self {
+        let config = &schedule.config;
+        let plan = plan(
+            schedule,
+            &WeightPolicy::new(policy, &PolicyOptions::default()),
+        );
+        let steady = steady_window(config.num_minibatches);
+        let histograms = |range: Range<u32>| -> Vec<BTreeMap<u64, u32>> {
+            plan.stages
+                .iter()
+                .map(|stage| stage.staleness_histogram(range.clone()))
+                .collect()
+        };
+        Self {
+            schedule: schedule.kind,
+            policy,
+            stages: config.num_stages,
+            microbatches: config.num_microbatches,
+            minibatches: config.num_minibatches,
+            steady_minibatches: [steady.start + 1, steady.end],
+            stored_versions: plan.peak_weight_sets(),
+            max_microbatches_in_flight: max_microbatches_in_flight(schedule),
+            staleness: histograms(0..config.num_minibatches),
+            steady_staleness: histograms(steady),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_window_is_the_middle_half_and_never_empty() {
+        assert_eq!(steady_window(40), 10..30);
+        assert_eq!(steady_window(1), 0..1);
+        assert_eq!(steady_window(2), 0..1);
     }
 }

@@ -21,4 +21,6 @@ pub mod trace;
 pub use trace::{PlannedAction, PlannedBackward, PlannedPass, StagePlan, VersionPlan, plan};
 pub mod analysis;
 
-pub use analysis::{VersionDifference, steady_window, v_formula, version_difference};
+pub use analysis::{
+    VersionDifference, VersionSummary, steady_window, v_formula, version_difference,
+};
