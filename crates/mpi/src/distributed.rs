@@ -24,8 +24,8 @@
 //! Stopping on request: on Ctrl-C or SIGTERM, `mpirun` (Open MPI 4.1) sends the ranks SIGTERM
 //! and kills them about a second later (measured), so each rank's stop flag ([`RankRun::stop`])
 //! is usually raised at about the same time, and the stop must be quick; but one rank is
-//! enough: a rank that sees its flag stops its stage before the next action (or its next epoch) and aborts the others with the cause
-//! [`timeprest_runtime::INTERRUPTED`]. Every rank then returns [`TrainError::Interrupted`] with
+//! enough: a rank that sees its flag stops its stage before the next action (or its next
+//! epoch) and aborts the others with the cause [`timeprest_runtime::INTERRUPTED`]. Every rank then returns [`TrainError::Interrupted`] with
 //! the epoch that did not complete and the last committed checkpoint, as a threaded run does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,8 +170,8 @@ fn train<F: Fabric>(
             return Err(RuntimeError::Interrupted.into());
         }
         let (schedule, summary) = local.run_epoch(rank, &pipeline, epoch, run)?;
-        let checkpoint =
-            (start.checkpoints.as_ref()).filter(|plan| plan.due_after(epoch, config.epochs));
+        let checkpoint = (start.checkpoints.as_ref())
+            .filter(|checkpointing| checkpointing.due_after(epoch, config.epochs));
         match record.as_mut() {
             Some(record) => {
                 let mut summaries = vec![summary];
@@ -183,8 +183,12 @@ fn train<F: Fabric>(
                     .map_err(|error| error.after_checkpoint(position.last_checkpoint.clone()))?;
                 run.progress.epoch_finished(&metrics);
                 history.push(metrics);
-                if let Some(plan) = checkpoint {
-                    let mut stages = vec![checkpoint::write_stage(&plan.run_dir, 0, &local.stage)?];
+                if let Some(checkpointing) = checkpoint {
+                    let mut stages = vec![checkpoint::write_stage(
+                        &checkpointing.run_dir,
+                        0,
+                        &local.stage,
+                    )?];
                     for from in 1..rank.size() {
                         let bytes = rank.wait_for(from, Tag::Saved, None)?;
                         stages.push(decode_saved(from, &bytes)?);
@@ -195,14 +199,15 @@ fn train<F: Fabric>(
                         config: config.clone(),
                         stages,
                     };
-                    checkpoint::commit(&plan.run_dir, &state)?;
+                    checkpoint::commit(&checkpointing.run_dir, &state)?;
                 }
                 rank.broadcast(Tag::Continue, &[])?;
             }
             None => {
                 rank.send(0, Tag::Summary, summary.encode())?;
-                if let Some(plan) = checkpoint {
-                    let saved = checkpoint::write_stage(&plan.run_dir, index, &local.stage)?;
+                if let Some(checkpointing) = checkpoint {
+                    let saved =
+                        checkpoint::write_stage(&checkpointing.run_dir, index, &local.stage)?;
                     let bytes = serde_json::to_vec(&saved).expect("stage scalars serialise");
                     rank.send(0, Tag::Saved, bytes)?;
                 }
@@ -210,9 +215,9 @@ fn train<F: Fabric>(
             }
         }
         // Every rank knows the checkpoint is committed: rank 0 committed it before going on.
-        if let Some(plan) = checkpoint {
+        if let Some(checkpointing) = checkpoint {
             position.last_checkpoint = Some(LastCheckpoint {
-                run_dir: plan.run_dir.clone(),
+                run_dir: checkpointing.run_dir.clone(),
                 epoch,
             });
         }
@@ -220,8 +225,9 @@ fn train<F: Fabric>(
     Ok(record.map(|_| history))
 }
 
-/// Rank 0's decisions before training: the `split` it computed; where checkpoints go (clearing what a crash
-/// left half-written there); and, when resuming, the checkpoint, checked against the run.
+/// Rank 0's decisions before training: the `split` it computed; where checkpoints go
+/// (clearing what a crash left half-written there); and, when resuming, the checkpoint,
+/// checked against the run.
 fn decide_start(
     config: &TrainConfig,
     paths: &RunPaths,
@@ -236,8 +242,8 @@ fn decide_start(
         None => None,
     };
     let checkpoints = paths.checkpoints();
-    if let Some(plan) = &checkpoints {
-        checkpoint::clear_staging(&plan.run_dir)?;
+    if let Some(checkpointing) = &checkpoints {
+        checkpoint::clear_staging(&checkpointing.run_dir)?;
     }
     Ok(Start {
         split,

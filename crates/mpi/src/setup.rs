@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use timeprest_train::checkpoint::{CheckpointPlan, CheckpointState};
+use timeprest_train::checkpoint::{CheckpointState, Checkpointing};
 
 use crate::error::MpiError;
 use crate::wire::WireError;
@@ -24,7 +24,7 @@ pub struct Start {
     /// The blocks of each stage.
     pub split: Vec<Range<usize>>,
     /// Where and how often every rank writes its stage's checkpoint file.
-    pub checkpoints: Option<CheckpointPlan>,
+    pub checkpoints: Option<Checkpointing>,
     /// The checkpoint to continue from.
     pub resume: Option<Resume>,
 }
@@ -61,7 +61,7 @@ mod tests {
     fn a_start_message_round_trips() {
         let start = Start {
             split: vec![0..2, 2..3, 3..7],
-            checkpoints: Some(CheckpointPlan {
+            checkpoints: Some(Checkpointing {
                 run_dir: PathBuf::from("runs/a"),
                 every: 2,
             }),

@@ -7,13 +7,13 @@
 //! `BasicBlock` and `Bottleneck`) are *one* block each, so a pipeline cut never falls inside a
 //! skip connection, and the partitioner sees the same units as the papers' layer tables.
 //!
-//! Every weighted block is described once, as a small [`Plan`] of primitive layers (linear,
+//! Every weighted block is described once, as small [`LayerPaths`] of primitive layers (linear,
 //! convolution, batch norm, layer norm, embedding table, ReLU, and for residual blocks a
 //! shortcut): the parameter names, file shapes, memory layouts, initialisation and
 //! running-statistics buffers all come from that one description, and the convolutional
 //! blocks' forward too, so they cannot disagree. The transformer blocks of `gpt` (token and
 //! position embedding, decoder layer, language-model head; see [`crate::transformer`]) take
-//! their parameters from their plan in its order.
+//! their parameters from their layer paths in order.
 //!
 //! Messages between stages are `[batch, features]`; a block that works on images reshapes its
 //! input to `[batch, channels, height, width]` and flattens its output again (row-major
@@ -246,7 +246,7 @@ impl TensorInfo {
     }
 }
 
-/// A primitive layer of a [`Plan`].
+/// A primitive layer of a [`LayerPaths`].
 #[derive(Clone, Copy, Debug)]
 enum Layer {
     Linear {
@@ -333,12 +333,12 @@ impl Layer {
 
 /// A weighted block as primitive layers: the main path, and for a residual block the shortcut
 /// (`Some(empty)` = identity). Layers with parameters carry the PyTorch attribute name.
-struct Plan {
+struct LayerPaths {
     main: Vec<(&'static str, Layer)>,
     shortcut: Option<Vec<(&'static str, Layer)>>,
 }
 
-impl Plan {
+impl LayerPaths {
     fn single(layer: Layer) -> Self {
         Self {
             main: vec![("", layer)],
@@ -589,7 +589,7 @@ impl Block {
     }
 
     /// The weighted part as primitive layers, or `None` for a weight-free block.
-    fn plan(&self) -> Option<Plan> {
+    fn layer_paths(&self) -> Option<LayerPaths> {
         let conv = |in_channels, out_channels, kernel, stride, padding| Layer::Conv {
             in_channels,
             out_channels,
@@ -611,7 +611,7 @@ impl Block {
         };
         match *self {
             Block::Linear { input, output, .. } => {
-                Some(Plan::single(Layer::Linear { input, output }))
+                Some(LayerPaths::single(Layer::Linear { input, output }))
             }
             Block::Conv2d {
                 input,
@@ -621,7 +621,7 @@ impl Block {
                 padding,
                 bias,
                 ..
-            } => Some(Plan::single(Layer::Conv {
+            } => Some(LayerPaths::single(Layer::Conv {
                 in_channels: input[0],
                 out_channels: channels,
                 kernel,
@@ -629,12 +629,12 @@ impl Block {
                 padding,
                 bias,
             })),
-            Block::BatchNorm2d { input, .. } => Some(Plan::single(norm(input[0]))),
+            Block::BatchNorm2d { input, .. } => Some(LayerPaths::single(norm(input[0]))),
             Block::BasicBlock {
                 input,
                 planes,
                 stride,
-            } => Some(Plan {
+            } => Some(LayerPaths {
                 main: vec![
                     ("conv1", conv(input[0], planes, 3, stride, 1)),
                     ("bn1", norm(planes)),
@@ -650,7 +650,7 @@ impl Block {
                 stride,
             } => {
                 let out = BOTTLENECK_EXPANSION * planes;
-                Some(Plan {
+                Some(LayerPaths {
                     main: vec![
                         ("conv1", conv(input[0], planes, 1, 1, 0)),
                         ("bn1", norm(planes)),
@@ -668,7 +668,7 @@ impl Block {
                 seq_len,
                 vocab_size,
                 embed_dim,
-            } => Some(Plan {
+            } => Some(LayerPaths {
                 main: vec![
                     (
                         "token",
@@ -690,7 +690,7 @@ impl Block {
             Block::DecoderLayer { embed_dim: d, .. } => {
                 let linear = |input, output| Layer::Linear { input, output };
                 let norm = Layer::FeatureNorm { features: d };
-                Some(Plan {
+                Some(LayerPaths {
                     main: vec![
                         ("ln1", norm),
                         ("attn.qkv", linear(d, 3 * d)),
@@ -706,7 +706,7 @@ impl Block {
                 embed_dim,
                 vocab_size,
                 ..
-            } => Some(Plan {
+            } => Some(LayerPaths {
                 main: vec![
                     (
                         "ln",
@@ -733,8 +733,9 @@ impl Block {
 
     /// The trainable parameter tensors, in order.
     pub(crate) fn param_infos(&self) -> Vec<TensorInfo> {
-        self.plan().map_or_else(Vec::new, |plan| {
-            plan.layers()
+        self.layer_paths().map_or_else(Vec::new, |paths| {
+            paths
+                .layers()
                 .flat_map(|(prefix, l)| l.params(prefix))
                 .collect()
         })
@@ -742,8 +743,9 @@ impl Block {
 
     /// The buffers (batch norms' running statistics), in order.
     pub(crate) fn buffer_infos(&self) -> Vec<TensorInfo> {
-        self.plan().map_or_else(Vec::new, |plan| {
-            plan.layers()
+        self.layer_paths().map_or_else(Vec::new, |paths| {
+            paths
+                .layers()
                 .flat_map(|(prefix, l)| l.buffers(prefix))
                 .collect()
         })
@@ -771,11 +773,11 @@ impl Block {
                 seq_len, embed_dim, ..
             } => {
                 let (seq, d) = (seq_len as f64, embed_dim as f64);
-                // Per position: the plan's linear layers (qkv, projection, MLP) and norms;
+                // Per position: the layer paths' linear layers (qkv, projection, MLP) and norms;
                 // attention: scores and the weighted sum of values, seq × seq × d each.
-                seq * self.plan_ops([1, 1, 1]) + 2.0 * seq * seq * d
+                seq * self.layer_paths_ops([1, 1, 1]) + 2.0 * seq * seq * d
             }
-            Block::LmHead { seq_len, .. } => seq_len as f64 * self.plan_ops([1, 1, 1]),
+            Block::LmHead { seq_len, .. } => seq_len as f64 * self.layer_paths_ops([1, 1, 1]),
             Block::Embedding {
                 seq_len, embed_dim, ..
             } => 2.0 * (seq_len * embed_dim) as f64,
@@ -783,14 +785,14 @@ impl Block {
             | Block::Conv2d { .. }
             | Block::BatchNorm2d { .. }
             | Block::BasicBlock { .. }
-            | Block::Bottleneck { .. } => self.plan_ops([c, h, w]),
+            | Block::Bottleneck { .. } => self.layer_paths_ops([c, h, w]),
         }
     }
 
-    /// [`Block::forward_ops`] of the layers of the block's plan (main path and shortcut, each
-    /// from `input`), with the plan's linear and norm layers applied to one position.
-    fn plan_ops(&self, input: Shape) -> f64 {
-        let Some(plan) = self.plan() else {
+    /// [`Block::forward_ops`] of the layers of the block's layer paths (main path and shortcut,
+    /// each from `input`), with their linear and norm layers applied to one position.
+    fn layer_paths_ops(&self, input: Shape) -> f64 {
+        let Some(paths) = self.layer_paths() else {
             return 0.0;
         };
         let path_ops = |layers: &[(&'static str, Layer)]| {
@@ -828,7 +830,7 @@ impl Block {
             }
             ops
         };
-        path_ops(&plan.main) + plan.shortcut.as_deref().map_or(0.0, path_ops)
+        path_ops(&paths.main) + paths.shortcut.as_deref().map_or(0.0, path_ops)
     }
 
     /// Number of scalar parameters (buffers excluded, as PyTorch counts).
@@ -905,8 +907,9 @@ impl Block {
     }
 
     /// [`Block::forward_weighted`] that also appends the input of every layer of the block's
-    /// plan (main path, then shortcut; nothing for a block without a plan) to `layer_inputs`:
-    /// what the closed-form backward ([`Block::spatial_vjp`]) needs of a residual block.
+    /// layer paths (main path, then shortcut; nothing for a block without them) to
+    /// `layer_inputs`: what the closed-form backward ([`Block::spatial_vjp`]) needs of a
+    /// residual block.
     fn forward_weighted_recording(
         &self,
         x: Tensor<2>,
@@ -979,8 +982,10 @@ impl Block {
             | Block::BatchNorm2d { .. }
             | Block::BasicBlock { .. }
             | Block::Bottleneck { .. } => {
-                let plan = self.plan().expect("weighted blocks have a plan");
-                run_plan(&plan, image(), params, norm, layer_inputs)
+                let paths = self
+                    .layer_paths()
+                    .expect("weighted blocks have layer paths");
+                run_layer_paths(&paths, image(), params, norm, layer_inputs)
             }
         };
         out.reshape([batch, self.output_features()])
@@ -1011,7 +1016,7 @@ impl Block {
         self.forward_recording(x, params, norm, None)
     }
 
-    /// [`Block::forward`] that records the input of every layer of the block's plan in
+    /// [`Block::forward`] that records the input of every layer of the block's layer paths in
     /// `layer_inputs` if given (see [`Block::spatial_vjp`]).
     pub(crate) fn forward_recording(
         &self,
@@ -1038,10 +1043,10 @@ pub(crate) fn affine(
         .add(bias.clone().reshape([1, output]))
 }
 
-/// Runs a plan's layers on `x` (`[batch, c, h, w]`), consuming `params` in order; appends
-/// each layer's input to `layer_inputs` if given (main path, then shortcut).
-fn run_plan(
-    plan: &Plan,
+/// Runs the layers of `paths` on `x` (`[batch, c, h, w]`), consuming `params` in order;
+/// appends each layer's input to `layer_inputs` if given (main path, then shortcut).
+fn run_layer_paths(
+    paths: &LayerPaths,
     x: Tensor<4>,
     params: &[Tensor<1>],
     mut norm: Norm<'_>,
@@ -1075,8 +1080,8 @@ fn run_plan(
         }
         h
     };
-    let main = run(&plan.main, x.clone());
-    match &plan.shortcut {
+    let main = run(&paths.main, x.clone());
+    match &paths.shortcut {
         None => main,
         Some(layers) if layers.is_empty() => main.add(x),
         Some(layers) => {

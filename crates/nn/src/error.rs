@@ -38,7 +38,7 @@ pub enum NnError {
     /// An optimizer hyper-parameter is outside its domain.
     #[error("invalid optimizer setting: {0}")]
     InvalidOptimizer(String),
-    /// Parameters, data set or batch plan do not fit together.
+    /// Parameters, data set or the epoch's batches do not fit together.
     #[error("mismatch: {0}")]
     Mismatch(String),
     /// Reading or writing a file failed.

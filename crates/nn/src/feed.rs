@@ -1,5 +1,5 @@
-//! Where the data enters a pipeline: which samples each micro-batch holds ([`BatchPlan`]) and
-//! the stage-0 inputs and last-stage targets made from them ([`DataFeed`]).
+//! Where the data enters a pipeline: which samples each micro-batch holds ([`EpochBatches`])
+//! and the stage-0 inputs and last-stage targets made from them ([`DataFeed`]).
 //!
 //! Stages only compute; the executor asks the epoch's [`DataFeed`] (the runtime's [`Feed`]) for
 //! stage 0's input and the last stage's targets of each micro-batch and hands them over. So
@@ -20,12 +20,12 @@ use crate::tensor::{one_hot, tensor2};
 /// Which samples each micro-batch holds: for each mini-batch, for each micro-batch, indices
 /// into the training set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchPlan {
+pub struct EpochBatches {
     /// `minibatches[i][j]`: the sample indices of micro-batch j of mini-batch i.
     pub minibatches: Vec<Vec<Vec<usize>>>,
 }
 
-impl BatchPlan {
+impl EpochBatches {
     /// Cuts `order` (e.g. an epoch's sample order) into mini-batches of `minibatch_size`
     /// samples, each split into `num_microbatches` contiguous micro-batches as equal as possible
     /// (the first ones one sample larger, like `torch.tensor_split`). A shorter final
@@ -72,7 +72,7 @@ impl BatchPlan {
         Some(self.minibatches.get(minibatch)?.iter().map(Vec::len).sum())
     }
 
-    /// The sample indices of micro-batch `id`, or `None` if the plan has no such micro-batch.
+    /// The sample indices of micro-batch `id`, or `None` if there is no such micro-batch.
     pub fn microbatch(&self, id: MicrobatchId) -> Option<&[usize]> {
         self.minibatches
             .get(id.minibatch as usize)?
@@ -94,11 +94,11 @@ pub struct Targets {
     pub(crate) scale: f64,
 }
 
-/// One epoch's data for a pipeline: the training set, the epoch's [`BatchPlan`] and the
+/// One epoch's data for a pipeline: the training set, the epoch's [`EpochBatches`] and the
 /// augmentation of stage 0's images, if any.
 pub struct DataFeed {
     data: Arc<Dataset>,
-    batches: Arc<BatchPlan>,
+    batches: Arc<EpochBatches>,
     augment: Option<Augment>,
     epoch: u64,
 }
@@ -110,7 +110,7 @@ impl DataFeed {
     /// schedule or the split nor on how the run was interrupted and resumed.
     pub fn new(
         data: Arc<Dataset>,
-        batches: Arc<BatchPlan>,
+        batches: Arc<EpochBatches>,
         augment: Option<Augment>,
         epoch: u32,
     ) -> Self {
@@ -124,11 +124,15 @@ impl DataFeed {
 
     /// The sample indices of `microbatch` and the size M of its mini-batch.
     fn samples(&self, microbatch: MicrobatchId) -> Result<(&[usize], usize), ComputeError> {
-        let missing = || ComputeError(format!("the batch plan has no micro-batch {microbatch:?}"));
+        let missing = || {
+            ComputeError(format!(
+                "the epoch's batches have no micro-batch {microbatch:?}"
+            ))
+        };
         let indices = self.batches.microbatch(microbatch).ok_or_else(missing)?;
         if indices.is_empty() {
             return Err(ComputeError(format!(
-                "micro-batch {microbatch:?} of the plan is empty"
+                "micro-batch {microbatch:?} of the epoch's batches is empty"
             )));
         }
         let size = self

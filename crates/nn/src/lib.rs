@@ -42,7 +42,7 @@ pub use checkpoint::{
     load_safetensors, param_name, read_stage_checkpoint, safetensors_bytes, stage_checkpoint_bytes,
 };
 pub use error::NnError;
-pub use feed::{BatchPlan, DataFeed, Targets};
+pub use feed::{DataFeed, EpochBatches, Targets};
 pub use memory::{
     AvailableMemory, MAX_BLOCKS, MAX_LAYER_WIDTH, MemoryEstimate, Workload, human_bytes,
 };

@@ -141,7 +141,7 @@ struct Trace {
     loss_sum: Option<f64>,
     /// Per block: each batch norm's batch mean and unbiased variance (plain).
     batch_stats: Vec<Vec<Tensor<1>>>,
-    /// Per block, the input of every layer of its plan, if the run recorded them for a
+    /// Per block, the input of every layer of its layer paths, if the run recorded them for a
     /// closed-form backward with the same weights (see `Block::spatial_vjp`).
     layer_inputs: Option<Vec<Vec<Tensor<4>>>>,
 }

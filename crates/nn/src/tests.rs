@@ -88,9 +88,9 @@ fn make_stages(
         .collect()
 }
 
-/// The feed of epoch 1 of `data` cut as `plan` says, without augmentation.
-pub(crate) fn feed(data: &Arc<Dataset>, plan: &Arc<BatchPlan>) -> DataFeed {
-    DataFeed::new(Arc::clone(data), Arc::clone(plan), None, 1)
+/// The feed of epoch 1 of `data` cut as `batches` says, without augmentation.
+pub(crate) fn feed(data: &Arc<Dataset>, batches: &Arc<EpochBatches>) -> DataFeed {
+    DataFeed::new(Arc::clone(data), Arc::clone(batches), None, 1)
 }
 
 /// Forward of `microbatch` on `stage` as an executor runs it: `input` from the previous stage,
@@ -360,10 +360,10 @@ fn split_pipelines_match_the_unsplit_model_and_the_reference() {
     let params = init_params(&spec, 11).unwrap();
     // One mini-batch of 12 samples, either whole or as 3 unequal micro-batches.
     let samples: Vec<usize> = vec![3, 17, 5, 0, 22, 9, 31, 14, 8, 27, 1, 36];
-    let whole = Arc::new(BatchPlan {
+    let whole = Arc::new(EpochBatches {
         minibatches: vec![vec![samples.clone()]],
     });
-    let split = Arc::new(BatchPlan {
+    let split = Arc::new(EpochBatches {
         minibatches: vec![vec![
             samples[..3].to_vec(),
             samples[3..8].to_vec(),
@@ -387,7 +387,7 @@ fn split_pipelines_match_the_unsplit_model_and_the_reference() {
     assert!((unsplit_loss - reference.loss_sum).abs() <= 1e-5 * reference.loss_sum);
 
     for num_stages in 1..=4 {
-        for (plan, n) in [(&whole, 1), (&split, 3)] {
+        for (batches, n) in [(&whole, 1), (&split, 3)] {
             let what = format!("W={num_stages} N={n}");
             let mut stages = make_stages(
                 &params,
@@ -395,7 +395,7 @@ fn split_pipelines_match_the_unsplit_model_and_the_reference() {
                 OptimizerConfig::sgd(0.1, 0.9),
                 GradMode::Graph,
             );
-            let feed = feed(&data, plan);
+            let feed = feed(&data, batches);
             let recipes = vec![v(0); num_stages];
             let (loss, _, input_grads) =
                 run_minibatch(&mut stages, &feed, 0, n, &recipes, &recipes);
@@ -441,10 +441,10 @@ fn microbatch_gradients_sum_to_the_minibatch_mean_loss_gradient() {
     let data = synthetic(10, 6, 4);
     let params = init_params(&spec, 3).unwrap();
     let samples = vec![4, 0, 7, 2, 9];
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![samples[..1].to_vec(), samples[1..].to_vec()]],
     });
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let mut stages = make_stages(&params, 2, OptimizerConfig::sgd(0.1, 0.0), GradMode::Graph);
     run_minibatch(&mut stages, &feed, 0, 2, &[v(0), v(0)], &[v(0), v(0)]);
     let reference = reference(&params, &data, &samples, samples.len());
@@ -686,7 +686,7 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
     };
     let (w, b) = stale_weights();
     let params = BlockParams::from_file_layout(block, vec![w, b]);
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1], vec![2, 3]]],
     });
     let mut stage = BurnStage::new(
@@ -698,7 +698,7 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
         GradMode::Graph,
     )
     .unwrap();
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let (x, _) = stale_inputs();
     for j in 0..2 {
         forward_fed(
@@ -749,11 +749,15 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
 }
 
 /// The small MLP, its data, and one mini-batch of two micro-batches (3 and 4 samples).
-fn two_microbatch_mlp() -> (Arc<Dataset>, ModelParams, Arc<BatchPlan>) {
-    let plan = Arc::new(BatchPlan {
+fn two_microbatch_mlp() -> (Arc<Dataset>, ModelParams, Arc<EpochBatches>) {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![1, 2, 3], vec![4, 5, 6, 7]]],
     });
-    (synthetic(20, 6, 4), init_params(&mlp(), 5).unwrap(), plan)
+    (
+        synthetic(20, 6, 4),
+        init_params(&mlp(), 5).unwrap(),
+        batches,
+    )
 }
 
 #[test]
@@ -762,7 +766,7 @@ fn same_weights_give_the_same_gradients_on_every_path() {
     // the per-block (graph; stacked, as both micro-batches read it) and recompute paths, which
     // must agree with the kept graph. A wrong hint (no graph kept although the backward reads
     // the forward's weights) must take the same paths and give the same gradients.
-    let (data, params, plan) = two_microbatch_mlp();
+    let (data, params, batches) = two_microbatch_mlp();
     let same = WeightRecipe::Blend {
         stale: 0,
         latest: 0,
@@ -776,7 +780,7 @@ fn same_weights_give_the_same_gradients_on_every_path() {
         (GradMode::Graph, v(0), false),
         (GradMode::Recompute, v(0), false),
     ] {
-        let feed = feed(&data, &plan);
+        let feed = feed(&data, &batches);
         let mut stages = make_stages(&params, 2, OptimizerConfig::sgd(0.1, 0.9), mode);
         let (_, _, input_grads) = run_minibatch_hinted(
             &mut stages,
@@ -816,14 +820,14 @@ fn only_forwards_whose_backward_reads_their_weights_keep_a_graph() {
     // RSS grew by one weight set per mini-batch), so forwards told otherwise must build none.
     // In graph mode an MLP needs none at all: every block has a closed-form VJP, so even a
     // backward with the forward's weights takes the per-block path from the kept activations.
-    let (data, params, plan) = two_microbatch_mlp();
+    let (data, params, batches) = two_microbatch_mlp();
     for (mode, hint, graphs) in [
         (GradMode::Graph, true, 0),
         (GradMode::Graph, false, 0),
         (GradMode::Recompute, true, 2),
         (GradMode::Recompute, false, 0),
     ] {
-        let feed = feed(&data, &plan);
+        let feed = feed(&data, &batches);
         let mut stages = make_stages(&params, 1, OptimizerConfig::sgd(0.1, 0.9), mode);
         for j in 0..2 {
             forward_fed(&mut stages[0], &feed, mb(0, j), None, &v(0), hint).unwrap();
@@ -854,8 +858,8 @@ fn trained_single_stage(
     let data = synthetic(30, 6, 4);
     let params = init_params(&spec, 9).unwrap();
     let order: Vec<usize> = (0..30).collect();
-    let plan = Arc::new(BatchPlan::split(&order, 6, 2).unwrap());
-    let feed = feed(&data, &plan);
+    let batches = Arc::new(EpochBatches::split(&order, 6, 2).unwrap());
+    let feed = feed(&data, &batches);
     let mut stages = make_stages(&params, 1, optimizer, GradMode::Graph);
     let mut grads = Vec::new();
     for i in 0..steps {
@@ -1167,7 +1171,7 @@ fn forward_misuse_is_reported() {
         }])
         .unwrap_err();
     assert!(err.0.contains("without a saved forward"), "{err}");
-    let holey = Arc::new(BatchPlan {
+    let holey = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![1]], vec![vec![]]],
     });
     let holey = DataFeed::new(synthetic(30, 6, 4), holey, None, 1);
@@ -1185,8 +1189,8 @@ fn training_is_bit_identical_across_runs() {
         let data = synthetic(24, 6, 4);
         let params = init_params(&spec, 42).unwrap();
         let order: Vec<usize> = (0..24).rev().collect();
-        let plan = Arc::new(BatchPlan::split(&order, 8, 3).unwrap());
-        let feed = feed(&data, &plan);
+        let batches = Arc::new(EpochBatches::split(&order, 8, 3).unwrap());
+        let feed = feed(&data, &batches);
         let mut stages = make_stages(&params, 3, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
         for i in 0..3 {
             let k: Vec<WeightRecipe> = stages.iter().map(|s| v(s.live_version())).collect();
@@ -1217,10 +1221,10 @@ fn evaluate_matches_the_reference_loss_and_counts_accuracy() {
     let (loss, accuracy) = evaluate(&spec, &params, &data, 5).unwrap();
     assert!((loss - reference.loss_sum / 13.0).abs() < 1e-5, "{loss}");
     // Accuracy from the pipeline's own count.
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![all]],
     });
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let mut stages = make_stages(&params, 2, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
     let (_, correct, _) = run_minibatch(&mut stages, &feed, 0, 1, &[v(0), v(0)], &[v(0), v(0)]);
     assert_eq!(accuracy, correct as f64 / 13.0);
@@ -1234,8 +1238,8 @@ fn a_checkpoint_saved_from_three_stages_loads_into_one() {
     let data = synthetic(12, 6, 4);
     let params = init_params(&spec, 8).unwrap();
     let order: Vec<usize> = (0..12).collect();
-    let plan = Arc::new(BatchPlan::split(&order, 6, 2).unwrap());
-    let feed = feed(&data, &plan);
+    let batches = Arc::new(EpochBatches::split(&order, 6, 2).unwrap());
+    let feed = feed(&data, &batches);
     let mut stages = make_stages(&params, 3, OptimizerConfig::sgd(0.1, 0.9), GradMode::Graph);
     let recipes = vec![v(0); 3];
     run_minibatch(&mut stages, &feed, 0, 2, &recipes, &recipes);
@@ -1354,21 +1358,21 @@ fn bad_checkpoints_are_errors_naming_file_and_tensor() {
 #[test]
 fn batch_plans_split_minibatches_into_near_equal_microbatches() {
     let order: Vec<usize> = (0..23).collect();
-    let plan = BatchPlan::split(&order[..22], 10, 3).unwrap();
+    let batches = EpochBatches::split(&order[..22], 10, 3).unwrap();
     assert_eq!(
-        plan.num_minibatches(),
+        batches.num_minibatches(),
         2,
         "2 leftover samples cannot fill 3 micro-batches"
     );
     assert_eq!(
-        plan.minibatches[0],
+        batches.minibatches[0],
         vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]
     );
-    assert_eq!(plan.minibatch_size(1), Some(10));
-    assert_eq!(plan.minibatch_size(2), None);
-    assert_eq!(plan.microbatch(mb(1, 2)), Some(&[17, 18, 19][..]));
-    assert!(BatchPlan::split(&order, 2, 3).is_err());
-    let full = BatchPlan::split(&order, 10, 3).unwrap();
+    assert_eq!(batches.minibatch_size(1), Some(10));
+    assert_eq!(batches.minibatch_size(2), None);
+    assert_eq!(batches.microbatch(mb(1, 2)), Some(&[17, 18, 19][..]));
+    assert!(EpochBatches::split(&order, 2, 3).is_err());
+    let full = EpochBatches::split(&order, 10, 3).unwrap();
     assert_eq!(full.minibatches.len(), 3);
     assert_eq!(full.minibatches[2], vec![vec![20], vec![21], vec![22]]);
 }
@@ -1376,10 +1380,10 @@ fn batch_plans_split_minibatches_into_near_equal_microbatches() {
 #[test]
 fn stages_check_their_blocks_when_built_and_the_data_when_fed() {
     let data = synthetic(4, 6, 4);
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1]]],
     });
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let params = init_params(&mlp(), 0).unwrap();
     let sgd = OptimizerConfig::sgd(0.1, 0.9);
     let new = |s, n, blocks: &[BlockParams]| {

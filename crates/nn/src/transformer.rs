@@ -3,7 +3,7 @@
 //!
 //! Like every block, they are functions of (input, parameters) built from burn's tensor ops,
 //! so they run the same on plain and autodiff tensors, with any weight version. Each takes
-//! its parameter list in the order of its [`Block`](crate::Block)'s plan and messages as
+//! its parameter list in the order of its [`Block`](crate::Block)'s layer paths and messages as
 //! `[batch, T·features]`, viewed as `[batch·T, features]` inside. A decoder layer is one
 //! block with both residual connections inside, so a pipeline cut never falls inside a
 //! residual.
@@ -45,7 +45,7 @@ pub(crate) fn embed(
 }
 
 /// One decoder layer on `[batch, T·d]`: `h = x + Attn(LN₁(x))`, then `h + MLP(LN₂(h))`.
-/// `params` in plan order: LN₁ γ, β; QKV weight, bias; attention output weight, bias;
+/// `params` in layer-path order: LN₁ γ, β; QKV weight, bias; attention output weight, bias;
 /// LN₂ γ, β; MLP weights and biases.
 pub(crate) fn decoder_layer(
     x: Tensor<2>,

@@ -270,7 +270,7 @@ fn small_models() -> Vec<(ModelSpec, Arc<Dataset>)> {
 
 #[test]
 fn every_model_has_consistent_forward_and_backward_shapes() {
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2], vec![3, 4]]],
     });
     for (spec, data) in small_models() {
@@ -289,7 +289,7 @@ fn every_model_has_consistent_forward_and_backward_shapes() {
         }
         let outputs = spec.num_classes() * spec.targets_per_sample();
         assert_eq!(x.dims(), [2, outputs], "{}", spec.name());
-        let feed = feed(&data, &plan);
+        let feed = feed(&data, &batches);
         let mut stages = stages_over(
             &params,
             &partition_uniform(blocks.len(), 1).unwrap(),
@@ -319,13 +319,13 @@ fn every_model_has_consistent_forward_and_backward_shapes() {
 
 #[test]
 fn split_models_compute_the_unsplit_outputs_and_gradients() {
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2], vec![3, 4, 5]]],
     });
     for (spec, data) in small_models() {
         let params = init_params(&spec, 4).unwrap();
         let n = params.len();
-        let feed = feed(&data, &plan);
+        let feed = feed(&data, &batches);
         let mut one = stages_over(&params, &partition_uniform(n, 1).unwrap(), GradMode::Graph);
         let (loss, correct, _) = run_minibatch(&mut one, &feed, 0, 2, &[v(0)], &[v(0)]);
         let reference = all_grads(&mut one);
@@ -370,7 +370,7 @@ fn graph_and_recompute_paths_agree_through_convolutions_norms_and_residuals() {
         latest: 0,
         stale_weight: 0.5,
     };
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2], vec![3, 4, 5]]],
     });
     for (spec, data) in small_models() {
@@ -382,7 +382,7 @@ fn graph_and_recompute_paths_agree_through_convolutions_norms_and_residuals() {
             (GradMode::Graph, same),
             (GradMode::Recompute, same),
         ] {
-            let feed = feed(&data, &plan);
+            let feed = feed(&data, &batches);
             let mut stages = stages_over(&params, &split, mode);
             run_minibatch(&mut stages, &feed, 0, 2, &[v(0); 3], &[backward; 3]);
             results.push(all_grads(&mut stages));
@@ -403,13 +403,13 @@ fn graph_mode_conv_stages_build_no_autodiff_graph_and_transformer_stages_do() {
     // Every image block has a closed-form backward, so a conv stage's forward builds no graph
     // even when its backward reads the same weights (the fast path of every conv model);
     // the gpt's embedding has none, so its stage 0 keeps one.
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2]]],
     });
     for (spec, data) in small_models() {
         let params = init_params(&spec, 6).unwrap();
         let split = partition_uniform(params.len(), 3).unwrap();
-        let feed = feed(&data, &plan);
+        let feed = feed(&data, &batches);
         let mut stages = stages_over(&params, &split, GradMode::Graph);
         forward_fed(&mut stages[0], &feed, mb(0, 0), None, &v(0), true).unwrap();
         let expected = usize::from(matches!(spec, ModelSpec::Gpt(_)));
@@ -623,10 +623,10 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
             BlockParams::from_file_layout(b, values)
         })
         .collect();
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2, 3]], vec![vec![4, 5, 6, 7]]],
     });
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let mut stages = stages_over(&params, &[0..2, 2..4], GradMode::Recompute);
     let stats_of = |samples: &[usize]| {
         let x = tensor2(data.gather(samples).0, samples.len(), data.num_features);
@@ -710,10 +710,10 @@ fn evaluation_uses_running_statistics_and_training_uses_batch_statistics() {
 fn checkpoints_carry_convolution_weights_and_running_statistics() {
     let (spec, data) = small_models().swap_remove(5); // resnet50, 1 block per group
     let params = init_params(&spec, 1).unwrap();
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2, 3]]],
     });
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let mut stages = stages_over(
         &params,
         &partition_uniform(params.len(), 2).unwrap(),
@@ -903,11 +903,11 @@ fn gpt_trains_on_the_mean_per_token_cross_entropy() {
     let spec = gpt(seq_len, vocab, 8, 2, 1);
     let data = tokens(4, seq_len, vocab);
     let params = init_params(&spec, 9).unwrap();
-    let plan = Arc::new(BatchPlan {
+    let batches = Arc::new(EpochBatches {
         minibatches: vec![vec![vec![0, 1, 2, 3]]],
     });
     let one_stage = partition_uniform(3, 1).unwrap();
-    let feed = feed(&data, &plan);
+    let feed = feed(&data, &batches);
     let mut stages = stages_over(&params, &one_stage, GradMode::Graph);
     let (loss_sum, correct, _) = run_minibatch(&mut stages, &feed, 0, 1, &[v(0)], &[v(0)]);
     let (mean_loss, accuracy) = evaluate(&spec, &params, &data, 3).unwrap();

@@ -63,14 +63,14 @@ pub struct StageState {
 
 /// Where and how often a run writes checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointPlan {
+pub struct Checkpointing {
     /// The run directory; checkpoints go to its `checkpoint/`.
     pub run_dir: PathBuf,
     /// Every this many epochs (at least 1), and after the last.
     pub every: u32,
 }
 
-impl CheckpointPlan {
+impl Checkpointing {
     /// True when a checkpoint is due after epoch `epoch` of a run of `last_epoch` epochs.
     pub fn due_after(&self, epoch: u32, last_epoch: u32) -> bool {
         epoch.is_multiple_of(self.every) || epoch == last_epoch
@@ -457,11 +457,11 @@ mod tests {
 
     #[test]
     fn checkpoints_are_due_every_k_epochs_and_after_the_last() {
-        let plan = CheckpointPlan {
+        let checkpointing = Checkpointing {
             run_dir: PathBuf::from("run"),
             every: 3,
         };
-        let due: Vec<u32> = (1..=7).filter(|e| plan.due_after(*e, 7)).collect();
+        let due: Vec<u32> = (1..=7).filter(|e| checkpointing.due_after(*e, 7)).collect();
         assert_eq!(due, vec![3, 6, 7]);
     }
 }

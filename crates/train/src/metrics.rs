@@ -218,9 +218,10 @@ pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
 }
 
 /// The metrics of epoch `epoch` (from 1), run on `schedule` with learning rate `lr`, from its
-/// run report, with the test loss and accuracy that `evaluate` computes. A training or test loss that is
-/// not finite is [`TrainError::Diverged`] (naming the first mini-batch whose training loss was
-/// not finite), so a diverged epoch never reaches the metrics or a checkpoint.
+/// run report, with the test loss and accuracy that `evaluate` computes. A training or test
+/// loss that is not finite is [`TrainError::Diverged`] (naming the first mini-batch whose
+/// training loss was not finite), so a diverged epoch never reaches the metrics or a
+/// checkpoint.
 pub fn epoch_metrics(
     epoch: u32,
     schedule: &Schedule,

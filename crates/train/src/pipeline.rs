@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
-    AvailableMemory, BatchPlan, BlockParams, BurnStage, DataFeed, ModelParams, ModelSize,
+    AvailableMemory, BlockParams, BurnStage, DataFeed, EpochBatches, ModelParams, ModelSize,
     ModelSpec, NnError, Workload, evaluate, init_params, load_safetensors, partition_manual,
     partition_model,
 };
@@ -46,7 +46,7 @@ pub struct EpochWork {
     /// The epoch, from 1.
     pub epoch: u32,
     /// The samples of every micro-batch of every mini-batch.
-    pub batches: Arc<BatchPlan>,
+    pub batches: Arc<EpochBatches>,
     /// Stage 0's inputs and the last stage's targets of every micro-batch.
     pub feed: DataFeed,
     /// The order of every stage's forwards, backwards and updates.
@@ -302,9 +302,9 @@ pub fn epoch_batches(
     config: &TrainConfig,
     num_samples: usize,
     epoch: u32,
-) -> Result<BatchPlan, TrainError> {
+) -> Result<EpochBatches, TrainError> {
     let order = epoch_order(num_samples, config.seed, u64::from(epoch), config.shuffle);
-    let mut batches = BatchPlan::split(&order, config.batch_size, config.microbatches as usize)?;
+    let mut batches = EpochBatches::split(&order, config.batch_size, config.microbatches as usize)?;
     if config.schedule_kind().splits_microbatches() {
         batches.minibatches = batches
             .minibatches

@@ -25,7 +25,7 @@ use timeprest_schedule::Schedule;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointPlan, CheckpointState, changed_fields};
+use crate::checkpoint::{CheckpointState, Checkpointing, changed_fields};
 use crate::config::TrainConfig;
 use crate::error::{LastCheckpoint, TrainError};
 use crate::metrics::EpochMetrics;
@@ -60,9 +60,9 @@ pub struct RunPaths {
 
 impl RunPaths {
     /// Where and how often checkpoints are written; `None` when never.
-    pub fn checkpoints(&self) -> Option<CheckpointPlan> {
+    pub fn checkpoints(&self) -> Option<Checkpointing> {
         let run_dir = self.out_dir.clone()?;
-        (self.checkpoint_every > 0).then_some(CheckpointPlan {
+        (self.checkpoint_every > 0).then_some(Checkpointing {
             run_dir,
             every: self.checkpoint_every,
         })
@@ -361,12 +361,12 @@ pub fn run_until_stopped(
         record.epoch(&metrics, &schedule, &report)?;
         progress.epoch_finished(&metrics);
         history.push(metrics);
-        if let Some(plan) = checkpoints.as_ref()
-            && plan.due_after(epoch, config.epochs)
+        if let Some(checkpointing) = checkpoints.as_ref()
+            && checkpointing.due_after(epoch, config.epochs)
         {
-            trainer.save_checkpoint(&plan.run_dir, epoch)?;
+            trainer.save_checkpoint(&checkpointing.run_dir, epoch)?;
             last_checkpoint = Some(LastCheckpoint {
-                run_dir: plan.run_dir.clone(),
+                run_dir: checkpointing.run_dir.clone(),
                 epoch,
             });
         }

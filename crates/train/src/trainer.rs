@@ -85,8 +85,8 @@ impl Trainer {
         self.run_epoch_with_stop(epoch, progress, None)
     }
 
-    /// [`Trainer::run_epoch`] that ends with [`timeprest_runtime::RuntimeError::Interrupted`] (inside
-    /// [`TrainError::Runtime`]) within one action of every stage once `stop` is raised. The
+    /// [`Trainer::run_epoch`] that ends with [`timeprest_runtime::RuntimeError::Interrupted`]
+    /// (inside [`TrainError::Runtime`]) within one action of every stage once `stop` is raised. The
     /// stages are then left mid-epoch: continue from a checkpoint, not from this trainer.
     pub fn run_epoch_with_stop(
         &mut self,

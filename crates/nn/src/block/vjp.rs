@@ -3,8 +3,8 @@
 //!
 //! A stage of such blocks needs no autodiff graph (see `BurnStage`): its forward keeps each
 //! block's input and output and, for a block of several layers, every layer's input
-//! ([`Block::forward_recording`]); its backward walks the layers of each block's plan in
-//! reverse with the rules below. Where the backward reads other weights than the forward (a
+//! ([`Block::forward_recording`]); its backward walks the layers of each block's layer paths
+//! in reverse with the rules below. Where the backward reads other weights than the forward (a
 //! stale-weight policy in graph mode), a residual block's inner activations are recomputed from
 //! its saved input with the backward's weights, exactly what re-running the block under
 //! autodiff would differentiate.
@@ -27,7 +27,7 @@ use burn::tensor::Tensor;
 use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
-use super::{BN_EPSILON, Block, Layer, Norm, Plan, conv_geometry};
+use super::{BN_EPSILON, Block, Layer, LayerPaths, Norm, conv_geometry};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
 use crate::pool_kernel::max_pool_backward;
@@ -76,7 +76,7 @@ impl Block {
         let [co, ho, wo] = self.output_shape();
         let image = x.clone().reshape([batch, c, h, w]);
         let g = g.clone().reshape([batch, co, ho, wo]);
-        let (grads, input_grad) = match (self.plan(), *self) {
+        let (grads, input_grad) = match (self.layer_paths(), *self) {
             (None, Block::MaxPool2d { .. }) => {
                 let geometry = self.max_pool_geometry();
                 let input_grad = need_input_grad.then(|| {
@@ -108,17 +108,17 @@ impl Block {
                 });
                 (Vec::new(), input_grad)
             }
-            (Some(plan), _) => {
+            (Some(paths), _) => {
                 let recorded;
                 let layer_inputs = match layer_inputs {
                     Some(inputs) => inputs,
-                    None if plan.main.len() == 1 && plan.shortcut.is_none() => {
+                    None if paths.main.len() == 1 && paths.shortcut.is_none() => {
                         std::slice::from_ref(&image)
                     }
                     None => {
                         let mut inputs = Vec::new();
-                        super::run_plan(
-                            &plan,
+                        super::run_layer_paths(
+                            &paths,
                             image.clone(),
                             params,
                             Norm::Batch(&mut Vec::new()),
@@ -128,7 +128,7 @@ impl Block {
                         &recorded
                     }
                 };
-                plan_vjp(&plan, layer_inputs, params, g, need_input_grad)
+                layer_paths_vjp(&paths, layer_inputs, params, g, need_input_grad)
             }
         };
         Some((grads, input_grad.map(|dx| dx.reshape([batch, c * h * w]))))
@@ -163,19 +163,19 @@ fn autodiff_input_grad(
     }
 }
 
-/// The VJP of a plan from the inputs of its layers (main path, then shortcut).
-fn plan_vjp(
-    plan: &Plan,
+/// The VJP of layer paths from the inputs of its layers (main path, then shortcut).
+fn layer_paths_vjp(
+    paths: &LayerPaths,
     layer_inputs: &[Tensor<4>],
     params: &[Tensor<1>],
     g: Tensor<4>,
     need_input_grad: bool,
 ) -> Vjp<4> {
-    let layers: Vec<Layer> = plan.layers().map(|&(_, layer)| layer).collect();
+    let layers: Vec<Layer> = paths.layers().map(|&(_, layer)| layer).collect();
     assert_eq!(
         layer_inputs.len(),
         layers.len(),
-        "layer inputs recorded for a plan of {} layers",
+        "layer inputs recorded for layer paths of {} layers",
         layers.len()
     );
     let mut offsets = vec![0];
@@ -185,7 +185,7 @@ fn plan_vjp(
     assert_eq!(
         offsets[layers.len()],
         params.len(),
-        "parameters of the plan"
+        "parameters of the layer paths"
     );
     let mut grads: Vec<Vec<Tensor<1>>> = vec![Vec::new(); layers.len()];
     // Layers `range` in reverse from the gradient of their output; the gradient of their first
@@ -208,8 +208,8 @@ fn plan_vjp(
         }
         Some(g)
     };
-    let main = 0..plan.main.len();
-    let input_grad = match &plan.shortcut {
+    let main = 0..paths.main.len();
+    let input_grad = match &paths.shortcut {
         None => walk(main, g, need_input_grad),
         Some(shortcut) => {
             let main_grad = walk(main.clone(), g.clone(), need_input_grad);
