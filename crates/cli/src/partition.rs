@@ -22,7 +22,7 @@ use timeprest_nn::{
 };
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, simulate_costs};
 
-use crate::train::{ModelSizeArgs, PartitionArg, parse_dataset};
+use crate::train::{ModelSizeArgs, parse_dataset};
 use crate::usage_error;
 
 /// Show how a model splits into stages, with measured per-stage times and the predicted
@@ -57,7 +57,7 @@ pub struct PartitionArgs {
     pub size: ModelSizeArgs,
     /// The partition method whose split is printed.
     #[arg(long, value_enum, default_value = "time")]
-    pub partition: PartitionArg,
+    pub partition: PartitionMethod,
     /// A split by hand: the first block of each stage after the first.
     #[arg(long, value_delimiter = ',', value_name = "BLOCKS")]
     pub split: Vec<usize>,
@@ -239,7 +239,7 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
         PartitionMethod::Ops => partition_balanced(&ops, stages),
         PartitionMethod::Time => partition_balanced(&times, stages),
     };
-    let method = args.partition.method();
+    let method = args.partition;
     let (label, split) = match chosen {
         Some(split) => ("--split".to_owned(), split),
         None => (format!("--partition {method}"), split_by(method)?),

@@ -23,15 +23,6 @@ use timeprest_train::{
     TrainError, command_line, run_until_stopped, shell_quoted,
 };
 
-/// Gradient mode when a backward reads other weights than its forward (`docs/algorithms.md` §4).
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum GradModeArg {
-    /// Saved activations, backward weights in every local VJP.
-    Graph,
-    /// Re-run the stage forward with the backward's weights.
-    Recompute,
-}
-
 /// The size flags of every model, shared by `train` (and `compare`) and `partition`.
 #[derive(Args, Debug)]
 pub struct ModelSizeArgs {
@@ -84,7 +75,7 @@ pub struct TrainArgs {
     /// time), or balanced forward+backward time measured on this machine (closest, but two runs
     /// may split differently).
     #[arg(long, value_enum, default_value = "ops")]
-    pub partition: PartitionArg,
+    pub partition: PartitionMethod,
     /// Split by hand: the first block of each stage after the first, e.g. `3,7,12` for 4
     /// stages (see `timeprest partition` for the blocks).
     #[arg(long, value_delimiter = ',', value_name = "BLOCKS")]
@@ -138,7 +129,7 @@ pub struct TrainArgs {
     pub weight_decay: f64,
     /// Optimizer.
     #[arg(long, value_enum, default_value = "sgd")]
-    pub optimizer: OptimizerArg,
+    pub optimizer: OptimizerChoice,
     /// Weight policy: single, naive, gpipe, pipedream, pipedream-flush, timeprest,
     /// v-timeprest, i-timeprest, nwpt, variant1, variant2.
     #[arg(long, default_value = "i-timeprest")]
@@ -155,10 +146,10 @@ pub struct TrainArgs {
     pub backward_slots: Option<u32>,
     /// Gradient mode when forward and backward read different weights.
     #[arg(long, value_enum, default_value = "graph")]
-    pub grad_mode: GradModeArg,
+    pub grad_mode: GradMode,
     /// I-TiMePReSt significance σ(d) of the stale weight.
     #[arg(long, value_enum, default_value = "exp")]
-    pub significance: SignificanceArg,
+    pub significance: SignificanceChoice,
     /// λ of `--significance exp` (σ = e^{−λd}).
     #[arg(long, default_value_t = 1.0)]
     pub lambda: f64,
@@ -167,7 +158,7 @@ pub struct TrainArgs {
     pub alpha: f64,
     /// NWPT prediction formula.
     #[arg(long, value_enum, default_value = "nag")]
-    pub prediction: PredictionArg,
+    pub prediction: Prediction,
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -367,64 +358,6 @@ fn interrupted_message(error: &TrainError, paths: &RunPaths, mpi_stages: Option<
     format!("{error}{next}")
 }
 
-/// Partition methods (`--partition`).
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PartitionArg {
-    /// Equal numbers of blocks.
-    Uniform,
-    /// Balanced parameter counts.
-    Params,
-    /// Balanced forward arithmetic (multiply-adds) counted from the blocks' shapes.
-    Ops,
-    /// Balanced measured forward + backward time.
-    Time,
-}
-
-impl PartitionArg {
-    /// The method this names.
-    pub fn method(self) -> PartitionMethod {
-        match self {
-            PartitionArg::Uniform => PartitionMethod::Uniform,
-            PartitionArg::Params => PartitionMethod::Params,
-            PartitionArg::Ops => PartitionMethod::Ops,
-            PartitionArg::Time => PartitionMethod::Time,
-        }
-    }
-}
-
-/// Optimizer names.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum OptimizerArg {
-    /// SGD with momentum.
-    Sgd,
-    /// Adam.
-    Adam,
-}
-
-/// Significance function names.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum SignificanceArg {
-    /// e^{−λd}.
-    Exp,
-    /// 2^{−d}.
-    Exp2,
-    /// 1/(1+d).
-    Inverse,
-    /// α.
-    Const,
-}
-
-/// Prediction formula names.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PredictionArg {
-    /// One-step Nesterov look-ahead.
-    Nag,
-    /// Multi-step NAG with horizon W−1−s.
-    Msnag,
-    /// SpecTrain's linear extrapolation.
-    Spectrain,
-}
-
 impl TrainArgs {
     /// The configuration these flags describe.
     pub fn config(&self) -> TrainConfig {
@@ -450,30 +383,15 @@ impl TrainArgs {
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
-            optimizer: match self.optimizer {
-                OptimizerArg::Sgd => OptimizerChoice::Sgd,
-                OptimizerArg::Adam => OptimizerChoice::Adam,
-            },
+            optimizer: self.optimizer,
             policy: self.policy,
             schedule: self.schedule,
             backward_slots: self.backward_slots,
-            grad_mode: match self.grad_mode {
-                GradModeArg::Graph => GradMode::Graph,
-                GradModeArg::Recompute => GradMode::Recompute,
-            },
-            significance: match self.significance {
-                SignificanceArg::Exp => SignificanceChoice::Exp,
-                SignificanceArg::Exp2 => SignificanceChoice::Exp2,
-                SignificanceArg::Inverse => SignificanceChoice::Inverse,
-                SignificanceArg::Const => SignificanceChoice::Const,
-            },
+            grad_mode: self.grad_mode,
+            significance: self.significance,
             lambda: self.lambda,
             alpha: self.alpha,
-            prediction: match self.prediction {
-                PredictionArg::Nag => Prediction::Nag,
-                PredictionArg::Msnag => Prediction::Msnag,
-                PredictionArg::Spectrain => Prediction::Spectrain,
-            },
+            prediction: self.prediction,
             seed: self.seed,
             shuffle: !self.no_shuffle,
             threads_per_stage: self.threads_per_stage,
@@ -483,7 +401,7 @@ impl TrainArgs {
             seq_len: self.seq_len,
             embed_dim: self.size.embed_dim,
             heads: self.size.heads,
-            partition: self.partition.method(),
+            partition: self.partition,
             split: self.split.clone(),
             augment: self.augment,
             ..TrainConfig::default()

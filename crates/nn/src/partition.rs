@@ -29,14 +29,16 @@ use crate::tensor::tensor2;
 use crate::{Block, BlockParams, ModelParams, ModelSpec, NnError, init_params};
 
 /// How to choose the split when none is given by hand.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PartitionMethod {
     /// Equal numbers of blocks (the first stages one more when it does not divide).
     Uniform,
     /// Balanced parameter counts.
     Params,
-    /// Balanced forward arithmetic ([`Block::forward_ops`](crate::Block::forward_ops)).
+    /// Balanced forward arithmetic, counted from the blocks' shapes (`Block::forward_ops`).
     #[default]
     Ops,
     /// Balanced measured forward + backward time.

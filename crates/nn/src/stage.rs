@@ -62,7 +62,9 @@ mod resume;
 
 /// How a backward computes gradients when it reads other weights than its forward did
 /// (`docs/algorithms.md` §4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum GradMode {
     /// Saved activations, backward-version weights in every weight-dependent local VJP.

@@ -16,7 +16,19 @@ pub type Version = u64;
 /// How NWPT-style prediction extrapolates future weights from version `base`
 /// (`docs/algorithms.md` §3.9, where the horizon is written h; here b is the SGD momentum buffer
 /// `b ← μ b + g`, η the learning rate, μ the momentum, s the horizon).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Prediction {
     /// One-step Nesterov look-ahead: θ̂ = θ − η μ b (the horizon only switches it on or off).

@@ -17,7 +17,7 @@ use timeprest_schedule::{MAX_BACKWARD_SLOTS, ScheduleConfig, ScheduleKind};
 use crate::error::TrainError;
 
 /// Which optimizer to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerChoice {
     /// SGD with momentum (dampening 0).
@@ -27,7 +27,7 @@ pub enum OptimizerChoice {
 }
 
 /// I-TiMePReSt's significance function by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignificanceChoice {
     /// e^{−λ d}.
