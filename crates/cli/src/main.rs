@@ -29,7 +29,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Args, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// What `timeprest --help` says before the list of subcommands.
 const LONG_ABOUT: &str = "\
@@ -230,8 +230,18 @@ pub(crate) fn print_stderr_line(line: &str) {
 
 fn main() -> ExitCode {
     install_panic_hook();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let cli = match parsed {
+        Ok((mut cli, matches)) => {
+            if let (Some(Command::Train(args)), Some(train)) =
+                (&mut cli.command, matches.subcommand_matches("train"))
+            {
+                args.given = train::GivenFlags::of(train);
+            }
+            cli
+        }
         Err(error)
             if !error.use_stderr()
                 || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::display::{StepUnits, bar_style, epoch_line, perplexity, stage_line};
 use crate::interrupt::StopRequest;
 use crate::usage_error;
-use clap::{Args, CommandFactory, ValueEnum};
+use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
 use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
@@ -62,6 +62,9 @@ impl ModelSizeArgs {
 /// Train a model with a pipeline-parallel weight policy.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// The flags given on the command line (filled by `main` from clap's matches).
+    #[arg(skip)]
+    pub given: GivenFlags,
     /// Model architecture (`lenet5` … `resnet50` are the 32×32/CIFAR variants; they adapt to
     /// the data's channels and size where they can; `gpt` is a small decoder-only transformer
     /// for `text:PATH` data, sized by --embed-dim, --heads and --depth).
@@ -496,7 +499,6 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let file_error = |what: String| usage_error(format!("{origin}: {what}"));
     let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
     let file: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
-    let given = flags_given();
     let flags_value = serde_json::to_value(&from_flags)?;
     let mut merged = flags_value.clone();
     let fields = merged
@@ -514,7 +516,7 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
                 "unknown key `{key}`; valid keys: {known:?}"
             )));
         }
-        if given(flag) {
+        if args.given.contains(flag) {
             continue;
         }
         // JSON has no NaN or infinity (serde_json would turn them into null).
@@ -537,15 +539,29 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     serde_json::from_value(merged).map_err(|e| file_error(e.to_string()))
 }
 
-/// Whether a flag (by clap id, e.g. `checkpoint_every`) was given on this process's `train`
-/// command line rather than left at its default.
-fn flags_given() -> impl Fn(&str) -> bool {
-    let matches = crate::Cli::command().get_matches_from(std::env::args_os());
-    move |id: &str| {
-        matches.subcommand_matches("train").is_some_and(|m| {
-            m.ids().any(|known| known.as_str() == id)
-                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-        })
+/// The flags (by clap id, e.g. `checkpoint_every`) given on the command line rather than left
+/// at their defaults: they win over a `--config` file.
+#[derive(Clone, Debug, Default)]
+pub struct GivenFlags(std::collections::BTreeSet<String>);
+
+impl GivenFlags {
+    /// The flags `matches` (of the `train` arguments) took from the command line.
+    pub fn of(matches: &clap::ArgMatches) -> Self {
+        Self(
+            matches
+                .ids()
+                .filter(|id| {
+                    matches.value_source(id.as_str())
+                        == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|id| id.as_str().to_owned())
+                .collect(),
+        )
+    }
+
+    /// Whether the flag with clap id `id` was given.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains(id)
     }
 }
 
@@ -556,7 +572,7 @@ fn check_checkpoint_flags(args: &TrainArgs) -> anyhow::Result<()> {
     if args.out.is_none()
         && args.resume.is_none()
         && args.checkpoint_every > 0
-        && flags_given()("checkpoint_every")
+        && args.given.contains("checkpoint_every")
     {
         return Err(usage_error(
             "--checkpoint-every: checkpoints are written into the run directory, and there is \
