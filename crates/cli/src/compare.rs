@@ -250,6 +250,7 @@ fn variant_config(train: &mut TrainArgs, spec: &VariantSpec) -> anyhow::Result<T
     let config: TrainConfig = serde_json::from_value(value)
         .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
     config
+        .clone()
         .validate()
         .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
     Ok(config)
@@ -476,7 +477,8 @@ fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::R
             let config = TrainConfig {
                 seed,
                 ..variant.config.clone()
-            };
+            }
+            .validate()?;
             let base = epochs_before;
             epochs_before += u64::from(config.epochs);
             let label = variant.label.clone();

@@ -20,7 +20,7 @@ use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     EpochMetrics, GradMode, OptimizerChoice, Progress, RunPaths, SignificanceChoice, TrainConfig,
-    TrainError, command_line, run_until_stopped, shell_quoted,
+    TrainError, ValidConfig, command_line, run_until_stopped, shell_quoted,
 };
 
 /// The size flags of every model, shared by `train` (and `compare`) and `partition`.
@@ -272,7 +272,7 @@ impl Process {
     /// `None` on the others.
     fn train(
         self,
-        config: &TrainConfig,
+        config: &ValidConfig,
         paths: &RunPaths,
         bars: &Bars,
         stop: &StopRequest,
@@ -604,8 +604,7 @@ fn check_run_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Runs `timeprest train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     check_checkpoint_flags(&args)?;
-    let config = effective_config(&args)?;
-    config.validate()?;
+    let config = effective_config(&args)?.validate()?;
     let process = Process::start(args.transport)?;
     let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
     let language_model = config.model == GptConfig::NAME;

@@ -37,7 +37,7 @@ use timeprest_schedule::Schedule;
 use timeprest_train::checkpoint::{self, CheckpointState, StageState};
 use timeprest_train::{
     EpochMetrics, LastCheckpoint, Pipeline, Progress, RunPaths, RunRecord, TrainConfig, TrainError,
-    UnsplitPipeline, claim_outputs, epoch_metrics,
+    UnsplitPipeline, ValidConfig, claim_outputs, epoch_metrics,
 };
 
 use crate::error::MpiError;
@@ -55,8 +55,8 @@ const HANDSHAKE_WAIT: Duration = Duration::from_secs(120);
 
 /// One rank's part of a distributed run.
 pub struct RankRun<'a> {
-    /// The configuration (the same on every rank; checked at start-up).
-    pub config: &'a TrainConfig,
+    /// The validated configuration (the same on every rank; checked at start-up).
+    pub config: &'a ValidConfig,
     /// Output paths, as rank 0 sees them: rank 0 writes the run directory and decides where
     /// checkpoints go and what to resume; the initial weights are read by every rank.
     pub paths: &'a RunPaths,
@@ -120,7 +120,6 @@ fn train<F: Fabric>(
         .map(|(from, bytes)| Identity::from_bytes(from, bytes))
         .collect::<Result<Vec<_>, _>>()?;
     check_identities(&identities, config, world)?;
-    config.validate()?;
     // Rank 0 writes the outputs: it checks their paths and locks the run directory for the
     // whole run, before any data is loaded (a failure here reaches the other ranks as usual).
     let _run_dir = match rank.index() {
@@ -196,7 +195,7 @@ fn train<F: Fabric>(
                     let state = CheckpointState {
                         epoch,
                         updates: local.updates,
-                        config: config.clone(),
+                        config: TrainConfig::clone(config),
                         stages,
                     };
                     checkpoint::commit(&checkpointing.run_dir, &state)?;

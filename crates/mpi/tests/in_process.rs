@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 use timeprest_mpi::{Fabric, Fault, FaultKind, LocalFabric, MpiError, RankRun, train_rank};
 use timeprest_policy::PolicyKind;
 use timeprest_train::{
-    EpochMetrics, LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, run,
+    EpochMetrics, LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, ValidConfig, run,
 };
+
+/// `config`, validated (every test configuration is valid).
+fn valid(config: &TrainConfig) -> ValidConfig {
+    config.clone().validate().unwrap()
+}
 
 type RankOutcome = Result<Option<Vec<EpochMetrics>>, MpiError>;
 
@@ -87,7 +92,7 @@ fn run_ranks_with(
                 None => &(),
             };
             let rank_run = RankRun {
-                config: &config,
+                config: &valid(&config),
                 paths: &paths,
                 progress,
                 fault,
@@ -156,7 +161,7 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
     ] {
         let config = small(policy);
         let threaded_paths = weights_path(dir.path(), &format!("{policy}-threaded"));
-        let threaded = run(&config, &threaded_paths, &()).unwrap();
+        let threaded = run(&valid(&config), &threaded_paths, &()).unwrap();
         let ranks_paths = weights_path(dir.path(), &format!("{policy}-ranks"));
         let outcomes = run_ranks(&vec![config.clone(); 3], &ranks_paths, None);
         let mut outcomes = outcomes.into_iter().map(Result::unwrap);
@@ -185,7 +190,7 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
         save_weights: Some(dir.path().join("untrained")),
         ..RunPaths::default()
     };
-    run(&TrainConfig { lr: 0.0, ..config }, &untrained, &()).unwrap();
+    run(&valid(&TrainConfig { lr: 0.0, ..config }), &untrained, &()).unwrap();
     let trained = std::fs::read(dir.path().join("gpipe-ranks")).unwrap();
     assert_ne!(
         std::fs::read(dir.path().join("untrained")).unwrap(),
@@ -290,7 +295,7 @@ fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
         ..small(PolicyKind::Nwpt)
     };
     let uninterrupted = checkpointed(&dir.path().join("whole"), false, "weights");
-    run(&config(4), &uninterrupted, &()).unwrap();
+    run(&valid(&config(4)), &uninterrupted, &()).unwrap();
     let expected = std::fs::read(uninterrupted.save_weights.unwrap()).unwrap();
 
     // Ranks write the checkpoint of epoch 2; ranks and threads each resume it to epoch 4.
@@ -315,7 +320,12 @@ fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
         )
         .unwrap();
     }
-    run(&config(4), &checkpointed(&copy, true, "weights"), &()).unwrap();
+    run(
+        &valid(&config(4)),
+        &checkpointed(&copy, true, "weights"),
+        &(),
+    )
+    .unwrap();
     assert!(std::fs::read(copy.join("weights")).unwrap() == expected);
 
     let outcomes = run_ranks(
@@ -334,7 +344,12 @@ fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
 
     // Threads write the checkpoint of epoch 2; ranks resume it.
     let threads = dir.path().join("threads");
-    run(&config(2), &checkpointed(&threads, false, "w2"), &()).unwrap();
+    run(
+        &valid(&config(2)),
+        &checkpointed(&threads, false, "w2"),
+        &(),
+    )
+    .unwrap();
     let outcomes = run_ranks(
         &vec![config(4); 3],
         &checkpointed(&threads, true, "weights"),
@@ -362,7 +377,7 @@ fn an_augmented_run_resumed_by_ranks_ends_with_the_threaded_runs_weights() {
         ..TrainConfig::default()
     };
     let uninterrupted = checkpointed(&dir.path().join("whole"), false, "weights");
-    run(&config(2), &uninterrupted, &()).unwrap();
+    run(&valid(&config(2)), &uninterrupted, &()).unwrap();
     let expected = std::fs::read(uninterrupted.save_weights.unwrap()).unwrap();
     let ranks = dir.path().join("ranks");
     let first = run_ranks(
@@ -385,7 +400,7 @@ fn a_checkpoint_that_does_not_fit_stops_every_rank_with_rank_0s_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     run(
-        &small(PolicyKind::Gpipe),
+        &valid(&small(PolicyKind::Gpipe)),
         &checkpointed(&run_dir, false, "w"),
         &(),
     )
@@ -461,7 +476,7 @@ fn a_stop_on_one_rank_stops_every_rank_naming_the_last_checkpoint_and_the_run_co
     );
 
     // The checkpoint is whole: the run continues from it.
-    let history = run(&config(4), &checkpointed(&run_dir, true, "w"), &()).unwrap();
+    let history = run(&valid(&config(4)), &checkpointed(&run_dir, true, "w"), &()).unwrap();
     assert_eq!(
         history.iter().map(|m| m.epoch).collect::<Vec<_>>(),
         vec![3, 4]

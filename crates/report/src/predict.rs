@@ -39,6 +39,10 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
         label: label.to_string(),
         cause,
     };
+    let config = config
+        .clone()
+        .validate()
+        .map_err(|e| failed(e.to_string()))?;
     let pipeline = Pipeline::load(config.clone(), None).map_err(|e| failed(e.to_string()))?;
     let EpochWork {
         schedule, versions, ..

@@ -34,7 +34,12 @@ use timeprest_policy::PolicyKind;
 use timeprest_schedule::{
     CostModel, Schedule, ScheduleConfig, ScheduleKind, generate, simulate_costs,
 };
-use timeprest_train::{EpochRun, MeasuredCosts, TrainConfig, Trainer};
+use timeprest_train::{EpochRun, MeasuredCosts, TrainConfig, Trainer, ValidConfig};
+
+/// `config`, validated (every test configuration is valid).
+fn valid(config: &TrainConfig) -> ValidConfig {
+    config.clone().validate().unwrap()
+}
 
 fn predicted(schedule: &Schedule, costs: &MeasuredCosts) -> f64 {
     simulate_costs(schedule, costs)
@@ -113,7 +118,7 @@ fn projection(repetitions: usize) {
         let mut trainers: Vec<(u32, Trainer)> = [1, 4]
             .into_iter()
             .map(|n| {
-                let trainer = Trainer::new(projection_config(&hidden, n), None)
+                let trainer = Trainer::new(valid(&projection_config(&hidden, n)), None)
                     .expect("Fashion-MNIST is needed for the projection");
                 (n, trainer)
             })
@@ -190,12 +195,13 @@ fn main() {
     ];
     let mut trainers: Vec<Trainer> = Vec::new();
     for policy in policies {
-        match Trainer::new(config(&dataset, policy), None) {
+        match Trainer::new(valid(&config(&dataset, policy)), None) {
             Ok(trainer) => trainers.push(trainer),
             Err(error) if dataset != "digits" && trainers.is_empty() => {
                 eprintln!("{dataset}: {error}; using the embedded digits set");
                 dataset = "digits".into();
-                trainers.push(Trainer::new(config(&dataset, policy), None).expect("digits"));
+                trainers
+                    .push(Trainer::new(valid(&config(&dataset, policy)), None).expect("digits"));
             }
             Err(error) => panic!("{policy}: {error}"),
         }

@@ -1,6 +1,6 @@
 //! The training configuration: one flat, serialisable record, validated once.
 //!
-//! The CLI (and later config files) fill a [`TrainConfig`]; [`TrainConfig::validate`] turns it
+//! The CLI (and config files) fill a [`TrainConfig`]; [`TrainConfig::validate`] turns it
 //! into the objects the loop needs or says exactly which field is wrong. The record is what a
 //! run directory stores as `config.json`, so that a run can be repeated.
 
@@ -38,6 +38,26 @@ pub enum SignificanceChoice {
     Inverse,
     /// A constant α.
     Const,
+}
+
+/// A [`TrainConfig`] that passed [`TrainConfig::validate`]: every layer that builds or runs a
+/// pipeline takes this, so a configuration is checked once, where it is made, and never again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidConfig(TrainConfig);
+
+impl ValidConfig {
+    /// The configuration itself.
+    pub fn into_inner(self) -> TrainConfig {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = TrainConfig;
+
+    fn deref(&self) -> &TrainConfig {
+        &self.0
+    }
 }
 
 /// Everything one training run depends on.
@@ -237,8 +257,14 @@ impl TrainConfig {
         }
     }
 
-    /// Checks every field; the error names the flag and the valid values.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    /// Checks every field and returns the configuration as a [`ValidConfig`], which is what
+    /// a pipeline is built from; the error names the flag and the valid values.
+    pub fn validate(self) -> Result<ValidConfig, TrainError> {
+        self.check()?;
+        Ok(ValidConfig(self))
+    }
+
+    fn check(&self) -> Result<(), TrainError> {
         let bad =
             |flag: &str, message: String| Err(TrainError::config(format!("--{flag}"), message));
         if !MODEL_NAMES.contains(&self.model.as_str()) {
@@ -402,7 +428,7 @@ mod tests {
 
     /// Expects `config` to be refused with a message starting with `prefix`.
     fn refused(config: TrainConfig, prefix: &str) {
-        let error = config.validate().unwrap_err().to_string();
+        let error = config.clone().validate().unwrap_err().to_string();
         assert!(error.starts_with(prefix), "{prefix}: {error}");
     }
 
@@ -563,7 +589,7 @@ mod tests {
             data_dir: Some("/data".into()),
             ..TrainConfig::default()
         };
-        reads_it.validate().unwrap();
+        reads_it.clone().validate().unwrap();
     }
 
     #[test]

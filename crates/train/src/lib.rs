@@ -19,7 +19,7 @@ pub mod run;
 pub mod trace;
 pub mod trainer;
 
-pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig};
+pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig, ValidConfig};
 pub use error::{DivergedLoss, LastCheckpoint, TrainError};
 pub use metrics::{EpochMetrics, MeasuredCosts, StageMetrics, epoch_metrics};
 pub use output::{

@@ -24,13 +24,13 @@ use timeprest_nn::{
 use timeprest_policy::{VersionPlan, WeightPolicy, plan};
 use timeprest_schedule::{Schedule, generate};
 
-use crate::config::{OptimizerChoice, TrainConfig};
+use crate::config::{OptimizerChoice, TrainConfig, ValidConfig};
 use crate::error::TrainError;
 
 /// A model split into stages with its data, initial weights and weight policy: everything an
 /// executor needs to build its stages and to know each epoch's work.
 pub struct Pipeline {
-    config: TrainConfig,
+    config: ValidConfig,
     spec: ModelSpec,
     train_data: Arc<Dataset>,
     test_data: Dataset,
@@ -70,11 +70,10 @@ impl EpochWork {
 pub struct UnsplitPipeline(Pipeline);
 
 impl UnsplitPipeline {
-    /// Validates `config`, loads its data and model, and sets the initial weights: those of the
+    /// Loads the data and model of `config` and sets the initial weights: those of the
     /// safetensors file `init_weights` if given, else a seeded initialisation that does not
     /// depend on the number of stages.
-    pub fn load(config: TrainConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
-        config.validate()?;
+    pub fn load(config: ValidConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
         let (train, test, spec) = load_data_and_model(&config)?;
         let initial = match init_weights {
             Some(path) => load_safetensors(path, &spec)?,
@@ -140,14 +139,14 @@ impl UnsplitPipeline {
 
 impl Pipeline {
     /// [`UnsplitPipeline::load`], split as the configuration asks.
-    pub fn load(config: TrainConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
+    pub fn load(config: ValidConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
         let unsplit = UnsplitPipeline::load(config, init_weights)?;
         let split = unsplit.split_by_config()?;
         unsplit.with_split(split)
     }
 
     /// The validated configuration.
-    pub fn config(&self) -> &TrainConfig {
+    pub fn config(&self) -> &ValidConfig {
         &self.config
     }
 
@@ -370,7 +369,7 @@ mod tests {
                 limit_train: Some(320),
                 ..TrainConfig::default()
             };
-            let pipeline = Pipeline::load(config, None).unwrap();
+            let pipeline = Pipeline::load(config.validate().unwrap(), None).unwrap();
             let work = pipeline.epoch_work(1).unwrap();
             assert_eq!(
                 work.num_minibatches() as usize,
@@ -386,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_split_from_elsewhere_must_cut_the_model_into_the_configured_stages() {
-        let config = TrainConfig::default();
+        let config = TrainConfig::default().validate().unwrap();
         let stages = config.stages as usize;
         let load = || UnsplitPipeline::load(config.clone(), None).unwrap();
         let decided = load().split_by_config().unwrap();

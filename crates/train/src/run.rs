@@ -26,7 +26,7 @@ use timeprest_schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointState, Checkpointing, changed_fields};
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, ValidConfig};
 use crate::error::{LastCheckpoint, TrainError};
 use crate::metrics::EpochMetrics;
 use crate::output::{
@@ -302,7 +302,7 @@ pub fn save_final_weights(path: &Path, params: &[BlockParams]) -> Result<(), Tra
 /// Trains `config` for its epochs, writing the run directory and weights of `paths`.
 /// Returns the metrics of every epoch.
 pub fn run(
-    config: &TrainConfig,
+    config: &ValidConfig,
     paths: &RunPaths,
     progress: &dyn Progress,
 ) -> Result<Vec<EpochMetrics>, TrainError> {
@@ -315,12 +315,11 @@ pub fn run(
 /// disk is complete. Ends with [`TrainError::Interrupted`], naming the epoch that did not
 /// complete and the last checkpoint to resume from.
 pub fn run_until_stopped(
-    config: &TrainConfig,
+    config: &ValidConfig,
     paths: &RunPaths,
     progress: &dyn Progress,
     stop: &AtomicBool,
 ) -> Result<Vec<EpochMetrics>, TrainError> {
-    config.validate()?;
     let _run_dir = claim_outputs(paths)?;
     let mut trainer = Trainer::new(config.clone(), paths.init_weights.as_deref())?;
     let resumed_from = match paths.resume_dir()? {

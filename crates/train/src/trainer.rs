@@ -13,7 +13,7 @@ use timeprest_runtime::{RunOptions, RunReport, run_threaded};
 use timeprest_schedule::Schedule;
 
 use crate::checkpoint;
-use crate::config::TrainConfig;
+use crate::config::ValidConfig;
 use crate::error::TrainError;
 use crate::metrics::{EpochMetrics, epoch_metrics};
 use crate::pipeline::Pipeline;
@@ -41,7 +41,7 @@ impl Trainer {
     /// Loads the data and builds the stages: from the weights in the safetensors file
     /// `init_weights` if given, otherwise from a seeded initialisation that does not depend on
     /// the number of stages.
-    pub fn new(config: TrainConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
+    pub fn new(config: ValidConfig, init_weights: Option<&Path>) -> Result<Self, TrainError> {
         Self::from_pipeline(Pipeline::load(config, init_weights)?)
     }
 
@@ -63,7 +63,7 @@ impl Trainer {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &TrainConfig {
+    pub fn config(&self) -> &ValidConfig {
         self.pipeline.config()
     }
 

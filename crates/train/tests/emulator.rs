@@ -12,7 +12,12 @@ use timeprest_policy::PolicyKind;
 use timeprest_schedule::{
     ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
 };
-use timeprest_train::{TrainConfig, Trainer};
+use timeprest_train::{TrainConfig, Trainer, ValidConfig};
+
+/// `config`, validated (every test configuration is valid).
+fn valid(config: &TrainConfig) -> ValidConfig {
+    config.clone().validate().unwrap()
+}
 
 const LR: f32 = 0.05;
 const MOMENTUM: f32 = 0.9;
@@ -334,7 +339,7 @@ fn check_ordered_policy_against_emulator(
         backward_slots,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(config, None).unwrap();
+    let mut trainer = Trainer::new(valid(&config), None).unwrap();
     trainer.run_epoch(1, None).unwrap();
     let pipelined: Vec<Vec<Vec<f32>>> = trainer
         .params()

@@ -7,8 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use timeprest_policy::PolicyKind;
 use timeprest_train::{
-    LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, run, run_until_stopped,
+    LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, ValidConfig, run,
+    run_until_stopped,
 };
+
+/// `config`, validated (every test configuration is valid).
+fn valid(config: &TrainConfig) -> ValidConfig {
+    config.clone().validate().unwrap()
+}
 
 fn config(epochs: u32) -> TrainConfig {
     TrainConfig {
@@ -52,7 +58,7 @@ impl Progress for StopAt<'_> {
 fn a_stopped_run_names_its_epoch_and_checkpoint_and_continues_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole");
-    run(&config(4), &checkpointed(&whole, false), &()).unwrap();
+    run(&valid(&config(4)), &checkpointed(&whole, false), &()).unwrap();
 
     let stopped = dir.path().join("stopped");
     let stop = AtomicBool::new(false);
@@ -60,8 +66,13 @@ fn a_stopped_run_names_its_epoch_and_checkpoint_and_continues_bit_for_bit() {
         epoch: 3,
         stop: &stop,
     };
-    let error = run_until_stopped(&config(4), &checkpointed(&stopped, false), &progress, &stop)
-        .unwrap_err();
+    let error = run_until_stopped(
+        &valid(&config(4)),
+        &checkpointed(&stopped, false),
+        &progress,
+        &stop,
+    )
+    .unwrap_err();
     match &error {
         TrainError::Interrupted {
             epoch,
@@ -89,7 +100,7 @@ fn a_stopped_run_names_its_epoch_and_checkpoint_and_continues_bit_for_bit() {
     assert_eq!(metrics.lines().count(), 2, "epoch 3 was cut short");
     assert!(!stopped.join("weights.safetensors").exists());
 
-    let history = run(&config(4), &checkpointed(&stopped, true), &()).unwrap();
+    let history = run(&valid(&config(4)), &checkpointed(&stopped, true), &()).unwrap();
     assert_eq!(
         history.iter().map(|m| m.epoch).collect::<Vec<_>>(),
         vec![3, 4]
@@ -101,7 +112,8 @@ fn a_stopped_run_names_its_epoch_and_checkpoint_and_continues_bit_for_bit() {
 #[test]
 fn a_run_stopped_before_its_first_checkpoint_says_there_is_none() {
     let stop = AtomicBool::new(true);
-    let error = run_until_stopped(&config(2), &RunPaths::default(), &(), &stop).unwrap_err();
+    let error =
+        run_until_stopped(&valid(&config(2)), &RunPaths::default(), &(), &stop).unwrap_err();
     assert!(
         matches!(
             error,

@@ -4,7 +4,12 @@
 
 use timeprest_policy::{PolicyKind, WeightPolicy, plan};
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate};
-use timeprest_train::{SignificanceChoice, TrainConfig, Trainer};
+use timeprest_train::{SignificanceChoice, TrainConfig, Trainer, ValidConfig};
+
+/// `config`, validated (every test configuration is valid).
+fn valid(config: &TrainConfig) -> ValidConfig {
+    config.clone().validate().unwrap()
+}
 
 fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
     TrainConfig {
@@ -24,7 +29,7 @@ fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
 /// Trains for the configured epochs and returns the final weights, flattened.
 fn train(config: TrainConfig) -> Vec<f32> {
     let epochs = config.epochs;
-    let mut trainer = Trainer::new(config, None).unwrap();
+    let mut trainer = Trainer::new(valid(&config), None).unwrap();
     for epoch in 1..=epochs {
         trainer.run_epoch(epoch, None).unwrap();
     }
@@ -103,7 +108,7 @@ fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
             batch_size: 16,
             ..config(policy, stages)
         };
-        let mut trainer = Trainer::new(config.clone(), None).unwrap();
+        let mut trainer = Trainer::new(valid(&config), None).unwrap();
         let metrics = trainer.run_epoch(1, None).unwrap().metrics;
         let schedule = generate(
             config.schedule_kind(),

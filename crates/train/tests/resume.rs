@@ -7,11 +7,16 @@
 
 use timeprest_nn::ModelParams;
 use timeprest_policy::PolicyKind;
-use timeprest_train::{TrainConfig, Trainer};
+use timeprest_train::{TrainConfig, Trainer, ValidConfig};
+
+/// `config`, validated (every test configuration is valid).
+fn valid(config: &TrainConfig) -> ValidConfig {
+    config.clone().validate().unwrap()
+}
 
 /// The live weights after training `config` for `epochs` epochs in one go.
 fn uninterrupted(config: &TrainConfig, epochs: u32) -> ModelParams {
-    let mut trainer = Trainer::new(config.clone(), None).unwrap();
+    let mut trainer = Trainer::new(valid(config), None).unwrap();
     for epoch in 1..=epochs {
         trainer.run_epoch(epoch, None).unwrap();
     }
@@ -22,13 +27,13 @@ fn uninterrupted(config: &TrainConfig, epochs: u32) -> ModelParams {
 /// in a new trainer (a new process, as far as the stages can tell) up to `epochs`.
 fn resumed(config: &TrainConfig, first: u32, epochs: u32) -> ModelParams {
     let run_dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config.clone(), None).unwrap();
+    let mut trainer = Trainer::new(valid(config), None).unwrap();
     for epoch in 1..=first {
         trainer.run_epoch(epoch, None).unwrap();
     }
     trainer.save_checkpoint(run_dir.path(), first).unwrap();
     drop(trainer);
-    let mut trainer = Trainer::new(config.clone(), None).unwrap();
+    let mut trainer = Trainer::new(valid(config), None).unwrap();
     let state = trainer.restore_checkpoint(run_dir.path()).unwrap();
     assert_eq!(state.epoch, first);
     for epoch in first + 1..=epochs {
