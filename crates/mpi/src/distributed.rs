@@ -25,8 +25,9 @@
 //! and kills them about a second later (measured), so each rank's stop flag ([`RankRun::stop`])
 //! is usually raised at about the same time, and the stop must be quick; but one rank is
 //! enough: a rank that sees its flag stops its stage before the next action (or its next
-//! epoch) and aborts the others with the cause [`timeprest_runtime::INTERRUPTED`]. Every rank then returns [`TrainError::Interrupted`] with
-//! the epoch that did not complete and the last committed checkpoint, as a threaded run does.
+//! epoch) and aborts the others with the cause [`timeprest_runtime::INTERRUPTED`]. Every rank
+//! then returns [`TrainError::Interrupted`] with the epoch that did not complete and the last
+//! committed checkpoint, as a threaded run does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

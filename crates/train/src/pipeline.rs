@@ -39,14 +39,12 @@ pub struct Pipeline {
     policy: WeightPolicy,
 }
 
-/// One epoch's work: which samples each micro-batch holds (and the feed that makes stage 0's
-/// inputs and the last stage's targets from them), the schedule that orders the passes and the
-/// version every pass reads. Every stage of the epoch executes its own row of it.
+/// One epoch's work: the feed that makes stage 0's inputs and the last stage's targets from the
+/// epoch's batches, the schedule that orders the passes and the version every pass reads. Every
+/// stage of the epoch executes its own row of it.
 pub struct EpochWork {
     /// The epoch, from 1.
     pub epoch: u32,
-    /// The samples of every micro-batch of every mini-batch.
-    pub batches: Arc<EpochBatches>,
     /// Stage 0's inputs and the last stage's targets of every micro-batch.
     pub feed: DataFeed,
     /// The order of every stage's forwards, backwards and updates.
@@ -188,7 +186,6 @@ impl Pipeline {
             .schedule_config(num_microbatches, num_minibatches);
         let schedule = generate(self.config.schedule_kind(), &shape)?;
         let versions = plan(&schedule, &self.policy);
-        let batches = Arc::new(batches);
         let augment = self.config.augment.then_some(Augment {
             seed: self.config.seed,
         });
@@ -196,11 +193,10 @@ impl Pipeline {
             epoch,
             feed: DataFeed::new(
                 Arc::clone(&self.train_data),
-                Arc::clone(&batches),
+                Arc::new(batches),
                 augment,
                 epoch,
             ),
-            batches,
             schedule,
             versions,
         })
@@ -327,6 +323,8 @@ pub fn epoch_batches(
 #[cfg(test)]
 mod tests {
     use timeprest_policy::PolicyKind;
+    use timeprest_runtime::Feed;
+    use timeprest_schedule::MicrobatchId;
 
     use super::*;
 
@@ -371,10 +369,10 @@ mod tests {
             };
             let pipeline = Pipeline::load(config.validate().unwrap(), None).unwrap();
             let work = pipeline.epoch_work(1).unwrap();
-            assert_eq!(
-                work.num_minibatches() as usize,
-                work.batches.num_minibatches()
-            );
+            // The feed holds exactly the mini-batches the schedule runs.
+            let last = work.num_minibatches() - 1;
+            assert!(work.feed.input(MicrobatchId::new(last, 0)).is_ok());
+            assert!(work.feed.input(MicrobatchId::new(last + 1, 0)).is_err());
             assert_eq!(
                 u64::from(work.num_minibatches()),
                 pipeline.minibatches_per_epoch().unwrap()
