@@ -50,12 +50,12 @@ pub(crate) struct VariantSpec {
     /// The text as given; names the variant in the report and its run directories.
     label: String,
     policy: PolicyKind,
-    /// (configuration field, value) pairs, applied to the training flags' configuration.
+    /// (configuration key, value as given) pairs, applied to the training flags' configuration.
     overrides: Vec<(String, String)>,
 }
 
-/// Parses `NAME[:FIELD=VALUE]...`; FIELD is a configuration field (`config.json` key, `-` or
-/// `_`), VALUE JSON or a bare word.
+/// Parses `NAME[:KEY=VALUE]...`; KEY is a configuration key (a `config.toml` key, `-` or `_`),
+/// VALUE JSON or a bare word, read as the key's own type when the comparison starts.
 fn parse_variant(text: &str) -> Result<VariantSpec, String> {
     let mut parts = text.split(':');
     let policy = parts
@@ -63,29 +63,22 @@ fn parse_variant(text: &str) -> Result<VariantSpec, String> {
         .unwrap_or_default()
         .parse::<PolicyKind>()
         .map_err(|e| e.to_string())?;
-    let fields = serde_json::to_value(TrainConfig::default()).expect("a config serialises");
     let overrides = parts
         .map(|part| {
             let (key, value) = part
                 .split_once('=')
-                .ok_or_else(|| format!("`{part}` is not FIELD=VALUE (e.g. lr=0.01)"))?;
+                .ok_or_else(|| format!("`{part}` is not KEY=VALUE (e.g. lr=0.01)"))?;
             let key = key.trim().replace('-', "_");
             if key == "policy" || key == "seed" {
                 return Err(format!(
                     "`{key}` is set by --policies/--seeds, not per policy"
                 ));
             }
-            if fields.get(&key).is_none() {
-                let known: Vec<&str> = fields
-                    .as_object()
-                    .into_iter()
-                    .flat_map(|o| o.keys().map(String::as_str))
+            if !TrainConfig::KEYS.contains(&key.as_str()) {
+                let known: Vec<&str> = (TrainConfig::KEYS.iter().copied())
                     .filter(|k| !matches!(*k, "policy" | "seed"))
                     .collect();
-                return Err(format!(
-                    "unknown field `{key}`; fields: {}",
-                    known.join(", ")
-                ));
+                return Err(format!("unknown key `{key}`; keys: {}", known.join(", ")));
             }
             Ok((key, value.trim().to_string()))
         })
@@ -114,8 +107,8 @@ fn parse_accuracy(text: &str) -> Result<f64, String> {
 /// The flags of `timeprest compare`, as clap derives them.
 #[derive(Args, Debug)]
 pub(crate) struct CompareFlags {
-    /// Policies to compare, comma-separated. `NAME:FIELD=VALUE...` changes configuration fields
-    /// (config.json keys) for that policy only, e.g. `pipedream:lr=0.01:momentum=0`. Changing
+    /// Policies to compare, comma-separated. `NAME:KEY=VALUE...` changes configuration keys
+    /// (config.toml keys) for that policy only, e.g. `pipedream:lr=0.01:momentum=0`. Changing
     /// `schedule` keeps N unless `microbatches` is changed too.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_POLICIES, value_parser = parse_variant)]
     policies: Vec<VariantSpec>,
@@ -240,19 +233,17 @@ fn adjust(command: clap::Command) -> clap::Command {
 }
 
 /// The configuration of `spec`: the training flags with its policy (and N defaulting to that
-/// policy's schedule, as in `train`), then its overrides.
+/// policy's schedule, as in `train`), then its overrides, each read as its key's type.
 fn variant_config(train: &mut TrainArgs, spec: &VariantSpec) -> anyhow::Result<TrainConfig> {
     train.policy = spec.policy;
-    let mut value = serde_json::to_value(train.config())?;
+    let mut config = train.config();
+    let bad = |e: &dyn std::fmt::Display| usage_error(format!("--policies {}: {e}", spec.label));
     for (key, text) in &spec.overrides {
-        value[key] = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
+        // The text as JSON (numbers, booleans, lists), else as a bare word.
+        let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
+        config.set(key, value).map_err(|e| bad(&e))?;
     }
-    let config: TrainConfig = serde_json::from_value(value)
-        .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
-    config
-        .clone()
-        .validate()
-        .map_err(|e| usage_error(format!("--policies {}: {e}", spec.label)))?;
+    config.clone().validate().map_err(|e| bad(&e))?;
     Ok(config)
 }
 
@@ -464,7 +455,7 @@ fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::R
     let stop = StopRequest::install()?;
     let seeds = manifest.seeds.clone();
     let epochs_per_seed: u64 = (manifest.variants.iter())
-        .map(|v| u64::from(v.config.epochs))
+        .map(|v| u64::from(v.config.optimisation.epochs))
         .sum();
     let bar = progress_bar(
         epochs_per_seed * seeds.len() as u64,
@@ -474,18 +465,19 @@ fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::R
     for (seed_index, &seed) in seeds.iter().enumerate() {
         for index in 0..manifest.variants.len() {
             let variant = &manifest.variants[index];
-            let config = TrainConfig {
-                seed,
-                ..variant.config.clone()
+            let config = {
+                let mut config = variant.config.clone();
+                config.run.seed = seed;
+                config
             }
             .validate()?;
             let base = epochs_before;
-            epochs_before += u64::from(config.epochs);
+            epochs_before += u64::from(config.optimisation.epochs);
             let label = variant.label.clone();
             let dir = Path::new(RUNS_DIR).join(run_dir_name(&label, seed));
             let run_dir = out.join(&dir);
             let listed = (manifest.runs.iter()).any(|e| e.label == label && e.seed == seed);
-            let start = run_start(manifest, &label, seed, config.epochs, &run_dir);
+            let start = run_start(manifest, &label, seed, config.optimisation.epochs, &run_dir);
             match start {
                 Start::Finished => {
                     bar.set_position(epochs_before);
@@ -531,7 +523,7 @@ fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::R
             let progress = RunProgress {
                 bar: &bar,
                 run: format!("{label} seed {seed}"),
-                epochs: config.epochs,
+                epochs: config.optimisation.epochs,
                 base,
                 minibatches: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
@@ -642,13 +634,9 @@ mod tests {
         assert!(
             parse_variant("gpipe:speed=2")
                 .unwrap_err()
-                .contains("unknown field `speed`")
+                .contains("unknown key `speed`")
         );
-        assert!(
-            parse_variant("gpipe:lr")
-                .unwrap_err()
-                .contains("FIELD=VALUE")
-        );
+        assert!(parse_variant("gpipe:lr").unwrap_err().contains("KEY=VALUE"));
         assert!(
             parse_variant("gpipe:seed=3")
                 .unwrap_err()

@@ -41,14 +41,14 @@ impl StepUnits {
     /// A mini-batch of `config`: its samples, or for a language model its tokens (every
     /// position of a sample predicts the next), which the per-epoch throughput counts too.
     pub(crate) fn minibatch(config: &TrainConfig) -> Self {
-        if config.model == GptConfig::NAME {
+        if config.model.name == GptConfig::NAME {
             Self {
-                per_step: (config.batch_size * config.seq_len) as f64,
+                per_step: (config.optimisation.batch_size * config.data.seq_len) as f64,
                 rate_unit: TOKEN_RATE,
             }
         } else {
             Self {
-                per_step: config.batch_size as f64,
+                per_step: config.optimisation.batch_size as f64,
                 rate_unit: "samples/s",
             }
         }

@@ -19,8 +19,9 @@ use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, 
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
-    EpochMetrics, GradMode, OptimizerChoice, Progress, RunPaths, SignificanceChoice, TrainConfig,
-    TrainError, ValidConfig, command_line, run_until_stopped, shell_quoted,
+    DataSettings, EpochMetrics, GradMode, ModelSettings, OptimisationSettings, OptimizerChoice,
+    PipelineSettings, Progress, RunPaths, RunSettings, SignificanceChoice, TrainConfig, TrainError,
+    ValidConfig, command_line, run_until_stopped, shell_quoted,
 };
 
 /// The size flags of every model, shared by `train` (and `compare`) and `partition`.
@@ -308,7 +309,7 @@ impl Process {
                             ) => {
                                 if is_root {
                                     bars.clear();
-                                    let mpi_stages = Some(config.stages);
+                                    let mpi_stages = Some(config.pipeline.num_stages);
                                     crate::print_stderr_line(&interrupted_message(
                                         &error, paths, mpi_stages,
                                     ));
@@ -372,42 +373,52 @@ impl TrainArgs {
         let one_unit = schedule == ScheduleKind::OneFOneB || self.policy == PolicyKind::Single;
         let default_microbatches = if one_unit { 1 } else { 3 };
         TrainConfig {
-            model: self.model.clone(),
-            hidden: self.size.hidden.clone(),
-            dataset: self.dataset.clone(),
-            data_dir: self.data_dir.clone(),
-            limit_train: self.limit_train,
-            limit_test: self.limit_test,
-            stages: self.stages,
-            microbatches: self.microbatches.unwrap_or(default_microbatches),
-            batch_size: self.batch_size,
-            epochs: self.epochs,
-            lr: self.lr,
-            momentum: self.momentum,
-            nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
-            optimizer: self.optimizer,
-            policy: self.policy,
-            schedule: self.schedule,
-            backward_slots: self.backward_slots,
-            grad_mode: self.grad_mode,
-            significance: self.significance,
-            lambda: self.lambda,
-            alpha: self.alpha,
-            prediction: self.prediction,
-            seed: self.seed,
-            shuffle: !self.no_shuffle,
-            threads_per_stage: self.threads_per_stage,
-            device: self.device,
-            width: self.size.width,
-            depth: self.size.depth.clone(),
-            seq_len: self.seq_len,
-            embed_dim: self.size.embed_dim,
-            heads: self.size.heads,
-            partition: self.partition,
-            split: self.split.clone(),
-            augment: self.augment,
-            ..TrainConfig::default()
+            model: ModelSettings {
+                name: self.model.clone(),
+                hidden: self.size.hidden.clone(),
+                width: self.size.width,
+                depth: self.size.depth.clone(),
+                embed_dim: self.size.embed_dim,
+                heads: self.size.heads,
+            },
+            data: DataSettings {
+                dataset: self.dataset.clone(),
+                data_dir: self.data_dir.clone(),
+                limit_train: self.limit_train,
+                limit_test: self.limit_test,
+                seq_len: self.seq_len,
+                shuffle: !self.no_shuffle,
+                augment: self.augment,
+            },
+            pipeline: PipelineSettings {
+                num_stages: self.stages,
+                num_microbatches: self.microbatches.unwrap_or(default_microbatches),
+                policy: self.policy,
+                schedule: self.schedule,
+                backward_slots: self.backward_slots,
+                partition: self.partition,
+                split: self.split.clone(),
+                grad_mode: self.grad_mode,
+                significance: self.significance,
+                lambda: self.lambda,
+                alpha: self.alpha,
+                prediction: self.prediction,
+            },
+            optimisation: OptimisationSettings {
+                batch_size: self.batch_size,
+                epochs: self.epochs,
+                optimizer: self.optimizer,
+                lr: self.lr,
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+                weight_decay: self.weight_decay,
+            },
+            run: RunSettings {
+                seed: self.seed,
+                threads_per_stage: self.threads_per_stage,
+                device: self.device,
+                ..RunSettings::default()
+            },
         }
     }
 }
@@ -499,27 +510,14 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let file_error = |what: String| usage_error(format!("{origin}: {what}"));
     let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
     let file: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
-    let flags_value = serde_json::to_value(&from_flags)?;
-    let mut merged = flags_value.clone();
-    let fields = merged
-        .as_object_mut()
-        .expect("a config serialises to an object");
+    let mut config = from_flags;
     for (key, value) in file {
-        let flag = if key == "shuffle" {
-            "no_shuffle"
-        } else {
-            key.as_str()
-        };
-        if !fields.contains_key(&key) {
-            let known: Vec<&String> = fields.keys().collect();
-            return Err(file_error(format!(
-                "unknown key `{key}`; valid keys: {known:?}"
-            )));
-        }
-        if args.given.contains(flag) {
+        // Every key is its flag's clap id, but for `shuffle`, whose flag is `--no-shuffle`.
+        let flag = if key == "shuffle" { "no_shuffle" } else { &key };
+        if args.given.contains(flag) && TrainConfig::KEYS.contains(&key.as_str()) {
             continue;
         }
-        // JSON has no NaN or infinity (serde_json would turn them into null).
+        // A float key's own type would take them, and validation would then name the flag.
         if let toml::Value::Float(number) = value
             && !number.is_finite()
         {
@@ -527,16 +525,11 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
                 "key `{key}`: must be a finite number, got {number}"
             )));
         }
-        let value = serde_json::to_value(value)?;
-        // Each key on its own over the flags' configuration, so a bad value is named by its key.
-        let mut alone = flags_value.clone();
-        alone[key.as_str()] = value.clone();
-        if let Err(e) = serde_json::from_value::<TrainConfig>(alone) {
-            return Err(file_error(format!("key `{key}`: {e}")));
-        }
-        fields.insert(key, value);
+        config
+            .set(&key, value)
+            .map_err(|e| file_error(e.to_string()))?;
     }
-    serde_json::from_value(merged).map_err(|e| file_error(e.to_string()))
+    Ok(config)
 }
 
 /// The flags (by clap id, e.g. `checkpoint_every`) given on the command line rather than left
@@ -607,9 +600,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = effective_config(&args)?.validate()?;
     let process = Process::start(args.transport)?;
     let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
-    let language_model = config.model == GptConfig::NAME;
+    let language_model = config.model.name == GptConfig::NAME;
     let minibatch = StepUnits::minibatch(&config);
-    let bars = Bars::new(config.epochs, visible, language_model, minibatch);
+    let bars = Bars::new(
+        config.optimisation.epochs,
+        visible,
+        language_model,
+        minibatch,
+    );
     let paths = RunPaths {
         out_dir: args.out.clone().or_else(|| args.resume.clone()),
         checkpoint_every: args.checkpoint_every,
@@ -623,30 +621,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if process.is_root() {
         let sizes = if language_model {
             let layers = config
+                .model
                 .depth
                 .first()
                 .copied()
                 .unwrap_or(GptConfig::DEFAULT_LAYERS);
             format!(
                 "T={} d={} heads={} layers={layers}",
-                config.seq_len, config.embed_dim, config.heads
+                config.data.seq_len, config.model.embed_dim, config.model.heads
             )
-        } else if config.model == MlpConfig::NAME {
-            format!("hidden {:?}", config.hidden)
+        } else if config.model.name == MlpConfig::NAME {
+            format!("hidden {:?}", config.model.hidden)
         } else {
-            format!("width {}", config.width)
+            format!("width {}", config.model.width)
         };
         eprintln!(
             "training {} ({sizes}) on {} with policy {} on schedule {}: W={} N={} M={} for {} \
              epochs",
-            config.model,
-            config.dataset,
-            config.policy,
+            config.model.name,
+            config.data.dataset,
+            config.pipeline.policy,
             config.schedule_kind(),
-            config.stages,
-            config.microbatches,
-            config.batch_size,
-            config.epochs
+            config.pipeline.num_stages,
+            config.pipeline.num_microbatches,
+            config.optimisation.batch_size,
+            config.optimisation.epochs
         );
     }
     let stop = StopRequest::install()?;

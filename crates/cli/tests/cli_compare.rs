@@ -254,7 +254,7 @@ fn bad_compare_flags_exit_2_with_one_error_line_naming_the_flag() {
     let cases: [(&[&str], &str); 7] = [
         (&["--policies", "bogus"], "--policies"),
         (&["--seeds", "x"], "--seeds"),
-        (&["--policies", "gpipe:speed=2"], "unknown field `speed`"),
+        (&["--policies", "gpipe:speed=2"], "unknown key `speed`"),
         (&["--policies", "gpipe,gpipe"], "listed twice"),
         (
             &["--policy", "gpipe"],

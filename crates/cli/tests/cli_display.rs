@@ -118,10 +118,11 @@ fn epoch(epoch: u32, accuracy: f64, seconds: f64) -> EpochMetrics {
 /// Writes a comparison directory as `compare` leaves it: per policy and seed, the test
 /// accuracy of each epoch and the seconds of every epoch.
 fn write_comparison(dir: &Path, target: f64, runs: &[(&str, u64, &[f64], f64)]) {
-    let config = TrainConfig {
-        epochs: 3,
-        stages: 2,
-        ..TrainConfig::default()
+    let config = {
+        let mut config = TrainConfig::default();
+        config.optimisation.epochs = 3;
+        config.pipeline.num_stages = 2;
+        config
     };
     let mut labels: Vec<&str> = runs.iter().map(|r| r.0).collect();
     labels.dedup();
@@ -144,9 +145,10 @@ fn write_comparison(dir: &Path, target: f64, runs: &[(&str, u64, &[f64], f64)]) 
     for &(label, seed, accuracies, seconds) in runs {
         let run_dir = Path::new("runs").join(format!("{label}-seed{seed}"));
         std::fs::create_dir_all(dir.join(&run_dir)).unwrap();
-        let config = TrainConfig {
-            seed,
-            ..config.clone()
+        let config = {
+            let mut config = config.clone();
+            config.run.seed = seed;
+            config
         };
         std::fs::write(
             dir.join(&run_dir).join("config.json"),

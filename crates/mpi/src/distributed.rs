@@ -164,14 +164,14 @@ fn train<F: Fabric>(
         _ => None,
     };
     let mut history = Vec::new();
-    for epoch in completed + 1..=config.epochs {
+    for epoch in completed + 1..=config.optimisation.epochs {
         position.epoch = epoch;
         if stop_requested() {
             return Err(RuntimeError::Interrupted.into());
         }
         let (schedule, summary) = local.run_epoch(rank, &pipeline, epoch, run)?;
         let checkpoint = (start.checkpoints.as_ref())
-            .filter(|checkpointing| checkpointing.due_after(epoch, config.epochs));
+            .filter(|checkpointing| checkpointing.due_after(epoch, config.optimisation.epochs));
         match record.as_mut() {
             Some(record) => {
                 let mut summaries = vec![summary];
@@ -283,7 +283,7 @@ impl LocalStage {
         let work = pipeline.epoch_work(epoch)?;
         let num_minibatches = work.num_minibatches();
         check_plan(&work.schedule, &work.versions)?;
-        let pool = stage_pool(self.index, Some(config.threads_per_stage))?;
+        let pool = stage_pool(self.index, Some(config.run.threads_per_stage))?;
         if self.index == 0 {
             progress.epoch_started(epoch, u64::from(num_minibatches));
         }
@@ -291,7 +291,7 @@ impl LocalStage {
         let abort = AtomicBool::new(false);
         let context = StageContext {
             stage: self.index,
-            num_stages: config.stages,
+            num_stages: config.pipeline.num_stages,
             plan: &work.versions.stages[self.index as usize],
             abort: &abort,
             start: Instant::now(),
@@ -346,11 +346,11 @@ fn account(
             .unwrap_or_default(),
     };
     let params = assemble_params(summaries, pipeline.initial());
-    let metrics = epoch_metrics(epoch, schedule, config.lr, &report, || {
+    let metrics = epoch_metrics(epoch, schedule, config.optimisation.lr, &report, || {
         pipeline.evaluate(&params)
     })?;
     record.epoch(&metrics, schedule, &report)?;
-    if epoch == config.epochs {
+    if epoch == config.optimisation.epochs {
         record.final_weights(&params)?;
     }
     Ok(metrics)

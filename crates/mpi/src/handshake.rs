@@ -92,10 +92,10 @@ pub fn check_identities(
             }
         }
     }
-    if config.stages as usize != world {
+    if config.pipeline.num_stages as usize != world {
         return Err(MpiError::WorldSize {
             world,
-            stages: config.stages,
+            stages: config.pipeline.num_stages,
         });
     }
     Ok(())
@@ -121,10 +121,11 @@ mod tests {
     #[test]
     fn a_differing_rank_is_named_with_every_differing_field() {
         let config = TrainConfig::default();
-        let other = TrainConfig {
-            stages: 4,
-            policy: PolicyKind::Gpipe,
-            ..config.clone()
+        let other = {
+            let mut config = config.clone();
+            config.pipeline.num_stages = 4;
+            config.pipeline.policy = PolicyKind::Gpipe;
+            config
         };
         let identities = vec![
             Identity::new(&config, 3),

@@ -25,16 +25,17 @@ fn valid(config: &TrainConfig) -> ValidConfig {
 type RankOutcome = Result<Option<Vec<EpochMetrics>>, MpiError>;
 
 fn small(policy: PolicyKind) -> TrainConfig {
-    TrainConfig {
-        hidden: vec![24, 16],
-        limit_train: Some(160),
-        limit_test: Some(90),
-        stages: 3,
-        microbatches: 2,
-        batch_size: 16,
-        epochs: 2,
-        policy,
-        ..TrainConfig::default()
+    {
+        let mut config = TrainConfig::default();
+        config.model.hidden = vec![24, 16];
+        config.data.limit_train = Some(160);
+        config.data.limit_test = Some(90);
+        config.pipeline.num_stages = 3;
+        config.pipeline.num_microbatches = 2;
+        config.optimisation.batch_size = 16;
+        config.optimisation.epochs = 2;
+        config.pipeline.policy = policy;
+        config
     }
 }
 
@@ -182,7 +183,10 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
             "{policy}: the metrics differ"
         );
         let lines = std::fs::read_to_string(ranks_paths.out_dir.unwrap().join("metrics.jsonl"));
-        assert_eq!(lines.unwrap().lines().count(), config.epochs as usize);
+        assert_eq!(
+            lines.unwrap().lines().count(),
+            config.optimisation.epochs as usize
+        );
     }
     // Training moved the weights at all (so equal files are not two untouched initialisations).
     let config = small(PolicyKind::Gpipe);
@@ -190,7 +194,16 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
         save_weights: Some(dir.path().join("untrained")),
         ..RunPaths::default()
     };
-    run(&valid(&TrainConfig { lr: 0.0, ..config }), &untrained, &()).unwrap();
+    run(
+        &valid(&{
+            let mut config = config;
+            config.optimisation.lr = 0.0;
+            config
+        }),
+        &untrained,
+        &(),
+    )
+    .unwrap();
     let trained = std::fs::read(dir.path().join("gpipe-ranks")).unwrap();
     assert_ne!(
         std::fs::read(dir.path().join("untrained")).unwrap(),
@@ -217,9 +230,10 @@ fn assert_all_fail_naming_stage_1(outcomes: &[RankOutcome], started: Instant) {
 #[test]
 fn a_failing_stage_stops_every_rank_with_an_error_naming_it() {
     for kind in [FaultKind::Error, FaultKind::Panic] {
-        let config = TrainConfig {
-            epochs: 50,
-            ..small(PolicyKind::ITimeprest)
+        let config = {
+            let mut config = small(PolicyKind::ITimeprest);
+            config.optimisation.epochs = 50;
+            config
         };
         let started = Instant::now();
         let fault = Some(Fault {
@@ -235,10 +249,11 @@ fn a_failing_stage_stops_every_rank_with_an_error_naming_it() {
 #[test]
 fn ranks_with_different_configurations_refuse_to_start() {
     let config = small(PolicyKind::Timeprest);
-    let other = TrainConfig {
-        policy: PolicyKind::Gpipe,
-        hidden: vec![24, 15],
-        ..config.clone()
+    let other = {
+        let mut config = config.clone();
+        config.pipeline.policy = PolicyKind::Gpipe;
+        config.model.hidden = vec![24, 15];
+        config
     };
     let outcomes = run_ranks(
         &[config.clone(), config.clone(), other],
@@ -290,9 +305,10 @@ fn checkpointed(run_dir: &Path, resume: bool, weights: &str) -> RunPaths {
 #[test]
 fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = |epochs| TrainConfig {
-        epochs,
-        ..small(PolicyKind::Nwpt)
+    let config = |epochs| {
+        let mut config = small(PolicyKind::Nwpt);
+        config.optimisation.epochs = epochs;
+        config
     };
     let uninterrupted = checkpointed(&dir.path().join("whole"), false, "weights");
     run(&valid(&config(4)), &uninterrupted, &()).unwrap();
@@ -362,19 +378,20 @@ fn checkpoints_move_between_ranks_and_threads_and_resume_bit_for_bit() {
 #[test]
 fn an_augmented_run_resumed_by_ranks_ends_with_the_threaded_runs_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let config = |epochs| TrainConfig {
-        model: "lenet5".into(),
-        dataset: "synthetic".into(),
-        augment: true,
-        limit_train: Some(64),
-        limit_test: Some(16),
-        stages: 2,
-        microbatches: 2,
-        batch_size: 16,
-        lr: 0.01,
-        epochs,
-        policy: PolicyKind::Timeprest,
-        ..TrainConfig::default()
+    let config = |epochs| {
+        let mut config = TrainConfig::default();
+        config.model.name = "lenet5".into();
+        config.data.dataset = "synthetic".into();
+        config.data.augment = true;
+        config.data.limit_train = Some(64);
+        config.data.limit_test = Some(16);
+        config.pipeline.num_stages = 2;
+        config.pipeline.num_microbatches = 2;
+        config.optimisation.batch_size = 16;
+        config.optimisation.lr = 0.01;
+        config.optimisation.epochs = epochs;
+        config.pipeline.policy = PolicyKind::Timeprest;
+        config
     };
     let uninterrupted = checkpointed(&dir.path().join("whole"), false, "weights");
     run(&valid(&config(2)), &uninterrupted, &()).unwrap();
@@ -405,10 +422,11 @@ fn a_checkpoint_that_does_not_fit_stops_every_rank_with_rank_0s_verdict() {
         &(),
     )
     .unwrap();
-    let two_stages = TrainConfig {
-        stages: 2,
-        epochs: 4,
-        ..small(PolicyKind::Gpipe)
+    let two_stages = {
+        let mut config = small(PolicyKind::Gpipe);
+        config.pipeline.num_stages = 2;
+        config.optimisation.epochs = 4;
+        config
     };
     let started = Instant::now();
     let outcomes = run_ranks(
@@ -433,9 +451,10 @@ fn a_checkpoint_that_does_not_fit_stops_every_rank_with_rank_0s_verdict() {
 fn a_stop_on_one_rank_stops_every_rank_naming_the_last_checkpoint_and_the_run_continues() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
-    let config = |epochs| TrainConfig {
-        epochs,
-        ..small(PolicyKind::Timeprest)
+    let config = |epochs| {
+        let mut config = small(PolicyKind::Timeprest);
+        config.optimisation.epochs = epochs;
+        config
     };
     // Rank 2 alone is stopped, while rank 0 starts epoch 3: every rank stops in epoch 3, after
     // the checkpoint of epoch 2 was committed.

@@ -31,7 +31,7 @@ pub fn render(
     let mut out = String::new();
     let labels: Vec<&str> = summary.variants.iter().map(|v| v.label.as_str()).collect();
     let base = manifest.variants.first().map(|v| &v.config);
-    let dataset = base.map_or("?", |c| c.dataset.as_str());
+    let dataset = base.map_or("?", |c| c.data.dataset.as_str());
     let _ = writeln!(out, "# Comparison: {} on {dataset}\n", labels.join(", "));
     let _ = writeln!(out, "Produced by:\n\n```sh\n{}\n```\n", manifest.command);
     if let Some(config) = base {
@@ -62,7 +62,9 @@ pub fn render(
 fn stages_text(manifest: &Manifest) -> String {
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
     for variant in &manifest.variants {
-        *counts.entry(variant.config.stages).or_default() += 1;
+        *counts
+            .entry(variant.config.pipeline.num_stages)
+            .or_default() += 1;
     }
     // The most common W; among equally common ones, the largest (the pipelines).
     let Some((&common, _)) = counts.iter().max_by_key(|&(&stages, &n)| (n, stages)) else {
@@ -71,8 +73,8 @@ fn stages_text(manifest: &Manifest) -> String {
     let others: Vec<String> = manifest
         .variants
         .iter()
-        .filter(|v| v.config.stages != common)
-        .map(|v| format!("{}: W = {}", v.label, v.config.stages))
+        .filter(|v| v.config.pipeline.num_stages != common)
+        .map(|v| format!("{}: W = {}", v.label, v.config.pipeline.num_stages))
         .collect();
     if others.is_empty() {
         format!("W = {common} stages")
@@ -87,7 +89,7 @@ fn configuration(
     manifest: &Manifest,
     target: Option<Target>,
 ) {
-    let limits = match (config.limit_train, config.limit_test) {
+    let limits = match (config.data.limit_train, config.data.limit_test) {
         (None, None) => String::new(),
         (train, test) => format!(
             " (first {} training / {} test samples)",
@@ -95,7 +97,12 @@ fn configuration(
             test.map_or("all".into(), |n| n.to_string())
         ),
     };
-    let hidden: Vec<String> = config.hidden.iter().map(ToString::to_string).collect();
+    let hidden: Vec<String> = config
+        .model
+        .hidden
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let seeds: Vec<String> = manifest.seeds.iter().map(ToString::to_string).collect();
     let target = match target {
         Some(Target {
@@ -113,30 +120,34 @@ fn configuration(
         None => "none (no run completed)".into(),
     };
     let rows = [
-        ("data set", format!("{}{limits}", config.dataset)),
+        ("data set", format!("{}{limits}", config.data.dataset)),
         (
             "model",
-            format!("{}, hidden layers {}", config.model, hidden.join(", ")),
+            format!("{}, hidden layers {}", config.model.name, hidden.join(", ")),
         ),
         (
             "pipeline",
             format!(
                 "{}, M = {} samples per mini-batch",
                 stages_text(manifest),
-                config.batch_size
+                config.optimisation.batch_size
             ),
         ),
         (
             "training",
             format!(
                 "{} epochs, {:?} lr {} momentum {}{}, weight decay {}, gradient mode {:?}",
-                config.epochs,
-                config.optimizer,
-                config.lr,
-                config.momentum,
-                if config.nesterov { " (Nesterov)" } else { "" },
-                config.weight_decay,
-                config.grad_mode
+                config.optimisation.epochs,
+                config.optimisation.optimizer,
+                config.optimisation.lr,
+                config.optimisation.momentum,
+                if config.optimisation.nesterov {
+                    " (Nesterov)"
+                } else {
+                    ""
+                },
+                config.optimisation.weight_decay,
+                config.pipeline.grad_mode
             )
             .to_lowercase(),
         ),
@@ -729,9 +740,9 @@ mod tests {
         let mut variants = sample().variants;
         let mut single = variants[0].clone();
         single.label = "single:stages=1".into();
-        single.config.stages = 1;
+        single.config.pipeline.num_stages = 1;
         variants.insert(0, single);
-        let pipeline = variants[1].config.stages;
+        let pipeline = variants[1].config.pipeline.num_stages;
         assert_eq!(
             stages_text(&manifest(variants)),
             format!("W = {pipeline} stages (single:stages=1: W = 1)")

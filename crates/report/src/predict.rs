@@ -49,7 +49,10 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
     } = pipeline.epoch_work(1).map_err(|e| failed(e.to_string()))?;
     let blocks = pipeline.spec().blocks();
     let split = pipeline.split();
-    let samples = config.batch_size.div_ceil(config.microbatches as usize) as u64;
+    let samples = config
+        .optimisation
+        .batch_size
+        .div_ceil(config.pipeline.num_microbatches as usize) as u64;
     let per_stage = |bytes: &dyn Fn(&timeprest_nn::Block) -> u64| -> Vec<u64> {
         split
             .iter()
@@ -95,11 +98,12 @@ mod tests {
     use super::*;
 
     fn digits(policy: PolicyKind, microbatches: u32) -> TrainConfig {
-        TrainConfig {
-            policy,
-            microbatches,
-            limit_train: Some(320),
-            ..TrainConfig::default()
+        {
+            let mut config = TrainConfig::default();
+            config.pipeline.policy = policy;
+            config.pipeline.num_microbatches = microbatches;
+            config.data.limit_train = Some(320);
+            config
         }
     }
 
@@ -126,10 +130,11 @@ mod tests {
 
     #[test]
     fn a_split_by_hand_moves_the_parameters_between_stages() {
-        let config = TrainConfig {
-            stages: 2,
-            split: vec![2],
-            ..digits(PolicyKind::VTimeprest, 3)
+        let config = {
+            let mut config = digits(PolicyKind::VTimeprest, 3);
+            config.pipeline.num_stages = 2;
+            config.pipeline.split = vec![2];
+            config
         };
         let prediction = predict("v-timeprest", &config).unwrap();
         let bytes: Vec<u64> = prediction.iter().map(|p| p.weight_bytes).collect();
@@ -154,10 +159,11 @@ mod tests {
 
     #[test]
     fn an_unloadable_data_set_names_the_variant() {
-        let config = TrainConfig {
-            dataset: "mnist".into(),
-            data_dir: Some("/nonexistent/timeprest".into()),
-            ..TrainConfig::default()
+        let config = {
+            let mut config = TrainConfig::default();
+            config.data.dataset = "mnist".into();
+            config.data.data_dir = Some("/nonexistent/timeprest".into());
+            config
         };
         let error = predict("gpipe:lr=1", &config).unwrap_err();
         assert!(error.to_string().contains("gpipe:lr=1"), "{error}");

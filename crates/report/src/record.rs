@@ -185,7 +185,7 @@ pub fn load(dir: &Path) -> Result<Loaded, ReportError> {
     }
     if dir.join("config.json").is_file() && dir.join("metrics.jsonl").is_file() {
         let config = read_config(&dir.join("config.json"))?;
-        let label = config.policy.name().to_string();
+        let label = config.pipeline.policy.name().to_string();
         let run = load_run(dir, label.clone())?;
         let prediction = predict(&label, &config).ok();
         return Ok(Loaded {
@@ -220,7 +220,7 @@ fn load_run(dir: &Path, label: String) -> Result<Run, ReportError> {
     } else {
         Vec::new()
     };
-    let outcome = if epochs.len() == config.epochs as usize {
+    let outcome = if epochs.len() == config.optimisation.epochs as usize {
         Outcome::Completed
     } else {
         Outcome::Incomplete
@@ -228,7 +228,7 @@ fn load_run(dir: &Path, label: String) -> Result<Run, ReportError> {
     let trace = Some(dir.join(TRACE_FILE)).filter(|path| path.is_file());
     Ok(Run {
         label,
-        seed: config.seed,
+        seed: config.run.seed,
         config,
         epochs,
         outcome,

@@ -237,7 +237,7 @@ fn summarise_variant(variant: &Variant, runs: &[&Run]) -> VariantSummary {
     let mut summary = VariantSummary {
         label: variant.label.clone(),
         schedule: variant.config.schedule_kind(),
-        microbatches: variant.config.microbatches,
+        microbatches: variant.config.pipeline.num_microbatches,
         completed: Vec::new(),
         diverged: Vec::new(),
         incomplete: Vec::new(),
@@ -410,9 +410,10 @@ pub(crate) mod tests {
     pub(crate) fn variant(label: &str, policy: PolicyKind) -> Variant {
         Variant {
             label: label.into(),
-            config: TrainConfig {
-                policy,
-                ..TrainConfig::default()
+            config: {
+                let mut config = TrainConfig::default();
+                config.pipeline.policy = policy;
+                config
             },
             prediction: None,
         }

@@ -49,42 +49,44 @@ fn predicted(schedule: &Schedule, costs: &MeasuredCosts) -> f64 {
 
 fn config(dataset: &str, policy: PolicyKind) -> TrainConfig {
     let fashion = dataset == "fashion-mnist";
-    TrainConfig {
-        hidden: if fashion {
+    {
+        let mut config = TrainConfig::default();
+        config.model.hidden = if fashion {
             vec![1024, 1024, 1024]
         } else {
             vec![128, 64]
-        },
-        dataset: dataset.into(),
-        limit_train: fashion.then_some(3840),
-        limit_test: Some(512),
-        stages: 3,
-        microbatches: if policy == PolicyKind::Pipedream {
+        };
+        config.data.dataset = dataset.into();
+        config.data.limit_train = fashion.then_some(3840);
+        config.data.limit_test = Some(512);
+        config.pipeline.num_stages = 3;
+        config.pipeline.num_microbatches = if policy == PolicyKind::Pipedream {
             1
         } else {
             4
-        },
-        batch_size: if fashion { 128 } else { 32 },
-        lr: 0.01,
-        policy,
-        epochs: 2,
-        ..TrainConfig::default()
+        };
+        config.optimisation.batch_size = if fashion { 128 } else { 32 };
+        config.optimisation.lr = 0.01;
+        config.pipeline.policy = policy;
+        config.optimisation.epochs = 2;
+        config
     }
 }
 
 /// A 2-stage `naive` configuration for the projection: MLP `hidden` on Fashion-MNIST, M = 128.
 fn projection_config(hidden: &[usize], microbatches: u32) -> TrainConfig {
-    TrainConfig {
-        hidden: hidden.to_vec(),
-        dataset: "fashion-mnist".into(),
-        limit_train: Some(3840),
-        limit_test: Some(256),
-        stages: 2,
-        microbatches,
-        batch_size: 128,
-        lr: 0.01,
-        policy: PolicyKind::Naive,
-        ..TrainConfig::default()
+    {
+        let mut config = TrainConfig::default();
+        config.model.hidden = hidden.to_vec();
+        config.data.dataset = "fashion-mnist".into();
+        config.data.limit_train = Some(3840);
+        config.data.limit_test = Some(256);
+        config.pipeline.num_stages = 2;
+        config.pipeline.num_microbatches = microbatches;
+        config.optimisation.batch_size = 128;
+        config.optimisation.lr = 0.01;
+        config.pipeline.policy = PolicyKind::Naive;
+        config
     }
 }
 

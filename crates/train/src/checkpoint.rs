@@ -310,13 +310,13 @@ pub fn read_state(
             ),
         ));
     }
-    if state.epoch >= config.epochs {
+    if state.epoch >= config.optimisation.epochs {
         return Err(corrupt(
             &state_path,
             format!(
                 "nothing left to train: the checkpoint has completed {} epochs and --epochs is \
                  {} (pass a larger --epochs)",
-                state.epoch, config.epochs
+                state.epoch, config.optimisation.epochs
             ),
         ));
     }
@@ -360,10 +360,11 @@ mod tests {
         CheckpointState {
             epoch,
             updates: 7,
-            config: TrainConfig {
-                stages: stages as u32,
-                epochs: 4,
-                ..TrainConfig::default()
+            config: {
+                let mut config = TrainConfig::default();
+                config.pipeline.num_stages = stages as u32;
+                config.optimisation.epochs = 4;
+                config
             },
             stages: (0..stages).map(stage).collect(),
         }
@@ -411,20 +412,22 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let two = TrainConfig {
-            stages: 2,
-            ..saved.config.clone()
+        let two = {
+            let mut config = saved.config.clone();
+            config.pipeline.num_stages = 2;
+            config
         };
         assert!(
             error(&two, &split[..2]).contains("a run of 3 stages, this run has 2"),
             "{}",
             error(&two, &split[..2])
         );
-        let other = TrainConfig {
-            momentum: 0.5,
-            batch_size: 64,
-            lr: 0.5,
-            ..saved.config.clone()
+        let other = {
+            let mut config = saved.config.clone();
+            config.optimisation.momentum = 0.5;
+            config.optimisation.batch_size = 64;
+            config.optimisation.lr = 0.5;
+            config
         };
         assert_eq!(
             error(&other, &split),
@@ -435,22 +438,25 @@ mod tests {
                 dir.path().join("state.json").display()
             )
         );
-        let smaller_lr = TrainConfig {
-            lr: 0.001,
-            epochs: 9,
-            ..saved.config.clone()
+        let smaller_lr = {
+            let mut config = saved.config.clone();
+            config.optimisation.lr = 0.001;
+            config.optimisation.epochs = 9;
+            config
         };
         assert_eq!(read_state(dir.path(), &smaller_lr, &split).unwrap(), saved);
         let moved = [0..2, 2..3, 3..4];
         assert!(error(&saved.config, &moved).contains("own the blocks [0..1, 1..2, 2..3]"));
-        let done = TrainConfig {
-            epochs: 2,
-            ..saved.config.clone()
+        let done = {
+            let mut config = saved.config.clone();
+            config.optimisation.epochs = 2;
+            config
         };
         assert!(error(&done, &split).contains("nothing left to train"));
-        let longer = TrainConfig {
-            epochs: 9,
-            ..saved.config.clone()
+        let longer = {
+            let mut config = saved.config.clone();
+            config.optimisation.epochs = 9;
+            config
         };
         assert_eq!(read_state(dir.path(), &longer, &split).unwrap(), saved);
     }

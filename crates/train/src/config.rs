@@ -60,13 +60,56 @@ impl std::ops::Deref for ValidConfig {
     }
 }
 
-/// Everything one training run depends on.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Everything one training run depends on, in five sections.
+///
+/// The sections are how the code reads a configuration (`config.optimisation.lr`); a file keeps
+/// one flat table whose keys are the command-line flags (`lr`, `stages`, `no_shuffle` is the
+/// one exception: the key is `shuffle`), so `config.toml` and `--lr` speak the same words and
+/// files written before the sections existed still load. [`TrainConfig::set`] changes one key
+/// with its own type (a `--config` file over the defaults, `compare`'s `policy:key=value`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// The model and its size.
+    #[serde(flatten)]
+    pub model: ModelSettings,
+    /// The data set and how it is fed.
+    #[serde(flatten)]
+    pub data: DataSettings,
+    /// The pipeline: stages, micro-batches, schedule, split and weight policy.
+    #[serde(flatten)]
+    pub pipeline: PipelineSettings,
+    /// The optimizer and the amount of training.
+    #[serde(flatten)]
+    pub optimisation: OptimisationSettings,
+    /// How the run executes: seed, threads, device, evaluation batch.
+    #[serde(flatten)]
+    pub run: RunSettings,
+}
+
+/// The model and its size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSettings {
     /// Model name (one of [`MODEL_NAMES`]).
-    pub model: String,
+    #[serde(rename = "model")]
+    pub name: String,
     /// Hidden layer widths of the MLP.
     pub hidden: Vec<usize>,
+    /// Channel multiplier of the convolutional models (1 = the reference size).
+    pub width: f64,
+    /// Residual blocks per group of the ResNets, or the number of transformer layers of `gpt`
+    /// (one number) (empty = the model's default).
+    pub depth: Vec<usize>,
+    /// Embedding width d of `gpt`.
+    #[serde(default = "default_embed_dim")]
+    pub embed_dim: usize,
+    /// Attention heads of `gpt` (they must divide `embed_dim`).
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+}
+
+/// The data set and how it is fed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSettings {
     /// Data set name (one of `timeprest_data::DATASET_NAMES`, or `text:PATH`).
     pub dataset: String,
     /// Directory of the data set files (IDX data sets).
@@ -75,24 +118,25 @@ pub struct TrainConfig {
     pub limit_train: Option<usize>,
     /// Use only the first this-many test samples.
     pub limit_test: Option<usize>,
-    /// W: pipeline stages.
-    pub stages: u32,
-    /// N: micro-batches per mini-batch.
-    pub microbatches: u32,
-    /// M: samples per mini-batch.
-    pub batch_size: usize,
-    /// Epochs.
-    pub epochs: u32,
-    /// Learning rate η.
-    pub lr: f64,
-    /// SGD momentum μ.
-    pub momentum: f64,
-    /// Nesterov momentum for SGD.
-    pub nesterov: bool,
-    /// L2 weight decay.
-    pub weight_decay: f64,
-    /// Optimizer.
-    pub optimizer: OptimizerChoice,
+    /// Characters per sample of a `text:PATH` data set (the context length of `gpt`).
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Shuffle the training data every epoch.
+    pub shuffle: bool,
+    /// Random crops (padding 4) and horizontal flips of the training images.
+    pub augment: bool,
+}
+
+/// The pipeline: how many stages and micro-batches, the schedule, the split and the weight
+/// policy with its options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSettings {
+    /// W: pipeline stages (key and flag `stages`).
+    #[serde(rename = "stages")]
+    pub num_stages: u32,
+    /// N: micro-batches per mini-batch (key and flag `microbatches`).
+    #[serde(rename = "microbatches")]
+    pub num_microbatches: u32,
     /// Weight policy.
     pub policy: PolicyKind,
     /// Schedule; `None` uses the policy's default.
@@ -101,6 +145,10 @@ pub struct TrainConfig {
     /// ([`ScheduleConfig::backward_slots`]); `None` (the default): the papers' unit grid.
     #[serde(default)]
     pub backward_slots: Option<u32>,
+    /// How to split the model into stages when `split` is empty.
+    pub partition: PartitionMethod,
+    /// A split by hand: the first blocks of stages 1, 2, … (empty = use `partition`).
+    pub split: Vec<usize>,
     /// Gradient mode when forward and backward read different weights.
     pub grad_mode: GradMode,
     /// I-TiMePReSt significance function.
@@ -111,10 +159,32 @@ pub struct TrainConfig {
     pub alpha: f64,
     /// NWPT prediction formula.
     pub prediction: Prediction,
+}
+
+/// The optimizer and the amount of training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimisationSettings {
+    /// M: samples per mini-batch.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: u32,
+    /// Optimizer.
+    pub optimizer: OptimizerChoice,
+    /// Learning rate η.
+    pub lr: f64,
+    /// SGD momentum μ.
+    pub momentum: f64,
+    /// Nesterov momentum for SGD.
+    pub nesterov: bool,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+}
+
+/// How the run executes; none of these changes what a synchronous run computes except the seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
     /// Seed for initial weights and data order.
     pub seed: u64,
-    /// Shuffle the training data every epoch.
-    pub shuffle: bool,
     /// Intra-op threads per stage.
     pub threads_per_stage: usize,
     /// Where the tensors live (`cpu`, `gpu:N`); older config files without it mean `cpu`.
@@ -122,30 +192,28 @@ pub struct TrainConfig {
     pub device: ComputeDevice,
     /// Batch size for evaluation.
     pub eval_batch_size: usize,
-    /// Channel multiplier of the convolutional models (1 = the reference size).
-    pub width: f64,
-    /// Residual blocks per group of the ResNets, or the number of transformer layers of `gpt`
-    /// (one number) (empty = the model's default).
-    pub depth: Vec<usize>,
-    /// Characters per sample of a `text:PATH` data set (the context length of `gpt`).
-    #[serde(default = "default_seq_len")]
-    pub seq_len: usize,
-    /// Embedding width d of `gpt`.
-    #[serde(default = "default_embed_dim")]
-    pub embed_dim: usize,
-    /// Attention heads of `gpt` (they must divide `embed_dim`).
-    #[serde(default = "default_heads")]
-    pub heads: usize,
-    /// How to split the model into stages when `split` is empty.
-    pub partition: PartitionMethod,
-    /// A split by hand: the first blocks of stages 1, 2, … (empty = use `partition`).
-    pub split: Vec<usize>,
-    /// Random crops (padding 4) and horizontal flips of the training images.
-    pub augment: bool,
 }
 
-// Defaults of the fields added with `gpt`, so that configurations written before them still
-// load.
+/// Why [`TrainConfig::set`] refused a key.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum KeyError {
+    /// No configuration key has this name.
+    #[error("unknown key `{key}`; valid keys: {}", TrainConfig::KEYS.join(", "))]
+    Unknown {
+        /// The key as given.
+        key: String,
+    },
+    /// The value does not have the key's type.
+    #[error("key `{key}`: {reason}")]
+    Value {
+        /// The key.
+        key: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+// Defaults of the keys added with `gpt`, so that configurations written before them still load.
 fn default_seq_len() -> usize {
     timeprest_data::DEFAULT_SEQ_LEN
 }
@@ -158,54 +226,196 @@ fn default_heads() -> usize {
     GptConfig::DEFAULT_HEADS
 }
 
-impl Default for TrainConfig {
+impl Default for ModelSettings {
     fn default() -> Self {
         Self {
-            model: "mlp".into(),
+            name: "mlp".into(),
             hidden: vec![128, 64],
+            width: 1.0,
+            depth: Vec::new(),
+            embed_dim: default_embed_dim(),
+            heads: default_heads(),
+        }
+    }
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self {
             dataset: "digits".into(),
             data_dir: None,
             limit_train: None,
             limit_test: None,
-            stages: 3,
-            microbatches: 3,
-            batch_size: 32,
-            epochs: 10,
-            lr: 0.05,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-            optimizer: OptimizerChoice::Sgd,
-            policy: PolicyKind::ITimeprest,
-            schedule: None,
-            backward_slots: None,
-            grad_mode: GradMode::Graph,
-            significance: SignificanceChoice::Exp,
-            lambda: 1.0,
-            alpha: 0.5,
-            prediction: Prediction::Nag,
-            seed: 1,
-            shuffle: true,
-            threads_per_stage: 1,
-            device: ComputeDevice::Cpu,
-            eval_batch_size: 512,
-            width: 1.0,
-            depth: Vec::new(),
             seq_len: default_seq_len(),
-            embed_dim: default_embed_dim(),
-            heads: default_heads(),
-            partition: PartitionMethod::Ops,
-            split: Vec::new(),
+            shuffle: true,
             augment: false,
         }
     }
 }
 
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            num_stages: 3,
+            num_microbatches: 3,
+            policy: PolicyKind::ITimeprest,
+            schedule: None,
+            backward_slots: None,
+            partition: PartitionMethod::Ops,
+            split: Vec::new(),
+            grad_mode: GradMode::Graph,
+            significance: SignificanceChoice::Exp,
+            lambda: 1.0,
+            alpha: 0.5,
+            prediction: Prediction::Nag,
+        }
+    }
+}
+
+impl Default for OptimisationSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            epochs: 10,
+            optimizer: OptimizerChoice::Sgd,
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            threads_per_stage: 1,
+            device: ComputeDevice::Cpu,
+            eval_batch_size: 512,
+        }
+    }
+}
+
+/// Assigns `value`, read as the type of the field at `$($field).+`, to that field.
+macro_rules! assign {
+    ($key:expr, $value:expr, $($field:ident).+) => {
+        $($field).+ = Deserialize::deserialize($value).map_err(|e| KeyError::Value {
+            key: $key.to_owned(),
+            // Some formats' messages end with a newline; the CLI prints one line.
+            reason: e.to_string().trim_end().to_owned(),
+        })?
+    };
+}
+
 impl TrainConfig {
+    /// Every key of a configuration file (and of `compare`'s `policy:key=value`), section by
+    /// section.
+    pub const KEYS: [&str; 36] = [
+        "model",
+        "hidden",
+        "width",
+        "depth",
+        "embed_dim",
+        "heads",
+        "dataset",
+        "data_dir",
+        "limit_train",
+        "limit_test",
+        "seq_len",
+        "shuffle",
+        "augment",
+        "stages",
+        "microbatches",
+        "policy",
+        "schedule",
+        "backward_slots",
+        "partition",
+        "split",
+        "grad_mode",
+        "significance",
+        "lambda",
+        "alpha",
+        "prediction",
+        "batch_size",
+        "epochs",
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "seed",
+        "threads_per_stage",
+        "device",
+        "eval_batch_size",
+    ];
+
+    /// Sets the field of `key` (one of [`TrainConfig::KEYS`]) to `value`, which is read as that
+    /// field's own type: a file's value, or a flag's text parsed by any serde format. Nothing
+    /// else changes, and nothing is checked across fields (that is [`TrainConfig::validate`]).
+    pub fn set<'de, D>(&mut self, key: &str, value: D) -> Result<(), KeyError>
+    where
+        D: serde::Deserializer<'de>,
+        D::Error: std::fmt::Display,
+    {
+        let (m, d, p, o, r) = (
+            &mut self.model,
+            &mut self.data,
+            &mut self.pipeline,
+            &mut self.optimisation,
+            &mut self.run,
+        );
+        match key {
+            "model" => assign!(key, value, m.name),
+            "hidden" => assign!(key, value, m.hidden),
+            "width" => assign!(key, value, m.width),
+            "depth" => assign!(key, value, m.depth),
+            "embed_dim" => assign!(key, value, m.embed_dim),
+            "heads" => assign!(key, value, m.heads),
+            "dataset" => assign!(key, value, d.dataset),
+            "data_dir" => assign!(key, value, d.data_dir),
+            "limit_train" => assign!(key, value, d.limit_train),
+            "limit_test" => assign!(key, value, d.limit_test),
+            "seq_len" => assign!(key, value, d.seq_len),
+            "shuffle" => assign!(key, value, d.shuffle),
+            "augment" => assign!(key, value, d.augment),
+            "stages" => assign!(key, value, p.num_stages),
+            "microbatches" => assign!(key, value, p.num_microbatches),
+            "policy" => assign!(key, value, p.policy),
+            "schedule" => assign!(key, value, p.schedule),
+            "backward_slots" => assign!(key, value, p.backward_slots),
+            "partition" => assign!(key, value, p.partition),
+            "split" => assign!(key, value, p.split),
+            "grad_mode" => assign!(key, value, p.grad_mode),
+            "significance" => assign!(key, value, p.significance),
+            "lambda" => assign!(key, value, p.lambda),
+            "alpha" => assign!(key, value, p.alpha),
+            "prediction" => assign!(key, value, p.prediction),
+            "batch_size" => assign!(key, value, o.batch_size),
+            "epochs" => assign!(key, value, o.epochs),
+            "optimizer" => assign!(key, value, o.optimizer),
+            "lr" => assign!(key, value, o.lr),
+            "momentum" => assign!(key, value, o.momentum),
+            "nesterov" => assign!(key, value, o.nesterov),
+            "weight_decay" => assign!(key, value, o.weight_decay),
+            "seed" => assign!(key, value, r.seed),
+            "threads_per_stage" => assign!(key, value, r.threads_per_stage),
+            "device" => assign!(key, value, r.device),
+            "eval_batch_size" => assign!(key, value, r.eval_batch_size),
+            _ => {
+                return Err(KeyError::Unknown {
+                    key: key.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The schedule this run uses.
     pub fn schedule_kind(&self) -> ScheduleKind {
-        self.schedule
-            .unwrap_or_else(|| self.policy.default_schedule())
+        self.pipeline
+            .schedule
+            .unwrap_or_else(|| self.pipeline.policy.default_schedule())
     }
 
     /// The schedule shape of one epoch of this run with `num_microbatches` micro-batches per
@@ -214,17 +424,17 @@ impl TrainConfig {
     /// per micro-batch.
     pub fn schedule_config(&self, num_microbatches: u32, num_minibatches: u32) -> ScheduleConfig {
         ScheduleConfig {
-            backward_slots: self.backward_slots,
-            ..ScheduleConfig::new(self.stages, num_microbatches, num_minibatches)
+            backward_slots: self.pipeline.backward_slots,
+            ..ScheduleConfig::new(self.pipeline.num_stages, num_microbatches, num_minibatches)
         }
     }
 
     /// The optimizer configuration.
     pub fn optimizer_config(&self) -> OptimizerConfig {
-        let kind = match self.optimizer {
+        let kind = match self.optimisation.optimizer {
             OptimizerChoice::Sgd => OptimizerKind::Sgd {
-                momentum: self.momentum,
-                nesterov: self.nesterov,
+                momentum: self.optimisation.momentum,
+                nesterov: self.optimisation.nesterov,
             },
             OptimizerChoice::Adam => OptimizerKind::Adam {
                 beta1: 0.9,
@@ -234,24 +444,26 @@ impl TrainConfig {
         };
         OptimizerConfig {
             kind,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
+            lr: self.optimisation.lr,
+            weight_decay: self.optimisation.weight_decay,
         }
     }
 
     /// The policy options.
     pub fn policy_options(&self) -> PolicyOptions {
-        let significance = match self.significance {
+        let significance = match self.pipeline.significance {
             SignificanceChoice::Exp => Significance::Exp {
-                lambda: self.lambda,
+                lambda: self.pipeline.lambda,
             },
             SignificanceChoice::Exp2 => Significance::Exp2,
             SignificanceChoice::Inverse => Significance::Inverse,
-            SignificanceChoice::Const => Significance::Const { alpha: self.alpha },
+            SignificanceChoice::Const => Significance::Const {
+                alpha: self.pipeline.alpha,
+            },
         };
         PolicyOptions {
             significance,
-            prediction: self.prediction,
+            prediction: self.pipeline.prediction,
             horizon: Horizon::StagesRemaining,
             ..PolicyOptions::default()
         }
@@ -267,44 +479,54 @@ impl TrainConfig {
     fn check(&self) -> Result<(), TrainError> {
         let bad =
             |flag: &str, message: String| Err(TrainError::config(format!("--{flag}"), message));
-        if !MODEL_NAMES.contains(&self.model.as_str()) {
+        if !MODEL_NAMES.contains(&self.model.name.as_str()) {
             return bad(
                 "model",
                 format!(
                     "unknown model `{}`; valid models: {}",
-                    self.model,
+                    self.model.name,
                     MODEL_NAMES.join(", ")
                 ),
             );
         }
         // Every real-valued setting: NaN and infinities fail every range test below.
         for (flag, value, in_range, accepted) in [
-            ("lr", self.lr, self.lr >= 0.0, "a finite number ≥ 0"),
+            (
+                "lr",
+                self.optimisation.lr,
+                self.optimisation.lr >= 0.0,
+                "a finite number ≥ 0",
+            ),
             (
                 "momentum",
-                self.momentum,
-                (0.0..1.0).contains(&self.momentum),
+                self.optimisation.momentum,
+                (0.0..1.0).contains(&self.optimisation.momentum),
                 "in [0, 1)",
             ),
             (
                 "weight-decay",
-                self.weight_decay,
-                self.weight_decay >= 0.0,
+                self.optimisation.weight_decay,
+                self.optimisation.weight_decay >= 0.0,
                 "a finite number ≥ 0",
             ),
             (
                 "lambda",
-                self.lambda,
-                self.lambda >= 0.0,
+                self.pipeline.lambda,
+                self.pipeline.lambda >= 0.0,
                 "a finite number ≥ 0",
             ),
             (
                 "alpha",
-                self.alpha,
-                (0.0..=1.0).contains(&self.alpha),
+                self.pipeline.alpha,
+                (0.0..=1.0).contains(&self.pipeline.alpha),
                 "in [0, 1]",
             ),
-            ("width", self.width, self.width > 0.0, "a finite number > 0"),
+            (
+                "width",
+                self.model.width,
+                self.model.width > 0.0,
+                "a finite number > 0",
+            ),
         ] {
             if !(value.is_finite() && in_range) {
                 return bad(flag, format!("must be {accepted}, got {value}"));
@@ -312,25 +534,25 @@ impl TrainConfig {
         }
         // Every count: at least 1.
         for (flag, value) in [
-            ("stages", self.stages as usize),
-            ("microbatches", self.microbatches as usize),
-            ("epochs", self.epochs as usize),
-            ("seq-len", self.seq_len),
-            ("embed-dim", self.embed_dim),
-            ("heads", self.heads),
-            ("threads-per-stage", self.threads_per_stage),
+            ("stages", self.pipeline.num_stages as usize),
+            ("microbatches", self.pipeline.num_microbatches as usize),
+            ("epochs", self.optimisation.epochs as usize),
+            ("seq-len", self.data.seq_len),
+            ("embed-dim", self.model.embed_dim),
+            ("heads", self.model.heads),
+            ("threads-per-stage", self.run.threads_per_stage),
         ] {
             if value == 0 {
                 return bad(flag, "must be at least 1".into());
             }
         }
-        if self.eval_batch_size == 0 {
+        if self.run.eval_batch_size == 0 {
             return Err(TrainError::config(
                 "eval_batch_size (a --config key)",
                 "must be at least 1",
             ));
         }
-        for (flag, sizes) in [("hidden", &self.hidden), ("depth", &self.depth)] {
+        for (flag, sizes) in [("hidden", &self.model.hidden), ("depth", &self.model.depth)] {
             if sizes.contains(&0) {
                 return bad(
                     flag,
@@ -341,8 +563,8 @@ impl TrainConfig {
         // A limit of 0 leaves nothing to train on or, for the test set, nothing to report
         // accuracy on after every epoch: refused rather than run into NaN metrics.
         for (flag, limit, what) in [
-            ("limit-train", self.limit_train, "training"),
-            ("limit-test", self.limit_test, "test"),
+            ("limit-train", self.data.limit_train, "training"),
+            ("limit-test", self.data.limit_test, "test"),
         ] {
             if limit == Some(0) {
                 return bad(
@@ -354,40 +576,48 @@ impl TrainConfig {
                 );
             }
         }
-        timeprest_data::check_data_dir(&self.dataset, self.data_dir.as_deref())?;
-        if !self.split.is_empty() && self.split.len() + 1 != self.stages as usize {
+        timeprest_data::check_data_dir(&self.data.dataset, self.data.data_dir.as_deref())?;
+        if !self.pipeline.split.is_empty()
+            && self.pipeline.split.len() + 1 != self.pipeline.num_stages as usize
+        {
             return bad(
                 "split",
                 format!(
                     "{} cut points make {} stages, but --stages is {}",
-                    self.split.len(),
-                    self.split.len() + 1,
-                    self.stages
+                    self.pipeline.split.len(),
+                    self.pipeline.split.len() + 1,
+                    self.pipeline.num_stages
                 ),
             );
         }
-        if self.batch_size < self.microbatches as usize {
+        if self.optimisation.batch_size < self.pipeline.num_microbatches as usize {
             return bad(
                 "batch-size",
                 format!(
                     "{} samples cannot be split into {} micro-batches",
-                    self.batch_size, self.microbatches
+                    self.optimisation.batch_size, self.pipeline.num_microbatches
                 ),
             );
         }
-        if self.nesterov && (self.optimizer != OptimizerChoice::Sgd || self.momentum == 0.0) {
+        if self.optimisation.nesterov
+            && (self.optimisation.optimizer != OptimizerChoice::Sgd
+                || self.optimisation.momentum == 0.0)
+        {
             return bad(
                 "nesterov",
                 "Nesterov momentum needs --optimizer sgd with --momentum > 0".into(),
             );
         }
-        if self.policy == PolicyKind::Single && self.stages != 1 {
+        if self.pipeline.policy == PolicyKind::Single && self.pipeline.num_stages != 1 {
             return bad(
                 "stages",
-                format!("policy `single` runs on one stage, got {}", self.stages),
+                format!(
+                    "policy `single` runs on one stage, got {}",
+                    self.pipeline.num_stages
+                ),
             );
         }
-        if let Some(k) = self.backward_slots
+        if let Some(k) = self.pipeline.backward_slots
             && !(1..=MAX_BACKWARD_SLOTS).contains(&k)
         {
             return bad(
@@ -396,20 +626,21 @@ impl TrainConfig {
             );
         }
         let schedule = self.schedule_kind();
-        let allowed = self.policy.allowed_schedules();
+        let allowed = self.pipeline.policy.allowed_schedules();
         if !allowed.contains(&schedule) {
             let names: Vec<&str> = allowed.iter().map(|k| k.name()).collect();
             return bad(
                 "schedule",
                 format!(
                     "policy `{}` cannot run on schedule `{schedule}`; it runs on: {}",
-                    self.policy,
+                    self.pipeline.policy,
                     names.join(", ")
                 ),
             );
         }
-        if self.policy == PolicyKind::Nwpt
-            && (self.optimizer != OptimizerChoice::Sgd || self.momentum == 0.0)
+        if self.pipeline.policy == PolicyKind::Nwpt
+            && (self.optimisation.optimizer != OptimizerChoice::Sgd
+                || self.optimisation.momentum == 0.0)
         {
             return bad(
                 "policy",
@@ -432,142 +663,172 @@ mod tests {
         assert!(error.starts_with(prefix), "{prefix}: {error}");
     }
 
+    /// The default configuration with `change` applied.
+    fn with(change: impl FnOnce(&mut TrainConfig)) -> TrainConfig {
+        let mut config = TrainConfig::default();
+        change(&mut config);
+        config
+    }
+
     #[test]
     fn the_defaults_are_valid() {
         TrainConfig::default().validate().unwrap();
     }
 
     #[test]
-    fn every_real_valued_setting_outside_its_range_names_its_flag() {
-        let base = TrainConfig::default;
-        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5] {
-            refused(TrainConfig { lr: bad, ..base() }, "--lr:");
-            refused(
-                TrainConfig {
-                    momentum: bad,
-                    ..base()
-                },
-                "--momentum:",
-            );
-            let weight_decay = TrainConfig {
-                weight_decay: bad,
-                ..base()
+    fn every_key_is_a_field_of_the_file_and_set_reads_it_with_its_own_type() {
+        let file = serde_json::to_value(TrainConfig::default()).unwrap();
+        let file = file.as_object().unwrap();
+        let mut keys: Vec<&str> = file.keys().map(String::as_str).collect();
+        let mut listed = TrainConfig::KEYS.to_vec();
+        keys.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(keys, listed);
+        // Every key set to another config's value changes exactly that key.
+        let other = with(|c| {
+            c.model = ModelSettings {
+                name: "lenet5".into(),
+                hidden: vec![7],
+                width: 0.5,
+                depth: vec![2],
+                embed_dim: 16,
+                heads: 2,
             };
-            refused(weight_decay, "--weight-decay:");
+            c.data = DataSettings {
+                dataset: "fashion-mnist".into(),
+                data_dir: Some("/data".into()),
+                limit_train: Some(5),
+                limit_test: Some(6),
+                seq_len: 9,
+                shuffle: false,
+                augment: true,
+            };
+            c.pipeline = PipelineSettings {
+                num_stages: 2,
+                num_microbatches: 4,
+                policy: PolicyKind::Nwpt,
+                schedule: Some(ScheduleKind::Gpipe),
+                backward_slots: Some(2),
+                partition: PartitionMethod::Time,
+                split: vec![3],
+                grad_mode: GradMode::Recompute,
+                significance: SignificanceChoice::Const,
+                lambda: 2.0,
+                alpha: 0.25,
+                prediction: Prediction::Spectrain,
+            };
+            c.optimisation = OptimisationSettings {
+                batch_size: 8,
+                epochs: 2,
+                optimizer: OptimizerChoice::Adam,
+                lr: 0.5,
+                momentum: 0.5,
+                nesterov: true,
+                weight_decay: 0.1,
+            };
+            c.run = RunSettings {
+                seed: 3,
+                threads_per_stage: 2,
+                device: ComputeDevice::Gpu(1),
+                eval_batch_size: 7,
+            };
+        });
+        let values = serde_json::to_value(&other).unwrap();
+        let mut config = TrainConfig::default();
+        for key in TrainConfig::KEYS {
+            let before = serde_json::to_value(&config).unwrap();
+            config.set(key, values[key].clone()).unwrap();
+            let after = serde_json::to_value(&config).unwrap();
+            for known in TrainConfig::KEYS {
+                let expected = if known == key {
+                    &values[key]
+                } else {
+                    &before[known]
+                };
+                assert_eq!(&after[known], expected, "setting {key} changed {known}");
+            }
+        }
+        assert_eq!(config, other);
+    }
+
+    #[test]
+    fn set_names_the_key_of_an_unknown_key_or_a_value_of_the_wrong_type() {
+        let mut config = TrainConfig::default();
+        let unknown = config.set("speed", serde_json::json!(2)).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("unknown key `speed`; valid keys: model, hidden"),
+            "{unknown}"
+        );
+        let wrong = config
+            .set("stages", serde_json::json!("three"))
+            .unwrap_err();
+        assert!(
+            matches!(&wrong, KeyError::Value { key, .. } if key == "stages"),
+            "{wrong}"
+        );
+        let policy = config
+            .set("policy", serde_json::json!("bogus"))
+            .unwrap_err();
+        assert!(policy.to_string().starts_with("key `policy`: "), "{policy}");
+        assert_eq!(config, TrainConfig::default());
+    }
+
+    #[test]
+    fn a_file_keeps_one_flat_table_whose_keys_are_the_flags() {
+        let text = toml::to_string(&TrainConfig::default()).unwrap();
+        assert!(text.contains("\nstages = 3\n"), "{text}");
+        assert!(text.contains("\nlr = 0.05\n"), "{text}");
+        assert!(!text.lines().any(|line| line.starts_with('[')), "{text}");
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, TrainConfig::default());
+    }
+
+    #[test]
+    fn every_real_valued_setting_outside_its_range_names_its_flag() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5] {
+            refused(with(|c| c.optimisation.lr = bad), "--lr:");
+            refused(with(|c| c.optimisation.momentum = bad), "--momentum:");
             refused(
-                TrainConfig {
-                    lambda: bad,
-                    ..base()
-                },
-                "--lambda:",
+                with(|c| c.optimisation.weight_decay = bad),
+                "--weight-decay:",
             );
-            refused(
-                TrainConfig {
-                    alpha: bad,
-                    ..base()
-                },
-                "--alpha:",
-            );
-            refused(
-                TrainConfig {
-                    width: bad,
-                    ..base()
-                },
-                "--width:",
-            );
+            refused(with(|c| c.pipeline.lambda = bad), "--lambda:");
+            refused(with(|c| c.pipeline.alpha = bad), "--alpha:");
+            refused(with(|c| c.model.width = bad), "--width:");
         }
         refused(
-            TrainConfig {
-                momentum: 1.0,
-                ..base()
-            },
+            with(|c| c.optimisation.momentum = 1.0),
             "--momentum: must be in [0, 1)",
         );
         refused(
-            TrainConfig {
-                alpha: 1.5,
-                ..base()
-            },
+            with(|c| c.pipeline.alpha = 1.5),
             "--alpha: must be in [0, 1]",
         );
         refused(
-            TrainConfig {
-                width: 0.0,
-                ..base()
-            },
+            with(|c| c.model.width = 0.0),
             "--width: must be a finite number > 0",
         );
     }
 
     #[test]
     fn every_count_of_zero_names_its_flag() {
-        let base = TrainConfig::default;
+        refused(with(|c| c.pipeline.num_stages = 0), "--stages:");
+        refused(with(|c| c.pipeline.num_microbatches = 0), "--microbatches:");
+        refused(with(|c| c.optimisation.epochs = 0), "--epochs:");
+        refused(with(|c| c.data.seq_len = 0), "--seq-len:");
+        refused(with(|c| c.model.embed_dim = 0), "--embed-dim:");
+        refused(with(|c| c.model.heads = 0), "--heads:");
         refused(
-            TrainConfig {
-                stages: 0,
-                ..base()
-            },
-            "--stages:",
+            with(|c| c.run.threads_per_stage = 0),
+            "--threads-per-stage:",
         );
-        refused(
-            TrainConfig {
-                microbatches: 0,
-                ..base()
-            },
-            "--microbatches:",
-        );
-        refused(
-            TrainConfig {
-                epochs: 0,
-                ..base()
-            },
-            "--epochs:",
-        );
-        refused(
-            TrainConfig {
-                seq_len: 0,
-                ..base()
-            },
-            "--seq-len:",
-        );
-        refused(
-            TrainConfig {
-                embed_dim: 0,
-                ..base()
-            },
-            "--embed-dim:",
-        );
-        refused(TrainConfig { heads: 0, ..base() }, "--heads:");
-        let threads = TrainConfig {
-            threads_per_stage: 0,
-            ..base()
-        };
-        refused(threads, "--threads-per-stage:");
-        let eval = TrainConfig {
-            eval_batch_size: 0,
-            ..base()
-        };
-        refused(eval, "eval_batch_size");
-        let hidden = TrainConfig {
-            hidden: vec![128, 0],
-            ..base()
-        };
-        refused(hidden, "--hidden:");
-        let depth = TrainConfig {
-            depth: vec![0],
-            ..base()
-        };
-        refused(depth, "--depth:");
-        let train = TrainConfig {
-            limit_train: Some(0),
-            ..base()
-        };
-        refused(train, "--limit-train:");
-        let test = TrainConfig {
-            limit_test: Some(0),
-            ..base()
-        };
-        refused(test, "--limit-test:");
+        refused(with(|c| c.run.eval_batch_size = 0), "eval_batch_size");
+        refused(with(|c| c.model.hidden = vec![128, 0]), "--hidden:");
+        refused(with(|c| c.model.depth = vec![0]), "--depth:");
+        refused(with(|c| c.data.limit_train = Some(0)), "--limit-train:");
+        refused(with(|c| c.data.limit_test = Some(0)), "--limit-test:");
     }
 
     #[test]
@@ -577,34 +838,30 @@ mod tests {
             "synthetic",
             "text:/usr/share/common-licenses/GPL-3",
         ] {
-            let config = TrainConfig {
-                dataset: dataset.into(),
-                data_dir: Some("/data".into()),
-                ..TrainConfig::default()
-            };
+            let config = with(|c| {
+                c.data.dataset = dataset.into();
+                c.data.data_dir = Some("/data".into());
+            });
             refused(config, "--data-dir /data: data set");
         }
-        let reads_it = TrainConfig {
-            dataset: "fashion-mnist".into(),
-            data_dir: Some("/data".into()),
-            ..TrainConfig::default()
-        };
-        reads_it.clone().validate().unwrap();
+        let reads_it = with(|c| {
+            c.data.dataset = "fashion-mnist".into();
+            c.data.data_dir = Some("/data".into());
+        });
+        reads_it.validate().unwrap();
     }
 
     #[test]
     fn nesterov_needs_sgd_with_momentum() {
-        let adam = TrainConfig {
-            nesterov: true,
-            optimizer: OptimizerChoice::Adam,
-            ..TrainConfig::default()
-        };
+        let adam = with(|c| {
+            c.optimisation.nesterov = true;
+            c.optimisation.optimizer = OptimizerChoice::Adam;
+        });
         refused(adam, "--nesterov:");
-        let no_momentum = TrainConfig {
-            nesterov: true,
-            momentum: 0.0,
-            ..TrainConfig::default()
-        };
+        let no_momentum = with(|c| {
+            c.optimisation.nesterov = true;
+            c.optimisation.momentum = 0.0;
+        });
         refused(no_momentum, "--nesterov:");
     }
 }

@@ -19,7 +19,10 @@ pub mod run;
 pub mod trace;
 pub mod trainer;
 
-pub use config::{OptimizerChoice, SignificanceChoice, TrainConfig, ValidConfig};
+pub use config::{
+    DataSettings, KeyError, ModelSettings, OptimisationSettings, OptimizerChoice, PipelineSettings,
+    RunSettings, SignificanceChoice, TrainConfig, ValidConfig,
+};
 pub use error::{DivergedLoss, LastCheckpoint, TrainError};
 pub use metrics::{EpochMetrics, MeasuredCosts, StageMetrics, epoch_metrics};
 pub use output::{

@@ -75,9 +75,9 @@ impl UnsplitPipeline {
         let (train, test, spec) = load_data_and_model(&config)?;
         let initial = match init_weights {
             Some(path) => load_safetensors(path, &spec)?,
-            None => init_params(&spec, config.seed)?,
+            None => init_params(&spec, config.run.seed)?,
         };
-        let policy = WeightPolicy::new(config.policy, &config.policy_options());
+        let policy = WeightPolicy::new(config.pipeline.policy, &config.policy_options());
         Ok(Self(Pipeline {
             config,
             spec,
@@ -93,17 +93,17 @@ impl UnsplitPipeline {
     /// `--partition` method for the configured micro-batch size.
     pub fn split_by_config(&self) -> Result<Vec<Range<usize>>, TrainError> {
         let config = &self.0.config;
-        if config.split.is_empty() {
+        if config.pipeline.split.is_empty() {
             partition_model(
                 &self.0.spec,
-                config.partition,
-                config.stages as usize,
+                config.pipeline.partition,
+                config.pipeline.num_stages as usize,
                 microbatch_size(config),
-                config.threads_per_stage,
+                config.run.threads_per_stage,
             )
             .map_err(|e| TrainError::config("--stages", e))
         } else {
-            partition_manual(&config.split, self.0.spec.num_blocks())
+            partition_manual(&config.pipeline.split, self.0.spec.num_blocks())
                 .map_err(|e| TrainError::config("--split", e))
         }
     }
@@ -116,7 +116,7 @@ impl UnsplitPipeline {
     pub fn with_split(self, split: Vec<Range<usize>>) -> Result<Pipeline, TrainError> {
         let Self(mut pipeline) = self;
         let num_blocks = pipeline.spec.num_blocks();
-        let covers = split.len() == pipeline.config.stages as usize
+        let covers = split.len() == pipeline.config.pipeline.num_stages as usize
             && split.first().is_some_and(|first| first.start == 0)
             && split.last().map(|last| last.end) == Some(num_blocks)
             && split.windows(2).all(|pair| pair[0].end == pair[1].start)
@@ -126,7 +126,7 @@ impl UnsplitPipeline {
                 "--stages",
                 format!(
                     "the split {split:?} does not cut {num_blocks} blocks into {} stages",
-                    pipeline.config.stages
+                    pipeline.config.pipeline.num_stages
                 ),
             ));
         }
@@ -168,11 +168,11 @@ impl Pipeline {
         let blocks = self.split[stage as usize].clone();
         Ok(BurnStage::new(
             stage,
-            self.config.stages,
+            self.config.pipeline.num_stages,
             self.initial[blocks.clone()].to_vec(),
             blocks.start,
             self.config.optimizer_config(),
-            self.config.grad_mode,
+            self.config.pipeline.grad_mode,
         )?)
     }
 
@@ -186,8 +186,8 @@ impl Pipeline {
             .schedule_config(num_microbatches, num_minibatches);
         let schedule = generate(self.config.schedule_kind(), &shape)?;
         let versions = plan(&schedule, &self.policy);
-        let augment = self.config.augment.then_some(Augment {
-            seed: self.config.seed,
+        let augment = self.config.data.augment.then_some(Augment {
+            seed: self.config.run.seed,
         });
         Ok(EpochWork {
             epoch,
@@ -213,14 +213,14 @@ impl Pipeline {
             &self.spec,
             params,
             &self.test_data,
-            self.config.eval_batch_size,
+            self.config.run.eval_batch_size,
         )?)
     }
 }
 
 /// Samples per micro-batch of `config` (at least 1).
 fn microbatch_size(config: &TrainConfig) -> usize {
-    (config.batch_size / config.microbatches.max(1) as usize).max(1)
+    (config.optimisation.batch_size / config.pipeline.num_microbatches.max(1) as usize).max(1)
 }
 
 /// Loads the data sets of `config` (with its limits) and the model architecture that fits them,
@@ -229,29 +229,29 @@ fn microbatch_size(config: &TrainConfig) -> usize {
 pub fn load_data_and_model(
     config: &TrainConfig,
 ) -> Result<(Dataset, Dataset, ModelSpec), TrainError> {
-    timeprest_nn::select_device(config.device)?;
+    timeprest_nn::select_device(config.run.device)?;
     let options = LoadOptions {
-        data_dir: config.data_dir.as_deref(),
-        seq_len: config.seq_len,
+        data_dir: config.data.data_dir.as_deref(),
+        seq_len: config.data.seq_len,
     };
     let DataSplit {
         mut train,
         mut test,
-    } = load(&config.dataset, &options)?;
-    if let Some(limit) = config.limit_train {
+    } = load(&config.data.dataset, &options)?;
+    if let Some(limit) = config.data.limit_train {
         train.truncate(limit);
     }
-    if let Some(limit) = config.limit_test {
+    if let Some(limit) = config.data.limit_test {
         test.truncate(limit);
     }
     let size = ModelSize {
-        hidden: config.hidden.clone(),
-        width: config.width,
-        depth: config.depth.clone(),
-        embed_dim: config.embed_dim,
-        heads: config.heads,
+        hidden: config.model.hidden.clone(),
+        width: config.model.width,
+        depth: config.model.depth.clone(),
+        embed_dim: config.model.embed_dim,
+        heads: config.model.heads,
     };
-    let spec = ModelSpec::for_data(&config.model, &train, &size).map_err(|e| match e {
+    let spec = ModelSpec::for_data(&config.model.name, &train, &size).map_err(|e| match e {
         too_large @ NnError::TooLarge { .. } => TrainError::Model(too_large),
         other => TrainError::config("--model", other),
     })?;
@@ -259,7 +259,7 @@ pub fn load_data_and_model(
         &training_workload(config),
         &AvailableMemory::of_this_machine(),
     )?;
-    if config.augment && train.targets_per_sample > 1 {
+    if config.data.augment && train.targets_per_sample > 1 {
         return Err(TrainError::config(
             "--augment",
             format!(
@@ -276,14 +276,14 @@ pub fn load_data_and_model(
 /// micro-batches in flight (the least any schedule holds; a stage may hold more) and the
 /// optimizer's state per parameter.
 fn training_workload(config: &TrainConfig) -> Workload {
-    let optimizer_state_sets = match config.optimizer {
-        OptimizerChoice::Sgd if config.momentum == 0.0 => 0,
+    let optimizer_state_sets = match config.optimisation.optimizer {
+        OptimizerChoice::Sgd if config.optimisation.momentum == 0.0 => 0,
         OptimizerChoice::Sgd => 1,
         OptimizerChoice::Adam => 2,
     };
     Workload {
         microbatch_size: microbatch_size(config),
-        microbatches_in_flight: config.microbatches as usize,
+        microbatches_in_flight: config.pipeline.num_microbatches as usize,
         optimizer_state_sets,
     }
 }
@@ -298,8 +298,17 @@ pub fn epoch_batches(
     num_samples: usize,
     epoch: u32,
 ) -> Result<EpochBatches, TrainError> {
-    let order = epoch_order(num_samples, config.seed, u64::from(epoch), config.shuffle);
-    let mut batches = EpochBatches::split(&order, config.batch_size, config.microbatches as usize)?;
+    let order = epoch_order(
+        num_samples,
+        config.run.seed,
+        u64::from(epoch),
+        config.data.shuffle,
+    );
+    let mut batches = EpochBatches::split(
+        &order,
+        config.optimisation.batch_size,
+        config.pipeline.num_microbatches as usize,
+    )?;
     if config.schedule_kind().splits_microbatches() {
         batches.minibatches = batches
             .minibatches
@@ -313,7 +322,7 @@ pub fn epoch_batches(
             "--batch-size",
             format!(
                 "{num_samples} training samples make no complete mini-batch of {}",
-                config.batch_size
+                config.optimisation.batch_size
             ),
         ));
     }
@@ -330,12 +339,13 @@ mod tests {
 
     #[test]
     fn one_f_one_b_cuts_every_micro_batch_into_a_mini_batch() {
-        let config = TrainConfig {
-            policy: PolicyKind::Pipedream,
-            batch_size: 4,
-            microbatches: 2,
-            shuffle: false,
-            ..TrainConfig::default()
+        let config = {
+            let mut config = TrainConfig::default();
+            config.pipeline.policy = PolicyKind::Pipedream;
+            config.optimisation.batch_size = 4;
+            config.pipeline.num_microbatches = 2;
+            config.data.shuffle = false;
+            config
         };
         let batches = epoch_batches(&config, 9, 1).unwrap();
         assert_eq!(
@@ -347,9 +357,10 @@ mod tests {
                 vec![vec![6, 7]]
             ]
         );
-        let gpipe = TrainConfig {
-            policy: PolicyKind::Gpipe,
-            ..config
+        let gpipe = {
+            let mut config = config;
+            config.pipeline.policy = PolicyKind::Gpipe;
+            config
         };
         assert_eq!(
             epoch_batches(&gpipe, 9, 1).unwrap().minibatches,
@@ -361,11 +372,12 @@ mod tests {
     #[test]
     fn epoch_work_schedules_as_many_minibatches_as_the_batches_hold() {
         for policy in [PolicyKind::Pipedream, PolicyKind::Timeprest] {
-            let config = TrainConfig {
-                policy,
-                microbatches: 2,
-                limit_train: Some(320),
-                ..TrainConfig::default()
+            let config = {
+                let mut config = TrainConfig::default();
+                config.pipeline.policy = policy;
+                config.pipeline.num_microbatches = 2;
+                config.data.limit_train = Some(320);
+                config
             };
             let pipeline = Pipeline::load(config.validate().unwrap(), None).unwrap();
             let work = pipeline.epoch_work(1).unwrap();
@@ -384,7 +396,7 @@ mod tests {
     #[test]
     fn a_split_from_elsewhere_must_cut_the_model_into_the_configured_stages() {
         let config = TrainConfig::default().validate().unwrap();
-        let stages = config.stages as usize;
+        let stages = config.pipeline.num_stages as usize;
         let load = || UnsplitPipeline::load(config.clone(), None).unwrap();
         let decided = load().split_by_config().unwrap();
         assert_eq!(decided.len(), stages);

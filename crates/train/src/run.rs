@@ -338,8 +338,8 @@ pub fn run_until_stopped(
     });
 
     let num_minibatches = trainer.pipeline().minibatches_per_epoch()?;
-    let mut history = Vec::with_capacity(config.epochs as usize);
-    for epoch in completed + 1..=config.epochs {
+    let mut history = Vec::with_capacity(config.optimisation.epochs as usize);
+    for epoch in completed + 1..=config.optimisation.epochs {
         let interrupted = || TrainError::Interrupted {
             epoch,
             last_checkpoint: last_checkpoint.clone(),
@@ -361,7 +361,7 @@ pub fn run_until_stopped(
         progress.epoch_finished(&metrics);
         history.push(metrics);
         if let Some(checkpointing) = checkpoints.as_ref()
-            && checkpointing.due_after(epoch, config.epochs)
+            && checkpointing.due_after(epoch, config.optimisation.epochs)
         {
             trainer.save_checkpoint(&checkpointing.run_dir, epoch)?;
             last_checkpoint = Some(LastCheckpoint {

@@ -47,7 +47,7 @@ impl Trainer {
 
     /// Builds every stage of `pipeline`.
     pub fn from_pipeline(pipeline: Pipeline) -> Result<Self, TrainError> {
-        let stages = (0..pipeline.config().stages)
+        let stages = (0..pipeline.config().pipeline.num_stages)
             .map(|stage| pipeline.stage(stage))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
@@ -96,7 +96,7 @@ impl Trainer {
     ) -> Result<EpochRun, TrainError> {
         let work = self.pipeline.epoch_work(epoch)?;
         let options = RunOptions {
-            threads_per_stage: Some(self.config().threads_per_stage),
+            threads_per_stage: Some(self.config().run.threads_per_stage),
             version_offset: self.updates,
             on_first_stage_update: progress,
             stop,
@@ -109,9 +109,13 @@ impl Trainer {
             options,
         )?;
         self.updates += u64::from(work.num_minibatches());
-        let metrics = epoch_metrics(epoch, &work.schedule, self.config().lr, &report, || {
-            self.evaluate()
-        })?;
+        let metrics = epoch_metrics(
+            epoch,
+            &work.schedule,
+            self.config().optimisation.lr,
+            &report,
+            || self.evaluate(),
+        )?;
         Ok(EpochRun {
             metrics,
             report,

@@ -321,24 +321,22 @@ fn check_ordered_policy_against_emulator(
 ) {
     let hidden = vec![16, 12, 8];
     let limit = 96;
-    let config = TrainConfig {
-        policy,
-        stages: num_stages,
-        microbatches,
-        batch_size,
-        hidden: hidden.clone(),
-        epochs: 1,
-        lr: f64::from(LR),
-        momentum: f64::from(MOMENTUM),
-        shuffle: false,
-        limit_train: Some(limit),
-        limit_test: Some(50),
-        seed: 7,
-        // The emulation below splits the layers evenly.
-        partition: PartitionMethod::Uniform,
-        backward_slots,
-        ..TrainConfig::default()
-    };
+    let mut config = TrainConfig::default();
+    config.model.hidden = hidden.clone();
+    config.data.shuffle = false;
+    config.data.limit_train = Some(limit);
+    config.data.limit_test = Some(50);
+    config.pipeline.policy = policy;
+    config.pipeline.num_stages = num_stages;
+    config.pipeline.num_microbatches = microbatches;
+    config.pipeline.backward_slots = backward_slots;
+    // The emulation below splits the layers evenly.
+    config.pipeline.partition = PartitionMethod::Uniform;
+    config.optimisation.batch_size = batch_size;
+    config.optimisation.epochs = 1;
+    config.optimisation.lr = f64::from(LR);
+    config.optimisation.momentum = f64::from(MOMENTUM);
+    config.run.seed = 7;
     let mut trainer = Trainer::new(valid(&config), None).unwrap();
     trainer.run_epoch(1, None).unwrap();
     let pipelined: Vec<Vec<Vec<f32>>> = trainer

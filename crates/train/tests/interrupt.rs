@@ -17,16 +17,17 @@ fn valid(config: &TrainConfig) -> ValidConfig {
 }
 
 fn config(epochs: u32) -> TrainConfig {
-    TrainConfig {
-        policy: PolicyKind::Timeprest,
-        stages: 3,
-        microbatches: 2,
-        batch_size: 16,
-        hidden: vec![24, 16],
-        epochs,
-        limit_train: Some(160),
-        limit_test: Some(60),
-        ..TrainConfig::default()
+    {
+        let mut config = TrainConfig::default();
+        config.pipeline.policy = PolicyKind::Timeprest;
+        config.pipeline.num_stages = 3;
+        config.pipeline.num_microbatches = 2;
+        config.optimisation.batch_size = 16;
+        config.model.hidden = vec![24, 16];
+        config.optimisation.epochs = epochs;
+        config.data.limit_train = Some(160);
+        config.data.limit_test = Some(60);
+        config
     }
 }
 

@@ -12,23 +12,24 @@ fn valid(config: &TrainConfig) -> ValidConfig {
 }
 
 fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
-    TrainConfig {
-        policy,
-        stages,
-        microbatches: 3,
-        batch_size: 24,
-        hidden: vec![24, 16, 12],
-        epochs: 2,
-        limit_train: Some(240),
-        limit_test: Some(100),
-        seed: 3,
-        ..TrainConfig::default()
+    {
+        let mut config = TrainConfig::default();
+        config.pipeline.policy = policy;
+        config.pipeline.num_stages = stages;
+        config.pipeline.num_microbatches = 3;
+        config.optimisation.batch_size = 24;
+        config.model.hidden = vec![24, 16, 12];
+        config.optimisation.epochs = 2;
+        config.data.limit_train = Some(240);
+        config.data.limit_test = Some(100);
+        config.run.seed = 3;
+        config
     }
 }
 
 /// Trains for the configured epochs and returns the final weights, flattened.
 fn train(config: TrainConfig) -> Vec<f32> {
-    let epochs = config.epochs;
+    let epochs = config.optimisation.epochs;
     let mut trainer = Trainer::new(valid(&config), None).unwrap();
     for epoch in 1..=epochs {
         trainer.run_epoch(epoch, None).unwrap();
@@ -74,14 +75,16 @@ fn an_asynchronous_policy_differs_from_single_device_training() {
 
 #[test]
 fn i_timeprest_with_significance_one_is_the_stash_rule_and_zero_is_v_timeprest() {
-    let with_alpha = |alpha| TrainConfig {
-        significance: SignificanceChoice::Const,
-        alpha,
-        ..config(PolicyKind::ITimeprest, 4)
+    let with_alpha = |alpha| {
+        let mut config = config(PolicyKind::ITimeprest, 4);
+        config.pipeline.significance = SignificanceChoice::Const;
+        config.pipeline.alpha = alpha;
+        config
     };
-    let stash = TrainConfig {
-        schedule: Some(ScheduleKind::Nf1b),
-        ..config(PolicyKind::Pipedream, 4)
+    let stash = {
+        let mut config = config(PolicyKind::Pipedream, 4);
+        config.pipeline.schedule = Some(ScheduleKind::Nf1b);
+        config
     };
     assert_eq!(
         train(with_alpha(1.0)),
@@ -103,10 +106,11 @@ fn i_timeprest_with_significance_one_is_the_stash_rule_and_zero_is_v_timeprest()
 fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
     for policy in PolicyKind::ALL {
         let stages = if policy == PolicyKind::Single { 1 } else { 4 };
-        let config = TrainConfig {
-            microbatches: 2,
-            batch_size: 16,
-            ..config(policy, stages)
+        let config = {
+            let mut config = config(policy, stages);
+            config.pipeline.num_microbatches = 2;
+            config.optimisation.batch_size = 16;
+            config
         };
         let mut trainer = Trainer::new(valid(&config), None).unwrap();
         let metrics = trainer.run_epoch(1, None).unwrap().metrics;
@@ -150,9 +154,10 @@ fn the_same_seed_gives_bit_identical_weights() {
             "{policy}"
         );
     }
-    let other_seed = TrainConfig {
-        seed: 4,
-        ..config(PolicyKind::ITimeprest, 3)
+    let other_seed = {
+        let mut config = config(PolicyKind::ITimeprest, 3);
+        config.run.seed = 4;
+        config
     };
     assert_ne!(train(other_seed), train(config(PolicyKind::ITimeprest, 3)));
 }

@@ -55,17 +55,18 @@ fn assert_same_weights(a: &ModelParams, b: &ModelParams, what: &str) {
 #[test]
 fn every_kind_of_policy_resumes_bit_for_bit_with_shuffling() {
     for policy in PolicyKind::ALL {
-        let config = TrainConfig {
-            policy,
-            stages: if policy == PolicyKind::Single { 1 } else { 3 },
-            microbatches: if policy == PolicyKind::Single { 1 } else { 2 },
-            hidden: vec![24, 16],
-            limit_train: Some(96),
-            limit_test: Some(32),
-            batch_size: 16,
-            epochs: 3,
-            shuffle: true,
-            ..TrainConfig::default()
+        let config = {
+            let mut config = TrainConfig::default();
+            config.pipeline.policy = policy;
+            config.pipeline.num_stages = if policy == PolicyKind::Single { 1 } else { 3 };
+            config.pipeline.num_microbatches = if policy == PolicyKind::Single { 1 } else { 2 };
+            config.model.hidden = vec![24, 16];
+            config.data.limit_train = Some(96);
+            config.data.limit_test = Some(32);
+            config.optimisation.batch_size = 16;
+            config.optimisation.epochs = 3;
+            config.data.shuffle = true;
+            config
         };
         assert_same_weights(
             &uninterrupted(&config, 3),
@@ -77,19 +78,20 @@ fn every_kind_of_policy_resumes_bit_for_bit_with_shuffling() {
 
 #[test]
 fn an_augmented_run_resumes_bit_for_bit() {
-    let config = TrainConfig {
-        model: "lenet5".into(),
-        dataset: "synthetic".into(),
-        augment: true,
-        policy: PolicyKind::Pipedream,
-        stages: 2,
-        microbatches: 1,
-        limit_train: Some(64),
-        limit_test: Some(16),
-        batch_size: 16,
-        epochs: 2,
-        lr: 0.01,
-        ..TrainConfig::default()
+    let config = {
+        let mut config = TrainConfig::default();
+        config.model.name = "lenet5".into();
+        config.data.dataset = "synthetic".into();
+        config.data.augment = true;
+        config.pipeline.policy = PolicyKind::Pipedream;
+        config.pipeline.num_stages = 2;
+        config.pipeline.num_microbatches = 1;
+        config.data.limit_train = Some(64);
+        config.data.limit_test = Some(16);
+        config.optimisation.batch_size = 16;
+        config.optimisation.epochs = 2;
+        config.optimisation.lr = 0.01;
+        config
     };
     assert_same_weights(
         &uninterrupted(&config, 2),
@@ -97,9 +99,10 @@ fn an_augmented_run_resumes_bit_for_bit() {
         "lenet5 --augment",
     );
     // The check has teeth: without augmentation the weights differ.
-    let plain = TrainConfig {
-        augment: false,
-        ..config.clone()
+    let plain = {
+        let mut config = config.clone();
+        config.data.augment = false;
+        config
     };
     assert!(
         uninterrupted(&plain, 2)
