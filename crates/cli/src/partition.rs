@@ -1,26 +1,22 @@
 //! `timeprest partition`: how a model splits into pipeline stages, and what that split is
 //! predicted to deliver.
 //!
-//! Choosing W and the split is the first decision of a pipeline run, and it is cheap to get
-//! wrong: one heavy stage sets the pace of all. This command builds the model (for a data set's
-//! input shape, or a given one), measures every block's forward and backward on this machine,
-//! splits it (`--partition uniform|params|ops|time` or `--split`), and prints per stage the blocks,
-//! parameters, the activation it sends on and its measured time. It then replays the schedule
-//! with those times through the cost-model simulator (`timeprest_schedule::simulate_costs`) and
-//! prints the predicted throughput of every partition method, so the split can be compared
-//! before any training.
+//! This file only parses the flags into a [`PartitionRequest`] and prints the
+//! [`timeprest_report::partition`] study it returns: per stage the blocks, parameters, the
+//! activation it sends on and its measured time, then the predicted throughput of every
+//! partition method. Building the model, timing its blocks, splitting it and simulating the
+//! schedule live in the library, beside their tests.
 
-use std::ops::Range;
 use std::path::PathBuf;
 
 use clap::Args;
-use timeprest_data::{DEFAULT_SEQ_LEN, LoadOptions};
-use timeprest_nn::{
-    AvailableMemory, Block, BlockProfile, GptConfig, MODEL_NAMES, ModelSpec, NnError,
-    PartitionMethod, ProfiledCost, Shape, Workload, partition_balanced, partition_manual,
-    partition_uniform, profile_blocks,
+use timeprest_data::DEFAULT_SEQ_LEN;
+use timeprest_nn::{MODEL_NAMES, PartitionMethod, Shape};
+use timeprest_report::ReportError;
+use timeprest_report::partition::{
+    PartitionRequest, PartitionStudy, SplitSource, StageRow, study_partition,
 };
-use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate, simulate_costs};
+use timeprest_schedule::ScheduleKind;
 
 use crate::train::{ModelSizeArgs, parse_dataset};
 use crate::usage_error;
@@ -119,200 +115,76 @@ fn grouped(n: usize) -> String {
     out
 }
 
-/// What the simulator predicts for one split.
-struct Prediction {
-    samples_per_second: f64,
-    bubble: f64,
-    slowest: f64,
+impl PartitionArgs {
+    /// The study the flags ask for.
+    fn request(&self) -> PartitionRequest {
+        PartitionRequest {
+            model: self.model.clone(),
+            size: self.size.model_size(),
+            dataset: self.dataset.clone(),
+            data_dir: self.data_dir.clone(),
+            input: self.input,
+            classes: self.classes,
+            seq_len: self.seq_len,
+            num_stages: self.stages,
+            method: self.partition,
+            manual_split: self.split.clone(),
+            batch_size: self.batch_size,
+            num_microbatches: self.microbatches,
+            schedule: self.schedule,
+            num_minibatches: self.minibatches,
+            repeats: self.repeats,
+            threads_per_stage: self.threads_per_stage as usize,
+        }
+    }
 }
 
-/// Predicted throughput of `split` under the schedule of `args`.
-fn predict(
-    args: &PartitionArgs,
-    profiles: &[BlockProfile],
-    split: &[Range<usize>],
-) -> anyhow::Result<Prediction> {
-    let config = ScheduleConfig::new(split.len() as u32, args.microbatches, args.minibatches);
-    let schedule = generate(args.schedule, &config)?;
-    let cost = ProfiledCost::new(profiles, split);
-    let timeline = simulate_costs(&schedule, &cost)?;
-    let samples = f64::from(args.minibatches) * args.batch_size as f64;
-    let slowest = cost
-        .forward
-        .iter()
-        .zip(&cost.backward)
-        .map(|(f, b)| f + b)
-        .fold(0.0, f64::max);
-    Ok(Prediction {
-        samples_per_second: samples / timeline.makespan().max(f64::MIN_POSITIVE),
-        bubble: timeline.bubble_fraction(),
-        slowest,
-    })
-}
-
-/// A model that cannot be built, as a usage error: `--model: …` (with `context` appended),
-/// except a model too large for memory, whose message already names its size flags.
-fn model_error(error: NnError, context: &str) -> anyhow::Error {
+/// A study that could not be made, as `main` reports it: a value the user can fix is a usage
+/// error (exit code 2); the model's and the data set's own errors keep their types, which
+/// `main` also reports as usage errors (a model too large for memory names its size flags).
+fn cli_error(error: ReportError) -> anyhow::Error {
     match error {
-        NnError::TooLarge { .. } => error.into(),
-        other => usage_error(format!("--model: {other}{context}")),
+        ReportError::Invalid { .. } => usage_error(error.to_string()),
+        ReportError::Model(error) => error.into(),
+        ReportError::Data(error) => error.into(),
+        other => other.into(),
+    }
+}
+
+/// How `source` is named on the command line.
+fn split_name(source: SplitSource) -> String {
+    match source {
+        SplitSource::Method(method) => method.name().to_owned(),
+        SplitSource::Manual => "--split".to_owned(),
     }
 }
 
 /// Runs `timeprest partition`.
 pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
-    let size = args.size.model_size();
-    let (spec, source) = match &args.dataset {
-        Some(name) => {
-            timeprest_data::check_data_dir(name, args.data_dir.as_deref())?;
-            let options = LoadOptions {
-                data_dir: args.data_dir.as_deref(),
-                seq_len: args.seq_len,
-            };
-            let data = timeprest_data::load(name, &options)
-                .map_err(|e| usage_error(format!("--dataset {name}: {e}")))?;
-            let spec = ModelSpec::for_data(&args.model, &data.train, &size)
-                .map_err(|e| model_error(e, ""))?;
-            (spec, format!("data set {name}"))
-        }
-        None => {
-            if let Some(dir) = &args.data_dir {
-                return Err(usage_error(format!(
-                    "--data-dir {}: no --dataset is given to read from it",
-                    dir.display()
-                )));
-            }
-            let (input, source) = if args.model == GptConfig::NAME {
-                ([1, 1, args.seq_len], "--seq-len, --classes")
-            } else {
-                (args.input, "--input")
-            };
-            let spec = ModelSpec::from_name(&args.model, input, args.classes, &size)
-                .map_err(|e| model_error(e, &format!(" ({source})")))?;
-            (spec, source.to_owned())
-        }
-    };
-    let (input, classes) = (spec.input_shape(), spec.num_classes());
-    if args.microbatches == 0 || args.batch_size < args.microbatches as usize {
-        return Err(usage_error(format!(
-            "--batch-size: {} samples cannot be split into {} micro-batches",
-            args.batch_size, args.microbatches
-        )));
-    }
-    let microbatch = args.batch_size / args.microbatches as usize;
-    // Profiling builds every block's weights and runs one micro-batch through each block.
-    let profiling = Workload {
-        microbatch_size: microbatch,
-        microbatches_in_flight: 1,
-        optimizer_state_sets: 0,
-    };
-    spec.check_memory(&profiling, &AvailableMemory::of_this_machine())?;
-    let blocks = spec.blocks();
-    let stages = args.stages as usize;
-    let chosen = if args.split.is_empty() {
-        None
-    } else {
-        let split = partition_manual(&args.split, blocks.len())
-            .map_err(|e| usage_error(format!("--split: {e}")))?;
-        if split.len() != stages {
-            return Err(usage_error(format!(
-                "--split: {} cut points make {} stages, but --stages is {stages}",
-                args.split.len(),
-                split.len()
-            )));
-        }
-        Some(split)
-    };
-    partition_uniform(blocks.len(), stages).map_err(|e| usage_error(format!("--stages: {e}")))?;
-    let profiles = profile_blocks(
-        &spec,
-        microbatch,
-        args.repeats.max(1),
-        args.threads_per_stage as usize,
-    )?;
-    let params: Vec<f64> = blocks.iter().map(|b| b.param_count() as f64).collect();
-    let ops: Vec<f64> = blocks.iter().map(Block::forward_ops).collect();
-    let times: Vec<f64> = profiles.iter().map(BlockProfile::total).collect();
-    let split_by = |method: PartitionMethod| match method {
-        PartitionMethod::Uniform => partition_uniform(blocks.len(), stages),
-        PartitionMethod::Params => partition_balanced(&params, stages),
-        PartitionMethod::Ops => partition_balanced(&ops, stages),
-        PartitionMethod::Time => partition_balanced(&times, stages),
-    };
-    let method = args.partition;
-    let (label, split) = match chosen {
-        Some(split) => ("--split".to_owned(), split),
-        None => (format!("--partition {method}"), split_by(method)?),
-    };
-
-    let [c, h, w] = input;
-    let per_position = match spec.targets_per_sample() {
-        1 => String::new(),
-        positions => format!(" at each of {positions} positions"),
-    };
-    println!(
-        "model {} ({c}x{h}x{w} -> {classes} classes{per_position}, {source}): {} blocks, {} \
-         parameters",
-        spec.name(),
-        blocks.len(),
-        grouped(spec.param_count())
-    );
-    println!(
-        "{label}, {stages} stages; times: forward+backward of a micro-batch of {microbatch} \
-         samples on this machine (median of {})",
-        args.repeats.max(1)
-    );
+    let study = study_partition(&args.request()).map_err(cli_error)?;
+    print_header(args, &study);
     println!();
     println!(
         "{:>5}  {:<9} {:<38} {:>11}  {:<22} {:>9} {:>9}",
         "stage", "blocks", "first .. last", "params", "sends (per micro-batch)", "fwd ms", "bwd ms"
     );
-    for (s, range) in split.iter().enumerate() {
-        let first = blocks[range.start].label();
-        let last = blocks[range.end - 1].label();
-        let names = if range.len() == 1 {
-            first
-        } else {
-            format!("{first} .. {last}")
-        };
-        let stage_params: usize = blocks[range.clone()].iter().map(|b| b.param_count()).sum();
-        let [oc, oh, ow] = blocks[range.end - 1].output_shape();
-        let sends = if s + 1 == split.len() {
-            "(loss)".to_owned()
-        } else {
-            format!("{oc}x{oh}x{ow} ({})", bytes(oc * oh * ow * microbatch * 4))
-        };
-        let fwd: f64 = profiles[range.clone()].iter().map(|p| p.forward).sum();
-        let bwd: f64 = profiles[range.clone()].iter().map(|p| p.backward).sum();
-        println!(
-            "{s:>5}  {:<9} {names:<38} {:>11}  {sends:<22} {:>9.2} {:>9.2}",
-            format!("{}..{}", range.start, range.end),
-            grouped(stage_params),
-            fwd * 1e3,
-            bwd * 1e3
-        );
+    for (s, stage) in study.stages.iter().enumerate() {
+        print_stage(s, stage);
     }
     println!();
     println!(
         "predicted throughput (cost-model simulator; schedule {}, N={}, M={}, {} mini-batches):",
         args.schedule, args.microbatches, args.batch_size, args.minibatches
     );
-    let mut rows: Vec<(String, Vec<Range<usize>>)> = PartitionMethod::ALL
-        .iter()
-        .map(|&m| Ok((m.name().to_owned(), split_by(m)?)))
-        .collect::<Result<_, timeprest_nn::NnError>>()?;
-    if !args.split.is_empty() {
-        rows.push(("--split".to_owned(), split.clone()));
-    }
-    for (name, s) in rows {
-        let p = predict(args, &profiles, &s)?;
-        let cuts: Vec<String> = s.iter().skip(1).map(|r| r.start.to_string()).collect();
+    for p in &study.predictions {
+        let cuts: Vec<String> = p.cut_points.iter().map(usize::to_string).collect();
         println!(
-            "  {name:<8} {:>10.1} samples/s   bubble {:>5.1}%   slowest stage {:>8.2} ms   \
+            "  {:<8} {:>10.1} samples/s   bubble {:>5.1}%   slowest stage {:>8.2} ms   \
              split {}",
+            split_name(p.split_source),
             p.samples_per_second,
-            100.0 * p.bubble,
-            p.slowest * 1e3,
+            100.0 * p.bubble_fraction,
+            p.slowest_stage_seconds * 1e3,
             if cuts.is_empty() {
                 "-".to_owned()
             } else {
@@ -321,4 +193,53 @@ pub fn run(args: &PartitionArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The model, where its shape came from, and how the split was chosen and timed.
+fn print_header(args: &PartitionArgs, study: &PartitionStudy) {
+    let [c, h, w] = study.input_shape;
+    let per_position = match study.targets_per_sample {
+        1 => String::new(),
+        positions => format!(" at each of {positions} positions"),
+    };
+    println!(
+        "model {} ({c}x{h}x{w} -> {} classes{per_position}, {}): {} blocks, {} parameters",
+        study.model,
+        study.num_classes,
+        study.input_source,
+        study.num_blocks,
+        grouped(study.param_count)
+    );
+    let label = match study.split_source {
+        SplitSource::Method(method) => format!("--partition {method}"),
+        SplitSource::Manual => "--split".to_owned(),
+    };
+    println!(
+        "{label}, {} stages; times: forward+backward of a micro-batch of {} samples on this \
+         machine (median of {})",
+        args.stages, study.microbatch_size, study.repeats
+    );
+}
+
+/// One row of the stage table.
+fn print_stage(s: usize, stage: &StageRow) {
+    let names = if stage.blocks.len() == 1 {
+        stage.first_block.clone()
+    } else {
+        format!("{} .. {}", stage.first_block, stage.last_block)
+    };
+    let sends = match &stage.sends {
+        Some(sent) => {
+            let [c, h, w] = sent.shape;
+            format!("{c}x{h}x{w} ({})", bytes(sent.bytes))
+        }
+        None => "(loss)".to_owned(),
+    };
+    println!(
+        "{s:>5}  {:<9} {names:<38} {:>11}  {sends:<22} {:>9.2} {:>9.2}",
+        format!("{}..{}", stage.blocks.start, stage.blocks.end),
+        grouped(stage.param_count),
+        stage.forward_seconds * 1e3,
+        stage.backward_seconds * 1e3
+    );
 }

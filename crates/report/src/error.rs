@@ -1,9 +1,10 @@
 //! Errors a report reports to its user.
 //!
-//! Every variant names the file or directory involved, because the CLI prints the error as one
-//! line and the user has to know which file to look at.
+//! Every variant names the file, directory or flag involved, because the CLI prints the error as
+//! one line and the user has to know which file to look at or which flag to change.
 
-/// Why a comparison directory could not be read or its report and plots not written.
+/// Why a comparison directory could not be read, its report and plots not written, or a
+/// partition study ([`crate::partition`]) not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// The directory is neither a comparison (`comparison.json`) nor a run (`metrics.jsonl`).
@@ -58,4 +59,37 @@ pub enum ReportError {
         /// The cause.
         cause: String,
     },
+    /// A value given by the user cannot be used (a partition study's request): the CLI reports
+    /// it as a usage error.
+    #[error("{flag}: {reason}")]
+    Invalid {
+        /// The flag as the user gives it, with its value where that says which one, e.g.
+        /// `--split` or `--dataset digits`.
+        flag: String,
+        /// Why the value cannot be used.
+        reason: String,
+    },
+    /// The model cannot be built, profiled or split, or does not fit in memory; its message
+    /// names the size flags where they are the cause.
+    #[error(transparent)]
+    Model(#[from] timeprest_nn::NnError),
+    /// The data set and its directory do not go together.
+    #[error(transparent)]
+    Data(#[from] timeprest_data::DataError),
+    /// The schedule of a throughput prediction could not be generated.
+    #[error(transparent)]
+    Schedule(#[from] timeprest_schedule::ScheduleError),
+    /// The schedule of a throughput prediction could not be simulated.
+    #[error(transparent)]
+    Simulation(#[from] timeprest_schedule::ValidationError),
+}
+
+impl ReportError {
+    /// A [`ReportError::Invalid`] for `flag`.
+    pub fn invalid(flag: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        ReportError::Invalid {
+            flag: flag.into(),
+            reason: reason.to_string(),
+        }
+    }
 }

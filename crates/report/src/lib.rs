@@ -6,12 +6,17 @@
 //! the manifest when the comparison runs), the plots (SVG and PNG, drawn with plotters) and
 //! `report.md` ([`markdown`]). Keeping the derivation separate from running the training means
 //! a report can be restyled or extended without training again, and the CLI stays thin.
+//!
+//! [`partition`] is the study behind `timeprest partition`: a model's split into stages, timed
+//! on this machine, and every partition method's predicted throughput, as numbers for the CLI
+//! to print.
 #![warn(missing_docs)]
 
 mod charts;
 mod error;
 mod figure;
 pub mod markdown;
+pub mod partition;
 pub mod plots;
 pub mod predict;
 pub mod record;
@@ -24,6 +29,7 @@ use timeprest_train::{check_output_file, write_file_atomically};
 
 pub use error::ReportError;
 pub use figure::{human_bytes, seconds};
+pub use partition::{PartitionRequest, PartitionStudy, study_partition};
 pub use plots::{PLOTS_DIR, Plot};
 pub use predict::{StagePrediction, predict};
 pub use record::{Loaded, Manifest, Outcome, RunEntry, Variant, load, run_dir_name};

@@ -40,6 +40,37 @@ pub enum SignificanceChoice {
     Const,
 }
 
+/// Samples per micro-batch (M/N, rounded down) when a mini-batch of `batch_size` samples is cut
+/// into `microbatches` micro-batches.
+///
+/// # Errors
+/// Why it cannot be cut (no micro-batches, or fewer samples than micro-batches): the reason
+/// for `--batch-size`, which the caller names. Shared by [`TrainConfig::validate`] and
+/// `timeprest partition`, so both refuse the same values with the same words.
+pub fn microbatch_size(batch_size: usize, microbatches: u32) -> Result<usize, String> {
+    if microbatches == 0 || batch_size < microbatches as usize {
+        return Err(format!(
+            "{batch_size} samples cannot be split into {microbatches} micro-batches"
+        ));
+    }
+    Ok(batch_size / microbatches as usize)
+}
+
+/// Checks that a split by hand of `cut_points` cut points makes `num_stages` stages.
+///
+/// # Errors
+/// Why it does not: the reason for `--split`, which the caller names. Shared by
+/// [`TrainConfig::validate`] and `timeprest partition`.
+pub fn check_split_stages(cut_points: usize, num_stages: u32) -> Result<(), String> {
+    if cut_points + 1 != num_stages as usize {
+        return Err(format!(
+            "{cut_points} cut points make {} stages, but --stages is {num_stages}",
+            cut_points + 1
+        ));
+    }
+    Ok(())
+}
+
 /// A [`TrainConfig`] that passed [`TrainConfig::validate`]: every layer that builds or runs a
 /// pipeline takes this, so a configuration is checked once, where it is made, and never again.
 #[derive(Clone, Debug, PartialEq)]
@@ -577,28 +608,12 @@ impl TrainConfig {
             }
         }
         timeprest_data::check_data_dir(&self.data.dataset, self.data.data_dir.as_deref())?;
-        if !self.pipeline.split.is_empty()
-            && self.pipeline.split.len() + 1 != self.pipeline.num_stages as usize
-        {
-            return bad(
-                "split",
-                format!(
-                    "{} cut points make {} stages, but --stages is {}",
-                    self.pipeline.split.len(),
-                    self.pipeline.split.len() + 1,
-                    self.pipeline.num_stages
-                ),
-            );
+        if !self.pipeline.split.is_empty() {
+            check_split_stages(self.pipeline.split.len(), self.pipeline.num_stages)
+                .map_err(|reason| TrainError::config("--split", reason))?;
         }
-        if self.optimisation.batch_size < self.pipeline.num_microbatches as usize {
-            return bad(
-                "batch-size",
-                format!(
-                    "{} samples cannot be split into {} micro-batches",
-                    self.optimisation.batch_size, self.pipeline.num_microbatches
-                ),
-            );
-        }
+        microbatch_size(self.optimisation.batch_size, self.pipeline.num_microbatches)
+            .map_err(|reason| TrainError::config("--batch-size", reason))?;
         if self.optimisation.nesterov
             && (self.optimisation.optimizer != OptimizerChoice::Sgd
                 || self.optimisation.momentum == 0.0)
@@ -668,6 +683,29 @@ mod tests {
         let mut config = TrainConfig::default();
         change(&mut config);
         config
+    }
+
+    #[test]
+    fn a_split_of_the_wrong_length_and_a_batch_too_small_are_refused_in_the_shared_words() {
+        let split = with(|c| {
+            c.pipeline.num_stages = 3;
+            c.pipeline.split = vec![2];
+        });
+        assert_eq!(
+            split.validate().unwrap_err().to_string(),
+            "--split: 1 cut points make 2 stages, but --stages is 3"
+        );
+        let batch = with(|c| {
+            c.optimisation.batch_size = 2;
+            c.pipeline.num_microbatches = 3;
+        });
+        assert_eq!(
+            batch.validate().unwrap_err().to_string(),
+            "--batch-size: 2 samples cannot be split into 3 micro-batches"
+        );
+        assert_eq!(microbatch_size(7, 3), Ok(2));
+        assert!(microbatch_size(7, 0).is_err());
+        assert_eq!(check_split_stages(2, 3), Ok(()));
     }
 
     #[test]
