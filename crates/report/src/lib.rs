@@ -2,7 +2,7 @@
 //!
 //! A comparison is a directory ([`record`]): a manifest and ordinary run directories. Everything
 //! else is derived from it and can be rebuilt at any time by [`write_report`]: statistics over
-//! seeds ([`summary`]), the simulator's prediction for each configuration ([`predict`], stored in
+//! seeds ([`summary`]), the simulator's prediction for each configuration ([`predict`](mod@predict), stored in
 //! the manifest when the comparison runs), the plots (SVG and PNG, drawn with plotters) and
 //! `report.md` ([`markdown`]). Keeping the derivation separate from running the training means
 //! a report can be restyled or extended without training again, and the CLI stays thin.

@@ -2,7 +2,7 @@
 //!
 //! `timeprest train --trace` (and `compare`, for its first seed) writes the first epoch's
 //! measured events as Chrome-trace JSON; this module reads the slices back ([`read_trace`]) and
-//! draws a Gantt chart with one row per stage, one panel per policy ([`TimelineChart`]). Only the
+//! draws a Gantt chart with one row per stage, one panel per policy (`TimelineChart`). Only the
 //! first few mini-batches are drawn: the start-up of the pipeline is where schedules differ, and
 //! a whole epoch would be thousands of slivers.
 

@@ -451,7 +451,7 @@ impl TrainConfig {
 
     /// The schedule shape of one epoch of this run with `num_microbatches` micro-batches per
     /// mini-batch and `num_minibatches` mini-batches: W = `stages`, ordered on the papers' unit
-    /// grid or, with [`TrainConfig::backward_slots`], with backwards that take that many slots
+    /// grid or, with [`PipelineSettings::backward_slots`], with backwards that take that many slots
     /// per micro-batch.
     pub fn schedule_config(&self, num_microbatches: u32, num_minibatches: u32) -> ScheduleConfig {
         ScheduleConfig {
