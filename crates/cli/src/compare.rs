@@ -4,37 +4,24 @@
 //! The training flags are `train`'s own ([`TrainArgs`], flattened), so a comparison accepts
 //! exactly what a single run accepts; the flags `compare` sets per run itself (`--policy`,
 //! `--seed`, `--trace`, ...) are hidden and rejected when given, instead of being silently
-//! overridden. Runs are sequential (each already uses one thread per stage, and timings of
-//! concurrent runs would not be comparable), seed-major so that an interrupted comparison has
-//! every policy for its first seeds. A diverged run is recorded and the comparison goes on; the
-//! manifest is rewritten after every run. All reporting lives in `timeprest-report`, which
-//! `timeprest plot` calls too.
-//!
-//! Ctrl-C or SIGTERM stops the run in progress as it stops `train` (at the next safe point, its
-//! last checkpoint kept) and leaves the manifest saying which runs finished. `compare --resume
-//! DIR` then continues: it reads the manifest (variants, seeds, configurations, checkpoint
-//! frequency, initial weights), skips the runs that completed or diverged, continues a run that
-//! did not finish from its checkpoint (or, without one, removes what it left and runs it
-//! again), runs the missing ones, and rewrites the report.
+//! overridden. This file parses the flags into a [`ComparisonPlan`] and shows progress; running
+//! the runs, recording them in the manifest and continuing an interrupted comparison
+//! (`compare --resume DIR`) is [`timeprest_report::comparison`]'s, and all reporting lives in
+//! `timeprest-report`, which `timeprest plot` calls too. Ctrl-C or SIGTERM stops the run in
+//! progress as it stops `train` (at the next safe point, its last checkpoint kept).
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context as _;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use indicatif::ProgressBar;
 use serde_json::Value;
 use timeprest_policy::PolicyKind;
-use timeprest_report::record::{RUNS_DIR, TRACE_FILE};
-use timeprest_report::{Manifest, Outcome, RunEntry, Variant, predict, run_dir_name};
-use timeprest_train::checkpoint;
-use timeprest_train::{
-    DirUse, EpochMetrics, Progress, RunPaths, TrainConfig, TrainError, claim_run_dir, command_line,
-    run_until_stopped, shell_quoted,
-};
+use timeprest_report::{Comparison, ComparisonObserver, ComparisonPlan, ReportError};
+use timeprest_train::{EpochMetrics, Progress, TrainConfig, command_line};
 
 use crate::display::{StepUnits, bar_style};
 use crate::interrupt::StopRequest;
@@ -288,271 +275,128 @@ impl Progress for RunProgress<'_> {
     }
 }
 
-fn progress_bar(total_epochs: u64, visible: bool) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total_epochs);
-    let epoch = StepUnits {
-        per_step: 1.0,
-        rate_unit: "epochs/s",
-    };
-    bar.set_style(bar_style(
-        "{pos}/{len} epochs [{bar:30}] {elapsed_precise} eta {time_left} {msg}",
-        epoch,
-    ));
-    bar
+/// The progress bar and the lines of a running comparison.
+struct Terminal {
+    bar: ProgressBar,
+    visible: bool,
 }
 
-/// Checks that no label or seed appears twice (their run directories would collide).
-fn check_unique(args: &CompareFlags) -> anyhow::Result<()> {
-    for (index, spec) in args.policies.iter().enumerate() {
-        if args.policies[..index].iter().any(|s| s.label == spec.label) {
-            return Err(usage_error(format!(
-                "--policies: `{}` is listed twice",
-                spec.label
-            )));
+impl ComparisonObserver for Terminal {
+    fn started(&self, total_epochs: u64) {
+        self.bar.set_length(total_epochs);
+        if self.visible {
+            self.bar.set_style(bar_style(
+                "{pos}/{len} epochs [{bar:30}] {elapsed_precise} eta {time_left} {msg}",
+                StepUnits {
+                    per_step: 1.0,
+                    rate_unit: "epochs/s",
+                },
+            ));
         }
     }
-    for (index, seed) in args.seeds.iter().enumerate() {
-        if args.seeds[..index].contains(seed) {
-            return Err(usage_error(format!("--seeds: {seed} is listed twice")));
-        }
+
+    fn run_progress<'a>(
+        &'a self,
+        run: &str,
+        epochs: u32,
+        epochs_before: u64,
+    ) -> Box<dyn Progress + 'a> {
+        Box::new(RunProgress {
+            bar: &self.bar,
+            run: run.to_owned(),
+            epochs,
+            base: epochs_before,
+            minibatches: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+        })
     }
-    Ok(())
+
+    fn reached(&self, epochs_done: u64) {
+        self.bar.set_position(epochs_done);
+    }
+
+    fn line(&self, text: &str) {
+        self.bar.suspend(|| println!("{text}"));
+    }
+}
+
+/// A comparison error as `main` reports it: a value the user can fix is a usage error (exit
+/// code 2), a stop request ends with the signal's code, and a run's own error keeps its type.
+fn cli_error(error: ReportError, stop: Option<&StopRequest>) -> anyhow::Error {
+    match error {
+        ReportError::Invalid { .. } | ReportError::Prediction { .. } => {
+            usage_error(error.to_string())
+        }
+        ReportError::Output(error) => error.into(),
+        ReportError::Interrupted { .. } if stop.is_some() => {
+            stop.expect("checked").interrupted(error.to_string())
+        }
+        ReportError::RunFailed { run, source } => {
+            anyhow::Error::from(*source).context(format!("{run} failed"))
+        }
+        other => other.into(),
+    }
 }
 
 /// Runs `timeprest compare`.
 pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
     let CompareArgs(mut args) = args;
-    if let Some(dir) = args.train.resume.clone() {
-        return resume(&dir, args.train.quiet);
-    }
-    check_unique(&args)?;
-    let out: PathBuf = args.train.out.clone().expect("clap requires --out");
-    // Every configuration is checked before anything is predicted, trained or written.
-    let configs = args
-        .policies
-        .iter()
-        .map(|spec| variant_config(&mut args.train, spec))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let variants = args
-        .policies
-        .iter()
-        .zip(configs)
-        .map(|(spec, config)| {
-            let prediction =
-                predict(&spec.label, &config).map_err(|e| usage_error(e.to_string()))?;
-            Ok(Variant {
-                label: spec.label.clone(),
-                config,
-                prediction: Some(prediction),
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // Checked and locked like a run directory: refused when not empty (unless --overwrite) or
-    // in use; the runs inside are then made by this process.
-    let _comparison_dir = claim_run_dir(
-        &out,
-        "--out",
-        DirUse::New {
-            overwrite: args.train.overwrite,
-        },
-    )?;
-    let mut manifest = Manifest {
-        command: command_line(),
-        target_accuracy: args.target_accuracy,
-        seeds: args.seeds.clone(),
-        variants,
-        runs: Vec::new(),
-        checkpoint_every: args.train.checkpoint_every,
-        // Absolute, so that `compare --resume` finds it from any directory.
-        init_weights: (args.train.init_weights.clone())
-            .map(|path| std::fs::canonicalize(&path).unwrap_or(path)),
-    };
-    manifest.save(&out)?;
-    eprintln!(
-        "comparing {} policies × {} seeds ({} runs) into {}",
-        manifest.variants.len(),
-        args.seeds.len(),
-        manifest.variants.len() * args.seeds.len(),
-        out.display()
-    );
-    run_unfinished(&out, &mut manifest, args.train.quiet)
-}
-
-/// `timeprest compare --resume DIR`: the comparison in `dir` as its manifest describes it
-/// (variants, seeds, configurations, checkpoint frequency, initial weights), running only the
-/// runs that are missing or did not finish.
-fn resume(dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    let flag_error = |what: String| usage_error(format!("--resume {}: {what}", dir.display()));
-    if !dir.join(timeprest_report::record::MANIFEST_FILE).is_file() {
-        return Err(flag_error(format!(
-            "not a comparison directory (it has no {}); start one with `timeprest compare --out \
-             DIR`",
-            timeprest_report::record::MANIFEST_FILE
-        )));
-    }
-    // Locked like a resumed run: a comparison still running there is named and refused.
-    let _comparison_dir = claim_run_dir(dir, "--resume", DirUse::Resume)?;
-    let mut manifest = Manifest::load(dir).map_err(|e| flag_error(e.to_string()))?;
-    let planned = manifest.variants.len() * manifest.seeds.len();
-    let finished = (manifest.runs.iter())
-        .filter(|entry| entry.outcome != Outcome::Incomplete)
-        .count();
-    eprintln!(
-        "continuing the comparison in {}: {} of {planned} runs to run",
-        dir.display(),
-        planned - finished
-    );
-    run_unfinished(dir, &mut manifest, quiet)
-}
-
-/// How a run of the comparison starts.
-enum Start {
-    /// It has finished (completed or diverged): skip it.
-    Finished,
-    /// The manifest says it did not finish, but its checkpoint holds every epoch (it was
-    /// finished with `timeprest train --resume`): record it as completed.
-    CompleteOnDisk,
-    /// From the beginning.
-    Afresh,
-    /// From the checkpoint in its run directory.
-    FromCheckpoint,
-}
-
-/// How the run of `label` with `seed` and `epochs` epochs, whose directory is `run_dir`,
-/// starts: a run the manifest does not list has not started; a run that did not finish
-/// continues from its checkpoint, or starts afresh when it has none.
-fn run_start(manifest: &Manifest, label: &str, seed: u64, epochs: u32, run_dir: &Path) -> Start {
-    let entry = (manifest.runs.iter()).find(|entry| entry.label == label && entry.seed == seed);
-    match entry.map(|entry| &entry.outcome) {
-        None => Start::Afresh,
-        Some(Outcome::Completed | Outcome::Diverged { .. }) => Start::Finished,
-        Some(Outcome::Incomplete) => match checkpoint::find(run_dir) {
-            Err(_) => Start::Afresh,
-            Ok(dir) if checkpointed_epochs(&dir).is_some_and(|done| done >= epochs) => {
-                Start::CompleteOnDisk
-            }
-            // An unreadable checkpoint is reported by the resume itself.
-            Ok(_) => Start::FromCheckpoint,
-        },
-    }
-}
-
-/// The epochs the checkpoint directory `dir` holds, if its `state.json` is readable.
-fn checkpointed_epochs(dir: &Path) -> Option<u32> {
-    let text = std::fs::read(dir.join("state.json")).ok()?;
-    let state: checkpoint::CheckpointState = serde_json::from_slice(&text).ok()?;
-    Some(state.epoch)
-}
-
-/// Runs every run of `manifest` that is missing or did not finish, seed-major, saving the
-/// manifest before and after each, then writes the report. Ctrl-C or SIGTERM stops the run in
-/// progress as `train` stops (its checkpoint kept, the manifest left saying it did not finish)
-/// and ends the command with the interrupted message.
-fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::Result<()> {
-    let stop = StopRequest::install()?;
-    let seeds = manifest.seeds.clone();
-    let epochs_per_seed: u64 = (manifest.variants.iter())
-        .map(|v| u64::from(v.config.optimisation.epochs))
-        .sum();
-    let bar = progress_bar(
-        epochs_per_seed * seeds.len() as u64,
-        !quiet && std::io::stderr().is_terminal(),
-    );
-    let mut epochs_before = 0;
-    for (seed_index, &seed) in seeds.iter().enumerate() {
-        for index in 0..manifest.variants.len() {
-            let variant = &manifest.variants[index];
-            let config = {
-                let mut config = variant.config.clone();
-                config.run.seed = seed;
-                config
-            }
-            .validate()?;
-            let base = epochs_before;
-            epochs_before += u64::from(config.optimisation.epochs);
-            let label = variant.label.clone();
-            let dir = Path::new(RUNS_DIR).join(run_dir_name(&label, seed));
-            let run_dir = out.join(&dir);
-            let listed = (manifest.runs.iter()).any(|e| e.label == label && e.seed == seed);
-            let start = run_start(manifest, &label, seed, config.optimisation.epochs, &run_dir);
-            match start {
-                Start::Finished => {
-                    bar.set_position(epochs_before);
-                    continue;
-                }
-                Start::CompleteOnDisk => {
-                    bar.set_position(epochs_before);
-                    record_outcome(out, manifest, &label, seed, Outcome::Completed)?;
-                    bar.suspend(|| println!("{label} seed {seed}: already complete on disk"));
-                    continue;
-                }
-                Start::FromCheckpoint => {}
-                Start::Afresh if listed && run_dir.exists() => {
-                    // What an unfinished run without a checkpoint left cannot be continued.
-                    bar.suspend(|| {
-                        eprintln!(
-                            "{label} seed {seed}: no checkpoint to continue from; starting it \
-                             again"
-                        );
-                    });
-                    std::fs::remove_dir_all(&run_dir)
-                        .map_err(|e| TrainError::output(&run_dir, e))?;
-                }
-                Start::Afresh => {}
-            }
-            if !listed {
-                manifest.runs.push(RunEntry {
-                    label: label.clone(),
-                    seed,
-                    dir,
-                    outcome: Outcome::Incomplete,
-                });
-                manifest.save(out)?;
-            }
-            let paths = RunPaths {
-                out_dir: Some(run_dir.clone()),
-                init_weights: manifest.init_weights.clone(),
-                trace: (seed_index == 0).then(|| run_dir.join(TRACE_FILE)),
-                checkpoint_every: manifest.checkpoint_every,
-                resume: matches!(start, Start::FromCheckpoint),
-                ..RunPaths::default()
-            };
-            let progress = RunProgress {
-                bar: &bar,
-                run: format!("{label} seed {seed}"),
-                epochs: config.optimisation.epochs,
-                base,
-                minibatches: AtomicU64::new(0),
-                epoch: AtomicU64::new(0),
-            };
-            let result = run_until_stopped(&config, &paths, &progress, stop.flag());
-            bar.set_position(epochs_before);
-            let (outcome, line) = match result {
-                Ok(history) => (Outcome::Completed, finished_line(&progress.run, &history)?),
-                Err(error @ TrainError::Diverged { epoch, .. }) => {
-                    let message = error.to_string();
-                    let line = format!("{}: {message}", progress.run);
-                    (Outcome::Diverged { epoch, message }, line)
-                }
-                Err(error @ TrainError::Interrupted { .. }) => {
-                    bar.finish_and_clear();
-                    return Err(stop.interrupted(format!(
-                        "{}: {error}; continue with `timeprest compare --resume {}`",
-                        progress.run,
-                        shell_quoted(&out.display().to_string())
-                    )));
-                }
-                Err(error) => return Err(error).context(format!("{} failed", progress.run)),
-            };
-            record_outcome(out, manifest, &label, seed, outcome)?;
-            bar.suspend(|| println!("{line}"));
+    let mut comparison = match args.train.resume.clone() {
+        Some(dir) => {
+            let comparison = Comparison::resume(&dir).map_err(|e| cli_error(e, None))?;
+            let planned = comparison.manifest().variants.len() * comparison.manifest().seeds.len();
+            eprintln!(
+                "continuing the comparison in {}: {} of {planned} runs to run",
+                dir.display(),
+                comparison.runs_left()
+            );
+            comparison
         }
-    }
-    bar.finish_and_clear();
-    let written = timeprest_report::write_report(out)?;
+        None => {
+            let out: PathBuf = args.train.out.clone().expect("clap requires --out");
+            // Every configuration is checked before anything is predicted, trained or written.
+            let variants = (args.policies.clone().iter())
+                .map(|spec| Ok((spec.label.clone(), variant_config(&mut args.train, spec)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let plan = ComparisonPlan {
+                command: command_line(),
+                variants,
+                seeds: args.seeds.clone(),
+                target_accuracy: args.target_accuracy,
+                checkpoint_every: args.train.checkpoint_every,
+                init_weights: args.train.init_weights.clone(),
+            };
+            let comparison = Comparison::start(&out, plan, args.train.overwrite)
+                .map_err(|e| cli_error(e, None))?;
+            let manifest = comparison.manifest();
+            eprintln!(
+                "comparing {} policies × {} seeds ({} runs) into {}",
+                manifest.variants.len(),
+                manifest.seeds.len(),
+                manifest.variants.len() * manifest.seeds.len(),
+                out.display()
+            );
+            comparison
+        }
+    };
+    let stop = StopRequest::install()?;
+    let visible = !args.train.quiet && std::io::stderr().is_terminal();
+    let terminal = Terminal {
+        bar: if visible {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        },
+        visible,
+    };
+    let result = comparison.run(&terminal, stop.flag());
+    terminal.bar.finish_and_clear();
+    let written = result.map_err(|e| cli_error(e, Some(&stop)))?;
+    let out = args
+        .train
+        .out
+        .or(args.train.resume)
+        .expect("clap requires one");
     println!(
         "wrote {} and {} plots (SVG and PNG) in {}",
         written
@@ -564,39 +408,6 @@ fn run_unfinished(out: &Path, manifest: &mut Manifest, quiet: bool) -> anyhow::R
         out.join(timeprest_report::PLOTS_DIR).display()
     );
     Ok(())
-}
-
-/// Records `outcome` for the run of `label` with `seed` in the manifest of comparison `out`.
-fn record_outcome(
-    out: &Path,
-    manifest: &mut Manifest,
-    label: &str,
-    seed: u64,
-    outcome: Outcome,
-) -> anyhow::Result<()> {
-    let entry = (manifest.runs.iter_mut())
-        .find(|entry| entry.label == label && entry.seed == seed)
-        .expect("a run is in the manifest once it started");
-    entry.outcome = outcome;
-    Ok(manifest.save(out)?)
-}
-
-/// The line printed when run `run` completed with `history` (the epochs it ran in this
-/// process; a run continued from a checkpoint starts after epoch 1).
-fn finished_line(run: &str, history: &[EpochMetrics]) -> anyhow::Result<String> {
-    let (Some(first), Some(last)) = (history.first(), history.last()) else {
-        anyhow::bail!("{run} completed without running an epoch");
-    };
-    let time = timeprest_report::seconds(history.iter().map(|m| m.epoch_seconds).sum());
-    let since = match first.epoch {
-        1 => String::new(),
-        epoch => format!(" since epoch {epoch}"),
-    };
-    Ok(format!(
-        "{run}: final test accuracy {:.2}% after {} epochs ({time} s of training{since})",
-        100.0 * last.test_accuracy,
-        last.epoch,
-    ))
 }
 
 #[cfg(test)]

@@ -51,6 +51,24 @@ pub enum ReportError {
         /// The plotting library's message.
         cause: String,
     },
+    /// A run of a comparison stopped on request (Ctrl-C, SIGTERM); its checkpoint is kept.
+    #[error("{run}: {cause}; continue with `timeprest compare --resume {dir}`")]
+    Interrupted {
+        /// The run (`LABEL seed K`).
+        run: String,
+        /// The training loop's message (what was saved).
+        cause: String,
+        /// The comparison directory.
+        dir: String,
+    },
+    /// A run of a comparison failed (not by diverging, which is recorded as its outcome).
+    #[error("{run} failed: {source}")]
+    RunFailed {
+        /// The run (`LABEL seed K`).
+        run: String,
+        /// Why.
+        source: Box<timeprest_train::TrainError>,
+    },
     /// The simulator prediction could not be computed for a configuration.
     #[error("cannot predict the memory of `{label}`: {cause}")]
     Prediction {

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod charts;
+pub mod comparison;
 mod error;
 mod figure;
 pub mod markdown;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use timeprest_train::{check_output_file, write_file_atomically};
 
+pub use comparison::{Comparison, ComparisonObserver, ComparisonPlan};
 pub use error::ReportError;
 pub use figure::{human_bytes, seconds};
 pub use partition::{PartitionRequest, PartitionStudy, study_partition};
