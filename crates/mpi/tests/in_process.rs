@@ -25,18 +25,16 @@ fn valid(config: &TrainConfig) -> ValidConfig {
 type RankOutcome = Result<Option<Vec<EpochMetrics>>, MpiError>;
 
 fn small(policy: PolicyKind) -> TrainConfig {
-    {
-        let mut config = TrainConfig::default();
-        config.model.hidden = vec![24, 16];
-        config.data.limit_train = Some(160);
-        config.data.limit_test = Some(90);
-        config.pipeline.num_stages = 3;
-        config.pipeline.num_microbatches = 2;
-        config.optimisation.batch_size = 16;
-        config.optimisation.epochs = 2;
-        config.pipeline.policy = policy;
-        config
-    }
+    let mut config = TrainConfig::default();
+    config.model.hidden = vec![24, 16];
+    config.data.limit_train = Some(160);
+    config.data.limit_test = Some(90);
+    config.pipeline.num_stages = 3;
+    config.pipeline.num_microbatches = 2;
+    config.optimisation.batch_size = 16;
+    config.optimisation.epochs = 2;
+    config.pipeline.policy = policy;
+    config
 }
 
 /// How long a group of ranks may take before the test calls it a hang.

@@ -75,19 +75,17 @@ fn config(dataset: &str, policy: PolicyKind) -> TrainConfig {
 
 /// A 2-stage `naive` configuration for the projection: MLP `hidden` on Fashion-MNIST, M = 128.
 fn projection_config(hidden: &[usize], microbatches: u32) -> TrainConfig {
-    {
-        let mut config = TrainConfig::default();
-        config.model.hidden = hidden.to_vec();
-        config.data.dataset = "fashion-mnist".into();
-        config.data.limit_train = Some(3840);
-        config.data.limit_test = Some(256);
-        config.pipeline.num_stages = 2;
-        config.pipeline.num_microbatches = microbatches;
-        config.optimisation.batch_size = 128;
-        config.optimisation.lr = 0.01;
-        config.pipeline.policy = PolicyKind::Naive;
-        config
-    }
+    let mut config = TrainConfig::default();
+    config.model.hidden = hidden.to_vec();
+    config.data.dataset = "fashion-mnist".into();
+    config.data.limit_train = Some(3840);
+    config.data.limit_test = Some(256);
+    config.pipeline.num_stages = 2;
+    config.pipeline.num_microbatches = microbatches;
+    config.optimisation.batch_size = 128;
+    config.optimisation.lr = 0.01;
+    config.pipeline.policy = PolicyKind::Naive;
+    config
 }
 
 /// The time one core needs for the whole epoch: every action's compute time, summed.

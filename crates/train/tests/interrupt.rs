@@ -17,18 +17,16 @@ fn valid(config: &TrainConfig) -> ValidConfig {
 }
 
 fn config(epochs: u32) -> TrainConfig {
-    {
-        let mut config = TrainConfig::default();
-        config.pipeline.policy = PolicyKind::Timeprest;
-        config.pipeline.num_stages = 3;
-        config.pipeline.num_microbatches = 2;
-        config.optimisation.batch_size = 16;
-        config.model.hidden = vec![24, 16];
-        config.optimisation.epochs = epochs;
-        config.data.limit_train = Some(160);
-        config.data.limit_test = Some(60);
-        config
-    }
+    let mut config = TrainConfig::default();
+    config.pipeline.policy = PolicyKind::Timeprest;
+    config.pipeline.num_stages = 3;
+    config.pipeline.num_microbatches = 2;
+    config.optimisation.batch_size = 16;
+    config.model.hidden = vec![24, 16];
+    config.optimisation.epochs = epochs;
+    config.data.limit_train = Some(160);
+    config.data.limit_test = Some(60);
+    config
 }
 
 fn checkpointed(run_dir: &Path, resume: bool) -> RunPaths {

@@ -12,19 +12,17 @@ fn valid(config: &TrainConfig) -> ValidConfig {
 }
 
 fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
-    {
-        let mut config = TrainConfig::default();
-        config.pipeline.policy = policy;
-        config.pipeline.num_stages = stages;
-        config.pipeline.num_microbatches = 3;
-        config.optimisation.batch_size = 24;
-        config.model.hidden = vec![24, 16, 12];
-        config.optimisation.epochs = 2;
-        config.data.limit_train = Some(240);
-        config.data.limit_test = Some(100);
-        config.run.seed = 3;
-        config
-    }
+    let mut config = TrainConfig::default();
+    config.pipeline.policy = policy;
+    config.pipeline.num_stages = stages;
+    config.pipeline.num_microbatches = 3;
+    config.optimisation.batch_size = 24;
+    config.model.hidden = vec![24, 16, 12];
+    config.optimisation.epochs = 2;
+    config.data.limit_train = Some(240);
+    config.data.limit_test = Some(100);
+    config.run.seed = 3;
+    config
 }
 
 /// Trains for the configured epochs and returns the final weights, flattened.
