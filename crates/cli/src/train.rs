@@ -19,9 +19,9 @@ use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, 
 use timeprest_policy::{PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
-    DataSettings, EpochMetrics, GradMode, ModelSettings, OptimisationSettings, OptimizerChoice,
-    PipelineSettings, Progress, RunPaths, RunSettings, SignificanceChoice, TrainConfig, TrainError,
-    ValidConfig, command_line, run_until_stopped, shell_quoted,
+    DataSettings, EpochMetrics, GradMode, LrScheduleChoice, ModelSettings, OptimisationSettings,
+    OptimizerChoice, PipelineSettings, Progress, Recipe, RunPaths, RunSettings, SignificanceChoice,
+    TrainConfig, TrainError, ValidConfig, command_line, run_until_stopped, shell_quoted,
 };
 
 /// The size flags of every model, shared by `train` (and `compare`) and `partition`.
@@ -106,9 +106,10 @@ pub struct TrainArgs {
     /// Use only the first K test samples.
     #[arg(long, value_name = "K")]
     pub limit_test: Option<usize>,
-    /// W: pipeline stages (one worker thread each).
-    #[arg(long, default_value_t = 3)]
-    pub stages: u32,
+    /// W: pipeline stages (one worker thread each) [default: 1 for `--policy single`, 3
+    /// otherwise].
+    #[arg(long)]
+    pub stages: Option<u32>,
     /// N: micro-batches per mini-batch [default: 1 on the 1f1b schedule (PipeDream's
     /// whole-mini-batch 1F1B) and for `single`, 3 otherwise (TiMePReSt's main setting)].
     #[arg(long)]
@@ -119,18 +120,35 @@ pub struct TrainArgs {
     /// Epochs.
     #[arg(long, default_value_t = 10)]
     pub epochs: u32,
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.05)]
-    pub lr: f64,
+    /// Learning rate (the peak of the schedule) [default: the model's recipe, printed at the
+    /// start: 0.02 for mlp, 0.01 for the others].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// How the learning rate changes, stepped at every update of every stage: constant, step
+    /// (× --lr-gamma every --lr-step-epochs), warmup (linear over --warmup-epochs, then
+    /// constant), cosine (that warm-up, then cosine decay to 0 at the last update) [default:
+    /// the model's recipe: cosine].
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<LrScheduleChoice>,
+    /// Epochs of linear learning-rate warm-up (fractions allowed) [default: the model's
+    /// recipe: one epoch, at most a fifth of the run].
+    #[arg(long, value_name = "EPOCHS")]
+    pub warmup_epochs: Option<f64>,
+    /// Epochs between two decays of `--lr-schedule step`.
+    #[arg(long, value_name = "EPOCHS", default_value_t = 30)]
+    pub lr_step_epochs: u32,
+    /// Decay factor of `--lr-schedule step`.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     /// Nesterov momentum (SGD).
     #[arg(long)]
     pub nesterov: bool,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
+    /// L2 weight decay [default: the model's recipe: 5e-4].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
     /// Optimizer.
     #[arg(long, value_enum, default_value = "sgd")]
     pub optimizer: OptimizerChoice,
@@ -372,6 +390,12 @@ impl TrainArgs {
         // pipeline to fill); TiMePReSt's main setting, 3, elsewhere.
         let one_unit = schedule == ScheduleKind::OneFOneB || self.policy == PolicyKind::Single;
         let default_microbatches = if one_unit { 1 } else { 3 };
+        let default_stages = if self.policy == PolicyKind::Single {
+            1
+        } else {
+            3
+        };
+        let recipe = Recipe::for_model(&self.model, self.epochs);
         TrainConfig {
             model: ModelSettings {
                 name: self.model.clone(),
@@ -391,7 +415,7 @@ impl TrainArgs {
                 augment: self.augment,
             },
             pipeline: PipelineSettings {
-                num_stages: self.stages,
+                num_stages: self.stages.unwrap_or(default_stages),
                 num_microbatches: self.microbatches.unwrap_or(default_microbatches),
                 policy: self.policy,
                 schedule: self.schedule,
@@ -408,10 +432,14 @@ impl TrainArgs {
                 batch_size: self.batch_size,
                 epochs: self.epochs,
                 optimizer: self.optimizer,
-                lr: self.lr,
+                lr: self.lr.unwrap_or(recipe.lr),
                 momentum: self.momentum,
                 nesterov: self.nesterov,
-                weight_decay: self.weight_decay,
+                weight_decay: self.weight_decay.unwrap_or(recipe.weight_decay),
+                lr_schedule: self.lr_schedule.unwrap_or(recipe.lr_schedule),
+                warmup_epochs: self.warmup_epochs.unwrap_or(recipe.warmup_epochs),
+                lr_step_epochs: self.lr_step_epochs,
+                lr_gamma: self.lr_gamma,
             },
             run: RunSettings {
                 seed: self.seed,
@@ -511,6 +539,7 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
     let file: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
     let mut config = from_flags;
+    let in_file: Vec<String> = file.keys().cloned().collect();
     for (key, value) in file {
         // Every key is its flag's clap id, but for `shuffle`, whose flag is `--no-shuffle`.
         let flag = if key == "shuffle" { "no_shuffle" } else { &key };
@@ -529,6 +558,10 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             .set(&key, value)
             .map_err(|e| file_error(e.to_string()))?;
     }
+    // The recipe of the file's model and epochs for what neither the flags nor the file set.
+    Recipe::fill(&mut config, |key| {
+        args.given.contains(key) || in_file.iter().any(|k| k == key)
+    });
     Ok(config)
 }
 

@@ -35,7 +35,19 @@ fn a_diverged_epoch_commits_nothing_and_a_smaller_lr_resumes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let run_str = run.to_str().unwrap();
-    let base = ["train", "--quiet", "--limit-train", "300", "--stages", "2"];
+    // A constant rate, so that each metrics line's rate is the configured one.
+    let base = [
+        "train",
+        "--quiet",
+        "--limit-train",
+        "300",
+        "--stages",
+        "2",
+        "--lr",
+        "0.05",
+        "--lr-schedule",
+        "constant",
+    ];
     succeed(&[&base[..], &["--epochs", "1", "--out", run_str]].concat());
 
     // Epoch 2 diverges: its metrics line and checkpoint are not written, and the message says
@@ -116,6 +128,11 @@ fn an_augmented_run_resumes_bit_for_bit() {
         "2",
         "--lr",
         "0.01",
+        // Extending a run changes an epoch-dependent schedule (cosine ends at the last
+        // epoch); continuing to the same epochs is exact under every schedule
+        // (crates/train/tests/resume.rs).
+        "--lr-schedule",
+        "constant",
     ];
     let (whole, whole_weights) = (path("whole"), path("whole.safetensors"));
     succeed(

@@ -47,7 +47,7 @@ pub use memory::{
     AvailableMemory, MAX_BLOCKS, MAX_LAYER_WIDTH, MemoryEstimate, Workload, human_bytes,
 };
 pub use model::{BlockParams, MlpConfig, ModelParams, ModelSpec, evaluate, init_params};
-pub use optim::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot};
+pub use optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot};
 pub use partition::{
     BlockProfile, PartitionMethod, ProfiledCost, partition_balanced, partition_manual,
     partition_model, partition_uniform, profile_blocks,

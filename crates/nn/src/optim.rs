@@ -43,13 +43,66 @@ pub enum OptimizerKind {
     },
 }
 
-/// An optimizer: rule, learning rate and (L2) weight decay.
+/// How the learning rate changes over a stage's updates: the rate of update `k` (0-based,
+/// counted over the whole run, one per mini-batch per stage) is `lr · factor(k)`.
+///
+/// A function of the update count alone, which every stage's optimizer keeps and every
+/// checkpoint restores, so a resumed run continues its schedule exactly; and every stage of a
+/// pipeline steps it once per update, whatever the schedule of passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum LrSchedule {
+    /// factor 1.
+    #[default]
+    Constant,
+    /// factor `gamma^⌊k / every⌋` (PyTorch's `StepLR`).
+    Step {
+        /// Updates between two decays (≥ 1).
+        every: u64,
+        /// Decay factor in (0, 1].
+        gamma: f64,
+    },
+    /// factor `(k + 1) / warmup` for the first `warmup` updates, then 1.
+    Warmup {
+        /// Updates of the linear warm-up.
+        warmup: u64,
+    },
+    /// The linear warm-up, then `½ (1 + cos(π (k − warmup) / (total − warmup)))`, which reaches
+    /// 0 at update `total` (and stays there).
+    WarmupCosine {
+        /// Updates of the linear warm-up.
+        warmup: u64,
+        /// Updates of the whole run.
+        total: u64,
+    },
+}
+
+impl LrSchedule {
+    /// The factor of update `k` (0-based).
+    pub fn factor(&self, k: u64) -> f64 {
+        let warming = |warmup: u64| (k < warmup).then(|| (k + 1) as f64 / warmup as f64);
+        match *self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Step { every, gamma } => gamma.powf((k / every.max(1)) as f64),
+            LrSchedule::Warmup { warmup } => warming(warmup).unwrap_or(1.0),
+            LrSchedule::WarmupCosine { warmup, total } => warming(warmup).unwrap_or_else(|| {
+                let decay = total.saturating_sub(warmup).max(1) as f64;
+                let progress = ((k - warmup) as f64 / decay).min(1.0);
+                0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }),
+        }
+    }
+}
+
+/// An optimizer: rule, learning rate with its schedule, and (L2) weight decay.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerConfig {
     /// The rule.
     pub kind: OptimizerKind,
-    /// Learning rate η ≥ 0.
+    /// Learning rate η ≥ 0 (the peak of a schedule).
     pub lr: f64,
+    /// How η changes over the updates.
+    #[serde(default)]
+    pub schedule: LrSchedule,
     /// Weight decay λ ≥ 0, added to the gradient as λθ.
     pub weight_decay: f64,
 }
@@ -63,6 +116,7 @@ impl OptimizerConfig {
                 nesterov: false,
             },
             lr,
+            schedule: LrSchedule::Constant,
             weight_decay: 0.0,
         }
     }
@@ -76,8 +130,14 @@ impl OptimizerConfig {
                 epsilon: 1e-8,
             },
             lr,
+            schedule: LrSchedule::Constant,
             weight_decay: 0.0,
         }
+    }
+
+    /// The learning rate of update `k` (0-based): η · the schedule's factor.
+    pub fn lr_at(&self, k: u64) -> f64 {
+        self.lr * self.schedule.factor(k)
     }
 
     /// The SGD momentum μ, or `None` for Adam.
@@ -96,6 +156,14 @@ impl OptimizerConfig {
         let bad = |what: String| Err(NnError::InvalidOptimizer(what));
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return bad(format!("learning rate {} must be finite and >= 0", self.lr));
+        }
+        if let LrSchedule::Step { every, gamma } = self.schedule
+            && (every == 0 || !(gamma > 0.0 && gamma <= 1.0))
+        {
+            return bad(format!(
+                "a step schedule needs every ≥ 1 and gamma in (0, 1], got every {every}, gamma \
+                 {gamma}"
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!(
@@ -171,6 +239,11 @@ impl Optimizer {
         self.steps
     }
 
+    /// The learning rate of the next step.
+    pub fn next_lr(&self) -> f64 {
+        self.config.lr_at(self.steps)
+    }
+
     /// SGD's momentum buffer b of parameter `param` of block `block` (indices local to the
     /// optimizer's parameter list), or `None` before the first step, without momentum, or
     /// for Adam.
@@ -215,6 +288,7 @@ impl Optimizer {
             params.len(),
             "optimizer step: parameter list changed"
         );
+        let lr = self.next_lr();
         self.steps += 1;
         let config = self.config;
         let t = self.steps;
@@ -228,15 +302,16 @@ impl Optimizer {
                     g.len(),
                     "optimizer step: tensors vs gradients"
                 );
-                p.map(|i, theta| step_one(&config, t, theta, &g[i], &mut state[i]))
+                p.map(|i, theta| step_one(&config, lr, t, theta, &g[i], &mut state[i]))
             })
             .collect()
     }
 }
 
-/// The update of one tensor.
+/// The update of one tensor: step `t` (1-based) at learning rate `lr`.
 fn step_one(
     config: &OptimizerConfig,
+    lr: f64,
     t: u64,
     theta: &Tensor<1>,
     grad: &Tensor<1>,
@@ -283,7 +358,7 @@ fn step_one(
             m.div(denom).div_scalar(bias1)
         }
     };
-    theta.clone().sub(direction.mul_scalar(config.lr))
+    theta.clone().sub(direction.mul_scalar(lr))
 }
 
 #[cfg(test)]
@@ -372,6 +447,7 @@ mod tests {
                     nesterov,
                 },
                 lr: 0.1,
+                schedule: LrSchedule::Constant,
                 weight_decay: wd,
             };
             let mut opt = Optimizer::new(config).unwrap();
@@ -411,6 +487,7 @@ mod tests {
                 epsilon: eps,
             },
             lr,
+            schedule: LrSchedule::Constant,
             weight_decay: wd,
         };
         let mut opt = Optimizer::new(config).unwrap();
@@ -442,6 +519,7 @@ mod tests {
         let sgd = |momentum, nesterov| OptimizerConfig {
             kind: OptimizerKind::Sgd { momentum, nesterov },
             lr: 0.1,
+            schedule: LrSchedule::Constant,
             weight_decay: 0.0,
         };
         assert!(Optimizer::new(sgd(0.0, true)).is_err());
@@ -467,9 +545,64 @@ mod tests {
                 epsilon: 0.0,
             },
             lr: 0.1,
+            schedule: LrSchedule::Constant,
             weight_decay: 0.0,
         })
         .unwrap_err();
         assert!(err.to_string().contains("epsilon"), "{err}");
+    }
+
+    #[test]
+    fn every_schedule_gives_its_closed_form_at_every_update() {
+        use std::f64::consts::PI;
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        for k in 0..40 {
+            close(LrSchedule::Constant.factor(k), 1.0);
+            let step = LrSchedule::Step {
+                every: 7,
+                gamma: 0.5,
+            };
+            close(step.factor(k), 0.5f64.powi((k / 7) as i32));
+            let warm = LrSchedule::Warmup { warmup: 5 };
+            close(
+                warm.factor(k),
+                if k < 5 { (k + 1) as f64 / 5.0 } else { 1.0 },
+            );
+            let cosine = LrSchedule::WarmupCosine {
+                warmup: 5,
+                total: 25,
+            };
+            let expected = match k {
+                0..5 => (k + 1) as f64 / 5.0,
+                5..25 => 0.5 * (1.0 + (PI * (k - 5) as f64 / 20.0).cos()),
+                _ => 0.0,
+            };
+            close(cosine.factor(k), expected);
+        }
+    }
+
+    #[test]
+    fn each_step_uses_the_rate_of_its_own_update() {
+        let mut config = OptimizerConfig::sgd(0.5, 0.0);
+        config.schedule = LrSchedule::Warmup { warmup: 4 };
+        let mut optimizer = Optimizer::new(config).unwrap();
+        let mut p = params(&[1.0, 1.0, 1.0, 1.0]);
+        let g = grads(&[1.0, 1.0, 1.0, 1.0]);
+        let mut expected = 1.0;
+        for k in 0..6u64 {
+            assert_eq!(optimizer.next_lr(), config.lr_at(k));
+            p = optimizer.step(&p, &g);
+            expected -= 0.5 * ((k + 1).min(4) as f64 / 4.0);
+            assert_close(&flat(&p), &[expected; 4], 1e-6);
+        }
+    }
+
+    #[test]
+    fn a_step_schedule_needs_a_period_and_a_decay_in_range() {
+        for (every, gamma) in [(0, 0.5), (3, 0.0), (3, 1.5), (3, f64::NAN)] {
+            let mut config = OptimizerConfig::sgd(0.1, 0.9);
+            config.schedule = LrSchedule::Step { every, gamma };
+            assert!(Optimizer::new(config).is_err(), "{every} {gamma}");
+        }
     }
 }

@@ -265,7 +265,8 @@ fn predict(
             )));
         }
     };
-    let c = method.coefficient(config.lr, momentum, horizon);
+    // The rate the coming updates use (a schedule's current one).
+    let c = method.coefficient(optimizer.next_lr(), momentum, horizon);
     Ok(live
         .iter()
         .enumerate()

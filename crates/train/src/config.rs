@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use timeprest_nn::{
-    ComputeDevice, GptConfig, GradMode, MODEL_NAMES, OptimizerConfig, OptimizerKind,
+    ComputeDevice, GptConfig, GradMode, LrSchedule, MODEL_NAMES, OptimizerConfig, OptimizerKind,
     PartitionMethod,
 };
 use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
@@ -69,6 +69,21 @@ pub fn check_split_stages(cut_points: usize, num_stages: u32) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+/// How the learning rate changes over the run, by name (see [`LrSchedule`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrScheduleChoice {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// × `lr_gamma` every `lr_step_epochs` epochs.
+    Step,
+    /// A linear warm-up over `warmup_epochs`, then constant.
+    Warmup,
+    /// A linear warm-up over `warmup_epochs`, then cosine decay to 0 at the last update.
+    Cosine,
 }
 
 /// A [`TrainConfig`] that passed [`TrainConfig::validate`]: every layer that builds or runs a
@@ -209,6 +224,18 @@ pub struct OptimisationSettings {
     pub nesterov: bool,
     /// L2 weight decay.
     pub weight_decay: f64,
+    /// How the learning rate changes over the run.
+    #[serde(default)]
+    pub lr_schedule: LrScheduleChoice,
+    /// Epochs of linear warm-up (`warmup` and `cosine` schedules; fractions allowed).
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    /// Epochs between two decays of the `step` schedule.
+    #[serde(default = "default_lr_step_epochs")]
+    pub lr_step_epochs: u32,
+    /// Decay factor of the `step` schedule.
+    #[serde(default = "default_lr_gamma")]
+    pub lr_gamma: f64,
 }
 
 /// How the run executes; none of these changes what a synchronous run computes except the seed.
@@ -255,6 +282,15 @@ fn default_embed_dim() -> usize {
 
 fn default_heads() -> usize {
     GptConfig::DEFAULT_HEADS
+}
+
+// Defaults of the keys added with the learning-rate schedules.
+fn default_lr_step_epochs() -> u32 {
+    30
+}
+
+fn default_lr_gamma() -> f64 {
+    0.1
 }
 
 impl Default for ModelSettings {
@@ -313,6 +349,10 @@ impl Default for OptimisationSettings {
             momentum: 0.9,
             nesterov: false,
             weight_decay: 0.0,
+            lr_schedule: LrScheduleChoice::Constant,
+            warmup_epochs: 0.0,
+            lr_step_epochs: default_lr_step_epochs(),
+            lr_gamma: default_lr_gamma(),
         }
     }
 }
@@ -342,7 +382,7 @@ macro_rules! assign {
 impl TrainConfig {
     /// Every key of a configuration file (and of `compare`'s `policy:key=value`), section by
     /// section.
-    pub const KEYS: [&str; 36] = [
+    pub const KEYS: [&str; 40] = [
         "model",
         "hidden",
         "width",
@@ -375,6 +415,10 @@ impl TrainConfig {
         "momentum",
         "nesterov",
         "weight_decay",
+        "lr_schedule",
+        "warmup_epochs",
+        "lr_step_epochs",
+        "lr_gamma",
         "seed",
         "threads_per_stage",
         "device",
@@ -429,6 +473,10 @@ impl TrainConfig {
             "momentum" => assign!(key, value, o.momentum),
             "nesterov" => assign!(key, value, o.nesterov),
             "weight_decay" => assign!(key, value, o.weight_decay),
+            "lr_schedule" => assign!(key, value, o.lr_schedule),
+            "warmup_epochs" => assign!(key, value, o.warmup_epochs),
+            "lr_step_epochs" => assign!(key, value, o.lr_step_epochs),
+            "lr_gamma" => assign!(key, value, o.lr_gamma),
             "seed" => assign!(key, value, r.seed),
             "threads_per_stage" => assign!(key, value, r.threads_per_stage),
             "device" => assign!(key, value, r.device),
@@ -460,12 +508,14 @@ impl TrainConfig {
         }
     }
 
-    /// The optimizer configuration.
-    pub fn optimizer_config(&self) -> OptimizerConfig {
-        let kind = match self.optimisation.optimizer {
+    /// The optimizer of every stage, its learning-rate schedule counted in updates: one per
+    /// mini-batch per stage, `updates_per_epoch` per epoch.
+    pub fn optimizer_config(&self, updates_per_epoch: u64) -> OptimizerConfig {
+        let o = &self.optimisation;
+        let kind = match o.optimizer {
             OptimizerChoice::Sgd => OptimizerKind::Sgd {
-                momentum: self.optimisation.momentum,
-                nesterov: self.optimisation.nesterov,
+                momentum: o.momentum,
+                nesterov: o.nesterov,
             },
             OptimizerChoice::Adam => OptimizerKind::Adam {
                 beta1: 0.9,
@@ -473,10 +523,24 @@ impl TrainConfig {
                 epsilon: 1e-8,
             },
         };
+        let warmup = (o.warmup_epochs * updates_per_epoch as f64).round() as u64;
+        let schedule = match o.lr_schedule {
+            LrScheduleChoice::Constant => LrSchedule::Constant,
+            LrScheduleChoice::Step => LrSchedule::Step {
+                every: u64::from(o.lr_step_epochs) * updates_per_epoch,
+                gamma: o.lr_gamma,
+            },
+            LrScheduleChoice::Warmup => LrSchedule::Warmup { warmup },
+            LrScheduleChoice::Cosine => LrSchedule::WarmupCosine {
+                warmup,
+                total: u64::from(o.epochs) * updates_per_epoch,
+            },
+        };
         OptimizerConfig {
             kind,
-            lr: self.optimisation.lr,
-            weight_decay: self.optimisation.weight_decay,
+            lr: o.lr,
+            schedule,
+            weight_decay: o.weight_decay,
         }
     }
 
@@ -558,6 +622,18 @@ impl TrainConfig {
                 self.model.width > 0.0,
                 "a finite number > 0",
             ),
+            (
+                "warmup-epochs",
+                self.optimisation.warmup_epochs,
+                self.optimisation.warmup_epochs >= 0.0,
+                "a finite number ≥ 0",
+            ),
+            (
+                "lr-gamma",
+                self.optimisation.lr_gamma,
+                self.optimisation.lr_gamma > 0.0 && self.optimisation.lr_gamma <= 1.0,
+                "in (0, 1]",
+            ),
         ] {
             if !(value.is_finite() && in_range) {
                 return bad(flag, format!("must be {accepted}, got {value}"));
@@ -568,6 +644,7 @@ impl TrainConfig {
             ("stages", self.pipeline.num_stages as usize),
             ("microbatches", self.pipeline.num_microbatches as usize),
             ("epochs", self.optimisation.epochs as usize),
+            ("lr-step-epochs", self.optimisation.lr_step_epochs as usize),
             ("seq-len", self.data.seq_len),
             ("embed-dim", self.model.embed_dim),
             ("heads", self.model.heads),
@@ -763,6 +840,10 @@ mod tests {
                 momentum: 0.5,
                 nesterov: true,
                 weight_decay: 0.1,
+                lr_schedule: LrScheduleChoice::Cosine,
+                warmup_epochs: 1.5,
+                lr_step_epochs: 4,
+                lr_gamma: 0.5,
             };
             c.run = RunSettings {
                 seed: 3,

@@ -38,7 +38,8 @@ pub enum TrainError {
         loss: DivergedLoss,
         /// The loss value.
         value: f64,
-        /// The learning rate the epoch ran with (the advice suggests a smaller one).
+        /// The configured learning rate (`--lr`, the schedule's peak; the advice suggests a
+        /// smaller one).
         lr: f64,
         /// The last checkpoint the run committed, if any: where to resume from.
         last_checkpoint: Option<LastCheckpoint>,

@@ -15,13 +15,14 @@ pub mod error;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod recipe;
 pub mod run;
 pub mod trace;
 pub mod trainer;
 
 pub use config::{
-    DataSettings, KeyError, ModelSettings, OptimisationSettings, OptimizerChoice, PipelineSettings,
-    RunSettings, SignificanceChoice, TrainConfig, ValidConfig,
+    DataSettings, KeyError, LrScheduleChoice, ModelSettings, OptimisationSettings, OptimizerChoice,
+    PipelineSettings, RunSettings, SignificanceChoice, TrainConfig, ValidConfig,
 };
 pub use error::{DivergedLoss, LastCheckpoint, TrainError};
 pub use metrics::{EpochMetrics, MeasuredCosts, StageMetrics, epoch_metrics};
@@ -30,6 +31,7 @@ pub use output::{
     write_file_atomically,
 };
 pub use pipeline::{EpochWork, Pipeline, UnsplitPipeline, epoch_batches, load_data_and_model};
+pub use recipe::Recipe;
 pub use run::{
     HISTORY_FILE, HistoryEntry, MetricsLog, Progress, RunPaths, RunRecord, claim_outputs,
     open_run_dir, run, run_until_stopped, save_final_weights, write_run_config,

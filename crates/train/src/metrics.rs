@@ -217,15 +217,16 @@ pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
         .collect()
 }
 
-/// The metrics of epoch `epoch` (from 1), run on `schedule` with learning rate `lr`, from its
-/// run report, with the test loss and accuracy that `evaluate` computes. A training or test
+/// The metrics of epoch `epoch` (from 1), run on `schedule` whose last update used learning
+/// rate `lr` (the schedule's rate; `--lr` is `configured_lr`, which a divergence's advice
+/// divides), from its run report, with the test loss and accuracy that `evaluate` computes. A training or test
 /// loss that is not finite is [`TrainError::Diverged`] (naming the first mini-batch whose
 /// training loss was not finite), so a diverged epoch never reaches the metrics or a
 /// checkpoint.
 pub fn epoch_metrics(
     epoch: u32,
     schedule: &Schedule,
-    lr: f64,
+    (configured_lr, lr): (f64, f64),
     report: &RunReport,
     evaluate: impl FnOnce() -> Result<(f64, f64), TrainError>,
 ) -> Result<EpochMetrics, TrainError> {
@@ -233,7 +234,7 @@ pub fn epoch_metrics(
         epoch,
         loss,
         value,
-        lr,
+        lr: configured_lr,
         last_checkpoint: None,
     };
     let (train_loss, train_accuracy, samples) = training_stats(report);
@@ -304,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_nan_training_loss_names_its_mini_batch_and_skips_the_evaluation() {
-        let error = epoch_metrics(4, &schedule(), 0.1, &report(Some(1)), || {
+        let error = epoch_metrics(4, &schedule(), (0.1, 0.1), &report(Some(1)), || {
             panic!("a diverged epoch is not evaluated")
         })
         .unwrap_err();
@@ -323,8 +324,10 @@ mod tests {
 
     #[test]
     fn a_nan_test_loss_is_a_divergence_too() {
-        let error =
-            epoch_metrics(4, &schedule(), 0.1, &report(None), || Ok((f64::NAN, 0.1))).unwrap_err();
+        let error = epoch_metrics(4, &schedule(), (0.1, 0.1), &report(None), || {
+            Ok((f64::NAN, 0.1))
+        })
+        .unwrap_err();
         assert!(
             matches!(
                 error,
@@ -336,7 +339,8 @@ mod tests {
             ),
             "{error}"
         );
-        let metrics = epoch_metrics(4, &schedule(), 0.1, &report(None), || Ok((0.5, 0.9))).unwrap();
+        let metrics =
+            epoch_metrics(4, &schedule(), (0.1, 0.1), &report(None), || Ok((0.5, 0.9))).unwrap();
         assert_eq!((metrics.train_loss, metrics.lr), (0.5, 0.1));
     }
 

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use timeprest_data::{Augment, DataSplit, Dataset, LoadOptions, epoch_order, load};
 use timeprest_nn::{
     AvailableMemory, BlockParams, BurnStage, DataFeed, EpochBatches, ModelParams, ModelSize,
-    ModelSpec, NnError, Workload, evaluate, init_params, load_safetensors, partition_manual,
-    partition_model,
+    ModelSpec, NnError, OptimizerConfig, Workload, evaluate, init_params, load_safetensors,
+    partition_manual, partition_model,
 };
 use timeprest_policy::{VersionPlan, WeightPolicy, plan};
 use timeprest_schedule::{Schedule, generate};
@@ -171,9 +171,23 @@ impl Pipeline {
             self.config.pipeline.num_stages,
             self.initial[blocks.clone()].to_vec(),
             blocks.start,
-            self.config.optimizer_config(),
+            self.optimizer_config()?,
             self.config.pipeline.grad_mode,
         )?)
+    }
+
+    /// The optimizer of every stage: the configured rule, its learning-rate schedule counted in
+    /// this pipeline's updates (one per mini-batch per stage).
+    pub fn optimizer_config(&self) -> Result<OptimizerConfig, TrainError> {
+        Ok(self.config.optimizer_config(self.minibatches_per_epoch()?))
+    }
+
+    /// The configured learning rate and the rate of the last update of epoch `epoch` (from
+    /// 1), which its metrics line reports.
+    pub fn epoch_lr(&self, epoch: u32) -> Result<(f64, f64), TrainError> {
+        let last_update = u64::from(epoch) * self.minibatches_per_epoch()?;
+        let optimizer = self.optimizer_config()?;
+        Ok((optimizer.lr, optimizer.lr_at(last_update.saturating_sub(1))))
     }
 
     /// The work of epoch `epoch` (from 1): its batches, schedule and weight versions.

@@ -112,7 +112,7 @@ impl Trainer {
         let metrics = epoch_metrics(
             epoch,
             &work.schedule,
-            self.config().optimisation.lr,
+            self.pipeline.epoch_lr(epoch)?,
             &report,
             || self.evaluate(),
         )?;

@@ -7,7 +7,7 @@
 
 use timeprest_nn::ModelParams;
 use timeprest_policy::PolicyKind;
-use timeprest_train::{TrainConfig, Trainer, ValidConfig};
+use timeprest_train::{LrScheduleChoice, TrainConfig, Trainer, ValidConfig};
 
 /// `config`, validated (every test configuration is valid).
 fn valid(config: &TrainConfig) -> ValidConfig {
@@ -113,4 +113,71 @@ fn an_augmented_run_resumes_bit_for_bit() {
                 .flat_map(|b| b.to_file_layout())),
         "augmentation changed nothing"
     );
+}
+
+#[test]
+fn a_run_resumed_in_the_middle_of_its_warm_up_continues_its_schedule_exactly() {
+    for policy in [
+        PolicyKind::Timeprest,
+        PolicyKind::Nwpt,
+        PolicyKind::Pipedream,
+    ] {
+        let config = {
+            let mut config = TrainConfig::default();
+            config.pipeline.policy = policy;
+            config.pipeline.num_stages = 3;
+            config.pipeline.num_microbatches = if policy == PolicyKind::Pipedream {
+                1
+            } else {
+                2
+            };
+            config.model.hidden = vec![24, 16];
+            config.data.limit_train = Some(96);
+            config.data.limit_test = Some(32);
+            config.optimisation.batch_size = 16;
+            config.optimisation.epochs = 3;
+            config.optimisation.lr_schedule = LrScheduleChoice::Cosine;
+            config.optimisation.warmup_epochs = 1.5;
+            config
+        };
+        let scheduled = uninterrupted(&config, 3);
+        assert_same_weights(&scheduled, &resumed(&config, 1, 3), &policy.to_string());
+        // The check has teeth: a constant rate ends elsewhere.
+        let constant = {
+            let mut config = config.clone();
+            config.optimisation.lr_schedule = LrScheduleChoice::Constant;
+            config
+        };
+        let values = |params: &ModelParams| -> Vec<Vec<f32>> {
+            params.iter().flat_map(|b| b.to_file_layout()).collect()
+        };
+        assert!(values(&uninterrupted(&constant, 3)) != values(&scheduled));
+    }
+}
+
+#[test]
+fn each_epochs_metrics_report_the_rate_of_its_last_update() {
+    let mut config = TrainConfig::default();
+    config.model.hidden = vec![24, 16];
+    config.data.limit_train = Some(96);
+    config.data.limit_test = Some(32);
+    config.optimisation.batch_size = 16;
+    config.optimisation.epochs = 4;
+    config.optimisation.lr = 0.1;
+    config.optimisation.lr_schedule = LrScheduleChoice::Cosine;
+    config.optimisation.warmup_epochs = 1.0;
+    let mut trainer = Trainer::new(valid(&config), None).unwrap();
+    // 96 samples in mini-batches of 16: 6 updates per epoch; warm-up = updates 0..6, then the
+    // cosine over 18 updates.
+    let expected = |epoch: u32| {
+        let k = f64::from(epoch * 6 - 1);
+        match epoch {
+            1 => 0.1,
+            _ => 0.05 * (1.0 + (std::f64::consts::PI * (k - 6.0) / 18.0).cos()),
+        }
+    };
+    for epoch in 1..=4 {
+        let lr = trainer.run_epoch(epoch, None).unwrap().metrics.lr;
+        assert!((lr - expected(epoch)).abs() < 1e-12, "epoch {epoch}: {lr}");
+    }
 }
