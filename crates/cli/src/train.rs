@@ -565,6 +565,45 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     Ok(config)
 }
 
+/// The start-up line that says how the run optimises: optimizer, learning rate and its
+/// schedule, weight decay, and which of them are the model's default recipe (not given as a
+/// flag).
+fn recipe_line(config: &TrainConfig, given: &GivenFlags) -> String {
+    let o = &config.optimisation;
+    let schedule = match o.lr_schedule {
+        LrScheduleChoice::Constant => "constant".to_owned(),
+        LrScheduleChoice::Step => format!("× {} every {} epochs", o.lr_gamma, o.lr_step_epochs),
+        LrScheduleChoice::Warmup => format!("{} warm-up epochs, then constant", o.warmup_epochs),
+        LrScheduleChoice::Cosine => format!("{} warm-up epochs, then cosine", o.warmup_epochs),
+    };
+    let momentum = match o.optimizer {
+        OptimizerChoice::Sgd => format!(", momentum {}", o.momentum),
+        OptimizerChoice::Adam => String::new(),
+    };
+    let defaulted: Vec<&str> = Recipe::KEYS
+        .into_iter()
+        .filter(|key| !given.contains(key))
+        .collect();
+    let origin = match defaulted.len() {
+        0 => String::new(),
+        n if n == Recipe::KEYS.len() => format!(" ({}'s default recipe)", config.model.name),
+        _ => format!(
+            " ({}: {}'s default)",
+            defaulted.join(", "),
+            config.model.name
+        ),
+    };
+    format!(
+        "optimizer {}, lr {} ({schedule}){momentum}, weight decay {}{origin}",
+        match o.optimizer {
+            OptimizerChoice::Sgd => "sgd",
+            OptimizerChoice::Adam => "adam",
+        },
+        o.lr,
+        o.weight_decay
+    )
+}
+
 /// The flags (by clap id, e.g. `checkpoint_every`) given on the command line rather than left
 /// at their defaults: they win over a `--config` file.
 #[derive(Clone, Debug, Default)]
@@ -680,6 +719,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.optimisation.batch_size,
             config.optimisation.epochs
         );
+        eprintln!("{}", recipe_line(&config, &args.given));
     }
     let stop = StopRequest::install()?;
     let outcome = process.train(&config, &paths, &bars, &stop);
