@@ -9,7 +9,7 @@
 //! move fastest), cosine decay to 0 and a small weight decay. It only fills what the user left
 //! unset (flag, `--config` key or resumed configuration): a user's choice always wins.
 
-use crate::config::{LrScheduleChoice, TrainConfig};
+use crate::config::{LrScheduleChoice, OptimizerChoice, TrainConfig};
 
 /// Learning rate, schedule, warm-up and weight decay of a model's default recipe.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,16 +28,18 @@ impl Recipe {
     /// The configuration keys a recipe fills.
     pub const KEYS: [&str; 4] = ["lr", "lr_schedule", "warmup_epochs", "weight_decay"];
 
-    /// The recipe of model `model` trained for `epochs` epochs: rate 0.02 for the MLP and 0.01
-    /// for the convolutional and transformer models, one epoch of warm-up (at most a fifth of
-    /// the run), cosine decay, weight decay 5e-4.
-    pub fn for_model(model: &str, epochs: u32) -> Self {
+    /// The recipe of model `model` trained by `optimizer` for `epochs` epochs: with SGD, rate
+    /// 0.02 for the MLP and 0.01 for the convolutional and transformer models; with Adam, 0.001
+    /// (its usual rate); one epoch of warm-up (at most a fifth of the run), cosine decay,
+    /// weight decay 5e-4.
+    pub fn for_model(model: &str, optimizer: OptimizerChoice, epochs: u32) -> Self {
+        let lr = match optimizer {
+            OptimizerChoice::Adam => 0.001,
+            OptimizerChoice::Sgd if model == timeprest_nn::MlpConfig::NAME => 0.02,
+            OptimizerChoice::Sgd => 0.01,
+        };
         Self {
-            lr: if model == timeprest_nn::MlpConfig::NAME {
-                0.02
-            } else {
-                0.01
-            },
+            lr,
             lr_schedule: LrScheduleChoice::Cosine,
             warmup_epochs: (f64::from(epochs) / 5.0).min(1.0),
             weight_decay: 5e-4,
@@ -47,7 +49,11 @@ impl Recipe {
     /// The recipe of `config`'s model and epochs written into every key of [`Recipe::KEYS`]
     /// for which `chosen(key)` is false.
     pub fn fill(config: &mut TrainConfig, chosen: impl Fn(&str) -> bool) {
-        let recipe = Self::for_model(&config.model.name, config.optimisation.epochs);
+        let recipe = Self::for_model(
+            &config.model.name,
+            config.optimisation.optimizer,
+            config.optimisation.epochs,
+        );
         let o = &mut config.optimisation;
         if !chosen("lr") {
             o.lr = recipe.lr;
