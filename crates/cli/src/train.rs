@@ -16,7 +16,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
 use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
-use timeprest_policy::{PolicyKind, Prediction};
+use timeprest_policy::{ForwardSource, Horizon, PolicyKind, Prediction};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     DataSettings, EpochMetrics, GradMode, LrScheduleChoice, ModelSettings, OptimisationSettings,
@@ -172,7 +172,7 @@ pub struct TrainArgs {
     /// I-TiMePReSt significance σ(d) of the stale weight.
     #[arg(long, value_enum, default_value = "exp")]
     pub significance: SignificanceChoice,
-    /// λ of `--significance exp` (σ = e^{−λd}).
+    /// λ of `--significance exp` (σ = e^{−λd}) and `normalized-exp`.
     #[arg(long, default_value_t = 1.0)]
     pub lambda: f64,
     /// α of `--significance const` (1 = stash rule, 0 = V-TiMePReSt).
@@ -181,6 +181,15 @@ pub struct TrainArgs {
     /// NWPT prediction formula.
     #[arg(long, value_enum, default_value = "nag")]
     pub prediction: Prediction,
+    /// NWPT's horizon, the updates a stage predicts ahead: `stages-remaining` (W − 1 − s, the
+    /// updates that land before the backward on 1F1B), `spectrain` (⌊s/2⌋ + W − s − 1) or a
+    /// number (the same at every stage).
+    #[arg(long, value_name = "HORIZON", default_value = "stages-remaining")]
+    pub horizon: Horizon,
+    /// Where V-TiMePReSt's and I-TiMePReSt's forwards read their weights: the stage's `live`
+    /// version, or `vertical-sync` (the version stage 0 read when the micro-batch entered).
+    #[arg(long, value_enum, default_value = "live")]
+    pub forward_source: ForwardSource,
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -427,6 +436,8 @@ impl TrainArgs {
                 lambda: self.lambda,
                 alpha: self.alpha,
                 prediction: self.prediction,
+                horizon: self.horizon,
+                forward_source: self.forward_source,
             },
             optimisation: OptimisationSettings {
                 batch_size: self.batch_size,

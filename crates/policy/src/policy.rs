@@ -173,6 +173,13 @@ pub enum Significance {
         /// The constant α.
         alpha: f64,
     },
+    /// The normalised blend θ^int = (e^{−λd}·θ^stale + θ^latest) / (1 + e^{−λd}), which is the
+    /// ordinary blend with σ(d) = e^{−λd} / (1 + e^{−λd}) (at most ½: the latest weights always
+    /// weigh at least as much as the stale ones).
+    NormalizedExp {
+        /// The decay rate λ.
+        lambda: f64,
+    },
 }
 
 impl Significance {
@@ -187,21 +194,67 @@ impl Significance {
             Significance::Exp2 => (-d).exp2(),
             Significance::Inverse => 1.0 / (1.0 + d),
             Significance::Const { alpha } => alpha,
+            Significance::NormalizedExp { lambda } => {
+                let weight = (-lambda * d).exp();
+                weight / (1.0 + weight)
+            }
         }
     }
 }
 
-/// How far ahead NWPT predicts at a stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
+/// How far ahead NWPT predicts at a stage. Written `stages-remaining`, `spectrain` or a number
+/// (a constant horizon), in flags and files alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Horizon {
     /// s = W − 1 − stage: the number of updates that land before this forward's backward in
     /// asynchronous 1F1B (the last stage predicts nothing).
+    #[default]
     StagesRemaining,
     /// SpecTrain's s = ⌊stage/2⌋ + W − stage − 1 (unverified, `docs/algorithms.md` §3.9).
     Spectrain,
     /// The same horizon everywhere.
     Constant(u32),
+}
+
+impl FromStr for Horizon {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "stages-remaining" => Ok(Horizon::StagesRemaining),
+            "spectrain" => Ok(Horizon::Spectrain),
+            number => number.parse().map(Horizon::Constant).map_err(|_| {
+                format!(
+                    "`{text}` is not a horizon: stages-remaining, spectrain or a number of updates"
+                )
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for Horizon {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl fmt::Display for Horizon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Horizon::StagesRemaining => f.write_str("stages-remaining"),
+            Horizon::Spectrain => f.write_str("spectrain"),
+            Horizon::Constant(horizon) => write!(f, "{horizon}"),
+        }
+    }
+}
+
+impl From<Horizon> for String {
+    fn from(horizon: Horizon) -> String {
+        horizon.to_string()
+    }
 }
 
 impl Horizon {
@@ -216,10 +269,11 @@ impl Horizon {
 }
 
 /// Where a forward's weights come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ForwardSource {
     /// The stage's live version at that moment.
+    #[default]
     Live,
     /// Vertical sync: the version stage 0 read when the micro-batch entered the pipeline.
     VerticalSync,
@@ -397,6 +451,35 @@ impl WeightPolicy {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_normalised_blend_is_the_ordinary_blend_with_sigma_over_one_plus_sigma() {
+        let (stale, latest) = (3.0, -1.0);
+        for d in 1..6u64 {
+            let weight = (-0.7 * d as f64).exp();
+            let sigma = Significance::NormalizedExp { lambda: 0.7 }.of(d);
+            let blend = sigma * stale + (1.0 - sigma) * latest;
+            let normalised = (weight * stale + latest) / (1.0 + weight);
+            assert!((blend - normalised).abs() < 1e-12, "d = {d}");
+            assert!(sigma <= 0.5);
+        }
+        assert_eq!(Significance::NormalizedExp { lambda: 0.7 }.of(0), 1.0);
+    }
+
+    #[test]
+    fn a_horizon_reads_back_what_it_writes() {
+        for horizon in [
+            Horizon::StagesRemaining,
+            Horizon::Spectrain,
+            Horizon::Constant(3),
+        ] {
+            assert_eq!(horizon.to_string().parse::<Horizon>(), Ok(horizon));
+            let json = serde_json::to_string(&horizon).unwrap();
+            assert_eq!(serde_json::from_str::<Horizon>(&json).unwrap(), horizon);
+        }
+        assert_eq!(Horizon::Spectrain.at(2, 4), 2);
+        assert!("soon".parse::<Horizon>().unwrap_err().contains("spectrain"));
+    }
     use super::*;
 
     fn backward_ctx(live: Version, forward: Version) -> BackwardContext {

@@ -11,7 +11,9 @@ use timeprest_nn::{
     ComputeDevice, GptConfig, GradMode, LrSchedule, MODEL_NAMES, OptimizerConfig, OptimizerKind,
     PartitionMethod,
 };
-use timeprest_policy::{Horizon, PolicyKind, PolicyOptions, Prediction, Significance};
+use timeprest_policy::{
+    ForwardSource, Horizon, PolicyKind, PolicyOptions, Prediction, Significance,
+};
 use timeprest_schedule::{MAX_BACKWARD_SLOTS, ScheduleConfig, ScheduleKind};
 
 use crate::error::TrainError;
@@ -38,6 +40,8 @@ pub enum SignificanceChoice {
     Inverse,
     /// A constant α.
     Const,
+    /// The normalised blend (e^{−λd}·θ^stale + θ^latest) / (1 + e^{−λd}).
+    NormalizedExp,
 }
 
 /// Samples per micro-batch (M/N, rounded down) when a mini-batch of `batch_size` samples is cut
@@ -205,6 +209,12 @@ pub struct PipelineSettings {
     pub alpha: f64,
     /// NWPT prediction formula.
     pub prediction: Prediction,
+    /// NWPT's horizon: how many updates ahead a stage predicts.
+    #[serde(default)]
+    pub horizon: Horizon,
+    /// Where V-TiMePReSt's and I-TiMePReSt's forwards read their weights.
+    #[serde(default)]
+    pub forward_source: ForwardSource,
 }
 
 /// The optimizer and the amount of training.
@@ -335,6 +345,8 @@ impl Default for PipelineSettings {
             lambda: 1.0,
             alpha: 0.5,
             prediction: Prediction::Nag,
+            horizon: Horizon::StagesRemaining,
+            forward_source: ForwardSource::Live,
         }
     }
 }
@@ -382,7 +394,7 @@ macro_rules! assign {
 impl TrainConfig {
     /// Every key of a configuration file (and of `compare`'s `policy:key=value`), section by
     /// section.
-    pub const KEYS: [&str; 40] = [
+    pub const KEYS: [&str; 42] = [
         "model",
         "hidden",
         "width",
@@ -408,6 +420,8 @@ impl TrainConfig {
         "lambda",
         "alpha",
         "prediction",
+        "horizon",
+        "forward_source",
         "batch_size",
         "epochs",
         "optimizer",
@@ -466,6 +480,8 @@ impl TrainConfig {
             "lambda" => assign!(key, value, p.lambda),
             "alpha" => assign!(key, value, p.alpha),
             "prediction" => assign!(key, value, p.prediction),
+            "horizon" => assign!(key, value, p.horizon),
+            "forward_source" => assign!(key, value, p.forward_source),
             "batch_size" => assign!(key, value, o.batch_size),
             "epochs" => assign!(key, value, o.epochs),
             "optimizer" => assign!(key, value, o.optimizer),
@@ -555,12 +571,15 @@ impl TrainConfig {
             SignificanceChoice::Const => Significance::Const {
                 alpha: self.pipeline.alpha,
             },
+            SignificanceChoice::NormalizedExp => Significance::NormalizedExp {
+                lambda: self.pipeline.lambda,
+            },
         };
         PolicyOptions {
             significance,
             prediction: self.pipeline.prediction,
-            horizon: Horizon::StagesRemaining,
-            ..PolicyOptions::default()
+            horizon: self.pipeline.horizon,
+            forward: self.pipeline.forward_source,
         }
     }
 
@@ -730,6 +749,32 @@ impl TrainConfig {
                 ),
             );
         }
+        if self.pipeline.horizon != Horizon::StagesRemaining
+            && self.pipeline.policy != PolicyKind::Nwpt
+        {
+            return bad(
+                "horizon",
+                format!(
+                    "only nwpt predicts weights; policy `{}` has no horizon",
+                    self.pipeline.policy
+                ),
+            );
+        }
+        if self.pipeline.forward_source != ForwardSource::Live
+            && !matches!(
+                self.pipeline.policy,
+                PolicyKind::VTimeprest | PolicyKind::ITimeprest
+            )
+        {
+            return bad(
+                "forward-source",
+                format!(
+                    "only v-timeprest and i-timeprest choose their forwards' version; policy `{}` \
+                     fixes it",
+                    self.pipeline.policy
+                ),
+            );
+        }
         if self.pipeline.policy == PolicyKind::Nwpt
             && (self.optimisation.optimizer != OptimizerChoice::Sgd
                 || self.optimisation.momentum == 0.0)
@@ -831,6 +876,8 @@ mod tests {
                 lambda: 2.0,
                 alpha: 0.25,
                 prediction: Prediction::Spectrain,
+                horizon: Horizon::Constant(2),
+                forward_source: ForwardSource::VerticalSync,
             };
             c.optimisation = OptimisationSettings {
                 batch_size: 8,
@@ -968,6 +1015,29 @@ mod tests {
             c.data.data_dir = Some("/data".into());
         });
         reads_it.validate().unwrap();
+    }
+
+    #[test]
+    fn a_horizon_or_forward_source_is_refused_for_a_policy_that_has_none() {
+        refused(
+            with(|c| c.pipeline.horizon = Horizon::Spectrain),
+            "--horizon: only nwpt predicts weights",
+        );
+        let nwpt = with(|c| {
+            c.pipeline.policy = PolicyKind::Nwpt;
+            c.pipeline.horizon = Horizon::Constant(2);
+        });
+        nwpt.validate().unwrap();
+        refused(
+            with(|c| {
+                c.pipeline.policy = PolicyKind::Gpipe;
+                c.pipeline.forward_source = ForwardSource::VerticalSync;
+            }),
+            "--forward-source: only v-timeprest and i-timeprest",
+        );
+        with(|c| c.pipeline.forward_source = ForwardSource::VerticalSync)
+            .validate()
+            .unwrap();
     }
 
     #[test]

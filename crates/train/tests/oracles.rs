@@ -101,6 +101,48 @@ fn i_timeprest_with_significance_one_is_the_stash_rule_and_zero_is_v_timeprest()
 }
 
 #[test]
+fn the_flags_of_the_open_choices_reach_the_policy() {
+    // V-TiMePReSt reading the vertical-sync tag in its forwards is TiMePReSt (docs §6, row 2).
+    let vertical = {
+        let mut config = config(PolicyKind::VTimeprest, 4);
+        config.pipeline.forward_source = timeprest_policy::ForwardSource::VerticalSync;
+        config
+    };
+    assert_eq!(
+        train(vertical),
+        train(config(PolicyKind::Timeprest, 4)),
+        "v-timeprest with vertical-sync forwards must be timeprest, bit for bit"
+    );
+    // The normalised blend is the ordinary blend with σ/(1 + σ): a constant α = e^{-λ}/(1 +
+    // e^{-λ}) gives the same weights when every backward is one update stale (λ = 0 makes σ
+    // ≡ 1/2 for every d, so the staleness pattern does not matter).
+    let normalized = {
+        let mut config = config(PolicyKind::ITimeprest, 4);
+        config.pipeline.significance = SignificanceChoice::NormalizedExp;
+        config.pipeline.lambda = 0.0;
+        config
+    };
+    let half = {
+        let mut config = config(PolicyKind::ITimeprest, 4);
+        config.pipeline.significance = SignificanceChoice::Const;
+        config.pipeline.alpha = 0.5;
+        config
+    };
+    assert_eq!(train(normalized), train(half));
+    // NWPT's horizon: `stages-remaining` is the default; SpecTrain's and a constant one
+    // change what the forwards read.
+    let nwpt = |horizon: &str| {
+        let mut config = config(PolicyKind::Nwpt, 4);
+        config.pipeline.horizon = horizon.parse().unwrap();
+        train(config)
+    };
+    let default = nwpt("stages-remaining");
+    assert!(default == train(config(PolicyKind::Nwpt, 4)));
+    assert!(nwpt("spectrain") != default);
+    assert!(nwpt("0") != default);
+}
+
+#[test]
 fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
     for policy in PolicyKind::ALL {
         let stages = if policy == PolicyKind::Single { 1 } else { 4 };
