@@ -731,6 +731,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.optimisation.epochs
         );
         eprintln!("{}", recipe_line(&config, &args.given));
+        let (stages, microbatches) = (config.pipeline.num_stages, config.pipeline.num_microbatches);
+        if config.schedule_kind() == ScheduleKind::Nf1b && stages > microbatches + 1 {
+            eprintln!(
+                "warning: W={stages} > N+1={}: version difference v > 1 on nF1B, the updates \
+                 split into sequences (`timeprest analyze version-difference`); --microbatches \
+                 {} or more avoids it",
+                microbatches + 1,
+                stages - 1
+            );
+        }
     }
     let stop = StopRequest::install()?;
     let outcome = process.train(&config, &paths, &bars, &stop);

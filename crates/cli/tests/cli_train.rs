@@ -501,3 +501,31 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
         "/nonexistent.toml",
     );
 }
+
+#[test]
+fn more_stages_than_microbatches_plus_one_on_nf1b_is_warned_about() {
+    let warning = "warning: W=4 > N+1=3";
+    let run = |microbatches: &str| {
+        let output = timeprest(&[
+            "train",
+            "--hidden",
+            "16,16,16",
+            "--stages",
+            "4",
+            "--microbatches",
+            microbatches,
+            "--epochs",
+            "1",
+            "--limit-train",
+            "64",
+        ]);
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = run("2");
+    assert!(
+        stderr.contains(warning) && stderr.contains("--microbatches 3 or more"),
+        "{stderr}"
+    );
+    assert!(!run("3").contains("warning:"));
+}
