@@ -77,6 +77,51 @@ fn parse_variant(text: &str) -> Result<VariantSpec, String> {
     })
 }
 
+/// One setting of `--grid KEY=V1,V2,...`: a configuration key and the values every policy runs
+/// with.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct GridAxis {
+    key: String,
+    values: Vec<String>,
+}
+
+/// Parses `KEY=V1,V2,...` (at least one value; KEY a configuration key, `-` or `_`).
+fn parse_grid(text: &str) -> Result<GridAxis, String> {
+    let (key, values) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=V1,V2,... (e.g. lr=0.01,0.02,0.05)"))?;
+    let key = key.trim().replace('-', "_");
+    // A grid axis is a per-policy override applied to every policy.
+    parse_variant(&format!("gpipe:{key}=x"))?;
+    let values: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
+    if values.iter().any(String::is_empty) {
+        return Err(format!("`{text}`: an empty value"));
+    }
+    Ok(GridAxis { key, values })
+}
+
+/// Every policy of `policies` once per combination of the `grid` axes' values, labelled
+/// `POLICY:KEY=VALUE...` (the policies themselves without a grid).
+fn expand_grid(policies: &[VariantSpec], grid: &[GridAxis]) -> Vec<VariantSpec> {
+    grid.iter().fold(policies.to_vec(), |specs, axis| {
+        specs
+            .iter()
+            .flat_map(|spec| {
+                axis.values.iter().map(move |value| {
+                    let mut overrides = spec.overrides.clone();
+                    overrides.retain(|(key, _)| *key != axis.key);
+                    overrides.push((axis.key.clone(), value.clone()));
+                    VariantSpec {
+                        label: format!("{}:{}={value}", spec.label, axis.key),
+                        policy: spec.policy,
+                        overrides,
+                    }
+                })
+            })
+            .collect()
+    })
+}
+
 /// Parses a target accuracy: a fraction in [0, 1] or a percentage (`90%`).
 fn parse_accuracy(text: &str) -> Result<f64, String> {
     let (number, scale) = match text.strip_suffix('%') {
@@ -99,6 +144,11 @@ pub(crate) struct CompareFlags {
     /// `schedule` keeps N unless `microbatches` is changed too.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_POLICIES, value_parser = parse_variant)]
     policies: Vec<VariantSpec>,
+    /// A grid axis, `KEY=V1,V2,...` (repeatable; axes multiply): every policy runs once per
+    /// value, labelled `POLICY:KEY=VALUE`, so the report's table gives each policy × setting
+    /// with its spread over seeds, e.g. `--grid lr=0.01,0.02,0.05 --grid grad-mode=graph,recompute`.
+    #[arg(long, value_name = "KEY=V1,V2", value_parser = parse_grid)]
+    grid: Vec<GridAxis>,
     /// Seeds, comma-separated; each policy runs once per seed, and a seed fixes the initial
     /// weights and the data order (the same for every policy).
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
@@ -355,7 +405,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         None => {
             let out: PathBuf = args.train.out.clone().expect("clap requires --out");
             // Every configuration is checked before anything is predicted, trained or written.
-            let variants = (args.policies.clone().iter())
+            let variants = (expand_grid(&args.policies, &args.grid).iter())
                 .map(|spec| Ok((spec.label.clone(), variant_config(&mut args.train, spec)?)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let plan = ComparisonPlan {
@@ -453,6 +503,45 @@ mod tests {
                 .unwrap_err()
                 .contains("--seeds")
         );
+    }
+
+    #[test]
+    fn a_grid_runs_every_policy_once_per_combination_of_values() {
+        let policies = [
+            parse_variant("gpipe").unwrap(),
+            parse_variant("pipedream:momentum=0").unwrap(),
+        ];
+        let grid = [
+            parse_grid("lr=0.01,0.05").unwrap(),
+            parse_grid("grad-mode=graph,recompute").unwrap(),
+        ];
+        let specs = expand_grid(&policies, &grid);
+        let labels: Vec<&str> = specs.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "gpipe:lr=0.01:grad_mode=graph",
+                "gpipe:lr=0.01:grad_mode=recompute",
+                "gpipe:lr=0.05:grad_mode=graph",
+                "gpipe:lr=0.05:grad_mode=recompute",
+                "pipedream:momentum=0:lr=0.01:grad_mode=graph",
+                "pipedream:momentum=0:lr=0.01:grad_mode=recompute",
+                "pipedream:momentum=0:lr=0.05:grad_mode=graph",
+                "pipedream:momentum=0:lr=0.05:grad_mode=recompute",
+            ]
+        );
+        assert_eq!(
+            specs[7].overrides,
+            [
+                ("momentum".to_string(), "0".to_string()),
+                ("lr".to_string(), "0.05".to_string()),
+                ("grad_mode".to_string(), "recompute".to_string())
+            ]
+        );
+        assert!(parse_grid("speed=1,2").unwrap_err().contains("unknown key"));
+        assert!(parse_grid("lr").unwrap_err().contains("KEY=V1,V2"));
+        assert!(parse_grid("lr=0.1,,0.2").unwrap_err().contains("empty"));
+        assert!(parse_grid("seed=1,2").unwrap_err().contains("--seeds"));
     }
 
     #[test]

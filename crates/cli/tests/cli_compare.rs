@@ -300,3 +300,59 @@ fn plot_on_a_directory_that_is_no_comparison_or_run_exits_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_grid_reports_every_policy_at_every_value_with_its_spread_over_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("grid");
+    let output = timeprest(&[
+        "compare",
+        "--policies",
+        "gpipe,timeprest",
+        "--grid",
+        "lr=0.01,0.04",
+        "--seeds",
+        "1,2",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "128",
+        "--limit-test",
+        "64",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest = json(&out.join("comparison.json"));
+    let variants = manifest["variants"].as_array().unwrap();
+    let labels: Vec<&str> = variants
+        .iter()
+        .map(|v| v["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "gpipe:lr=0.01",
+            "gpipe:lr=0.04",
+            "timeprest:lr=0.01",
+            "timeprest:lr=0.04"
+        ]
+    );
+    let rates: Vec<f64> = variants
+        .iter()
+        .map(|v| v["config"]["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rates, [0.01, 0.04, 0.01, 0.04]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for label in labels {
+        assert!(
+            results_row(&report, label).contains("2/2 completed"),
+            "{label}: {report}"
+        );
+    }
+}
