@@ -6,18 +6,16 @@
 //! (§3.3, §3.4, §3.6–§3.9). It replays the schedule slot by slot. The pipelined run
 //! (threads, channels, version plan, burn stages) must end with the same weights.
 
+mod common;
+
+use common::valid;
 use timeprest_data::{LoadOptions, load};
 use timeprest_nn::{MlpConfig, ModelSpec, PartitionMethod, init_params, partition_uniform};
 use timeprest_policy::PolicyKind;
 use timeprest_schedule::{
     ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
 };
-use timeprest_train::{TrainConfig, Trainer, ValidConfig};
-
-/// `config`, validated (every test configuration is valid).
-fn valid(config: &TrainConfig) -> ValidConfig {
-    config.clone().validate().unwrap()
-}
+use timeprest_train::{TrainConfig, Trainer};
 
 const LR: f32 = 0.05;
 const MOMENTUM: f32 = 0.9;

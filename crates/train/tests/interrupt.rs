@@ -2,19 +2,16 @@
 //! interrupted in the epoch it was in, names the last checkpoint, and continuing from that
 //! checkpoint gives the weights of a run that was never stopped.
 
+mod common;
+
+use common::valid;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use timeprest_policy::PolicyKind;
 use timeprest_train::{
-    LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, ValidConfig, run,
-    run_until_stopped,
+    LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, run, run_until_stopped,
 };
-
-/// `config`, validated (every test configuration is valid).
-fn valid(config: &TrainConfig) -> ValidConfig {
-    config.clone().validate().unwrap()
-}
 
 fn config(epochs: u32) -> TrainConfig {
     let mut config = TrainConfig::default();

@@ -2,14 +2,12 @@
 //! knob spans stash and latest exactly, runs measure what the simulator predicts, and runs are
 //! deterministic.
 
+mod common;
+
+use common::valid;
 use timeprest_policy::{PolicyKind, WeightPolicy, plan};
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate};
-use timeprest_train::{SignificanceChoice, TrainConfig, Trainer, ValidConfig};
-
-/// `config`, validated (every test configuration is valid).
-fn valid(config: &TrainConfig) -> ValidConfig {
-    config.clone().validate().unwrap()
-}
+use timeprest_train::{SignificanceChoice, TrainConfig, Trainer};
 
 fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
     let mut config = TrainConfig::default();

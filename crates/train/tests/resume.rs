@@ -5,23 +5,12 @@
 //! what is (seed, epoch): these tests fail if a piece of state lives only in a running process
 //! (as the augmentation's epoch counter once did).
 
+mod common;
+
+use common::{small_mlp, trained as uninterrupted, valid, weight_values};
 use timeprest_nn::ModelParams;
 use timeprest_policy::PolicyKind;
-use timeprest_train::{LrScheduleChoice, TrainConfig, Trainer, ValidConfig};
-
-/// `config`, validated (every test configuration is valid).
-fn valid(config: &TrainConfig) -> ValidConfig {
-    config.clone().validate().unwrap()
-}
-
-/// The live weights after training `config` for `epochs` epochs in one go.
-fn uninterrupted(config: &TrainConfig, epochs: u32) -> ModelParams {
-    let mut trainer = Trainer::new(valid(config), None).unwrap();
-    for epoch in 1..=epochs {
-        trainer.run_epoch(epoch, None).unwrap();
-    }
-    trainer.params()
-}
+use timeprest_train::{LrScheduleChoice, TrainConfig, Trainer};
 
 /// The live weights after training `config` for `first` epochs, checkpointing, and continuing
 /// in a new trainer (a new process, as far as the stages can tell) up to `epochs`.
@@ -43,27 +32,22 @@ fn resumed(config: &TrainConfig, first: u32, epochs: u32) -> ModelParams {
 }
 
 fn assert_same_weights(a: &ModelParams, b: &ModelParams, what: &str) {
-    let values = |params: &ModelParams| -> Vec<Vec<f32>> {
-        params
-            .iter()
-            .flat_map(|block| block.to_file_layout())
-            .collect()
-    };
-    assert!(values(a) == values(b), "{what}: resumed weights differ");
+    assert!(
+        weight_values(a) == weight_values(b),
+        "{what}: resumed weights differ"
+    );
 }
 
 #[test]
 fn every_kind_of_policy_resumes_bit_for_bit_with_shuffling() {
     for policy in PolicyKind::ALL {
         let config = {
-            let mut config = TrainConfig::default();
-            config.pipeline.policy = policy;
-            config.pipeline.num_stages = if policy == PolicyKind::Single { 1 } else { 3 };
-            config.pipeline.num_microbatches = if policy == PolicyKind::Single { 1 } else { 2 };
-            config.model.hidden = vec![24, 16];
-            config.data.limit_train = Some(96);
-            config.data.limit_test = Some(32);
-            config.optimisation.batch_size = 16;
+            let single = policy == PolicyKind::Single;
+            let mut config = small_mlp(
+                policy,
+                if single { 1 } else { 3 },
+                if single { 1 } else { 2 },
+            );
             config.optimisation.epochs = 3;
             config.data.shuffle = true;
             config
@@ -148,20 +132,13 @@ fn a_run_resumed_in_the_middle_of_its_warm_up_continues_its_schedule_exactly() {
             config.optimisation.lr_schedule = LrScheduleChoice::Constant;
             config
         };
-        let values = |params: &ModelParams| -> Vec<Vec<f32>> {
-            params.iter().flat_map(|b| b.to_file_layout()).collect()
-        };
-        assert!(values(&uninterrupted(&constant, 3)) != values(&scheduled));
+        assert!(weight_values(&uninterrupted(&constant, 3)) != weight_values(&scheduled));
     }
 }
 
 #[test]
 fn each_epochs_metrics_report_the_rate_of_its_last_update() {
-    let mut config = TrainConfig::default();
-    config.model.hidden = vec![24, 16];
-    config.data.limit_train = Some(96);
-    config.data.limit_test = Some(32);
-    config.optimisation.batch_size = 16;
+    let mut config = small_mlp(PolicyKind::ITimeprest, 3, 3);
     config.optimisation.epochs = 4;
     config.optimisation.lr = 0.1;
     config.optimisation.lr_schedule = LrScheduleChoice::Cosine;
