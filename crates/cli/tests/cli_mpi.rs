@@ -63,6 +63,10 @@ const SMALL_VGG: &[&str] = &[
     "3",
     "--lr",
     "0.02",
+    // A run resumed with more epochs than it started with continues exactly only under a
+    // schedule that does not depend on the number of epochs (cosine ends at the last one).
+    "--lr-schedule",
+    "constant",
 ];
 
 /// [`SMALL_VGG`] with `epochs` epochs and the flags `extra`.
