@@ -355,4 +355,16 @@ fn a_grid_reports_every_policy_at_every_value_with_its_spread_over_seeds() {
             "{label}: {report}"
         );
     }
+    let grid = report
+        .split("## Final test accuracy by setting")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no grid table in:\n{report}"));
+    assert!(grid.contains("| policy | lr=0.01 | lr=0.04 |"), "{grid}");
+    for policy in ["gpipe", "timeprest"] {
+        let row = grid
+            .lines()
+            .find(|line| line.starts_with(&format!("| {policy} |")))
+            .unwrap_or_else(|| panic!("no grid row for {policy}: {grid}"));
+        assert_eq!(row.matches(" ± ").count(), 2, "{row}");
+    }
 }

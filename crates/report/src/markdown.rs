@@ -39,6 +39,7 @@ pub fn render(
     }
     let _ = writeln!(out, "## What this shows\n\n{}\n", findings(summary));
     results(&mut out, summary);
+    grid(&mut out, summary);
     per_stage(&mut out, summary);
     let _ = writeln!(out, "## Plots\n");
     for plot in plots {
@@ -238,6 +239,76 @@ fn results(out: &mut String, summary: &Summary) {
             v.samples_per_second
                 .map_or("—".into(), |s| format!("{s:.0}")),
         );
+    }
+    out.push('\n');
+}
+
+/// The rows and columns of a grid comparison (`compare --grid`): when every label ends in a
+/// setting `:KEY=VALUE` and the labels are every row (what comes before the last setting) with
+/// every one of at least two settings, in label order; `None` otherwise.
+fn grid_axes<'a>(labels: &[&'a str]) -> Option<(Vec<&'a str>, Vec<&'a str>)> {
+    let split: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|label| {
+            label
+                .rsplit_once(':')
+                .filter(|(_, setting)| setting.contains('='))
+        })
+        .collect::<Option<_>>()?;
+    let mut rows: Vec<&str> = Vec::new();
+    let mut columns: Vec<&str> = Vec::new();
+    for &(row, column) in &split {
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+        if !columns.contains(&column) {
+            columns.push(column);
+        }
+    }
+    let complete = split.len() == rows.len() * columns.len()
+        && rows
+            .iter()
+            .all(|row| columns.iter().all(|column| split.contains(&(row, column))));
+    (columns.len() >= 2 && complete).then_some((rows, columns))
+}
+
+/// For a grid comparison, the final test accuracy of every row (policy) at every setting, with
+/// its spread over seeds: how stable each policy is across the settings, at a glance.
+fn grid(out: &mut String, summary: &Summary) {
+    let labels: Vec<&str> = summary.variants.iter().map(|v| v.label.as_str()).collect();
+    let Some((rows, columns)) = grid_axes(&labels) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Final test accuracy by setting
+
+Mean ± sd over the seeds that completed; runs that diverged are counted \
+         after it.
+
+| policy | {} |\n|---|{}",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    );
+    for row in rows {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|column| {
+                let label = format!("{row}:{column}");
+                let v = (summary.variants.iter())
+                    .find(|v| v.label == label)
+                    .expect("a complete grid has every cell");
+                let mut cell = match v.final_accuracy {
+                    Some(m) => format!("{} ± {:.1}", percent(m.mean), 100.0 * m.sd),
+                    None => "—".into(),
+                };
+                if !v.diverged.is_empty() {
+                    let _ = write!(cell, " ({} diverged)", v.diverged.len());
+                }
+                cell
+            })
+            .collect();
+        let _ = writeln!(out, "| {row} | {} |", cells.join(" | "));
     }
     out.push('\n');
 }
@@ -540,6 +611,31 @@ fn tied<'a>(memory: &[(&'a VariantSummary, u64)], bytes: u64) -> Vec<&'a str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_grid_is_every_row_at_every_setting() {
+        let labels = [
+            "gpipe:lr=0.01",
+            "gpipe:lr=0.05",
+            "nwpt:momentum=0.5:lr=0.01",
+            "nwpt:momentum=0.5:lr=0.05",
+        ];
+        assert_eq!(
+            grid_axes(&labels),
+            Some((
+                vec!["gpipe", "nwpt:momentum=0.5"],
+                vec!["lr=0.01", "lr=0.05"]
+            ))
+        );
+        // Not a grid: a label without a setting, a missing cell, a single setting.
+        assert_eq!(grid_axes(&["gpipe", "gpipe:lr=0.05"]), None);
+        assert_eq!(
+            grid_axes(&["gpipe:lr=0.01", "gpipe:lr=0.05", "nwpt:lr=0.01"]),
+            None
+        );
+        assert_eq!(grid_axes(&["gpipe:lr=0.01", "nwpt:lr=0.01"]), None);
+        assert_eq!(grid_axes(&["pipedream", "timeprest"]), None);
+    }
     use super::*;
     use timeprest_policy::PolicyKind;
 
