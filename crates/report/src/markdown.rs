@@ -281,12 +281,8 @@ fn grid(out: &mut String, summary: &Summary) {
     };
     let _ = writeln!(
         out,
-        "## Final test accuracy by setting
-
-Mean ± sd over the seeds that completed; runs that diverged are counted \
-         after it.
-
-| policy | {} |\n|---|{}",
+        "## Final test accuracy by setting\n\nMean ± sd over the seeds that completed; runs \
+         that diverged are counted after it.\n\n| policy | {} |\n|---|{}",
         columns.join(" | "),
         "---|".repeat(columns.len())
     );
