@@ -103,7 +103,7 @@ pub(crate) fn usage_error(message: impl Into<String>) -> anyhow::Error {
 /// True when `error` is the user's mistake (a flag value, a file or directory they named, a
 /// model or data set that does not fit, a run directory that cannot be resumed): exit code 2.
 /// Divergence, runtime failures and bugs are not (exit code 1).
-fn is_usage_error(error: &anyhow::Error) -> bool {
+pub(crate) fn is_usage_error(error: &anyhow::Error) -> bool {
     use timeprest_train::{OutputError, TrainError};
     error.downcast_ref::<UsageError>().is_some()
         || error.downcast_ref::<OutputError>().is_some()

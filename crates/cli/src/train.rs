@@ -345,7 +345,7 @@ impl Process {
                             }
                             error => {
                                 crate::print_stderr_line(&format!("error: {error}"));
-                                1
+                                mpi_exit_code(error)
                             }
                         };
                         drop(fabric);
@@ -574,6 +574,21 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         args.given.contains(key) || in_file.iter().any(|k| k == key)
     });
     Ok(config)
+}
+
+/// The exit code of a rank that failed with `error`: 2 for the user's mistakes that this rank
+/// found itself (a usage error of the run, ranks started with different flags or in another
+/// number than the stages), 1 otherwise. A rank stopped by another rank's failure cannot tell
+/// what kind it was (the abort carries its message only) and exits 1.
+#[cfg(feature = "mpi")]
+fn mpi_exit_code(error: timeprest_mpi::MpiError) -> i32 {
+    use timeprest_mpi::MpiError;
+    let usage = match error {
+        MpiError::ConfigMismatch { .. } | MpiError::WorldSize { .. } => true,
+        MpiError::Train(error) => crate::is_usage_error(&error.into()),
+        _ => false,
+    };
+    if usage { 2 } else { 1 }
 }
 
 /// The start-up line that says how the run optimises: optimizer, learning rate and its

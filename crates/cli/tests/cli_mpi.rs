@@ -287,7 +287,8 @@ fn ranks_with_mismatched_configurations_refuse_to_start() {
     app(&mut command, 1, &small("2", &["--policy", "gpipe"]));
     let (output, _) = run_with_limit(command, Duration::from_secs(60));
     let stderr = stderr_of(&output);
-    assert!(!output.status.success(), "{stderr}");
+    // Every rank finds the mismatch itself, so every rank exits 2: a usage error.
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     let expected = "error: the ranks disagree: rank 2 differs from rank 0 in policy (\"gpipe\" \
                     vs \"i-timeprest\")";
     // Every rank reports the mismatch, but mpirun may kill the others once the first exits, so
@@ -298,7 +299,7 @@ fn ranks_with_mismatched_configurations_refuse_to_start() {
     app(&mut command, 2, &small("2", &[]));
     let (output, _) = run_with_limit(command, Duration::from_secs(60));
     let stderr = stderr_of(&output);
-    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     let expected = "--stages is 3 but 2 MPI processes were started";
     assert!(stderr.contains(expected), "{stderr}");
 }
