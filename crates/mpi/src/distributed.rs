@@ -346,7 +346,7 @@ fn account(
             .unwrap_or_default(),
     };
     let params = assemble_params(summaries, pipeline.initial());
-    let metrics = epoch_metrics(epoch, schedule, pipeline.epoch_lr(epoch)?, &report, || {
+    let metrics = epoch_metrics(epoch, schedule, pipeline.epoch_lr(epoch), &report, || {
         pipeline.evaluate(&params)
     })?;
     record.epoch(&metrics, schedule, &report)?;

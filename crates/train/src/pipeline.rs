@@ -37,6 +37,8 @@ pub struct Pipeline {
     initial: ModelParams,
     split: Vec<Range<usize>>,
     policy: WeightPolicy,
+    /// Mini-batches of every epoch (one update per stage each); the same in every epoch.
+    minibatches_per_epoch: u64,
 }
 
 /// One epoch's work: the feed that makes stage 0's inputs and the last stage's targets from the
@@ -78,7 +80,10 @@ impl UnsplitPipeline {
             None => init_params(&spec, config.run.seed)?,
         };
         let policy = WeightPolicy::new(config.pipeline.policy, &config.policy_options());
+        let minibatches_per_epoch =
+            epoch_batches(&config, train.len(), 1)?.num_minibatches() as u64;
         Ok(Self(Pipeline {
+            minibatches_per_epoch,
             config,
             spec,
             train_data: Arc::new(train),
@@ -171,23 +176,23 @@ impl Pipeline {
             self.config.pipeline.num_stages,
             self.initial[blocks.clone()].to_vec(),
             blocks.start,
-            self.optimizer_config()?,
+            self.optimizer_config(),
             self.config.pipeline.grad_mode,
         )?)
     }
 
     /// The optimizer of every stage: the configured rule, its learning-rate schedule counted in
     /// this pipeline's updates (one per mini-batch per stage).
-    pub fn optimizer_config(&self) -> Result<OptimizerConfig, TrainError> {
-        Ok(self.config.optimizer_config(self.minibatches_per_epoch()?))
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        self.config.optimizer_config(self.minibatches_per_epoch)
     }
 
     /// The configured learning rate and the rate of the last update of epoch `epoch` (from
     /// 1), which its metrics line reports.
-    pub fn epoch_lr(&self, epoch: u32) -> Result<(f64, f64), TrainError> {
-        let last_update = u64::from(epoch) * self.minibatches_per_epoch()?;
-        let optimizer = self.optimizer_config()?;
-        Ok((optimizer.lr, optimizer.lr_at(last_update.saturating_sub(1))))
+    pub fn epoch_lr(&self, epoch: u32) -> (f64, f64) {
+        let last_update = u64::from(epoch) * self.minibatches_per_epoch;
+        let optimizer = self.optimizer_config();
+        (optimizer.lr, optimizer.lr_at(last_update.saturating_sub(1)))
     }
 
     /// The work of epoch `epoch` (from 1): its batches, schedule and weight versions.
@@ -217,8 +222,8 @@ impl Pipeline {
     }
 
     /// Number of mini-batches every epoch schedules (after the 1F1B flattening).
-    pub fn minibatches_per_epoch(&self) -> Result<u64, TrainError> {
-        Ok(epoch_batches(&self.config, self.train_data.len(), 1)?.num_minibatches() as u64)
+    pub fn minibatches_per_epoch(&self) -> u64 {
+        self.minibatches_per_epoch
     }
 
     /// Mean loss and accuracy of `params` (the whole model) on the test set.
@@ -401,7 +406,7 @@ mod tests {
             assert!(work.feed.input(MicrobatchId::new(last + 1, 0)).is_err());
             assert_eq!(
                 u64::from(work.num_minibatches()),
-                pipeline.minibatches_per_epoch().unwrap()
+                pipeline.minibatches_per_epoch()
             );
             assert_eq!(work.versions.stages.len(), pipeline.split().len());
         }

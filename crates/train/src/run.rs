@@ -337,7 +337,7 @@ pub fn run_until_stopped(
         })
     });
 
-    let num_minibatches = trainer.pipeline().minibatches_per_epoch()?;
+    let num_minibatches = trainer.pipeline().minibatches_per_epoch();
     let mut history = Vec::with_capacity(config.optimisation.epochs as usize);
     for epoch in completed + 1..=config.optimisation.epochs {
         let interrupted = || TrainError::Interrupted {

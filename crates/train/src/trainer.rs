@@ -112,7 +112,7 @@ impl Trainer {
         let metrics = epoch_metrics(
             epoch,
             &work.schedule,
-            self.pipeline.epoch_lr(epoch)?,
+            self.pipeline.epoch_lr(epoch),
             &report,
             || self.evaluate(),
         )?;
