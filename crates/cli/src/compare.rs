@@ -41,6 +41,24 @@ pub(crate) struct VariantSpec {
     overrides: Vec<(String, String)>,
 }
 
+/// `key` (`-` or `_`) as the configuration key a policy or grid axis may change: any but
+/// `policy` and `seed`, which `--policies` and `--seeds` set.
+fn per_policy_key(key: &str) -> Result<String, String> {
+    let key = key.trim().replace('-', "_");
+    if key == "policy" || key == "seed" {
+        return Err(format!(
+            "`{key}` is set by --policies/--seeds, not per policy"
+        ));
+    }
+    if !TrainConfig::KEYS.contains(&key.as_str()) {
+        let known: Vec<&str> = (TrainConfig::KEYS.iter().copied())
+            .filter(|k| !matches!(*k, "policy" | "seed"))
+            .collect();
+        return Err(format!("unknown key `{key}`; keys: {}", known.join(", ")));
+    }
+    Ok(key)
+}
+
 /// Parses `NAME[:KEY=VALUE]...`; KEY is a configuration key (a `config.toml` key, `-` or `_`),
 /// VALUE JSON or a bare word, read as the key's own type when the comparison starts.
 fn parse_variant(text: &str) -> Result<VariantSpec, String> {
@@ -55,21 +73,9 @@ fn parse_variant(text: &str) -> Result<VariantSpec, String> {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("`{part}` is not KEY=VALUE (e.g. lr=0.01)"))?;
-            let key = key.trim().replace('-', "_");
-            if key == "policy" || key == "seed" {
-                return Err(format!(
-                    "`{key}` is set by --policies/--seeds, not per policy"
-                ));
-            }
-            if !TrainConfig::KEYS.contains(&key.as_str()) {
-                let known: Vec<&str> = (TrainConfig::KEYS.iter().copied())
-                    .filter(|k| !matches!(*k, "policy" | "seed"))
-                    .collect();
-                return Err(format!("unknown key `{key}`; keys: {}", known.join(", ")));
-            }
-            Ok((key, value.trim().to_string()))
+            Ok((per_policy_key(key)?, value.trim().to_string()))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, String>>()?;
     Ok(VariantSpec {
         label: text.to_string(),
         policy,
@@ -90,9 +96,7 @@ fn parse_grid(text: &str) -> Result<GridAxis, String> {
     let (key, values) = text
         .split_once('=')
         .ok_or_else(|| format!("`{text}` is not KEY=V1,V2,... (e.g. lr=0.01,0.02,0.05)"))?;
-    let key = key.trim().replace('-', "_");
-    // A grid axis is a per-policy override applied to every policy.
-    parse_variant(&format!("gpipe:{key}=x"))?;
+    let key = per_policy_key(key)?;
     let values: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
     if values.iter().any(String::is_empty) {
         return Err(format!("`{text}`: an empty value"));
@@ -196,6 +200,14 @@ pub(crate) struct CompareArgs(CompareFlags);
 /// `DIR/comparison.json`.
 const RESUME_FLAGS: [&str; 2] = ["resume", "quiet"];
 
+impl CompareArgs {
+    /// Records the training flags `matches` (of the `compare` arguments) took from the command
+    /// line, as `main` does for `train`: they win over the model's recipe.
+    pub(crate) fn record_given(&mut self, matches: &ArgMatches) {
+        self.0.train.given = crate::train::GivenFlags::of(matches);
+    }
+}
+
 impl FromArgMatches for CompareArgs {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
         let given = |id: &str| {
@@ -280,6 +292,8 @@ fn variant_config(train: &mut TrainArgs, spec: &VariantSpec) -> anyhow::Result<T
         let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
         config.set(key, value).map_err(|e| bad(&e))?;
     }
+    let overridden: Vec<&str> = spec.overrides.iter().map(|(key, _)| key.as_str()).collect();
+    train.fill_recipe(&mut config, &overridden);
     config.clone().validate().map_err(|e| bad(&e))?;
     Ok(config)
 }
@@ -378,9 +392,10 @@ fn cli_error(error: ReportError, stop: Option<&StopRequest>) -> anyhow::Error {
             usage_error(error.to_string())
         }
         ReportError::Output(error) => error.into(),
-        ReportError::Interrupted { .. } if stop.is_some() => {
-            stop.expect("checked").interrupted(error.to_string())
-        }
+        ReportError::Interrupted { .. } => match stop {
+            Some(stop) => stop.interrupted(error.to_string()),
+            None => error.into(),
+        },
         ReportError::RunFailed { run, source } => {
             anyhow::Error::from(*source).context(format!("{run} failed"))
         }

@@ -235,10 +235,14 @@ fn main() -> ExitCode {
         .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
     let cli = match parsed {
         Ok((mut cli, matches)) => {
-            if let (Some(Command::Train(args)), Some(train)) =
-                (&mut cli.command, matches.subcommand_matches("train"))
-            {
-                args.given = train::GivenFlags::of(train);
+            match (&mut cli.command, matches.subcommand()) {
+                (Some(Command::Train(args)), Some(("train", train))) => {
+                    args.given = train::GivenFlags::of(train);
+                }
+                (Some(Command::Compare(args)), Some(("compare", compare))) => {
+                    args.record_given(compare);
+                }
+                _ => {}
             }
             cli
         }

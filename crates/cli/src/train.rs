@@ -390,6 +390,19 @@ fn interrupted_message(error: &TrainError, paths: &RunPaths, mpi_stages: Option<
 }
 
 impl TrainArgs {
+    /// Fills `config` with the recipe of its (final) model, optimizer and epochs, which a file
+    /// or a `compare` override may have changed, for every recipe key that neither a flag nor
+    /// `set_elsewhere` (the keys the file or the overrides set) chose; returns those keys.
+    pub fn fill_recipe(
+        &self,
+        config: &mut TrainConfig,
+        set_elsewhere: &[&str],
+    ) -> Vec<&'static str> {
+        Recipe::fill(config, |key| {
+            self.given.contains(key) || set_elsewhere.contains(&key)
+        })
+    }
+
     /// The configuration these flags describe.
     pub fn config(&self) -> TrainConfig {
         let schedule = self
@@ -532,9 +545,20 @@ impl Progress for Bars {
 
 /// The configuration of this run: flag defaults, overridden by the `--config` file (or the
 /// `config.toml` of the `--resume` directory), overridden by the flags given on the command
-/// line. Every message names the file and, for a bad value, its key.
-fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let from_flags = args.config();
+/// line; then the model's recipe for the keys none of them set. Also returns those keys, which
+/// the start-up line calls defaults. Every message names the file and, for a bad value, its key.
+fn effective_config(args: &TrainArgs) -> anyhow::Result<(TrainConfig, Vec<&'static str>)> {
+    let mut config = args.config();
+    let in_file = merge_config_file(args, &mut config)?;
+    let in_file: Vec<&str> = in_file.iter().map(String::as_str).collect();
+    let from_recipe = args.fill_recipe(&mut config, &in_file);
+    Ok((config, from_recipe))
+}
+
+/// Sets every key of the `--config` file (or of the `config.toml` of the `--resume`
+/// directory) in `config`, except those whose flag was given; returns the file's keys (none
+/// without a file).
+fn merge_config_file(args: &TrainArgs, config: &mut TrainConfig) -> anyhow::Result<Vec<String>> {
     if let Some(dir) = &args.resume {
         check_run_dir(dir)?;
     }
@@ -544,12 +568,11 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             dir.join("config.toml"),
             format!("--resume {}: config.toml", dir.display()),
         ),
-        (None, None) => return Ok(from_flags),
+        (None, None) => return Ok(Vec::new()),
     };
     let file_error = |what: String| usage_error(format!("{origin}: {what}"));
     let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
     let file: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
-    let mut config = from_flags;
     let in_file: Vec<String> = file.keys().cloned().collect();
     for (key, value) in file {
         // Every key is its flag's clap id, but for `shuffle`, whose flag is `--no-shuffle`.
@@ -569,11 +592,7 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             .set(&key, value)
             .map_err(|e| file_error(e.to_string()))?;
     }
-    // The recipe of the file's model and epochs for what neither the flags nor the file set.
-    Recipe::fill(&mut config, |key| {
-        args.given.contains(key) || in_file.iter().any(|k| k == key)
-    });
-    Ok(config)
+    Ok(in_file)
 }
 
 /// The exit code of a rank that failed with `error`: 2 for the user's mistakes that this rank
@@ -592,9 +611,9 @@ fn mpi_exit_code(error: timeprest_mpi::MpiError) -> i32 {
 }
 
 /// The start-up line that says how the run optimises: optimizer, learning rate and its
-/// schedule, weight decay, and which of them are the model's default recipe (not given as a
-/// flag).
-fn recipe_line(config: &TrainConfig, given: &GivenFlags) -> String {
+/// schedule, weight decay, and which of them (`from_recipe`, keys of [`Recipe::KEYS`]) are the
+/// model's default recipe because no flag or file set them.
+fn recipe_line(config: &TrainConfig, from_recipe: &[&str]) -> String {
     let o = &config.optimisation;
     let schedule = match o.lr_schedule {
         LrScheduleChoice::Constant => "constant".to_owned(),
@@ -606,25 +625,21 @@ fn recipe_line(config: &TrainConfig, given: &GivenFlags) -> String {
         OptimizerChoice::Sgd => format!(", momentum {}", o.momentum),
         OptimizerChoice::Adam => String::new(),
     };
-    let defaulted: Vec<&str> = Recipe::KEYS
-        .into_iter()
-        .filter(|key| !given.contains(key))
-        .collect();
-    let origin = match defaulted.len() {
+    let origin = match from_recipe.len() {
         0 => String::new(),
         n if n == Recipe::KEYS.len() => format!(" ({}'s default recipe)", config.model.name),
         _ => format!(
             " ({}: {}'s default)",
-            defaulted.join(", "),
+            from_recipe.join(", "),
             config.model.name
         ),
     };
     format!(
         "optimizer {}, lr {} ({schedule}){momentum}, weight decay {}{origin}",
-        match o.optimizer {
-            OptimizerChoice::Sgd => "sgd",
-            OptimizerChoice::Adam => "adam",
-        },
+        o.optimizer
+            .to_possible_value()
+            .expect("every optimizer has a flag value")
+            .get_name(),
         o.lr,
         o.weight_decay
     )
@@ -695,7 +710,8 @@ fn check_run_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Runs `timeprest train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     check_checkpoint_flags(&args)?;
-    let config = effective_config(&args)?.validate()?;
+    let (config, from_recipe) = effective_config(&args)?;
+    let config = config.validate()?;
     let process = Process::start(args.transport)?;
     let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
     let language_model = config.model.name == GptConfig::NAME;
@@ -745,7 +761,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.optimisation.batch_size,
             config.optimisation.epochs
         );
-        eprintln!("{}", recipe_line(&config, &args.given));
+        eprintln!("{}", recipe_line(&config, &from_recipe));
         let (stages, microbatches) = (config.pipeline.num_stages, config.pipeline.num_microbatches);
         if config.schedule_kind() == ScheduleKind::Nf1b && stages > microbatches + 1 {
             eprintln!(

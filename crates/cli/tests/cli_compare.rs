@@ -368,3 +368,46 @@ fn a_grid_reports_every_policy_at_every_value_with_its_spread_over_seeds() {
         assert_eq!(row.matches(" ± ").count(), 2, "{row}");
     }
 }
+
+#[test]
+fn each_policy_gets_the_recipe_of_its_own_settings_and_the_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("recipes");
+    let output = timeprest(&[
+        "compare",
+        "--policies",
+        "gpipe,gpipe:optimizer=adam,gpipe:model=lenet5",
+        "--dataset",
+        "fashion-mnist",
+        "--weight-decay",
+        "0",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest = json(&out.join("comparison.json"));
+    let field = |key: &str| -> Vec<f64> {
+        manifest["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["config"][key].as_f64().unwrap())
+            .collect()
+    };
+    // The MLP's rate, Adam's, lenet5's; the given --weight-decay 0 for all three.
+    assert_eq!(field("lr"), [0.02, 0.001, 0.01]);
+    assert_eq!(field("weight_decay"), [0.0, 0.0, 0.0]);
+}

@@ -529,3 +529,39 @@ fn more_stages_than_microbatches_plus_one_on_nf1b_is_warned_about() {
     );
     assert!(!run("3").contains("warning:"));
 }
+
+#[test]
+fn the_start_up_line_calls_defaults_only_what_no_flag_or_file_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.toml");
+    std::fs::write(&file, "lr = 0.03\n").unwrap();
+    let run = |extra: &[&str]| {
+        let args = [&["train", "--epochs", "1", "--limit-train", "64"], extra].concat();
+        let output = timeprest(&args);
+        assert!(output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("optimizer "))
+            .unwrap();
+        line.to_owned()
+    };
+    assert!(run(&[]).ends_with("(mlp's default recipe)"));
+    let from_file = run(&["--config", file.to_str().unwrap()]);
+    assert!(from_file.contains("lr 0.03 "), "{from_file}");
+    assert!(
+        from_file.ends_with("(lr_schedule, warmup_epochs, weight_decay: mlp's default)"),
+        "{from_file}"
+    );
+    let all_given = run(&[
+        "--lr",
+        "0.01",
+        "--lr-schedule",
+        "constant",
+        "--warmup-epochs",
+        "0",
+        "--weight-decay",
+        "0",
+    ]);
+    assert!(all_given.ends_with("weight decay 0"), "{all_given}");
+}

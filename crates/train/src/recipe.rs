@@ -46,27 +46,26 @@ impl Recipe {
         }
     }
 
-    /// The recipe of `config`'s model and epochs written into every key of [`Recipe::KEYS`]
-    /// for which `chosen(key)` is false.
-    pub fn fill(config: &mut TrainConfig, chosen: impl Fn(&str) -> bool) {
+    /// The recipe of `config`'s model, optimizer and epochs written into every key of
+    /// [`Recipe::KEYS`] for which `chosen(key)` is false; returns those keys.
+    pub fn fill(config: &mut TrainConfig, chosen: impl Fn(&str) -> bool) -> Vec<&'static str> {
         let recipe = Self::for_model(
             &config.model.name,
             config.optimisation.optimizer,
             config.optimisation.epochs,
         );
         let o = &mut config.optimisation;
-        if !chosen("lr") {
-            o.lr = recipe.lr;
+        let filled: Vec<&'static str> = Self::KEYS.into_iter().filter(|key| !chosen(key)).collect();
+        for key in &filled {
+            match *key {
+                "lr" => o.lr = recipe.lr,
+                "lr_schedule" => o.lr_schedule = recipe.lr_schedule,
+                "warmup_epochs" => o.warmup_epochs = recipe.warmup_epochs,
+                "weight_decay" => o.weight_decay = recipe.weight_decay,
+                _ => unreachable!("{key} is not a recipe key"),
+            }
         }
-        if !chosen("lr_schedule") {
-            o.lr_schedule = recipe.lr_schedule;
-        }
-        if !chosen("warmup_epochs") {
-            o.warmup_epochs = recipe.warmup_epochs;
-        }
-        if !chosen("weight_decay") {
-            o.weight_decay = recipe.weight_decay;
-        }
+        filled
     }
 }
 
@@ -79,13 +78,14 @@ mod tests {
         let mut config = TrainConfig::default();
         config.model.name = "lenet5".into();
         config.optimisation.lr = 0.3;
-        Recipe::fill(&mut config, |key| key == "lr");
+        let filled = Recipe::fill(&mut config, |key| key == "lr");
+        assert_eq!(filled, ["lr_schedule", "warmup_epochs", "weight_decay"]);
         assert_eq!(config.optimisation.lr, 0.3);
         assert_eq!(config.optimisation.lr_schedule, LrScheduleChoice::Cosine);
         assert_eq!(config.optimisation.weight_decay, 5e-4);
         assert_eq!(config.optimisation.warmup_epochs, 1.0);
         config.optimisation.epochs = 2;
-        Recipe::fill(&mut config, |_| false);
+        assert_eq!(Recipe::fill(&mut config, |_| false), Recipe::KEYS);
         assert_eq!(config.optimisation.lr, 0.01);
         assert!((config.optimisation.warmup_epochs - 0.4).abs() < 1e-12);
     }
