@@ -18,7 +18,7 @@ import sys
 from common import train
 
 POLICIES = ["single", "naive", "gpipe", "pipedream", "pipedream-flush", "timeprest",
-            "v-timeprest", "i-timeprest", "nwpt", "variant1", "variant2"]
+            "v-timeprest", "i-timeprest", "nwpt", "variant1", "variant2", "pipedream-2bw"]
 PAIRS = "mlp:fashion-mnist,lenet5:fashion-mnist,resnet18:synthetic"
 
 

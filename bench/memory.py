@@ -21,7 +21,7 @@ import subprocess
 from common import BINARY, DATASET, MLP, train
 
 POLICIES = ["gpipe", "pipedream-flush", "pipedream", "timeprest", "v-timeprest", "i-timeprest",
-            "nwpt", "variant1", "variant2", "naive"]
+            "nwpt", "variant1", "variant2", "naive", "pipedream-2bw"]
 ONE_F_ONE_B = {"pipedream", "nwpt", "variant2"}
 WIDTHS = [784] + [int(h) for h in MLP.split(",")] + [10]
 STAGE_BYTES = [4 * (WIDTHS[i] * WIDTHS[i + 1] + WIDTHS[i + 1]) for i in range(4)]

@@ -128,7 +128,7 @@ pub(crate) fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         Analysis::Versions(args) => {
             let kind = resolve_schedule(args.schedule, Some(args.policy))?;
             let schedule = args.pipeline.generate(kind, args.minibatches)?;
-            let summary = VersionSummary::new(&schedule, args.policy);
+            let summary = VersionSummary::new(&schedule, args.policy, args.pipeline.activations());
             args.report.write(&summary, || version_table(&summary))
         }
     }

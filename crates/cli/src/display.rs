@@ -218,6 +218,7 @@ mod tests {
             mean_staleness,
             peak_weight_sets: sets,
             peak_weight_bytes: 0,
+            peak_activation_bytes: 0,
             busy_seconds: 0.0,
             utilisation: 0.0,
             bytes_sent: 0,

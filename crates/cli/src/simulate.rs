@@ -16,10 +16,10 @@ use anyhow::Context as _;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use timeprest_policy::{PolicyKind, VersionSummary};
+use timeprest_policy::{Activations, PolicyKind, VersionSummary};
 use timeprest_schedule::{
-    ConstantCost, InflightCap, MAX_BACKWARD_SLOTS, Schedule, ScheduleConfig, ScheduleKind,
-    Timeline, generate, render, simulate_costs,
+    ConstantCost, InflightCap, MAX_BACKWARD_SLOTS, RecomputedActivations, Schedule, ScheduleConfig,
+    ScheduleKind, Timeline, generate, render, simulate_costs,
 };
 use timeprest_train::{check_output_file, write_file_atomically};
 
@@ -69,9 +69,19 @@ pub(crate) struct PipelineArgs {
     /// papers' unit grid, where every forward and backward takes one slot.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BACKWARD_SLOTS)))]
     pub(crate) backward_slots: Option<u32>,
+    /// Stages recompute their activations, as `train --recompute-activations`: the versions
+    /// traced keep each forward's weights until its backward, and with a cost model every
+    /// backward costs one more forward per micro-batch it covers.
+    #[arg(long)]
+    pub(crate) recompute_activations: bool,
 }
 
 impl PipelineArgs {
+    /// Whether stages keep or recompute their activations.
+    pub(crate) fn activations(&self) -> Activations {
+        Activations::recomputed_if(self.recompute_activations)
+    }
+
     /// The generator configuration for `num_minibatches` mini-batches.
     fn config(&self, num_minibatches: u32) -> ScheduleConfig {
         ScheduleConfig {
@@ -195,7 +205,7 @@ pub(crate) fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let schedule = args.pipeline.generate(kind, args.minibatches)?;
     let versions = args
         .policy
-        .map(|policy| VersionSummary::new(&schedule, policy));
+        .map(|policy| VersionSummary::new(&schedule, policy, args.pipeline.activations()));
     let text = match args.format {
         SimulateFormat::Grid => {
             let mut text = render::grid(&schedule, args.slots);
@@ -231,7 +241,12 @@ pub(crate) fn run(args: &SimulateArgs) -> anyhow::Result<()> {
 /// slots (cut after `--slots`).
 fn timeline(args: &SimulateArgs, schedule: &Schedule) -> anyhow::Result<Timeline> {
     if let Some(cost) = args.costs.model() {
-        return simulate_costs(schedule, &cost)
+        let timeline = if args.pipeline.recompute_activations {
+            simulate_costs(schedule, &RecomputedActivations(cost))
+        } else {
+            simulate_costs(schedule, &cost)
+        };
+        return timeline
             .map_err(|e| anyhow::anyhow!("internal error: generated schedule is invalid: {e}"));
     }
     let mut timeline = Timeline::from_schedule(schedule);

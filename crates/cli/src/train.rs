@@ -16,7 +16,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
 use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
-use timeprest_policy::{ForwardSource, Horizon, PolicyKind, Prediction};
+use timeprest_policy::{
+    ForwardSource, Horizon, LatestSource, PolicyKind, Prediction, StalenessMeasure,
+};
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     DataSettings, EpochMetrics, GradMode, LrScheduleChoice, ModelSettings, OptimisationSettings,
@@ -152,11 +154,11 @@ pub struct TrainArgs {
     /// Optimizer.
     #[arg(long, value_enum, default_value = "sgd")]
     pub optimizer: OptimizerChoice,
-    /// Weight policy: single, naive, gpipe, pipedream, pipedream-flush, timeprest,
-    /// v-timeprest, i-timeprest, nwpt, variant1, variant2.
+    /// Weight policy: single, naive, gpipe, pipedream, pipedream-flush, pipedream-2bw,
+    /// timeprest, v-timeprest, i-timeprest, nwpt, variant1, variant2.
     #[arg(long, default_value = "i-timeprest")]
     pub policy: PolicyKind,
-    /// Schedule (default: the policy's own): naive, gpipe, 1f1b, 1f1b-flush, nf1b.
+    /// Schedule (default: the policy's own): naive, gpipe, 1f1b, 1f1b-flush, nf1b, 1f1b-2bw.
     #[arg(long)]
     pub schedule: Option<ScheduleKind>,
     /// Order the schedule as if a backward took K slots per micro-batch (a forward: 1) instead
@@ -169,6 +171,13 @@ pub struct TrainArgs {
     /// Gradient mode when forward and backward read different weights.
     #[arg(long, value_enum, default_value = "graph")]
     pub grad_mode: GradMode,
+    /// Keep only each micro-batch's stage input and re-run its forward, with the weights the
+    /// forward read, just before its backward: activation memory of one micro-batch (plus the
+    /// inputs) instead of every micro-batch in flight, for one more forward per micro-batch.
+    /// The results are the same bit for bit; a policy whose backward reads other weights than
+    /// its forward keeps the forward's version until the backward (more weight memory).
+    #[arg(long)]
+    pub recompute_activations: bool,
     /// I-TiMePReSt significance σ(d) of the stale weight.
     #[arg(long, value_enum, default_value = "exp")]
     pub significance: SignificanceChoice,
@@ -190,6 +199,15 @@ pub struct TrainArgs {
     /// version, or `vertical-sync` (the version stage 0 read when the micro-batch entered).
     #[arg(long, value_enum, default_value = "live")]
     pub forward_source: ForwardSource,
+    /// Which version TiMePReSt's and V-TiMePReSt's backwards read as the latest: the stage's
+    /// live version, or the committed one (every stage had applied it when the mini-batch's
+    /// backward began at the last stage; differs from live only when W > N + 1).
+    #[arg(long, value_enum, default_value = "live")]
+    pub latest_version: LatestSource,
+    /// The staleness d I-TiMePReSt's σ(d) reads: each micro-batch's own version `gap`, the
+    /// largest or mean gap of its mini-batch, the schedule's version difference v, or W − 1.
+    #[arg(long, value_enum, default_value = "gap")]
+    pub staleness: StalenessMeasure,
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -445,12 +463,15 @@ impl TrainArgs {
                 partition: self.partition,
                 split: self.split.clone(),
                 grad_mode: self.grad_mode,
+                recompute_activations: self.recompute_activations,
                 significance: self.significance,
                 lambda: self.lambda,
                 alpha: self.alpha,
                 prediction: self.prediction,
                 horizon: self.horizon,
                 forward_source: self.forward_source,
+                latest_version: self.latest_version,
+                staleness: self.staleness,
             },
             optimisation: OptimisationSettings {
                 batch_size: self.batch_size,
@@ -769,6 +790,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                  split into sequences (`timeprest analyze version-difference`); --microbatches \
                  {} or more avoids it",
                 microbatches + 1,
+                stages - 1
+            );
+        }
+        if config.schedule_kind() == ScheduleKind::OneFOneBDoubleBuffered
+            && microbatches + 1 < stages
+        {
+            eprintln!(
+                "warning: N={microbatches} < W-1={}: on 1f1b-2bw a mini-batch's forwards wait \
+                 for the update two mini-batches back, which adds bubbles; PipeDream-2BW \
+                 accumulates over N >= W-1 micro-batches (--microbatches {})",
+                stages - 1,
                 stages - 1
             );
         }

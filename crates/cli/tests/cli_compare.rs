@@ -5,7 +5,7 @@ use std::process::Output;
 
 mod common;
 
-use common::timeprest;
+use common::{succeed, timeprest};
 
 /// The plots every comparison gets, as file stems in `DIR/plots/`.
 const PLOTS: [&str; 6] = [
@@ -305,7 +305,7 @@ fn plot_on_a_directory_that_is_no_comparison_or_run_exits_2() {
 fn a_grid_reports_every_policy_at_every_value_with_its_spread_over_seeds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("grid");
-    let output = timeprest(&[
+    succeed(&[
         "compare",
         "--policies",
         "gpipe,timeprest",
@@ -323,11 +323,6 @@ fn a_grid_reports_every_policy_at_every_value_with_its_spread_over_seeds() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let manifest = json(&out.join("comparison.json"));
     let variants = manifest["variants"].as_array().unwrap();
     let labels: Vec<&str> = variants
@@ -373,7 +368,7 @@ fn a_grid_reports_every_policy_at_every_value_with_its_spread_over_seeds() {
 fn each_policy_gets_the_recipe_of_its_own_settings_and_the_flags_win() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("recipes");
-    let output = timeprest(&[
+    succeed(&[
         "compare",
         "--policies",
         "gpipe,gpipe:optimizer=adam,gpipe:model=lenet5",
@@ -393,11 +388,6 @@ fn each_policy_gets_the_recipe_of_its_own_settings_and_the_flags_win() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let manifest = json(&out.join("comparison.json"));
     let field = |key: &str| -> Vec<f64> {
         manifest["variants"]

@@ -96,6 +96,7 @@ fn epoch(epoch: u32, accuracy: f64, seconds: f64) -> EpochMetrics {
         mean_staleness: f64::from(1 - stage),
         peak_weight_sets: 2 - stage,
         peak_weight_bytes: 1000,
+        peak_activation_bytes: 0,
         busy_seconds: seconds / 2.0,
         utilisation: 0.5,
         bytes_sent: 10,

@@ -202,7 +202,14 @@ fn facts(run_dir: &Path) -> Vec<serde_json::Value> {
 fn mpi_runs_are_bit_identical_to_threaded_runs_for_every_kind_of_policy() {
     require_mpi!();
     let dir = tempfile::tempdir().unwrap();
-    for policy in ["timeprest", "i-timeprest", "pipedream", "gpipe", "nwpt"] {
+    for policy in [
+        "timeprest",
+        "i-timeprest",
+        "pipedream",
+        "pipedream-2bw",
+        "gpipe",
+        "nwpt",
+    ] {
         let path = |name: &str| dir.path().join(format!("{policy}-{name}"));
         let args = small("2", &["--policy", policy]);
 

@@ -289,3 +289,59 @@ fn help_teaches_every_subcommand() {
         assert!(help.contains(word), "--help should mention {word}:\n{help}");
     }
 }
+
+#[test]
+fn recomputing_activations_keeps_forward_versions_and_lengthens_every_backward() {
+    let versions = |extra: &[&str]| {
+        let args = [
+            &[
+                "analyze",
+                "versions",
+                "--policy",
+                "v-timeprest",
+                "--stages",
+                "4",
+                "--microbatches",
+                "3",
+                "--format",
+                "json",
+            ],
+            extra,
+        ]
+        .concat();
+        json_of(&args)["stored_versions"].clone()
+    };
+    // V-TiMePReSt's backward reads the live weights, but a re-run forward needs the ones the
+    // forward read: the stash of I-TiMePReSt, [3, 3, 2, 1] (`docs/algorithms.md` §3.10).
+    assert_eq!(versions(&[]), serde_json::json!([1, 1, 1, 1]));
+    assert_eq!(
+        versions(&["--recompute-activations"]),
+        serde_json::json!([3, 3, 2, 1])
+    );
+    let makespan = |extra: &[&str]| {
+        let args = [
+            &[
+                "simulate",
+                "--schedule",
+                "gpipe",
+                "--stages",
+                "1",
+                "--microbatches",
+                "4",
+                "--minibatches",
+                "1",
+                "--forward-seconds",
+                "1",
+                "--backward-seconds",
+                "3",
+                "--format",
+                "json",
+            ],
+            extra,
+        ]
+        .concat();
+        json_of(&args)["timeline"]["makespan"].as_f64().unwrap()
+    };
+    assert_eq!(makespan(&[]), 16.0);
+    assert_eq!(makespan(&["--recompute-activations"]), 20.0);
+}

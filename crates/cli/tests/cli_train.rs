@@ -25,6 +25,7 @@ fn every_policy_reaches_80_percent_on_digits_at_the_default_flags() {
         ("gpipe", "3"),
         ("pipedream", "3"),
         ("pipedream-flush", "3"),
+        ("pipedream-2bw", "3"),
         ("timeprest", "3"),
         ("v-timeprest", "3"),
         ("i-timeprest", "3"),
@@ -503,11 +504,12 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
 }
 
 #[test]
-fn more_stages_than_microbatches_plus_one_on_nf1b_is_warned_about() {
-    let warning = "warning: W=4 > N+1=3";
-    let run = |microbatches: &str| {
+fn too_few_microbatches_for_the_stages_are_warned_about_on_nf1b_and_1f1b_2bw() {
+    let run = |policy: &str, microbatches: &str| {
         let output = timeprest(&[
             "train",
+            "--policy",
+            policy,
             "--hidden",
             "16,16,16",
             "--stages",
@@ -519,15 +521,68 @@ fn more_stages_than_microbatches_plus_one_on_nf1b_is_warned_about() {
             "--limit-train",
             "64",
         ]);
-        assert!(output.status.success());
+        assert!(output.status.success(), "{policy} N={microbatches}");
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let stderr = run("2");
+    for (policy, warning, advice) in [
+        (
+            "i-timeprest",
+            "warning: W=4 > N+1=3",
+            "--microbatches 3 or more",
+        ),
+        (
+            "pipedream-2bw",
+            "warning: N=2 < W-1=3",
+            "(--microbatches 3)",
+        ),
+    ] {
+        let stderr = run(policy, "2");
+        assert!(
+            stderr.contains(warning) && stderr.contains(advice),
+            "{policy}: {stderr}"
+        );
+        assert!(!run(policy, "3").contains("warning:"), "{policy}");
+    }
+}
+
+#[test]
+fn recomputed_activations_train_the_same_with_fewer_activation_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let args = [
+            &[
+                "train",
+                "--policy",
+                "timeprest",
+                "--stages",
+                "3",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "96",
+                "--quiet",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            extra,
+        ]
+        .concat();
+        succeed(&args);
+        metrics(&out).pop().unwrap()
+    };
+    let kept = run("kept", &[]);
+    let recomputed = run("recomputed", &["--recompute-activations"]);
+    for key in ["train_loss", "test_loss", "test_accuracy"] {
+        assert_eq!(kept[key], recomputed[key], "{key}");
+    }
+    let bytes = |m: &serde_json::Value| m["stages"][0]["peak_activation_bytes"].as_u64().unwrap();
     assert!(
-        stderr.contains(warning) && stderr.contains("--microbatches 3 or more"),
-        "{stderr}"
+        0 < bytes(&recomputed) && bytes(&recomputed) < bytes(&kept),
+        "{} recomputing, {} keeping",
+        bytes(&recomputed),
+        bytes(&kept)
     );
-    assert!(!run("3").contains("warning:"));
 }
 
 #[test]

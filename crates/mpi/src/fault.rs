@@ -159,4 +159,8 @@ impl<C: StageCompute> StageCompute for Faulty<'_, C> {
     fn stored_weight_sets(&self) -> u32 {
         self.inner.stored_weight_sets()
     }
+
+    fn activation_bytes_peak(&mut self) -> u64 {
+        self.inner.activation_bytes_peak()
+    }
 }

@@ -161,6 +161,7 @@ mod tests {
                 bytes_sent: 40,
                 stored_weight_bytes: 400,
                 stored_weight_sets: 2,
+                activation_bytes: 0,
             }],
             losses: vec![(
                 MicrobatchId::new(5, 1),

@@ -155,6 +155,7 @@ fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_
         PolicyKind::Timeprest,
         PolicyKind::ITimeprest,
         PolicyKind::Pipedream,
+        PolicyKind::Pipedream2bw,
         PolicyKind::Gpipe,
         PolicyKind::Nwpt,
     ] {

@@ -44,6 +44,9 @@ pub struct Workload {
     pub microbatch_size: usize,
     /// Micro-batches whose activations are held at the same time.
     pub microbatches_in_flight: usize,
+    /// How many of those hold every block's activations; the others hold only their input
+    /// (`--recompute-activations`). Equal to `microbatches_in_flight` when activations are kept.
+    pub microbatches_with_activations: usize,
     /// Optimizer values kept per parameter: 0 for SGD without momentum, 1 with momentum, 2
     /// for Adam.
     pub optimizer_state_sets: usize,
@@ -55,7 +58,8 @@ pub struct Workload {
 /// the optimizer state, and the activations the forward keeps for the backward: a per-sample
 /// count of every block's intermediate outputs (for a residual block its convolutions and
 /// batch norms, for a decoder layer its projections, MLP and attention matrices) times the
-/// micro-batch size times the micro-batches in flight. It leaves out what depends on the
+/// micro-batch size times the micro-batches in flight (with recomputed activations: the input
+/// of each, and every activation of those one backward covers). It leaves out what depends on the
 /// policy and the split (extra stored weight versions, a stage's several mini-batches in
 /// flight), evaluation batches, the data set (already in memory when this is computed) and
 /// allocator overhead, so it is a lower bound.
@@ -251,15 +255,21 @@ impl ModelSpec {
             |infos: Vec<TensorInfo>| -> f64 { infos.into_iter().map(|t| product(t.shape)).sum() };
         let parameters: f64 = blocks.iter().map(|b| values(b.param_infos())).sum();
         let buffers: f64 = blocks.iter().map(|b| values(b.buffer_infos())).sum();
-        let per_sample: f64 =
-            product(self.input_shape()) + blocks.iter().map(activation_values).sum::<f64>();
-        let samples = product([workload.microbatch_size, workload.microbatches_in_flight]);
+        let inputs = product([workload.microbatch_size, workload.microbatches_in_flight]);
+        let full = product([
+            workload.microbatch_size,
+            workload
+                .microbatches_with_activations
+                .min(workload.microbatches_in_flight),
+        ]);
+        let activation_values = product(self.input_shape()) * inputs
+            + blocks.iter().map(activation_values).sum::<f64>() * full;
         Ok(MemoryEstimate {
             parameters,
             weight_bytes: (parameters + buffers) * BYTES_PER_VALUE,
             gradient_bytes: parameters * BYTES_PER_VALUE,
             optimizer_bytes: parameters * workload.optimizer_state_sets as f64 * BYTES_PER_VALUE,
-            activation_bytes: per_sample * samples * BYTES_PER_VALUE,
+            activation_bytes: activation_values * BYTES_PER_VALUE,
         })
     }
 
@@ -330,6 +340,7 @@ mod tests {
     const ONE_MINIBATCH: Workload = Workload {
         microbatch_size: 8,
         microbatches_in_flight: 3,
+        microbatches_with_activations: 3,
         optimizer_state_sets: 1,
     };
 
@@ -424,6 +435,19 @@ mod tests {
         assert_eq!(bigger.activation_bytes, 2.0 * base.activation_bytes);
         let with_adam = spec.memory_estimate(&adam).unwrap();
         assert_eq!(with_adam.optimizer_bytes, 2.0 * base.optimizer_bytes);
+        // Recomputing, two of the three micro-batches keep only their input.
+        let recomputing = Workload {
+            microbatches_with_activations: 1,
+            ..ONE_MINIBATCH
+        };
+        // One micro-batch's input: 3×32×32 values × 8 samples × 4 bytes.
+        let input_bytes = 3.0 * 32.0 * 32.0 * 8.0 * 4.0;
+        let saved = spec.memory_estimate(&recomputing).unwrap().activation_bytes;
+        assert_eq!(
+            saved,
+            3.0 * input_bytes + (base.activation_bytes - 3.0 * input_bytes) / 3.0
+        );
+        assert!(saved < base.activation_bytes);
     }
 
     #[test]

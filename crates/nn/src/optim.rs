@@ -244,6 +244,32 @@ impl Optimizer {
         self.config.lr_at(self.steps)
     }
 
+    /// Where `steps` more updates would take `theta` (tensor `param` of block `block`) if they
+    /// saw no new data gradient: only the optimizer's own state and weight decay move it, under
+    /// its rule (Nesterov included) and at each coming update's learning rate. The optimizer is
+    /// not changed. NWPT's `nag` (one step) and `msnag` (s steps) predictions are this rollout;
+    /// for plain SGD it is θ − η(μ + … + μ^s)·b.
+    pub fn rollout(&self, block: usize, param: usize, theta: &Tensor<1>, steps: u32) -> Tensor<1> {
+        let mut state = (self.state.get(block))
+            .and_then(|s| s.get(param))
+            .cloned()
+            .unwrap_or_default();
+        let zero = theta.zeros_like();
+        let mut theta = theta.clone();
+        for k in 1..=u64::from(steps) {
+            let t = self.steps + k;
+            theta = step_one(
+                &self.config,
+                self.config.lr_at(t - 1),
+                t,
+                &theta,
+                &zero,
+                &mut state,
+            );
+        }
+        theta
+    }
+
     /// SGD's momentum buffer b of parameter `param` of block `block` (indices local to the
     /// optimizer's parameter list), or `None` before the first step, without momentum, or
     /// for Adam.

@@ -148,12 +148,73 @@ struct Trace {
     layer_inputs: Option<Vec<Vec<Tensor<4>>>>,
 }
 
+/// What a run of the blocks keeps for a backward.
+#[derive(Clone, Copy, Debug)]
+struct Kept {
+    /// Each block's output, plain (graph mode differentiates from them).
+    activations: bool,
+    /// An autodiff graph.
+    graph: bool,
+    /// Every block's layer inputs (for a closed-form backward with the same weights).
+    layer_inputs: bool,
+}
+
+impl Kept {
+    /// Nothing beyond the input and the output.
+    const NONE: Kept = Kept {
+        activations: false,
+        graph: false,
+        layer_inputs: false,
+    };
+}
+
 /// What a forward keeps for the backward of its micro-batch.
 #[derive(Debug)]
 struct Saved {
     recipe: WeightRecipe,
-    trace: Trace,
+    /// The stage input (plain).
+    input: Tensor<2>,
+    /// The forward's run; `None` on a stage that recomputes activations until the backward
+    /// re-runs the forward ([`BurnStage::recompute_forward`]).
+    trace: Option<Trace>,
     targets: Option<Targets>,
+}
+
+impl Saved {
+    const NOT_RESTORED: &'static str =
+        "a recomputing stage restores every trace before its backward";
+
+    fn trace(&self) -> &Trace {
+        self.trace.as_ref().expect(Self::NOT_RESTORED)
+    }
+
+    fn trace_mut(&mut self) -> &mut Trace {
+        self.trace.as_mut().expect(Self::NOT_RESTORED)
+    }
+
+    fn into_trace(self) -> Trace {
+        self.trace.expect(Self::NOT_RESTORED)
+    }
+
+    /// Bytes of the tensors kept for the backward: the input, and the trace's activations and
+    /// layer inputs (an autodiff graph's own copies are not counted).
+    fn bytes(&self) -> u64 {
+        let count = |t: &Tensor<2>| t.shape().num_elements() as u64;
+        let Some(trace) = &self.trace else {
+            return 4 * count(&self.input);
+        };
+        let activations: u64 = trace.activations.iter().map(count).sum();
+        let layers: u64 = (trace.layer_inputs.iter().flatten().flatten())
+            .map(|t| t.shape().num_elements() as u64)
+            .sum();
+        // Without kept activations the trace still holds the output (and the input).
+        let output = if trace.activations.len() > 1 {
+            0
+        } else {
+            count(&trace.stage_output)
+        };
+        4 * (activations + layers + output)
+    }
 }
 
 /// One stage of a pipeline, computing with burn on the CPU.
@@ -162,6 +223,11 @@ pub struct BurnStage {
     num_stages: u32,
     first_block: usize,
     grad_mode: GradMode,
+    /// Keep only each forward's input and re-run the forward before its backward.
+    recompute_activations: bool,
+    /// The most bytes [`BurnStage::saved`] held since [`StageCompute::activation_bytes_peak`]
+    /// was last asked.
+    activation_peak: u64,
     optimizer: Optimizer,
     store: WeightStore,
     saved: HashMap<MicrobatchId, Saved>,
@@ -180,6 +246,7 @@ impl std::fmt::Debug for BurnStage {
             .field("num_stages", &self.num_stages)
             .field("first_block", &self.first_block)
             .field("grad_mode", &self.grad_mode)
+            .field("recompute_activations", &self.recompute_activations)
             .field("live_version", &self.store.live_version())
             .field("stored", &self.store.keys())
             .field("saved_microbatches", &self.saved.len())
@@ -218,12 +285,24 @@ impl BurnStage {
             num_stages,
             first_block,
             grad_mode,
+            recompute_activations: false,
+            activation_peak: 0,
             optimizer: Optimizer::new(optimizer)?,
             store: WeightStore::new(blocks),
             saved: HashMap::new(),
             accumulated: None,
             deferred: Vec::new(),
         })
+    }
+
+    /// This stage with activation recomputation on or off (off by default): a forward keeps
+    /// only its stage input, and the backward first re-runs the forward with the weights the
+    /// forward read, then differentiates exactly as without recomputation, so the results are
+    /// the same bit for bit. The version plan must keep the forward's weights until the
+    /// backward ([`timeprest_policy::Activations::Recomputed`]).
+    pub fn recomputing_activations(mut self, on: bool) -> Self {
+        self.recompute_activations = on;
+        self
     }
 
     /// The stage index.
@@ -310,7 +389,7 @@ impl BurnStage {
     pub(crate) fn num_saved_graphs(&self) -> usize {
         self.saved
             .values()
-            .filter(|saved| saved.trace.graph.is_some())
+            .filter(|saved| saved.trace.as_ref().is_some_and(|t| t.graph.is_some()))
             .count()
     }
 
@@ -322,8 +401,51 @@ impl BurnStage {
         ComputeError(format!("stage {}: {what}", self.stage))
     }
 
-    /// Runs the blocks with `weights` on `input` (plain), with autodiff if `with_graph`, and
-    /// records every block's layer inputs if `record_layers`.
+    /// What a forward keeps for a backward that does (`backward_reads_forward_weights`) or
+    /// does not read its weights. A graph serves only a backward that reads these same weights;
+    /// any other backward differentiates from the kept activations (graph mode) or a re-run
+    /// (recompute). In graph mode a stage whose every block has a closed-form VJP needs no graph
+    /// at all: its backward takes the per-block path from the kept activations, whatever weights
+    /// it reads.
+    fn kept_for_backward(&self, backward_reads_forward_weights: bool) -> Kept {
+        let closed_form = self.all_closed_form();
+        Kept {
+            activations: self.grad_mode == GradMode::Graph,
+            graph: backward_reads_forward_weights && !closed_form,
+            layer_inputs: backward_reads_forward_weights && closed_form,
+        }
+    }
+
+    /// Bytes the saved forwards hold now.
+    fn saved_bytes(&self) -> u64 {
+        self.saved.values().map(Saved::bytes).sum()
+    }
+
+    /// Raises the activation high-water mark to what the saved forwards hold now.
+    fn note_activation_bytes(&mut self) {
+        self.activation_peak = self.activation_peak.max(self.saved_bytes());
+    }
+
+    /// On a stage that recomputes activations: re-runs the forward of `work`'s micro-batch with
+    /// the weights that forward read, keeping what it would have kept without recomputation
+    /// (the running statistics are not moved again). A micro-batch without a saved forward is
+    /// left to [`BurnStage::take_saved`] to report.
+    fn recompute_forward(&mut self, work: &BackwardWork<StageMessage>) -> Result<(), ComputeError> {
+        let Some(mut saved) = self.saved.remove(&work.microbatch) else {
+            return Ok(());
+        };
+        if saved.trace.is_none() {
+            let weights = self
+                .store
+                .weights(&saved.recipe, Pass::Backward, &self.optimizer)?;
+            let kept = self.kept_for_backward(work.recipe == saved.recipe);
+            saved.trace = Some(self.run(&saved.input, &weights, saved.targets.as_ref(), kept));
+        }
+        self.saved.insert(work.microbatch, saved);
+        Ok(())
+    }
+
+    /// Runs the blocks with `weights` on `input` (plain), keeping what `kept` says.
     ///
     /// Without a graph the run is plain tensor arithmetic: cheaper, and nothing but the kept
     /// activations stays alive (no parameter leaves, no autodiff copies of every activation).
@@ -332,10 +454,13 @@ impl BurnStage {
         input: &Tensor<2>,
         weights: &[BlockParams],
         targets: Option<&Targets>,
-        keep_activations: bool,
-        with_graph: bool,
-        record_layers: bool,
+        kept: Kept,
     ) -> Trace {
+        let Kept {
+            activations: keep_activations,
+            graph: with_graph,
+            layer_inputs: record_layers,
+        } = kept;
         let input_leaf =
             (with_graph && self.stage != 0).then(|| input.clone().autodiff().require_grad());
         let leaves: Vec<Vec<Tensor<1>>> = if with_graph {
@@ -445,7 +570,7 @@ impl BurnStage {
         match (upstream, &saved.targets) {
             (Some(g), None) => g,
             (None, Some(t)) => {
-                let logits = &saved.trace.stage_output;
+                let logits = &saved.trace().stage_output;
                 softmax(logits.clone().reshape(t.one_hot.dims()), 1)
                     .sub(t.one_hot.clone())
                     .mul_scalar(t.scale)
@@ -558,7 +683,7 @@ impl BurnStage {
         let upstream = match (self.is_last(), work.output_gradient) {
             (true, None) => None,
             (false, Some(m)) => {
-                let expected = saved.trace.stage_output.dims();
+                let expected = saved.trace().stage_output.dims();
                 if m.dims() != expected {
                     return Err(self.error(format!(
                         "output gradient of {:?} is {:?}, the output was {expected:?}",
@@ -588,7 +713,7 @@ impl BurnStage {
     ) -> Result<(Vec<Vec<Tensor<1>>>, Option<Tensor<2>>), ComputeError> {
         let (mut saved, recipe, upstream) = self.take_saved(work)?;
         if recipe == saved.recipe
-            && let Some(graph) = saved.trace.graph.take()
+            && let Some(graph) = saved.trace_mut().graph.take()
         {
             return Ok(Self::graph_vjp(graph, upstream));
         }
@@ -600,15 +725,18 @@ impl BurnStage {
                 let g = self.output_gradient(&saved, upstream);
                 // Layer inputs recorded by the forward serve only a backward with its weights.
                 let layer_inputs = saved
-                    .trace
+                    .trace()
                     .layer_inputs
                     .as_deref()
                     .filter(|_| recipe == saved.recipe);
-                self.per_block_vjp(&saved.trace.activations, &weights, g, layer_inputs)
+                self.per_block_vjp(&saved.trace().activations, &weights, g, layer_inputs)
             }
             GradMode::Recompute => {
-                let input = &saved.trace.activations[0];
-                let trace = self.run(input, &weights, saved.targets.as_ref(), false, true, false);
+                let only_graph = Kept {
+                    graph: true,
+                    ..Kept::NONE
+                };
+                let trace = self.run(&saved.input, &weights, saved.targets.as_ref(), only_graph);
                 let graph = trace.graph.expect("a run with a graph has one");
                 Self::graph_vjp(graph, upstream)
             }
@@ -651,7 +779,7 @@ impl BurnStage {
         for item in work {
             let (saved, _, upstream) = self.take_saved(item)?;
             gradients.push(self.output_gradient(&saved, upstream));
-            for (i, act) in saved.trace.activations.into_iter().enumerate() {
+            for (i, act) in saved.into_trace().activations.into_iter().enumerate() {
                 match activations.get_mut(i) {
                     Some(column) => column.push(act),
                     None => activations.push(vec![act]),
@@ -746,20 +874,12 @@ impl StageCompute for BurnStage {
             (None, false) => {}
         }
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
-        let keep = self.grad_mode == GradMode::Graph;
-        // A graph serves only a backward that reads these same weights; any other backward
-        // differentiates from the kept activations (graph mode) or a re-run (recompute). In
-        // graph mode a stage whose every block has a closed-form VJP needs no graph at all: its
-        // backward takes the per-block path from the kept activations, whatever weights it reads.
-        let closed_form = self.all_closed_form();
-        let mut trace = self.run(
-            &input,
-            &weights,
-            targets.as_ref(),
-            keep,
-            backward_reads_forward_weights && !closed_form,
-            backward_reads_forward_weights && closed_form,
-        );
+        let kept = if self.recompute_activations {
+            Kept::NONE
+        } else {
+            self.kept_for_backward(backward_reads_forward_weights)
+        };
+        let mut trace = self.run(&input, &weights, targets.as_ref(), kept);
         // Running statistics move once per forward, on the live version
         // (`docs/algorithms.md` §4.3).
         self.store
@@ -775,14 +895,17 @@ impl StageCompute for BurnStage {
             }
             None => ForwardOutput::Activation(StageMessage::new(trace.stage_output.clone())),
         };
+        let trace = (!self.recompute_activations).then_some(trace);
         self.saved.insert(
             microbatch,
             Saved {
                 recipe: *recipe,
+                input,
                 trace,
                 targets,
             },
         );
+        self.note_activation_bytes();
         Ok(output)
     }
 
@@ -790,11 +913,23 @@ impl StageCompute for BurnStage {
         &mut self,
         work: Vec<BackwardWork<StageMessage>>,
     ) -> Result<Vec<Option<StageMessage>>, ComputeError> {
+        // A recomputing stage re-runs a forward just before its backward: one micro-batch at a
+        // time, or every micro-batch of a stacked backward at once.
         if self.can_stack(&work) {
+            if self.recompute_activations {
+                for item in &work {
+                    self.recompute_forward(item)?;
+                }
+                self.note_activation_bytes();
+            }
             return self.backward_stacked(work);
         }
         let mut input_grads = Vec::with_capacity(work.len());
         for item in work {
+            if self.recompute_activations {
+                self.recompute_forward(&item)?;
+                self.note_activation_bytes();
+            }
             let (param_grads, input_grad) = self.backward_one(item)?;
             self.accumulate(param_grads);
             input_grads.push(input_grad.map(StageMessage::new));
@@ -826,5 +961,10 @@ impl StageCompute for BurnStage {
 
     fn stored_weight_sets(&self) -> u32 {
         self.store.num_sets() as u32
+    }
+
+    fn activation_bytes_peak(&mut self) -> u64 {
+        let now = self.saved_bytes();
+        std::mem::replace(&mut self.activation_peak, now)
     }
 }

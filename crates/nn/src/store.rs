@@ -265,15 +265,18 @@ fn predict(
             )));
         }
     };
-    // The rate the coming updates use (a schedule's current one).
+    // The optimizer's own next updates with no new gradient (weight decay, Nesterov and the
+    // learning-rate schedule included), or SpecTrain's linear extrapolation.
+    let steps = method.optimizer_steps(horizon);
     let c = method.coefficient(optimizer.next_lr(), momentum, horizon);
     Ok(live
         .iter()
         .enumerate()
         .map(|(b, p)| {
-            p.map(|i, theta| match optimizer.momentum_buffer(b, i) {
-                Some(buffer) if c != 0.0 => theta.clone().sub(buffer.clone().mul_scalar(c)),
-                _ => theta.clone(),
+            p.map(|i, theta| match (optimizer.momentum_buffer(b, i), steps) {
+                (None, _) => theta.clone(),
+                (Some(_), Some(steps)) => optimizer.rollout(b, i, theta, steps),
+                (Some(buffer), None) => theta.clone().sub(buffer.clone().mul_scalar(c)),
             })
         })
         .collect())

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use timeprest_schedule::{ActionKind, Schedule, ScheduleKind, max_microbatches_in_flight};
 
 use crate::policy::{PolicyKind, PolicyOptions, WeightPolicy};
-use crate::trace::plan;
+use crate::trace::{Activations, plan};
 
 /// The version-difference analysis of one schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,28 +53,33 @@ pub fn v_formula(num_stages: u32, num_microbatches: u32) -> u32 {
     (num_stages + num_microbatches - 2) / num_microbatches
 }
 
-/// Simulates the version difference on `schedule` (which must be valid and have at least one
-/// mini-batch).
-pub fn version_difference(schedule: &Schedule) -> VersionDifference {
+/// The slot at which each mini-batch's (first) backward starts at the last stage, by
+/// mini-batch: the moment the version difference and the committed version are measured at.
+pub(crate) fn last_stage_backward_starts(schedule: &Schedule) -> Vec<u32> {
     let last = schedule.stages.len() - 1;
-    let num_minibatches = schedule.config.num_minibatches as usize;
-    // Slot at which each mini-batch's backward starts at the last stage.
-    let mut backward_start = vec![u32::MAX; num_minibatches];
+    let mut backward_start = vec![u32::MAX; schedule.config.num_minibatches as usize];
     for scheduled in &schedule.stages[last] {
         if scheduled.action.kind.is_backward() {
             let i = scheduled.action.kind.minibatch() as usize;
             backward_start[i] = backward_start[i].min(scheduled.slot);
         }
     }
+    backward_start
+}
+
+/// Simulates the version difference on `schedule` (which must be valid and have at least one
+/// mini-batch).
+pub fn version_difference(schedule: &Schedule) -> VersionDifference {
+    let num_minibatches = schedule.config.num_minibatches as usize;
     // Slots of stage 0's updates, in order.
     let update_slots: Vec<u32> = schedule.stages[0]
         .iter()
         .filter(|a| matches!(a.action.kind, ActionKind::Update(_)))
         .map(|a| a.slot)
         .collect();
-    let parents: Vec<u32> = backward_start
+    let parents: Vec<u32> = last_stage_backward_starts(schedule)
         .iter()
-        .map(|&start| update_slots.iter().filter(|&&slot| slot < start).count() as u32)
+        .map(|&start| update_slots.partition_point(|&slot| slot < start) as u32)
         .collect();
     let per_minibatch: Vec<u32> = parents
         .iter()
@@ -142,12 +147,14 @@ pub struct VersionSummary {
 }
 
 impl VersionSummary {
-    /// Traces `policy` (with default options) over `schedule`.
-    pub fn new(schedule: &Schedule, policy: PolicyKind) -> Self {
+    /// Traces `policy` (with default options) over `schedule`, on stages that keep or
+    /// recompute their `activations`.
+    pub fn new(schedule: &Schedule, policy: PolicyKind, activations: Activations) -> Self {
         let config = &schedule.config;
         let plan = plan(
             schedule,
             &WeightPolicy::new(policy, &PolicyOptions::default()),
+            activations,
         );
         let steady = steady_window(config.num_minibatches);
         let histograms = |range: Range<u32>| -> Vec<BTreeMap<u64, u32>> {

@@ -12,13 +12,15 @@ pub mod policy;
 pub mod recipe;
 
 pub use policy::{
-    BackwardContext, BackwardSource, ForwardContext, ForwardSource, Horizon, PolicyKind,
-    PolicyOptions, Significance, UnknownPolicyError, WeightPolicy,
+    BackwardContext, BackwardSource, ForwardContext, ForwardSource, Horizon, LatestSource,
+    PolicyKind, PolicyOptions, Significance, StalenessMeasure, UnknownPolicyError, WeightPolicy,
 };
 pub use recipe::{Prediction, Version, WeightKey, WeightRecipe};
 pub mod trace;
 
-pub use trace::{PlannedAction, PlannedBackward, PlannedPass, StagePlan, VersionPlan, plan};
+pub use trace::{
+    Activations, PlannedAction, PlannedBackward, PlannedPass, StagePlan, VersionPlan, plan,
+};
 pub mod analysis;
 
 pub use analysis::{

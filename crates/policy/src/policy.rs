@@ -14,6 +14,7 @@
 //! | `gpipe`         | live                        | live                                | gpipe            |
 //! | `pipedream-flush` | live                      | live                                | 1f1b-flush       |
 //! | `pipedream`     | live (stashed)              | the forward's version (stash)       | 1f1b             |
+//! | `pipedream-2bw` | double buffer (stashed)     | the forward's version (stash)       | 1f1b-2bw         |
 //! | `timeprest`     | vertical-sync tag           | live                                | nf1b             |
 //! | `v-timeprest`   | live                        | live                                | nf1b             |
 //! | `i-timeprest`   | live (stashed)              | blend σ(d)·stale + (1−σ(d))·latest  | nf1b             |
@@ -43,6 +44,10 @@ pub enum PolicyKind {
     Pipedream,
     /// PipeDream-flush / 1F1B synchronous.
     PipedreamFlush,
+    /// PipeDream-2BW: 1F1B over micro-batches, gradients accumulated over a mini-batch, two
+    /// weight versions per stage.
+    #[serde(rename = "pipedream-2bw")]
+    Pipedream2bw,
     /// TiMePReSt: nF1B, vertical sync for forwards, backward on the latest weights.
     Timeprest,
     /// V-TiMePReSt: latest weights in every pass.
@@ -59,12 +64,13 @@ pub enum PolicyKind {
 
 impl PolicyKind {
     /// Every policy, in help-text order.
-    pub const ALL: [PolicyKind; 11] = [
+    pub const ALL: [PolicyKind; 12] = [
         PolicyKind::Single,
         PolicyKind::Naive,
         PolicyKind::Gpipe,
         PolicyKind::Pipedream,
         PolicyKind::PipedreamFlush,
+        PolicyKind::Pipedream2bw,
         PolicyKind::Timeprest,
         PolicyKind::VTimeprest,
         PolicyKind::ITimeprest,
@@ -81,6 +87,7 @@ impl PolicyKind {
             PolicyKind::Gpipe => "gpipe",
             PolicyKind::Pipedream => "pipedream",
             PolicyKind::PipedreamFlush => "pipedream-flush",
+            PolicyKind::Pipedream2bw => "pipedream-2bw",
             PolicyKind::Timeprest => "timeprest",
             PolicyKind::VTimeprest => "v-timeprest",
             PolicyKind::ITimeprest => "i-timeprest",
@@ -96,6 +103,7 @@ impl PolicyKind {
             PolicyKind::Single | PolicyKind::Gpipe => ScheduleKind::Gpipe,
             PolicyKind::Naive => ScheduleKind::Naive,
             PolicyKind::PipedreamFlush => ScheduleKind::OneFOneBFlush,
+            PolicyKind::Pipedream2bw => ScheduleKind::OneFOneBDoubleBuffered,
             PolicyKind::Pipedream | PolicyKind::Nwpt | PolicyKind::Variant2 => {
                 ScheduleKind::OneFOneB
             }
@@ -116,6 +124,9 @@ impl PolicyKind {
                 &[Gpipe, OneFOneBFlush, Naive]
             }
             PolicyKind::Naive => &[Naive],
+            // The double buffer is the schedule's dependency rule: the version a forward reads
+            // exists only where forwards wait for the update two mini-batches back.
+            PolicyKind::Pipedream2bw => &[OneFOneBDoubleBuffered],
             PolicyKind::Pipedream
             | PolicyKind::Timeprest
             | PolicyKind::VTimeprest
@@ -137,7 +148,7 @@ impl fmt::Display for PolicyKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown policy `{0}`; valid policies: single, naive, gpipe, pipedream, pipedream-flush, \
-     timeprest, v-timeprest, i-timeprest, nwpt, variant1, variant2"
+     pipedream-2bw, timeprest, v-timeprest, i-timeprest, nwpt, variant1, variant2"
 )]
 pub struct UnknownPolicyError(pub String);
 
@@ -185,10 +196,14 @@ pub enum Significance {
 impl Significance {
     /// σ(d).
     pub fn of(self, staleness: u64) -> f64 {
-        if staleness == 0 {
+        self.at(staleness as f64)
+    }
+
+    /// σ(d) for a staleness that may be fractional (a mean over micro-batches).
+    pub fn at(self, d: f64) -> f64 {
+        if d == 0.0 {
             return 1.0;
         }
-        let d = staleness as f64;
         match self {
             Significance::Exp { lambda } => (-lambda * d).exp(),
             Significance::Exp2 => (-d).exp2(),
@@ -200,6 +215,26 @@ impl Significance {
             }
         }
     }
+}
+
+/// The degree of staleness d that I-TiMePReSt's significance σ(d) reads
+/// (`docs/algorithms.md` §6, rows 4 and 5). Whatever it reads, a micro-batch whose forward read
+/// the live version (gap 0) gets exactly the live weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StalenessMeasure {
+    /// Each micro-batch's own version gap k_s(backward) − k_s(forward).
+    #[default]
+    Gap,
+    /// The largest gap among the micro-batches of the mini-batch at this stage.
+    MinibatchMax,
+    /// The mean gap over the micro-batches of the mini-batch at this stage.
+    MinibatchMean,
+    /// The schedule's steady-state version difference v (`docs/algorithms.md` §3.5), the same
+    /// for every pass.
+    VersionDifference,
+    /// W − 1, the same for every pass.
+    StagesMinusOne,
 }
 
 /// How far ahead NWPT predicts at a stage. Written `stages-remaining`, `spectrain` or a number
@@ -277,6 +312,26 @@ pub enum ForwardSource {
     Live,
     /// Vertical sync: the version stage 0 read when the micro-batch entered the pipeline.
     VerticalSync,
+    /// PipeDream-2BW's double buffer: every micro-batch of mini-batch i reads the version the
+    /// update of mini-batch i − 2 created (version i − 1 of the epoch; mini-batches 0 and 1 read
+    /// the epoch's first version). Only the `1f1b-2bw` schedule makes that version exist in
+    /// time, so it is not offered to the other policies.
+    #[value(skip)]
+    DoubleBuffered,
+}
+
+/// Which version counts as "the latest" for a backward that reads the latest weights
+/// (TiMePReSt, V-TiMePReSt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatestSource {
+    /// The stage's live version when the backward runs.
+    #[default]
+    Live,
+    /// The committed version: the one every stage had already applied when the mini-batch's
+    /// backward began at the last stage (`docs/algorithms.md` §3.4). Equal to the live
+    /// version when W ≤ N + 1.
+    Committed,
 }
 
 /// Where a backward's weights come from.
@@ -285,6 +340,8 @@ pub enum ForwardSource {
 pub enum BackwardSource {
     /// The stage's live (latest) version.
     Live,
+    /// The committed version of the mini-batch ([`LatestSource::Committed`]).
+    Committed,
     /// Exactly what the forward read (horizontal weight stashing).
     Stash,
     /// I-TiMePReSt's intermediate weight with this significance function.
@@ -303,6 +360,9 @@ pub struct ForwardContext {
     /// The version stage 0 read for this micro-batch (its vertical-sync tag); equal to `live`
     /// at stage 0.
     pub tag: Version,
+    /// The micro-batch's mini-batch, counted from the start of the schedule (whose first
+    /// version is 0).
+    pub minibatch: u32,
 }
 
 /// Everything a policy may look at when a backward of one micro-batch is about to run.
@@ -316,6 +376,16 @@ pub struct BackwardContext {
     pub live: Version,
     /// What this micro-batch's forward read at this stage.
     pub forward: WeightRecipe,
+    /// The largest version gap among the micro-batches this backward covers.
+    pub minibatch_max_gap: u64,
+    /// The mean version gap over the micro-batches this backward covers.
+    pub minibatch_mean_gap: f64,
+    /// The schedule's steady-state version difference v.
+    pub version_difference: u32,
+    /// The mini-batch's committed version at this stage: the lowest number of updates any
+    /// stage had finished when the mini-batch's backward began at the last stage (at most
+    /// `live`).
+    pub committed: Version,
 }
 
 impl BackwardContext {
@@ -336,6 +406,10 @@ pub struct PolicyOptions {
     pub horizon: Horizon,
     /// V-TiMePReSt's and I-TiMePReSt's forward source (`docs/algorithms.md` §6, rows 2 and 7).
     pub forward: ForwardSource,
+    /// TiMePReSt's and V-TiMePReSt's latest version: live or committed.
+    pub latest: LatestSource,
+    /// The staleness I-TiMePReSt's significance reads (`docs/algorithms.md` §6, rows 4–5).
+    pub staleness: StalenessMeasure,
 }
 
 impl Default for PolicyOptions {
@@ -345,7 +419,17 @@ impl Default for PolicyOptions {
             prediction: Prediction::Nag,
             horizon: Horizon::StagesRemaining,
             forward: ForwardSource::Live,
+            latest: LatestSource::Live,
+            staleness: StalenessMeasure::Gap,
         }
+    }
+}
+
+/// The backward source of a policy whose backward reads "the latest" weights.
+fn latest(source: LatestSource) -> BackwardSource {
+    match source {
+        LatestSource::Live => BackwardSource::Live,
+        LatestSource::Committed => BackwardSource::Committed,
     }
 }
 
@@ -362,6 +446,9 @@ pub struct WeightPolicy {
     pub backward_source: BackwardSource,
     /// `Some` for NWPT: forwards (and their backwards) read predicted weights.
     pub prediction: Option<(Prediction, Horizon)>,
+    /// The staleness an intermediate backward's significance reads.
+    #[serde(default)]
+    pub staleness: StalenessMeasure,
 }
 
 impl WeightPolicy {
@@ -374,8 +461,11 @@ impl WeightPolicy {
             | PolicyKind::PipedreamFlush
             | PolicyKind::Variant2 => (ForwardSource::Live, BackwardSource::Live, None),
             PolicyKind::Pipedream => (ForwardSource::Live, BackwardSource::Stash, None),
-            PolicyKind::Timeprest => (ForwardSource::VerticalSync, BackwardSource::Live, None),
-            PolicyKind::VTimeprest => (options.forward, BackwardSource::Live, None),
+            PolicyKind::Pipedream2bw => {
+                (ForwardSource::DoubleBuffered, BackwardSource::Stash, None)
+            }
+            PolicyKind::Timeprest => (ForwardSource::VerticalSync, latest(options.latest), None),
+            PolicyKind::VTimeprest => (options.forward, latest(options.latest), None),
             PolicyKind::ITimeprest => (
                 options.forward,
                 BackwardSource::Intermediate(options.significance),
@@ -393,6 +483,7 @@ impl WeightPolicy {
             forward_source,
             backward_source,
             prediction,
+            staleness: options.staleness,
         }
     }
 
@@ -401,6 +492,18 @@ impl WeightPolicy {
         let version = match self.forward_source {
             ForwardSource::Live => ctx.live,
             ForwardSource::VerticalSync => ctx.tag,
+            ForwardSource::DoubleBuffered => {
+                let version = Version::from(ctx.minibatch.saturating_sub(1));
+                assert!(
+                    version <= ctx.live,
+                    "double-buffered forward of mini-batch {} at stage {} needs version {version} \
+                     but the stage is at {}: the schedule must be 1f1b-2bw",
+                    ctx.minibatch,
+                    ctx.stage,
+                    ctx.live
+                );
+                version
+            }
         };
         match self.prediction {
             Some((method, horizon)) => {
@@ -423,18 +526,35 @@ impl WeightPolicy {
     pub fn backward(&self, ctx: &BackwardContext) -> WeightRecipe {
         match self.backward_source {
             BackwardSource::Live => WeightRecipe::version(ctx.live),
+            BackwardSource::Committed => {
+                assert!(
+                    ctx.committed <= ctx.live,
+                    "committed version {} is past stage {}'s live version {}",
+                    ctx.committed,
+                    ctx.stage,
+                    ctx.live
+                );
+                WeightRecipe::version(ctx.committed)
+            }
             BackwardSource::Stash => ctx.forward,
             BackwardSource::Intermediate(significance) => {
                 let stale = ctx.forward.anchor();
-                let staleness = ctx.staleness();
-                if staleness == 0 {
+                let gap = ctx.staleness();
+                if gap == 0 {
                     // σ(0) = 1 and stale = latest: exactly the latest weights, bit for bit.
                     WeightRecipe::version(ctx.live)
                 } else {
                     // σ = 1 and σ = 0 name one stored version exactly; saying so (rather than
                     // blending with a zero weight) lets a backward reuse the forward's graph
                     // when it reads the forward's weights, as the stash rule's does.
-                    match significance.of(staleness) {
+                    let d = match self.staleness {
+                        StalenessMeasure::Gap => gap as f64,
+                        StalenessMeasure::MinibatchMax => ctx.minibatch_max_gap as f64,
+                        StalenessMeasure::MinibatchMean => ctx.minibatch_mean_gap,
+                        StalenessMeasure::VersionDifference => f64::from(ctx.version_difference),
+                        StalenessMeasure::StagesMinusOne => f64::from(ctx.num_stages - 1),
+                    };
+                    match significance.at(d) {
                         1.0 => WeightRecipe::version(stale),
                         0.0 => WeightRecipe::version(ctx.live),
                         stale_weight => WeightRecipe::Blend {
@@ -488,6 +608,10 @@ mod tests {
             num_stages: 4,
             live,
             forward: WeightRecipe::version(forward),
+            minibatch_max_gap: live - forward,
+            minibatch_mean_gap: (live - forward) as f64,
+            version_difference: 1,
+            committed: forward,
         }
     }
 
@@ -501,6 +625,13 @@ mod tests {
             err.contains("pipedreams") && err.contains("i-timeprest"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn file_names_are_the_command_line_names() {
+        for kind in PolicyKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
     }
 
     #[test]
@@ -521,12 +652,31 @@ mod tests {
             num_stages: 4,
             live: 5,
             tag: 3,
+            minibatch: 4,
         };
         assert_eq!(policy.forward(&fwd), WeightRecipe::version(3));
         assert_eq!(
             policy.backward(&backward_ctx(6, 3)),
             WeightRecipe::version(6)
         );
+    }
+
+    #[test]
+    fn timeprest_reads_the_committed_version_when_asked() {
+        let committed = WeightPolicy::new(
+            PolicyKind::Timeprest,
+            &PolicyOptions {
+                latest: LatestSource::Committed,
+                ..PolicyOptions::default()
+            },
+        );
+        // backward_ctx: live 6, forward (and committed) 3.
+        assert_eq!(
+            committed.backward(&backward_ctx(6, 3)),
+            WeightRecipe::version(3)
+        );
+        let live = WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default());
+        assert_eq!(live.backward(&backward_ctx(6, 3)), WeightRecipe::version(6));
     }
 
     #[test]
@@ -573,6 +723,42 @@ mod tests {
     }
 
     #[test]
+    fn the_staleness_measure_chooses_the_d_sigma_reads() {
+        let with = |staleness| {
+            WeightPolicy::new(
+                PolicyKind::ITimeprest,
+                &PolicyOptions {
+                    staleness,
+                    ..PolicyOptions::default()
+                },
+            )
+        };
+        let ctx = BackwardContext {
+            minibatch_max_gap: 3,
+            minibatch_mean_gap: 1.5,
+            version_difference: 2,
+            ..backward_ctx(5, 4)
+        };
+        let sigma = |staleness| match with(staleness).backward(&ctx) {
+            WeightRecipe::Blend { stale_weight, .. } => stale_weight,
+            other => panic!("expected a blend, got {other}"),
+        };
+        let e = |d: f64| (-d).exp();
+        assert_eq!(sigma(StalenessMeasure::Gap), e(1.0));
+        assert_eq!(sigma(StalenessMeasure::MinibatchMax), e(3.0));
+        assert_eq!(sigma(StalenessMeasure::MinibatchMean), e(1.5));
+        assert_eq!(sigma(StalenessMeasure::VersionDifference), e(2.0));
+        assert_eq!(sigma(StalenessMeasure::StagesMinusOne), e(3.0));
+        // A micro-batch whose forward read the live version reads it, whatever the measure.
+        let fresh = BackwardContext {
+            minibatch_max_gap: 3,
+            ..backward_ctx(5, 5)
+        };
+        let max = with(StalenessMeasure::MinibatchMax);
+        assert_eq!(max.backward(&fresh), WeightRecipe::version(5));
+    }
+
+    #[test]
     fn significance_functions_match_their_formulas() {
         assert_eq!(Significance::Exp2.of(3), 0.125);
         assert_eq!(Significance::Inverse.of(3), 0.25);
@@ -595,6 +781,7 @@ mod tests {
                 num_stages: 3,
                 live: 7,
                 tag: 0,
+                minibatch: 8,
             })
         };
         assert_eq!(
@@ -612,12 +799,53 @@ mod tests {
             num_stages: 3,
             live: 8,
             forward,
+            minibatch_max_gap: 1,
+            minibatch_mean_gap: 1.0,
+            version_difference: 1,
+            committed: 7,
         };
         assert_eq!(
             policy.backward(&ctx),
             forward,
             "backward reuses the forward's prediction"
         );
+    }
+
+    #[test]
+    fn pipedream_2bw_forwards_read_the_version_of_the_update_two_minibatches_back() {
+        let policy = WeightPolicy::new(PolicyKind::Pipedream2bw, &PolicyOptions::default());
+        let at = |minibatch, live| {
+            policy.forward(&ForwardContext {
+                stage: 1,
+                num_stages: 4,
+                live,
+                tag: 0,
+                minibatch,
+            })
+        };
+        assert_eq!(at(0, 0), WeightRecipe::version(0));
+        assert_eq!(at(1, 0), WeightRecipe::version(0));
+        // Whether or not update 4 has landed yet, mini-batch 5 reads version 4.
+        assert_eq!(at(5, 4), WeightRecipe::version(4));
+        assert_eq!(at(5, 5), WeightRecipe::version(4));
+        assert_eq!(
+            policy.backward(&backward_ctx(5, 4)),
+            WeightRecipe::version(4),
+            "the backward reads the stash"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "the schedule must be 1f1b-2bw")]
+    fn a_double_buffered_forward_before_its_version_exists_is_a_broken_invariant() {
+        let policy = WeightPolicy::new(PolicyKind::Pipedream2bw, &PolicyOptions::default());
+        policy.forward(&ForwardContext {
+            stage: 0,
+            num_stages: 2,
+            live: 2,
+            tag: 0,
+            minibatch: 5,
+        });
     }
 
     #[test]
@@ -635,6 +863,7 @@ mod tests {
             num_stages: 4,
             live: 5,
             tag: 2,
+            minibatch: 6,
         };
         assert_eq!(v.forward(&fwd), WeightRecipe::version(5));
     }

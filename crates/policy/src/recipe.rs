@@ -32,8 +32,11 @@ pub type Version = u64;
 #[serde(rename_all = "kebab-case")]
 pub enum Prediction {
     /// One-step Nesterov look-ahead: θ̂ = θ − η μ b (the horizon only switches it on or off).
+    /// The stage computes it as the optimizer's next update with no data gradient, so weight
+    /// decay, Nesterov momentum and the schedule's rate are accounted for.
     Nag,
-    /// Multi-step NAG (FTPipe's MSNAG): θ̂ = θ − η (μ − μ^{s+1}) / (1 − μ) b.
+    /// Multi-step NAG (FTPipe's MSNAG): θ̂ = θ − η (μ − μ^{s+1}) / (1 − μ) b, computed as the
+    /// optimizer's next s updates with no data gradient (as for `Nag`).
     Msnag,
     /// SpecTrain's linear extrapolation with the smoothed gradient v̄ = (1 − μ) b:
     /// θ̂ = θ − s η v̄.
@@ -41,8 +44,21 @@ pub enum Prediction {
 }
 
 impl Prediction {
+    /// How many of the optimizer's own next updates, with no data gradient, the prediction
+    /// rolls out at `horizon`: one for `Nag`, the horizon for `Msnag`; `None` for `Spectrain`,
+    /// a linear extrapolation by definition ([`Prediction::coefficient`]).
+    pub fn optimizer_steps(self, horizon: u32) -> Option<u32> {
+        match self {
+            Prediction::Nag => Some(1),
+            Prediction::Msnag => Some(horizon),
+            Prediction::Spectrain => None,
+        }
+    }
+
     /// The coefficient c of θ̂ = θ − c · b for learning rate `lr`, momentum `momentum` and
-    /// horizon `horizon`. Zero horizon means no prediction (c = 0).
+    /// horizon `horizon`. Zero horizon means no prediction (c = 0). Stages use it for
+    /// `Spectrain`; for `Nag` and `Msnag` it is the closed form of their rollout
+    /// ([`Prediction::optimizer_steps`]) under plain SGD at a constant rate.
     pub fn coefficient(self, lr: f64, momentum: f64, horizon: u32) -> f64 {
         if horizon == 0 {
             return 0.0;

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use timeprest_schedule::{Action, ActionKind, MicrobatchId, Schedule};
 
-use crate::policy::{BackwardContext, ForwardContext, WeightPolicy};
+use crate::analysis::{last_stage_backward_starts, version_difference};
+use crate::policy::{BackwardContext, ForwardContext, StalenessMeasure, WeightPolicy};
 use crate::recipe::{Version, WeightKey, WeightRecipe};
 
 /// What one micro-batch's backward reads at one stage.
@@ -143,12 +144,39 @@ fn covered_microbatches(kind: ActionKind, num_microbatches: u32) -> Vec<Microbat
     }
 }
 
-/// Traces `policy` over `schedule` (which must be valid).
+/// What a stage keeps of a forward for its backward. It decides how long the forward's weights
+/// stay stored, so the version plan depends on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activations {
+    /// The forward keeps what its backward differentiates from: the forward's weights are
+    /// needed later only if the backward reads them.
+    #[default]
+    Kept,
+    /// The forward keeps only the stage input and the backward first re-runs the forward with
+    /// the forward's weights (`--recompute-activations`), so those weights stay stored until
+    /// the backward, whatever the backward reads.
+    Recomputed,
+}
+
+impl Activations {
+    /// `Recomputed` when `recompute` (`--recompute-activations`), else `Kept`.
+    pub fn recomputed_if(recompute: bool) -> Self {
+        if recompute {
+            Activations::Recomputed
+        } else {
+            Activations::Kept
+        }
+    }
+}
+
+/// Traces `policy` over `schedule` (which must be valid), for a stage that keeps or recomputes
+/// its activations.
 ///
 /// # Panics
 /// If a backward or a non-first-stage forward has no matching earlier forward, i.e. the
 /// schedule was not validated.
-pub fn plan(schedule: &Schedule, policy: &WeightPolicy) -> VersionPlan {
+pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations) -> VersionPlan {
     let num_stages = schedule.config.num_stages;
     let num_microbatches = schedule.config.num_microbatches;
 
@@ -165,10 +193,20 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy) -> VersionPlan {
         }
     }
 
+    let facts = CrossStage {
+        tags,
+        committed: committed_versions(schedule),
+        // Only I-TiMePReSt's `version-difference` staleness reads it.
+        version_difference: if policy.staleness == StalenessMeasure::VersionDifference {
+            version_difference(schedule).steady_v
+        } else {
+            0
+        },
+    };
     let stages = (0..num_stages)
         .map(|stage| {
-            let mut actions = decide_recipes(schedule, policy, stage, num_microbatches, &tags);
-            plan_retention(&mut actions);
+            let mut actions = decide_recipes(schedule, policy, stage, num_microbatches, &facts);
+            plan_retention(&mut actions, activations);
             StagePlan { actions }
         })
         .collect();
@@ -178,13 +216,56 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy) -> VersionPlan {
     }
 }
 
+/// Per mini-batch, its committed version: the fewest updates any stage had finished (on the
+/// schedule's slots) when the mini-batch's first backward at the last stage began.
+fn committed_versions(schedule: &Schedule) -> Vec<Version> {
+    // Per stage, the slot at which each of its updates is applied (the end of the backward it
+    // follows), in order.
+    let applied: Vec<Vec<u32>> = schedule
+        .stages
+        .iter()
+        .map(|row| {
+            let mut ends = Vec::new();
+            let mut backward_end = 0;
+            for scheduled in row {
+                let kind = scheduled.action.kind;
+                if kind.is_backward() {
+                    backward_end = scheduled.slot + schedule.config.duration(kind);
+                } else if kind.is_update() {
+                    ends.push(backward_end);
+                }
+            }
+            ends
+        })
+        .collect();
+    last_stage_backward_starts(schedule)
+        .into_iter()
+        .map(|start| {
+            (applied.iter())
+                .map(|ends| ends.partition_point(|&end| end <= start) as Version)
+                .min()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The facts about a schedule that involve several stages, worked out before each stage's walk.
+struct CrossStage {
+    /// Each micro-batch's vertical-sync tag.
+    tags: BTreeMap<MicrobatchId, Version>,
+    /// Each mini-batch's committed version, by mini-batch ([`committed_versions`]).
+    committed: Vec<Version>,
+    /// The steady-state version difference v (0 when no policy option reads it).
+    version_difference: u32,
+}
+
 /// First pass over one stage: the recipe of every pass.
 fn decide_recipes(
     schedule: &Schedule,
     policy: &WeightPolicy,
     stage: u32,
     num_microbatches: u32,
-    tags: &BTreeMap<MicrobatchId, Version>,
+    facts: &CrossStage,
 ) -> Vec<PlannedAction> {
     let num_stages = schedule.config.num_stages;
     let mut live: Version = 0;
@@ -195,7 +276,8 @@ fn decide_recipes(
         let action = scheduled.action;
         let pass = match action.kind {
             ActionKind::Forward(mb) => {
-                let tag = *tags
+                let tag = *facts
+                    .tags
                     .get(&mb)
                     .unwrap_or_else(|| panic!("{action}: micro-batch never entered stage 0"));
                 let recipe = policy.forward(&ForwardContext {
@@ -203,6 +285,7 @@ fn decide_recipes(
                     num_stages,
                     live,
                     tag,
+                    minibatch: mb.minibatch,
                 });
                 forwards.insert(mb, (recipe, planned.len()));
                 PlannedPass::Forward {
@@ -212,16 +295,33 @@ fn decide_recipes(
                 }
             }
             ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
+                let covered: Vec<(MicrobatchId, WeightRecipe, usize)> =
+                    covered_microbatches(action.kind, num_microbatches)
+                        .into_iter()
+                        .map(|mb| {
+                            let (recipe, index) = forwards.remove(&mb).unwrap_or_else(|| {
+                                panic!("{action}: no forward of {mb:?} before it")
+                            });
+                            (mb, recipe, index)
+                        })
+                        .collect();
+                let gaps: Vec<u64> = covered
+                    .iter()
+                    .map(|(_, recipe, _)| live.saturating_sub(recipe.anchor()))
+                    .collect();
+                let minibatch_max_gap = gaps.iter().copied().max().unwrap_or(0);
+                let minibatch_mean_gap = gaps.iter().sum::<u64>() as f64 / gaps.len().max(1) as f64;
                 let mut backwards = Vec::new();
-                for mb in covered_microbatches(action.kind, num_microbatches) {
-                    let (forward_recipe, forward_index) = forwards
-                        .remove(&mb)
-                        .unwrap_or_else(|| panic!("{action}: no forward of {mb:?} before it"));
+                for (mb, forward_recipe, forward_index) in covered {
                     let ctx = BackwardContext {
                         stage,
                         num_stages,
                         live,
                         forward: forward_recipe,
+                        minibatch_max_gap,
+                        minibatch_mean_gap,
+                        version_difference: facts.version_difference,
+                        committed: facts.committed[mb.minibatch as usize],
                     };
                     let recipe = policy.backward(&ctx);
                     if let PlannedPass::Forward {
@@ -257,13 +357,21 @@ fn decide_recipes(
     planned
 }
 
-/// The weight sets an action reads.
-fn reads(action: &PlannedAction) -> Vec<WeightKey> {
+/// The weight sets an action reads (a backward that recomputes its activations reads its
+/// forward's weights too).
+fn reads(action: &PlannedAction, activations: Activations) -> Vec<WeightKey> {
     match &action.pass {
         PlannedPass::Forward { recipe, .. } => recipe.needs(),
-        PlannedPass::Backward(backwards) => {
-            backwards.iter().flat_map(|b| b.recipe.needs()).collect()
-        }
+        PlannedPass::Backward(backwards) => backwards
+            .iter()
+            .flat_map(|b| {
+                let rerun = (activations == Activations::Recomputed).then_some(&b.forward_recipe);
+                b.recipe
+                    .needs()
+                    .into_iter()
+                    .chain(rerun.into_iter().flat_map(WeightRecipe::needs))
+            })
+            .collect(),
         PlannedPass::Update => Vec::new(),
     }
 }
@@ -273,16 +381,16 @@ fn reads(action: &PlannedAction) -> Vec<WeightKey> {
 /// A version is created by the update that produces it (version 0 exists from the start), a
 /// prediction by the first pass that reads it. A weight set is held from its creation until its
 /// last read, and a version at least as long as it is the live one.
-fn plan_retention(actions: &mut [PlannedAction]) {
+fn plan_retention(actions: &mut [PlannedAction], activations: Activations) {
     let mut last_read: BTreeMap<WeightKey, usize> = BTreeMap::new();
     for (index, action) in actions.iter().enumerate() {
-        for key in reads(action) {
+        for key in reads(action, activations) {
             last_read.insert(key, index);
         }
     }
     let mut held: BTreeSet<WeightKey> = BTreeSet::from([WeightKey::Version(0)]);
     for (index, action) in actions.iter_mut().enumerate() {
-        held.extend(reads(action));
+        held.extend(reads(action, activations));
         let mut live = action.live;
         if action.action.kind.is_update() {
             live += 1;

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use timeprest_policy::{
-    PlannedPass, PolicyKind, PolicyOptions, VersionPlan, WeightPolicy, WeightRecipe, plan,
-    v_formula, version_difference,
+    Activations, PlannedPass, PolicyKind, PolicyOptions, VersionPlan, WeightPolicy, WeightRecipe,
+    plan, v_formula, version_difference,
 };
 use timeprest_schedule::{ActionKind, Schedule, ScheduleConfig, ScheduleKind, generate};
 
@@ -20,7 +20,7 @@ fn schedule(kind: ScheduleKind, num_stages: u32, num_microbatches: u32) -> Sched
 
 fn traced(policy: PolicyKind, kind: ScheduleKind, num_stages: u32, n: u32) -> VersionPlan {
     let policy = WeightPolicy::new(policy, &PolicyOptions::default());
-    plan(&schedule(kind, num_stages, n), &policy)
+    plan(&schedule(kind, num_stages, n), &policy, Activations::Kept)
 }
 
 #[test]
@@ -208,6 +208,27 @@ fn pipedream_staleness_is_w_minus_one_minus_s_in_steady_state() {
     let plan = traced(PolicyKind::Pipedream, ScheduleKind::OneFOneB, 4, 1);
     for (stage, histogram) in histograms(&plan).into_iter().enumerate() {
         assert_eq!(histogram, hist(&[(3 - stage as u64, 25)]), "stage {stage}");
+    }
+}
+
+#[test]
+fn pipedream_2bw_holds_two_versions_and_every_gradient_is_one_update_stale() {
+    // PipeDream-2BW's update W(t+1) = W(t) − η ∇f(W(t−1)): in steady state every micro-batch's
+    // backward finds the stage one update past the version its forward read, at every stage,
+    // whatever W and N; and no stage ever holds more than two weight versions.
+    for w in 1..=6 {
+        for n in 1..=6 {
+            let plan = traced(
+                PolicyKind::Pipedream2bw,
+                ScheduleKind::OneFOneBDoubleBuffered,
+                w,
+                n,
+            );
+            assert_eq!(plan.peak_weight_sets(), vec![2; w as usize], "W={w} N={n}");
+            for (stage, histogram) in histograms(&plan).into_iter().enumerate() {
+                assert_eq!(histogram, hist(&[(1, 25 * n)]), "W={w} N={n} stage {stage}");
+            }
+        }
     }
 }
 

@@ -315,19 +315,21 @@ fn per_stage(out: &mut String, summary: &Summary) {
         "## Memory and staleness per stage\n\n\
          Weight versions are the weight sets a stage stores at its peak (live weights, stashed \
          versions, predictions); *measured* is the maximum over all epochs and seeds, *predicted* \
-         is the simulator's plan for the same schedule. Activations are the simulator's estimate \
-         (micro-batches in flight × each block's inputs and outputs in f32). Staleness d is the \
-         number of updates between the weights a backward uses and those its forward used, over \
-         all backward micro-batches.\n\n\
-         | policy | stage | weight versions measured | predicted | activations (estimate) \
-         | mean staleness d measured | predicted |\n|---|---|---|---|---|---|---|"
+         is the simulator's plan for the same schedule. Activations are the bytes the stage held \
+         for backwards at its peak; *predicted* is the simulator's estimate (micro-batches in \
+         flight × each block's inputs and outputs in f32; with `--recompute-activations`, their \
+         stage inputs plus one backward's micro-batches). Staleness d is the number of updates \
+         between the weights a backward uses and those its forward used, over all backward \
+         micro-batches.\n\n\
+         | policy | stage | weight versions measured | predicted | activations measured \
+         | predicted | mean staleness d measured | predicted |\n|---|---|---|---|---|---|---|---|"
     );
     for v in &summary.variants {
         for (stage, measured) in v.stages.iter().enumerate() {
             let predicted = v.prediction.as_ref().and_then(|p| p.get(stage));
             let _ = writeln!(
                 out,
-                "| {} | {stage} | {} ({}) | {} | {} | {:.2} | {} |",
+                "| {} | {stage} | {} ({}) | {} | {} | {} | {:.2} | {} |",
                 v.label,
                 human_bytes(measured.peak_weight_bytes as f64),
                 count(measured.peak_weight_sets, "set", "sets"),
@@ -336,6 +338,7 @@ fn per_stage(out: &mut String, summary: &Summary) {
                     human_bytes(p.weight_bytes as f64),
                     count(p.weight_sets, "set", "sets")
                 )),
+                human_bytes(measured.peak_activation_bytes as f64),
                 predicted.map_or("—".into(), |p| format!(
                     "{} ({})",
                     human_bytes(p.activation_bytes as f64),

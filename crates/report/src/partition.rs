@@ -191,6 +191,7 @@ pub fn study_partition(request: &PartitionRequest) -> Result<PartitionStudy, Rep
     let profiling = Workload {
         microbatch_size,
         microbatches_in_flight: 1,
+        microbatches_with_activations: 1,
         optimizer_state_sets: 0,
     };
     spec.check_memory(&profiling, &AvailableMemory::of_this_machine())?;

@@ -4,8 +4,10 @@
 //! at the run: it takes the first epoch's plan of the same [`Pipeline`] the run trains (same
 //! split, schedule and traced weight versions), and prices weight sets and in-flight micro-batches with the schedule crate's [`MemoryModel`].
 //! Weight bytes are exact (f32 parameters × weight sets); activation bytes are an estimate
-//! (each block's input and output per sample, f32, × samples per micro-batch), since the
-//! runtime does not measure them.
+//! (each block's input and output per sample, f32, × samples per micro-batch; with
+//! `--recompute-activations`, the stage input of each micro-batch in flight plus the full
+//! activations of one backward's micro-batches), to read next to the run's measured
+//! `peak_activation_bytes`.
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +65,12 @@ pub fn predict(label: &str, config: &TrainConfig) -> Result<Vec<StagePrediction>
         parameter_bytes: per_stage(&|b| b.param_count() as u64 * VALUE_BYTES),
         activation_bytes_per_microbatch: per_stage(&|b| {
             (b.input_features() + b.output_features()) as u64 * samples * VALUE_BYTES
+        }),
+        recomputed_inputs: config.pipeline.recompute_activations.then(|| {
+            split
+                .iter()
+                .map(|range| blocks[range.start].input_features() as u64 * samples * VALUE_BYTES)
+                .collect()
         }),
         optimizer_bytes_per_parameter_byte: 0.0,
     };

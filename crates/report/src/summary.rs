@@ -72,6 +72,8 @@ pub struct StageSummary {
     pub peak_weight_sets: u32,
     /// Most weight bytes stored at once.
     pub peak_weight_bytes: u64,
+    /// Most bytes of activations held for backwards at once.
+    pub peak_activation_bytes: u64,
     /// How many backward micro-batches saw each staleness d.
     pub staleness: BTreeMap<u64, u64>,
     /// Mean staleness d.
@@ -288,12 +290,15 @@ fn stage_summaries(runs: &[&Run]) -> Vec<StageSummary> {
             let mut summary = StageSummary {
                 peak_weight_sets: 0,
                 peak_weight_bytes: 0,
+                peak_activation_bytes: 0,
                 staleness: BTreeMap::new(),
                 mean_staleness: 0.0,
             };
             for s in measured {
                 summary.peak_weight_sets = summary.peak_weight_sets.max(s.peak_weight_sets);
                 summary.peak_weight_bytes = summary.peak_weight_bytes.max(s.peak_weight_bytes);
+                summary.peak_activation_bytes =
+                    summary.peak_activation_bytes.max(s.peak_activation_bytes);
                 for (d, n) in &s.staleness {
                     *summary.staleness.entry(*d).or_insert(0) += n;
                 }
@@ -373,6 +378,7 @@ pub(crate) mod tests {
             mean_staleness: 0.0,
             peak_weight_sets: sets,
             peak_weight_bytes: 1000 * u64::from(sets),
+            peak_activation_bytes: 0,
             busy_seconds: seconds / 2.0,
             utilisation: 0.5,
             bytes_sent: 10,

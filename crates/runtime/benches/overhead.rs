@@ -14,7 +14,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use timeprest_policy::{
-    PolicyKind, PolicyOptions, VersionPlan, WeightKey, WeightPolicy, WeightRecipe, plan,
+    Activations, PolicyKind, PolicyOptions, VersionPlan, WeightKey, WeightPolicy, WeightRecipe,
+    plan,
 };
 use timeprest_runtime::{
     BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, StageCompute,
@@ -93,6 +94,10 @@ impl StageCompute for NoopStage {
     fn stored_weight_sets(&self) -> u32 {
         self.sets
     }
+
+    fn activation_bytes_peak(&mut self) -> u64 {
+        0
+    }
 }
 
 fn noop_stages(num_stages: u32) -> Vec<NoopStage> {
@@ -111,7 +116,7 @@ fn setup(
 ) -> (Schedule, VersionPlan, u64) {
     let schedule = generate(schedule_kind, &ScheduleConfig::new(4, 4, minibatches)).unwrap();
     let policy = WeightPolicy::new(policy_kind, &PolicyOptions::default());
-    let version_plan = plan(&schedule, &policy);
+    let version_plan = plan(&schedule, &policy, Activations::Kept);
     let actions = schedule.stages.iter().map(|row| row.len() as u64).sum();
     (schedule, version_plan, actions)
 }
@@ -159,7 +164,7 @@ fn planning(c: &mut Criterion) {
     ] {
         let policy = WeightPolicy::new(policy_kind, &PolicyOptions::default());
         group.bench_function(BenchmarkId::new("plan_nf1b", policy_kind.name()), |b| {
-            b.iter(|| plan(black_box(&schedule), &policy))
+            b.iter(|| plan(black_box(&schedule), &policy, Activations::Kept))
         });
     }
     group.bench_function("validate_nf1b", |b| {

@@ -108,4 +108,8 @@ pub trait StageCompute: Send {
 
     /// Number of weight sets this stage stores right now (live version included).
     fn stored_weight_sets(&self) -> u32;
+
+    /// The most bytes of activations this stage held for backwards at any moment since the
+    /// last call (or since it was built); the count restarts from what it holds now.
+    fn activation_bytes_peak(&mut self) -> u64;
 }

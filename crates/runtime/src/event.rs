@@ -30,4 +30,7 @@ pub struct Event {
     pub stored_weight_bytes: u64,
     /// Number of weight sets the stage stored when the action ended (after releases).
     pub stored_weight_sets: u32,
+    /// The most bytes of activations the stage held for backwards during the action.
+    #[serde(default)]
+    pub activation_bytes: u64,
 }

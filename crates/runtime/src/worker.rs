@@ -313,6 +313,7 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                 bytes_sent,
                 stored_weight_bytes: self.compute.stored_weight_bytes(),
                 stored_weight_sets: self.compute.stored_weight_sets(),
+                activation_bytes: self.compute.activation_bytes_peak(),
             });
         }
         Ok(output)

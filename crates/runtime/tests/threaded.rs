@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use timeprest_policy::{PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan};
+use timeprest_policy::{
+    Activations, PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan,
+};
 use timeprest_runtime::{
     BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, RuntimeError,
     StageCompute, StageFailure, run_threaded,
@@ -151,6 +153,10 @@ impl StageCompute for EchoStage {
     fn stored_weight_sets(&self) -> u32 {
         self.stored.len() as u32
     }
+
+    fn activation_bytes_peak(&mut self) -> u64 {
+        0
+    }
 }
 
 fn stages(num_stages: u32) -> Vec<EchoStage> {
@@ -173,7 +179,7 @@ fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
         )
         .unwrap();
         let policy = WeightPolicy::new(policy_kind, &PolicyOptions::default());
-        let version_plan = plan(&schedule, &policy);
+        let version_plan = plan(&schedule, &policy, Activations::Kept);
         let mut workers = stages(num_stages);
         let report = run_threaded(
             &schedule,
@@ -210,6 +216,7 @@ fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
     let version_plan = plan(
         &schedule,
         &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
+        Activations::Kept,
     );
     let mut workers = stages(4);
     workers[2].panic_on_forward = Some(20);
@@ -250,6 +257,7 @@ fn a_failing_update_ends_the_run_with_its_cause() {
     let version_plan = plan(
         &schedule,
         &WeightPolicy::new(PolicyKind::Pipedream, &PolicyOptions::default()),
+        Activations::Kept,
     );
     let mut workers = stages(3);
     workers[0].fail_on_update = Some(4);
@@ -274,6 +282,7 @@ fn mismatched_stage_count_is_rejected() {
     let version_plan = plan(
         &schedule,
         &WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default()),
+        Activations::Kept,
     );
     let mut workers = stages(2);
     let error = run_threaded(
@@ -296,6 +305,7 @@ fn run_with_stop_flag(
     let version_plan = plan(
         &schedule,
         &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
+        Activations::Kept,
     );
     let mut workers = stages(3);
     let stop = Arc::new(AtomicBool::new(false));

@@ -106,6 +106,31 @@ impl CostModel for ConstantCost {
     }
 }
 
+/// `C` on a stage that recomputes its activations (`--recompute-activations`): every backward
+/// first re-runs the forward of each micro-batch it covers, so it costs one forward more per
+/// micro-batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecomputedActivations<C>(pub C);
+
+impl<C: CostModel> CostModel for RecomputedActivations<C> {
+    fn forward(&self, stage: u32) -> f64 {
+        self.0.forward(stage)
+    }
+    fn backward_minibatch(&self, stage: u32, num_microbatches: u32) -> f64 {
+        self.0.backward_minibatch(stage, num_microbatches)
+            + f64::from(num_microbatches) * self.0.forward(stage)
+    }
+    fn backward_microbatch(&self, stage: u32) -> f64 {
+        self.0.backward_microbatch(stage) + self.0.forward(stage)
+    }
+    fn update(&self, stage: u32) -> f64 {
+        self.0.update(stage)
+    }
+    fn transfer(&self, from_stage: u32, to_stage: u32) -> f64 {
+        self.0.transfer(from_stage, to_stage)
+    }
+}
+
 /// Predicts the timeline of `schedule` under `cost` (see the module documentation).
 ///
 /// The schedule is validated first; its unit slots then give an order in which every action's

@@ -12,6 +12,7 @@
 //! - `B(i)@W−1` needs every `F(i,·)@W−1`; `B(i)@s` needs `B(i)@s+1` (a gradient message).
 //! - `B(i,j)@s` needs `F(i,j)@s` and `B(i,j)@s+1` (a gradient message).
 //! - Synchronous kinds (naive, GPipe, 1F1B-flush) flush: `F(i,·)@s` needs `U(i−1)@s`.
+//! - 1F1B-2BW double-buffers: `F(i,·)@s` needs `U(i−2)@s` (the version its forward reads).
 //! - Naive runs one action at a time in the whole pipeline: `F(i,j)@0` also needs
 //!   `F(i,j−1)@W−1`, and `B(i)@s` also needs `U(i)@s+1`.
 //!
@@ -65,6 +66,9 @@ pub(crate) fn dependencies(
             }
             if kind.is_synchronous() && i > 0 {
                 fixed[1] = Dep::order(Action::update(s, i - 1));
+            }
+            if kind == ScheduleKind::OneFOneBDoubleBuffered && i > 1 {
+                fixed[1] = Dep::order(Action::update(s, i - 2));
             }
             if kind == ScheduleKind::Naive && s == 0 && j > 0 {
                 fixed[2] = Dep::order(Action::forward(last, i, j - 1));
@@ -131,6 +135,17 @@ mod tests {
         assert_eq!(
             deps(ScheduleKind::Nf1b, Action::forward(1, 2, 1)),
             ["0F2.1"]
+        );
+    }
+
+    #[test]
+    fn double_buffered_forwards_wait_for_the_update_two_minibatches_back() {
+        let kind = ScheduleKind::OneFOneBDoubleBuffered;
+        assert_eq!(deps(kind, Action::forward(1, 2, 1)), ["0F2.1", "1U0"]);
+        assert_eq!(deps(kind, Action::forward(0, 1, 0)), Vec::<String>::new());
+        assert_eq!(
+            deps(kind, Action::backward_microbatch(1, 0, 1)),
+            ["1F0.1", "2B0.1"]
         );
     }
 

@@ -27,7 +27,7 @@ mod timeline;
 mod validate;
 
 pub use action::{Action, ActionKind, MicrobatchId, ParseActionError};
-pub use cost::{ConstantCost, CostModel, simulate_costs};
+pub use cost::{ConstantCost, CostModel, RecomputedActivations, simulate_costs};
 pub use error::ScheduleError;
 pub use generate::{MAX_ACTIONS, generate};
 pub use memory::{MemoryModel, StageMemory, max_microbatches_in_flight};

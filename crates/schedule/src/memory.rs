@@ -61,6 +61,11 @@ pub struct MemoryModel {
     pub parameter_bytes: Vec<u64>,
     /// Bytes of saved activations for one micro-batch at each stage.
     pub activation_bytes_per_microbatch: Vec<u64>,
+    /// `Some(bytes of one micro-batch's stage input, per stage)` when stages recompute their
+    /// activations: they keep only the inputs of the micro-batches in flight, plus the full
+    /// activations of the micro-batches one backward covers while it runs.
+    #[serde(default)]
+    pub recomputed_inputs: Option<Vec<u64>>,
     /// Optimizer state bytes per parameter byte (0 for plain SGD, 1 for momentum, 2 for Adam).
     pub optimizer_bytes_per_parameter_byte: f64,
 }
@@ -84,8 +89,9 @@ impl StageMemory {
 }
 
 impl MemoryModel {
-    /// Per-stage memory given the weight versions each stage holds at peak and the micro-batches
-    /// in flight at peak (e.g. from [`max_microbatches_in_flight`]).
+    /// Per-stage memory given the weight versions each stage holds at peak, the micro-batches
+    /// in flight at peak (e.g. from [`max_microbatches_in_flight`]) and the micro-batches one
+    /// backward covers (1, or N for a whole-mini-batch backward).
     ///
     /// # Errors
     /// [`ScheduleError::StageCountMismatch`] when the inputs do not all have one entry per stage.
@@ -93,6 +99,7 @@ impl MemoryModel {
         &self,
         weight_versions: &[u32],
         microbatches_in_flight: &[u32],
+        microbatches_per_backward: u32,
     ) -> Result<Vec<StageMemory>, ScheduleError> {
         let num_stages = self.parameter_bytes.len();
         let check = |what, len: usize| {
@@ -112,14 +119,28 @@ impl MemoryModel {
         )?;
         check("weight_versions", weight_versions.len())?;
         check("microbatches_in_flight", microbatches_in_flight.len())?;
+        if let Some(inputs) = &self.recomputed_inputs {
+            check("recomputed_inputs", inputs.len())?;
+        }
         Ok((0..num_stages)
             .map(|s| StageMemory {
                 weights: self.parameter_bytes[s] * u64::from(weight_versions[s]),
                 optimizer: (self.parameter_bytes[s] as f64
                     * self.optimizer_bytes_per_parameter_byte)
                     .round() as u64,
-                activations: self.activation_bytes_per_microbatch[s]
-                    * u64::from(microbatches_in_flight[s]),
+                activations: match &self.recomputed_inputs {
+                    None => {
+                        self.activation_bytes_per_microbatch[s]
+                            * u64::from(microbatches_in_flight[s])
+                    }
+                    Some(inputs) => {
+                        inputs[s] * u64::from(microbatches_in_flight[s])
+                            + self.activation_bytes_per_microbatch[s]
+                                * u64::from(
+                                    microbatches_per_backward.min(microbatches_in_flight[s]),
+                                )
+                    }
+                },
             })
             .collect())
     }
@@ -143,7 +164,16 @@ impl MemoryModel {
                 num_stages,
             });
         }
-        self.per_stage(weight_versions, &max_microbatches_in_flight(schedule))
+        let per_backward = if schedule.kind.has_microbatch_backwards() {
+            1
+        } else {
+            schedule.config.num_microbatches
+        };
+        self.per_stage(
+            weight_versions,
+            &max_microbatches_in_flight(schedule),
+            per_backward,
+        )
     }
 }
 
@@ -173,6 +203,7 @@ mod tests {
         let model = MemoryModel {
             parameter_bytes: vec![100, 10],
             activation_bytes_per_microbatch: vec![7, 5],
+            recomputed_inputs: None,
             optimizer_bytes_per_parameter_byte: 1.0,
         };
         let memory = model.estimate(&schedule, &[1, 2]).unwrap();
@@ -186,6 +217,14 @@ mod tests {
             }
         );
         assert_eq!(memory[1].weights, 20);
+        // Recomputing: inputs of every micro-batch in flight, full activations of the N = 3
+        // micro-batches one nF1B backward covers.
+        let recomputing = MemoryModel {
+            recomputed_inputs: Some(vec![2, 1]),
+            ..model.clone()
+        };
+        let memory = recomputing.estimate(&schedule, &[1, 2]).unwrap();
+        assert_eq!(memory[0].activations, 2 * in_flight[0] as u64 + 7 * 3);
         let err = model.estimate(&schedule, &[1]).unwrap_err();
         assert!(
             err.to_string()

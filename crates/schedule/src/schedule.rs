@@ -28,16 +28,22 @@ pub enum ScheduleKind {
     OneFOneBFlush,
     /// TiMePReSt nF1B: N micro-batch forwards, then one backward of the whole mini-batch.
     Nf1b,
+    /// PipeDream-2BW: asynchronous 1F1B over micro-batches, gradients accumulated over the N
+    /// micro-batches of a mini-batch, one update per mini-batch, no flush; a mini-batch's
+    /// forwards at a stage wait for the update two mini-batches back (double buffering).
+    #[serde(rename = "1f1b-2bw")]
+    OneFOneBDoubleBuffered,
 }
 
 impl ScheduleKind {
     /// Every kind, in the order shown in help texts.
-    pub const ALL: [ScheduleKind; 5] = [
+    pub const ALL: [ScheduleKind; 6] = [
         ScheduleKind::Naive,
         ScheduleKind::Gpipe,
         ScheduleKind::OneFOneB,
         ScheduleKind::OneFOneBFlush,
         ScheduleKind::Nf1b,
+        ScheduleKind::OneFOneBDoubleBuffered,
     ];
 
     /// The name used on the command line and in files.
@@ -48,6 +54,7 @@ impl ScheduleKind {
             ScheduleKind::OneFOneB => "1f1b",
             ScheduleKind::OneFOneBFlush => "1f1b-flush",
             ScheduleKind::Nf1b => "nf1b",
+            ScheduleKind::OneFOneBDoubleBuffered => "1f1b-2bw",
         }
     }
 
@@ -61,13 +68,27 @@ impl ScheduleKind {
     }
 
     /// True when the family runs one backward per micro-batch ([`ActionKind::BackwardMicrobatch`]:
-    /// GPipe, 1F1B-flush); false when it runs one backward per mini-batch
+    /// GPipe, 1F1B-flush, 1F1B-2BW); false when it runs one backward per mini-batch
     /// ([`ActionKind::BackwardMinibatch`]: naive, 1F1B, nF1B).
     ///
     /// [`ActionKind::BackwardMicrobatch`]: crate::ActionKind::BackwardMicrobatch
     /// [`ActionKind::BackwardMinibatch`]: crate::ActionKind::BackwardMinibatch
     pub fn has_microbatch_backwards(self) -> bool {
-        matches!(self, ScheduleKind::Gpipe | ScheduleKind::OneFOneBFlush)
+        matches!(
+            self,
+            ScheduleKind::Gpipe
+                | ScheduleKind::OneFOneBFlush
+                | ScheduleKind::OneFOneBDoubleBuffered
+        )
+    }
+
+    /// True when the family's generator holds back a stage's forwards by the in-flight cap
+    /// ([`ScheduleConfig::inflight_cap`]): the greedy families 1F1B, nF1B and 1F1B-2BW.
+    pub fn uses_inflight_cap(self) -> bool {
+        matches!(
+            self,
+            ScheduleKind::OneFOneB | ScheduleKind::Nf1b | ScheduleKind::OneFOneBDoubleBuffered
+        )
     }
 
     /// True when the family runs each of a mini-batch's micro-batches as a mini-batch of its
@@ -88,7 +109,7 @@ impl fmt::Display for ScheduleKind {
 
 /// An unknown schedule name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown schedule `{0}`; valid schedules: naive, gpipe, 1f1b, 1f1b-flush, nf1b")]
+#[error("unknown schedule `{0}`; valid schedules: naive, gpipe, 1f1b, 1f1b-flush, nf1b, 1f1b-2bw")]
 pub struct UnknownScheduleError(pub String);
 
 impl FromStr for ScheduleKind {
@@ -103,7 +124,8 @@ impl FromStr for ScheduleKind {
     }
 }
 
-/// How many mini-batches a stage may have in flight (forward started, backward not finished).
+/// How many mini-batches a stage may have in flight (forward started, backward not finished);
+/// in `1f1b-2bw`, whose backwards are per micro-batch, how many micro-batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InflightCap {
@@ -135,9 +157,10 @@ pub struct ScheduleConfig {
     pub num_microbatches: u32,
     /// Number of mini-batches to schedule.
     pub num_minibatches: u32,
-    /// In-flight cap (used by `1f1b` and `nf1b`).
+    /// In-flight cap (used by `1f1b`, `nf1b` and `1f1b-2bw`).
     pub inflight_cap: InflightCap,
-    /// When a stage could run either a backward or a forward, run the backward (`1f1b`, `nf1b`).
+    /// When a stage could run either a backward or a forward, run the backward (`1f1b`, `nf1b`,
+    /// `1f1b-2bw`).
     pub backward_priority: bool,
     /// `None`: the papers' unit-slot grid, where every forward and backward takes one slot
     /// (nF1B's mini-batch backward as short as one forward). `Some(k)`: a forward takes one
@@ -221,5 +244,20 @@ impl Schedule {
     /// The actions of `stage` in execution order, without slots.
     pub fn actions(&self, stage: u32) -> impl Iterator<Item = Action> + '_ {
         self.stages[stage as usize].iter().map(|a| a.action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_files_and_on_the_command_line_agree_and_round_trip() {
+        for kind in ScheduleKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+            assert_eq!(kind.name().parse::<ScheduleKind>().unwrap(), kind);
+        }
+        let err = "2bw".parse::<ScheduleKind>().unwrap_err().to_string();
+        assert!(err.contains("1f1b-2bw"), "{err}");
     }
 }

@@ -1,8 +1,8 @@
 //! Cost-model simulation and memory: closed forms the simulation must reproduce.
 
 use timeprest_schedule::{
-    ConstantCost, CostModel, MemoryModel, ScheduleConfig, ScheduleKind, generate,
-    max_microbatches_in_flight, simulate_costs,
+    ConstantCost, CostModel, MemoryModel, RecomputedActivations, ScheduleConfig, ScheduleKind,
+    generate, max_microbatches_in_flight, simulate_costs,
 };
 
 fn close(a: f64, b: f64) -> bool {
@@ -110,12 +110,29 @@ fn a_minibatch_backward_costs_n_microbatch_backwards() {
 }
 
 #[test]
+fn recomputing_activations_adds_one_forward_per_microbatch_to_every_backward() {
+    let cost = ConstantCost {
+        forward: 1.0,
+        backward: 3.0,
+        update: 0.0,
+        transfer: 0.0,
+    };
+    for (kind, n) in [(ScheduleKind::Nf1b, 4), (ScheduleKind::Gpipe, 4)] {
+        let schedule = generate(kind, &ScheduleConfig::new(1, n, 1)).unwrap();
+        let timeline = simulate_costs(&schedule, &RecomputedActivations(cost)).unwrap();
+        // One stage: N forwards, then N backwards of 3 + 1 each.
+        assert!(close(timeline.makespan(), 4.0 + 16.0), "{kind}");
+    }
+}
+
+#[test]
 fn nf1b_w4_n3_holds_9_7_5_3_microbatches_of_activations() {
     let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(4, 3, 25)).unwrap();
     assert_eq!(max_microbatches_in_flight(&schedule), [9, 7, 5, 3]);
     let model = MemoryModel {
         parameter_bytes: vec![10; 4],
         activation_bytes_per_microbatch: vec![1; 4],
+        recomputed_inputs: None,
         optimizer_bytes_per_parameter_byte: 2.0,
     };
     let memory = model.estimate(&schedule, &[1, 2, 3, 3]).unwrap();

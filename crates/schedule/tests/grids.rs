@@ -2,8 +2,9 @@
 //!
 //! The 1F1B (W = 4) and nF1B grid texts are those of `docs/algorithms.md` §2.8: nF1B as in
 //! Fig. 2 of the TiMePReSt paper plus the main-experiment configurations (N = 3). The GPipe,
-//! 1F1B-flush, naive and costed grids follow the rules of §2.3, §2.5, §2.2 and §2.7 there. Each
-//! is compared over the slots it shows; whitespace runs and a trailing `...` are ignored.
+//! 1F1B-flush, naive, costed and 1F1B-2BW grids follow the rules of §2.3, §2.5, §2.2, §2.7 and
+//! §2.9 there. Each is compared over the slots it shows; whitespace runs and a trailing `...`
+//! are ignored.
 
 use timeprest_schedule::{
     ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, Timeline, generate, render, validate,
@@ -154,6 +155,22 @@ fn one_f_one_b_flush_warms_up_w_minus_s_minus_1_forwards() {
 S1:   1A   1B   1C    .    .  B1A   1D  B1B    .  B1C    .  B1D   2A   2B   2C    .
 S2:    .   1A   1B    .  B1A   1C  B1B   1D  B1C    .  B1D    .    .   2A   2B    .
 S3:    .    .   1A  B1A   1B  B1B   1C  B1C   1D  B1D    .    .    .    .   2A  B2A
+",
+    );
+}
+
+#[test]
+fn one_f_one_b_2bw_fills_w_minus_s_micro_batches_and_updates_after_each_last_backward() {
+    // Checked by hand: stage s holds at most W − s micro-batches; U(i) rides with B(i, N−1);
+    // `3A` (mini-batch 2) may start at stage 0 only after U(0), in slot 7 with `B1B`.
+    check(
+        ScheduleKind::OneFOneBDoubleBuffered,
+        3,
+        2,
+        "
+S1:   1A   1B   2A    .    .  B1A   2B  B1B   3A  B2A   3B  B2B   4A  B3A   4B  B3B
+S2:    .   1A   1B    .  B1A   2A  B1B   2B  B2A   3A  B2B   3B  B3A   4A  B3B   4B
+S3:    .    .   1A  B1A   1B  B1B   2A  B2A   2B  B2B   3A  B3A   3B  B3B   4A  B4A
 ",
     );
 }

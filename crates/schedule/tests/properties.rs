@@ -142,6 +142,54 @@ proptest! {
     }
 
     #[test]
+    fn double_buffering_never_delays_a_forward_when_n_is_at_least_w_minus_one(
+        w in 1u32..8,
+        extra in 0u32..3,
+        m in 1u32..12,
+    ) {
+        // PipeDream-2BW's m ≥ d: with N ≥ W − 1 and the W − s cap, the rule "the forwards of
+        // mini-batch i wait for update i − 2" never binds, so every forward and backward sits
+        // where asynchronous 1F1B over the same micro-batches puts it.
+        let n = (w - 1).max(1) + extra;
+        let config = ScheduleConfig::new(w, n, m);
+        let double_buffered = generate(ScheduleKind::OneFOneBDoubleBuffered, &config).unwrap();
+        let one_f_one_b = generate(ScheduleKind::OneFOneB, &config).unwrap();
+        let slots = |schedule: &Schedule| -> Vec<Vec<(bool, u32)>> {
+            schedule
+                .stages
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .filter(|a| !a.action.kind.is_update())
+                        .map(|a| (a.action.kind.is_forward(), a.slot))
+                        .collect()
+                })
+                .collect()
+        };
+        prop_assert_eq!(slots(&double_buffered), slots(&one_f_one_b));
+    }
+
+    #[test]
+    fn double_buffered_forwards_come_after_the_update_two_minibatches_back(
+        config in configs(),
+    ) {
+        let schedule = generate(ScheduleKind::OneFOneBDoubleBuffered, &config).unwrap();
+        for row in &schedule.stages {
+            let mut updates = 0u32;
+            for scheduled in row {
+                match scheduled.action.kind {
+                    ActionKind::Update(_) => updates += 1,
+                    ActionKind::Forward(mb) => prop_assert!(
+                        updates + 1 >= mb.minibatch,
+                        "{} after only {} updates", scheduled.action, updates
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
     fn swapping_a_forward_with_its_backward_is_rejected_with_the_cell_marked(
         kind in kinds(),
         config in configs(),

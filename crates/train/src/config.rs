@@ -12,7 +12,8 @@ use timeprest_nn::{
     PartitionMethod,
 };
 use timeprest_policy::{
-    ForwardSource, Horizon, PolicyKind, PolicyOptions, Prediction, Significance,
+    Activations, ForwardSource, Horizon, LatestSource, PolicyKind, PolicyOptions, Prediction,
+    Significance, StalenessMeasure,
 };
 use timeprest_schedule::{MAX_BACKWARD_SLOTS, ScheduleConfig, ScheduleKind};
 
@@ -201,6 +202,11 @@ pub struct PipelineSettings {
     pub split: Vec<usize>,
     /// Gradient mode when forward and backward read different weights.
     pub grad_mode: GradMode,
+    /// Keep only each micro-batch's stage input and re-run the forward, with the weights the
+    /// forward read, before its backward (less activation memory, one more forward per
+    /// micro-batch; the results are the same bit for bit).
+    #[serde(default)]
+    pub recompute_activations: bool,
     /// I-TiMePReSt significance function.
     pub significance: SignificanceChoice,
     /// λ of the `exp` significance.
@@ -215,6 +221,12 @@ pub struct PipelineSettings {
     /// Where V-TiMePReSt's and I-TiMePReSt's forwards read their weights.
     #[serde(default)]
     pub forward_source: ForwardSource,
+    /// Which version TiMePReSt's and V-TiMePReSt's backwards read as the latest.
+    #[serde(default)]
+    pub latest_version: LatestSource,
+    /// The staleness d I-TiMePReSt's significance σ(d) reads.
+    #[serde(default)]
+    pub staleness: StalenessMeasure,
 }
 
 /// The optimizer and the amount of training.
@@ -341,12 +353,15 @@ impl Default for PipelineSettings {
             partition: PartitionMethod::Ops,
             split: Vec::new(),
             grad_mode: GradMode::Graph,
+            recompute_activations: false,
             significance: SignificanceChoice::Exp,
             lambda: 1.0,
             alpha: 0.5,
             prediction: Prediction::Nag,
             horizon: Horizon::StagesRemaining,
             forward_source: ForwardSource::Live,
+            latest_version: LatestSource::Live,
+            staleness: StalenessMeasure::Gap,
         }
     }
 }
@@ -394,7 +409,7 @@ macro_rules! assign {
 impl TrainConfig {
     /// Every key of a configuration file (and of `compare`'s `policy:key=value`), section by
     /// section.
-    pub const KEYS: [&str; 42] = [
+    pub const KEYS: [&str; 45] = [
         "model",
         "hidden",
         "width",
@@ -416,12 +431,15 @@ impl TrainConfig {
         "partition",
         "split",
         "grad_mode",
+        "recompute_activations",
         "significance",
         "lambda",
         "alpha",
         "prediction",
         "horizon",
         "forward_source",
+        "latest_version",
+        "staleness",
         "batch_size",
         "epochs",
         "optimizer",
@@ -476,12 +494,15 @@ impl TrainConfig {
             "partition" => assign!(key, value, p.partition),
             "split" => assign!(key, value, p.split),
             "grad_mode" => assign!(key, value, p.grad_mode),
+            "recompute_activations" => assign!(key, value, p.recompute_activations),
             "significance" => assign!(key, value, p.significance),
             "lambda" => assign!(key, value, p.lambda),
             "alpha" => assign!(key, value, p.alpha),
             "prediction" => assign!(key, value, p.prediction),
             "horizon" => assign!(key, value, p.horizon),
             "forward_source" => assign!(key, value, p.forward_source),
+            "latest_version" => assign!(key, value, p.latest_version),
+            "staleness" => assign!(key, value, p.staleness),
             "batch_size" => assign!(key, value, o.batch_size),
             "epochs" => assign!(key, value, o.epochs),
             "optimizer" => assign!(key, value, o.optimizer),
@@ -504,6 +525,11 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether the stages keep their activations or recompute them before each backward.
+    pub fn activations(&self) -> Activations {
+        Activations::recomputed_if(self.pipeline.recompute_activations)
     }
 
     /// The schedule this run uses.
@@ -580,6 +606,8 @@ impl TrainConfig {
             prediction: self.pipeline.prediction,
             horizon: self.pipeline.horizon,
             forward: self.pipeline.forward_source,
+            latest: self.pipeline.latest_version,
+            staleness: self.pipeline.staleness,
         }
     }
 
@@ -749,31 +777,45 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.pipeline.horizon != Horizon::StagesRemaining
-            && self.pipeline.policy != PolicyKind::Nwpt
-        {
-            return bad(
+        // Options only some policies read: set for another, they would silently do nothing.
+        let policy = self.pipeline.policy;
+        let policy_options: [(&str, bool, &[PolicyKind], &str, &str); 4] = [
+            (
                 "horizon",
-                format!(
-                    "only nwpt predicts weights; policy `{}` has no horizon",
-                    self.pipeline.policy
-                ),
-            );
-        }
-        if self.pipeline.forward_source != ForwardSource::Live
-            && !matches!(
-                self.pipeline.policy,
-                PolicyKind::VTimeprest | PolicyKind::ITimeprest
-            )
-        {
-            return bad(
+                self.pipeline.horizon != Horizon::StagesRemaining,
+                &[PolicyKind::Nwpt],
+                "only nwpt predicts weights",
+                "has no horizon",
+            ),
+            (
                 "forward-source",
-                format!(
-                    "only v-timeprest and i-timeprest choose their forwards' version; policy `{}` \
-                     fixes it",
-                    self.pipeline.policy
-                ),
-            );
+                self.pipeline.forward_source != ForwardSource::Live,
+                &[PolicyKind::VTimeprest, PolicyKind::ITimeprest],
+                "only v-timeprest and i-timeprest choose their forwards' version",
+                "fixes it",
+            ),
+            (
+                "latest-version",
+                self.pipeline.latest_version != LatestSource::Live,
+                &[PolicyKind::Timeprest, PolicyKind::VTimeprest],
+                "only timeprest and v-timeprest read the latest version in their backward",
+                "reads another",
+            ),
+            (
+                "staleness",
+                self.pipeline.staleness != StalenessMeasure::Gap,
+                &[PolicyKind::ITimeprest],
+                "only i-timeprest weighs its weights by staleness",
+                "does not",
+            ),
+        ];
+        for (setting, given, readers, who_reads, otherwise) in policy_options {
+            if given && !readers.contains(&policy) {
+                return bad(
+                    setting,
+                    format!("{who_reads}; policy `{policy}` {otherwise}"),
+                );
+            }
         }
         if self.pipeline.policy == PolicyKind::Nwpt
             && (self.optimisation.optimizer != OptimizerChoice::Sgd
@@ -872,12 +914,15 @@ mod tests {
                 partition: PartitionMethod::Time,
                 split: vec![3],
                 grad_mode: GradMode::Recompute,
+                recompute_activations: true,
                 significance: SignificanceChoice::Const,
                 lambda: 2.0,
                 alpha: 0.25,
                 prediction: Prediction::Spectrain,
                 horizon: Horizon::Constant(2),
                 forward_source: ForwardSource::VerticalSync,
+                latest_version: LatestSource::Committed,
+                staleness: StalenessMeasure::MinibatchMean,
             };
             c.optimisation = OptimisationSettings {
                 batch_size: 8,
@@ -1018,7 +1063,7 @@ mod tests {
     }
 
     #[test]
-    fn a_horizon_or_forward_source_is_refused_for_a_policy_that_has_none() {
+    fn a_horizon_forward_source_or_latest_version_is_refused_for_a_policy_that_has_none() {
         refused(
             with(|c| c.pipeline.horizon = Horizon::Spectrain),
             "--horizon: only nwpt predicts weights",
@@ -1036,6 +1081,27 @@ mod tests {
             "--forward-source: only v-timeprest and i-timeprest",
         );
         with(|c| c.pipeline.forward_source = ForwardSource::VerticalSync)
+            .validate()
+            .unwrap();
+        // The default policy is i-timeprest, whose backward blends: no latest version to pick.
+        refused(
+            with(|c| c.pipeline.latest_version = LatestSource::Committed),
+            "--latest-version: only timeprest and v-timeprest",
+        );
+        with(|c| {
+            c.pipeline.policy = PolicyKind::Timeprest;
+            c.pipeline.latest_version = LatestSource::Committed;
+        })
+        .validate()
+        .unwrap();
+        refused(
+            with(|c| {
+                c.pipeline.policy = PolicyKind::VTimeprest;
+                c.pipeline.staleness = StalenessMeasure::MinibatchMax;
+            }),
+            "--staleness: only i-timeprest",
+        );
+        with(|c| c.pipeline.staleness = StalenessMeasure::MinibatchMax)
             .validate()
             .unwrap();
     }

@@ -27,6 +27,9 @@ pub struct StageMetrics {
     pub peak_weight_sets: u32,
     /// Most weight bytes stored at once.
     pub peak_weight_bytes: u64,
+    /// Most bytes of activations held for backwards at once.
+    #[serde(default)]
+    pub peak_activation_bytes: u64,
     /// Seconds spent computing.
     pub busy_seconds: f64,
     /// busy_seconds / epoch wall time.
@@ -209,6 +212,7 @@ pub fn stage_metrics(report: &RunReport) -> Vec<StageMetrics> {
                     .map(|e| e.stored_weight_bytes)
                     .max()
                     .unwrap_or(0),
+                peak_activation_bytes: events.iter().map(|e| e.activation_bytes).max().unwrap_or(0),
                 busy_seconds,
                 utilisation: busy_seconds / report.seconds.max(f64::MIN_POSITIVE),
                 bytes_sent: events.iter().map(|e| e.bytes_sent).sum(),
@@ -364,6 +368,7 @@ mod tests {
                         bytes_sent: 0,
                         stored_weight_bytes: 0,
                         stored_weight_sets: 1,
+                        activation_bytes: 0,
                     })
                     .collect()
             })

@@ -21,7 +21,7 @@ use timeprest_nn::{
     ModelSpec, NnError, OptimizerConfig, Workload, evaluate, init_params, load_safetensors,
     partition_manual, partition_model,
 };
-use timeprest_policy::{VersionPlan, WeightPolicy, plan};
+use timeprest_policy::{Activations, VersionPlan, WeightPolicy, plan};
 use timeprest_schedule::{Schedule, generate};
 
 use crate::config::{OptimizerChoice, TrainConfig, ValidConfig};
@@ -178,7 +178,8 @@ impl Pipeline {
             blocks.start,
             self.optimizer_config(),
             self.config.pipeline.grad_mode,
-        )?)
+        )?
+        .recomputing_activations(self.config.pipeline.recompute_activations))
     }
 
     /// The optimizer of every stage: the configured rule, its learning-rate schedule counted in
@@ -204,7 +205,7 @@ impl Pipeline {
             .config
             .schedule_config(num_microbatches, num_minibatches);
         let schedule = generate(self.config.schedule_kind(), &shape)?;
-        let versions = plan(&schedule, &self.policy);
+        let versions = plan(&schedule, &self.policy, self.config.activations());
         let augment = self.config.data.augment.then_some(Augment {
             seed: self.config.run.seed,
         });
@@ -292,17 +293,25 @@ pub fn load_data_and_model(
 }
 
 /// What training `config` holds besides the model, for the memory check: one mini-batch's
-/// micro-batches in flight (the least any schedule holds; a stage may hold more) and the
-/// optimizer's state per parameter.
+/// micro-batches in flight (the least any schedule holds; a stage may hold more), of which,
+/// when activations are recomputed, only those one backward covers keep every activation; and
+/// the optimizer's state per parameter.
 fn training_workload(config: &TrainConfig) -> Workload {
     let optimizer_state_sets = match config.optimisation.optimizer {
         OptimizerChoice::Sgd if config.optimisation.momentum == 0.0 => 0,
         OptimizerChoice::Sgd => 1,
         OptimizerChoice::Adam => 2,
     };
+    let in_flight = config.pipeline.num_microbatches as usize;
+    let with_activations = match config.activations() {
+        Activations::Kept => in_flight,
+        Activations::Recomputed if config.schedule_kind().has_microbatch_backwards() => 1,
+        Activations::Recomputed => in_flight,
+    };
     Workload {
         microbatch_size: microbatch_size(config),
-        microbatches_in_flight: config.pipeline.num_microbatches as usize,
+        microbatches_in_flight: in_flight,
+        microbatches_with_activations: with_activations,
         optimizer_state_sets,
     }
 }

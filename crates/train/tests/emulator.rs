@@ -3,7 +3,7 @@
 //! The emulator below is written independently of the runtime, the policy crate and burn: plain
 //! `f32` loops, one thread, every stage's weight versions kept explicitly in a `Vec`, and each
 //! policy's rule for which version a pass reads written out again from `docs/algorithms.md`
-//! (§3.3, §3.4, §3.6–§3.9). It replays the schedule slot by slot. The pipelined run
+//! (§3.3, §3.4, §3.6–§3.9, §3.11). It replays the schedule slot by slot. The pipelined run
 //! (threads, channels, version plan, burn stages) must end with the same weights.
 
 mod common;
@@ -11,7 +11,7 @@ mod common;
 use common::valid;
 use timeprest_data::{LoadOptions, load};
 use timeprest_nn::{MlpConfig, ModelSpec, PartitionMethod, init_params, partition_uniform};
-use timeprest_policy::PolicyKind;
+use timeprest_policy::{LatestSource, PolicyKind, StalenessMeasure};
 use timeprest_schedule::{
     ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
 };
@@ -132,14 +132,39 @@ struct Stage {
 }
 
 /// The emulator: replays `schedule` with `policy`'s rules; returns each stage's final weights.
-fn emulate(
+/// The policy an emulation replays, with the options that change its rules.
+#[derive(Clone, Copy, Debug)]
+struct Rules {
     policy: PolicyKind,
+    /// TiMePReSt's and V-TiMePReSt's latest version.
+    latest: LatestSource,
+    /// The staleness I-TiMePReSt's σ reads (`Gap` or `MinibatchMax` here).
+    staleness: StalenessMeasure,
+}
+
+impl Rules {
+    fn of(policy: PolicyKind) -> Self {
+        Self {
+            policy,
+            latest: LatestSource::Live,
+            staleness: StalenessMeasure::Gap,
+        }
+    }
+}
+
+fn emulate(
+    rules: Rules,
     schedule: &Schedule,
     stages_init: Vec<Weights>,
     batches: &[Vec<Vec<usize>>],
     features: &[f32],
     labels: &[u32],
 ) -> Vec<Weights> {
+    let Rules {
+        policy,
+        latest,
+        staleness,
+    } = rules;
     let num_stages = stages_init.len();
     let mut stages: Vec<Stage> = stages_init
         .into_iter()
@@ -156,7 +181,21 @@ fn emulate(
         Default::default();
     let mut tags: std::collections::HashMap<MicrobatchId, usize> = Default::default();
     let num_features = stages[0].versions[0][0].input;
+    // Per mini-batch, the version every stage had applied when its backward began at the last
+    // stage (`docs/algorithms.md` §3.4): on the unit grid, the updates of earlier slots.
+    let mut committed: std::collections::HashMap<u32, usize> = Default::default();
     for slot in 0..schedule.num_slots() {
+        let applied = stages.iter().map(|st| st.versions.len() - 1).min().unwrap();
+        for action in schedule.stages[num_stages - 1]
+            .iter()
+            .filter(|a| a.slot == slot)
+        {
+            if action.action.kind.is_backward() {
+                committed
+                    .entry(action.action.kind.minibatch())
+                    .or_insert(applied);
+            }
+        }
         for (s, stage) in stages.iter_mut().enumerate() {
             let actions: Vec<_> = schedule.stages[s]
                 .iter()
@@ -180,11 +219,14 @@ fn emulate(
                         } else {
                             activations.remove(&(s, mb)).expect("activation arrived")
                         };
-                        // Which weights the forward reads (`docs/algorithms.md` §3.3–§3.9).
+                        // Which weights the forward reads (`docs/algorithms.md` §3.3–§3.11).
                         let version = match policy {
                             PolicyKind::Timeprest | PolicyKind::Variant1 => tags[&mb],
+                            // The version update i − 2 made: W(t+1) = W(t) − η∇f(W(t−1)).
+                            PolicyKind::Pipedream2bw => (mb.minibatch as usize).saturating_sub(1),
                             _ => live,
                         };
+                        assert!(version <= live, "{action} reads a version not made yet");
                         let horizon = num_stages - 1 - s;
                         let weights = match (policy, &stage.momentum) {
                             (PolicyKind::Nwpt, Some(b)) if horizon > 0 => {
@@ -245,19 +287,34 @@ fn emulate(
                             ActionKind::BackwardMicrobatch(mb) => vec![mb],
                             _ => unreachable!(),
                         };
+                        let max_gap = mbs
+                            .iter()
+                            .map(|mb| live - stage.saved[mb].version)
+                            .max()
+                            .unwrap_or(0);
                         for mb in mbs {
                             let saved = stage.saved.remove(&mb).expect("forward before backward");
                             let d = live - saved.version;
+                            let sigma_d = match staleness {
+                                StalenessMeasure::MinibatchMax => max_gap,
+                                _ => d,
+                            };
                             // Which weights the backward reads.
                             let weights = match policy {
-                                PolicyKind::Pipedream | PolicyKind::Variant1 | PolicyKind::Nwpt => {
-                                    saved.weights.clone()
-                                }
+                                PolicyKind::Pipedream
+                                | PolicyKind::Pipedream2bw
+                                | PolicyKind::Variant1
+                                | PolicyKind::Nwpt => saved.weights.clone(),
                                 PolicyKind::ITimeprest if d > 0 => {
-                                    let sigma = (-(d as f64)).exp() as f32;
+                                    let sigma = (-(sigma_d as f64)).exp() as f32;
                                     let latest = &stage.versions[live];
                                     let diff = axpy(&stage.versions[saved.version], -1.0, latest);
                                     axpy(latest, sigma, &diff)
+                                }
+                                PolicyKind::Timeprest | PolicyKind::VTimeprest
+                                    if latest == LatestSource::Committed =>
+                                {
+                                    stage.versions[committed[&mb.minibatch]].clone()
                                 }
                                 _ => stage.versions[live].clone(),
                             };
@@ -305,13 +362,19 @@ fn check_policy_against_emulator(
     microbatches: u32,
     batch_size: usize,
 ) {
-    check_ordered_policy_against_emulator(policy, num_stages, microbatches, batch_size, None);
+    check_ordered_policy_against_emulator(
+        Rules::of(policy),
+        num_stages,
+        microbatches,
+        batch_size,
+        None,
+    );
 }
 
 /// [`check_policy_against_emulator`] on a schedule ordered with backwards of `backward_slots`
 /// slots per micro-batch (`None`: the unit grid).
 fn check_ordered_policy_against_emulator(
-    policy: PolicyKind,
+    rules: Rules,
     num_stages: u32,
     microbatches: u32,
     batch_size: usize,
@@ -324,7 +387,10 @@ fn check_ordered_policy_against_emulator(
     config.data.shuffle = false;
     config.data.limit_train = Some(limit);
     config.data.limit_test = Some(50);
+    let policy = rules.policy;
     config.pipeline.policy = policy;
+    config.pipeline.latest_version = rules.latest;
+    config.pipeline.staleness = rules.staleness;
     config.pipeline.num_stages = num_stages;
     config.pipeline.num_microbatches = microbatches;
     config.pipeline.backward_slots = backward_slots;
@@ -416,7 +482,7 @@ fn check_ordered_policy_against_emulator(
         "test setup: no 1F1B flattening"
     );
     let emulated = emulate(
-        policy,
+        rules,
         &schedule,
         stage_weights,
         &batches,
@@ -455,6 +521,14 @@ fn pipedream_equals_its_sequential_emulator() {
 }
 
 #[test]
+fn pipedream_2bw_equals_its_sequential_emulator() {
+    // N = W − 1: the double buffer never delays a forward.
+    check_policy_against_emulator(PolicyKind::Pipedream2bw, 3, 2, 8);
+    // N < W − 1: forwards wait for the update two mini-batches back.
+    check_policy_against_emulator(PolicyKind::Pipedream2bw, 4, 2, 8);
+}
+
+#[test]
 fn timeprest_equals_its_sequential_emulator() {
     check_policy_against_emulator(PolicyKind::Timeprest, 3, 3, 12);
 }
@@ -464,12 +538,34 @@ fn timeprest_on_a_costed_order_equals_its_sequential_emulator() {
     // Backwards ordered as 2 slots per micro-batch: stage 0 runs more forwards before each
     // backward, so they read other versions than on the unit grid; the pipeline must still
     // apply exactly the update equation over the order it ran.
-    check_ordered_policy_against_emulator(PolicyKind::Timeprest, 3, 3, 12, Some(2));
+    check_ordered_policy_against_emulator(Rules::of(PolicyKind::Timeprest), 3, 3, 12, Some(2));
 }
 
 #[test]
 fn timeprest_with_multiple_sequences_equals_its_sequential_emulator() {
     check_policy_against_emulator(PolicyKind::Timeprest, 4, 2, 8);
+}
+
+#[test]
+fn timeprest_on_the_committed_version_equals_its_sequential_emulator() {
+    // W = 4, N = 2: v = 2, so the committed version lags the live one at some stages.
+    for policy in [PolicyKind::Timeprest, PolicyKind::VTimeprest] {
+        let rules = Rules {
+            latest: LatestSource::Committed,
+            ..Rules::of(policy)
+        };
+        check_ordered_policy_against_emulator(rules, 4, 2, 8, None);
+    }
+}
+
+#[test]
+fn i_timeprest_weighing_by_the_minibatch_max_staleness_equals_its_sequential_emulator() {
+    // W = 3, N = 3: stage 0's micro-batches of one mini-batch see gaps 1 and 2.
+    let rules = Rules {
+        staleness: StalenessMeasure::MinibatchMax,
+        ..Rules::of(PolicyKind::ITimeprest)
+    };
+    check_ordered_policy_against_emulator(rules, 3, 3, 12, None);
 }
 
 #[test]

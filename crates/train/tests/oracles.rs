@@ -142,11 +142,15 @@ fn the_flags_of_the_open_choices_reach_the_policy() {
 
 #[test]
 fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
-    for policy in PolicyKind::ALL {
+    for (policy, recompute) in PolicyKind::ALL
+        .into_iter()
+        .flat_map(|policy| [(policy, false), (policy, true)])
+    {
         let stages = if policy == PolicyKind::Single { 1 } else { 4 };
         let config = {
             let mut config = config(policy, stages);
             config.pipeline.num_microbatches = 2;
+            config.pipeline.recompute_activations = recompute;
             config.optimisation.batch_size = 16;
             config
         };
@@ -160,6 +164,7 @@ fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
         let predicted = plan(
             &schedule,
             &WeightPolicy::new(policy, &config.policy_options()),
+            config.activations(),
         );
         for (stage, measured) in metrics.stages.iter().enumerate() {
             let simulated = &predicted.stages[stage];
@@ -177,9 +182,64 @@ fn measured_staleness_and_stored_versions_equal_the_simulated_trace() {
             assert_eq!(
                 measured.peak_weight_sets,
                 simulated.peak_weight_sets(),
-                "{policy} stage {stage}: stored versions"
+                "{policy} stage {stage}: stored versions (recomputing: {recompute})"
             );
         }
+    }
+}
+
+/// Final weights (flattened), per-epoch losses and each stage's peak activation bytes.
+fn weights_losses_and_activations(config: &TrainConfig) -> (Vec<f32>, Vec<u64>, Vec<u64>) {
+    let mut trainer = Trainer::new(valid(config), None).unwrap();
+    let mut losses = Vec::new();
+    let mut peaks = vec![0; config.pipeline.num_stages as usize];
+    for epoch in 1..=config.optimisation.epochs {
+        let metrics = trainer.run_epoch(epoch, None).unwrap().metrics;
+        losses.extend([metrics.train_loss.to_bits(), metrics.test_loss.to_bits()]);
+        for (peak, stage) in peaks.iter_mut().zip(&metrics.stages) {
+            *peak = (*peak).max(stage.peak_activation_bytes);
+        }
+    }
+    let weights = trainer
+        .params()
+        .iter()
+        .flat_map(|p| p.values().concat())
+        .collect();
+    (weights, losses, peaks)
+}
+
+#[test]
+fn recomputing_activations_changes_no_bit_and_holds_fewer_bytes() {
+    let lenet = {
+        let mut config = config(PolicyKind::ITimeprest, 2);
+        config.model.name = "lenet5".into();
+        config.data.dataset = "synthetic".into();
+        config.data.limit_train = Some(48);
+        config.data.limit_test = Some(16);
+        config.optimisation.lr = 0.01;
+        config
+    };
+    let mlps = PolicyKind::ALL.map(|policy| {
+        let stages = if policy == PolicyKind::Single { 1 } else { 4 };
+        config(policy, stages)
+    });
+    for base in mlps.into_iter().chain([lenet]) {
+        let name = format!("{} {}", base.pipeline.policy, base.model.name);
+        let (kept_weights, kept_losses, kept_bytes) = weights_losses_and_activations(&base);
+        let recomputed = {
+            let mut config = base.clone();
+            config.pipeline.recompute_activations = true;
+            config
+        };
+        let (weights, losses, bytes) = weights_losses_and_activations(&recomputed);
+        assert!(weights == kept_weights, "{name}: the weights differ");
+        assert_eq!(losses, kept_losses, "{name}: the losses differ");
+        // Stage 0 holds several micro-batches at once under every policy here (N = 3), and
+        // their inputs are less than their inputs and activations.
+        assert!(
+            bytes[0] < kept_bytes[0] && bytes[0] > 0,
+            "{name}: {bytes:?} activation bytes recomputing, {kept_bytes:?} keeping"
+        );
     }
 }
 

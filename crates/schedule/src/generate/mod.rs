@@ -4,14 +4,15 @@
 //! problem is reported as a [`ScheduleError`] naming the bad value), then hands it to the
 //! family's file. Every family is a policy for the shared unit-slot engine (`engine.rs`): the
 //! static-program families (naive, GPipe, 1F1B-flush) list each stage's actions and let the
-//! engine place them as early as their dependencies allow; the greedy families (1F1B, nF1B)
-//! decide slot by slot with backward priority and the in-flight cap. All indices are 0-based.
+//! engine place them as early as their dependencies allow; the greedy families (1F1B, nF1B,
+//! 1F1B-2BW) decide slot by slot with backward priority and the in-flight cap. All indices are 0-based.
 
 mod engine;
 mod gpipe;
 mod naive;
 mod nf1b;
 mod one_f_one_b;
+mod one_f_one_b_2bw;
 mod one_f_one_b_flush;
 
 use crate::action::ActionKind;
@@ -31,7 +32,7 @@ pub const MAX_ACTIONS: u64 = u32::MAX as u64;
 ///
 /// # Errors
 /// [`ScheduleError`] when W, N or the number of mini-batches is zero, when the in-flight cap is
-/// zero at some stage (1F1B and nF1B only, the families that use it), or when the schedule would
+/// zero at some stage (1F1B, nF1B and 1F1B-2BW only, the families that use it), or when the schedule would
 /// have more than [`MAX_ACTIONS`] actions.
 ///
 /// # Example
@@ -50,6 +51,7 @@ pub fn generate(kind: ScheduleKind, config: &ScheduleConfig) -> Result<Schedule,
         ScheduleKind::OneFOneB => one_f_one_b::one_f_one_b(config),
         ScheduleKind::OneFOneBFlush => one_f_one_b_flush::one_f_one_b_flush(config),
         ScheduleKind::Nf1b => nf1b::nf1b(config),
+        ScheduleKind::OneFOneBDoubleBuffered => one_f_one_b_2bw::one_f_one_b_2bw(config),
     })
 }
 
@@ -93,7 +95,7 @@ fn check(kind: ScheduleKind, config: &ScheduleConfig) -> Result<(), ScheduleErro
     if num_actions > MAX_ACTIONS || num_actions.saturating_mul(longest) > MAX_ACTIONS {
         return Err(too_large(num_actions));
     }
-    if matches!(kind, ScheduleKind::OneFOneB | ScheduleKind::Nf1b) {
+    if kind.uses_inflight_cap() {
         for stage in 0..config.num_stages {
             if let Some(cap @ 0) = config.inflight_cap.at(stage, config.num_stages) {
                 return Err(ScheduleError::ZeroInflightCap { stage, cap });

@@ -17,36 +17,59 @@ use crate::action::{ActionKind, MicrobatchId};
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 
 /// The greedy backward-first policy.
+///
+/// Its unit of backward is a mini-batch (nF1B, 1F1B) or a micro-batch (1F1B-2BW, where the
+/// update follows the backward of a mini-batch's last micro-batch). The in-flight cap counts
+/// the same units.
 struct GreedyPolicy {
     num_microbatches: u32,
     num_minibatches: u32,
     backward_priority: bool,
+    /// True when each micro-batch has its own backward.
+    microbatch_backwards: bool,
     /// In-flight cap per stage (`None` = unlimited).
     caps: Vec<Option<u32>>,
     /// Per stage, the flat index `i·N + j` of the next forward.
     next_forward: Vec<u32>,
-    /// Per stage, the mini-batch of the next backward.
+    /// Per stage, the next backward: a mini-batch, or a flat micro-batch index `i·N + j`.
     next_backward: Vec<u32>,
 }
 
 impl GreedyPolicy {
-    fn started_minibatches(&self, stage: usize) -> u32 {
-        self.next_forward[stage].div_ceil(self.num_microbatches)
+    /// Backward units whose first forward has started at `stage`.
+    fn started_units(&self, stage: usize) -> u32 {
+        if self.microbatch_backwards {
+            self.next_forward[stage]
+        } else {
+            self.next_forward[stage].div_ceil(self.num_microbatches)
+        }
+    }
+
+    /// The micro-batch with flat index `flat`.
+    fn microbatch(&self, flat: u32) -> MicrobatchId {
+        MicrobatchId::new(flat / self.num_microbatches, flat % self.num_microbatches)
     }
 }
 
 impl StagePolicy for GreedyPolicy {
     fn candidates(&self, stage: u32) -> [Option<ActionKind>; 2] {
         let s = stage as usize;
-        let started = self.started_minibatches(s);
+        let started = self.started_units(s);
         let next_backward = self.next_backward[s];
-        let backward =
-            (next_backward < started).then_some(ActionKind::BackwardMinibatch(next_backward));
-        let flat = self.next_forward[s];
-        let (i, j) = (flat / self.num_microbatches, flat % self.num_microbatches);
-        let admitted = j > 0 || self.caps[s].is_none_or(|cap| started - next_backward < cap);
-        let forward = (i < self.num_minibatches && admitted)
-            .then_some(ActionKind::Forward(MicrobatchId::new(i, j)));
+        let backward = (next_backward < started).then(|| {
+            if self.microbatch_backwards {
+                ActionKind::BackwardMicrobatch(self.microbatch(next_backward))
+            } else {
+                ActionKind::BackwardMinibatch(next_backward)
+            }
+        });
+        let next = self.microbatch(self.next_forward[s]);
+        // A forward that continues a mini-batch already in flight is never held back when the
+        // backward covers the whole mini-batch (see the module documentation).
+        let continues = !self.microbatch_backwards && next.microbatch > 0;
+        let admitted = continues || self.caps[s].is_none_or(|cap| started - next_backward < cap);
+        let forward = (next.minibatch < self.num_minibatches && admitted)
+            .then_some(ActionKind::Forward(next));
         if self.backward_priority {
             [backward, forward]
         } else {
@@ -65,7 +88,12 @@ impl StagePolicy for GreedyPolicy {
                 self.next_backward[s] += 1;
                 Some(ActionKind::Update(i))
             }
-            _ => unreachable!("the greedy policy only proposes forwards and mini-batch backwards"),
+            ActionKind::BackwardMicrobatch(mb) => {
+                self.next_backward[s] += 1;
+                (mb.microbatch + 1 == self.num_microbatches)
+                    .then_some(ActionKind::Update(mb.minibatch))
+            }
+            ActionKind::Update(_) => unreachable!("the greedy policy never proposes an update"),
         }
     }
 }
@@ -77,6 +105,7 @@ pub(super) fn greedy(kind: ScheduleKind, config: ScheduleConfig) -> Schedule {
         num_microbatches: config.num_microbatches,
         num_minibatches: config.num_minibatches,
         backward_priority: config.backward_priority,
+        microbatch_backwards: kind.has_microbatch_backwards(),
         caps: (0..w).map(|s| config.inflight_cap.at(s, w)).collect(),
         next_forward: vec![0; w as usize],
         next_backward: vec![0; w as usize],
