@@ -17,7 +17,7 @@ use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
 use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
 use timeprest_policy::{
-    ForwardSource, Horizon, LatestSource, PolicyKind, Prediction, StalenessMeasure,
+    ForwardSource, Horizon, LatestSource, PolicyKind, Prediction, StalenessMeasure, UpdateBase,
 };
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
@@ -127,7 +127,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lr: Option<f64>,
     /// How the learning rate changes, stepped at every update of every stage: constant, step
-    /// (× --lr-gamma every --lr-step-epochs), warmup (linear over --warmup-epochs, then
+    /// (× --lr-gamma every --lr-step-epochs), multistep (× --lr-gamma after each epoch of
+    /// --lr-milestones), warmup (linear over --warmup-epochs, then
     /// constant), cosine (that warm-up, then cosine decay to 0 at the last update) [default:
     /// the model's recipe: cosine].
     #[arg(long, value_enum)]
@@ -139,9 +140,12 @@ pub struct TrainArgs {
     /// Epochs between two decays of `--lr-schedule step`.
     #[arg(long, value_name = "EPOCHS", default_value_t = 30)]
     pub lr_step_epochs: u32,
-    /// Decay factor of `--lr-schedule step`.
+    /// Decay factor of `--lr-schedule step` and `multistep`.
     #[arg(long, default_value_t = 0.1)]
     pub lr_gamma: f64,
+    /// The epochs after which `--lr-schedule multistep` decays, e.g. `30,60,80`.
+    #[arg(long, value_name = "EPOCHS", value_delimiter = ',')]
+    pub lr_milestones: Vec<u32>,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
@@ -208,6 +212,10 @@ pub struct TrainArgs {
     /// largest or mean gap of its mini-batch, the schedule's version difference v, or W − 1.
     #[arg(long, value_enum, default_value = "gap")]
     pub staleness: StalenessMeasure,
+    /// Where I-TiMePReSt's optimizer step starts: the `latest` weights, or `intermediate`, the
+    /// mean of the blended weights its micro-batches' backwards read.
+    #[arg(long, value_enum, default_value = "latest")]
+    pub update_base: UpdateBase,
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -472,6 +480,7 @@ impl TrainArgs {
                 forward_source: self.forward_source,
                 latest_version: self.latest_version,
                 staleness: self.staleness,
+                update_base: self.update_base,
             },
             optimisation: OptimisationSettings {
                 batch_size: self.batch_size,
@@ -485,6 +494,7 @@ impl TrainArgs {
                 warmup_epochs: self.warmup_epochs.unwrap_or(recipe.warmup_epochs),
                 lr_step_epochs: self.lr_step_epochs,
                 lr_gamma: self.lr_gamma,
+                lr_milestones: self.lr_milestones.clone(),
             },
             run: RunSettings {
                 seed: self.seed,
@@ -639,6 +649,10 @@ fn recipe_line(config: &TrainConfig, from_recipe: &[&str]) -> String {
     let schedule = match o.lr_schedule {
         LrScheduleChoice::Constant => "constant".to_owned(),
         LrScheduleChoice::Step => format!("× {} every {} epochs", o.lr_gamma, o.lr_step_epochs),
+        LrScheduleChoice::Multistep => {
+            let epochs: Vec<String> = o.lr_milestones.iter().map(u32::to_string).collect();
+            format!("× {} after epochs {}", o.lr_gamma, epochs.join(", "))
+        }
         LrScheduleChoice::Warmup => format!("{} warm-up epochs, then constant", o.warmup_epochs),
         LrScheduleChoice::Cosine => format!("{} warm-up epochs, then cosine", o.warmup_epochs),
     };

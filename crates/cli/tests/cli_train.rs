@@ -223,6 +223,28 @@ fn bad_training_input_gives_clear_errors() {
     assert_user_error(&["train", "--backward-slots", "0"], "--backward-slots");
     assert_user_error(&["train", "--backward-slots", "65"], "--backward-slots");
     assert_user_error(&["train", "--device", "tpu"], "gpu:N");
+    assert_user_error(&["train", "--lr-schedule", "multistep"], "--lr-milestones");
+    assert_user_error(
+        &[
+            "train",
+            "--lr-schedule",
+            "multistep",
+            "--lr-milestones",
+            "3,2",
+        ],
+        "--lr-milestones",
+    );
+    assert_user_error(&["train", "--lr-milestones", "2"], "multistep");
+    assert_user_error(
+        &[
+            "train",
+            "--policy",
+            "v-timeprest",
+            "--update-base",
+            "intermediate",
+        ],
+        "--update-base",
+    );
     if cfg!(not(feature = "gpu")) {
         assert_user_error(&["train", "--device", "gpu"], "--features gpu");
     }

@@ -140,8 +140,8 @@ impl<C: StageCompute> StageCompute for Faulty<'_, C> {
         self.inner.backward(work)
     }
 
-    fn update(&mut self) -> Result<(), ComputeError> {
-        self.inner.update()
+    fn update(&mut self, base: &[WeightRecipe]) -> Result<(), ComputeError> {
+        self.inner.update(base)
     }
 
     fn release(&mut self, key: WeightKey) {

@@ -49,7 +49,7 @@ pub enum OptimizerKind {
 /// A function of the update count alone, which every stage's optimizer keeps and every
 /// checkpoint restores, so a resumed run continues its schedule exactly; and every stage of a
 /// pipeline steps it once per update, whatever the schedule of passes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum LrSchedule {
     /// factor 1.
     #[default]
@@ -58,6 +58,13 @@ pub enum LrSchedule {
     Step {
         /// Updates between two decays (≥ 1).
         every: u64,
+        /// Decay factor in (0, 1].
+        gamma: f64,
+    },
+    /// factor `gamma^(number of milestones ≤ k)` (PyTorch's `MultiStepLR`).
+    MultiStep {
+        /// The updates at which the rate decays, strictly increasing.
+        milestones: Vec<u64>,
         /// Decay factor in (0, 1].
         gamma: f64,
     },
@@ -83,6 +90,10 @@ impl LrSchedule {
         match *self {
             LrSchedule::Constant => 1.0,
             LrSchedule::Step { every, gamma } => gamma.powf((k / every.max(1)) as f64),
+            LrSchedule::MultiStep {
+                ref milestones,
+                gamma,
+            } => gamma.powf(milestones.partition_point(|&m| m <= k) as f64),
             LrSchedule::Warmup { warmup } => warming(warmup).unwrap_or(1.0),
             LrSchedule::WarmupCosine { warmup, total } => warming(warmup).unwrap_or_else(|| {
                 let decay = total.saturating_sub(warmup).max(1) as f64;
@@ -94,7 +105,7 @@ impl LrSchedule {
 }
 
 /// An optimizer: rule, learning rate with its schedule, and (L2) weight decay.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerConfig {
     /// The rule.
     pub kind: OptimizerKind,
@@ -163,6 +174,19 @@ impl OptimizerConfig {
             return bad(format!(
                 "a step schedule needs every ≥ 1 and gamma in (0, 1], got every {every}, gamma \
                  {gamma}"
+            ));
+        }
+        if let LrSchedule::MultiStep {
+            ref milestones,
+            gamma,
+        } = self.schedule
+            && (milestones.is_empty()
+                || milestones.windows(2).any(|w| w[0] >= w[1])
+                || !(gamma > 0.0 && gamma <= 1.0))
+        {
+            return bad(format!(
+                "a multi-step schedule needs strictly increasing milestones and gamma in (0, 1], \
+                 got milestones {milestones:?}, gamma {gamma}"
             ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
@@ -316,7 +340,7 @@ impl Optimizer {
         );
         let lr = self.next_lr();
         self.steps += 1;
-        let config = self.config;
+        let config = &self.config;
         let t = self.steps;
         params
             .iter()
@@ -328,7 +352,7 @@ impl Optimizer {
                     g.len(),
                     "optimizer step: tensors vs gradients"
                 );
-                p.map(|i, theta| step_one(&config, lr, t, theta, &g[i], &mut state[i]))
+                p.map(|i, theta| step_one(config, lr, t, theta, &g[i], &mut state[i]))
             })
             .collect()
     }
@@ -589,6 +613,12 @@ mod tests {
                 gamma: 0.5,
             };
             close(step.factor(k), 0.5f64.powi((k / 7) as i32));
+            let multi = LrSchedule::MultiStep {
+                milestones: vec![3, 10, 11],
+                gamma: 0.1,
+            };
+            let decays = [3, 10, 11].iter().filter(|&&m| m <= k).count();
+            close(multi.factor(k), 0.1f64.powi(decays as i32));
             let warm = LrSchedule::Warmup { warmup: 5 };
             close(
                 warm.factor(k),
@@ -611,7 +641,7 @@ mod tests {
     fn each_step_uses_the_rate_of_its_own_update() {
         let mut config = OptimizerConfig::sgd(0.5, 0.0);
         config.schedule = LrSchedule::Warmup { warmup: 4 };
-        let mut optimizer = Optimizer::new(config).unwrap();
+        let mut optimizer = Optimizer::new(config.clone()).unwrap();
         let mut p = params(&[1.0, 1.0, 1.0, 1.0]);
         let g = grads(&[1.0, 1.0, 1.0, 1.0]);
         let mut expected = 1.0;
@@ -629,6 +659,19 @@ mod tests {
             let mut config = OptimizerConfig::sgd(0.1, 0.9);
             config.schedule = LrSchedule::Step { every, gamma };
             assert!(Optimizer::new(config).is_err(), "{every} {gamma}");
+        }
+        for (milestones, gamma) in [
+            (vec![], 0.5),
+            (vec![4, 4], 0.5),
+            (vec![5, 2], 0.5),
+            (vec![2], 2.0),
+        ] {
+            let mut config = OptimizerConfig::sgd(0.1, 0.9);
+            config.schedule = LrSchedule::MultiStep {
+                milestones: milestones.clone(),
+                gamma,
+            };
+            assert!(Optimizer::new(config).is_err(), "{milestones:?} {gamma}");
         }
     }
 }

@@ -937,12 +937,17 @@ impl StageCompute for BurnStage {
         Ok(input_grads)
     }
 
-    fn update(&mut self) -> Result<(), ComputeError> {
+    fn update(&mut self, base: &[WeightRecipe]) -> Result<(), ComputeError> {
         self.complete_deferred();
         let grads = self.accumulated.take().ok_or_else(|| {
             self.error("update without any backward since the last update".into())
         })?;
-        let next = self.optimizer.step(self.store.live(), &grads);
+        let next = if base.is_empty() {
+            self.optimizer.step(self.store.live(), &grads)
+        } else {
+            let start = self.store.mean(base, &self.optimizer)?;
+            self.optimizer.step(&start, &grads)
+        };
         self.store.advance(next);
         Ok(())
     }

@@ -215,6 +215,25 @@ impl WeightStore {
             }
         }
     }
+
+    /// The mean of the weight sets `recipes` name (each counted as often as it is named), as
+    /// a running blend: exact where every recipe names the same weights.
+    pub(crate) fn mean(
+        &mut self,
+        recipes: &[WeightRecipe],
+        optimizer: &Optimizer,
+    ) -> Result<ModelParams, ComputeError> {
+        let mut mean: Option<ModelParams> = None;
+        for (count, recipe) in recipes.iter().enumerate() {
+            let set = self.weights(recipe, Pass::Backward, optimizer)?;
+            mean = Some(match mean {
+                // mean_{k+1} = mean_k + (x − mean_k) / (k + 1) = blend(mean_k, x, k / (k + 1)).
+                Some(mean) => blend(&mean, &set, count as f64 / (count + 1) as f64),
+                None => set,
+            });
+        }
+        mean.ok_or_else(|| ComputeError("the mean of no weight sets".into()))
+    }
 }
 
 /// `latest + σ (stale − latest)` per tensor; σ = 1 and σ = 0 give `stale` and `latest`

@@ -80,7 +80,7 @@ fn make_stages(
                 num_stages as u32,
                 params[range].to_vec(),
                 first,
-                optimizer,
+                optimizer.clone(),
                 grad_mode,
             )
             .unwrap()
@@ -204,7 +204,7 @@ fn run_minibatch_hinted(
 pub(crate) fn update_all(stages: &mut [BurnStage]) {
     for stage in stages {
         let old = stage.live_version();
-        stage.update().unwrap();
+        stage.update(&[]).unwrap();
         stage.release(WeightKey::Version(old));
     }
 }
@@ -511,7 +511,7 @@ fn stale_backward(
         output_gradient: Some(message(g[j as usize].clone(), rows, n_out)),
     };
     stage.backward(vec![work(0, 0)]).unwrap();
-    stage.update().unwrap();
+    stage.update(&[]).unwrap();
     assert_eq!(stage.live_version(), 1);
     let dx = stage
         .backward(vec![work(1, 1)])
@@ -717,7 +717,7 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
         output_gradient: None,
     };
     stage.backward(vec![work(0, 0)]).unwrap();
-    stage.update().unwrap();
+    stage.update(&[]).unwrap();
     let dx = stage
         .backward(vec![work(1, 1)])
         .unwrap()
@@ -866,7 +866,7 @@ fn trained_single_stage(
         let k = stages[0].live_version();
         run_minibatch(&mut stages, &feed, i, 2, &[v(k)], &[v(k)]);
         grads.push(stages[0].accumulated_gradients().unwrap().to_vec());
-        stages[0].update().unwrap();
+        stages[0].update(&[]).unwrap();
     }
     (stages.pop().unwrap(), grads, feed)
 }
@@ -892,6 +892,47 @@ fn blend_extremes_are_bitwise_and_the_middle_follows_the_formula() {
         .map(|(&s, l)| f64::from(l) + 0.25 * (f64::from(s) - f64::from(l)))
         .collect();
     assert_close("σ = 0.25", &f64s(&quarter), &expected, 1e-6);
+}
+
+#[test]
+fn an_update_from_a_base_steps_from_the_mean_of_its_weight_sets() {
+    // Plain SGD: θ' = base − η·ḡ. Two identical stages take the same gradient; the one whose
+    // step starts from mean(v0, v2, v2) ends (v0 − v2) / 3 away from the one stepping from the
+    // live v2, and a base naming only the live version is the live step bit for bit.
+    let step = |base: &[WeightRecipe]| {
+        let (mut stage, _, feed) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.0), 2);
+        run_minibatch(
+            std::slice::from_mut(&mut stage),
+            &feed,
+            2,
+            2,
+            &[v(2)],
+            &[v(2)],
+        );
+        stage.update(base).unwrap();
+        flat_values(&stage.stored_weights(WeightKey::Version(3)).unwrap())
+    };
+    let (stage, _, _) = trained_single_stage(OptimizerConfig::sgd(0.1, 0.0), 2);
+    let stale = flat_values(&stage.stored_weights(WeightKey::Version(0)).unwrap());
+    let latest = flat_values(&stage.stored_weights(WeightKey::Version(2)).unwrap());
+    let from_live = step(&[]);
+    assert_eq!(step(&[v(2), v(2)]), from_live);
+    let from_mean = step(&[v(0), v(2), v(2)]);
+    let shift: Vec<f64> = from_mean
+        .iter()
+        .zip(&from_live)
+        .map(|(a, b)| f64::from(*a) - f64::from(*b))
+        .collect();
+    let expected: Vec<f64> = stale
+        .iter()
+        .zip(&latest)
+        .map(|(s, l)| (f64::from(*s) - f64::from(*l)) / 3.0)
+        .collect();
+    assert!(
+        expected.iter().any(|d| d.abs() > 1e-3),
+        "test setup: v0 ≠ v2"
+    );
+    assert_close("mean-based step", &shift, &expected, 1e-5);
 }
 
 #[test]
@@ -1009,7 +1050,7 @@ fn nag_prediction_applies_the_real_momentum_buffer() {
         flat_values(&stage.stored_weights(key).unwrap()),
         flat_values(&predicted)
     );
-    stage.update().unwrap();
+    stage.update(&[]).unwrap();
     stage.release(key);
     assert!(stage.stored_weights(key).is_none());
     assert_eq!(
@@ -1059,7 +1100,7 @@ fn nag_and_msnag_predict_the_optimizers_own_steps_with_zero_future_gradients() {
     ];
     for config in configs {
         for (method, horizon, steps) in [(Prediction::Msnag, 4, 4), (Prediction::Nag, 3, 1)] {
-            let (mut stage, _, feed) = trained_single_stage(config, 3);
+            let (mut stage, _, feed) = trained_single_stage(config.clone(), 3);
             let recipe = WeightRecipe::Predict {
                 base: 3,
                 horizon,
@@ -1113,7 +1154,7 @@ fn an_update_keeps_the_old_version_until_released() {
         (0, 1)
     );
     assert_eq!(stage.stored_weight_bytes(), set_bytes);
-    assert!(stage.update().is_err(), "no gradient to apply");
+    assert!(stage.update(&[]).is_err(), "no gradient to apply");
 
     let step = |stage: &mut BurnStage, i: u32| {
         let k = stage.live_version();
@@ -1131,7 +1172,7 @@ fn an_update_keeps_the_old_version_until_released() {
             0,
             "backward frees the saved state"
         );
-        stage.update().unwrap();
+        stage.update(&[]).unwrap();
     };
     step(&mut stage, 0);
     assert_eq!(stage.live_version(), 1);
@@ -1407,7 +1448,7 @@ fn stages_check_their_blocks_when_built_and_the_data_when_fed() {
     let params = init_params(&mlp(), 0).unwrap();
     let sgd = OptimizerConfig::sgd(0.1, 0.9);
     let new = |s, n, blocks: &[BlockParams]| {
-        BurnStage::new(s, n, blocks.to_vec(), 0, sgd, GradMode::Graph)
+        BurnStage::new(s, n, blocks.to_vec(), 0, sgd.clone(), GradMode::Graph)
     };
     assert!(new(0, 1, &params).is_ok());
     assert!(

@@ -495,7 +495,7 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
                 output_gradient: Some(msg(upstream.clone(), out_features)),
             }])
             .unwrap();
-        stage.update().unwrap();
+        stage.update(&[]).unwrap();
         let id = timeprest_schedule::MicrobatchId::new(0, 0);
         let forward_out =
             match stage.forward(id, StageMessage::new(input.clone()), None, &v(0), true) {
@@ -665,7 +665,7 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
     }
     // The update hands the statistics on to version 1; version 0 stays stored (not released).
     for stage in &mut stages {
-        stage.update().unwrap();
+        stage.update(&[]).unwrap();
     }
     assert_eq!(buffers(&stages[0], WeightKey::Version(1)), after_one);
     // A stale forward (reading version 0) moves the *live* version's statistics; the recompute

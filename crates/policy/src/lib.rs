@@ -13,7 +13,8 @@ pub mod recipe;
 
 pub use policy::{
     BackwardContext, BackwardSource, ForwardContext, ForwardSource, Horizon, LatestSource,
-    PolicyKind, PolicyOptions, Significance, StalenessMeasure, UnknownPolicyError, WeightPolicy,
+    PolicyKind, PolicyOptions, Significance, StalenessMeasure, UnknownPolicyError, UpdateBase,
+    WeightPolicy,
 };
 pub use recipe::{Prediction, Version, WeightKey, WeightRecipe};
 pub mod trace;

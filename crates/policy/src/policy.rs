@@ -3,7 +3,9 @@
 //!
 //! A policy answers two questions for one stage, given only plain numbers: which weights a
 //! forward reads ([`WeightPolicy::forward`]) and which a backward reads
-//! ([`WeightPolicy::backward`]). Updates always go to the live (latest) weights. Keeping the
+//! ([`WeightPolicy::backward`]), and where an update's optimizer step starts
+//! ([`WeightPolicy::update_base`]: the live version, or for I-TiMePReSt on request its
+//! intermediate weights). Keeping the
 //! policy a pure function of its context is what lets one piece of code drive the simulator's
 //! version tracing and the real runtime.
 //!
@@ -237,6 +239,20 @@ pub enum StalenessMeasure {
     StagesMinusOne,
 }
 
+/// Where I-TiMePReSt's optimizer step starts (`docs/algorithms.md` §6, row 6). The step's
+/// result is always the stage's next live version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateBase {
+    /// θ_live − η·ḡ: the step starts from the live version, as for every other policy.
+    #[default]
+    Latest,
+    /// mean_j θ^int_j − η·ḡ: the step starts from the mean of the intermediate weights the
+    /// mini-batch's micro-batches read in their backwards at this stage (one θ^int when they
+    /// all read the same; the live version where every gap is 0).
+    Intermediate,
+}
+
 /// How far ahead NWPT predicts at a stage. Written `stages-remaining`, `spectrain` or a number
 /// (a constant horizon), in flags and files alike.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,6 +426,9 @@ pub struct PolicyOptions {
     pub latest: LatestSource,
     /// The staleness I-TiMePReSt's significance reads (`docs/algorithms.md` §6, rows 4–5).
     pub staleness: StalenessMeasure,
+    /// Where I-TiMePReSt's optimizer step starts (`docs/algorithms.md` §6, row 6).
+    #[serde(default)]
+    pub update_base: UpdateBase,
 }
 
 impl Default for PolicyOptions {
@@ -421,6 +440,7 @@ impl Default for PolicyOptions {
             forward: ForwardSource::Live,
             latest: LatestSource::Live,
             staleness: StalenessMeasure::Gap,
+            update_base: UpdateBase::Latest,
         }
     }
 }
@@ -449,6 +469,9 @@ pub struct WeightPolicy {
     /// The staleness an intermediate backward's significance reads.
     #[serde(default)]
     pub staleness: StalenessMeasure,
+    /// Where the optimizer step starts.
+    #[serde(default)]
+    pub update_base: UpdateBase,
 }
 
 impl WeightPolicy {
@@ -484,6 +507,23 @@ impl WeightPolicy {
             backward_source,
             prediction,
             staleness: options.staleness,
+            update_base: match kind {
+                PolicyKind::ITimeprest => options.update_base,
+                _ => UpdateBase::Latest,
+            },
+        }
+    }
+
+    /// Where the update of a mini-batch starts, given what its backwards read at this stage
+    /// (one recipe per micro-batch, in order) and the live version: the mean of the returned
+    /// recipes, or the live version when the list is empty.
+    pub fn update_base(&self, backwards: &[WeightRecipe], live: Version) -> Vec<WeightRecipe> {
+        let from_live = backwards
+            .iter()
+            .all(|recipe| *recipe == WeightRecipe::version(live));
+        match self.update_base {
+            UpdateBase::Intermediate if !from_live => backwards.to_vec(),
+            UpdateBase::Intermediate | UpdateBase::Latest => Vec::new(),
         }
     }
 

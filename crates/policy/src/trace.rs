@@ -48,8 +48,12 @@ pub enum PlannedPass {
     },
     /// A backward: one entry per micro-batch it covers.
     Backward(Vec<PlannedBackward>),
-    /// An optimizer update; it reads no stored weight set.
-    Update,
+    /// An optimizer update of the live version.
+    Update {
+        /// Where the step starts: the mean of these weight sets, or the live version when
+        /// empty ([`WeightPolicy::update_base`]).
+        base: Vec<WeightRecipe>,
+    },
 }
 
 /// One action of a stage with everything the policy decided about it.
@@ -74,7 +78,7 @@ impl PlannedAction {
     pub fn backwards(&self) -> &[PlannedBackward] {
         match &self.pass {
             PlannedPass::Backward(backwards) => backwards,
-            PlannedPass::Forward { .. } | PlannedPass::Update => &[],
+            PlannedPass::Forward { .. } | PlannedPass::Update { .. } => &[],
         }
     }
 }
@@ -271,6 +275,8 @@ fn decide_recipes(
     let mut live: Version = 0;
     // Per micro-batch in flight: what its forward read, and the index of that forward.
     let mut forwards: BTreeMap<MicrobatchId, (WeightRecipe, usize)> = BTreeMap::new();
+    // Per mini-batch not yet updated: what its backwards read, micro-batch by micro-batch.
+    let mut backward_reads: BTreeMap<u32, Vec<WeightRecipe>> = BTreeMap::new();
     let mut planned: Vec<PlannedAction> = Vec::with_capacity(schedule.stages[stage as usize].len());
     for scheduled in &schedule.stages[stage as usize] {
         let action = scheduled.action;
@@ -324,6 +330,7 @@ fn decide_recipes(
                         committed: facts.committed[mb.minibatch as usize],
                     };
                     let recipe = policy.backward(&ctx);
+                    backward_reads.entry(mb.minibatch).or_default().push(recipe);
                     if let PlannedPass::Forward {
                         backward_reads_forward_weights,
                         ..
@@ -340,7 +347,10 @@ fn decide_recipes(
                 }
                 PlannedPass::Backward(backwards)
             }
-            ActionKind::Update(_) => PlannedPass::Update,
+            ActionKind::Update(minibatch) => PlannedPass::Update {
+                base: policy
+                    .update_base(&backward_reads.remove(&minibatch).unwrap_or_default(), live),
+            },
         };
         planned.push(PlannedAction {
             action,
@@ -372,7 +382,7 @@ fn reads(action: &PlannedAction, activations: Activations) -> Vec<WeightKey> {
                     .chain(rerun.into_iter().flat_map(WeightRecipe::needs))
             })
             .collect(),
-        PlannedPass::Update => Vec::new(),
+        PlannedPass::Update { base } => base.iter().flat_map(WeightRecipe::needs).collect(),
     }
 }
 

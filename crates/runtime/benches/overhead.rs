@@ -74,7 +74,7 @@ impl StageCompute for NoopStage {
         Ok(work.into_iter().map(|w| Some(w.microbatch)).collect())
     }
 
-    fn update(&mut self) -> Result<(), ComputeError> {
+    fn update(&mut self, _base: &[WeightRecipe]) -> Result<(), ComputeError> {
         self.sets += 1;
         Ok(())
     }

@@ -93,9 +93,10 @@ pub trait StageCompute: Send {
         work: Vec<BackwardWork<Self::Message>>,
     ) -> Result<Vec<Option<Self::Message>>, ComputeError>;
 
-    /// Optimizer step on the live weights; the live version advances by one. The previous live
-    /// version stays stored until released.
-    fn update(&mut self) -> Result<(), ComputeError>;
+    /// Optimizer step with the gradients accumulated since the last update, starting from the
+    /// mean of the weight sets `base` names, or from the live weights when `base` is empty; the
+    /// result is the next live version. The previous live version stays stored until released.
+    fn update(&mut self, base: &[WeightRecipe]) -> Result<(), ComputeError>;
 
     /// The weight set `key` will not be read again.
     fn release(&mut self, key: WeightKey);

@@ -289,8 +289,8 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                         }
                     }
                 }
-                (ActionKind::Update(_), PlannedPass::Update) => {
-                    self.compute.update()?;
+                (ActionKind::Update(_), PlannedPass::Update { base }) => {
+                    self.compute.update(base)?;
                     if let Some(on_update) = context.on_update {
                         on_update(planned.live + 1);
                     }

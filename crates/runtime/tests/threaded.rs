@@ -126,7 +126,9 @@ impl StageCompute for EchoStage {
         Ok(work.into_iter().map(|w| Some(w.microbatch)).collect())
     }
 
-    fn update(&mut self) -> Result<(), ComputeError> {
+    fn update(&mut self, base: &[WeightRecipe]) -> Result<(), ComputeError> {
+        base.iter()
+            .try_for_each(|recipe| self.check_available(recipe))?;
         if self.fail_on_update == Some(self.live) {
             return Err(ComputeError("injected optimizer failure".into()));
         }

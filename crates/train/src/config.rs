@@ -13,7 +13,7 @@ use timeprest_nn::{
 };
 use timeprest_policy::{
     Activations, ForwardSource, Horizon, LatestSource, PolicyKind, PolicyOptions, Prediction,
-    Significance, StalenessMeasure,
+    Significance, StalenessMeasure, UpdateBase,
 };
 use timeprest_schedule::{MAX_BACKWARD_SLOTS, ScheduleConfig, ScheduleKind};
 
@@ -85,6 +85,8 @@ pub enum LrScheduleChoice {
     Constant,
     /// × `lr_gamma` every `lr_step_epochs` epochs.
     Step,
+    /// × `lr_gamma` at each epoch listed in `lr_milestones`.
+    Multistep,
     /// A linear warm-up over `warmup_epochs`, then constant.
     Warmup,
     /// A linear warm-up over `warmup_epochs`, then cosine decay to 0 at the last update.
@@ -227,6 +229,9 @@ pub struct PipelineSettings {
     /// The staleness d I-TiMePReSt's significance σ(d) reads.
     #[serde(default)]
     pub staleness: StalenessMeasure,
+    /// Where I-TiMePReSt's optimizer step starts: the latest weights or its intermediate ones.
+    #[serde(default)]
+    pub update_base: UpdateBase,
 }
 
 /// The optimizer and the amount of training.
@@ -255,9 +260,12 @@ pub struct OptimisationSettings {
     /// Epochs between two decays of the `step` schedule.
     #[serde(default = "default_lr_step_epochs")]
     pub lr_step_epochs: u32,
-    /// Decay factor of the `step` schedule.
+    /// Decay factor of the `step` and `multistep` schedules.
     #[serde(default = "default_lr_gamma")]
     pub lr_gamma: f64,
+    /// The epochs after which the `multistep` schedule decays, strictly increasing.
+    #[serde(default)]
+    pub lr_milestones: Vec<u32>,
 }
 
 /// How the run executes; none of these changes what a synchronous run computes except the seed.
@@ -362,6 +370,7 @@ impl Default for PipelineSettings {
             forward_source: ForwardSource::Live,
             latest_version: LatestSource::Live,
             staleness: StalenessMeasure::Gap,
+            update_base: UpdateBase::Latest,
         }
     }
 }
@@ -380,6 +389,7 @@ impl Default for OptimisationSettings {
             warmup_epochs: 0.0,
             lr_step_epochs: default_lr_step_epochs(),
             lr_gamma: default_lr_gamma(),
+            lr_milestones: Vec::new(),
         }
     }
 }
@@ -409,7 +419,7 @@ macro_rules! assign {
 impl TrainConfig {
     /// Every key of a configuration file (and of `compare`'s `policy:key=value`), section by
     /// section.
-    pub const KEYS: [&str; 45] = [
+    pub const KEYS: [&str; 47] = [
         "model",
         "hidden",
         "width",
@@ -440,6 +450,7 @@ impl TrainConfig {
         "forward_source",
         "latest_version",
         "staleness",
+        "update_base",
         "batch_size",
         "epochs",
         "optimizer",
@@ -451,6 +462,7 @@ impl TrainConfig {
         "warmup_epochs",
         "lr_step_epochs",
         "lr_gamma",
+        "lr_milestones",
         "seed",
         "threads_per_stage",
         "device",
@@ -503,6 +515,7 @@ impl TrainConfig {
             "forward_source" => assign!(key, value, p.forward_source),
             "latest_version" => assign!(key, value, p.latest_version),
             "staleness" => assign!(key, value, p.staleness),
+            "update_base" => assign!(key, value, p.update_base),
             "batch_size" => assign!(key, value, o.batch_size),
             "epochs" => assign!(key, value, o.epochs),
             "optimizer" => assign!(key, value, o.optimizer),
@@ -514,6 +527,7 @@ impl TrainConfig {
             "warmup_epochs" => assign!(key, value, o.warmup_epochs),
             "lr_step_epochs" => assign!(key, value, o.lr_step_epochs),
             "lr_gamma" => assign!(key, value, o.lr_gamma),
+            "lr_milestones" => assign!(key, value, o.lr_milestones),
             "seed" => assign!(key, value, r.seed),
             "threads_per_stage" => assign!(key, value, r.threads_per_stage),
             "device" => assign!(key, value, r.device),
@@ -572,6 +586,12 @@ impl TrainConfig {
                 every: u64::from(o.lr_step_epochs) * updates_per_epoch,
                 gamma: o.lr_gamma,
             },
+            LrScheduleChoice::Multistep => LrSchedule::MultiStep {
+                milestones: (o.lr_milestones.iter())
+                    .map(|&epoch| u64::from(epoch) * updates_per_epoch)
+                    .collect(),
+                gamma: o.lr_gamma,
+            },
             LrScheduleChoice::Warmup => LrSchedule::Warmup { warmup },
             LrScheduleChoice::Cosine => LrSchedule::WarmupCosine {
                 warmup,
@@ -608,6 +628,7 @@ impl TrainConfig {
             forward: self.pipeline.forward_source,
             latest: self.pipeline.latest_version,
             staleness: self.pipeline.staleness,
+            update_base: self.pipeline.update_base,
         }
     }
 
@@ -701,6 +722,35 @@ impl TrainConfig {
                 return bad(flag, "must be at least 1".into());
             }
         }
+        let milestones = &self.optimisation.lr_milestones;
+        match self.optimisation.lr_schedule {
+            LrScheduleChoice::Multistep
+                if milestones.is_empty()
+                    || milestones[0] == 0
+                    || milestones.windows(2).any(|w| w[0] >= w[1]) =>
+            {
+                return bad(
+                    "lr-milestones",
+                    format!(
+                        "the multistep schedule needs strictly increasing epochs ≥ 1, e.g. \
+                         --lr-milestones 30,60; got {milestones:?}"
+                    ),
+                );
+            }
+            LrScheduleChoice::Multistep => {}
+            other if !milestones.is_empty() => {
+                return bad(
+                    "lr-milestones",
+                    format!(
+                        "only --lr-schedule multistep reads milestones; the schedule is `{}`",
+                        clap::ValueEnum::to_possible_value(&other)
+                            .expect("every schedule has a flag value")
+                            .get_name()
+                    ),
+                );
+            }
+            _ => {}
+        }
         if self.run.eval_batch_size == 0 {
             return Err(TrainError::config(
                 "eval_batch_size (a --config key)",
@@ -779,7 +829,7 @@ impl TrainConfig {
         }
         // Options only some policies read: set for another, they would silently do nothing.
         let policy = self.pipeline.policy;
-        let policy_options: [(&str, bool, &[PolicyKind], &str, &str); 4] = [
+        let policy_options: [(&str, bool, &[PolicyKind], &str, &str); 5] = [
             (
                 "horizon",
                 self.pipeline.horizon != Horizon::StagesRemaining,
@@ -807,6 +857,13 @@ impl TrainConfig {
                 &[PolicyKind::ITimeprest],
                 "only i-timeprest weighs its weights by staleness",
                 "does not",
+            ),
+            (
+                "update-base",
+                self.pipeline.update_base != UpdateBase::Latest,
+                &[PolicyKind::ITimeprest],
+                "only i-timeprest has intermediate weights to update from",
+                "updates the latest weights",
             ),
         ];
         for (setting, given, readers, who_reads, otherwise) in policy_options {
@@ -923,6 +980,7 @@ mod tests {
                 forward_source: ForwardSource::VerticalSync,
                 latest_version: LatestSource::Committed,
                 staleness: StalenessMeasure::MinibatchMean,
+                update_base: UpdateBase::Intermediate,
             };
             c.optimisation = OptimisationSettings {
                 batch_size: 8,
@@ -936,6 +994,7 @@ mod tests {
                 warmup_epochs: 1.5,
                 lr_step_epochs: 4,
                 lr_gamma: 0.5,
+                lr_milestones: vec![2, 5],
             };
             c.run = RunSettings {
                 seed: 3,
@@ -1102,6 +1161,16 @@ mod tests {
             "--staleness: only i-timeprest",
         );
         with(|c| c.pipeline.staleness = StalenessMeasure::MinibatchMax)
+            .validate()
+            .unwrap();
+        refused(
+            with(|c| {
+                c.pipeline.policy = PolicyKind::Timeprest;
+                c.pipeline.update_base = UpdateBase::Intermediate;
+            }),
+            "--update-base: only i-timeprest",
+        );
+        with(|c| c.pipeline.update_base = UpdateBase::Intermediate)
             .validate()
             .unwrap();
     }

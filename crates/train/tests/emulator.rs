@@ -11,7 +11,7 @@ mod common;
 use common::valid;
 use timeprest_data::{LoadOptions, load};
 use timeprest_nn::{MlpConfig, ModelSpec, PartitionMethod, init_params, partition_uniform};
-use timeprest_policy::{LatestSource, PolicyKind, StalenessMeasure};
+use timeprest_policy::{LatestSource, PolicyKind, StalenessMeasure, UpdateBase};
 use timeprest_schedule::{
     ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
 };
@@ -129,6 +129,8 @@ struct Stage {
     momentum: Option<Weights>,
     grad: Weights,
     saved: std::collections::HashMap<MicrobatchId, Saved>,
+    /// The weights the backwards since the last update read, one set per micro-batch.
+    backward_weights: Vec<Weights>,
 }
 
 /// The emulator: replays `schedule` with `policy`'s rules; returns each stage's final weights.
@@ -140,6 +142,8 @@ struct Rules {
     latest: LatestSource,
     /// The staleness I-TiMePReSt's σ reads (`Gap` or `MinibatchMax` here).
     staleness: StalenessMeasure,
+    /// Where I-TiMePReSt's step starts.
+    update_base: UpdateBase,
 }
 
 impl Rules {
@@ -148,6 +152,7 @@ impl Rules {
             policy,
             latest: LatestSource::Live,
             staleness: StalenessMeasure::Gap,
+            update_base: UpdateBase::Latest,
         }
     }
 }
@@ -164,6 +169,7 @@ fn emulate(
         policy,
         latest,
         staleness,
+        update_base,
     } = rules;
     let num_stages = stages_init.len();
     let mut stages: Vec<Stage> = stages_init
@@ -173,6 +179,7 @@ fn emulate(
             versions: vec![w],
             momentum: None,
             saved: Default::default(),
+            backward_weights: Vec::new(),
         })
         .collect();
     let mut activations: std::collections::HashMap<(usize, MicrobatchId), Vec<f32>> =
@@ -332,6 +339,7 @@ fn emulate(
                             if s > 0 {
                                 gradients.insert((s - 1, mb), g);
                             }
+                            stage.backward_weights.push(weights);
                         }
                     }
                     ActionKind::Update(_) => {
@@ -342,7 +350,20 @@ fn emulate(
                             Some(b) => axpy(&grad, MOMENTUM, b),
                             None => grad,
                         };
-                        let next = axpy(&stage.versions[live], -LR, &b);
+                        // The step starts from the live version, or from the mean of the
+                        // weights the mini-batch's backwards read (`docs/algorithms.md` §3.8).
+                        let read = std::mem::take(&mut stage.backward_weights);
+                        let base = match update_base {
+                            UpdateBase::Latest => stage.versions[live].clone(),
+                            UpdateBase::Intermediate => {
+                                let share = 1.0 / read.len() as f32;
+                                read.iter()
+                                    .fold(zeros_like(&stage.versions[live]), |sum, w| {
+                                        axpy(&sum, share, w)
+                                    })
+                            }
+                        };
+                        let next = axpy(&base, -LR, &b);
                         stage.momentum = Some(b);
                         stage.versions.push(next);
                     }
@@ -391,6 +412,7 @@ fn check_ordered_policy_against_emulator(
     config.pipeline.policy = policy;
     config.pipeline.latest_version = rules.latest;
     config.pipeline.staleness = rules.staleness;
+    config.pipeline.update_base = rules.update_base;
     config.pipeline.num_stages = num_stages;
     config.pipeline.num_microbatches = microbatches;
     config.pipeline.backward_slots = backward_slots;
@@ -563,6 +585,17 @@ fn i_timeprest_weighing_by_the_minibatch_max_staleness_equals_its_sequential_emu
     // W = 3, N = 3: stage 0's micro-batches of one mini-batch see gaps 1 and 2.
     let rules = Rules {
         staleness: StalenessMeasure::MinibatchMax,
+        ..Rules::of(PolicyKind::ITimeprest)
+    };
+    check_ordered_policy_against_emulator(rules, 3, 3, 12, None);
+}
+
+#[test]
+fn i_timeprest_updating_from_its_intermediate_weights_equals_its_sequential_emulator() {
+    // W = 3, N = 3: stage 0's step starts from the mean of blends of two different stale
+    // versions with the live one.
+    let rules = Rules {
+        update_base: UpdateBase::Intermediate,
         ..Rules::of(PolicyKind::ITimeprest)
     };
     check_ordered_policy_against_emulator(rules, 3, 3, 12, None);
