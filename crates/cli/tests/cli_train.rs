@@ -642,3 +642,37 @@ fn the_start_up_line_calls_defaults_only_what_no_flag_or_file_set() {
     ]);
     assert!(all_given.ends_with("weight decay 0"), "{all_given}");
 }
+
+/// I-TiMePReSt stepping from its intermediate weights under a multi-step schedule, over
+/// several epochs (each epoch's plan counts versions from 0, the stage from the run's start),
+/// trains, and every epoch's rate is the schedule's.
+#[test]
+fn intermediate_update_bases_and_multistep_schedules_train_over_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    succeed(&[
+        "train",
+        "--policy",
+        "i-timeprest",
+        "--update-base",
+        "intermediate",
+        "--lr",
+        "0.02",
+        "--lr-schedule",
+        "multistep",
+        "--lr-milestones",
+        "1,2",
+        "--lr-gamma",
+        "0.5",
+        "--epochs",
+        "3",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let lines = metrics(&out);
+    let rates: Vec<f64> = lines.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
+    assert_eq!(rates, [0.02, 0.01, 0.005]);
+    let accuracy = lines.last().unwrap()["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.5, "test accuracy {accuracy} (chance: 0.1)");
+}

@@ -290,7 +290,8 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     }
                 }
                 (ActionKind::Update(_), PlannedPass::Update { base }) => {
-                    self.compute.update(base)?;
+                    let base: Vec<_> = base.iter().map(|recipe| recipe.shifted(offset)).collect();
+                    self.compute.update(&base)?;
                     if let Some(on_update) = context.on_update {
                         on_update(planned.live + 1);
                     }
