@@ -7,13 +7,21 @@
 //! `BasicBlock` and `Bottleneck`) are *one* block each, so a pipeline cut never falls inside a
 //! skip connection, and the partitioner sees the same units as the papers' layer tables.
 //!
+//! Each kind of block is a plain struct in a module of its family (`linear`, `conv`,
+//! `batch_norm`, `pool`, `residual`, `transformer`) that implements the private `BlockKind`
+//! trait: its shape rules, checks, label, parameter layout, cost counts, forward and
+//! closed-form backward sit together there, so adding a kind means one struct, one trait
+//! implementation and one variant of [`Block`]. [`Block`] is the serialisable sum of the kinds;
+//! its one `match` picks the kind, and its methods delegate to it. What several kinds share
+//! stays here: the primitive layers, the window arithmetic and the layer-path forward.
+//!
 //! Every weighted block is described once, as small [`LayerPaths`] of primitive layers (linear,
 //! convolution, batch norm, layer norm, embedding table, ReLU, and for residual blocks a
 //! shortcut): the parameter names, file shapes, memory layouts, initialisation and
 //! running-statistics buffers all come from that one description, and the convolutional
 //! blocks' forward too, so they cannot disagree. The transformer blocks of `gpt` (token and
-//! position embedding, decoder layer, language-model head; see [`crate::transformer`]) take
-//! their parameters from their layer paths in order.
+//! position embedding, decoder layer, language-model head) take their parameters from their
+//! layer paths in order.
 //!
 //! Messages between stages are `[batch, features]`; a block that works on images reshapes its
 //! input to `[batch, channels, height, width]` and flattens its output again (row-major
@@ -31,18 +39,29 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, batch_norm, batch_norm_train, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
+use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::conv_kernel::{ConvGeometry, conv2d_forward};
 use crate::norm_kernel::batch_norm_forward;
-use crate::pool_kernel::{PoolGeometry, max_pool_forward};
-use crate::tensor::{host_values, tensor1, tensor2};
-use crate::transformer;
+use crate::tensor::{host_values, tensor1};
 
+mod batch_norm;
+mod conv;
+mod linear;
+mod pool;
+mod residual;
+mod transformer;
 mod vjp;
 
+pub use batch_norm::BatchNorm2d;
+pub use conv::Conv2d;
+pub(crate) use linear::linear_weight_grad;
+pub use linear::{Linear, Relu};
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use residual::{BasicBlock, Bottleneck};
+pub use transformer::{DecoderLayer, Embedding, LmHead};
 pub(crate) use vjp::{Vjp, relu_backward};
 
 /// The shape of one sample: `[channels, height, width]`.
@@ -70,130 +89,114 @@ pub const MLP_EXPANSION: usize = 4;
 /// 20–57 %); VGG-16's is 26–50 % off (was 16–31 %).
 pub const PATCH_VALUE_OPS: f64 = 180.0;
 
-/// One block of a model: the unit that partitioning assigns to stages.
+/// One block of a model: the unit that partitioning assigns to stages. Each variant holds its
+/// kind's hyper-parameters; serialised as `{"<kind>": {<hyper-parameters>}}`, e.g.
+/// `{"linear": {"input": 784, "output": 128, "relu": true}}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Block {
-    /// `y = x · W + b`, then ReLU if `relu`. Parameters: `weight` (`[out, in]` in files,
-    /// `[in, out]` in memory) and `bias` (`[out]`).
-    Linear {
-        /// Input features.
-        input: usize,
-        /// Output features.
-        output: usize,
-        /// Whether a ReLU follows.
-        relu: bool,
-    },
-    /// A square 2-D convolution (`weight` `[out, in, k, k]`, optional `bias`), then ReLU if
-    /// `relu`.
-    Conv2d {
-        /// Input shape.
-        input: Shape,
-        /// Output channels.
-        channels: usize,
-        /// Kernel side.
-        kernel: usize,
-        /// Stride.
-        stride: usize,
-        /// Zero padding on every side.
-        padding: usize,
-        /// Whether the convolution has a bias.
-        bias: bool,
-        /// Whether a ReLU follows.
-        relu: bool,
-    },
-    /// Batch normalisation over channels (`weight` γ, `bias` β; buffers `running_mean`,
-    /// `running_var`), then ReLU if `relu`.
-    BatchNorm2d {
-        /// Input shape.
-        input: Shape,
-        /// Whether a ReLU follows.
-        relu: bool,
-    },
-    /// A ReLU on its own.
-    Relu {
-        /// Features per sample.
-        features: usize,
-    },
-    /// Square max pooling.
-    MaxPool2d {
-        /// Input shape.
-        input: Shape,
-        /// Window side.
-        kernel: usize,
-        /// Stride.
-        stride: usize,
-        /// Padding (ignored positions).
-        padding: usize,
-    },
-    /// Square average pooling (padding counted, as PyTorch's default).
-    AvgPool2d {
-        /// Input shape.
-        input: Shape,
-        /// Window side.
-        kernel: usize,
-        /// Stride.
-        stride: usize,
-        /// Zero padding.
-        padding: usize,
-    },
-    /// Mean over each channel's whole map: `[c, h, w] → [c, 1, 1]`.
-    GlobalAvgPool {
-        /// Input shape.
-        input: Shape,
-    },
-    /// ResNet's basic block: conv3×3(stride)–BN–ReLU–conv3×3–BN, plus the input (through a
-    /// 1×1 conv + BN when the shape changes), then ReLU.
-    BasicBlock {
-        /// Input shape.
-        input: Shape,
-        /// Output channels.
-        planes: usize,
-        /// Stride of the first convolution and of the shortcut.
-        stride: usize,
-    },
-    /// ResNet's bottleneck block: conv1×1–BN–ReLU–conv3×3(stride)–BN–ReLU–conv1×1 (×4
-    /// channels)–BN, plus the input (projected when the shape changes), then ReLU.
-    Bottleneck {
-        /// Input shape.
-        input: Shape,
-        /// Inner channels; the block outputs `4 × planes`.
-        planes: usize,
-        /// Stride of the 3×3 convolution and of the shortcut.
-        stride: usize,
-    },
-    /// Token embedding plus learned position embedding: `T` token ids (stored as `f32`) →
-    /// `[T, d]`. Parameters `token.weight` `[vocab, d]` and `position.weight` `[T, d]`.
-    Embedding {
-        /// T: tokens per sample.
-        seq_len: usize,
-        /// Distinct tokens.
-        vocab_size: usize,
-        /// d: embedding width.
-        embed_dim: usize,
-    },
-    /// One pre-LayerNorm decoder layer: `x + Attn(LN(x))` with causal multi-head
-    /// self-attention, then `x + MLP(LN(x))` with a GELU MLP of width `4d`. Parameters
-    /// `ln1.*`, `attn.qkv.*` (`[3d, d]`, queries, keys and values stacked), `attn.proj.*`,
-    /// `ln2.*`, `mlp.fc.*`, `mlp.proj.*`.
-    DecoderLayer {
-        /// T: tokens per sample.
-        seq_len: usize,
-        /// d: embedding width.
-        embed_dim: usize,
-        /// Attention heads (they divide d).
-        heads: usize,
-    },
-    /// The language-model head: final layer norm (`ln.*`), then a linear map to the
-    /// vocabulary (`head.*`): `[T, d]` → `[T, vocab]` logits.
-    LmHead {
-        /// T: tokens per sample.
-        seq_len: usize,
-        /// d: embedding width.
-        embed_dim: usize,
-        /// Distinct tokens.
-        vocab_size: usize,
-    },
+    /// A fully connected layer (see [`Linear`]).
+    Linear(Linear),
+    /// A square 2-D convolution (see [`Conv2d`]).
+    Conv2d(Conv2d),
+    /// Batch normalisation over channels (see [`BatchNorm2d`]).
+    BatchNorm2d(BatchNorm2d),
+    /// A ReLU on its own (see [`Relu`]).
+    Relu(Relu),
+    /// Square max pooling (see [`MaxPool2d`]).
+    MaxPool2d(MaxPool2d),
+    /// Square average pooling (see [`AvgPool2d`]).
+    AvgPool2d(AvgPool2d),
+    /// The mean over each channel's whole map (see [`GlobalAvgPool`]).
+    GlobalAvgPool(GlobalAvgPool),
+    /// ResNet's basic block (see [`BasicBlock`]).
+    BasicBlock(BasicBlock),
+    /// ResNet's bottleneck block (see [`Bottleneck`]).
+    Bottleneck(Bottleneck),
+    /// Token plus position embedding (see [`Embedding`]).
+    Embedding(Embedding),
+    /// One pre-LayerNorm transformer decoder layer (see [`DecoderLayer`]).
+    DecoderLayer(DecoderLayer),
+    /// The language-model head (see [`LmHead`]).
+    LmHead(LmHead),
+}
+
+/// The facts of one kind of block, which [`Block`] delegates to: implemented once per kind,
+/// beside that kind's hyper-parameters, so that nothing else needs to know the kinds apart.
+trait BlockKind {
+    /// Shape of one input sample (see [`Block::input_shape`]).
+    fn input_shape(&self) -> Shape;
+
+    /// Shape of one output sample, for a block that passes its checks.
+    fn output_shape(&self) -> Shape;
+
+    /// Whether the block reads images (`[c, h, w]`), not flat features or sequences.
+    fn is_spatial(&self) -> bool;
+
+    /// Why the block cannot run, if it cannot, for an input that is not empty.
+    fn check(&self) -> Result<(), String>;
+
+    /// A short human-readable description (see [`Block::label`]).
+    fn label(&self) -> String;
+
+    /// The weighted part as primitive layers, or `None` for a weight-free block.
+    fn layer_paths(&self) -> Option<LayerPaths> {
+        None
+    }
+
+    /// The cost of one sample's forward in multiply-adds (see [`Block::forward_ops`]).
+    fn forward_ops(&self) -> f64;
+
+    /// Values per sample that the forward keeps for its backward: its output, and for a
+    /// composite block the outputs of its inner layers.
+    fn activation_values(&self) -> f64 {
+        product(self.output_shape())
+    }
+
+    /// Whether the forward ends with a ReLU applied to the weighted part's output.
+    fn has_relu(&self) -> bool;
+
+    /// The forward before the trailing ReLU on `x` (`[batch, input_features]`), appending the
+    /// input of every layer of the block's layer paths to `layer_inputs` if given (see
+    /// [`Block::forward_recording`]).
+    fn forward_weighted(
+        &self,
+        x: Tensor<2>,
+        params: &[Tensor<1>],
+        norm: Norm<'_>,
+        layer_inputs: Option<&mut Vec<Tensor<4>>>,
+    ) -> Tensor<2>;
+
+    /// Whether [`BlockKind::closed_form_vjp`] has a closed form on this device.
+    fn has_closed_form(&self) -> bool {
+        false
+    }
+
+    /// The closed-form VJP of the weighted part (see [`Block::closed_form_vjp`]); called only
+    /// where [`BlockKind::has_closed_form`] holds, and `None` for a kind without one.
+    fn closed_form_vjp(
+        &self,
+        _x: &Tensor<2>,
+        _params: &[Tensor<1>],
+        _g: &Tensor<2>,
+        _need_input_grad: bool,
+        _defer_weight_grad: bool,
+        _layer_inputs: Option<&[Tensor<4>]>,
+    ) -> Option<Vjp<2>> {
+        None
+    }
+
+    /// Whether the closed-form VJP leaves the weight gradient out when asked to defer it (see
+    /// [`Block::defers_weight_grad`]).
+    fn defers_weight_grad(&self) -> bool {
+        false
+    }
+
+    /// Whether the VJP at micro-batches stacked along the rows equals their VJPs one by one
+    /// (see [`Block::stacks_rows`]).
+    fn stacks_rows(&self) -> bool {
+        true
+    }
 }
 
 /// ε of layer normalisation (PyTorch's default).
@@ -382,40 +385,148 @@ pub(crate) fn window_output(
     Some((padded - kernel) / stride + 1)
 }
 
+/// Product of sizes in `f64` (never overflows).
+pub(crate) fn product(sizes: impl IntoIterator<Item = usize>) -> f64 {
+    sizes.into_iter().map(|s| s as f64).product()
+}
+
+/// Features of a sample of `shape`.
+fn features(shape: Shape) -> usize {
+    shape.iter().product()
+}
+
+/// `x` (`[batch, c·h·w]`) viewed as images of `[c, h, w]`.
+fn image(x: Tensor<2>, [c, h, w]: Shape) -> Tensor<4> {
+    let batch = x.dims()[0];
+    x.reshape([batch, c, h, w])
+}
+
+/// Images `y` flattened to the rows of a message of samples of `shape`.
+fn flatten(y: Tensor<4>, shape: Shape) -> Tensor<2> {
+    let batch = y.dims()[0];
+    y.reshape([batch, features(shape)])
+}
+
+/// Why a square window (`kernel`, `stride`, `padding`) cannot slide over the map of `input`,
+/// if it cannot.
+fn check_window(input: Shape, kernel: usize, stride: usize, padding: usize) -> Result<(), String> {
+    let [_, h, w] = input;
+    match (
+        window_output(h, kernel, stride, padding),
+        window_output(w, kernel, stride, padding),
+    ) {
+        (Some(_), Some(_)) => Ok(()),
+        _ => Err(format!(
+            "cannot apply a {kernel}×{kernel} window (stride {stride}, padding \
+                 {padding}) to a {h}×{w} map"
+        )),
+    }
+}
+
+/// Height and width of the map a square window leaves of the map of `input` (0 where it
+/// does not fit).
+fn window_map(input: Shape, kernel: usize, stride: usize, padding: usize) -> [usize; 2] {
+    let [_, h, w] = input;
+    [
+        window_output(h, kernel, stride, padding).unwrap_or(0),
+        window_output(w, kernel, stride, padding).unwrap_or(0),
+    ]
+}
+
+/// [`Block::forward_ops`] of the layers of `paths` (main path and shortcut, each from
+/// `input`), with their linear and norm layers applied to one position; 0 without paths.
+fn layer_paths_ops(paths: Option<LayerPaths>, input: Shape) -> f64 {
+    let Some(paths) = paths else {
+        return 0.0;
+    };
+    let path_ops = |layers: &[(&'static str, Layer)]| {
+        let [mut c, mut h, mut w] = input;
+        let mut ops = 0.0;
+        for &(_, layer) in layers {
+            let positions = (h * w) as f64;
+            ops += match layer {
+                Layer::Linear { input, output } => (input * output) as f64,
+                Layer::Conv {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    h = window_output(h, kernel, stride, padding).unwrap_or(0);
+                    w = window_output(w, kernel, stride, padding).unwrap_or(0);
+                    c = out_channels;
+                    let patch_values = (in_channels * kernel * kernel * h * w) as f64;
+                    let unrolled = !(kernel == 1 && stride == 1 && padding == 0);
+                    patch_values * out_channels as f64
+                        + if unrolled {
+                            PATCH_VALUE_OPS * patch_values
+                        } else {
+                            0.0
+                        }
+                }
+                Layer::Norm { channels } => channels as f64 * positions,
+                Layer::FeatureNorm { features } => features as f64,
+                Layer::Embedding { width, .. } => width as f64,
+                Layer::Relu => c as f64 * positions,
+            };
+        }
+        ops
+    };
+    path_ops(&paths.main) + paths.shortcut.as_deref().map_or(0.0, path_ops)
+}
+
+/// The forward of a block whose weighted part is its layer paths (a convolution, batch norm or
+/// residual block) on `x` (`[batch, input_features]`), recording the layer inputs if asked.
+fn layer_paths_forward(
+    kind: &dyn BlockKind,
+    x: Tensor<2>,
+    params: &[Tensor<1>],
+    norm: Norm<'_>,
+    layer_inputs: Option<&mut Vec<Tensor<4>>>,
+) -> Tensor<2> {
+    let paths = kind
+        .layer_paths()
+        .expect("weighted blocks have layer paths");
+    let out = run_layer_paths(
+        &paths,
+        image(x, kind.input_shape()),
+        params,
+        norm,
+        layer_inputs,
+    );
+    flatten(out, kind.output_shape())
+}
+
 impl Block {
+    /// The kind of block, with its facts: the one place that tells the kinds apart.
+    fn kind(&self) -> &dyn BlockKind {
+        match self {
+            Block::Linear(kind) => kind,
+            Block::Conv2d(kind) => kind,
+            Block::BatchNorm2d(kind) => kind,
+            Block::Relu(kind) => kind,
+            Block::MaxPool2d(kind) => kind,
+            Block::AvgPool2d(kind) => kind,
+            Block::GlobalAvgPool(kind) => kind,
+            Block::BasicBlock(kind) => kind,
+            Block::Bottleneck(kind) => kind,
+            Block::Embedding(kind) => kind,
+            Block::DecoderLayer(kind) => kind,
+            Block::LmHead(kind) => kind,
+        }
+    }
+
     /// Shape of one input sample (`[features, 1, 1]` for a linear or ReLU block, `[1, 1, T]`
     /// token ids for an embedding, `[1, T, d]` for the other transformer blocks).
     pub fn input_shape(&self) -> Shape {
-        match *self {
-            Block::Linear { input, .. } => [input, 1, 1],
-            Block::Relu { features } => [features, 1, 1],
-            Block::Embedding { seq_len, .. } => [1, 1, seq_len],
-            Block::DecoderLayer {
-                seq_len, embed_dim, ..
-            }
-            | Block::LmHead {
-                seq_len, embed_dim, ..
-            } => [1, seq_len, embed_dim],
-            Block::Conv2d { input, .. }
-            | Block::BatchNorm2d { input, .. }
-            | Block::MaxPool2d { input, .. }
-            | Block::AvgPool2d { input, .. }
-            | Block::GlobalAvgPool { input }
-            | Block::BasicBlock { input, .. }
-            | Block::Bottleneck { input, .. } => input,
-        }
+        self.kind().input_shape()
     }
 
     /// Whether the block reads images (`[c, h, w]`), not flat features or sequences.
     pub fn is_spatial(&self) -> bool {
-        !matches!(
-            self,
-            Block::Linear { .. }
-                | Block::Relu { .. }
-                | Block::Embedding { .. }
-                | Block::DecoderLayer { .. }
-                | Block::LmHead { .. }
-        )
+        self.kind().is_spatial()
     }
 
     /// Why this block cannot run, if it cannot: a zero size, a window larger than its
@@ -426,314 +537,34 @@ impl Block {
         if c == 0 || h == 0 || w == 0 {
             return Err(format!("has an empty input {c}×{h}×{w}"));
         }
-        let window = |kernel, stride, padding| match (
-            window_output(h, kernel, stride, padding),
-            window_output(w, kernel, stride, padding),
-        ) {
-            (Some(_), Some(_)) => Ok(()),
-            _ => Err(format!(
-                "cannot apply a {kernel}×{kernel} window (stride {stride}, padding \
-                     {padding}) to a {h}×{w} map"
-            )),
-        };
-        match *self {
-            Block::Linear { output: 0, .. } => Err("has 0 outputs".into()),
-            Block::Conv2d { channels: 0, .. } => Err("has 0 output channels".into()),
-            Block::BasicBlock { planes: 0, .. } | Block::Bottleneck { planes: 0, .. } => {
-                Err("has 0 planes".into())
-            }
-            Block::Embedding { vocab_size: 0, .. } | Block::LmHead { vocab_size: 0, .. } => {
-                Err("has an empty vocabulary".into())
-            }
-            Block::DecoderLayer {
-                embed_dim, heads, ..
-            } if heads == 0 || !embed_dim.is_multiple_of(heads) => Err(format!(
-                "cannot split the embedding width {embed_dim} into {heads} attention heads"
-            )),
-            Block::Conv2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | Block::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | Block::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => window(kernel, stride, padding),
-            Block::BasicBlock { stride, .. } | Block::Bottleneck { stride, .. } => {
-                window(3, stride, 1)
-            }
-            _ => Ok(()),
-        }
+        self.kind().check()
     }
 
     /// Shape of one output sample (`[features, 1, 1]` for a linear block). Meaningful only
     /// for a block that passes [`Block::check`].
     pub fn output_shape(&self) -> Shape {
-        let [c, h, w] = self.input_shape();
-        let map = |k, s, p| {
-            [
-                window_output(h, k, s, p).unwrap_or(0),
-                window_output(w, k, s, p).unwrap_or(0),
-            ]
-        };
-        match *self {
-            Block::Linear { output, .. } => [output, 1, 1],
-            Block::Relu { .. } | Block::BatchNorm2d { .. } | Block::DecoderLayer { .. } => {
-                [c, h, w]
-            }
-            Block::Embedding {
-                seq_len, embed_dim, ..
-            } => [1, seq_len, embed_dim],
-            Block::LmHead {
-                seq_len,
-                vocab_size,
-                ..
-            } => [1, seq_len, vocab_size],
-            Block::Conv2d {
-                channels,
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                let [oh, ow] = map(kernel, stride, padding);
-                [channels, oh, ow]
-            }
-            Block::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | Block::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                let [oh, ow] = map(kernel, stride, padding);
-                [c, oh, ow]
-            }
-            Block::GlobalAvgPool { .. } => [c, 1, 1],
-            Block::BasicBlock { planes, stride, .. } => {
-                let [oh, ow] = map(3, stride, 1);
-                [planes, oh, ow]
-            }
-            Block::Bottleneck { planes, stride, .. } => {
-                let [oh, ow] = map(3, stride, 1);
-                [BOTTLENECK_EXPANSION * planes, oh, ow]
-            }
-        }
+        self.kind().output_shape()
     }
 
     /// Features each sample has on the way in.
     pub fn input_features(&self) -> usize {
-        self.input_shape().iter().product()
+        features(self.input_shape())
     }
 
     /// Features each sample has on the way out.
     pub fn output_features(&self) -> usize {
-        self.output_shape().iter().product()
+        features(self.output_shape())
     }
 
     /// A short human-readable description, e.g. `conv3x3 64`, `bottleneck 128/2` or
     /// `decoder 64/4h`.
     pub fn label(&self) -> String {
-        match *self {
-            Block::Linear { input, output, .. } => format!("linear {input}->{output}"),
-            Block::Conv2d {
-                channels,
-                kernel,
-                stride,
-                ..
-            } => {
-                let s = if stride == 1 {
-                    String::new()
-                } else {
-                    format!("/{stride}")
-                };
-                format!("conv{kernel}x{kernel} {channels}{s}")
-            }
-            Block::BatchNorm2d { input, .. } => format!("bn {}", input[0]),
-            Block::Relu { .. } => "relu".into(),
-            Block::MaxPool2d { kernel, .. } => format!("maxpool{kernel}"),
-            Block::AvgPool2d { kernel, .. } => format!("avgpool{kernel}"),
-            Block::GlobalAvgPool { .. } => "global-avgpool".into(),
-            Block::BasicBlock { planes, stride, .. } => format!("basic {planes}/{stride}"),
-            Block::Bottleneck { planes, stride, .. } => {
-                format!("bottleneck {planes}/{stride}")
-            }
-            Block::Embedding {
-                vocab_size,
-                embed_dim,
-                ..
-            } => format!("embedding {vocab_size}->{embed_dim}"),
-            Block::DecoderLayer {
-                embed_dim, heads, ..
-            } => format!("decoder {embed_dim}/{heads}h"),
-            Block::LmHead {
-                embed_dim,
-                vocab_size,
-                ..
-            } => format!("lm-head {embed_dim}->{vocab_size}"),
-        }
-    }
-
-    /// The weighted part as primitive layers, or `None` for a weight-free block.
-    fn layer_paths(&self) -> Option<LayerPaths> {
-        let conv = |in_channels, out_channels, kernel, stride, padding| Layer::Conv {
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            bias: false,
-        };
-        let norm = |channels| Layer::Norm { channels };
-        let projection = |c: usize, out: usize, stride: usize| {
-            if stride != 1 || c != out {
-                vec![
-                    ("shortcut.0", conv(c, out, 1, stride, 0)),
-                    ("shortcut.1", norm(out)),
-                ]
-            } else {
-                Vec::new()
-            }
-        };
-        match *self {
-            Block::Linear { input, output, .. } => {
-                Some(LayerPaths::single(Layer::Linear { input, output }))
-            }
-            Block::Conv2d {
-                input,
-                channels,
-                kernel,
-                stride,
-                padding,
-                bias,
-                ..
-            } => Some(LayerPaths::single(Layer::Conv {
-                in_channels: input[0],
-                out_channels: channels,
-                kernel,
-                stride,
-                padding,
-                bias,
-            })),
-            Block::BatchNorm2d { input, .. } => Some(LayerPaths::single(norm(input[0]))),
-            Block::BasicBlock {
-                input,
-                planes,
-                stride,
-            } => Some(LayerPaths {
-                main: vec![
-                    ("conv1", conv(input[0], planes, 3, stride, 1)),
-                    ("bn1", norm(planes)),
-                    ("", Layer::Relu),
-                    ("conv2", conv(planes, planes, 3, 1, 1)),
-                    ("bn2", norm(planes)),
-                ],
-                shortcut: Some(projection(input[0], planes, stride)),
-            }),
-            Block::Bottleneck {
-                input,
-                planes,
-                stride,
-            } => {
-                let out = BOTTLENECK_EXPANSION * planes;
-                Some(LayerPaths {
-                    main: vec![
-                        ("conv1", conv(input[0], planes, 1, 1, 0)),
-                        ("bn1", norm(planes)),
-                        ("", Layer::Relu),
-                        ("conv2", conv(planes, planes, 3, stride, 1)),
-                        ("bn2", norm(planes)),
-                        ("", Layer::Relu),
-                        ("conv3", conv(planes, out, 1, 1, 0)),
-                        ("bn3", norm(out)),
-                    ],
-                    shortcut: Some(projection(input[0], out, stride)),
-                })
-            }
-            Block::Embedding {
-                seq_len,
-                vocab_size,
-                embed_dim,
-            } => Some(LayerPaths {
-                main: vec![
-                    (
-                        "token",
-                        Layer::Embedding {
-                            rows: vocab_size,
-                            width: embed_dim,
-                        },
-                    ),
-                    (
-                        "position",
-                        Layer::Embedding {
-                            rows: seq_len,
-                            width: embed_dim,
-                        },
-                    ),
-                ],
-                shortcut: None,
-            }),
-            Block::DecoderLayer { embed_dim: d, .. } => {
-                let linear = |input, output| Layer::Linear { input, output };
-                let norm = Layer::FeatureNorm { features: d };
-                Some(LayerPaths {
-                    main: vec![
-                        ("ln1", norm),
-                        ("attn.qkv", linear(d, 3 * d)),
-                        ("attn.proj", linear(d, d)),
-                        ("ln2", norm),
-                        ("mlp.fc", linear(d, MLP_EXPANSION * d)),
-                        ("mlp.proj", linear(MLP_EXPANSION * d, d)),
-                    ],
-                    shortcut: None,
-                })
-            }
-            Block::LmHead {
-                embed_dim,
-                vocab_size,
-                ..
-            } => Some(LayerPaths {
-                main: vec![
-                    (
-                        "ln",
-                        Layer::FeatureNorm {
-                            features: embed_dim,
-                        },
-                    ),
-                    (
-                        "head",
-                        Layer::Linear {
-                            input: embed_dim,
-                            output: vocab_size,
-                        },
-                    ),
-                ],
-                shortcut: None,
-            }),
-            Block::Relu { .. }
-            | Block::MaxPool2d { .. }
-            | Block::AvgPool2d { .. }
-            | Block::GlobalAvgPool { .. } => None,
-        }
+        self.kind().label()
     }
 
     /// The trainable parameter tensors, in order.
     pub(crate) fn param_infos(&self) -> Vec<TensorInfo> {
-        self.layer_paths().map_or_else(Vec::new, |paths| {
+        self.kind().layer_paths().map_or_else(Vec::new, |paths| {
             paths
                 .layers()
                 .flat_map(|(prefix, l)| l.params(prefix))
@@ -743,7 +574,7 @@ impl Block {
 
     /// The buffers (batch norms' running statistics), in order.
     pub(crate) fn buffer_infos(&self) -> Vec<TensorInfo> {
-        self.layer_paths().map_or_else(Vec::new, |paths| {
+        self.kind().layer_paths().map_or_else(Vec::new, |paths| {
             paths
                 .layers()
                 .flat_map(|(prefix, l)| l.buffers(prefix))
@@ -761,76 +592,13 @@ impl Block {
     /// twice the forward for every kind of layer here, so the forward's count ranks stages as
     /// forward + backward would.
     pub fn forward_ops(&self) -> f64 {
-        let [c, h, w] = self.input_shape();
-        let values = |shape: Shape| (shape[0] * shape[1] * shape[2]) as f64;
-        match *self {
-            Block::Relu { features } => features as f64,
-            Block::GlobalAvgPool { .. } => values([c, h, w]),
-            Block::MaxPool2d { kernel, .. } | Block::AvgPool2d { kernel, .. } => {
-                values(self.output_shape()) * (kernel * kernel) as f64
-            }
-            Block::DecoderLayer {
-                seq_len, embed_dim, ..
-            } => {
-                let (seq, d) = (seq_len as f64, embed_dim as f64);
-                // Per position: the layer paths' linear layers (qkv, projection, MLP) and norms;
-                // attention: scores and the weighted sum of values, seq × seq × d each.
-                seq * self.layer_paths_ops([1, 1, 1]) + 2.0 * seq * seq * d
-            }
-            Block::LmHead { seq_len, .. } => seq_len as f64 * self.layer_paths_ops([1, 1, 1]),
-            Block::Embedding {
-                seq_len, embed_dim, ..
-            } => 2.0 * (seq_len * embed_dim) as f64,
-            Block::Linear { .. }
-            | Block::Conv2d { .. }
-            | Block::BatchNorm2d { .. }
-            | Block::BasicBlock { .. }
-            | Block::Bottleneck { .. } => self.layer_paths_ops([c, h, w]),
-        }
+        self.kind().forward_ops()
     }
 
-    /// [`Block::forward_ops`] of the layers of the block's layer paths (main path and shortcut,
-    /// each from `input`), with their linear and norm layers applied to one position.
-    fn layer_paths_ops(&self, input: Shape) -> f64 {
-        let Some(paths) = self.layer_paths() else {
-            return 0.0;
-        };
-        let path_ops = |layers: &[(&'static str, Layer)]| {
-            let [mut c, mut h, mut w] = input;
-            let mut ops = 0.0;
-            for &(_, layer) in layers {
-                let positions = (h * w) as f64;
-                ops += match layer {
-                    Layer::Linear { input, output } => (input * output) as f64,
-                    Layer::Conv {
-                        in_channels,
-                        out_channels,
-                        kernel,
-                        stride,
-                        padding,
-                        ..
-                    } => {
-                        h = window_output(h, kernel, stride, padding).unwrap_or(0);
-                        w = window_output(w, kernel, stride, padding).unwrap_or(0);
-                        c = out_channels;
-                        let patch_values = (in_channels * kernel * kernel * h * w) as f64;
-                        let unrolled = !(kernel == 1 && stride == 1 && padding == 0);
-                        patch_values * out_channels as f64
-                            + if unrolled {
-                                PATCH_VALUE_OPS * patch_values
-                            } else {
-                                0.0
-                            }
-                    }
-                    Layer::Norm { channels } => channels as f64 * positions,
-                    Layer::FeatureNorm { features } => features as f64,
-                    Layer::Embedding { width, .. } => width as f64,
-                    Layer::Relu => c as f64 * positions,
-                };
-            }
-            ops
-        };
-        path_ops(&paths.main) + paths.shortcut.as_deref().map_or(0.0, path_ops)
+    /// Values per sample that the block's forward keeps for its backward: its output, and for
+    /// a composite block the outputs of its inner layers.
+    pub(crate) fn activation_values(&self) -> f64 {
+        self.kind().activation_values()
     }
 
     /// Number of scalar parameters (buffers excluded, as PyTorch counts).
@@ -881,18 +649,7 @@ impl Block {
 
     /// Whether the forward ends with a ReLU applied to the weighted part's output.
     pub fn has_relu(&self) -> bool {
-        match *self {
-            Block::Linear { relu, .. }
-            | Block::Conv2d { relu, .. }
-            | Block::BatchNorm2d { relu, .. } => relu,
-            Block::Relu { .. } | Block::BasicBlock { .. } | Block::Bottleneck { .. } => true,
-            Block::MaxPool2d { .. }
-            | Block::AvgPool2d { .. }
-            | Block::GlobalAvgPool { .. }
-            | Block::Embedding { .. }
-            | Block::DecoderLayer { .. }
-            | Block::LmHead { .. } => false,
-        }
+        self.kind().has_relu()
     }
 
     /// The forward before the trailing ReLU. `x` is `[batch, input_features]`; `params` may be
@@ -903,112 +660,7 @@ impl Block {
         params: &[Tensor<1>],
         norm: Norm<'_>,
     ) -> Tensor<2> {
-        self.forward_weighted_recording(x, params, norm, None)
-    }
-
-    /// [`Block::forward_weighted`] that also appends the input of every layer of the block's
-    /// layer paths (main path, then shortcut; nothing for a block without them) to
-    /// `layer_inputs`: what the closed-form backward ([`Block::spatial_vjp`]) needs of a
-    /// residual block.
-    fn forward_weighted_recording(
-        &self,
-        x: Tensor<2>,
-        params: &[Tensor<1>],
-        norm: Norm<'_>,
-        layer_inputs: Option<&mut Vec<Tensor<4>>>,
-    ) -> Tensor<2> {
-        let batch = x.dims()[0];
-        let [c, h, w] = self.input_shape();
-        let image = || x.clone().reshape([batch, c, h, w]);
-        let out = match *self {
-            Block::Linear { input, output, .. } => {
-                let [weight, bias] = params else {
-                    panic!(
-                        "linear block with {} parameter tensors instead of 2",
-                        params.len()
-                    );
-                };
-                return affine(x, weight, bias, input, output);
-            }
-            Block::Embedding {
-                seq_len,
-                vocab_size,
-                embed_dim,
-            } => return transformer::embed(x, params, seq_len, vocab_size, embed_dim),
-            Block::DecoderLayer {
-                seq_len,
-                embed_dim,
-                heads,
-            } => return transformer::decoder_layer(x, params, seq_len, embed_dim, heads),
-            Block::LmHead {
-                seq_len,
-                embed_dim,
-                vocab_size,
-            } => return transformer::lm_head(x, params, seq_len, embed_dim, vocab_size),
-            Block::Relu { .. } => return x,
-            Block::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                let geometry = self.max_pool_geometry();
-                if let Some(x) = host_values(&x) {
-                    let pooled = max_pool_forward(&geometry, &x);
-                    return tensor2(pooled, batch, self.output_features());
-                }
-                max_pool2d(
-                    image(),
-                    MaxPoolOptions::new([kernel, kernel])
-                        .with_stride([stride, stride])
-                        .with_padding([padding, padding]),
-                )
-            }
-            Block::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => avg_pool2d(
-                image(),
-                AvgPoolOptions::new([kernel, kernel])
-                    .with_stride([stride, stride])
-                    .with_padding([padding, padding]),
-            ),
-            Block::GlobalAvgPool { .. } => {
-                return x.reshape([batch, c, h * w]).mean_dim(2).reshape([batch, c]);
-            }
-            Block::Conv2d { .. }
-            | Block::BatchNorm2d { .. }
-            | Block::BasicBlock { .. }
-            | Block::Bottleneck { .. } => {
-                let paths = self
-                    .layer_paths()
-                    .expect("weighted blocks have layer paths");
-                run_layer_paths(&paths, image(), params, norm, layer_inputs)
-            }
-        };
-        out.reshape([batch, self.output_features()])
-    }
-
-    /// The window geometry of a [`Block::MaxPool2d`].
-    pub(crate) fn max_pool_geometry(&self) -> PoolGeometry {
-        let Block::MaxPool2d {
-            input: [_, height, width],
-            kernel,
-            stride,
-            padding,
-        } = *self
-        else {
-            panic!("max_pool_geometry of {self:?}");
-        };
-        PoolGeometry {
-            height,
-            width,
-            kernel,
-            stride,
-            padding,
-        }
+        self.kind().forward_weighted(x, params, norm, None)
     }
 
     /// The whole forward of the block.
@@ -1016,8 +668,10 @@ impl Block {
         self.forward_recording(x, params, norm, None)
     }
 
-    /// [`Block::forward`] that records the input of every layer of the block's layer paths in
-    /// `layer_inputs` if given (see [`Block::spatial_vjp`]).
+    /// [`Block::forward`] that also appends the input of every layer of the block's layer
+    /// paths (main path, then shortcut; nothing for a block without them) to `layer_inputs` if
+    /// given: what the closed-form backward ([`Block::closed_form_vjp`]) needs of a residual
+    /// block.
     pub(crate) fn forward_recording(
         &self,
         x: Tensor<2>,
@@ -1025,8 +679,62 @@ impl Block {
         norm: Norm<'_>,
         layer_inputs: Option<&mut Vec<Tensor<4>>>,
     ) -> Tensor<2> {
-        let pre = self.forward_weighted_recording(x, params, norm, layer_inputs);
+        let pre = self.kind().forward_weighted(x, params, norm, layer_inputs);
         if self.has_relu() { relu(pre) } else { pre }
+    }
+
+    /// Whether [`Block::closed_form_vjp`] has a closed form for this block (it never returns
+    /// `None` then): a linear, ReLU or convolution block on any device; on the CPU, where the
+    /// batch-norm kernel reads host memory, every image block.
+    pub(crate) fn has_closed_form(&self) -> bool {
+        self.kind().has_closed_form()
+    }
+
+    /// Parameter gradients (in the block's parameter order) and, if asked for, the input
+    /// gradient of the block at input `x` (`[batch, in]`, plain) and weights `params`, for the
+    /// gradient `g` of the block's weighted output (before any trailing ReLU). `None` if the
+    /// block has no closed form here (the transformer blocks; on a GPU the image blocks other
+    /// than convolutions).
+    ///
+    /// `defer_weight_grad`: leave out the weight gradient of a block that
+    /// [defers it](Block::defers_weight_grad). `layer_inputs`: the layer inputs a forward with
+    /// these same weights recorded ([`Block::forward_recording`]); without them a block of
+    /// several layers re-runs its forward from `x` with `params` to get them.
+    pub(crate) fn closed_form_vjp(
+        &self,
+        x: &Tensor<2>,
+        params: &[Tensor<1>],
+        g: &Tensor<2>,
+        need_input_grad: bool,
+        defer_weight_grad: bool,
+        layer_inputs: Option<&[Tensor<4>]>,
+    ) -> Option<Vjp<2>> {
+        if !self.has_closed_form() {
+            return None;
+        }
+        self.kind().closed_form_vjp(
+            x,
+            params,
+            g,
+            need_input_grad,
+            defer_weight_grad,
+            layer_inputs,
+        )
+    }
+
+    /// Whether [`Block::closed_form_vjp`] leaves the weight gradient out when asked to defer
+    /// it: a linear block, whose `xᵀ·g` the caller takes over all micro-batches of a backward
+    /// at once.
+    pub(crate) fn defers_weight_grad(&self) -> bool {
+        self.kind().defers_weight_grad()
+    }
+
+    /// Whether the block's VJP at several micro-batches stacked along the rows equals their
+    /// VJPs taken one by one (rows stacked, parameter gradients summed): true for every block
+    /// that treats samples independently, false for those normalising with batch statistics,
+    /// whose re-run on the stack would mix the micro-batches' statistics.
+    pub(crate) fn stacks_rows(&self) -> bool {
+        self.kind().stacks_rows()
     }
 }
 
@@ -1184,6 +892,118 @@ fn apply_norm(
             stats.push(out.mean.inner());
             stats.push(out.variance.inner().mul_scalar(unbiased));
             out.output
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Model specs and config files on disk hold blocks in the form of the struct variants
+    /// that `Block` had before each kind became its own struct: the same text must still come
+    /// out and go back in.
+    #[test]
+    fn serialised_form_is_that_of_the_former_struct_variants() {
+        let cases = [
+            (
+                Block::Linear(Linear {
+                    input: 5,
+                    output: 3,
+                    relu: true,
+                }),
+                r#"{"linear":{"input":5,"output":3,"relu":true}}"#,
+            ),
+            (
+                Block::Conv2d(Conv2d {
+                    input: [2, 6, 6],
+                    channels: 3,
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                    bias: true,
+                    relu: false,
+                }),
+                r#"{"conv2d":{"input":[2,6,6],"channels":3,"kernel":3,"stride":2,"padding":1,"bias":true,"relu":false}}"#,
+            ),
+            (
+                Block::BatchNorm2d(BatchNorm2d {
+                    input: [3, 5, 3],
+                    relu: true,
+                }),
+                r#"{"batch-norm2d":{"input":[3,5,3],"relu":true}}"#,
+            ),
+            (
+                Block::Relu(Relu { features: 7 }),
+                r#"{"relu":{"features":7}}"#,
+            ),
+            (
+                Block::MaxPool2d(MaxPool2d {
+                    input: [2, 7, 6],
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                }),
+                r#"{"max-pool2d":{"input":[2,7,6],"kernel":3,"stride":2,"padding":1}}"#,
+            ),
+            (
+                Block::AvgPool2d(AvgPool2d {
+                    input: [2, 6, 5],
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                }),
+                r#"{"avg-pool2d":{"input":[2,6,5],"kernel":2,"stride":2,"padding":0}}"#,
+            ),
+            (
+                Block::GlobalAvgPool(GlobalAvgPool { input: [3, 3, 5] }),
+                r#"{"global-avg-pool":{"input":[3,3,5]}}"#,
+            ),
+            (
+                Block::BasicBlock(BasicBlock {
+                    input: [2, 6, 5],
+                    planes: 3,
+                    stride: 2,
+                }),
+                r#"{"basic-block":{"input":[2,6,5],"planes":3,"stride":2}}"#,
+            ),
+            (
+                Block::Bottleneck(Bottleneck {
+                    input: [3, 5, 4],
+                    planes: 2,
+                    stride: 2,
+                }),
+                r#"{"bottleneck":{"input":[3,5,4],"planes":2,"stride":2}}"#,
+            ),
+            (
+                Block::Embedding(Embedding {
+                    seq_len: 8,
+                    vocab_size: 11,
+                    embed_dim: 4,
+                }),
+                r#"{"embedding":{"seq_len":8,"vocab_size":11,"embed_dim":4}}"#,
+            ),
+            (
+                Block::DecoderLayer(DecoderLayer {
+                    seq_len: 8,
+                    embed_dim: 4,
+                    heads: 2,
+                }),
+                r#"{"decoder-layer":{"seq_len":8,"embed_dim":4,"heads":2}}"#,
+            ),
+            (
+                Block::LmHead(LmHead {
+                    seq_len: 8,
+                    embed_dim: 4,
+                    vocab_size: 11,
+                }),
+                r#"{"lm-head":{"seq_len":8,"embed_dim":4,"vocab_size":11}}"#,
+            ),
+        ];
+        for (block, json) in cases {
+            assert_eq!(serde_json::to_string(&block).unwrap(), json, "{block:?}");
+            let back: Block = serde_json::from_str(json).unwrap();
+            assert_eq!(back, block, "{json}");
         }
     }
 }

@@ -31,12 +31,12 @@ mod pool_kernel;
 mod stage;
 mod store;
 mod tensor;
-mod transformer;
 mod zoo;
 
 pub use block::{
-    BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, Block, LN_EPSILON, MLP_EXPANSION,
-    PATCH_VALUE_OPS, Shape,
+    AvgPool2d, BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, BasicBlock, BatchNorm2d, Block,
+    Bottleneck, Conv2d, DecoderLayer, Embedding, GlobalAvgPool, LN_EPSILON, Linear, LmHead,
+    MLP_EXPANSION, MaxPool2d, PATCH_VALUE_OPS, Relu, Shape,
 };
 pub use checkpoint::{
     load_safetensors, param_name, read_stage_checkpoint, safetensors_bytes, stage_checkpoint_bytes,

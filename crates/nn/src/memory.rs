@@ -15,8 +15,8 @@
 //! The estimate is deliberately a *lower* bound of what a run holds (see [`MemoryEstimate`]):
 //! refusing a run that would have fitted is worse than letting a borderline one fail later.
 
-use crate::block::{Block, MLP_EXPANSION, TensorInfo};
-use crate::{ModelSpec, NnError};
+use crate::block::{TensorInfo, product};
+use crate::{Block, ModelSpec, NnError};
 
 /// Bytes of one stored value (every tensor is `f32`).
 const BYTES_PER_VALUE: f64 = 4.0;
@@ -195,54 +195,6 @@ pub(crate) fn too_deep(flags: String, model: &str, blocks: f64) -> NnError {
     }
 }
 
-/// Product of sizes in `f64` (never overflows).
-fn product(sizes: impl IntoIterator<Item = usize>) -> f64 {
-    sizes.into_iter().map(|s| s as f64).product()
-}
-
-/// Values per sample that `block`'s forward keeps for its backward: its output, and for a
-/// composite block the outputs of its inner layers.
-fn activation_values(block: &Block) -> f64 {
-    let output = product(block.output_shape());
-    match *block {
-        Block::BasicBlock { input, .. } => {
-            // conv1, bn1, conv2, bn2, the sum; a projected shortcut adds a conv and a bn.
-            let projected = input != block.output_shape();
-            output * if projected { 7.0 } else { 5.0 }
-        }
-        Block::Bottleneck { input, planes, .. } => {
-            let [_, oh, ow] = block.output_shape();
-            let projected = input != block.output_shape();
-            // conv1 and bn1 at the input's resolution, conv2 and bn2 at the output's (`planes`
-            // channels each), conv3, bn3 and the sum at the output's 4 × `planes` channels; a
-            // projected shortcut adds a conv and a bn.
-            let narrow =
-                2.0 * product([planes, input[1], input[2]]) + 2.0 * product([planes, oh, ow]);
-            let wide = output * if projected { 5.0 } else { 3.0 };
-            narrow + wide
-        }
-        Block::DecoderLayer {
-            seq_len,
-            embed_dim,
-            heads,
-        } => {
-            // Per position: ln1 (d), qkv (3d), attention output (d), projection (d), ln2 (d),
-            // MLP hidden before and after GELU (2 × 4d), MLP output (d); per head the
-            // attention scores and their softmax (2 × T per position).
-            let per_position = (8.0 + 2.0 * MLP_EXPANSION as f64) * embed_dim as f64
-                + 2.0 * product([heads, seq_len]);
-            seq_len as f64 * per_position
-        }
-        Block::LmHead {
-            seq_len, embed_dim, ..
-        } => {
-            // The layer norm's output, the logits and their log-softmax.
-            product([seq_len, embed_dim]) + 2.0 * output
-        }
-        _ => output,
-    }
-}
-
 impl ModelSpec {
     /// The memory training this model under `workload` needs (see [`MemoryEstimate`] for what
     /// it counts), computed from the block list in `f64` without allocating any tensor.
@@ -263,7 +215,7 @@ impl ModelSpec {
                 .min(workload.microbatches_in_flight),
         ]);
         let activation_values = product(self.input_shape()) * inputs
-            + blocks.iter().map(activation_values).sum::<f64>() * full;
+            + blocks.iter().map(Block::activation_values).sum::<f64>() * full;
         Ok(MemoryEstimate {
             parameters,
             weight_bytes: (parameters + buffers) * BYTES_PER_VALUE,

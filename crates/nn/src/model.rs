@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use timeprest_data::Dataset;
 
 use crate::NnError;
-use crate::block::{Block, Init, Norm, Shape};
+use crate::block::{Block, Init, Linear, Norm, Shape};
 use crate::memory::{MAX_LAYER_WIDTH, too_wide};
 use crate::tensor::{count_correct, one_hot, scalar, tensor1, tensor2, to_vec};
 use crate::zoo::{GptConfig, NetConfig};
@@ -112,10 +112,12 @@ impl ModelSpec {
                 Ok(widths
                     .windows(2)
                     .enumerate()
-                    .map(|(i, w)| Block::Linear {
-                        input: w[0],
-                        output: w[1],
-                        relu: i != last,
+                    .map(|(i, w)| {
+                        Block::Linear(Linear {
+                            input: w[0],
+                            output: w[1],
+                            relu: i != last,
+                        })
                     })
                     .collect())
             }
@@ -536,21 +538,21 @@ mod tests {
         assert_eq!(
             s.blocks(),
             vec![
-                Block::Linear {
+                Block::Linear(Linear {
                     input: 5,
                     output: 7,
                     relu: true
-                },
-                Block::Linear {
+                }),
+                Block::Linear(Linear {
                     input: 7,
                     output: 4,
                     relu: true
-                },
-                Block::Linear {
+                }),
+                Block::Linear(Linear {
                     input: 4,
                     output: 3,
                     relu: false
-                },
+                }),
             ]
         );
         assert_eq!(s.param_count(), 5 * 7 + 7 + 7 * 4 + 4 + 4 * 3 + 3);
@@ -584,11 +586,11 @@ mod tests {
 
     #[test]
     fn file_layout_round_trips_and_transposes_the_weight() {
-        let block = Block::Linear {
+        let block = Block::Linear(Linear {
             input: 2,
             output: 3,
             relu: false,
-        };
+        });
         // PyTorch [out=3, in=2].
         let file = vec![vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![0.5, 0.25, 0.125]];
         let p = BlockParams::from_file_layout(block, file.clone());

@@ -414,16 +414,16 @@ fn step_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Block;
     use crate::tensor::{tensor1, to_vec};
+    use crate::{Block, Linear};
 
     fn params(values: &[f32]) -> Vec<BlockParams> {
         // A 1→2 linear block: weight has 2 values, bias 2.
-        let block = Block::Linear {
+        let block = Block::Linear(Linear {
             input: 1,
             output: 2,
             relu: false,
-        };
+        });
         vec![BlockParams {
             block,
             tensors: vec![tensor1(values[..2].to_vec()), tensor1(values[2..].to_vec())],

@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use timeprest_schedule::CostModel;
 
 use crate::block::Norm;
-use crate::stage::{closed_form_backward, has_closed_form};
 use crate::tensor::tensor2;
 use crate::{Block, BlockParams, ModelParams, ModelSpec, NnError, init_params};
 
@@ -260,7 +259,7 @@ fn profile_on_this_pool(
     for p in &params {
         let (mut forward, mut backward) = (Vec::new(), Vec::new());
         for run in 0..=repeats {
-            let (forward_seconds, backward_seconds) = if has_closed_form(&p.block) {
+            let (forward_seconds, backward_seconds) = if p.block.has_closed_form() {
                 time_closed_form(p, &x)
             } else {
                 time_autodiff(p, &x)
@@ -292,15 +291,9 @@ fn time_closed_form(p: &BlockParams, x: &Tensor<2>) -> (f64, f64) {
         Some(&mut layer_inputs),
     );
     let middle = Instant::now();
-    let grads = closed_form_backward(
-        &p.block,
-        x,
-        &p.tensors,
-        &out,
-        out.ones_like(),
-        &layer_inputs,
-    )
-    .expect("a block with a closed form has a closed-form backward");
+    let grads = (p.block)
+        .closed_form_backward(x, &p.tensors, &out, out.ones_like(), &layer_inputs)
+        .expect("a block with a closed form has a closed-form backward");
     drop(grads);
     let end = Instant::now();
     ((middle - start).as_secs_f64(), (end - middle).as_secs_f64())
@@ -412,7 +405,7 @@ impl CostModel for ProfiledCost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PATCH_VALUE_OPS;
+    use crate::{BasicBlock, Conv2d, Linear, MaxPool2d, PATCH_VALUE_OPS};
 
     #[test]
     fn partition_is_contiguous_and_balanced() {
@@ -531,20 +524,22 @@ mod tests {
 
     #[test]
     fn forward_ops_count_each_layer_from_the_shapes() {
-        let linear = Block::Linear {
+        let linear = Block::Linear(Linear {
             input: 784,
             output: 1024,
             relu: true,
-        };
+        });
         assert_eq!(linear.forward_ops(), (784 * 1024) as f64);
-        let conv2d = |input, channels, kernel, stride, padding| Block::Conv2d {
-            input,
-            channels,
-            kernel,
-            stride,
-            padding,
-            bias: true,
-            relu: true,
+        let conv2d = |input, channels, kernel, stride, padding| {
+            Block::Conv2d(Conv2d {
+                input,
+                channels,
+                kernel,
+                stride,
+                padding,
+                bias: true,
+                relu: true,
+            })
         };
         let conv = conv2d([3, 32, 32], 16, 3, 2, 1);
         // Multiply-adds, and the 3·9 values unrolled per output position.
@@ -555,11 +550,11 @@ mod tests {
         );
         // conv1 (stride 2) + bn1 + relu + conv2 + bn2, and the 1×1 projection + its bn; a 1×1
         // stride-1 convolution unrolls nothing, a strided one does.
-        let residual = Block::BasicBlock {
+        let residual = Block::BasicBlock(BasicBlock {
             input: [16, 32, 32],
             planes: 32,
             stride: 2,
-        };
+        });
         let positions = (16 * 16) as f64;
         let map = 32.0 * positions;
         let conv = |patch_values: f64| 32.0 * patch_values + PATCH_VALUE_OPS * patch_values;
@@ -568,12 +563,12 @@ mod tests {
         assert_eq!(residual.forward_ops(), main + shortcut);
         let pointwise = conv2d([8, 4, 4], 16, 1, 1, 0);
         assert_eq!(pointwise.forward_ops(), (8 * 16 * 16) as f64);
-        let pool = Block::MaxPool2d {
+        let pool = Block::MaxPool2d(MaxPool2d {
             input: [6, 28, 28],
             kernel: 2,
             stride: 2,
             padding: 0,
-        };
+        });
         assert_eq!(pool.forward_ops(), (6 * 14 * 14 * 4) as f64);
     }
 

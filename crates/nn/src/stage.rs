@@ -48,7 +48,7 @@ use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
 use timeprest_schedule::MicrobatchId;
 
-use crate::block::{Norm, relu_backward};
+use crate::block::{Norm, linear_weight_grad, relu_backward};
 use crate::feed::Targets;
 use crate::model::{check_chain, cross_entropy_sum};
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -56,8 +56,6 @@ use crate::store::{Pass, WeightStore};
 use crate::tensor::{count_correct, scalar, to_vec};
 use crate::{BlockParams, ModelParams, NnError};
 
-mod direct_vjp;
-pub(crate) use direct_vjp::{closed_form_backward, has_closed_form};
 mod resume;
 
 /// How a backward computes gradients when it reads other weights than its forward did
@@ -144,7 +142,7 @@ struct Trace {
     /// Per block: each batch norm's batch mean and unbiased variance (plain).
     batch_stats: Vec<Vec<Tensor<1>>>,
     /// Per block, the input of every layer of its layer paths, if the run recorded them for a
-    /// closed-form backward with the same weights (see `Block::spatial_vjp`).
+    /// closed-form backward with the same weights (see `Block::closed_form_vjp`).
     layer_inputs: Option<Vec<Vec<Tensor<4>>>>,
 }
 
@@ -357,7 +355,7 @@ impl BurnStage {
     /// deferred to the update.
     fn all_closed_form(&self) -> bool {
         self.grad_mode == GradMode::Graph
-            && (self.store.live().iter()).all(|p| direct_vjp::has_closed_form(&p.block))
+            && (self.store.live().iter()).all(|p| p.block.has_closed_form())
     }
 
     /// Adds the deferred linear weight gradients to the accumulator, each as `xᵀ·g` over the
@@ -372,8 +370,7 @@ impl BurnStage {
                 continue;
             }
             let (xs, gs): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
-            let weight_grad =
-                direct_vjp::linear_weight_grad(&Tensor::cat(xs, 0), &Tensor::cat(gs, 0));
+            let weight_grad = linear_weight_grad(&Tensor::cat(xs, 0), &Tensor::cat(gs, 0));
             let len = weight_grad.shape().num_elements();
             grads.insert(0, weight_grad.reshape([len]));
         }
@@ -587,7 +584,7 @@ impl BurnStage {
     /// activations `acts` (the stage input, then each block's output) and the output gradient
     /// `g`: per block, the ReLU mask from the saved output, then the weighted part's VJP at the
     /// saved block input and `weights` — in closed form where the block has one
-    /// ([`direct_vjp`](direct_vjp::direct_vjp)), else by re-running it under autodiff.
+    /// ([`Block::closed_form_vjp`](crate::Block::closed_form_vjp)), else by re-running it under autodiff.
     ///
     /// On a stage made only of closed-form blocks ([`BurnStage::all_closed_form`]), linear
     /// blocks leave out their weight gradient and record their (input, output-gradient) rows in
@@ -616,8 +613,7 @@ impl BurnStage {
                 // relu'(pre) from the forward: 1 where its output was positive.
                 g = relu_backward(g, &acts[i + 1]);
             }
-            if let Some((grads, input_grad)) = direct_vjp::direct_vjp(
-                &p.block,
+            if let Some((grads, input_grad)) = p.block.closed_form_vjp(
                 &acts[i],
                 &p.tensors,
                 &g,
@@ -625,7 +621,7 @@ impl BurnStage {
                 defer,
                 layer_inputs.map(|inputs| inputs[i].as_slice()),
             ) {
-                if defer && matches!(p.block, crate::Block::Linear { .. }) {
+                if defer && p.block.defers_weight_grad() {
                     if self.deferred.len() < weights.len() {
                         self.deferred.resize_with(weights.len(), Vec::new);
                     }
@@ -757,11 +753,7 @@ impl BurnStage {
                         .get(&item.microbatch)
                         .is_some_and(|saved| saved.recipe != item.recipe)
             })
-            && self
-                .store
-                .live()
-                .iter()
-                .all(|p| direct_vjp::stacks_rows(&p.block))
+            && self.store.live().iter().all(|p| p.block.stacks_rows())
     }
 
     /// The backward of several micro-batches that read one weight set (nF1B's N micro-batches

@@ -594,11 +594,11 @@ fn stale_weights() -> (Vec<f32>, Vec<f32>) {
 
 #[test]
 fn graph_mode_with_a_newer_backward_version_is_saved_input_and_new_weights() {
-    let block = Block::Linear {
+    let block = Block::Linear(Linear {
         input: 3,
         output: 2,
         relu: false,
-    };
+    });
     let (w, b) = stale_weights();
     let (x, g) = stale_inputs();
     let mut stage = middle_stage(block, w, b, 0.5, GradMode::Graph);
@@ -638,11 +638,11 @@ fn graph_mode_with_a_newer_backward_version_is_saved_input_and_new_weights() {
 
 #[test]
 fn graph_and_recompute_differ_through_the_relu_mask_only() {
-    let block = Block::Linear {
+    let block = Block::Linear(Linear {
         input: 3,
         output: 2,
         relu: true,
-    };
+    });
     let (w0, b0) = stale_weights();
     let (x, g) = stale_inputs();
     // A large learning rate so that the new weights flip some pre-activation signs.
@@ -679,11 +679,11 @@ fn graph_mode_at_the_last_stage_takes_the_loss_gradient_from_the_forward() {
     // One linear last stage (stage 1 of 2): dW = xᵀ (softmax(z_forward) − y)/M with the saved
     // x, and dx with the backward's weights.
     let data = synthetic(6, 3, 2);
-    let block = Block::Linear {
+    let block = Block::Linear(Linear {
         input: 3,
         output: 2,
         relu: false,
-    };
+    });
     let (w, b) = stale_weights();
     let params = BlockParams::from_file_layout(block, vec![w, b]);
     let batches = Arc::new(EpochBatches {
@@ -939,11 +939,11 @@ fn an_update_from_a_base_steps_from_the_mean_of_its_weight_sets() {
 fn blend_recipes_in_a_forward_read_the_blended_weights() {
     // A middle stage's forward output with Blend σ=1 / σ=0 is bitwise that of the stale /
     // latest version, and σ=0.25 gives the output of the blended weights.
-    let block = Block::Linear {
+    let block = Block::Linear(Linear {
         input: 3,
         output: 2,
         relu: false,
-    };
+    });
     let (w, b) = stale_weights();
     let (x, g) = stale_inputs();
     let mut stage = middle_stage(block, w, b, 0.5, GradMode::Graph);

@@ -35,7 +35,10 @@
 use serde::{Deserialize, Serialize};
 use timeprest_data::Dataset;
 
-use crate::block::{Block, Shape};
+use crate::block::{
+    BasicBlock, BatchNorm2d, Block, Bottleneck, Conv2d, DecoderLayer, Embedding, GlobalAvgPool,
+    Linear, LmHead, MaxPool2d, Shape,
+};
 use crate::memory::{MAX_BLOCKS, MAX_LAYER_WIDTH, flag_number, joined, too_deep, too_wide};
 use crate::{MlpConfig, ModelSpec, NnError};
 
@@ -168,7 +171,7 @@ impl Builder<'_> {
         relu: bool,
     ) -> Result<(), NnError> {
         let channels = self.scale(channels)?;
-        self.push(Block::Conv2d {
+        self.push(Block::Conv2d(Conv2d {
             input: self.shape,
             channels,
             kernel,
@@ -176,27 +179,27 @@ impl Builder<'_> {
             padding,
             bias,
             relu,
-        })
+        }))
     }
 
     fn norm_relu(&mut self) -> Result<(), NnError> {
-        self.push(Block::BatchNorm2d {
+        self.push(Block::BatchNorm2d(BatchNorm2d {
             input: self.shape,
             relu: true,
-        })
+        }))
     }
 
     fn max_pool(&mut self, kernel: usize) -> Result<(), NnError> {
-        self.push(Block::MaxPool2d {
+        self.push(Block::MaxPool2d(MaxPool2d {
             input: self.shape,
             kernel,
             stride: kernel,
             padding: 0,
-        })
+        }))
     }
 
     fn global_pool(&mut self) -> Result<(), NnError> {
-        self.push(Block::GlobalAvgPool { input: self.shape })
+        self.push(Block::GlobalAvgPool(GlobalAvgPool { input: self.shape }))
     }
 
     /// A linear layer of `output` features (scaled unless it is the classifier).
@@ -208,11 +211,11 @@ impl Builder<'_> {
         };
         // Saturating: a flattened map too large to count is refused by the memory check.
         let input = self.shape.iter().fold(1usize, |n, &s| n.saturating_mul(s));
-        self.push(Block::Linear {
+        self.push(Block::Linear(Linear {
             input,
             output,
             relu: !classifier,
-        })
+        }))
     }
 }
 
@@ -308,17 +311,17 @@ impl NetConfig {
                         let stride = if group > 0 && i == 0 { 2 } else { 1 };
                         let input = b.shape;
                         b.push(if self.arch == Arch::Resnet18 {
-                            Block::BasicBlock {
+                            Block::BasicBlock(BasicBlock {
                                 input,
                                 planes,
                                 stride,
-                            }
+                            })
                         } else {
-                            Block::Bottleneck {
+                            Block::Bottleneck(Bottleneck {
                                 input,
                                 planes,
                                 stride,
-                            }
+                            })
                         })?;
                     }
                 }
@@ -389,26 +392,26 @@ impl GptConfig {
                 layers as f64 + 2.0,
             ));
         }
-        let layer = Block::DecoderLayer {
+        let layer = Block::DecoderLayer(DecoderLayer {
             seq_len,
             embed_dim,
             heads,
-        };
+        });
         if let Err(why) = layer.check() {
             return Err(NnError::InvalidModel(format!(
                 "model gpt: a decoder layer {why}"
             )));
         }
-        let embedding = Block::Embedding {
+        let embedding = Block::Embedding(Embedding {
             seq_len,
             vocab_size,
             embed_dim,
-        };
-        let head = Block::LmHead {
+        });
+        let head = Block::LmHead(LmHead {
             seq_len,
             embed_dim,
             vocab_size,
-        };
+        });
         Ok(std::iter::once(embedding)
             .chain(std::iter::repeat_n(layer, layers))
             .chain(std::iter::once(head))

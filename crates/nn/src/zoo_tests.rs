@@ -428,14 +428,14 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
     // must equal the VJP of relu_mask(forward output) ⊙ block_v1(saved input); recompute mode
     // takes the mask from block_v1 itself. Both are checked against an explicit autodiff.
     let input = [4, 6, 6];
-    let block = Block::BasicBlock {
+    let block = Block::BasicBlock(BasicBlock {
         input,
         planes: 8,
         stride: 2,
-    };
+    });
     let data = images(6, input, 10);
     let blocks = [
-        Block::Conv2d {
+        Block::Conv2d(Conv2d {
             input,
             channels: 4,
             kernel: 3,
@@ -443,7 +443,7 @@ fn graph_mode_with_new_weights_recomputes_inner_activations_of_a_residual_block(
             padding: 1,
             bias: true,
             relu: true,
-        },
+        }),
         block,
     ];
     let params: Vec<BlockParams> = blocks
@@ -583,7 +583,7 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
     let data = images(8, input, 10);
     let spec = net(Arch::Vgg11, [3, 32, 32], 0.0625, vec![]); // only for its block kinds
     drop(spec);
-    let conv = Block::Conv2d {
+    let conv = Block::Conv2d(Conv2d {
         input,
         channels: 3,
         kernel: 3,
@@ -591,17 +591,17 @@ fn running_statistics_move_once_per_forward_on_the_live_version_and_stay_with_ea
         padding: 1,
         bias: true,
         relu: false,
-    };
-    let norm = Block::BatchNorm2d {
+    });
+    let norm = Block::BatchNorm2d(BatchNorm2d {
         input: [3, 5, 5],
         relu: true,
-    };
-    let pool = Block::GlobalAvgPool { input: [3, 5, 5] };
-    let fc = Block::Linear {
+    });
+    let pool = Block::GlobalAvgPool(GlobalAvgPool { input: [3, 5, 5] });
+    let fc = Block::Linear(Linear {
         input: 3,
         output: 10,
         relu: false,
-    };
+    });
     let params: ModelParams = [conv, norm, pool, fc]
         .iter()
         .map(|&b| {

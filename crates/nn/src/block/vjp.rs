@@ -1,13 +1,16 @@
-//! Closed-form backward passes (vector-Jacobian products) of the image blocks: convolutions,
-//! batch norms, pools and residual blocks.
+//! Closed-form backward passes (vector-Jacobian products) shared by the block kinds: the
+//! layer-by-layer VJP of layer paths (convolution, batch-norm and residual blocks), the view of
+//! messages as images that every image block's VJP goes through, and the ReLU's mask.
 //!
-//! A stage of such blocks needs no autodiff graph (see `BurnStage`): its forward keeps each
-//! block's input and output and, for a block of several layers, every layer's input
+//! A stage of blocks with closed forms needs no autodiff graph (see `BurnStage`): its forward
+//! keeps each block's input and output and, for a block of several layers, every layer's input
 //! ([`Block::forward_recording`]); its backward walks the layers of each block's layer paths
 //! in reverse with the rules below. Where the backward reads other weights than the forward (a
 //! stale-weight policy in graph mode), a residual block's inner activations are recomputed from
 //! its saved input with the backward's weights, exactly what re-running the block under
-//! autodiff would differentiate.
+//! autodiff would differentiate. Each kind's own closed form (linear, ReLU, pools) sits with
+//! the kind; stacking micro-batches into one backward is allowed where every block of a stage
+//! [stacks rows](Block::stacks_rows).
 //!
 //! - convolution `y = W ⊛ x + b`: `∂W` is the correlation of the input with the output
 //!   gradient, `∂b = Σ g` over images and positions, `∂x` the transposed convolution of `g`
@@ -15,9 +18,6 @@
 //!   `conv_transpose2d` elsewhere);
 //! - batch norm with batch statistics: [`crate::norm_kernel`] on the CPU;
 //! - ReLU inside a block: `g` masked where the layer's input was not positive;
-//! - max pooling: [`crate::pool_kernel`] routes each output gradient to its window's first
-//!   maximum; global average pooling spreads it evenly; average pooling (in no zoo model)
-//!   takes burn's VJP of the pool alone, at the saved input;
 //! - a residual block: the main path and the shortcut each from the output gradient, their
 //!   input gradients summed (an identity shortcut passes `g` through).
 
@@ -27,112 +27,90 @@ use burn::tensor::Tensor;
 use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
-use super::{BN_EPSILON, Block, Layer, LayerPaths, Norm, conv_geometry};
+use super::{BN_EPSILON, Block, BlockKind, Layer, LayerPaths, Norm, conv_geometry};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
-use crate::pool_kernel::max_pool_backward;
 use crate::tensor::{host_values, on_cpu, tensor1, values};
 
 /// Parameter gradients (in parameter order) and, if it was asked for, the input gradient.
 pub(crate) type Vjp<const D: usize> = (Vec<Tensor<1>>, Option<Tensor<D>>);
 
 impl Block {
-    /// Whether [`Block::spatial_vjp`] has a closed form for this block: a convolution block
-    /// on any device; on the CPU, where the batch-norm kernel reads host memory, every image
-    /// block.
-    pub(crate) fn has_spatial_vjp(&self) -> bool {
-        match self {
-            Block::Conv2d { .. } => true,
-            Block::BatchNorm2d { .. }
-            | Block::MaxPool2d { .. }
-            | Block::AvgPool2d { .. }
-            | Block::GlobalAvgPool { .. }
-            | Block::BasicBlock { .. }
-            | Block::Bottleneck { .. } => on_cpu(),
-            _ => false,
-        }
-    }
-
-    /// The VJP of the block's weighted part (before any trailing ReLU) at input `x`
-    /// (`[batch, input_features]`, plain) and weights `params`, for the output gradient `g`
-    /// (`[batch, output_features]`); `None` if the block is not an image block.
-    ///
-    /// `layer_inputs` are the layer inputs a forward with these same weights recorded
-    /// ([`Block::forward_recording`]); without them a block of several layers re-runs its
-    /// forward from `x` with `params` to get them.
-    pub(crate) fn spatial_vjp(
+    /// The whole backward of the block in graph mode, as a stage runs it when the block has a
+    /// closed form: the ReLU mask from the forward's output `out`, then
+    /// [`Block::closed_form_vjp`] at input `x` with the weight gradients included (not
+    /// deferred). `None` without a closed form. What [`profile_blocks`](crate::profile_blocks)
+    /// times, so that profiles measure the training path.
+    pub(crate) fn closed_form_backward(
         &self,
         x: &Tensor<2>,
         params: &[Tensor<1>],
-        g: &Tensor<2>,
-        need_input_grad: bool,
-        layer_inputs: Option<&[Tensor<4>]>,
+        out: &Tensor<2>,
+        g: Tensor<2>,
+        layer_inputs: &[Tensor<4>],
     ) -> Option<Vjp<2>> {
-        if !self.has_spatial_vjp() {
-            return None;
-        }
-        let batch = x.dims()[0];
-        let [c, h, w] = self.input_shape();
-        let [co, ho, wo] = self.output_shape();
-        let image = x.clone().reshape([batch, c, h, w]);
-        let g = g.clone().reshape([batch, co, ho, wo]);
-        let (grads, input_grad) = match (self.layer_paths(), *self) {
-            (None, Block::MaxPool2d { .. }) => {
-                let geometry = self.max_pool_geometry();
-                let input_grad = need_input_grad.then(|| {
-                    let dx = max_pool_backward(&geometry, &values(&image), &values(&g));
-                    tensor1(dx).reshape([batch, c, h, w])
-                });
-                (Vec::new(), input_grad)
+        let g = if self.has_relu() {
+            relu_backward(g, out)
+        } else {
+            g
+        };
+        self.closed_form_vjp(x, params, &g, true, false, Some(layer_inputs))
+    }
+}
+
+/// The VJP of an image block at input `x` (`[batch, input_features]`) for the output gradient
+/// `g` (`[batch, output_features]`): `vjp` of the input and the gradient viewed as images
+/// (`[batch, c, h, w]`), its input gradient flattened back.
+pub(super) fn image_vjp(
+    kind: &dyn BlockKind,
+    x: &Tensor<2>,
+    g: &Tensor<2>,
+    vjp: impl FnOnce(Tensor<4>, Tensor<4>) -> Vjp<4>,
+) -> Vjp<2> {
+    let batch = x.dims()[0];
+    let [c, h, w] = kind.input_shape();
+    let [co, ho, wo] = kind.output_shape();
+    let image = x.clone().reshape([batch, c, h, w]);
+    let g = g.clone().reshape([batch, co, ho, wo]);
+    let (grads, input_grad) = vjp(image, g);
+    (grads, input_grad.map(|dx| dx.reshape([batch, c * h * w])))
+}
+
+/// The VJP of a block whose weighted part is its layer paths (a convolution, batch norm or
+/// residual block), layer by layer; see [`Block::closed_form_vjp`] for the arguments.
+pub(super) fn layer_paths_vjp(
+    kind: &dyn BlockKind,
+    x: &Tensor<2>,
+    params: &[Tensor<1>],
+    g: &Tensor<2>,
+    need_input_grad: bool,
+    layer_inputs: Option<&[Tensor<4>]>,
+) -> Vjp<2> {
+    let paths = kind
+        .layer_paths()
+        .expect("weighted blocks have layer paths");
+    image_vjp(kind, x, g, |image, g| {
+        let recorded;
+        let layer_inputs = match layer_inputs {
+            Some(inputs) => inputs,
+            None if paths.main.len() == 1 && paths.shortcut.is_none() => {
+                std::slice::from_ref(&image)
             }
-            (None, Block::GlobalAvgPool { .. }) => {
-                // Every position of a channel receives its output gradient over h·w.
-                let input_grad = need_input_grad.then(|| {
-                    g.div_scalar((h * w) as f64)
-                        .expand([batch, c, h, w])
-                        .reshape([batch, c, h, w])
-                });
-                (Vec::new(), input_grad)
-            }
-            (None, _) => {
-                // An average pool (no zoo model has one): burn's VJP of the pool alone.
-                let input_grad = need_input_grad.then(|| {
-                    autodiff_input_grad(image, g, |x| {
-                        let features = self.forward_weighted(
-                            x.reshape([batch, c * h * w]),
-                            &[],
-                            Norm::Batch(&mut Vec::new()),
-                        );
-                        features.reshape([batch, co, ho, wo])
-                    })
-                });
-                (Vec::new(), input_grad)
-            }
-            (Some(paths), _) => {
-                let recorded;
-                let layer_inputs = match layer_inputs {
-                    Some(inputs) => inputs,
-                    None if paths.main.len() == 1 && paths.shortcut.is_none() => {
-                        std::slice::from_ref(&image)
-                    }
-                    None => {
-                        let mut inputs = Vec::new();
-                        super::run_layer_paths(
-                            &paths,
-                            image.clone(),
-                            params,
-                            Norm::Batch(&mut Vec::new()),
-                            Some(&mut inputs),
-                        );
-                        recorded = inputs;
-                        &recorded
-                    }
-                };
-                layer_paths_vjp(&paths, layer_inputs, params, g, need_input_grad)
+            None => {
+                let mut inputs = Vec::new();
+                super::run_layer_paths(
+                    &paths,
+                    image.clone(),
+                    params,
+                    Norm::Batch(&mut Vec::new()),
+                    Some(&mut inputs),
+                );
+                recorded = inputs;
+                &recorded
             }
         };
-        Some((grads, input_grad.map(|dx| dx.reshape([batch, c * h * w]))))
-    }
+        paths_vjp(&paths, layer_inputs, params, g, need_input_grad)
+    })
 }
 
 /// The VJP of a ReLU: `g` where `activation` (the ReLU's input or output) is positive, 0
@@ -150,7 +128,7 @@ pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>
 
 /// The input gradient of `f` at `x` for the output gradient `g`, by burn's autodiff of `f`
 /// alone.
-fn autodiff_input_grad(
+pub(super) fn autodiff_input_grad(
     x: Tensor<4>,
     g: Tensor<4>,
     f: impl FnOnce(Tensor<4>) -> Tensor<4>,
@@ -164,7 +142,7 @@ fn autodiff_input_grad(
 }
 
 /// The VJP of layer paths from the inputs of its layers (main path, then shortcut).
-fn layer_paths_vjp(
+fn paths_vjp(
     paths: &LayerPaths,
     layer_inputs: &[Tensor<4>],
     params: &[Tensor<1>],
@@ -321,4 +299,165 @@ fn conv_vjp(
         )
     });
     (grads, input_grad)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Tensor;
+
+    use super::*;
+    use crate::block::{
+        AvgPool2d, BasicBlock, BatchNorm2d, Bottleneck, Conv2d, GlobalAvgPool, Linear, MaxPool2d,
+    };
+    use crate::tensor::{tensor1, tensor2, to_vec};
+
+    /// The VJP by autodiff through the block's weighted forward, as the fallback computes it.
+    fn autodiff_vjp(
+        block: &Block,
+        x: &Tensor<2>,
+        params: &[Tensor<1>],
+        g: &Tensor<2>,
+    ) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let x = x.clone().autodiff().require_grad();
+        let leaves: Vec<Tensor<1>> = params
+            .iter()
+            .map(|t| t.clone().autodiff().require_grad())
+            .collect();
+        let out = block.forward_weighted(x.clone(), &leaves, Norm::Batch(&mut Vec::new()));
+        let grads = out.mul(g.clone().autodiff()).sum().backward();
+        let param_grads = leaves
+            .iter()
+            .map(|l| to_vec(&l.grad(&grads).unwrap().inner()))
+            .collect();
+        (param_grads, to_vec(&x.grad(&grads).unwrap().inner()))
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) / 8.0)
+            .collect()
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn closed_forms_equal_autodiff_for_linear_and_image_blocks() {
+        let blocks = [
+            Block::Linear(Linear {
+                input: 5,
+                output: 3,
+                relu: true,
+            }),
+            // Stride 2 on an even size drops a column at the far edge: output padding needed.
+            Block::Conv2d(Conv2d {
+                input: [2, 6, 6],
+                channels: 3,
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+                bias: true,
+                relu: true,
+            }),
+            Block::Conv2d(Conv2d {
+                input: [3, 5, 4],
+                channels: 2,
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+                bias: false,
+                relu: false,
+            }),
+            Block::Conv2d(Conv2d {
+                input: [1, 7, 7],
+                channels: 2,
+                kernel: 2,
+                stride: 3,
+                padding: 0,
+                bias: true,
+                relu: false,
+            }),
+            Block::BatchNorm2d(BatchNorm2d {
+                input: [3, 5, 3],
+                relu: true,
+            }),
+            Block::MaxPool2d(MaxPool2d {
+                input: [2, 7, 6],
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            }),
+            Block::AvgPool2d(AvgPool2d {
+                input: [2, 6, 5],
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            }),
+            Block::GlobalAvgPool(GlobalAvgPool { input: [3, 3, 5] }),
+            // Identity shortcut; projection shortcut with a stride that drops a column.
+            Block::BasicBlock(BasicBlock {
+                input: [2, 5, 5],
+                planes: 2,
+                stride: 1,
+            }),
+            Block::BasicBlock(BasicBlock {
+                input: [2, 6, 5],
+                planes: 3,
+                stride: 2,
+            }),
+            Block::Bottleneck(Bottleneck {
+                input: [3, 5, 4],
+                planes: 2,
+                stride: 2,
+            }),
+        ];
+        let batch = 3;
+        for block in blocks {
+            let params: Vec<Tensor<1>> = block
+                .param_sizes()
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| tensor1(values(n, k + 1)))
+                .collect();
+            let x = tensor2(
+                values(batch * block.input_features(), 5),
+                batch,
+                block.input_features(),
+            );
+            let g = tensor2(
+                values(batch * block.output_features(), 9),
+                batch,
+                block.output_features(),
+            );
+            let (expected_grads, expected_input_grad) = autodiff_vjp(&block, &x, &params, &g);
+            // Layer inputs recomputed from `x`, and recorded by a forward with these weights.
+            let mut recorded = Vec::new();
+            block.forward_recording(
+                x.clone(),
+                &params,
+                Norm::Batch(&mut Vec::new()),
+                Some(&mut recorded),
+            );
+            for layer_inputs in [None, Some(recorded.as_slice())] {
+                let (grads, input_grad) =
+                    (block.closed_form_vjp(&x, &params, &g, true, false, layer_inputs)).unwrap();
+                assert_eq!(grads.len(), expected_grads.len(), "{block:?}");
+                for (k, (got, expected)) in grads.iter().zip(&expected_grads).enumerate() {
+                    assert_close(&format!("{block:?} parameter {k}"), &to_vec(got), expected);
+                }
+                assert_close(
+                    &format!("{block:?} input"),
+                    &to_vec(&input_grad.unwrap()),
+                    &expected_input_grad,
+                );
+            }
+        }
+    }
 }

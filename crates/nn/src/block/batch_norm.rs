@@ -1,0 +1,97 @@
+//! The batch-normalisation block, [`BatchNorm2d`]: normalisation over channels with γ, β and
+//! running statistics, then an optional ReLU.
+//!
+//! Like the convolution block it is one layer of layer paths, so its parameters, buffers,
+//! forward and closed-form backward come from the shared layer code. It normalises with the
+//! batch's statistics while training, so its VJP at stacked micro-batches is not theirs one by
+//! one (it does not stack rows).
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::vjp::layer_paths_vjp;
+use super::{BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, layer_paths_forward, layer_paths_ops};
+use crate::tensor::on_cpu;
+
+/// Batch normalisation over channels (`weight` γ, `bias` β; buffers `running_mean`,
+/// `running_var`), then ReLU if `relu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchNorm2d {
+    /// Input shape.
+    pub input: Shape,
+    /// Whether a ReLU follows.
+    pub relu: bool,
+}
+
+impl BlockKind for BatchNorm2d {
+    fn input_shape(&self) -> Shape {
+        self.input
+    }
+
+    fn output_shape(&self) -> Shape {
+        self.input
+    }
+
+    fn is_spatial(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn label(&self) -> String {
+        format!("bn {}", self.input[0])
+    }
+
+    fn layer_paths(&self) -> Option<LayerPaths> {
+        Some(LayerPaths::single(Layer::Norm {
+            channels: self.input[0],
+        }))
+    }
+
+    fn forward_ops(&self) -> f64 {
+        layer_paths_ops(self.layer_paths(), self.input)
+    }
+
+    fn has_relu(&self) -> bool {
+        self.relu
+    }
+
+    fn forward_weighted(
+        &self,
+        x: Tensor<2>,
+        params: &[Tensor<1>],
+        norm: Norm<'_>,
+        layer_inputs: Option<&mut Vec<Tensor<4>>>,
+    ) -> Tensor<2> {
+        layer_paths_forward(self, x, params, norm, layer_inputs)
+    }
+
+    fn has_closed_form(&self) -> bool {
+        on_cpu()
+    }
+
+    fn closed_form_vjp(
+        &self,
+        x: &Tensor<2>,
+        params: &[Tensor<1>],
+        g: &Tensor<2>,
+        need_input_grad: bool,
+        _defer_weight_grad: bool,
+        layer_inputs: Option<&[Tensor<4>]>,
+    ) -> Option<Vjp<2>> {
+        Some(layer_paths_vjp(
+            self,
+            x,
+            params,
+            g,
+            need_input_grad,
+            layer_inputs,
+        ))
+    }
+
+    fn stacks_rows(&self) -> bool {
+        false
+    }
+}
