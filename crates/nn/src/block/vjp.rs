@@ -27,7 +27,8 @@ use burn::tensor::Tensor;
 use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
-use super::{BN_EPSILON, Block, BlockKind, Layer, LayerPaths, Norm, conv_geometry};
+use super::layers::{Layer, LayerPaths, conv_geometry, run_layer_paths};
+use super::{BN_EPSILON, Block, BlockKind, Norm};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
 use crate::norm_kernel::batch_norm_backward;
 use crate::tensor::{host_values, on_cpu, tensor1, values};
@@ -98,7 +99,7 @@ pub(super) fn layer_paths_vjp(
             }
             None => {
                 let mut inputs = Vec::new();
-                super::run_layer_paths(
+                run_layer_paths(
                     &paths,
                     image.clone(),
                     params,
