@@ -186,7 +186,7 @@ fn next_tensor<'a>(tensors: &mut impl Iterator<Item = &'a Tensor<1>>, what: &str
     }
 }
 
-/// [`Block::forward_ops`] of the layers of `paths` (main path and shortcut, each from
+/// [`Block::forward_ops`](crate::Block::forward_ops) of the layers of `paths` (main path and shortcut, each from
 /// `input`), with their linear and norm layers applied to one position; 0 without paths.
 pub(super) fn layer_paths_ops(paths: Option<LayerPaths>, input: Shape) -> f64 {
     let Some(paths) = paths else {
