@@ -60,6 +60,7 @@ pub use linear::{Linear, Relu};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use residual::{BasicBlock, Bottleneck};
 pub use transformer::{DecoderLayer, Embedding, LmHead};
+use vjp::layer_paths_vjp;
 pub(crate) use vjp::{Vjp, relu_backward};
 
 /// The shape of one sample: `[channels, height, width]`.
@@ -156,32 +157,37 @@ trait BlockKind {
 
     /// The forward before the trailing ReLU on `x` (`[batch, input_features]`), appending the
     /// input of every layer of the block's layer paths to `layer_inputs` if given (see
-    /// [`Block::forward_recording`]).
+    /// [`Block::forward_recording`]). The default runs the layer paths: the whole forward of
+    /// the kinds they describe completely (convolution, batch norm, residual blocks).
     fn forward_weighted(
         &self,
         x: Tensor<2>,
         params: &[Tensor<1>],
         norm: Norm<'_>,
         layer_inputs: Option<&mut Vec<Tensor<4>>>,
-    ) -> Tensor<2>;
+    ) -> Tensor<2> {
+        layer_paths_forward(self, x, params, norm, layer_inputs)
+    }
 
     /// Whether [`BlockKind::closed_form_vjp`] has a closed form on this device.
     fn has_closed_form(&self) -> bool {
         false
     }
 
-    /// The closed-form VJP of the weighted part (see [`Block::closed_form_vjp`]); called only
-    /// where [`BlockKind::has_closed_form`] holds, and `None` for a kind without one.
+    /// The closed-form VJP of the weighted part (see [`Block::closed_form_vjp`]), `None` where
+    /// [`BlockKind::has_closed_form`] does not hold. The default is the VJP of the layer paths,
+    /// layer by layer, for the kinds whose default forward runs them.
     fn closed_form_vjp(
         &self,
-        _x: &Tensor<2>,
-        _params: &[Tensor<1>],
-        _g: &Tensor<2>,
-        _need_input_grad: bool,
+        x: &Tensor<2>,
+        params: &[Tensor<1>],
+        g: &Tensor<2>,
+        need_input_grad: bool,
         _defer_weight_grad: bool,
-        _layer_inputs: Option<&[Tensor<4>]>,
+        layer_inputs: Option<&[Tensor<4>]>,
     ) -> Option<Vjp<2>> {
-        None
+        self.has_closed_form()
+            .then(|| layer_paths_vjp(self, x, params, g, need_input_grad, layer_inputs))
     }
 
     /// Whether the closed-form VJP leaves the weight gradient out when asked to defer it (see

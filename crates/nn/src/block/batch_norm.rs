@@ -6,11 +6,9 @@
 //! batch's statistics while training, so its VJP at stacked micro-batches is not theirs one by
 //! one (it does not stack rows).
 
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::vjp::layer_paths_vjp;
-use super::{BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, layer_paths_forward, layer_paths_ops};
+use super::{BlockKind, Layer, LayerPaths, Shape, layer_paths_ops};
 use crate::tensor::on_cpu;
 
 /// Batch normalisation over channels (`weight` γ, `bias` β; buffers `running_mean`,
@@ -58,37 +56,8 @@ impl BlockKind for BatchNorm2d {
         self.relu
     }
 
-    fn forward_weighted(
-        &self,
-        x: Tensor<2>,
-        params: &[Tensor<1>],
-        norm: Norm<'_>,
-        layer_inputs: Option<&mut Vec<Tensor<4>>>,
-    ) -> Tensor<2> {
-        layer_paths_forward(self, x, params, norm, layer_inputs)
-    }
-
     fn has_closed_form(&self) -> bool {
         on_cpu()
-    }
-
-    fn closed_form_vjp(
-        &self,
-        x: &Tensor<2>,
-        params: &[Tensor<1>],
-        g: &Tensor<2>,
-        need_input_grad: bool,
-        _defer_weight_grad: bool,
-        layer_inputs: Option<&[Tensor<4>]>,
-    ) -> Option<Vjp<2>> {
-        Some(layer_paths_vjp(
-            self,
-            x,
-            params,
-            g,
-            need_input_grad,
-            layer_inputs,
-        ))
     }
 
     fn stacks_rows(&self) -> bool {

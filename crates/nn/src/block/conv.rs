@@ -5,14 +5,9 @@
 //! batch-norm and residual blocks), so the layer's parameter layout, kernels and VJP are
 //! written once for all of them.
 
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::vjp::layer_paths_vjp;
-use super::{
-    BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, check_window, layer_paths_forward,
-    layer_paths_ops, window_map,
-};
+use super::{BlockKind, Layer, LayerPaths, Shape, check_window, layer_paths_ops, window_map};
 
 /// A square 2-D convolution (`weight` `[out, in, k, k]`, optional `bias`), then ReLU if
 /// `relu`.
@@ -89,36 +84,7 @@ impl BlockKind for Conv2d {
         self.relu
     }
 
-    fn forward_weighted(
-        &self,
-        x: Tensor<2>,
-        params: &[Tensor<1>],
-        norm: Norm<'_>,
-        layer_inputs: Option<&mut Vec<Tensor<4>>>,
-    ) -> Tensor<2> {
-        layer_paths_forward(self, x, params, norm, layer_inputs)
-    }
-
     fn has_closed_form(&self) -> bool {
         true
-    }
-
-    fn closed_form_vjp(
-        &self,
-        x: &Tensor<2>,
-        params: &[Tensor<1>],
-        g: &Tensor<2>,
-        need_input_grad: bool,
-        _defer_weight_grad: bool,
-        layer_inputs: Option<&[Tensor<4>]>,
-    ) -> Option<Vjp<2>> {
-        Some(layer_paths_vjp(
-            self,
-            x,
-            params,
-            g,
-            need_input_grad,
-            layer_inputs,
-        ))
     }
 }

@@ -232,8 +232,8 @@ pub(super) fn layer_paths_ops(paths: Option<LayerPaths>, input: Shape) -> f64 {
 
 /// The forward of a block whose weighted part is its layer paths (a convolution, batch norm or
 /// residual block) on `x` (`[batch, input_features]`), recording the layer inputs if asked.
-pub(super) fn layer_paths_forward(
-    kind: &dyn BlockKind,
+pub(super) fn layer_paths_forward<K: BlockKind + ?Sized>(
+    kind: &K,
     x: Tensor<2>,
     params: &[Tensor<1>],
     norm: Norm<'_>,

@@ -7,13 +7,11 @@
 //! which the shared layer code derives their parameters, forward and closed-form backward. They
 //! normalise with batch statistics, so they do not stack rows.
 
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::vjp::layer_paths_vjp;
 use super::{
-    BOTTLENECK_EXPANSION, BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, check_window,
-    layer_paths_forward, layer_paths_ops, product, window_map,
+    BOTTLENECK_EXPANSION, BlockKind, Layer, LayerPaths, Shape, check_window, layer_paths_ops,
+    product, window_map,
 };
 use crate::tensor::on_cpu;
 
@@ -135,37 +133,8 @@ impl BlockKind for BasicBlock {
         true
     }
 
-    fn forward_weighted(
-        &self,
-        x: Tensor<2>,
-        params: &[Tensor<1>],
-        norm: Norm<'_>,
-        layer_inputs: Option<&mut Vec<Tensor<4>>>,
-    ) -> Tensor<2> {
-        layer_paths_forward(self, x, params, norm, layer_inputs)
-    }
-
     fn has_closed_form(&self) -> bool {
         on_cpu()
-    }
-
-    fn closed_form_vjp(
-        &self,
-        x: &Tensor<2>,
-        params: &[Tensor<1>],
-        g: &Tensor<2>,
-        need_input_grad: bool,
-        _defer_weight_grad: bool,
-        layer_inputs: Option<&[Tensor<4>]>,
-    ) -> Option<Vjp<2>> {
-        Some(layer_paths_vjp(
-            self,
-            x,
-            params,
-            g,
-            need_input_grad,
-            layer_inputs,
-        ))
     }
 
     fn stacks_rows(&self) -> bool {
@@ -241,37 +210,8 @@ impl BlockKind for Bottleneck {
         true
     }
 
-    fn forward_weighted(
-        &self,
-        x: Tensor<2>,
-        params: &[Tensor<1>],
-        norm: Norm<'_>,
-        layer_inputs: Option<&mut Vec<Tensor<4>>>,
-    ) -> Tensor<2> {
-        layer_paths_forward(self, x, params, norm, layer_inputs)
-    }
-
     fn has_closed_form(&self) -> bool {
         on_cpu()
-    }
-
-    fn closed_form_vjp(
-        &self,
-        x: &Tensor<2>,
-        params: &[Tensor<1>],
-        g: &Tensor<2>,
-        need_input_grad: bool,
-        _defer_weight_grad: bool,
-        layer_inputs: Option<&[Tensor<4>]>,
-    ) -> Option<Vjp<2>> {
-        Some(layer_paths_vjp(
-            self,
-            x,
-            params,
-            g,
-            need_input_grad,
-            layer_inputs,
-        ))
     }
 
     fn stacks_rows(&self) -> bool {

@@ -62,8 +62,8 @@ impl Block {
 /// The VJP of an image block at input `x` (`[batch, input_features]`) for the output gradient
 /// `g` (`[batch, output_features]`): `vjp` of the input and the gradient viewed as images
 /// (`[batch, c, h, w]`), its input gradient flattened back.
-pub(super) fn image_vjp(
-    kind: &dyn BlockKind,
+pub(super) fn image_vjp<K: BlockKind + ?Sized>(
+    kind: &K,
     x: &Tensor<2>,
     g: &Tensor<2>,
     vjp: impl FnOnce(Tensor<4>, Tensor<4>) -> Vjp<4>,
@@ -79,8 +79,8 @@ pub(super) fn image_vjp(
 
 /// The VJP of a block whose weighted part is its layer paths (a convolution, batch norm or
 /// residual block), layer by layer; see [`Block::closed_form_vjp`] for the arguments.
-pub(super) fn layer_paths_vjp(
-    kind: &dyn BlockKind,
+pub(super) fn layer_paths_vjp<K: BlockKind + ?Sized>(
+    kind: &K,
     x: &Tensor<2>,
     params: &[Tensor<1>],
     g: &Tensor<2>,
