@@ -19,6 +19,7 @@ use serde::Serialize;
 use timeprest_policy::{PolicyKind, VersionSummary, v_formula, version_difference};
 use timeprest_schedule::{ScheduleConfig, ScheduleKind};
 
+use crate::policy_options::PolicyOptionArgs;
 use crate::simulate::{
     PipelineArgs, at_least_one, generate_checked, policy_parser, range_at_least_one,
     resolve_schedule, schedule_parser, write_output,
@@ -107,6 +108,9 @@ struct VersionsArgs {
     /// The weight policy to trace.
     #[arg(long, value_parser = policy_parser())]
     policy: PolicyKind,
+    /// The policy's open choices, as `train` takes them.
+    #[command(flatten)]
+    policy_options: PolicyOptionArgs,
     /// The pipeline shape.
     #[command(flatten)]
     pipeline: PipelineArgs,
@@ -128,7 +132,9 @@ pub(crate) fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         Analysis::Versions(args) => {
             let kind = resolve_schedule(args.schedule, Some(args.policy))?;
             let schedule = args.pipeline.generate(kind, args.minibatches)?;
-            let summary = VersionSummary::new(&schedule, args.policy, args.pipeline.activations());
+            let policy = (args.policy_options.weight_policy(Some(args.policy))?)
+                .expect("a policy was given");
+            let summary = VersionSummary::new(&schedule, &policy, args.pipeline.activations());
             args.report.write(&summary, || version_table(&summary))
         }
     }

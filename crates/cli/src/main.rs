@@ -20,6 +20,7 @@ mod display;
 mod interrupt;
 mod partition;
 mod plot;
+mod policy_options;
 mod simulate;
 mod table;
 mod train;

@@ -23,6 +23,7 @@ use timeprest_schedule::{
 };
 use timeprest_train::{check_output_file, write_file_atomically};
 
+use crate::policy_options::PolicyOptionArgs;
 use crate::table::version_table;
 use crate::usage_error;
 
@@ -133,6 +134,9 @@ pub(crate) struct SimulateArgs {
     /// Trace this weight policy over the schedule and report stored versions and staleness d.
     #[arg(long, value_parser = policy_parser())]
     policy: Option<PolicyKind>,
+    /// The traced policy's open choices, as `train` takes them.
+    #[command(flatten)]
+    policy_options: PolicyOptionArgs,
     /// The pipeline shape.
     #[command(flatten)]
     pipeline: PipelineArgs,
@@ -204,8 +208,9 @@ pub(crate) fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     }
     let schedule = args.pipeline.generate(kind, args.minibatches)?;
     let versions = args
-        .policy
-        .map(|policy| VersionSummary::new(&schedule, policy, args.pipeline.activations()));
+        .policy_options
+        .weight_policy(args.policy)?
+        .map(|policy| VersionSummary::new(&schedule, &policy, args.pipeline.activations()));
     let text = match args.format {
         SimulateFormat::Grid => {
             let mut text = render::grid(&schedule, args.slots);

@@ -11,19 +11,18 @@ use std::path::PathBuf;
 
 use crate::display::{StepUnits, bar_style, epoch_line, perplexity, stage_line};
 use crate::interrupt::StopRequest;
+use crate::policy_options::PolicyOptionArgs;
 use crate::usage_error;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
 use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
-use timeprest_policy::{
-    ForwardSource, Horizon, LatestSource, PolicyKind, Prediction, StalenessMeasure, UpdateBase,
-};
+use timeprest_policy::PolicyKind;
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     DataSettings, EpochMetrics, GradMode, LrScheduleChoice, ModelSettings, OptimisationSettings,
-    OptimizerChoice, PipelineSettings, Progress, Recipe, RunPaths, RunSettings, SignificanceChoice,
-    TrainConfig, TrainError, ValidConfig, command_line, run_until_stopped, shell_quoted,
+    OptimizerChoice, PipelineSettings, Progress, Recipe, RunPaths, RunSettings, TrainConfig,
+    TrainError, ValidConfig, command_line, run_until_stopped, shell_quoted,
 };
 
 /// The size flags of every model, shared by `train` (and `compare`) and `partition`.
@@ -182,40 +181,9 @@ pub struct TrainArgs {
     /// its forward keeps the forward's version until the backward (more weight memory).
     #[arg(long)]
     pub recompute_activations: bool,
-    /// I-TiMePReSt significance σ(d) of the stale weight.
-    #[arg(long, value_enum, default_value = "exp")]
-    pub significance: SignificanceChoice,
-    /// λ of `--significance exp` (σ = e^{−λd}) and `normalized-exp`.
-    #[arg(long, default_value_t = 1.0)]
-    pub lambda: f64,
-    /// α of `--significance const` (1 = stash rule, 0 = V-TiMePReSt).
-    #[arg(long, default_value_t = 0.5)]
-    pub alpha: f64,
-    /// NWPT prediction formula.
-    #[arg(long, value_enum, default_value = "nag")]
-    pub prediction: Prediction,
-    /// NWPT's horizon, the updates a stage predicts ahead: `stages-remaining` (W − 1 − s, the
-    /// updates that land before the backward on 1F1B), `spectrain` (⌊s/2⌋ + W − s − 1) or a
-    /// number (the same at every stage).
-    #[arg(long, value_name = "HORIZON", default_value = "stages-remaining")]
-    pub horizon: Horizon,
-    /// Where V-TiMePReSt's and I-TiMePReSt's forwards read their weights: the stage's `live`
-    /// version, or `vertical-sync` (the version stage 0 read when the micro-batch entered).
-    #[arg(long, value_enum, default_value = "live")]
-    pub forward_source: ForwardSource,
-    /// Which version TiMePReSt's and V-TiMePReSt's backwards read as the latest: the stage's
-    /// live version, or the committed one (every stage had applied it when the mini-batch's
-    /// backward began at the last stage; differs from live only when W > N + 1).
-    #[arg(long, value_enum, default_value = "live")]
-    pub latest_version: LatestSource,
-    /// The staleness d I-TiMePReSt's σ(d) reads: each micro-batch's own version `gap`, the
-    /// largest or mean gap of its mini-batch, the schedule's version difference v, or W − 1.
-    #[arg(long, value_enum, default_value = "gap")]
-    pub staleness: StalenessMeasure,
-    /// Where I-TiMePReSt's optimizer step starts: the `latest` weights, or `intermediate`, the
-    /// mean of the blended weights its micro-batches' backwards read.
-    #[arg(long, value_enum, default_value = "latest")]
-    pub update_base: UpdateBase,
+    /// The policy's open choices.
+    #[command(flatten)]
+    pub policy_options: PolicyOptionArgs,
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -444,7 +412,7 @@ impl TrainArgs {
             3
         };
         let recipe = Recipe::for_model(&self.model, self.optimizer, self.epochs);
-        TrainConfig {
+        let mut config = TrainConfig {
             model: ModelSettings {
                 name: self.model.clone(),
                 hidden: self.size.hidden.clone(),
@@ -472,15 +440,7 @@ impl TrainArgs {
                 split: self.split.clone(),
                 grad_mode: self.grad_mode,
                 recompute_activations: self.recompute_activations,
-                significance: self.significance,
-                lambda: self.lambda,
-                alpha: self.alpha,
-                prediction: self.prediction,
-                horizon: self.horizon,
-                forward_source: self.forward_source,
-                latest_version: self.latest_version,
-                staleness: self.staleness,
-                update_base: self.update_base,
+                ..PipelineSettings::default()
             },
             optimisation: OptimisationSettings {
                 batch_size: self.batch_size,
@@ -502,7 +462,9 @@ impl TrainArgs {
                 device: self.device,
                 ..RunSettings::default()
             },
-        }
+        };
+        self.policy_options.apply(&mut config.pipeline);
+        config
     }
 }
 

@@ -261,6 +261,14 @@ fn user_errors_print_one_error_line_and_exit_with_code_2() {
             &["gpipe", "nf1b", "1f1b-flush"],
         ),
         (
+            simulate(&["--schedule", "nf1b", "--staleness", "minibatch-max"]),
+            &["--policy"],
+        ),
+        (
+            simulate(&["--policy", "timeprest", "--update-base", "intermediate"]),
+            &["--update-base", "i-timeprest"],
+        ),
+        (
             simulate(&["--schedule", "nf1b", "--output", "/dev/null/x.txt"]),
             &["--output /dev/null/x.txt: /dev/null: it is a character device"],
         ),
@@ -344,4 +352,63 @@ fn recomputing_activations_keeps_forward_versions_and_lengthens_every_backward()
     };
     assert_eq!(makespan(&[]), 16.0);
     assert_eq!(makespan(&["--recompute-activations"]), 20.0);
+}
+
+/// A policy option traced by `analyze versions` is the option `train` runs: TiMePReSt reading
+/// the committed version at W = 4, N = 2 keeps older versions at the first stages, and a run
+/// stores exactly the traced number per stage.
+#[test]
+fn policy_options_change_the_traced_versions_as_they_change_a_run() {
+    let traced = |latest: &str| {
+        json_of(&[
+            "analyze",
+            "versions",
+            "--policy",
+            "timeprest",
+            "--stages",
+            "4",
+            "--microbatches",
+            "2",
+            "--latest-version",
+            latest,
+            "--format",
+            "json",
+        ])["stored_versions"]
+            .clone()
+    };
+    assert_eq!(traced("live"), serde_json::json!([1, 2, 3, 4]));
+    let committed = traced("committed");
+    assert_eq!(committed, serde_json::json!([2, 2, 3, 4]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    succeed(&[
+        "train",
+        "--policy",
+        "timeprest",
+        "--stages",
+        "4",
+        "--microbatches",
+        "2",
+        "--hidden",
+        "32,32,32",
+        "--latest-version",
+        "committed",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "640",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let measured: Vec<Value> = last["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["peak_weight_sets"].clone())
+        .collect();
+    assert_eq!(Value::from(measured), committed);
 }

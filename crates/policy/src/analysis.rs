@@ -14,7 +14,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use timeprest_schedule::{ActionKind, Schedule, ScheduleKind, max_microbatches_in_flight};
 
-use crate::policy::{PolicyKind, PolicyOptions, WeightPolicy};
+use crate::policy::{PolicyKind, WeightPolicy};
 use crate::trace::{Activations, plan};
 
 /// The version-difference analysis of one schedule.
@@ -147,15 +147,10 @@ pub struct VersionSummary {
 }
 
 impl VersionSummary {
-    /// Traces `policy` (with default options) over `schedule`, on stages that keep or
-    /// recompute their `activations`.
-    pub fn new(schedule: &Schedule, policy: PolicyKind, activations: Activations) -> Self {
+    /// Traces `policy` over `schedule`, on stages that keep or recompute their `activations`.
+    pub fn new(schedule: &Schedule, policy: &WeightPolicy, activations: Activations) -> Self {
         let config = &schedule.config;
-        let plan = plan(
-            schedule,
-            &WeightPolicy::new(policy, &PolicyOptions::default()),
-            activations,
-        );
+        let plan = plan(schedule, policy, activations);
         let steady = steady_window(config.num_minibatches);
         let histograms = |range: Range<u32>| -> Vec<BTreeMap<u64, u32>> {
             plan.stages
@@ -165,7 +160,7 @@ impl VersionSummary {
         };
         Self {
             schedule: schedule.kind,
-            policy,
+            policy: policy.kind,
             stages: config.num_stages,
             microbatches: config.num_microbatches,
             minibatches: config.num_minibatches,

@@ -639,6 +639,61 @@ impl TrainConfig {
         Ok(ValidConfig(self))
     }
 
+    /// Refuses a policy option (`--horizon`, `--forward-source`, `--latest-version`,
+    /// `--staleness`, `--update-base`) set away from its default for a policy that does not
+    /// read it: it would silently do nothing. The error names the flag.
+    pub fn check_policy_options(&self) -> Result<(), TrainError> {
+        let bad =
+            |flag: &str, message: String| Err(TrainError::config(format!("--{flag}"), message));
+        let policy = self.pipeline.policy;
+        let policy_options: [(&str, bool, &[PolicyKind], &str, &str); 5] = [
+            (
+                "horizon",
+                self.pipeline.horizon != Horizon::StagesRemaining,
+                &[PolicyKind::Nwpt],
+                "only nwpt predicts weights",
+                "has no horizon",
+            ),
+            (
+                "forward-source",
+                self.pipeline.forward_source != ForwardSource::Live,
+                &[PolicyKind::VTimeprest, PolicyKind::ITimeprest],
+                "only v-timeprest and i-timeprest choose their forwards' version",
+                "fixes it",
+            ),
+            (
+                "latest-version",
+                self.pipeline.latest_version != LatestSource::Live,
+                &[PolicyKind::Timeprest, PolicyKind::VTimeprest],
+                "only timeprest and v-timeprest read the latest version in their backward",
+                "reads another",
+            ),
+            (
+                "staleness",
+                self.pipeline.staleness != StalenessMeasure::Gap,
+                &[PolicyKind::ITimeprest],
+                "only i-timeprest weighs its weights by staleness",
+                "does not",
+            ),
+            (
+                "update-base",
+                self.pipeline.update_base != UpdateBase::Latest,
+                &[PolicyKind::ITimeprest],
+                "only i-timeprest has intermediate weights to update from",
+                "updates the latest weights",
+            ),
+        ];
+        for (setting, given, readers, who_reads, otherwise) in policy_options {
+            if given && !readers.contains(&policy) {
+                return bad(
+                    setting,
+                    format!("{who_reads}; policy `{policy}` {otherwise}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), TrainError> {
         let bad =
             |flag: &str, message: String| Err(TrainError::config(format!("--{flag}"), message));
@@ -827,53 +882,7 @@ impl TrainConfig {
                 ),
             );
         }
-        // Options only some policies read: set for another, they would silently do nothing.
-        let policy = self.pipeline.policy;
-        let policy_options: [(&str, bool, &[PolicyKind], &str, &str); 5] = [
-            (
-                "horizon",
-                self.pipeline.horizon != Horizon::StagesRemaining,
-                &[PolicyKind::Nwpt],
-                "only nwpt predicts weights",
-                "has no horizon",
-            ),
-            (
-                "forward-source",
-                self.pipeline.forward_source != ForwardSource::Live,
-                &[PolicyKind::VTimeprest, PolicyKind::ITimeprest],
-                "only v-timeprest and i-timeprest choose their forwards' version",
-                "fixes it",
-            ),
-            (
-                "latest-version",
-                self.pipeline.latest_version != LatestSource::Live,
-                &[PolicyKind::Timeprest, PolicyKind::VTimeprest],
-                "only timeprest and v-timeprest read the latest version in their backward",
-                "reads another",
-            ),
-            (
-                "staleness",
-                self.pipeline.staleness != StalenessMeasure::Gap,
-                &[PolicyKind::ITimeprest],
-                "only i-timeprest weighs its weights by staleness",
-                "does not",
-            ),
-            (
-                "update-base",
-                self.pipeline.update_base != UpdateBase::Latest,
-                &[PolicyKind::ITimeprest],
-                "only i-timeprest has intermediate weights to update from",
-                "updates the latest weights",
-            ),
-        ];
-        for (setting, given, readers, who_reads, otherwise) in policy_options {
-            if given && !readers.contains(&policy) {
-                return bad(
-                    setting,
-                    format!("{who_reads}; policy `{policy}` {otherwise}"),
-                );
-            }
-        }
+        self.check_policy_options()?;
         if self.pipeline.policy == PolicyKind::Nwpt
             && (self.optimisation.optimizer != OptimizerChoice::Sgd
                 || self.optimisation.momentum == 0.0)
