@@ -45,7 +45,8 @@ pub(crate) struct PolicyOptionArgs {
     #[arg(long, value_enum, default_value = "live")]
     pub(crate) latest_version: LatestSource,
     /// The staleness d I-TiMePReSt's σ(d) reads: each micro-batch's own version `gap`, the
-    /// largest or mean gap of its mini-batch, the schedule's version difference v, or W − 1.
+    /// largest or mean gap of its mini-batch, the schedule's version difference v, W − 1, or
+    /// `stage-steady` (per stage, the largest gap of its steady-state backwards).
     #[arg(long, value_enum, default_value = "gap")]
     pub(crate) staleness: StalenessMeasure,
     /// Where I-TiMePReSt's optimizer step starts: the `latest` weights, or `intermediate`, the

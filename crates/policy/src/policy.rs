@@ -237,6 +237,10 @@ pub enum StalenessMeasure {
     VersionDifference,
     /// W − 1, the same for every pass.
     StagesMinusOne,
+    /// A constant per stage: the largest gap any backward at this stage sees in the schedule's
+    /// steady state (its middle half of mini-batches, as `analyze versions` reports it); on
+    /// 1F1B W − 1 − s.
+    StageSteady,
 }
 
 /// Where I-TiMePReSt's optimizer step starts (`docs/algorithms.md` §6, row 6). The step's
@@ -398,6 +402,8 @@ pub struct BackwardContext {
     pub minibatch_mean_gap: f64,
     /// The schedule's steady-state version difference v.
     pub version_difference: u32,
+    /// The largest gap of this stage's steady-state backwards ([`StalenessMeasure::StageSteady`]).
+    pub stage_steady_gap: u64,
     /// The mini-batch's committed version at this stage: the lowest number of updates any
     /// stage had finished when the mini-batch's backward began at the last stage (at most
     /// `live`).
@@ -593,6 +599,7 @@ impl WeightPolicy {
                         StalenessMeasure::MinibatchMean => ctx.minibatch_mean_gap,
                         StalenessMeasure::VersionDifference => f64::from(ctx.version_difference),
                         StalenessMeasure::StagesMinusOne => f64::from(ctx.num_stages - 1),
+                        StalenessMeasure::StageSteady => ctx.stage_steady_gap as f64,
                     };
                     match significance.at(d) {
                         1.0 => WeightRecipe::version(stale),
@@ -651,6 +658,7 @@ mod tests {
             minibatch_max_gap: live - forward,
             minibatch_mean_gap: (live - forward) as f64,
             version_difference: 1,
+            stage_steady_gap: 2,
             committed: forward,
         }
     }
@@ -789,6 +797,7 @@ mod tests {
         assert_eq!(sigma(StalenessMeasure::MinibatchMean), e(1.5));
         assert_eq!(sigma(StalenessMeasure::VersionDifference), e(2.0));
         assert_eq!(sigma(StalenessMeasure::StagesMinusOne), e(3.0));
+        assert_eq!(sigma(StalenessMeasure::StageSteady), e(2.0));
         // A micro-batch whose forward read the live version reads it, whatever the measure.
         let fresh = BackwardContext {
             minibatch_max_gap: 3,
@@ -842,6 +851,7 @@ mod tests {
             minibatch_max_gap: 1,
             minibatch_mean_gap: 1.0,
             version_difference: 1,
+            stage_steady_gap: 1,
             committed: 7,
         };
         assert_eq!(

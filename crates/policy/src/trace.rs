@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use timeprest_schedule::{Action, ActionKind, MicrobatchId, Schedule};
 
-use crate::analysis::{last_stage_backward_starts, version_difference};
+use crate::analysis::{last_stage_backward_starts, steady_window, version_difference};
 use crate::policy::{BackwardContext, ForwardContext, StalenessMeasure, WeightPolicy};
 use crate::recipe::{Version, WeightKey, WeightRecipe};
 
@@ -197,7 +197,7 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
         }
     }
 
-    let facts = CrossStage {
+    let mut facts = CrossStage {
         tags,
         committed: committed_versions(schedule),
         // Only I-TiMePReSt's `version-difference` staleness reads it.
@@ -206,7 +206,28 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
         } else {
             0
         },
+        stage_steady_gaps: Vec::new(),
     };
+    if policy.staleness == StalenessMeasure::StageSteady {
+        // Gaps depend on the forwards' versions only, so a first walk with per-micro-batch
+        // gaps finds them before any backward is decided.
+        let by_gap = WeightPolicy {
+            staleness: StalenessMeasure::Gap,
+            ..*policy
+        };
+        let steady = steady_window(schedule.config.num_minibatches);
+        facts.stage_steady_gaps = (0..num_stages)
+            .map(|stage| {
+                decide_recipes(schedule, &by_gap, stage, num_microbatches, &facts)
+                    .iter()
+                    .flat_map(PlannedAction::backwards)
+                    .filter(|b| steady.contains(&b.microbatch.minibatch))
+                    .map(|b| b.staleness)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+    }
     let stages = (0..num_stages)
         .map(|stage| {
             let mut actions = decide_recipes(schedule, policy, stage, num_microbatches, &facts);
@@ -261,6 +282,9 @@ struct CrossStage {
     committed: Vec<Version>,
     /// The steady-state version difference v (0 when no policy option reads it).
     version_difference: u32,
+    /// Per stage, the largest gap of its steady-state backwards (empty when no policy option
+    /// reads it).
+    stage_steady_gaps: Vec<u64>,
 }
 
 /// First pass over one stage: the recipe of every pass.
@@ -327,6 +351,11 @@ fn decide_recipes(
                         minibatch_max_gap,
                         minibatch_mean_gap,
                         version_difference: facts.version_difference,
+                        stage_steady_gap: facts
+                            .stage_steady_gaps
+                            .get(stage as usize)
+                            .copied()
+                            .unwrap_or(0),
                         committed: facts.committed[mb.minibatch as usize],
                     };
                     let recipe = policy.backward(&ctx);

@@ -294,6 +294,7 @@ fn emulate(
                             ActionKind::BackwardMicrobatch(mb) => vec![mb],
                             _ => unreachable!(),
                         };
+                        let stage_steady = stage_steady_gap(schedule, s, batches.len());
                         let max_gap = mbs
                             .iter()
                             .map(|mb| live - stage.saved[mb].version)
@@ -304,6 +305,7 @@ fn emulate(
                             let d = live - saved.version;
                             let sigma_d = match staleness {
                                 StalenessMeasure::MinibatchMax => max_gap,
+                                StalenessMeasure::StageSteady => stage_steady,
                                 _ => d,
                             };
                             // Which weights the backward reads.
@@ -375,6 +377,32 @@ fn emulate(
         .into_iter()
         .map(|mut s| s.versions.pop().unwrap())
         .collect()
+}
+
+/// The largest gap k_s(backward) − k_s(forward) of stage `s`'s backwards over the middle half
+/// of the mini-batches, M/4 .. 3M/4 (`docs/algorithms.md` §3.8), for forwards that read the
+/// live version: counted from the schedule alone.
+fn stage_steady_gap(schedule: &Schedule, s: usize, num_minibatches: usize) -> usize {
+    let steady = (num_minibatches / 4) as u32..(3 * num_minibatches / 4) as u32;
+    let mut live = 0;
+    let mut read = std::collections::HashMap::new();
+    let mut largest = 0;
+    for action in schedule.actions(s as u32) {
+        match action.kind {
+            ActionKind::Forward(mb) => {
+                read.insert(mb, live);
+            }
+            ActionKind::Update(_) => live += 1,
+            backward => {
+                for (mb, version) in &read {
+                    if mb.minibatch == backward.minibatch() && steady.contains(&mb.minibatch) {
+                        largest = largest.max(live - version);
+                    }
+                }
+            }
+        }
+    }
+    largest
 }
 
 fn check_policy_against_emulator(
@@ -596,6 +624,16 @@ fn i_timeprest_updating_from_its_intermediate_weights_equals_its_sequential_emul
     // versions with the live one.
     let rules = Rules {
         update_base: UpdateBase::Intermediate,
+        ..Rules::of(PolicyKind::ITimeprest)
+    };
+    check_ordered_policy_against_emulator(rules, 3, 3, 12, None);
+}
+
+#[test]
+fn i_timeprest_weighing_by_the_stage_steady_staleness_equals_its_sequential_emulator() {
+    // W = 3, N = 3: every stage's constant differs (2, 1, 0).
+    let rules = Rules {
+        staleness: StalenessMeasure::StageSteady,
         ..Rules::of(PolicyKind::ITimeprest)
     };
     check_ordered_policy_against_emulator(rules, 3, 3, 12, None);
