@@ -218,13 +218,9 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
         let steady = steady_window(schedule.config.num_minibatches);
         facts.stage_steady_gaps = (0..num_stages)
             .map(|stage| {
-                decide_recipes(schedule, &by_gap, stage, num_microbatches, &facts)
-                    .iter()
-                    .flat_map(PlannedAction::backwards)
-                    .filter(|b| steady.contains(&b.microbatch.minibatch))
-                    .map(|b| b.staleness)
-                    .max()
-                    .unwrap_or(0)
+                let actions = decide_recipes(schedule, &by_gap, stage, num_microbatches, &facts);
+                let histogram = StagePlan { actions }.staleness_histogram(steady.clone());
+                histogram.keys().next_back().copied().unwrap_or(0)
             })
             .collect();
     }
