@@ -164,15 +164,10 @@ impl MemoryModel {
                 num_stages,
             });
         }
-        let per_backward = if schedule.kind.has_microbatch_backwards() {
-            1
-        } else {
-            schedule.config.num_microbatches
-        };
         self.per_stage(
             weight_versions,
             &max_microbatches_in_flight(schedule),
-            per_backward,
+            (schedule.kind).microbatches_per_backward(schedule.config.num_microbatches),
         )
     }
 }

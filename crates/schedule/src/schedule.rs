@@ -82,6 +82,16 @@ impl ScheduleKind {
         )
     }
 
+    /// How many micro-batches one backward covers when a mini-batch has `num_microbatches`:
+    /// 1 for a family with a backward per micro-batch, all of them otherwise.
+    pub fn microbatches_per_backward(self, num_microbatches: u32) -> u32 {
+        if self.has_microbatch_backwards() {
+            1
+        } else {
+            num_microbatches
+        }
+    }
+
     /// True when the family's generator holds back a stage's forwards by the in-flight cap
     /// ([`ScheduleConfig::inflight_cap`]): the greedy families 1F1B, nF1B and 1F1B-2BW.
     pub fn uses_inflight_cap(self) -> bool {

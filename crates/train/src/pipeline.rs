@@ -302,16 +302,17 @@ fn training_workload(config: &TrainConfig) -> Workload {
         OptimizerChoice::Sgd => 1,
         OptimizerChoice::Adam => 2,
     };
-    let in_flight = config.pipeline.num_microbatches as usize;
+    let num_microbatches = config.pipeline.num_microbatches;
     let with_activations = match config.activations() {
-        Activations::Kept => in_flight,
-        Activations::Recomputed if config.schedule_kind().has_microbatch_backwards() => 1,
-        Activations::Recomputed => in_flight,
+        Activations::Kept => num_microbatches,
+        Activations::Recomputed => config
+            .schedule_kind()
+            .microbatches_per_backward(num_microbatches),
     };
     Workload {
         microbatch_size: microbatch_size(config),
-        microbatches_in_flight: in_flight,
-        microbatches_with_activations: with_activations,
+        microbatches_in_flight: num_microbatches as usize,
+        microbatches_with_activations: with_activations as usize,
         optimizer_state_sets,
     }
 }
