@@ -143,8 +143,11 @@ trait BlockKind {
         None
     }
 
-    /// The cost of one sample's forward in multiply-adds (see [`Block::forward_ops`]).
-    fn forward_ops(&self) -> f64;
+    /// The cost of one sample's forward in multiply-adds (see [`Block::forward_ops`]). The
+    /// default counts the layer paths' layers, the whole forward of the kinds they describe.
+    fn forward_ops(&self) -> f64 {
+        layer_paths_ops(self.layer_paths(), self.input_shape())
+    }
 
     /// Values per sample that the forward keeps for its backward: its output, and for a
     /// composite block the outputs of its inner layers.

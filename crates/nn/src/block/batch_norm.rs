@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BlockKind, Layer, LayerPaths, Shape, layer_paths_ops};
+use super::{BlockKind, Layer, LayerPaths, Shape};
 use crate::tensor::on_cpu;
 
 /// Batch normalisation over channels (`weight` γ, `bias` β; buffers `running_mean`,
@@ -46,10 +46,6 @@ impl BlockKind for BatchNorm2d {
         Some(LayerPaths::single(Layer::Norm {
             channels: self.input[0],
         }))
-    }
-
-    fn forward_ops(&self) -> f64 {
-        layer_paths_ops(self.layer_paths(), self.input)
     }
 
     fn has_relu(&self) -> bool {

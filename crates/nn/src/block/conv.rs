@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BlockKind, Layer, LayerPaths, Shape, check_window, layer_paths_ops, window_map};
+use super::{BlockKind, Layer, LayerPaths, Shape, check_window, window_map};
 
 /// A square 2-D convolution (`weight` `[out, in, k, k]`, optional `bias`), then ReLU if
 /// `relu`.
@@ -74,10 +74,6 @@ impl BlockKind for Conv2d {
             padding: self.padding,
             bias: self.bias,
         }))
-    }
-
-    fn forward_ops(&self) -> f64 {
-        layer_paths_ops(self.layer_paths(), self.input)
     }
 
     fn has_relu(&self) -> bool {

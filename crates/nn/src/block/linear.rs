@@ -10,7 +10,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, affine, layer_paths_ops};
+use super::{BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, affine};
 
 /// `y = x · W + b`, then ReLU if `relu`. Parameters: `weight` (`[out, in]` in files,
 /// `[in, out]` in memory) and `bias` (`[out]`).
@@ -60,10 +60,6 @@ impl BlockKind for Linear {
             input: self.input,
             output: self.output,
         }))
-    }
-
-    fn forward_ops(&self) -> f64 {
-        layer_paths_ops(self.layer_paths(), self.input_shape())
     }
 
     fn has_relu(&self) -> bool {

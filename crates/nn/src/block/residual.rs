@@ -10,8 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BOTTLENECK_EXPANSION, BlockKind, Layer, LayerPaths, Shape, check_window, layer_paths_ops,
-    product, window_map,
+    BOTTLENECK_EXPANSION, BlockKind, Layer, LayerPaths, Shape, check_window, product, window_map,
 };
 use crate::tensor::on_cpu;
 
@@ -75,6 +74,15 @@ fn projection(c: usize, out: usize, stride: usize) -> Vec<(&'static str, Layer)>
     }
 }
 
+/// The shape rule both residual blocks share: some planes, and a 3×3 window of stride
+/// `stride` and padding 1 (their first or middle convolution) that fits `input`.
+fn check_residual(input: Shape, planes: usize, stride: usize) -> Result<(), String> {
+    if planes == 0 {
+        return Err("has 0 planes".into());
+    }
+    check_window(input, 3, stride, 1)
+}
+
 impl BlockKind for BasicBlock {
     fn input_shape(&self) -> Shape {
         self.input
@@ -90,10 +98,7 @@ impl BlockKind for BasicBlock {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.planes == 0 {
-            return Err("has 0 planes".into());
-        }
-        check_window(self.input, 3, self.stride, 1)
+        check_residual(self.input, self.planes, self.stride)
     }
 
     fn label(&self) -> String {
@@ -116,10 +121,6 @@ impl BlockKind for BasicBlock {
             ],
             shortcut: Some(projection(input[0], planes, stride)),
         })
-    }
-
-    fn forward_ops(&self) -> f64 {
-        layer_paths_ops(self.layer_paths(), self.input)
     }
 
     fn activation_values(&self) -> f64 {
@@ -157,10 +158,7 @@ impl BlockKind for Bottleneck {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.planes == 0 {
-            return Err("has 0 planes".into());
-        }
-        check_window(self.input, 3, self.stride, 1)
+        check_residual(self.input, self.planes, self.stride)
     }
 
     fn label(&self) -> String {
@@ -187,10 +185,6 @@ impl BlockKind for Bottleneck {
             ],
             shortcut: Some(projection(input[0], out, stride)),
         })
-    }
-
-    fn forward_ops(&self) -> f64 {
-        layer_paths_ops(self.layer_paths(), self.input)
     }
 
     fn activation_values(&self) -> f64 {
