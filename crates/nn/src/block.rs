@@ -39,7 +39,6 @@
 //! batch norms) are recomputed from the saved block input with the backward's weights.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 mod batch_norm;
@@ -51,6 +50,7 @@ mod residual;
 mod transformer;
 mod vjp;
 
+use crate::elementwise_kernel::relu;
 pub use batch_norm::BatchNorm2d;
 pub use conv::Conv2d;
 pub(crate) use layers::{Init, Norm, TensorInfo};
@@ -60,8 +60,8 @@ pub use linear::{Linear, Relu};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use residual::{BasicBlock, Bottleneck};
 pub use transformer::{DecoderLayer, Embedding, LmHead};
+pub(crate) use vjp::Vjp;
 use vjp::layer_paths_vjp;
-pub(crate) use vjp::{Vjp, relu_backward};
 
 /// The shape of one sample: `[channels, height, width]`.
 pub type Shape = [usize; 3];

@@ -29,6 +29,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::elementwise_kernel::fill_chunks;
+
 use crate::block::window_output;
 
 /// The geometry of a 2-D convolution with a square kernel, the same stride and padding in
@@ -594,11 +596,22 @@ impl ConvGeometry {
     }
 
     /// Images unrolled together for one GEMM: as many as fit [`CHUNK_BYTES`], but no more than
-    /// an even share of the batch between the current pool's threads.
+    /// an even share of the batch between the current pool's threads, and a size whose chunks
+    /// the threads can share evenly.
     fn images_per_chunk(&self) -> usize {
         let threads = rayon::current_num_threads().max(1);
         let col_bytes = 4 * self.patch_rows() * self.positions();
-        (CHUNK_BYTES / col_bytes.max(1)).clamp(1, self.batch.div_ceil(threads).max(1))
+        let most = (CHUNK_BYTES / col_bytes.max(1)).clamp(1, self.batch.div_ceil(threads).max(1));
+        if threads == 1 {
+            return most;
+        }
+        // The size whose chunks the threads share most evenly: the fewest images on the
+        // busiest thread, larger chunks first among equals (64 images on 2 threads with room
+        // for 7 per chunk: chunks of 4, 32 images each, rather than 35 and 29 with chunks of 7).
+        (1..=most)
+            .rev()
+            .min_by_key(|&size| self.batch.div_ceil(size).div_ceil(threads) * size)
+            .unwrap_or(1)
     }
 
     /// Unrolls the patches of images `start..start + count` of `x` side by side into `col`
@@ -651,60 +664,52 @@ pub(crate) fn conv2d_forward(
     );
     geometry.check_len("input", x, geometry.batch * geometry.image_len());
     geometry.check_len("weight", weight, geometry.channels_out * rows);
-    let chunk = geometry.images_per_chunk();
-    let mut out = vec![0.0f32; geometry.batch * output_len];
+    let len = geometry.batch * output_len;
     if geometry.is_pointwise() {
         // `y_b = W · x_b`, each image's output written in place.
         let image_len = geometry.image_len();
-        out.par_chunks_mut(output_len)
-            .zip(x.par_chunks(image_len))
-            .for_each(|(y, image)| {
+        return fill_chunks(len, output_len, |b, y| {
+            gemm_into(
+                y,
+                (geometry.channels_out, positions, rows),
+                Operand::rows(weight, rows),
+                Operand::rows(&x[b * image_len..][..image_len], positions),
+                false,
+            );
+            if let Some(bias) = bias {
+                for (row, b) in y.chunks_exact_mut(positions).zip(bias) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        });
+    }
+    let chunk = geometry.images_per_chunk();
+    let layout = PatchLayout::new(geometry);
+    fill_chunks(len, output_len * chunk, |index, out_chunk| {
+        let count = out_chunk.len() / output_len;
+        let columns = count * positions;
+        with_scratch(
+            [rows * columns, geometry.channels_out * columns],
+            |col, product| {
+                geometry.unroll_chunk(&layout, x, index * chunk, count, col);
                 gemm_into(
-                    y,
-                    (geometry.channels_out, positions, rows),
+                    product,
+                    (geometry.channels_out, columns, rows),
                     Operand::rows(weight, rows),
-                    Operand::rows(image, positions),
+                    Operand::rows(col, columns),
                     false,
                 );
-                if let Some(bias) = bias {
-                    for (row, b) in y.chunks_exact_mut(positions).zip(bias) {
-                        row.iter_mut().for_each(|v| *v += b);
-                    }
-                }
-            });
-        return out;
-    }
-    let layout = PatchLayout::new(geometry);
-    out.par_chunks_mut(output_len * chunk)
-        .enumerate()
-        .for_each(|(index, out_chunk)| {
-            let count = out_chunk.len() / output_len;
-            let columns = count * positions;
-            with_scratch(
-                [rows * columns, geometry.channels_out * columns],
-                |col, product| {
-                    geometry.unroll_chunk(&layout, x, index * chunk, count, col);
-                    gemm_into(
-                        product,
-                        (geometry.channels_out, columns, rows),
-                        Operand::rows(weight, rows),
-                        Operand::rows(col, columns),
-                        false,
-                    );
-                    for (i, image) in out_chunk.chunks_exact_mut(output_len).enumerate() {
-                        for (o, row) in image.chunks_exact_mut(positions).enumerate() {
-                            row.copy_from_slice(
-                                &product[o * columns + i * positions..][..positions],
-                            );
-                            if let Some(bias) = bias {
-                                row.iter_mut().for_each(|v| *v += bias[o]);
-                            }
+                for (i, image) in out_chunk.chunks_exact_mut(output_len).enumerate() {
+                    for (o, row) in image.chunks_exact_mut(positions).enumerate() {
+                        row.copy_from_slice(&product[o * columns + i * positions..][..positions]);
+                        if let Some(bias) = bias {
+                            row.iter_mut().for_each(|v| *v += bias[o]);
                         }
                     }
-                },
-            );
-        });
-    out
+                }
+            },
+        );
+    })
 }
 
 /// `∂x` (`[B, C, H, W]` flattened) of a convolution with weight `[OC, C, k, k]` for the output
@@ -722,47 +727,42 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
     );
     geometry.check_len("weight", weight, geometry.channels_out * rows);
     geometry.check_len("output gradient", g, geometry.batch * geometry.output_len());
-    let chunk = geometry.images_per_chunk();
-    let mut dx = vec![0.0f32; geometry.batch * image_len];
+    let len = geometry.batch * image_len;
     if geometry.is_pointwise() {
         // `∂x_b = Wᵀ · g_b`: the patches' gradient is the image's, nothing to fold.
-        dx.par_chunks_mut(image_len)
-            .zip(g.par_chunks(geometry.output_len()))
-            .for_each(|(dx_image, g_image)| {
-                gemm_into(
-                    dx_image,
-                    (rows, positions, geometry.channels_out),
-                    Operand::transposed(weight, rows),
-                    Operand::rows(g_image, positions),
-                    false,
-                );
-            });
-        return dx;
-    }
-    let layout = PatchLayout::new(geometry);
-    dx.par_chunks_mut(image_len * chunk)
-        .enumerate()
-        .for_each(|(index, dx_chunk)| {
-            let count = dx_chunk.len() / image_len;
-            let columns = count * positions;
-            with_scratch(
-                [rows * columns, geometry.channels_out * columns],
-                |col, g_chunk| {
-                    geometry.gather_outputs(g, index * chunk, count, g_chunk);
-                    gemm_into(
-                        col,
-                        (rows, columns, geometry.channels_out),
-                        Operand::transposed(weight, rows),
-                        Operand::rows(g_chunk, columns),
-                        false,
-                    );
-                    for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
-                        layout.fold(geometry, col, columns, i * positions, image);
-                    }
-                },
+        let output_len = geometry.output_len();
+        return fill_chunks(len, image_len, |b, dx_image| {
+            gemm_into(
+                dx_image,
+                (rows, positions, geometry.channels_out),
+                Operand::transposed(weight, rows),
+                Operand::rows(&g[b * output_len..][..output_len], positions),
+                false,
             );
         });
-    dx
+    }
+    let chunk = geometry.images_per_chunk();
+    let layout = PatchLayout::new(geometry);
+    fill_chunks(len, image_len * chunk, |index, dx_chunk| {
+        let count = dx_chunk.len() / image_len;
+        let columns = count * positions;
+        with_scratch(
+            [rows * columns, geometry.channels_out * columns],
+            |col, g_chunk| {
+                geometry.gather_outputs(g, index * chunk, count, g_chunk);
+                gemm_into(
+                    col,
+                    (rows, columns, geometry.channels_out),
+                    Operand::transposed(weight, rows),
+                    Operand::rows(g_chunk, columns),
+                    false,
+                );
+                for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
+                    layout.fold(geometry, col, columns, i * positions, image);
+                }
+            },
+        );
+    })
 }
 
 /// `∂W` (`[OC, C, k, k]` flattened) of a convolution with input `x` (`[B, C, H, W]`) and
@@ -1038,6 +1038,32 @@ mod tests {
             ..base
         });
         geometries
+    }
+
+    #[test]
+    fn chunks_are_shared_evenly_between_threads() {
+        // A 3×3 convolution of 128 channels on a 4×4 map: 7 images' patches fit a chunk.
+        let geometry = ConvGeometry {
+            batch: 64,
+            channels_in: 128,
+            height: 4,
+            width: 4,
+            channels_out: 128,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let chunk_on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| geometry.images_per_chunk())
+        };
+        assert_eq!(chunk_on(1), 7);
+        assert_eq!(chunk_on(2), 4);
+        // 22 images on the busiest thread in chunks of 2, against 28 in chunks of 7.
+        assert_eq!(chunk_on(3), 2);
     }
 
     #[test]

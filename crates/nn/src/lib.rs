@@ -18,6 +18,7 @@
 mod block;
 mod checkpoint;
 mod conv_kernel;
+mod elementwise_kernel;
 mod error;
 mod feed;
 #[cfg(test)]

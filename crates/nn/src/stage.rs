@@ -48,7 +48,8 @@ use timeprest_policy::{WeightKey, WeightRecipe};
 use timeprest_runtime::{BackwardWork, ComputeError, ForwardOutput, LossStats, StageCompute};
 use timeprest_schedule::MicrobatchId;
 
-use crate::block::{Norm, linear_weight_grad, relu_backward};
+use crate::block::{Norm, linear_weight_grad};
+use crate::elementwise_kernel::relu_backward;
 use crate::feed::Targets;
 use crate::model::{check_chain, cross_entropy_sum};
 use crate::optim::{Optimizer, OptimizerConfig};

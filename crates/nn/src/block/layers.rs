@@ -8,12 +8,12 @@
 //! layer-by-layer backward of the same layer paths is in `vjp`.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 
 use super::{BN_EPSILON, BlockKind, PATCH_VALUE_OPS, Shape, flatten, image, window_output};
 use crate::conv_kernel::{ConvGeometry, conv2d_forward};
+use crate::elementwise_kernel::{add, relu};
 use crate::norm_kernel::batch_norm_forward;
 use crate::tensor::{host_values, tensor1};
 
@@ -292,10 +292,10 @@ pub(super) fn run_layer_paths(
     let main = run(&paths.main, x.clone());
     match &paths.shortcut {
         None => main,
-        Some(layers) if layers.is_empty() => main.add(x),
+        Some(layers) if layers.is_empty() => add(main, x),
         Some(layers) => {
             let shortcut = run(layers, x);
-            main.add(shortcut)
+            add(main, shortcut)
         }
     }
 }

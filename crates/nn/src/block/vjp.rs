@@ -30,8 +30,9 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use super::layers::{Layer, LayerPaths, conv_geometry, run_layer_paths};
 use super::{BN_EPSILON, Block, BlockKind, Norm};
 use crate::conv_kernel::{ConvGeometry, conv2d_input_grad, conv2d_weight_grad};
+use crate::elementwise_kernel::{add, relu_backward};
 use crate::norm_kernel::batch_norm_backward;
-use crate::tensor::{host_values, on_cpu, tensor1, values};
+use crate::tensor::{on_cpu, tensor1, values};
 
 /// Parameter gradients (in parameter order) and, if it was asked for, the input gradient.
 pub(crate) type Vjp<const D: usize> = (Vec<Tensor<1>>, Option<Tensor<D>>);
@@ -114,19 +115,6 @@ pub(super) fn layer_paths_vjp<K: BlockKind + ?Sized>(
     })
 }
 
-/// The VJP of a ReLU: `g` where `activation` (the ReLU's input or output) is positive, 0
-/// elsewhere; one pass over host memory on the CPU.
-pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>) -> Tensor<D> {
-    let dims = g.dims();
-    let Some(activation) = host_values(activation) else {
-        return g.mask_fill(activation.clone().lower_equal_elem(0.0), 0.0);
-    };
-    let masked = (values(&g).iter().zip(activation.iter()))
-        .map(|(&g, &a)| if a > 0.0 { g } else { 0.0 })
-        .collect();
-    tensor1(masked).reshape(dims)
-}
-
 /// The input gradient of `f` at `x` for the output gradient `g`, by burn's autodiff of `f`
 /// alone.
 pub(super) fn autodiff_input_grad(
@@ -197,7 +185,7 @@ fn paths_vjp(
             } else {
                 walk(main.end..main.end + shortcut.len(), g, need_input_grad)
             };
-            main_grad.zip(shortcut_grad).map(|(a, b)| a.add(b))
+            main_grad.zip(shortcut_grad).map(|(a, b)| add(a, b))
         }
     };
     (grads.into_iter().flatten().collect(), input_grad)

@@ -1,0 +1,274 @@
+//! Element-wise CPU kernels that split their output between the threads of the current rayon
+//! pool: the ReLU, its VJP and the sum of a residual block's two paths, and the helper every
+//! CPU kernel of the crate makes its outputs with ([`fill_chunks`]).
+//!
+//! Why not burn's own element-wise operations: they run on the calling thread, so with two
+//! threads per stage they were the part of a ResNet step the second thread waited on (with
+//! the zeroing and first touch of fresh output buffers, about a tenth of a width-0.25
+//! ResNet-18 step on two threads). Each kernel here gives the same value as burn's operation
+//! for every element (NaN included), so results do not change; a tensor that is not plain host
+//! memory (autodiff, GPU) still goes to burn.
+
+use std::mem::MaybeUninit;
+
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use burn_flex::{Flex, FlexTensor};
+
+use crate::tensor::{host_values, tensor1, values};
+
+/// Values per chunk of an element-wise kernel: 64 KiB of output, small enough that the chunk's
+/// zeroing and writing stay in a core's L2 and that a layer's chunks spread over the threads.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// A vector of `len` values made on the current rayon pool in chunks of `chunk_len` (the last
+/// may be shorter): each chunk is zeroed by the thread that then runs `fill(index, chunk)` on
+/// it, so that neither the zeroing nor the first touch of fresh pages runs on one thread.
+pub(crate) fn fill_chunks(
+    len: usize,
+    chunk_len: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .for_each(|(index, chunk)| {
+            chunk.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `chunk` was initialised on the line above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
+            fill(index, chunk);
+        });
+    // SAFETY: the chunks cover `0..len`, and each was initialised above.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `f(a[i], b[i])` for every `i`, on the current rayon pool.
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "element-wise operands of different lengths"
+    );
+    fill_chunks(a.len(), ELEMENTWISE_CHUNK, |index, out| {
+        let start = index * ELEMENTWISE_CHUNK;
+        for ((o, &x), &y) in out.iter_mut().zip(&a[start..]).zip(&b[start..]) {
+            *o = f(x, y);
+        }
+    })
+}
+
+/// `values[i] = f(values[i], other[i])` for every `i`, on the current rayon pool.
+fn zip_in_place(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert_eq!(
+        values.len(),
+        other.len(),
+        "element-wise operands of different lengths"
+    );
+    values
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(other.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(chunk, other)| {
+            for (v, &o) in chunk.iter_mut().zip(other) {
+                *v = f(*v, o);
+            }
+        });
+}
+
+/// A tensor handed to an element-wise kernel.
+enum Taken<const D: usize> {
+    /// A plain CPU tensor whose buffer nothing else shares (contiguous from its start): the
+    /// kernel may overwrite it.
+    Unique(FlexTensor),
+    /// Any other tensor.
+    Other(Tensor<D>),
+}
+
+impl<const D: usize> Taken<D> {
+    fn new(tensor: Tensor<D>) -> Self {
+        if host_values(&tensor).is_none() {
+            return Taken::Other(tensor);
+        }
+        let host = tensor
+            .try_into_primitive::<Flex>()
+            .expect("a tensor with host values is a Flex tensor");
+        let layout = host.layout();
+        if host.is_unique() && layout.is_contiguous() && layout.start_offset() == 0 {
+            Taken::Unique(host)
+        } else {
+            Taken::Other(Tensor::from_primitive::<Flex>(host))
+        }
+    }
+
+    fn into_tensor(self) -> Tensor<D> {
+        match self {
+            Taken::Unique(host) => Tensor::from_primitive::<Flex>(host),
+            Taken::Other(tensor) => tensor,
+        }
+    }
+}
+
+/// The `len` values of a [`Taken::Unique`] tensor, to overwrite.
+fn values_mut(host: &mut FlexTensor) -> &mut [f32] {
+    let len = host.layout().num_elements();
+    &mut host.storage_mut::<f32>()[..len]
+}
+
+/// `max(v, 0)`, NaN kept (as burn's `relu`).
+fn relu_value(v: f32) -> f32 {
+    if v.is_nan() || v > 0.0 { v } else { 0.0 }
+}
+
+/// `max(x, 0)` element-wise, NaN kept (as burn's `relu`); in `x`'s own buffer where nothing
+/// else reads it.
+pub(crate) fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let x = match Taken::new(x) {
+        Taken::Unique(mut host) => {
+            values_mut(&mut host)
+                .par_chunks_mut(ELEMENTWISE_CHUNK)
+                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = relu_value(*v)));
+            return Tensor::from_primitive::<Flex>(host);
+        }
+        Taken::Other(x) => x,
+    };
+    let Some(values) = host_values(&x) else {
+        return burn::tensor::activation::relu(x);
+    };
+    let out = fill_chunks(values.len(), ELEMENTWISE_CHUNK, |index, out| {
+        let start = index * ELEMENTWISE_CHUNK;
+        for (o, &v) in out.iter_mut().zip(&values[start..]) {
+            *o = relu_value(v);
+        }
+    });
+    tensor1(out).reshape(x.dims())
+}
+
+/// The mask of the ReLU's VJP: `g` where the activation `a` is positive, 0 elsewhere (NaN
+/// included).
+fn relu_mask(g: f32, a: f32) -> f32 {
+    if a > 0.0 { g } else { 0.0 }
+}
+
+/// The VJP of a ReLU: `g` where `activation` (the ReLU's input or output) is positive, 0
+/// elsewhere (NaN included); in `g`'s own buffer where nothing else reads it.
+pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>) -> Tensor<D> {
+    let Some(activation_values) = host_values(activation) else {
+        return g.mask_fill(activation.clone().lower_equal_elem(0.0), 0.0);
+    };
+    match Taken::new(g) {
+        Taken::Unique(mut host) => {
+            zip_in_place(values_mut(&mut host), &activation_values, relu_mask);
+            Tensor::from_primitive::<Flex>(host)
+        }
+        Taken::Other(g) => {
+            let masked = zip_map(&values(&g), &activation_values, relu_mask);
+            tensor1(masked).reshape(g.dims())
+        }
+    }
+}
+
+/// `a + b` element-wise, in the buffer of an operand nothing else reads.
+pub(crate) fn add<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    assert_eq!(a.dims(), b.dims(), "element-wise sum of different shapes");
+    let sum = |x: f32, y: f32| x + y;
+    // Addition commutes exactly, so either operand can take the sum.
+    let (target, other) = match Taken::new(a) {
+        Taken::Unique(host) => (Taken::Unique(host), b),
+        Taken::Other(a) => (Taken::new(b), a),
+    };
+    match (target, host_values(&other)) {
+        (Taken::Unique(mut host), Some(values)) => {
+            zip_in_place(values_mut(&mut host), &values, sum);
+            Tensor::from_primitive::<Flex>(host)
+        }
+        (target, _) => {
+            let target = target.into_tensor();
+            match (host_values(&target), host_values(&other)) {
+                (Some(left), Some(right)) => {
+                    tensor1(zip_map(&left, &right, sum)).reshape(target.dims())
+                }
+                _ => target.add(other),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{tensor2, to_vec};
+
+    /// Values that cross several chunks and end inside one, with signs, zeros of both signs,
+    /// and NaN.
+    fn odd_values(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| match i % 7 {
+                0 => f32::NAN,
+                1 => -0.0,
+                2 => 0.0,
+                k => (k as f32 - 4.5) * (i as f32).sqrt(),
+            })
+            .collect()
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn the_kernels_give_burns_values_bit_for_bit() {
+        // Three whole chunks and part of a fourth, as 5 columns.
+        let rows = (3 * ELEMENTWISE_CHUNK).div_ceil(5) + 1;
+        let len = 5 * rows;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of 2 threads");
+        let x = tensor2(odd_values(len), rows, 5);
+        let y = tensor2(odd_values(len).into_iter().rev().collect(), rows, 5);
+        let expected_relu = bits(&to_vec(&burn::tensor::activation::relu(x.clone())));
+        let expected_sum = bits(&to_vec(&x.clone().add(y.clone())));
+        let expected_mask: Vec<u32> = (to_vec(&y).iter().zip(to_vec(&x)))
+            .map(|(&g, a)| if a > 0.0 { g } else { 0.0 }.to_bits())
+            .collect();
+        // A tensor nobody else holds (`fresh`) is overwritten in place; a shared one is copied.
+        let fresh = |t: &Tensor<2>| tensor2(to_vec(t), rows, 5);
+        let (x_bits, y_bits) = (bits(&to_vec(&x)), bits(&to_vec(&y)));
+        assert!(matches!(Taken::new(fresh(&x)), Taken::Unique(_)));
+        assert!(matches!(Taken::new(x.clone()), Taken::Other(_)));
+        pool.install(|| {
+            assert_eq!(bits(&to_vec(&relu(x.clone()))), expected_relu);
+            assert_eq!(bits(&to_vec(&relu(fresh(&x)))), expected_relu);
+            for (a, b) in [
+                (x.clone(), y.clone()),
+                (fresh(&x), y.clone()),
+                (x.clone(), fresh(&y)),
+                (fresh(&x), fresh(&y)),
+            ] {
+                assert_eq!(bits(&to_vec(&add(a, b))), expected_sum);
+            }
+            assert_eq!(bits(&to_vec(&relu_backward(y.clone(), &x))), expected_mask);
+            let masked = relu_backward(fresh(&y), &x);
+            assert_eq!(bits(&to_vec(&masked)), expected_mask);
+            assert_eq!(masked.dims(), y.dims());
+        });
+        // The shared operands kept their values.
+        assert_eq!((bits(&to_vec(&x)), bits(&to_vec(&y))), (x_bits, y_bits));
+    }
+
+    #[test]
+    fn fill_chunks_covers_every_value_once() {
+        for (len, chunk) in [(0, 4), (1, 4), (10, 3), (12, 4), (7, 100)] {
+            let filled = fill_chunks(len, chunk, |index, out| {
+                for (i, v) in out.iter_mut().enumerate() {
+                    *v += (index * chunk + i) as f32;
+                }
+            });
+            let expected: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            assert_eq!(filled, expected, "len {len}, chunk {chunk}");
+        }
+    }
+}
