@@ -8,9 +8,8 @@
 //! order (a NaN wins, so it propagates), as burn and PyTorch do, and skip positions in the
 //! padding (they hold −∞ there). The layout is NCHW, as burn's.
 
-use rayon::prelude::*;
-
 use crate::block::window_output;
+use crate::elementwise_kernel::fill_chunks;
 
 /// The geometry of a square pooling window, the same stride and padding in both directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +51,12 @@ impl PoolGeometry {
     }
 }
 
+/// Whether `value` takes the place of the window's maximum so far, `best`: it is larger, or the
+/// first NaN (a NaN wins, so it propagates).
+fn beats(value: f32, best: f32) -> bool {
+    value > best || (value.is_nan() && !best.is_nan())
+}
+
 /// Calls `visit(output_index, argmax)` for every window of one plane (`[height, width]`): the
 /// plane index of its first maximum.
 fn for_each_argmax(geometry: &PoolGeometry, plane: &[f32], mut visit: impl FnMut(usize, usize)) {
@@ -59,15 +64,41 @@ fn for_each_argmax(geometry: &PoolGeometry, plane: &[f32], mut visit: impl FnMut
         geometry.output(geometry.height),
         geometry.output(geometry.width),
     );
+    let width = geometry.width;
+    if geometry.kernel == 2 && geometry.stride == 2 && geometry.padding == 0 {
+        // The zoo's pooling (2×2 windows side by side): each window's four positions in
+        // row-major order, without the general path's window ranges (measured: the general
+        // path was 15 % of a width-0.25 vgg11 step).
+        for oh in 0..height_out {
+            let (top, bottom) = plane[2 * oh * width..].split_at(width);
+            let offset = 2 * oh * width;
+            for ow in 0..width_out {
+                let at = 2 * ow;
+                let mut best = offset + at;
+                let mut best_value = top[at];
+                for (candidate, value) in [
+                    (offset + at + 1, top[at + 1]),
+                    (offset + width + at, bottom[at]),
+                    (offset + width + at + 1, bottom[at + 1]),
+                ] {
+                    if beats(value, best_value) {
+                        (best, best_value) = (candidate, value);
+                    }
+                }
+                visit(oh * width_out + ow, best);
+            }
+        }
+        return;
+    }
     for oh in 0..height_out {
         let rows = geometry.window(oh, geometry.height);
         for ow in 0..width_out {
             let columns = geometry.window(ow, geometry.width);
-            let mut best = rows.start * geometry.width + columns.start;
+            let mut best = rows.start * width + columns.start;
             for ih in rows.clone() {
-                let row_start = ih * geometry.width + columns.start;
+                let row_start = ih * width + columns.start;
                 for (at, &value) in plane[row_start..][..columns.len()].iter().enumerate() {
-                    if value > plane[best] || (value.is_nan() && !plane[best].is_nan()) {
+                    if beats(value, plane[best]) {
                         best = row_start + at;
                     }
                 }
@@ -85,11 +116,10 @@ fn for_each_argmax(geometry: &PoolGeometry, plane: &[f32], mut visit: impl FnMut
 /// If the length of `x` does not match `geometry` (a broken invariant of the caller).
 pub(crate) fn max_pool_forward(geometry: &PoolGeometry, x: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = geometry.plane_lens(x);
-    let mut out = vec![0.0f32; x.len() / plane_in * plane_out];
-    out.par_chunks_mut(plane_out)
-        .zip(x.par_chunks(plane_in))
-        .for_each(|(out, x)| for_each_argmax(geometry, x, |at, best| out[at] = x[best]));
-    out
+    fill_chunks(x.len() / plane_in * plane_out, plane_out, |plane, out| {
+        let x = &x[plane * plane_in..][..plane_in];
+        for_each_argmax(geometry, x, |at, best| out[at] = x[best]);
+    })
 }
 
 /// `∂x` of max pooling `x` (`[planes, height, width]` flattened) for the output gradient `g`
@@ -105,12 +135,11 @@ pub(crate) fn max_pool_backward(geometry: &PoolGeometry, x: &[f32], g: &[f32]) -
         x.len() / plane_in,
         "max-pool output gradient"
     );
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(plane_in)
-        .zip(x.par_chunks(plane_in))
-        .zip(g.par_chunks(plane_out))
-        .for_each(|((dx, x), g)| for_each_argmax(geometry, x, |at, best| dx[best] += g[at]));
-    dx
+    fill_chunks(x.len(), plane_in, |plane, dx| {
+        let x = &x[plane * plane_in..][..plane_in];
+        let g = &g[plane * plane_out..][..plane_out];
+        for_each_argmax(geometry, x, |at, best| dx[best] += g[at]);
+    })
 }
 
 #[cfg(test)]
@@ -128,6 +157,8 @@ mod tests {
             (5, 5, 2, 2, 0),
             (4, 7, 3, 1, 1),
             (6, 6, 2, 3, 0),
+            (6, 8, 2, 2, 0),
+            (7, 5, 2, 2, 0),
         ] {
             let geometry = PoolGeometry {
                 height,

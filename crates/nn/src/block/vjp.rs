@@ -383,6 +383,13 @@ mod tests {
                 stride: 2,
                 padding: 1,
             }),
+            // The zoo's 2×2 windows side by side (their own path), on odd sides.
+            Block::MaxPool2d(MaxPool2d {
+                input: [2, 7, 5],
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            }),
             Block::AvgPool2d(AvgPool2d {
                 input: [2, 6, 5],
                 kernel: 2,
