@@ -29,9 +29,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::elementwise_kernel::fill_chunks;
-
 use crate::block::window_output;
+use crate::elementwise_kernel::fill_chunks;
 
 /// The geometry of a 2-D convolution with a square kernel, the same stride and padding in
 /// both directions, no dilation and one group (every convolution of the model zoo).
@@ -603,6 +602,7 @@ impl ConvGeometry {
         let col_bytes = 4 * self.patch_rows() * self.positions();
         let most = (CHUNK_BYTES / col_bytes.max(1)).clamp(1, self.batch.div_ceil(threads).max(1));
         if threads == 1 {
+            // Nothing to share: the largest chunk.
             return most;
         }
         // The size whose chunks the threads share most evenly: the fewest images on the

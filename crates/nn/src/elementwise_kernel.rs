@@ -12,9 +12,8 @@
 use std::mem::MaybeUninit;
 
 use burn::tensor::Tensor;
-use rayon::prelude::*;
-
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 
 use crate::tensor::{host_values, tensor1, values};
 
