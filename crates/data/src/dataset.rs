@@ -188,15 +188,33 @@ impl Dataset {
         let mut features = Vec::with_capacity(indices.len() * self.num_features);
         let mut labels = Vec::with_capacity(indices.len() * self.targets_per_sample);
         for &i in indices {
-            let (x, y) = self.get(i).ok_or_else(|| DataError::IndexOutOfRange {
-                dataset: self.name.clone(),
-                index: i,
-                len: self.len(),
-            })?;
+            let (x, y) = self.checked_sample(i)?;
             features.extend_from_slice(x);
             labels.extend_from_slice(y);
         }
         Ok((features, labels))
+    }
+
+    /// The labels alone of [`Dataset::try_gather`]: what a loss needs, without copying the
+    /// features.
+    ///
+    /// # Errors
+    /// [`DataError::IndexOutOfRange`] for the first index `>= len()`.
+    pub fn try_gather_labels(&self, indices: &[usize]) -> Result<Vec<u32>, DataError> {
+        let mut labels = Vec::with_capacity(indices.len() * self.targets_per_sample);
+        for &i in indices {
+            labels.extend_from_slice(self.checked_sample(i)?.1);
+        }
+        Ok(labels)
+    }
+
+    /// [`Dataset::get`], with a missing sample reported as [`DataError::IndexOutOfRange`].
+    fn checked_sample(&self, i: usize) -> Result<(&[f32], &[u32]), DataError> {
+        self.get(i).ok_or_else(|| DataError::IndexOutOfRange {
+            dataset: self.name.clone(),
+            index: i,
+            len: self.len(),
+        })
     }
 
     /// Keeps only the first `n` samples (no-op if `n >= len()`), for quick runs.
@@ -279,6 +297,7 @@ mod tests {
         let (x, y) = d.gather(&[3, 0, 3]);
         assert_eq!(x, vec![9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 9.0, 10.0, 11.0]);
         assert_eq!(y, vec![1, 0, 1]);
+        assert_eq!(d.try_gather_labels(&[3, 0, 3]).unwrap(), y);
         assert_eq!(d.class_counts(), vec![1, 2, 1]);
     }
 
@@ -298,6 +317,8 @@ mod tests {
             ),
             "{err}"
         );
+        let labels_err = d.try_gather_labels(&[4]).unwrap_err();
+        assert_eq!(labels_err.to_string(), err.to_string());
     }
 
     #[test]

@@ -162,9 +162,9 @@ impl Feed<StageMessage, Targets> for DataFeed {
 
     fn targets(&self, microbatch: MicrobatchId) -> Result<Targets, ComputeError> {
         let (indices, size) = self.samples(microbatch)?;
-        let (_, labels) = self
+        let labels = self
             .data
-            .try_gather(indices)
+            .try_gather_labels(indices)
             .map_err(|e| ComputeError(format!("{microbatch:?}: {e}")))?;
         Ok(Targets {
             one_hot: one_hot(&labels, self.data.num_classes),

@@ -201,7 +201,9 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                 return Err(StageFailure::Aborted);
             }
             // An action starts when its inputs are here: waiting for a neighbour is idle time,
-            // not work, so the clock is read again after every receive below.
+            // not work, so the clock is read again after every receive below. Reading stage 0's
+            // inputs and the last stage's targets from the feed is the stage's own work (it
+            // copies the batch), so it stays inside the action.
             let now = || context.start.elapsed().as_secs_f64();
             let mut began = now();
             let mut bytes_sent = 0;
@@ -221,14 +223,15 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     let input = if self.is_first() {
                         self.feed.input(microbatch)?
                     } else {
-                        self.take(Neighbour::Previous, microbatch)?
+                        let activation = self.take(Neighbour::Previous, microbatch)?;
+                        began = now();
+                        activation
                     };
                     let targets = if self.is_last() {
                         Some(self.feed.targets(microbatch)?)
                     } else {
                         None
                     };
-                    began = now();
                     match self.compute.forward(
                         microbatch,
                         input,
