@@ -12,7 +12,7 @@ use timeprest_runtime::{
     BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, RuntimeError,
     StageCompute, StageFailure, run_threaded,
 };
-use timeprest_schedule::{MicrobatchId, ScheduleConfig, ScheduleKind, generate};
+use timeprest_schedule::{ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, generate};
 
 /// A stage that passes micro-batch ids along and keeps a faithful set of stored versions.
 struct EchoStage {
@@ -208,6 +208,57 @@ fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
         assert_eq!(
             report.losses.len(),
             (config.num_minibatches * config.num_microbatches) as usize
+        );
+    }
+}
+
+/// Takes `delay` to hand out each input and each target, as a copy of a large batch would.
+struct SlowFeed {
+    delay: Duration,
+}
+
+impl Feed<MicrobatchId, MicrobatchId> for SlowFeed {
+    fn input(&self, microbatch: MicrobatchId) -> Result<MicrobatchId, ComputeError> {
+        std::thread::sleep(self.delay);
+        Ok(microbatch)
+    }
+
+    fn targets(&self, microbatch: MicrobatchId) -> Result<MicrobatchId, ComputeError> {
+        std::thread::sleep(self.delay);
+        Ok(microbatch)
+    }
+}
+
+#[test]
+fn reading_the_feed_is_part_of_the_forward_it_serves() {
+    // The cost model replays a run from its logged action durations: time stage 0 spends
+    // copying its inputs, and the last stage its targets, is work the schedule must account
+    // for, unlike the wait for a neighbour's message.
+    let delay = Duration::from_millis(3);
+    let schedule = generate(ScheduleKind::Gpipe, &ScheduleConfig::new(2, 2, 1)).unwrap();
+    let policy = WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default());
+    let version_plan = plan(&schedule, &policy, Activations::Kept);
+    let report = run_threaded(
+        &schedule,
+        &version_plan,
+        &mut stages(2),
+        &SlowFeed { delay },
+        RunOptions::default(),
+    )
+    .unwrap();
+    let forwards: Vec<_> = report
+        .events
+        .iter()
+        .flatten()
+        .filter(|e| matches!(e.action.kind, ActionKind::Forward(_)))
+        .collect();
+    assert_eq!(forwards.len(), 4);
+    for event in forwards {
+        assert!(
+            event.end - event.start >= delay.as_secs_f64(),
+            "{} lasted {:.4} s, less than its feed",
+            event.action,
+            event.end - event.start
         );
     }
 }
