@@ -1,6 +1,9 @@
 //! Simulator fidelity: does the cost-model simulator predict a real run's makespan?
 //!
-//! Trains real epochs (`Trainer::run_epoch`, W = 3, MLP 784-1024-1024-1024-10 on Fashion-MNIST,
+//! Trains real epochs (`Trainer::run_epoch`, W = 3 or the machine's core count if lower, but at
+//! least 2: the simulator gives every stage a core of its own, so more stage threads than
+//! cores measure the operating system's time-slicing, not the cost model; MLP
+//! 784-1024-1024-1024-10 on Fashion-MNIST,
 //! or the embedded digits set when its IDX files are missing), takes the per-stage mean
 //! forward / backward / update durations from the epoch's event log ([`MeasuredCosts`]) and
 //! simulates the same schedule with `simulate_costs`: the `compute` figure is each epoch's own
@@ -47,6 +50,12 @@ fn predicted(schedule: &Schedule, costs: &MeasuredCosts) -> f64 {
         .makespan()
 }
 
+/// Stages of the fidelity runs: 3, or fewer on a machine with fewer cores (at least 2).
+fn fidelity_stages() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(3, |n| n.get());
+    cores.clamp(2, 3) as u32
+}
+
 fn config(dataset: &str, policy: PolicyKind) -> TrainConfig {
     let fashion = dataset == "fashion-mnist";
     {
@@ -59,7 +68,7 @@ fn config(dataset: &str, policy: PolicyKind) -> TrainConfig {
         config.data.dataset = dataset.into();
         config.data.limit_train = fashion.then_some(3840);
         config.data.limit_test = Some(512);
-        config.pipeline.num_stages = 3;
+        config.pipeline.num_stages = fidelity_stages();
         config.pipeline.num_microbatches = if policy == PolicyKind::Pipedream {
             1
         } else {
@@ -210,7 +219,10 @@ fn main() {
     for trainer in &mut trainers {
         trainer.run_epoch(1, None).expect("warm-up epoch");
     }
-    println!("# simulator fidelity, {dataset}, W=3, predicted makespan / measured epoch seconds");
+    println!(
+        "# simulator fidelity, {dataset}, W={}, predicted makespan / measured epoch seconds",
+        fidelity_stages()
+    );
     println!("policy\trep\tmeasured_s\tratio_raw\tratio_compute\tlast_end_s");
     let mut ratios: HashMap<PolicyKind, Vec<(f64, f64)>> = HashMap::new();
     for rep in 0..repetitions {
