@@ -22,7 +22,7 @@ use crate::elementwise_kernel::fill_chunks;
 
 /// The largest dense matrix built (values): a 2×2 map of 512 channels in and out (VGG-16 at
 /// full width) needs 4 M; anything larger keeps the patches.
-const MAX_DENSE_VALUES: usize = 1 << 24;
+const MAX_DENSE_VALUES: usize = 1 << 20;
 
 /// The [`ConvGeometry::tap_table`] entry of an (output, input) position pair that no tap
 /// joins.
