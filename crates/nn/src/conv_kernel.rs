@@ -583,6 +583,13 @@ const POINTWISE_MIN_POSITIONS: usize = 256;
 /// one); 256 KiB was no faster.
 const CHUNK_BYTES: usize = 512 << 10;
 
+/// The fewest output positions (images × positions per image) a chunk's GEMM multiplies,
+/// even if its patches then exceed [`CHUNK_BYTES`]: `gemm` runs that dimension through
+/// micro-kernels 64 rows tall, and one 4×4 image (16 positions) per GEMM, the wide channels'
+/// lot (512 channels at width 1: 295 KiB of patches per image), left it to the 16-row edge
+/// kernel, a third as fast.
+const MIN_CHUNK_POSITIONS: usize = 64;
+
 impl ConvGeometry {
     /// Values of one input image (`C·H·W`).
     fn image_len(&self) -> usize {
@@ -606,7 +613,10 @@ impl ConvGeometry {
     fn images_per_chunk(&self) -> usize {
         let threads = rayon::current_num_threads().max(1);
         let col_bytes = 4 * self.patch_rows() * self.positions();
-        let most = (CHUNK_BYTES / col_bytes.max(1)).clamp(1, self.batch.div_ceil(threads).max(1));
+        let fewest = MIN_CHUNK_POSITIONS.div_ceil(self.positions().max(1));
+        let most = (CHUNK_BYTES / col_bytes.max(1))
+            .max(fewest)
+            .clamp(1, self.batch.div_ceil(threads).max(1));
         if threads == 1 {
             // Nothing to share: the largest chunk.
             return most;
