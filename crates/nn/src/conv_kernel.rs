@@ -24,8 +24,9 @@
 //! image is multiplied in place (ResNet-50 at width 0.25: 1.05–1.10× per training step).
 //!
 //! A map with fewer positions than the kernel has taps (`H·W < k²`: 3×3 kernels on 2×2 maps,
-//! 5×5 on 4×4) skips the patches altogether: the convolution is multiplied as the dense matrix
-//! of its linear map ([`dense`]; AlexNet at width 0.25: 1.38× per step at 1 thread, 1.20× at 2).
+//! 5×5 on 4×4), in a batch large enough, skips the patches altogether: the convolution is
+//! multiplied as the dense matrix of its linear map ([`dense`]; AlexNet at width 0.25: 1.38×
+//! per step at 1 thread, 1.30× at 2).
 //!
 //! Only the CPU device uses them (the slices are the tensors' host data); a GPU keeps burn's.
 
@@ -679,7 +680,7 @@ pub(crate) fn conv2d_forward(
         weight,
         geometry.channels_out * geometry.patch_rows(),
     );
-    if geometry.is_small_map() {
+    if geometry.multiplies_dense() {
         return dense::forward(geometry, x, weight, bias);
     }
     forward_by_patches(geometry, x, weight, bias)
@@ -759,7 +760,7 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
         geometry.channels_out * geometry.patch_rows(),
     );
     geometry.check_len("output gradient", g, geometry.batch * geometry.output_len());
-    if geometry.is_small_map() {
+    if geometry.multiplies_dense() {
         return dense::input_grad(geometry, weight, g);
     }
     input_grad_by_patches(geometry, weight, g)
@@ -827,7 +828,7 @@ fn input_grad_by_patches(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> 
 pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
     geometry.check_len("input", x, geometry.batch * geometry.image_len());
     geometry.check_len("output gradient", g, geometry.batch * geometry.output_len());
-    if geometry.is_small_map() {
+    if geometry.multiplies_dense() {
         return dense::weight_grad(geometry, x, g);
     }
     weight_grad_by_patches(geometry, x, g)
@@ -997,9 +998,9 @@ mod tests {
                 assert_near(&what("input gradient"), &got, &input_grad);
                 let got = conv2d_weight_grad(&geometry, &x, &g);
                 assert_near(&what("weight gradient"), &got, &weight_grad);
-                if geometry.is_small_map() {
+                if geometry.multiplies_dense() {
                     // The patches, which the dense path replaces here, still serve these maps
-                    // when the dense matrix would be too large.
+                    // in smaller batches.
                     let got = forward_by_patches(&geometry, &x, &weight, Some(&bias));
                     assert_near(&what("forward by patches"), &got, &output);
                     let got = input_grad_by_patches(&geometry, &weight, &g);
@@ -1100,16 +1101,18 @@ mod tests {
         };
         assert!(pointwise.is_pointwise());
         geometries.push(pointwise);
-        // Maps with fewer positions than the kernel has taps (the dense matrix): AlexNet's
-        // 3×3 kernels on 2×2 maps and 5×5 on 4×4, a stride of 2, a 1×1 output, batch 5 on
-        // 4 threads (an empty share).
+        // Maps with fewer positions than the kernel has taps and batches just large enough
+        // for the dense matrix: AlexNet's 3×3 kernels on 2×2 maps and 5×5 on 4×4, a stride of
+        // 2, a 1×1 output, 2 input channels on 4 threads (fewer shares than threads).
         let small_maps = [
             ConvGeometry {
+                batch: 26,
                 height: 2,
                 width: 2,
                 ..base
             },
             ConvGeometry {
+                batch: 57,
                 height: 4,
                 width: 4,
                 kernel: 5,
@@ -1117,27 +1120,35 @@ mod tests {
                 ..base
             },
             ConvGeometry {
+                batch: 64,
                 height: 2,
                 width: 3,
                 stride: 2,
                 ..base
             },
             ConvGeometry {
+                batch: 26,
                 height: 2,
                 width: 2,
                 stride: 2,
                 ..base
             },
             ConvGeometry {
-                batch: 5,
+                batch: 10,
                 height: 1,
                 width: 2,
                 ..base
             },
         ];
         for geometry in small_maps {
-            assert!(geometry.is_small_map(), "{geometry:?}");
+            assert!(geometry.multiplies_dense(), "{geometry:?}");
+            let smaller_batch = ConvGeometry {
+                batch: geometry.batch - 1,
+                ..geometry
+            };
+            assert!(!smaller_batch.multiplies_dense(), "{smaller_batch:?}");
             geometries.push(geometry);
+            geometries.push(smaller_batch);
         }
         // Rows wide enough to copy (no padding, stride 1).
         geometries.push(ConvGeometry {

@@ -17,26 +17,38 @@
 //!
 //! That is `OC·C·P'·P` multiply-adds against the patches' `OC·C·P'·k²`, and no unrolling.
 
-use super::{ConvGeometry, Operand, gemm_into, summed_over_threads};
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{ConvGeometry, Operand, gemm_into};
 use crate::elementwise_kernel::fill_chunks;
 
-/// The largest dense matrix built (values, 4 MiB): a 2×2 map of 256 channels in and out. A
-/// larger matrix is streamed from memory to be built and again to be packed by every GEMM
-/// (the batch is its only reuse), and each thread packs all of it: with up to 3 M values
-/// (AlexNet at width 1) a step took 1.10× as long as with the patches on 2 threads (0.95× on
-/// one), so those layers keep the patches.
-const MAX_DENSE_VALUES: usize = 1 << 20;
+/// The largest dense matrix built (values, 64 MiB; VGG-16's 2×2 maps of 512 channels at full
+/// width need 4 M).
+const MAX_DENSE_VALUES: usize = 1 << 24;
+
+/// How many multiply-adds the dense matrix must save per value of it: building it and
+/// packing it for the GEMM cost per value what the batch saves on it, so a small batch keeps
+/// the patches. `D` has `OC·C·P'·P` values, and the batch saves `B·OC·C·P'·(k² − P)`
+/// multiply-adds, so the dense path needs `B·(k² − P) ≥ 32·P`. Measured on AlexNet, whose
+/// small maps are 2×2 (3×3 kernels: `B ≥ 26`) and 4×4 (5×5: `B ≥ 57`): batches of 64 ran
+/// 1.38× (width 0.25), 1.18× (0.5) and 1.02× (1) faster than with the patches at 1 thread,
+/// micro-batches of 16 ran 0.93×, 0.64× and 0.97× as fast with every small map dense.
+const DENSE_SAVING_PER_VALUE: usize = 32;
 
 /// The [`ConvGeometry::tap_table`] entry of an (output, input) position pair that no tap
 /// joins.
 const NO_TAP: usize = usize::MAX;
 
 impl ConvGeometry {
-    /// Whether the dense matrix does less arithmetic than the patches (a map of fewer positions
-    /// than the kernel has taps) and is small enough to build per call.
-    pub(super) fn is_small_map(&self) -> bool {
-        let positions_in = self.height * self.width;
-        positions_in < self.kernel * self.kernel
+    /// Whether to multiply by the dense matrix: the map has fewer positions than the kernel
+    /// has taps, the batch saves enough arithmetic per value of the matrix
+    /// ([`DENSE_SAVING_PER_VALUE`]), and the matrix is small enough to build per call.
+    pub(super) fn multiplies_dense(&self) -> bool {
+        let (positions_in, taps) = (self.height * self.width, self.kernel * self.kernel);
+        positions_in < taps
+            && self.batch * (taps - positions_in) >= DENSE_SAVING_PER_VALUE * positions_in
             && self.channels_out * self.positions() * self.channels_in * positions_in
                 <= MAX_DENSE_VALUES
     }
@@ -76,18 +88,21 @@ impl ConvGeometry {
         )
     }
 
-    /// The dense matrix `D` (`[OC·P', C·P]`) of `weight` (`[OC, C, k, k]`), built on the
-    /// current pool a block of rows per output channel, each row written in order (scattering
-    /// the taps into a zeroed matrix instead cost 10 % of an AlexNet step).
-    fn dense_matrix(&self, weight: &[f32]) -> Vec<f32> {
-        let (row_len, rows) = self.dense_shape();
+    /// The block of the dense matrix `D` of `weight` (`[OC, C, k, k]`) for output channels
+    /// `outputs` and input channels `inputs`: `[|outputs|·P', |inputs|·P]`, each row written
+    /// in order through the [tap table](ConvGeometry::tap_table) (scattering the taps into a
+    /// zeroed matrix instead cost 10 % of an AlexNet step).
+    fn dense_block(&self, weight: &[f32], outputs: Range<usize>, inputs: Range<usize>) -> Vec<f32> {
         let positions_in = self.height * self.width;
         let taps_per_pair = self.kernel * self.kernel;
         let table = self.tap_table();
-        let per_channel_out = self.channels_in * taps_per_pair;
-        fill_chunks(rows * row_len, self.positions() * row_len, |o, block| {
-            let kernels = &weight[o * per_channel_out..][..per_channel_out];
-            for (row, taps) in block
+        let row_len = inputs.len() * positions_in;
+        let rows_per_channel = self.positions() * row_len;
+        let mut block = vec![0.0; outputs.len() * rows_per_channel];
+        for (o, rows) in outputs.zip(block.chunks_exact_mut(rows_per_channel)) {
+            let kernels = &weight[(o * self.channels_in + inputs.start) * taps_per_pair..]
+                [..inputs.len() * taps_per_pair];
+            for (row, taps) in rows
                 .chunks_exact_mut(row_len)
                 .zip(table.chunks_exact(positions_in))
             {
@@ -100,113 +115,141 @@ impl ConvGeometry {
                     }
                 }
             }
-        })
+        }
+        block
     }
 }
 
-/// Images per task when a batch's rows are split between the current pool's threads.
-fn images_per_task(batch: usize) -> usize {
-    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
+/// `0..count` channels cut into one contiguous share per thread of the current pool (fewer if
+/// there are fewer channels), in order. Each thread builds, packs and multiplies only its own
+/// block of `D`: with the batch split instead, every thread packed all of `D`, and two threads
+/// gained 1.02× over one on a width-0.5 AlexNet step where one thread gained 1.18×.
+fn channel_shares(count: usize) -> Vec<Range<usize>> {
+    let threads = rayon::current_num_threads().clamp(1, count.max(1));
+    let per_share = count.div_ceil(threads);
+    (0..threads)
+        .map(|t| t * per_share..((t + 1) * per_share).min(count))
+        .filter(|share| !share.is_empty())
+        .collect()
 }
 
-/// [`super::conv2d_forward`] for a [small map](ConvGeometry::is_small_map).
+/// `block(share)` for every share on the current pool, in share order.
+fn per_share<R: Send>(shares: &[Range<usize>], block: impl Fn(Range<usize>) -> R + Sync) -> Vec<R> {
+    shares
+        .par_iter()
+        .map(|share| block(share.clone()))
+        .collect()
+}
+
+/// The shares' blocks (`[B, width]` each, `width` values per image) side by side: `[B, Σ
+/// width]`, each image's row the blocks' rows in share order.
+fn side_by_side(blocks: Vec<Vec<f32>>, batch: usize) -> Vec<f32> {
+    if blocks.len() == 1 {
+        return blocks.into_iter().next().unwrap_or_default();
+    }
+    let widths: Vec<usize> = blocks.iter().map(|b| b.len() / batch.max(1)).collect();
+    let row_len: usize = widths.iter().sum();
+    let per_task = batch.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    fill_chunks(batch * row_len, per_task * row_len, |task, rows| {
+        for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
+            let image = task * per_task + i;
+            let mut at = 0;
+            for (block, &width) in blocks.iter().zip(&widths) {
+                row[at..at + width].copy_from_slice(&block[image * width..][..width]);
+                at += width;
+            }
+        }
+    })
+}
+
+/// [`super::conv2d_forward`] where [dense](ConvGeometry::multiplies_dense): per share of output
+/// channels, `Y_share = X · D_shareᵀ (+ b)`.
 pub(super) fn forward(
     geometry: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (image_len, output_len) = geometry.dense_shape();
-    let dense = geometry.dense_matrix(weight);
-    let per_task = images_per_task(geometry.batch);
-    let positions = geometry.positions();
-    fill_chunks(
-        geometry.batch * output_len,
-        per_task * output_len,
-        |task, y| {
-            let count = y.len() / output_len;
-            gemm_into(
-                y,
-                (count, output_len, image_len),
-                Operand::rows(
-                    &x[task * per_task * image_len..][..count * image_len],
-                    image_len,
-                ),
-                Operand::transposed(&dense, image_len),
-                false,
-            );
-            if let Some(bias) = bias {
-                for image in y.chunks_exact_mut(output_len) {
-                    for (row, b) in image.chunks_exact_mut(positions).zip(bias) {
-                        row.iter_mut().for_each(|v| *v += b);
-                    }
-                }
-            }
-        },
-    )
-}
-
-/// [`super::conv2d_input_grad`] for a [small map](ConvGeometry::is_small_map).
-pub(super) fn input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> Vec<f32> {
-    let (image_len, output_len) = geometry.dense_shape();
-    let dense = geometry.dense_matrix(weight);
-    let per_task = images_per_task(geometry.batch);
-    fill_chunks(
-        geometry.batch * image_len,
-        per_task * image_len,
-        |task, dx| {
-            let count = dx.len() / image_len;
-            gemm_into(
-                dx,
-                (count, image_len, output_len),
-                Operand::rows(
-                    &g[task * per_task * output_len..][..count * output_len],
-                    output_len,
-                ),
-                Operand::rows(&dense, image_len),
-                false,
-            );
-        },
-    )
-}
-
-/// [`super::conv2d_weight_grad`] for a [small map](ConvGeometry::is_small_map).
-pub(super) fn weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let (image_len, output_len) = geometry.dense_shape();
-    // `∂D = Σ_b g_bᵀ · x_b` over each thread's share of the images.
-    let dense_grad = summed_over_threads(geometry.batch, output_len * image_len, |images| {
-        let mut partial = vec![0.0; output_len * image_len];
-        let count = images.len();
-        if count == 0 {
-            // The last threads' shares can be empty (5 images on 4 threads: 2, 2, 1, 0).
-            return partial;
-        }
+    let (image_len, _) = geometry.dense_shape();
+    let (batch, positions) = (geometry.batch, geometry.positions());
+    let shares = channel_shares(geometry.channels_out);
+    let blocks = per_share(&shares, |outputs| {
+        let dense = geometry.dense_block(weight, outputs.clone(), 0..geometry.channels_in);
+        let width = outputs.len() * positions;
+        let mut y = vec![0.0; batch * width];
         gemm_into(
-            &mut partial,
-            (output_len, image_len, count),
-            Operand::transposed(
-                &g[images.start * output_len..][..count * output_len],
-                output_len,
-            ),
-            Operand::rows(
-                &x[images.start * image_len..][..count * image_len],
-                image_len,
-            ),
+            &mut y,
+            (batch, width, image_len),
+            Operand::rows(x, image_len),
+            Operand::transposed(&dense, image_len),
             false,
         );
-        partial
+        if let Some(bias) = bias {
+            for image in y.chunks_exact_mut(width) {
+                for (row, b) in image
+                    .chunks_exact_mut(positions)
+                    .zip(&bias[outputs.clone()])
+                {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        }
+        y
     });
-    // `∂W[o, c]` summed from `∂D`'s rows of output channel `o`, read in order, on the pool.
+    side_by_side(blocks, batch)
+}
+
+/// [`super::conv2d_input_grad`] where [dense](ConvGeometry::multiplies_dense): per share of
+/// input channels, `∂X_share = G · D_share` (`D`'s columns of those channels).
+pub(super) fn input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> Vec<f32> {
+    let (_, output_len) = geometry.dense_shape();
+    let batch = geometry.batch;
+    let positions_in = geometry.height * geometry.width;
+    let shares = channel_shares(geometry.channels_in);
+    let blocks = per_share(&shares, |inputs| {
+        let dense = geometry.dense_block(weight, 0..geometry.channels_out, inputs.clone());
+        let width = inputs.len() * positions_in;
+        let mut dx = vec![0.0; batch * width];
+        gemm_into(
+            &mut dx,
+            (batch, width, output_len),
+            Operand::rows(g, output_len),
+            Operand::rows(&dense, width),
+            false,
+        );
+        dx
+    });
+    side_by_side(blocks, batch)
+}
+
+/// [`super::conv2d_weight_grad`] where [dense](ConvGeometry::multiplies_dense): per share of
+/// output channels, `∂D_share = G_shareᵀ · X` over the whole batch, folded onto the taps of
+/// those channels' kernels. No thread sums part of the batch, so the result is the same for
+/// any number of threads.
+pub(super) fn weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
+    let (image_len, output_len) = geometry.dense_shape();
+    let positions_out = geometry.positions();
     let positions_in = geometry.height * geometry.width;
     let taps_per_pair = geometry.kernel * geometry.kernel;
     let table = geometry.tap_table();
-    let per_channel_out = geometry.channels_in * taps_per_pair;
-    let block_len = geometry.positions() * image_len;
-    fill_chunks(
-        geometry.channels_out * per_channel_out,
-        per_channel_out,
-        |o, kernels| {
-            let block = &dense_grad[o * block_len..][..block_len];
+    let shares = channel_shares(geometry.channels_out);
+    let blocks = per_share(&shares, |outputs| {
+        let rows = outputs.len() * positions_out;
+        let mut dense_grad = vec![0.0; rows * image_len];
+        gemm_into(
+            &mut dense_grad,
+            (rows, image_len, geometry.batch),
+            Operand::transposed(&g[outputs.start * positions_out..], output_len),
+            Operand::rows(x, image_len),
+            false,
+        );
+        // `∂W[o, c]` summed from `∂D`'s rows of output channel `o`, read in order.
+        let per_channel_out = geometry.channels_in * taps_per_pair;
+        let mut weight_grad = vec![0.0; outputs.len() * per_channel_out];
+        for (block, kernels) in dense_grad
+            .chunks_exact(positions_out * image_len)
+            .zip(weight_grad.chunks_exact_mut(per_channel_out))
+        {
             for (row, taps) in block
                 .chunks_exact(image_len)
                 .zip(table.chunks_exact(positions_in))
@@ -222,6 +265,8 @@ pub(super) fn weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<
                     }
                 }
             }
-        },
-    )
+        }
+        weight_grad
+    });
+    blocks.concat()
 }
