@@ -25,8 +25,8 @@
 //!
 //! A map with fewer positions than the kernel has taps (`H·W < k²`: 3×3 kernels on 2×2 maps,
 //! 5×5 on 4×4), in a batch large enough, skips the patches altogether: the convolution is
-//! multiplied as the dense matrix of its linear map ([`dense`]; AlexNet at width 0.25: 1.38×
-//! per step at 1 thread, 1.30× at 2).
+//! multiplied as the dense matrix of its linear map ([`dense`]; AlexNet at width 0.25: 1.35×
+//! per step at 1 thread, 1.46× at 2).
 //!
 //! Only the CPU device uses them (the slices are the tensors' host data); a GPU keeps burn's.
 

@@ -32,9 +32,9 @@ const MAX_DENSE_VALUES: usize = 1 << 24;
 /// packing it for the GEMM cost per value what the batch saves on it, so a small batch keeps
 /// the patches. `D` has `OC·C·P'·P` values, and the batch saves `B·OC·C·P'·(k² − P)`
 /// multiply-adds, so the dense path needs `B·(k² − P) ≥ 32·P`. Measured on AlexNet, whose
-/// small maps are 2×2 (3×3 kernels: `B ≥ 26`) and 4×4 (5×5: `B ≥ 57`): batches of 64 ran
-/// 1.38× (width 0.25), 1.18× (0.5) and 1.02× (1) faster than with the patches at 1 thread,
-/// micro-batches of 16 ran 0.93×, 0.64× and 0.97× as fast with every small map dense.
+/// small maps are 2×2 (3×3 kernels: `B ≥ 26`) and 4×4 (5×5: `B ≥ 57`), at 1 thread: batches
+/// of 64 ran 1.35× (width 0.25), 1.18× (0.5) and 1.08× (1) as fast as with the patches;
+/// micro-batches of 16 with every small map dense ran 0.93× (0.25), 0.64× (0.5) and 0.53× (1).
 const DENSE_SAVING_PER_VALUE: usize = 32;
 
 /// The [`ConvGeometry::tap_table`] entry of an (output, input) position pair that no tap
