@@ -46,18 +46,23 @@ impl ConvGeometry {
     /// has taps, the batch saves enough arithmetic per value of the matrix
     /// ([`DENSE_SAVING_PER_VALUE`]), and the matrix is small enough to build per call.
     pub(super) fn multiplies_dense(&self) -> bool {
-        let (positions_in, taps) = (self.height * self.width, self.kernel * self.kernel);
+        let (positions_in, taps) = (self.positions_in(), self.kernel * self.kernel);
         positions_in < taps
             && self.batch * (taps - positions_in) >= DENSE_SAVING_PER_VALUE * positions_in
-            && self.channels_out * self.positions() * self.channels_in * positions_in
-                <= MAX_DENSE_VALUES
+            // `D` is `[OC·P', C·P]`: an output image's values by an input image's.
+            && self.output_len() * self.image_len() <= MAX_DENSE_VALUES
+    }
+
+    /// Input positions per channel (H·W).
+    fn positions_in(&self) -> usize {
+        self.height * self.width
     }
 
     /// For every output position `p'` (rows) and input position `p` (columns), the tap
     /// `i·k + j` through which `p'` reads `p`, or [`NO_TAP`]: output `(oh, ow)` reads input
     /// `(oh·s + i − p, ow·s + j − p)` where that lies inside the map.
     fn tap_table(&self) -> Vec<usize> {
-        let (width_out, positions_in) = (self.width_out(), self.height * self.width);
+        let (width_out, positions_in) = (self.width_out(), self.positions_in());
         let mut table = vec![NO_TAP; self.positions() * positions_in];
         for (position_out, row) in table.chunks_exact_mut(positions_in).enumerate() {
             let (oh, ow) = (position_out / width_out, position_out % width_out);
@@ -80,22 +85,19 @@ impl ConvGeometry {
             ..(size + self.padding).saturating_sub(start).min(self.kernel)
     }
 
-    /// Values of the dense matrix's rows (`C·P`) and its number of rows (`OC·P'`).
-    fn dense_shape(&self) -> (usize, usize) {
-        (
-            self.channels_in * self.height * self.width,
-            self.channels_out * self.positions(),
-        )
-    }
-
     /// The block of the dense matrix `D` of `weight` (`[OC, C, k, k]`) for output channels
     /// `outputs` and input channels `inputs`: `[|outputs|·P', |inputs|·P]`, each row written
-    /// in order through the [tap table](ConvGeometry::tap_table) (scattering the taps into a
-    /// zeroed matrix instead cost 10 % of an AlexNet step).
-    fn dense_block(&self, weight: &[f32], outputs: Range<usize>, inputs: Range<usize>) -> Vec<f32> {
-        let positions_in = self.height * self.width;
+    /// in order through `table`, the [tap table](ConvGeometry::tap_table) (scattering the taps
+    /// into a zeroed matrix instead cost 10 % of an AlexNet step).
+    fn dense_block(
+        &self,
+        weight: &[f32],
+        table: &[usize],
+        outputs: Range<usize>,
+        inputs: Range<usize>,
+    ) -> Vec<f32> {
+        let positions_in = self.positions_in();
         let taps_per_pair = self.kernel * self.kernel;
-        let table = self.tap_table();
         let row_len = inputs.len() * positions_in;
         let rows_per_channel = self.positions() * row_len;
         let mut block = vec![0.0; outputs.len() * rows_per_channel];
@@ -170,11 +172,12 @@ pub(super) fn forward(
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (image_len, _) = geometry.dense_shape();
+    let image_len = geometry.image_len();
     let (batch, positions) = (geometry.batch, geometry.positions());
+    let table = geometry.tap_table();
     let shares = channel_shares(geometry.channels_out);
     let blocks = per_share(&shares, |outputs| {
-        let dense = geometry.dense_block(weight, outputs.clone(), 0..geometry.channels_in);
+        let dense = geometry.dense_block(weight, &table, outputs.clone(), 0..geometry.channels_in);
         let width = outputs.len() * positions;
         let mut y = vec![0.0; batch * width];
         gemm_into(
@@ -202,12 +205,12 @@ pub(super) fn forward(
 /// [`super::conv2d_input_grad`] where [dense](ConvGeometry::multiplies_dense): per share of
 /// input channels, `∂X_share = G · D_share` (`D`'s columns of those channels).
 pub(super) fn input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> Vec<f32> {
-    let (_, output_len) = geometry.dense_shape();
-    let batch = geometry.batch;
-    let positions_in = geometry.height * geometry.width;
+    let (batch, output_len) = (geometry.batch, geometry.output_len());
+    let positions_in = geometry.positions_in();
+    let table = geometry.tap_table();
     let shares = channel_shares(geometry.channels_in);
     let blocks = per_share(&shares, |inputs| {
-        let dense = geometry.dense_block(weight, 0..geometry.channels_out, inputs.clone());
+        let dense = geometry.dense_block(weight, &table, 0..geometry.channels_out, inputs.clone());
         let width = inputs.len() * positions_in;
         let mut dx = vec![0.0; batch * width];
         gemm_into(
@@ -227,9 +230,9 @@ pub(super) fn input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> 
 /// those channels' kernels. No thread sums part of the batch, so the result is the same for
 /// any number of threads.
 pub(super) fn weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let (image_len, output_len) = geometry.dense_shape();
+    let (image_len, output_len) = (geometry.image_len(), geometry.output_len());
     let positions_out = geometry.positions();
-    let positions_in = geometry.height * geometry.width;
+    let positions_in = geometry.positions_in();
     let taps_per_pair = geometry.kernel * geometry.kernel;
     let table = geometry.tap_table();
     let shares = channel_shares(geometry.channels_out);
