@@ -30,11 +30,14 @@ const MAX_DENSE_VALUES: usize = 1 << 24;
 
 /// How many multiply-adds the dense matrix must save per value of it: building it and
 /// packing it for the GEMM cost per value what the batch saves on it, so a small batch keeps
-/// the patches. `D` has `OC·C·P'·P` values, and the batch saves `B·OC·C·P'·(k² − P)`
-/// multiply-adds, so the dense path needs `B·(k² − P) ≥ 32·P`. Measured on AlexNet, whose
-/// small maps are 2×2 (3×3 kernels: `B ≥ 26`) and 4×4 (5×5: `B ≥ 57`), at 1 thread: batches
-/// of 64 ran 1.35× (width 0.25), 1.18× (0.5) and 1.08× (1) as fast as with the patches;
-/// micro-batches of 16 with every small map dense ran 0.93× (0.25), 0.64× (0.5) and 0.53× (1).
+/// the patches (now the [tap classes](super::valid_taps)). `D` has `OC·C·P'·P` values, and the
+/// batch saves `B·OC·C·P'·(k² − P)` multiply-adds, so the dense path needs `B·(k² − P) ≥
+/// 32·P`. Measured on AlexNet, whose small maps were then 2×2 (3×3 kernels: `B ≥ 26`) and 4×4
+/// (5×5: `B ≥ 57`), at 1 thread: batches of 64 ran 1.35× (width 0.25), 1.18× (0.5) and 1.08×
+/// (1) as fast as with the patches; micro-batches of 16 with every small map dense ran 0.93×
+/// (0.25), 0.64× (0.5) and 0.53× (1). On 2×2 maps the tap classes do the same multiply-adds
+/// as `D`; they ran as fast as it at 1 thread (0.96–1.13×, batches of 32 and 64) and slower
+/// at 2 (one GEMM per class and thread, four classes one after the other).
 const DENSE_SAVING_PER_VALUE: usize = 32;
 
 /// The [`ConvGeometry::tap_table`] entry of an (output, input) position pair that no tap
@@ -43,11 +46,14 @@ const NO_TAP: usize = usize::MAX;
 
 impl ConvGeometry {
     /// Whether to multiply by the dense matrix: the map has fewer positions than the kernel
-    /// has taps, the batch saves enough arithmetic per value of the matrix
-    /// ([`DENSE_SAVING_PER_VALUE`]), and the matrix is small enough to build per call.
+    /// has taps, the matrix has no more entries than the taps that read the image (3×3
+    /// kernels on 2×2 maps, not 5×5 ones on 4×4 maps, which [`super::valid_taps`] multiplies
+    /// with a quarter fewer multiply-adds), the batch saves enough arithmetic per value of the
+    /// matrix ([`DENSE_SAVING_PER_VALUE`]), and the matrix is small enough to build per call.
     pub(super) fn multiplies_dense(&self) -> bool {
         let (positions_in, taps) = (self.positions_in(), self.kernel * self.kernel);
         positions_in < taps
+            && positions_in * self.positions() <= self.inside_pairs()
             && self.batch * (taps - positions_in) >= DENSE_SAVING_PER_VALUE * positions_in
             // `D` is `[OC·P', C·P]`: an output image's values by an input image's.
             && self.output_len() * self.image_len() <= MAX_DENSE_VALUES
@@ -79,7 +85,7 @@ impl ConvGeometry {
 
     /// The kernel offsets `i` for which output index `out` reads inside `0..size`:
     /// `0 ≤ out·s + i − p < size`.
-    fn inside_taps(&self, out: usize, size: usize) -> std::ops::Range<usize> {
+    pub(super) fn inside_taps(&self, out: usize, size: usize) -> std::ops::Range<usize> {
         let start = out * self.stride;
         self.padding.saturating_sub(start)
             ..(size + self.padding).saturating_sub(start).min(self.kernel)
