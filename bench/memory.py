@@ -15,10 +15,14 @@ with its own schedule and default N (1 on 1f1b, 3 otherwise). Memory figures are
 figures: they do not depend on the machine's load.
 """
 
+import argparse
 import json
 import subprocess
 
 from common import BINARY, DATASET, MLP, train
+
+argparse.ArgumentParser(description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 POLICIES = ["gpipe", "pipedream-flush", "pipedream", "timeprest", "v-timeprest", "i-timeprest",
             "nwpt", "variant1", "variant2", "naive", "pipedream-2bw"]

@@ -33,16 +33,18 @@ equal arithmetic (1.85 M multiply-adds each) and shows what the runtime does whe
 partition is not the limit.
 """
 
-import sys
+import argparse
 from concurrent.futures import ThreadPoolExecutor
 
 from common import DATASET, MLP, median, quiet_run, ratio_line, spread, steady_throughput, train
 
-ARGS = [a for a in sys.argv[1:] if a != "--model"]
-MODEL = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else None
-if MODEL is not None:
-    ARGS.remove(MODEL)
-REPS = int(ARGS[0]) if ARGS else 3
+PARSER = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER.add_argument("reps", nargs="?", type=int, default=3, help="repetitions (3)")
+PARSER.add_argument("--model", help="a zoo conv model at --width 0.25 instead of the MLP")
+OPTIONS = PARSER.parse_args()
+MODEL = OPTIONS.model
+REPS = OPTIONS.reps
 BALANCED = "1024,1024,1792"
 BASE = DATASET + ["--batch-size", "128", "--limit-train", "3840", "--limit-test", "256", "--lr", "0.01"]
 # Training samples per epoch of the conv models: a few seconds on one core.

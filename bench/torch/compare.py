@@ -12,6 +12,7 @@ torch.distributed.pipelining 2 ranks x 1 thread, gloo, 4 micro-batches, GPipe vs
 2+2 blocks). timeprest trains Fashion-MNIST, PyTorch random data of the same shape.
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -21,7 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (DATASET, MLP, ROOT, median, quiet_run, ratio_line,  # noqa: E402
                     spread, steady_throughput, train)
 
-REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+PARSER = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER.add_argument("reps", nargs="?", type=int, default=3, help="repetitions (3)")
+REPS = PARSER.parse_args().reps
 PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
 TORCH = [str(PYTHON), str(ROOT / "bench" / "torch" / "torch_bench.py")]
 BASE = DATASET + ["--hidden", MLP, "--batch-size", "128", "--limit-train", "3840",

@@ -16,9 +16,9 @@ state-dict tensor shapes (parameters and BN running statistics, by name):
   zoo.py [--state] lenet5:0.25:1x28x28 resnet50:1 ...   (MODEL:WIDTH[:CxHxW], default 3x32x32)
 """
 
+import argparse
 import json
 import math
-import sys
 
 import torch
 import torch.nn as nn
@@ -223,10 +223,15 @@ def parse_spec(spec):
 
 
 def main():
-    state = sys.argv[1:2] == ["--state"]
-    describe = state_shapes if state else param_count
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", action="store_true",
+                        help="state-dict tensor shapes instead of parameter counts")
+    parser.add_argument("specs", nargs="*", metavar="MODEL:WIDTH[:CxHxW]")
+    options = parser.parse_args()
+    describe = state_shapes if options.state else param_count
     out = {}
-    for spec in sys.argv[1 + state:]:
+    for spec in options.specs:
         name, width, shape = parse_spec(spec)
         out[spec] = describe(build(name, width, shape))
     print(json.dumps(out))
