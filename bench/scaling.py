@@ -34,6 +34,7 @@ partition is not the limit.
 """
 
 import argparse
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from common import DATASET, MLP, median, quiet_run, ratio_line, spread, steady_throughput, train
