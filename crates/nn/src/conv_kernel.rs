@@ -1040,26 +1040,35 @@ mod tests {
                 .unwrap();
             let what = |kernel: &str| format!("{kernel} of {geometry:?}, {threads} threads");
             pool.install(|| {
-                let got = conv2d_forward(&geometry, &x, &weight, Some(&bias));
-                assert_near(&what("forward"), &got, &output);
-                let got = conv2d_input_grad(&geometry, &weight, &g);
-                assert_near(&what("input gradient"), &got, &input_grad);
-                let got = conv2d_weight_grad(&geometry, &x, &g);
-                assert_near(&what("weight gradient"), &got, &weight_grad);
-                // The patches serve any geometry and the padding-free classes any small map
-                // (the default path for these shapes picks one of the three).
-                let got = forward_by_patches(&geometry, &x, &weight, Some(&bias));
-                assert_near(&what("forward by patches"), &got, &output);
-                let got = input_grad_by_patches(&geometry, &weight, &g);
-                assert_near(&what("input gradient by patches"), &got, &input_grad);
-                let got = weight_grad_by_patches(&geometry, &x, &g);
-                assert_near(&what("weight gradient by patches"), &got, &weight_grad);
-                let got = valid_taps::forward(&geometry, &x, &weight, Some(&bias));
-                assert_near(&what("forward by tap classes"), &got, &output);
-                let got = valid_taps::input_grad(&geometry, &weight, &g);
-                assert_near(&what("input gradient by tap classes"), &got, &input_grad);
-                let got = valid_taps::weight_grad(&geometry, &x, &g);
-                assert_near(&what("weight gradient by tap classes"), &got, &weight_grad);
+                // The default dispatch; the patches, which serve any geometry; the
+                // padding-free classes, which serve any map (the default picks one of these or
+                // the dense matrix).
+                type Forward = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
+                type InputGrad = fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>;
+                type WeightGrad = fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>;
+                let paths: [(&str, Forward, InputGrad, WeightGrad); 3] = [
+                    ("", conv2d_forward, conv2d_input_grad, conv2d_weight_grad),
+                    (
+                        " by patches",
+                        forward_by_patches,
+                        input_grad_by_patches,
+                        weight_grad_by_patches,
+                    ),
+                    (
+                        " by tap classes",
+                        valid_taps::forward,
+                        valid_taps::input_grad,
+                        valid_taps::weight_grad,
+                    ),
+                ];
+                for (path, forward, input_grad_of, weight_grad_of) in paths {
+                    let got = forward(&geometry, &x, &weight, Some(&bias));
+                    assert_near(&what(&format!("forward{path}")), &got, &output);
+                    let got = input_grad_of(&geometry, &weight, &g);
+                    assert_near(&what(&format!("input gradient{path}")), &got, &input_grad);
+                    let got = weight_grad_of(&geometry, &x, &g);
+                    assert_near(&what(&format!("weight gradient{path}")), &got, &weight_grad);
+                }
             });
         }
     }

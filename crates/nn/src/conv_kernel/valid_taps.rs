@@ -247,6 +247,30 @@ impl TapClass {
     }
 }
 
+/// For every class in order, and every chunk of images of it on the current pool:
+/// `work(class, first image, the chunk's images of out, patches scratch, output scratch)`, where
+/// `out` holds `item_len` values per image (the output for the forward, the input gradient for
+/// its fold) and the scratch buffers are cut to the chunk's patches and output-shaped values.
+fn for_each_class_chunk(
+    geometry: &ConvGeometry,
+    out: &mut [f32],
+    item_len: usize,
+    work: impl Fn(&TapClass, usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
+) {
+    for class in geometry.tap_classes() {
+        let chunk = geometry.class_chunk(&class);
+        out.par_chunks_mut(chunk * item_len)
+            .enumerate()
+            .for_each(|(index, out_chunk)| {
+                let columns = out_chunk.len() / item_len * class.positions.len();
+                let lens = [class.patch_rows * columns, geometry.channels_out * columns];
+                with_scratch(lens, |col, values| {
+                    work(&class, index * chunk, out_chunk, col, values);
+                });
+            });
+    }
+}
+
 /// [`super::conv2d_forward`] where [padding is skipped](ConvGeometry::skips_padding): per class
 /// and chunk of images, `Y_class = W_class · col_class (+ b)`.
 pub(super) fn forward(
@@ -269,43 +293,39 @@ pub(super) fn forward(
             }
         }
     });
-    for class in geometry.tap_classes() {
-        let chunk = geometry.class_chunk(&class);
-        let positions = class.positions.len();
-        y.par_chunks_mut(chunk * output_len)
-            .enumerate()
-            .for_each(|(index, y_chunk)| {
-                let count = y_chunk.len() / output_len;
-                let columns = count * positions;
-                let lens = [class.patch_rows * columns, geometry.channels_out * columns];
-                with_scratch(lens, |col, product| {
-                    class.unroll(image_len, x, index * chunk, count, col);
-                    for (n, &(column, first_row, rows)) in class.runs.iter().enumerate() {
-                        gemm_into(
-                            product,
-                            (geometry.channels_out, columns, rows),
-                            TapClass::weight_run(geometry, &weight_t, (column, rows), false),
-                            Operand::rows(&col[first_row * columns..], columns),
-                            n > 0,
-                        );
+    for_each_class_chunk(
+        geometry,
+        &mut y,
+        output_len,
+        |class, start, y_chunk, col, product| {
+            let (count, positions) = (y_chunk.len() / output_len, class.positions.len());
+            let columns = count * positions;
+            class.unroll(image_len, x, start, count, col);
+            for (n, &(column, first_row, rows)) in class.runs.iter().enumerate() {
+                gemm_into(
+                    product,
+                    (geometry.channels_out, columns, rows),
+                    TapClass::weight_run(geometry, &weight_t, (column, rows), false),
+                    Operand::rows(&col[first_row * columns..], columns),
+                    n > 0,
+                );
+            }
+            for (i, image) in y_chunk.chunks_exact_mut(output_len).enumerate() {
+                for (channel, values) in image
+                    .chunks_exact_mut(positions_out)
+                    .zip(product.chunks_exact(columns))
+                {
+                    for (&position, value) in class
+                        .positions
+                        .iter()
+                        .zip(&values[i * positions..][..positions])
+                    {
+                        channel[position] += value;
                     }
-                    for (i, image) in y_chunk.chunks_exact_mut(output_len).enumerate() {
-                        for (channel, values) in image
-                            .chunks_exact_mut(positions_out)
-                            .zip(product.chunks_exact(columns))
-                        {
-                            for (&position, value) in class
-                                .positions
-                                .iter()
-                                .zip(&values[i * positions..][..positions])
-                            {
-                                channel[position] += value;
-                            }
-                        }
-                    }
-                });
-            });
-    }
+                }
+            }
+        },
+    );
     y
 }
 
@@ -316,42 +336,36 @@ pub(super) fn input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> 
     let image_len = geometry.image_len();
     let weight_t = geometry.tap_major(weight);
     let mut dx = fill_chunks(geometry.batch * image_len, image_len, |_, _| {});
-    for class in geometry.tap_classes() {
-        let chunk = geometry.class_chunk(&class);
-        let positions = class.positions.len();
-        dx.par_chunks_mut(chunk * image_len)
-            .enumerate()
-            .for_each(|(index, dx_chunk)| {
-                let count = dx_chunk.len() / image_len;
-                let columns = count * positions;
-                let lens = [class.patch_rows * columns, geometry.channels_out * columns];
-                with_scratch(lens, |col, g_chunk| {
-                    class.gather(geometry, g, index * chunk, count, g_chunk);
-                    for &(column, first_row, rows) in &class.runs {
-                        gemm_into(
-                            &mut col[first_row * columns..][..rows * columns],
-                            (rows, columns, geometry.channels_out),
-                            TapClass::weight_run(geometry, &weight_t, (column, rows), true),
-                            Operand::rows(g_chunk, columns),
-                            false,
-                        );
+    for_each_class_chunk(
+        geometry,
+        &mut dx,
+        image_len,
+        |class, start, dx_chunk, col, g_chunk| {
+            let (count, positions) = (dx_chunk.len() / image_len, class.positions.len());
+            let columns = count * positions;
+            class.gather(geometry, g, start, count, g_chunk);
+            for &(column, first_row, rows) in &class.runs {
+                gemm_into(
+                    &mut col[first_row * columns..][..rows * columns],
+                    (rows, columns, geometry.channels_out),
+                    TapClass::weight_run(geometry, &weight_t, (column, rows), true),
+                    Operand::rows(g_chunk, columns),
+                    false,
+                );
+            }
+            for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
+                for (reads, values) in class
+                    .reads
+                    .chunks_exact(positions)
+                    .zip(col.chunks_exact(columns))
+                {
+                    for (&read, value) in reads.iter().zip(&values[i * positions..][..positions]) {
+                        image[read as usize] += value;
                     }
-                    for (i, image) in dx_chunk.chunks_exact_mut(image_len).enumerate() {
-                        for (reads, values) in class
-                            .reads
-                            .chunks_exact(positions)
-                            .zip(col.chunks_exact(columns))
-                        {
-                            for (&read, value) in
-                                reads.iter().zip(&values[i * positions..][..positions])
-                            {
-                                image[read as usize] += value;
-                            }
-                        }
-                    }
-                });
-            });
-    }
+                }
+            }
+        },
+    );
     dx
 }
 
