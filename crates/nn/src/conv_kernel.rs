@@ -92,6 +92,24 @@ impl ConvGeometry {
         first..last.max(first)
     }
 
+    /// The kernel offsets `i` for which output index `out` reads inside `0..size`:
+    /// `0 ≤ out·s + i − p < size`.
+    fn inside_taps(&self, out: usize, size: usize) -> std::ops::Range<usize> {
+        let start = out * self.stride;
+        self.padding.saturating_sub(start)
+            ..(size + self.padding).saturating_sub(start).min(self.kernel)
+    }
+
+    /// The (output position, tap) pairs that read the image, over one image and channel pair.
+    fn inside_pairs(&self) -> usize {
+        let side = |size: usize, size_out: usize| -> usize {
+            (0..size_out)
+                .map(|out| self.inside_taps(out, size).len())
+                .sum()
+        };
+        side(self.height, self.height_out()) * side(self.width, self.width_out())
+    }
+
     /// Output positions per channel (OH·OW).
     fn positions(&self) -> usize {
         self.height_out() * self.width_out()
@@ -904,23 +922,12 @@ fn weight_grad_by_patches(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<
                 geometry.gather_outputs(g, start, count, g_chunk);
                 let (patches, gradients) =
                     (Operand::rows(col, columns), Operand::rows(g_chunk, columns));
-                if direct {
-                    gemm_into(
-                        &mut grad,
-                        (channels_out, rows, columns),
-                        gradients,
-                        patches.t(),
-                        true,
-                    );
+                let (shape, lhs, rhs) = if direct {
+                    ((channels_out, rows, columns), gradients, patches.t())
                 } else {
-                    gemm_into(
-                        &mut grad,
-                        (rows, channels_out, columns),
-                        patches,
-                        gradients.t(),
-                        true,
-                    );
-                }
+                    ((rows, channels_out, columns), patches, gradients.t())
+                };
+                gemm_into(&mut grad, shape, lhs, rhs, true);
                 start += count;
             }
         });

@@ -83,14 +83,6 @@ impl ConvGeometry {
         table
     }
 
-    /// The kernel offsets `i` for which output index `out` reads inside `0..size`:
-    /// `0 ≤ out·s + i − p < size`.
-    pub(super) fn inside_taps(&self, out: usize, size: usize) -> std::ops::Range<usize> {
-        let start = out * self.stride;
-        self.padding.saturating_sub(start)
-            ..(size + self.padding).saturating_sub(start).min(self.kernel)
-    }
-
     /// The block of the dense matrix `D` of `weight` (`[OC, C, k, k]`) for output channels
     /// `outputs` and input channels `inputs`: `[|outputs|·P', |inputs|·P]`, each row written
     /// in order through `table`, the [tap table](ConvGeometry::tap_table) (scattering the taps

@@ -37,16 +37,6 @@ impl ConvGeometry {
         classes
     }
 
-    /// The (output position, tap) pairs that read the image, over one image and channel pair.
-    pub(super) fn inside_pairs(&self) -> usize {
-        let side = |size: usize, size_out: usize| -> usize {
-            (0..size_out)
-                .map(|out| self.inside_taps(out, size).len())
-                .sum()
-        };
-        side(self.height, self.height_out()) * side(self.width, self.width_out())
-    }
-
     /// Whether to multiply by [`TapClass`]es: at most 80 % of the (position, tap) pairs read
     /// the image (the patches would multiply at least 20 % zeros: maps of 4×4 and smaller for
     /// 3×3 kernels), and the convolution is not multiplied in place.
@@ -230,20 +220,17 @@ impl TapClass {
         }
     }
 
-    /// The weight's columns of one run as a `[OC, rows]` operand (`transposed`: `[rows, OC]`).
+    /// The weight's columns of one run as a `[OC, rows]` operand.
     fn weight_run<'a>(
         geometry: &ConvGeometry,
         weight_t: &'a [f32],
         (column, rows): (usize, usize),
-        transposed: bool,
     ) -> Operand<'a> {
         let row_len = geometry.patch_rows();
-        let values = &weight_t[column..][..(geometry.channels_out - 1) * row_len + rows];
-        if transposed {
-            Operand::transposed(values, row_len)
-        } else {
-            Operand::rows(values, row_len)
-        }
+        Operand::rows(
+            &weight_t[column..][..(geometry.channels_out - 1) * row_len + rows],
+            row_len,
+        )
     }
 }
 
@@ -305,7 +292,7 @@ pub(super) fn forward(
                 gemm_into(
                     product,
                     (geometry.channels_out, columns, rows),
-                    TapClass::weight_run(geometry, &weight_t, (column, rows), false),
+                    TapClass::weight_run(geometry, &weight_t, (column, rows)),
                     Operand::rows(&col[first_row * columns..], columns),
                     n > 0,
                 );
@@ -348,7 +335,7 @@ pub(super) fn input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f32]) -> 
                 gemm_into(
                     &mut col[first_row * columns..][..rows * columns],
                     (rows, columns, geometry.channels_out),
-                    TapClass::weight_run(geometry, &weight_t, (column, rows), true),
+                    TapClass::weight_run(geometry, &weight_t, (column, rows)).t(),
                     Operand::rows(g_chunk, columns),
                     false,
                 );
