@@ -5,7 +5,8 @@ against one stage on one thread, MLP 784-1024-1024-1024-10 on Fashion-MNIST, bat
 Usage: bench/scaling.py [repetitions] [--model lenet5|resnet18|...]   (release binary built)
 
 Goals, as ratios of throughput paired by repetition: N=4 micro-batches cost at most 1.2x per
-sample of N=1 (single N=4 / N=1 >= 0.83); timeprest W=2 N=4 >= 1.6x single N=1; gpipe and
+sample of N=1 (single N=4 / N=1 >= 0.83); timeprest W=2 N=4 >= 1.6x single N=1 (on nf1b and on
+nf1b-streamed, which reads the same weights and streams the backward's gradients); gpipe and
 pipedream-flush W=2 N=4 >= 1.5x; pipedream W=2 on a balanced split >= 1.85x. Goal 4, the
 simulator's fidelity, is read off the same pipeline runs: each epoch's `simulated_seconds` (the
 makespan the cost-model simulator predicts for the epoch's schedule from the epoch's own mean
@@ -52,9 +53,13 @@ BASE = DATASET + ["--batch-size", "128", "--limit-train", "3840", "--limit-test"
 CONV_SAMPLES = {"lenet5": 3840, "alexnet": 2048, "vgg11": 1536, "resnet18": 1536}
 
 
-def cfg(hidden, policy, stages, threads, microbatches):
+STREAMED = ["--schedule", "nf1b-streamed"]
+
+
+def cfg(hidden, policy, stages, threads, microbatches, extra=()):
     return BASE + ["--hidden", hidden, "--policy", policy, "--stages", str(stages),
-                   "--threads-per-stage", str(threads), "--microbatches", str(microbatches)]
+                   "--threads-per-stage", str(threads), "--microbatches", str(microbatches),
+                   *extra]
 
 
 CONFIGS = {
@@ -65,16 +70,19 @@ CONFIGS = {
     "pipedream-flush W=2 N=4": cfg(MLP, "pipedream-flush", 2, 1, 4),
     "pipedream W=2 N=1": cfg(MLP, "pipedream", 2, 1, 1),
     "timeprest W=2 N=4": cfg(MLP, "timeprest", 2, 1, 4),
+    "timeprest streamed W=2 N=4": cfg(MLP, "timeprest", 2, 1, 4, STREAMED),
     "balanced single 1t N=1": cfg(BALANCED, "single", 1, 1, 1),
     "balanced single 1t N=4": cfg(BALANCED, "single", 1, 1, 4),
     "balanced gpipe W=2 N=4": cfg(BALANCED, "gpipe", 2, 1, 4),
     "balanced pipedream W=2 N=1": cfg(BALANCED, "pipedream", 2, 1, 1),
     "balanced timeprest W=2 N=4": cfg(BALANCED, "timeprest", 2, 1, 4),
+    "balanced timeprest streamed W=2 N=4": cfg(BALANCED, "timeprest", 2, 1, 4, STREAMED),
 }
 
 GOALS = [
     ("single 1t N=4", "single 1t N=1", 1 / 1.2),
     ("timeprest W=2 N=4", "single 1t N=1", 1.6),
+    ("timeprest streamed W=2 N=4", "single 1t N=1", 1.6),
     ("gpipe W=2 N=4", "single 1t N=1", 1.5),
     ("pipedream-flush W=2 N=4", "single 1t N=1", 1.5),
     ("pipedream W=2 N=1", "single 1t N=1", None),
@@ -83,6 +91,7 @@ GOALS = [
     ("gpipe W=2 N=4", "single 1t N=4", None),
     ("balanced single 1t N=4", "balanced single 1t N=1", 1 / 1.2),
     ("balanced timeprest W=2 N=4", "balanced single 1t N=1", 1.6),
+    ("balanced timeprest streamed W=2 N=4", "balanced single 1t N=1", 1.6),
     ("balanced gpipe W=2 N=4", "balanced single 1t N=1", 1.5),
     ("balanced pipedream W=2 N=1", "balanced single 1t N=1", 1.85),
 ]
@@ -92,14 +101,15 @@ if MODEL is not None:
                  "128", "--limit-train", str(CONV_SAMPLES.get(MODEL, 512)), "--limit-test", "64",
                  "--lr", "0.01"]
 
-    def conv(policy, stages, threads, microbatches):
+    def conv(policy, stages, threads, microbatches, extra=()):
         return conv_base + ["--policy", policy, "--stages", str(stages), "--threads-per-stage",
-                            str(threads), "--microbatches", str(microbatches)]
+                            str(threads), "--microbatches", str(microbatches), *extra]
 
     CONFIGS = {
         "single 1t N=1": conv("single", 1, 1, 1),
         "single 1t N=4": conv("single", 1, 1, 4),
         "timeprest W=2 N=4": conv("timeprest", 2, 1, 4),
+        "timeprest streamed W=2 N=4": conv("timeprest", 2, 1, 4, STREAMED),
         "gpipe W=2 N=4": conv("gpipe", 2, 1, 4),
         "pipedream-flush W=2 N=4": conv("pipedream-flush", 2, 1, 4),
         "pipedream W=2 N=1": conv("pipedream", 2, 1, 1),
@@ -107,6 +117,7 @@ if MODEL is not None:
     GOALS = [
         ("single 1t N=4", "single 1t N=1", 1 / 1.2),
         ("timeprest W=2 N=4", "single 1t N=1", 1.6),
+        ("timeprest streamed W=2 N=4", "single 1t N=1", 1.6),
         ("gpipe W=2 N=4", "single 1t N=1", 1.5),
         ("pipedream-flush W=2 N=4", "single 1t N=1", 1.5),
         ("pipedream W=2 N=1", "single 1t N=1", 1.85),

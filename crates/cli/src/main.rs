@@ -39,8 +39,8 @@ Pipeline-parallel DNN training where the weight version each pass reads is first
 A pipeline splits a model into W stages and keeps several mini-batches (each cut into N \
 micro-batches) in flight, so the forward and the backward of one mini-batch may read different \
 versions of a stage's weights. timeprest separates the two choices that decide this: the \
-*schedule* (naive, gpipe, 1f1b, 1f1b-flush, nf1b, 1f1b-2bw: the order of forwards, backwards and \
-updates on each stage) and the *weight policy* (timeprest, v-timeprest, i-timeprest, pipedream, \
+*schedule* (naive, gpipe, 1f1b, 1f1b-flush, nf1b, nf1b-streamed, 1f1b-2bw: the order of \
+forwards, backwards and updates on each stage) and the *weight policy* (timeprest, v-timeprest, i-timeprest, pipedream, \
 pipedream-2bw, nwpt, gpipe, ...: which stored version, blend or prediction each pass reads). \
 Every combination is traced, not assumed: the versions read, the staleness d of every backward \
 and the versions each stage must store are measured, both in simulation and in real training.

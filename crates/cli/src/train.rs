@@ -161,7 +161,11 @@ pub struct TrainArgs {
     /// timeprest, v-timeprest, i-timeprest, nwpt, variant1, variant2.
     #[arg(long, default_value = "i-timeprest")]
     pub policy: PolicyKind,
-    /// Schedule (default: the policy's own): naive, gpipe, 1f1b, 1f1b-flush, nf1b, 1f1b-2bw.
+    /// Schedule (default: the policy's own): naive, gpipe, 1f1b, 1f1b-flush, nf1b,
+    /// nf1b-streamed, 1f1b-2bw. `nf1b-streamed` runs nF1B's passes on the same weights but
+    /// sends each micro-batch's input gradient as soon as it is computed, so the stage before
+    /// starts its backward while this one finishes the mini-batch's: faster on 2+ stages,
+    /// sums in another order.
     #[arg(long)]
     pub schedule: Option<ScheduleKind>,
     /// Order the schedule as if a backward took K slots per micro-batch (a forward: 1) instead
@@ -760,7 +764,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
         eprintln!("{}", recipe_line(&config, &from_recipe));
         let (stages, microbatches) = (config.pipeline.num_stages, config.pipeline.num_microbatches);
-        if config.schedule_kind() == ScheduleKind::Nf1b && stages > microbatches + 1 {
+        if config.schedule_kind().is_nf1b() && stages > microbatches + 1 {
             eprintln!(
                 "warning: W={stages} > N+1={}: version difference v > 1 on nF1B, the updates \
                  split into sequences (`timeprest analyze version-difference`); --microbatches \

@@ -68,8 +68,9 @@ pub(crate) fn last_stage_backward_starts(schedule: &Schedule) -> Vec<u32> {
 }
 
 /// Simulates the version difference on `schedule` (which must be valid and have at least one
-/// mini-batch).
+/// mini-batch), on its version slots ([`Schedule::version_slots`]).
 pub fn version_difference(schedule: &Schedule) -> VersionDifference {
+    let schedule = &*schedule.version_slots();
     let num_minibatches = schedule.config.num_minibatches as usize;
     // Slots of stage 0's updates, in order.
     let update_slots: Vec<u32> = schedule.stages[0]

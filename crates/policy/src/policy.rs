@@ -135,7 +135,7 @@ impl PolicyKind {
             | PolicyKind::ITimeprest
             | PolicyKind::Nwpt
             | PolicyKind::Variant1
-            | PolicyKind::Variant2 => &[Nf1b, OneFOneB],
+            | PolicyKind::Variant2 => &[Nf1b, Nf1bStreamed, OneFOneB],
         }
     }
 }
@@ -396,9 +396,11 @@ pub struct BackwardContext {
     pub live: Version,
     /// What this micro-batch's forward read at this stage.
     pub forward: WeightRecipe,
-    /// The largest version gap among the micro-batches this backward covers.
+    /// The largest version gap among the micro-batches of this mini-batch whose forwards ran at
+    /// this stage before the mini-batch's first backward there (all N on nF1B, streamed or
+    /// not).
     pub minibatch_max_gap: u64,
-    /// The mean version gap over the micro-batches this backward covers.
+    /// The mean version gap over the same micro-batches.
     pub minibatch_mean_gap: f64,
     /// The schedule's steady-state version difference v.
     pub version_difference: u32,

@@ -238,8 +238,9 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
 }
 
 /// Per mini-batch, its committed version: the fewest updates any stage had finished (on the
-/// schedule's slots) when the mini-batch's first backward at the last stage began.
+/// schedule's version slots, [`Schedule::version_slots`]) when the mini-batch's first backward at the last stage began.
 fn committed_versions(schedule: &Schedule) -> Vec<Version> {
+    let schedule = &*schedule.version_slots();
     // Per stage, the slot at which each of its updates is applied (the end of the backward it
     // follows), in order.
     let applied: Vec<Vec<u32>> = schedule
@@ -297,6 +298,10 @@ fn decide_recipes(
     let mut forwards: BTreeMap<MicrobatchId, (WeightRecipe, usize)> = BTreeMap::new();
     // Per mini-batch not yet updated: what its backwards read, micro-batch by micro-batch.
     let mut backward_reads: BTreeMap<u32, Vec<WeightRecipe>> = BTreeMap::new();
+    // Per mini-batch not yet updated: the largest and the mean gap of its micro-batches whose
+    // forwards ran here before its first backward (all N in nF1B, streamed or not), so a
+    // mini-batch's backwards see the same figures whether it has one backward or N.
+    let mut minibatch_gaps: BTreeMap<u32, (u64, f64)> = BTreeMap::new();
     let mut planned: Vec<PlannedAction> = Vec::with_capacity(schedule.stages[stage as usize].len());
     for scheduled in &schedule.stages[stage as usize] {
         let action = scheduled.action;
@@ -321,6 +326,20 @@ fn decide_recipes(
                 }
             }
             ActionKind::BackwardMinibatch(_) | ActionKind::BackwardMicrobatch(_) => {
+                let minibatch = action.kind.minibatch();
+                let (minibatch_max_gap, minibatch_mean_gap) =
+                    *minibatch_gaps.entry(minibatch).or_insert_with(|| {
+                        let first = MicrobatchId::new(minibatch, 0);
+                        let last = MicrobatchId::new(minibatch, u32::MAX);
+                        let gaps: Vec<u64> = (forwards.range(first..=last))
+                            .map(|(_, (recipe, _))| live.saturating_sub(recipe.anchor()))
+                            .collect();
+                        let max = gaps.iter().copied().max().unwrap_or(0);
+                        (
+                            max,
+                            gaps.iter().sum::<u64>() as f64 / gaps.len().max(1) as f64,
+                        )
+                    });
                 let covered: Vec<(MicrobatchId, WeightRecipe, usize)> =
                     covered_microbatches(action.kind, num_microbatches)
                         .into_iter()
@@ -331,12 +350,6 @@ fn decide_recipes(
                             (mb, recipe, index)
                         })
                         .collect();
-                let gaps: Vec<u64> = covered
-                    .iter()
-                    .map(|(_, recipe, _)| live.saturating_sub(recipe.anchor()))
-                    .collect();
-                let minibatch_max_gap = gaps.iter().copied().max().unwrap_or(0);
-                let minibatch_mean_gap = gaps.iter().sum::<u64>() as f64 / gaps.len().max(1) as f64;
                 let mut backwards = Vec::new();
                 for (mb, forward_recipe, forward_index) in covered {
                     let ctx = BackwardContext {
@@ -372,10 +385,13 @@ fn decide_recipes(
                 }
                 PlannedPass::Backward(backwards)
             }
-            ActionKind::Update(minibatch) => PlannedPass::Update {
-                base: policy
-                    .update_base(&backward_reads.remove(&minibatch).unwrap_or_default(), live),
-            },
+            ActionKind::Update(minibatch) => {
+                minibatch_gaps.remove(&minibatch);
+                PlannedPass::Update {
+                    base: policy
+                        .update_base(&backward_reads.remove(&minibatch).unwrap_or_default(), live),
+                }
+            }
         };
         planned.push(PlannedAction {
             action,

@@ -5,6 +5,7 @@
 //! update takes none) places it; it exists so that the papers' grids can be reproduced and
 //! rendered. Generators produce schedules; [`crate::validate()`] checks them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -28,6 +29,13 @@ pub enum ScheduleKind {
     OneFOneBFlush,
     /// TiMePReSt nF1B: N micro-batch forwards, then one backward of the whole mini-batch.
     Nf1b,
+    /// nF1B with each stage's mini-batch backward run as the N backwards of its micro-batches
+    /// in a row, first to last, then the one update: every stage runs nF1B's actions in nF1B's
+    /// order (so every pass reads the same weights), but a stage sends each micro-batch's input
+    /// gradient as soon as it has it, and the stage before starts its backward while this one
+    /// still works on the rest of the mini-batch.
+    #[serde(rename = "nf1b-streamed")]
+    Nf1bStreamed,
     /// PipeDream-2BW: asynchronous 1F1B over micro-batches, gradients accumulated over the N
     /// micro-batches of a mini-batch, one update per mini-batch, no flush; a mini-batch's
     /// forwards at a stage wait for the update two mini-batches back (double buffering).
@@ -37,12 +45,13 @@ pub enum ScheduleKind {
 
 impl ScheduleKind {
     /// Every kind, in the order shown in help texts.
-    pub const ALL: [ScheduleKind; 6] = [
+    pub const ALL: [ScheduleKind; 7] = [
         ScheduleKind::Naive,
         ScheduleKind::Gpipe,
         ScheduleKind::OneFOneB,
         ScheduleKind::OneFOneBFlush,
         ScheduleKind::Nf1b,
+        ScheduleKind::Nf1bStreamed,
         ScheduleKind::OneFOneBDoubleBuffered,
     ];
 
@@ -54,6 +63,7 @@ impl ScheduleKind {
             ScheduleKind::OneFOneB => "1f1b",
             ScheduleKind::OneFOneBFlush => "1f1b-flush",
             ScheduleKind::Nf1b => "nf1b",
+            ScheduleKind::Nf1bStreamed => "nf1b-streamed",
             ScheduleKind::OneFOneBDoubleBuffered => "1f1b-2bw",
         }
     }
@@ -68,8 +78,8 @@ impl ScheduleKind {
     }
 
     /// True when the family runs one backward per micro-batch ([`ActionKind::BackwardMicrobatch`]:
-    /// GPipe, 1F1B-flush, 1F1B-2BW); false when it runs one backward per mini-batch
-    /// ([`ActionKind::BackwardMinibatch`]: naive, 1F1B, nF1B).
+    /// GPipe, 1F1B-flush, 1F1B-2BW, streamed nF1B); false when it runs one backward per
+    /// mini-batch ([`ActionKind::BackwardMinibatch`]: naive, 1F1B, nF1B).
     ///
     /// [`ActionKind::BackwardMicrobatch`]: crate::ActionKind::BackwardMicrobatch
     /// [`ActionKind::BackwardMinibatch`]: crate::ActionKind::BackwardMinibatch
@@ -79,7 +89,15 @@ impl ScheduleKind {
             ScheduleKind::Gpipe
                 | ScheduleKind::OneFOneBFlush
                 | ScheduleKind::OneFOneBDoubleBuffered
+                | ScheduleKind::Nf1bStreamed
         )
+    }
+
+    /// True for the two nF1B families (`nf1b`, `nf1b-streamed`): each stage runs a mini-batch's
+    /// N forwards, then its backward, in the order of TiMePReSt's greedy rule, so they share
+    /// the version difference v and its warnings.
+    pub fn is_nf1b(self) -> bool {
+        matches!(self, ScheduleKind::Nf1b | ScheduleKind::Nf1bStreamed)
     }
 
     /// How many micro-batches one backward covers when a mini-batch has `num_microbatches`:
@@ -93,11 +111,15 @@ impl ScheduleKind {
     }
 
     /// True when the family's generator holds back a stage's forwards by the in-flight cap
-    /// ([`ScheduleConfig::inflight_cap`]): the greedy families 1F1B, nF1B and 1F1B-2BW.
+    /// ([`ScheduleConfig::inflight_cap`]): the greedy families 1F1B, nF1B (both forms) and
+    /// 1F1B-2BW.
     pub fn uses_inflight_cap(self) -> bool {
         matches!(
             self,
-            ScheduleKind::OneFOneB | ScheduleKind::Nf1b | ScheduleKind::OneFOneBDoubleBuffered
+            ScheduleKind::OneFOneB
+                | ScheduleKind::Nf1b
+                | ScheduleKind::Nf1bStreamed
+                | ScheduleKind::OneFOneBDoubleBuffered
         )
     }
 
@@ -119,7 +141,10 @@ impl fmt::Display for ScheduleKind {
 
 /// An unknown schedule name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown schedule `{0}`; valid schedules: naive, gpipe, 1f1b, 1f1b-flush, nf1b, 1f1b-2bw")]
+#[error(
+    "unknown schedule `{0}`; valid schedules: naive, gpipe, 1f1b, 1f1b-flush, nf1b, \
+     nf1b-streamed, 1f1b-2bw"
+)]
 pub struct UnknownScheduleError(pub String);
 
 impl FromStr for ScheduleKind {
@@ -254,6 +279,24 @@ impl Schedule {
     /// The actions of `stage` in execution order, without slots.
     pub fn actions(&self, stage: u32) -> impl Iterator<Item = Action> + '_ {
         self.stages[stage as usize].iter().map(|a| a.action)
+    }
+
+    /// The schedule whose slots say which updates count as applied across stages when a
+    /// backward starts (the version difference v, the committed version): itself, except for
+    /// streamed nF1B, which runs nF1B's order and so takes the slots of the `nf1b` schedule it
+    /// was made from, where each mini-batch backward is one action. That keeps every version
+    /// a streamed pass reads equal to nF1B's.
+    ///
+    /// # Panics
+    /// If a streamed schedule's configuration cannot be generated, i.e. it was not validated.
+    pub fn version_slots(&self) -> Cow<'_, Schedule> {
+        match self.kind {
+            ScheduleKind::Nf1bStreamed => Cow::Owned(
+                crate::generate(ScheduleKind::Nf1b, &self.config)
+                    .expect("a valid streamed nF1B configuration is a valid nF1B one"),
+            ),
+            _ => Cow::Borrowed(self),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use common::valid;
 use timeprest_policy::{PolicyKind, WeightPolicy, plan};
 use timeprest_schedule::{ScheduleConfig, ScheduleKind, generate};
-use timeprest_train::{SignificanceChoice, TrainConfig, Trainer};
+use timeprest_train::{GradMode, SignificanceChoice, TrainConfig, Trainer};
 
 fn config(policy: PolicyKind, stages: u32) -> TrainConfig {
     let mut config = TrainConfig::default();
@@ -240,6 +240,39 @@ fn recomputing_activations_changes_no_bit_and_holds_fewer_bytes() {
             bytes[0] < kept_bytes[0] && bytes[0] > 0,
             "{name}: {bytes:?} activation bytes recomputing, {kept_bytes:?} keeping"
         );
+    }
+}
+
+#[test]
+fn streamed_nf1b_trains_as_nf1b() {
+    // Every pass reads what it reads on nF1B (the policy crate's `streamed` tests); a stage
+    // differentiates the micro-batches one by one instead of stacked, so in graph mode the
+    // parameter gradients are summed in another order, and in recompute mode (which never
+    // stacks) nothing changes at all.
+    for policy in [
+        PolicyKind::Timeprest,
+        PolicyKind::VTimeprest,
+        PolicyKind::ITimeprest,
+        PolicyKind::Variant1,
+    ] {
+        for grad_mode in [GradMode::Graph, GradMode::Recompute] {
+            let on = |schedule| {
+                let mut config = config(policy, 4);
+                config.pipeline.schedule = Some(schedule);
+                config.pipeline.grad_mode = grad_mode;
+                train(config)
+            };
+            let (whole, streamed) = (on(ScheduleKind::Nf1b), on(ScheduleKind::Nf1bStreamed));
+            if grad_mode == GradMode::Recompute {
+                assert!(
+                    streamed == whole,
+                    "{policy} {grad_mode:?}: the weights differ"
+                );
+            } else {
+                let difference = max_relative_difference(&streamed, &whole);
+                assert!(difference < 1e-4, "{policy} {grad_mode:?}: {difference}");
+            }
+        }
     }
 }
 

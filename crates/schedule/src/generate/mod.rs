@@ -5,7 +5,8 @@
 //! family's file. Every family is a policy for the shared unit-slot engine (`engine.rs`): the
 //! static-program families (naive, GPipe, 1F1B-flush) list each stage's actions and let the
 //! engine place them as early as their dependencies allow; the greedy families (1F1B, nF1B,
-//! 1F1B-2BW) decide slot by slot with backward priority and the in-flight cap. All indices are 0-based.
+//! 1F1B-2BW) decide slot by slot with backward priority and the in-flight cap; streamed nF1B is
+//! nF1B's greedy order run as a fixed program. All indices are 0-based.
 
 mod engine;
 mod gpipe;
@@ -51,6 +52,7 @@ pub fn generate(kind: ScheduleKind, config: &ScheduleConfig) -> Result<Schedule,
         ScheduleKind::OneFOneB => one_f_one_b::one_f_one_b(config),
         ScheduleKind::OneFOneBFlush => one_f_one_b_flush::one_f_one_b_flush(config),
         ScheduleKind::Nf1b => nf1b::nf1b(config),
+        ScheduleKind::Nf1bStreamed => nf1b::nf1b_streamed(config),
         ScheduleKind::OneFOneBDoubleBuffered => one_f_one_b_2bw::one_f_one_b_2bw(config),
     })
 }

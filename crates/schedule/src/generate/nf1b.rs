@@ -11,8 +11,15 @@
 //!
 //! With N = 1 this is exactly PipeDream's 1F1B with the W − s warm-up (`docs/algorithms.md`
 //! §2.4), which is why the `1f1b` family reuses this policy.
+//!
+//! Streamed nF1B (`nf1b-streamed`, §2.6b) keeps nF1B's per-stage order, decided by the greedy
+//! rule above, and replaces each mini-batch backward by its micro-batches' backwards in a row,
+//! first to last; the engine then places that fixed program (as it does GPipe's). Only where
+//! the backwards fall in time changes: a stage's order, and so every version a pass reads, is
+//! nF1B's.
 
 use super::engine::{self, StagePolicy};
+use crate::action::Action;
 use crate::action::{ActionKind, MicrobatchId};
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 
@@ -121,4 +128,21 @@ pub(super) fn greedy(kind: ScheduleKind, config: ScheduleConfig) -> Schedule {
 /// nF1B: N micro-batch forwards then one backward of the whole mini-batch, backward first.
 pub(super) fn nf1b(config: &ScheduleConfig) -> Schedule {
     greedy(ScheduleKind::Nf1b, *config)
+}
+
+/// Streamed nF1B: nF1B's order with each mini-batch backward split into its micro-batches'.
+pub(super) fn nf1b_streamed(config: &ScheduleConfig) -> Schedule {
+    let order = nf1b(config);
+    let n = config.num_microbatches;
+    engine::run_programs(ScheduleKind::Nf1bStreamed, config, |stage| {
+        order
+            .actions(stage)
+            .flat_map(|Action { kind, .. }| match kind {
+                ActionKind::BackwardMinibatch(i) => (0..n)
+                    .map(|j| ActionKind::BackwardMicrobatch(MicrobatchId::new(i, j)))
+                    .collect(),
+                other => vec![other],
+            })
+            .collect()
+    })
 }
