@@ -2,8 +2,8 @@
 //!
 //! The 1F1B (W = 4) and nF1B grid texts are those of `docs/algorithms.md` §2.8: nF1B as in
 //! Fig. 2 of the TiMePReSt paper plus the main-experiment configurations (N = 3). The GPipe,
-//! 1F1B-flush, naive, costed and 1F1B-2BW grids follow the rules of §2.3, §2.5, §2.2, §2.7 and
-//! §2.9 there. Each is compared over the slots it shows; whitespace runs and a trailing `...`
+//! 1F1B-flush, naive, costed, 1F1B-2BW and streamed nF1B grids follow the rules of §2.3, §2.5,
+//! §2.2, §2.7, §2.9 and §2.6b there. Each is compared over the slots it shows; whitespace runs and a trailing `...`
 //! are ignored.
 
 use timeprest_schedule::{
@@ -51,6 +51,19 @@ S4:   .   .   .  1A  B1  2A  B2  3A  B3  4A  B4  5A  B5  6A ...
 #[test]
 fn one_f_one_b_reproduces_the_documented_w4_grid() {
     check(ScheduleKind::OneFOneB, 4, 1, ONE_F_ONE_B_W4);
+}
+
+#[test]
+fn streamed_nf1b_reproduces_the_documented_grid() {
+    check(
+        ScheduleKind::Nf1bStreamed,
+        2,
+        3,
+        "
+S1:   1A   1B   1C   2A   2B  B1A  B1B  B1C   2C   3A   3B  B2A  B2B  B2C   3C
+S2:    .   1A   1B   1C  B1A  B1B  B1C   2A   2B   2C  B2A  B2B  B2C   3A   3B
+",
+    );
 }
 
 #[test]

@@ -250,4 +250,32 @@ proptest! {
         assert_marked(&message);
         prop_assert!(message.contains('['), "no marked cell in:\n{}", message);
     }
+
+    #[test]
+    fn streamed_nf1b_runs_nf1b_order_with_each_backward_split_first_to_last(config in configs()) {
+        let whole = generate(ScheduleKind::Nf1b, &config).unwrap();
+        let streamed = generate(ScheduleKind::Nf1bStreamed, &config).unwrap();
+        for stage in 0..config.num_stages {
+            // Re-joining each run of micro-batch backwards gives nF1B's sequence back.
+            let mut joined: Vec<ActionKind> = Vec::new();
+            let mut next_microbatch = 0;
+            for action in streamed.actions(stage) {
+                match action.kind {
+                    ActionKind::BackwardMicrobatch(mb) => {
+                        prop_assert_eq!(mb.microbatch, next_microbatch, "{}", action);
+                        next_microbatch = (next_microbatch + 1) % config.num_microbatches;
+                        if mb.microbatch == 0 {
+                            joined.push(ActionKind::BackwardMinibatch(mb.minibatch));
+                        }
+                    }
+                    kind => {
+                        prop_assert_eq!(next_microbatch, 0, "a backward split by {}", action);
+                        joined.push(kind);
+                    }
+                }
+            }
+            let expected: Vec<ActionKind> = whole.actions(stage).map(|a| a.kind).collect();
+            prop_assert_eq!(joined, expected, "stage {}", stage);
+        }
+    }
 }
