@@ -25,7 +25,8 @@ summed throughput over one alone: what this machine's two cores deliver to two t
 never wait for each other, i.e. the ceiling of any two-stage pipeline here.
 
 With --model, the same schedules train that zoo model at --width 0.25 on the synthetic 3x32x32
-images (batch 128, 4 micro-batches where the schedule has them, the default partition).
+images (batch 128, 4 micro-batches where the schedule has them, the default partition; the
+"streamed time" row splits by measured block times, `--partition time`).
 
 The MLP's blocks cannot be split evenly in two: the best cut puts 784x1024 + 1024x1024 on
 stage 0 and 1024x1024 + 1024x10 on stage 1 (64% / 36% of the arithmetic), which caps any
@@ -110,6 +111,8 @@ if MODEL is not None:
         "single 1t N=4": conv("single", 1, 1, 4),
         "timeprest W=2 N=4": conv("timeprest", 2, 1, 4),
         "timeprest streamed W=2 N=4": conv("timeprest", 2, 1, 4, STREAMED),
+        "timeprest streamed time W=2 N=4": conv("timeprest", 2, 1, 4,
+                                               STREAMED + ["--partition", "time"]),
         "gpipe W=2 N=4": conv("gpipe", 2, 1, 4),
         "pipedream-flush W=2 N=4": conv("pipedream-flush", 2, 1, 4),
         "pipedream W=2 N=1": conv("pipedream", 2, 1, 1),
@@ -118,6 +121,7 @@ if MODEL is not None:
         ("single 1t N=4", "single 1t N=1", 1 / 1.2),
         ("timeprest W=2 N=4", "single 1t N=1", 1.6),
         ("timeprest streamed W=2 N=4", "single 1t N=1", 1.6),
+        ("timeprest streamed time W=2 N=4", "single 1t N=1", 1.6),
         ("gpipe W=2 N=4", "single 1t N=1", 1.5),
         ("pipedream-flush W=2 N=4", "single 1t N=1", 1.5),
         ("pipedream W=2 N=1", "single 1t N=1", 1.85),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use timeprest_mpi::{Fabric, Fault, FaultKind, LocalFabric, MpiError, RankRun, train_rank};
 use timeprest_policy::PolicyKind;
+use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
     EpochMetrics, LastCheckpoint, Progress, RunPaths, TrainConfig, TrainError, ValidConfig, run,
 };
@@ -151,15 +152,27 @@ fn measured_facts(metrics: &[EpochMetrics]) -> Vec<String> {
 #[test]
 fn distributed_training_is_bit_identical_to_threaded_training_for_every_kind_of_policy() {
     let dir = tempfile::tempdir().unwrap();
-    for policy in [
+    let streamed = {
+        let mut config = small(PolicyKind::Timeprest);
+        config.pipeline.schedule = Some(ScheduleKind::Nf1bStreamed);
+        config
+    };
+    let configs = [
         PolicyKind::Timeprest,
         PolicyKind::ITimeprest,
         PolicyKind::Pipedream,
         PolicyKind::Pipedream2bw,
         PolicyKind::Gpipe,
         PolicyKind::Nwpt,
-    ] {
-        let config = small(policy);
+    ]
+    .map(small)
+    .into_iter()
+    .chain([streamed]);
+    for config in configs {
+        let policy = match config.pipeline.schedule {
+            Some(schedule) => format!("{}-{schedule}", config.pipeline.policy),
+            None => config.pipeline.policy.to_string(),
+        };
         let threaded_paths = weights_path(dir.path(), &format!("{policy}-threaded"));
         let threaded = run(&valid(&config), &threaded_paths, &()).unwrap();
         let ranks_paths = weights_path(dir.path(), &format!("{policy}-ranks"));
