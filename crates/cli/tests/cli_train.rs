@@ -525,6 +525,51 @@ fn a_config_file_repeats_a_run_bit_for_bit_and_flags_override_it() {
     );
 }
 
+/// `--schedule nf1b-streamed` trains as nF1B does (same weights in every pass, the sums in
+/// another order), names its schedule, and is warned about like nF1B when W > N + 1.
+#[test]
+fn streamed_nf1b_trains_as_nf1b_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |schedule: &str, stages: &str| {
+        let out = dir.path().join(format!("{schedule}-{stages}"));
+        let output = timeprest(&[
+            "train",
+            "--policy",
+            "timeprest",
+            "--schedule",
+            schedule,
+            "--hidden",
+            "32,32,32",
+            "--stages",
+            stages,
+            "--microbatches",
+            "2",
+            "--epochs",
+            "2",
+            "--limit-train",
+            "512",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{schedule}: {stderr}");
+        (
+            metrics(&out).last().unwrap()["test_loss"].as_f64().unwrap(),
+            stderr,
+        )
+    };
+    let (whole, _) = run("nf1b", "3");
+    let (streamed, stderr) = run("nf1b-streamed", "3");
+    assert!(stderr.contains("on schedule nf1b-streamed"), "{stderr}");
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    assert!(
+        (streamed - whole).abs() <= 1e-4 * whole.abs(),
+        "test loss {streamed} streamed, {whole} on nf1b"
+    );
+    let (_, stderr) = run("nf1b-streamed", "4");
+    assert!(stderr.contains("warning: W=4 > N+1=3"), "{stderr}");
+}
+
 #[test]
 fn too_few_microbatches_for_the_stages_are_warned_about_on_nf1b_and_1f1b_2bw() {
     let run = |policy: &str, microbatches: &str| {
