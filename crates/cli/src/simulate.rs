@@ -54,7 +54,7 @@ pub(crate) struct PipelineArgs {
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub(crate) microbatches: u32,
     /// Mini-batches a stage may have in flight: `stages-remaining` (W − s at stage s, PipeDream's
-    /// rule), `unlimited`, or a constant k >= 1. Used by 1f1b and nf1b.
+    /// rule), `unlimited`, or a constant k >= 1. Used by 1f1b, nf1b, nf1b-streamed and 1f1b-2bw.
     #[arg(
         long,
         value_name = "CAP",
