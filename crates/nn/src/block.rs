@@ -80,13 +80,20 @@ pub const BOTTLENECK_EXPANSION: usize = 4;
 pub const MLP_EXPANSION: usize = 4;
 
 /// Multiply-adds that unrolling one patch value costs, forward and backward together with the
-/// fold, on this crate's CPU convolution kernels: fitted to the residual blocks of a
-/// width-0.25 ResNet-18 profiled on one thread of the 2-core CI machine (2026-11-30: 0.022 ns
-/// per multiply-add, about 3.9 ns per patch value), where a 16-channel block on a 32×32 map
-/// took 5× the time of a 128-channel one on a 4×4 map with the same multiply-adds. With it
-/// the ops split of ResNet-18/50 at W = 2 and 4 is within 12 % of the profiled optimum (was
-/// 20–57 %); VGG-16's is 26–50 % off (was 16–31 %).
-pub const PATCH_VALUE_OPS: f64 = 180.0;
+/// fold, on this crate's CPU convolution kernels. Fitted together with [`NORM_VALUE_OPS`] to
+/// one-thread profiles of every zoo conv model at width 0.25 on the 2-core CI machine
+/// (2026-12-01, 32-image micro-batches, with glibc's allocator kept off `mmap` as it is in a
+/// training run): a 16-channel residual block on a 32×32 map takes twice the time of a
+/// 128-channel one on a 4×4 map with the same multiply-adds. With both constants the ops
+/// split's slowest stage is within 10 % of the profiled optimum's for lenet5, alexnet,
+/// vgg11/16 and resnet18/50 at W = 2 and 4 (mean 1.011; with 180 and 1, the constants
+/// fitted to the slower kernels of 2026-11-30, mean 1.144 and up to 1.50).
+pub const PATCH_VALUE_OPS: f64 = 16.0;
+
+/// Multiply-adds that batch-normalising one value costs, forward and backward together
+/// (statistics, normalisation, and the backward's sums and input gradient: about seven passes
+/// over memory), on this crate's CPU kernels; fitted with [`PATCH_VALUE_OPS`].
+pub const NORM_VALUE_OPS: f64 = 60.0;
 
 /// One block of a model: the unit that partitioning assigns to stages. Each variant holds its
 /// kind's hyper-parameters; serialised as `{"<kind>": {<hyper-parameters>}}`, e.g.
@@ -357,8 +364,9 @@ impl Block {
     /// The cost of one sample's forward, counted from the shapes alone, in multiply-adds: those
     /// of linear layers, convolutions and attention; [`PATCH_VALUE_OPS`] per value a
     /// convolution unrolls (`C·k·k` per output position; none for a 1×1 stride-1 one), the
-    /// memory work of this crate's CPU kernels in multiply-add equivalents; one per value of an
-    /// elementwise layer (normalisation, ReLU, pooling windows, embedding lookups). A
+    /// memory work of this crate's CPU kernels in multiply-add equivalents; [`NORM_VALUE_OPS`]
+    /// per value a batch norm normalises; one per value of the other elementwise layers
+    /// (layer normalisation, ReLU, pooling windows, embedding lookups). A
     /// deterministic stand-in for the block's compute time: what
     /// [`PartitionMethod::Ops`](crate::PartitionMethod::Ops) balances. Backward costs about
     /// twice the forward for every kind of layer here, so the forward's count ranks stages as

@@ -37,7 +37,7 @@ mod zoo;
 pub use block::{
     AvgPool2d, BN_EPSILON, BN_MOMENTUM, BOTTLENECK_EXPANSION, BasicBlock, BatchNorm2d, Block,
     Bottleneck, Conv2d, DecoderLayer, Embedding, GlobalAvgPool, LN_EPSILON, Linear, LmHead,
-    MLP_EXPANSION, MaxPool2d, PATCH_VALUE_OPS, Relu, Shape,
+    MLP_EXPANSION, MaxPool2d, NORM_VALUE_OPS, PATCH_VALUE_OPS, Relu, Shape,
 };
 pub use checkpoint::{
     load_safetensors, param_name, read_stage_checkpoint, safetensors_bytes, stage_checkpoint_bytes,

@@ -11,7 +11,9 @@ use burn::tensor::Tensor;
 use burn::tensor::module::{batch_norm, batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 
-use super::{BN_EPSILON, BlockKind, PATCH_VALUE_OPS, Shape, flatten, image, window_output};
+use super::{
+    BN_EPSILON, BlockKind, NORM_VALUE_OPS, PATCH_VALUE_OPS, Shape, flatten, image, window_output,
+};
 use crate::conv_kernel::{ConvGeometry, conv2d_forward};
 use crate::elementwise_kernel::{add, relu};
 use crate::norm_kernel::batch_norm_forward;
@@ -219,7 +221,7 @@ pub(super) fn layer_paths_ops(paths: Option<LayerPaths>, input: Shape) -> f64 {
                             0.0
                         }
                 }
-                Layer::Norm { channels } => channels as f64 * positions,
+                Layer::Norm { channels } => NORM_VALUE_OPS * channels as f64 * positions,
                 Layer::FeatureNorm { features } => features as f64,
                 Layer::Embedding { width, .. } => width as f64,
                 Layer::Relu => c as f64 * positions,
