@@ -238,7 +238,8 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
 }
 
 /// Per mini-batch, its committed version: the fewest updates any stage had finished (on the
-/// schedule's version slots, [`Schedule::version_slots`]) when the mini-batch's first backward at the last stage began.
+/// schedule's version slots, [`Schedule::version_slots`]) when the mini-batch's first backward
+/// at the last stage began.
 fn committed_versions(schedule: &Schedule) -> Vec<Version> {
     let schedule = &*schedule.version_slots();
     // Per stage, the slot at which each of its updates is applied (the end of the backward it

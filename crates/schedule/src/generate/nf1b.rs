@@ -19,8 +19,7 @@
 //! nF1B's.
 
 use super::engine::{self, StagePolicy};
-use crate::action::Action;
-use crate::action::{ActionKind, MicrobatchId};
+use crate::action::{Action, ActionKind, MicrobatchId};
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 
 /// The greedy backward-first policy.
