@@ -197,12 +197,15 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
         }
     }
 
+    // The slots both slot-read facts come from (for streamed nF1B, its nF1B schedule, generated
+    // once here).
+    let version_slots = schedule.version_slots();
     let mut facts = CrossStage {
         tags,
-        committed: committed_versions(schedule),
+        committed: committed_versions(&version_slots),
         // Only I-TiMePReSt's `version-difference` staleness reads it.
         version_difference: if policy.staleness == StalenessMeasure::VersionDifference {
-            version_difference(schedule).steady_v
+            version_difference(&version_slots).steady_v
         } else {
             0
         },
@@ -238,10 +241,9 @@ pub fn plan(schedule: &Schedule, policy: &WeightPolicy, activations: Activations
 }
 
 /// Per mini-batch, its committed version: the fewest updates any stage had finished (on the
-/// schedule's version slots, [`Schedule::version_slots`]) when the mini-batch's first backward
-/// at the last stage began.
+/// slots of `schedule`, which must be a schedule's [`Schedule::version_slots`]) when the
+/// mini-batch's first backward at the last stage began.
 fn committed_versions(schedule: &Schedule) -> Vec<Version> {
-    let schedule = &*schedule.version_slots();
     // Per stage, the slot at which each of its updates is applied (the end of the backward it
     // follows), in order.
     let applied: Vec<Vec<u32>> = schedule
