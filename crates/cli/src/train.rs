@@ -16,7 +16,7 @@ use crate::usage_error;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar};
 use timeprest_data::{DATASET_NAMES, DEFAULT_SEQ_LEN, TEXT_PREFIX};
-use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, MlpConfig, ModelSize, PartitionMethod};
+use timeprest_nn::{ComputeDevice, GptConfig, MODEL_NAMES, ModelSize, PartitionMethod};
 use timeprest_policy::PolicyKind;
 use timeprest_schedule::ScheduleKind;
 use timeprest_train::{
@@ -734,55 +734,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         command: Some(command_line()),
     };
     if process.is_root() {
-        let sizes = if language_model {
-            let layers = config
-                .model
-                .depth
-                .first()
-                .copied()
-                .unwrap_or(GptConfig::DEFAULT_LAYERS);
-            format!(
-                "T={} d={} heads={} layers={layers}",
-                config.data.seq_len, config.model.embed_dim, config.model.heads
-            )
-        } else if config.model.name == MlpConfig::NAME {
-            format!("hidden {:?}", config.model.hidden)
-        } else {
-            format!("width {}", config.model.width)
-        };
-        eprintln!(
-            "training {} ({sizes}) on {} with policy {} on schedule {}: W={} N={} M={} for {} \
-             epochs",
-            config.model.name,
-            config.data.dataset,
-            config.pipeline.policy,
-            config.schedule_kind(),
-            config.pipeline.num_stages,
-            config.pipeline.num_microbatches,
-            config.optimisation.batch_size,
-            config.optimisation.epochs
-        );
+        eprintln!("{}", config.headline());
         eprintln!("{}", recipe_line(&config, &from_recipe));
-        let (stages, microbatches) = (config.pipeline.num_stages, config.pipeline.num_microbatches);
-        if config.schedule_kind().is_nf1b() && stages > microbatches + 1 {
-            eprintln!(
-                "warning: W={stages} > N+1={}: version difference v > 1 on nF1B, the updates \
-                 split into sequences (`timeprest analyze version-difference`); --microbatches \
-                 {} or more avoids it",
-                microbatches + 1,
-                stages - 1
-            );
-        }
-        if config.schedule_kind() == ScheduleKind::OneFOneBDoubleBuffered
-            && microbatches + 1 < stages
-        {
-            eprintln!(
-                "warning: N={microbatches} < W-1={}: on 1f1b-2bw a mini-batch's forwards wait \
-                 for the update two mini-batches back, which adds bubbles; PipeDream-2BW \
-                 accumulates over N >= W-1 micro-batches (--microbatches {})",
-                stages - 1,
-                stages - 1
-            );
+        for warning in config.warnings() {
+            eprintln!("warning: {warning}");
         }
     }
     let stop = StopRequest::install()?;

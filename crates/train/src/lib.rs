@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod preview;
 pub mod recipe;
 pub mod run;
 pub mod trace;
@@ -31,6 +32,7 @@ pub use output::{
     write_file_atomically,
 };
 pub use pipeline::{EpochWork, Pipeline, UnsplitPipeline, epoch_batches, load_data_and_model};
+pub use preview::ConfigWarning;
 pub use recipe::Recipe;
 pub use run::{
     HISTORY_FILE, HistoryEntry, MetricsLog, Progress, RunPaths, RunRecord, claim_outputs,
