@@ -312,45 +312,52 @@ impl Process {
                 Err(error) => Err(error.into()),
             },
             #[cfg(feature = "mpi")]
-            Process::Rank(mut fabric) => {
-                let is_root = timeprest_mpi::Fabric::rank(&fabric) == 0;
-                let run = timeprest_mpi::RankRun {
-                    config,
-                    paths,
-                    progress: bars,
-                    fault: timeprest_mpi::Fault::from_env()?,
-                    stop: Some(stop.flag()),
-                };
-                match timeprest_mpi::train_rank(&mut fabric, &run) {
-                    Ok(history) => Ok(history),
-                    Err(error) => {
-                        // Every rank prints its error *before* leaving MPI: finalising waits
-                        // for the other ranks, so none exits (and makes mpirun kill the rest)
-                        // before all have said why they stop. A stop is reported once, by
-                        // rank 0, as a threaded run reports it.
-                        let code = match error {
-                            timeprest_mpi::MpiError::Train(
-                                error @ TrainError::Interrupted { .. },
-                            ) => {
-                                if is_root {
-                                    bars.clear();
-                                    let mpi_stages = Some(config.pipeline.num_stages);
-                                    crate::print_stderr_line(&interrupted_message(
-                                        &error, paths, mpi_stages,
-                                    ));
-                                }
-                                stop.signal().exit_code().into()
-                            }
-                            error => {
-                                crate::print_stderr_line(&format!("error: {error}"));
-                                mpi_exit_code(error)
-                            }
-                        };
-                        drop(fabric);
-                        std::process::exit(code);
+            Process::Rank(fabric) => train_as_rank(fabric, config, paths, bars, stop),
+        }
+    }
+}
+
+/// [`Process::train`] as one MPI rank: every rank trains its stage; a rank that fails prints
+/// why and exits here, with [`mpi_exit_code`]'s code (or the signal's, when stopped).
+#[cfg(feature = "mpi")]
+fn train_as_rank(
+    mut fabric: timeprest_mpi::MpiFabric,
+    config: &ValidConfig,
+    paths: &RunPaths,
+    bars: &Bars,
+    stop: &StopRequest,
+) -> anyhow::Result<Option<Vec<EpochMetrics>>> {
+    let is_root = timeprest_mpi::Fabric::rank(&fabric) == 0;
+    let run = timeprest_mpi::RankRun {
+        config,
+        paths,
+        progress: bars,
+        fault: timeprest_mpi::Fault::from_env()?,
+        stop: Some(stop.flag()),
+    };
+    match timeprest_mpi::train_rank(&mut fabric, &run) {
+        Ok(history) => Ok(history),
+        Err(error) => {
+            // Every rank prints its error *before* leaving MPI: finalising waits
+            // for the other ranks, so none exits (and makes mpirun kill the rest)
+            // before all have said why they stop. A stop is reported once, by
+            // rank 0, as a threaded run reports it.
+            let code = match error {
+                timeprest_mpi::MpiError::Train(error @ TrainError::Interrupted { .. }) => {
+                    if is_root {
+                        bars.clear();
+                        let mpi_stages = Some(config.pipeline.num_stages);
+                        crate::print_stderr_line(&interrupted_message(&error, paths, mpi_stages));
                     }
+                    stop.signal().exit_code().into()
                 }
-            }
+                error => {
+                    crate::print_stderr_line(&format!("error: {error}"));
+                    mpi_exit_code(error)
+                }
+            };
+            drop(fabric);
+            std::process::exit(code);
         }
     }
 }
