@@ -443,6 +443,58 @@ impl BurnStage {
         Ok(())
     }
 
+    /// Refuses a forward the pipeline protocol does not allow: a second forward of a micro-batch
+    /// before its backward, an input of the wrong width, targets at any stage but the last (and
+    /// none there), or targets that do not match the last stage's outputs.
+    fn check_forward(
+        &self,
+        microbatch: MicrobatchId,
+        input: &StageMessage,
+        targets: Option<&Targets>,
+    ) -> Result<(), ComputeError> {
+        if self.saved.contains_key(&microbatch) {
+            return Err(self.error(format!(
+                "second forward of {microbatch:?} before its backward"
+            )));
+        }
+        let in_features = self.store.live()[0].block.input_features();
+        let [rows, features] = input.dims();
+        if features != in_features {
+            return Err(self.error(format!(
+                "input of {microbatch:?} has {features} features, the stage takes {in_features}"
+            )));
+        }
+        match (targets, self.is_last()) {
+            (None, true) => {
+                return Err(self.error(format!(
+                    "the last stage's forward of {microbatch:?} needs its targets"
+                )));
+            }
+            (Some(_), false) => {
+                return Err(self.error(format!(
+                    "targets of {microbatch:?} given to a stage that is not the last"
+                )));
+            }
+            (Some(t), true) => {
+                let outputs = self
+                    .store
+                    .live()
+                    .last()
+                    .map_or(0, |b| b.block.output_features());
+                if t.labels.len() * t.num_classes != rows * outputs {
+                    return Err(self.error(format!(
+                        "{microbatch:?}: {} targets of {} classes for {rows} samples, but the \
+                         stage gives {outputs} outputs per sample",
+                        t.labels.len(),
+                        t.num_classes
+                    )));
+                }
+            }
+            (None, false) => {}
+        }
+        Ok(())
+    }
+
     /// Runs the blocks with `weights` on `input` (plain), keeping what `kept` says.
     ///
     /// Without a graph the run is plain tensor arithmetic: cheaper, and nothing but the kept
@@ -825,47 +877,8 @@ impl StageCompute for BurnStage {
         recipe: &WeightRecipe,
         backward_reads_forward_weights: bool,
     ) -> Result<ForwardOutput<StageMessage>, ComputeError> {
-        if self.saved.contains_key(&microbatch) {
-            return Err(self.error(format!(
-                "second forward of {microbatch:?} before its backward"
-            )));
-        }
-        let in_features = self.store.live()[0].block.input_features();
-        let [rows, features] = input.dims();
-        if features != in_features {
-            return Err(self.error(format!(
-                "input of {microbatch:?} has {features} features, the stage takes {in_features}"
-            )));
-        }
+        self.check_forward(microbatch, &input, targets.as_ref())?;
         let input = input.into_tensor();
-        match (&targets, self.is_last()) {
-            (None, true) => {
-                return Err(self.error(format!(
-                    "the last stage's forward of {microbatch:?} needs its targets"
-                )));
-            }
-            (Some(_), false) => {
-                return Err(self.error(format!(
-                    "targets of {microbatch:?} given to a stage that is not the last"
-                )));
-            }
-            (Some(t), true) => {
-                let outputs = self
-                    .store
-                    .live()
-                    .last()
-                    .map_or(0, |b| b.block.output_features());
-                if t.labels.len() * t.num_classes != rows * outputs {
-                    return Err(self.error(format!(
-                        "{microbatch:?}: {} targets of {} classes for {rows} samples, but the \
-                         stage gives {outputs} outputs per sample",
-                        t.labels.len(),
-                        t.num_classes
-                    )));
-                }
-            }
-            (None, false) => {}
-        }
         let weights = self.store.weights(recipe, Pass::Forward, &self.optimizer)?;
         let kept = if self.recompute_activations {
             Kept::NONE
