@@ -231,10 +231,20 @@ pub(crate) fn print_stderr_line(line: &str) {
 
 fn main() -> ExitCode {
     install_panic_hook();
+    match parse_command_line() {
+        Ok(cli) => exit_code(run(cli)),
+        Err(code) => code,
+    }
+}
+
+/// The parsed command line, with the flags each command was given recorded; on a parse error,
+/// prints it on one line and returns exit code 2 (clap prints `--help` and `--version` whole
+/// and exits itself).
+fn parse_command_line() -> Result<Cli, ExitCode> {
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
-    let cli = match parsed {
+    match parsed {
         Ok((mut cli, matches)) => {
             match (&mut cli.command, matches.subcommand()) {
                 (Some(Command::Train(args)), Some(("train", train))) => {
@@ -245,7 +255,7 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
-            cli
+            Ok(cli)
         }
         Err(error)
             if !error.use_stderr()
@@ -261,10 +271,15 @@ fn main() -> ExitCode {
                 Some(tip) => print_stderr_line(&format!("{} {tip}", one_line(&error))),
                 None => print_stderr_line(&one_line(&error)),
             }
-            return ExitCode::from(2);
+            Err(ExitCode::from(2))
         }
-    };
-    match run(cli) {
+    }
+}
+
+/// How a command's result ends the process: 0; the signal's code after a stop request (with
+/// its message); otherwise the error on one line and 2 for a usage error, 1 for any other.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.is::<interrupt::Interrupted>() => {
             let interrupted = error
