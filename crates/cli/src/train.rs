@@ -395,6 +395,20 @@ fn interrupted_message(error: &TrainError, paths: &RunPaths, mpi_stages: Option<
 }
 
 impl TrainArgs {
+    /// Where the run reads and writes: its directory, checkpoints, weights and trace.
+    fn run_paths(&self) -> RunPaths {
+        RunPaths {
+            out_dir: self.out.clone().or_else(|| self.resume.clone()),
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume.is_some(),
+            overwrite: self.overwrite,
+            init_weights: self.init_weights.clone(),
+            save_weights: self.save_weights.clone(),
+            trace: self.trace.clone(),
+            command: Some(command_line()),
+        }
+    }
+
     /// Fills `config` with the recipe of its (final) model, optimizer and epochs, which a file
     /// or a `compare` override may have changed, for every recipe key that neither a flag nor
     /// `set_elsewhere` (the keys the file or the overrides set) chose; returns those keys.
@@ -489,9 +503,12 @@ struct Bars {
 }
 
 impl Bars {
-    /// `minibatch` says what one mini-batch is worth in the batch bar's rate (its samples, or
-    /// its tokens for a language model).
-    fn new(num_epochs: u32, visible: bool, language_model: bool, minibatch: StepUnits) -> Self {
+    /// The bars of a run of `config`, drawn when `visible`; the batch bar's rate counts what a
+    /// mini-batch holds (its samples, or its tokens for a language model).
+    fn new(config: &TrainConfig, visible: bool) -> Self {
+        let num_epochs = config.optimisation.epochs;
+        let language_model = config.model.name == GptConfig::NAME;
+        let minibatch = StepUnits::minibatch(config);
         if !visible {
             return Self {
                 epochs: ProgressBar::hidden(),
@@ -722,24 +739,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = config.validate()?;
     let process = Process::start(args.transport)?;
     let visible = !args.quiet && std::io::stderr().is_terminal() && process.is_root();
-    let language_model = config.model.name == GptConfig::NAME;
-    let minibatch = StepUnits::minibatch(&config);
-    let bars = Bars::new(
-        config.optimisation.epochs,
-        visible,
-        language_model,
-        minibatch,
-    );
-    let paths = RunPaths {
-        out_dir: args.out.clone().or_else(|| args.resume.clone()),
-        checkpoint_every: args.checkpoint_every,
-        resume: args.resume.is_some(),
-        overwrite: args.overwrite,
-        init_weights: args.init_weights.clone(),
-        save_weights: args.save_weights.clone(),
-        trace: args.trace.clone(),
-        command: Some(command_line()),
-    };
+    let bars = Bars::new(&config, visible);
+    let paths = args.run_paths();
     if process.is_root() {
         eprintln!("{}", config.headline());
         eprintln!("{}", recipe_line(&config, &from_recipe));
@@ -750,23 +751,28 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let stop = StopRequest::install()?;
     let outcome = process.train(&config, &paths, &bars, &stop);
     bars.clear();
-    let Some(history) = outcome? else {
-        return Ok(());
-    };
+    // Ranks other than MPI rank 0 have no history to report.
+    let history = outcome?.unwrap_or_default();
     if let Some(last) = history.last() {
-        let per_token = if language_model {
-            format!(" per token ({})", perplexity(last.test_loss))
-        } else {
-            String::new()
-        };
-        println!(
-            "final: test accuracy {:.2}%{per_token} after {} epochs ({:.1}s of pipelined \
-             training)",
-            100.0 * last.test_accuracy,
-            last.epoch,
-            history.iter().map(|m| m.epoch_seconds).sum::<f64>()
-        );
+        let seconds = history.iter().map(|m| m.epoch_seconds).sum();
+        println!("{}", final_line(&config, last, seconds));
         println!("{}", stage_line(&last.stages));
     }
     Ok(())
+}
+
+/// The line after the last epoch: the final test accuracy (and perplexity of a language
+/// model), after how many epochs and how many seconds of pipelined training in this process.
+fn final_line(config: &TrainConfig, last: &EpochMetrics, history_seconds: f64) -> String {
+    let per_token = if config.model.name == GptConfig::NAME {
+        format!(" per token ({})", perplexity(last.test_loss))
+    } else {
+        String::new()
+    };
+    format!(
+        "final: test accuracy {:.2}%{per_token} after {} epochs ({history_seconds:.1}s of \
+         pipelined training)",
+        100.0 * last.test_accuracy,
+        last.epoch,
+    )
 }
