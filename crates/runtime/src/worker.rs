@@ -185,6 +185,36 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
         Ok(bytes)
     }
 
+    /// Sends each micro-batch's input gradient to the previous stage (none from stage 0) and
+    /// returns the bytes sent; refuses a backward that returned a gradient count other than
+    /// its micro-batches', or no gradient where one must be sent.
+    fn send_input_gradients(
+        &mut self,
+        microbatches: Vec<MicrobatchId>,
+        gradients: Vec<Option<C::Message>>,
+    ) -> Result<u64, StageFailure> {
+        if gradients.len() != microbatches.len() {
+            return Err(StageFailure::Protocol(format!(
+                "backward returned {} input gradients for {} micro-batches",
+                gradients.len(),
+                microbatches.len()
+            )));
+        }
+        if self.is_first() {
+            return Ok(0);
+        }
+        let mut bytes_sent = 0;
+        for (microbatch, gradient) in microbatches.into_iter().zip(gradients) {
+            let payload = gradient.ok_or_else(|| {
+                StageFailure::Protocol(format!(
+                    "no input gradient for {microbatch:?} at a non-first stage"
+                ))
+            })?;
+            bytes_sent += self.send(Neighbour::Previous, microbatch, payload)?;
+        }
+        Ok(bytes_sent)
+    }
+
     fn run(&mut self, current: &mut String) -> Result<StageOutput, StageFailure> {
         let context = self.context;
         let offset = context.version_offset;
@@ -274,23 +304,7 @@ impl<C: StageCompute, T: Transport<C::Message>> Worker<'_, '_, C, T> {
                     let microbatches: Vec<MicrobatchId> =
                         work.iter().map(|w| w.microbatch).collect();
                     let gradients = self.compute.backward(work)?;
-                    if gradients.len() != microbatches.len() {
-                        return Err(StageFailure::Protocol(format!(
-                            "backward returned {} input gradients for {} micro-batches",
-                            gradients.len(),
-                            microbatches.len()
-                        )));
-                    }
-                    if !self.is_first() {
-                        for (microbatch, gradient) in microbatches.into_iter().zip(gradients) {
-                            let payload = gradient.ok_or_else(|| {
-                                StageFailure::Protocol(format!(
-                                    "no input gradient for {microbatch:?} at a non-first stage"
-                                ))
-                            })?;
-                            bytes_sent += self.send(Neighbour::Previous, microbatch, payload)?;
-                        }
-                    }
+                    bytes_sent += self.send_input_gradients(microbatches, gradients)?;
                 }
                 (ActionKind::Update(_), PlannedPass::Update { base }) => {
                     let base: Vec<_> = base.iter().map(|recipe| recipe.shifted(offset)).collect();

@@ -21,6 +21,8 @@ struct EchoStage {
     stored: BTreeSet<WeightKey>,
     panic_on_forward: Option<u32>,
     fail_on_update: Option<u64>,
+    /// What the backward returns instead of one input gradient per micro-batch.
+    broken_backward: Option<BrokenBackward>,
     /// Raises this flag at this forward, as a signal handler would mid-run.
     stop_at_forward: Option<(u32, Arc<AtomicBool>)>,
     forwards: u32,
@@ -34,6 +36,7 @@ impl EchoStage {
             stored: BTreeSet::from([WeightKey::Version(0)]),
             panic_on_forward: None,
             fail_on_update: None,
+            broken_backward: None,
             stop_at_forward: None,
             forwards: 0,
         }
@@ -47,6 +50,15 @@ impl EchoStage {
         }
         Ok(())
     }
+}
+
+/// A backward that breaks the protocol.
+#[derive(Clone, Copy)]
+enum BrokenBackward {
+    /// No input gradient at all.
+    NoGradients,
+    /// `None` in place of each input gradient.
+    MissingGradient,
 }
 
 /// Feeds every micro-batch its own id, as input and as target.
@@ -123,7 +135,11 @@ impl StageCompute for EchoStage {
     ) -> Result<Vec<Option<MicrobatchId>>, ComputeError> {
         work.iter()
             .try_for_each(|w| self.check_available(&w.recipe))?;
-        Ok(work.into_iter().map(|w| Some(w.microbatch)).collect())
+        Ok(match self.broken_backward {
+            None => work.into_iter().map(|w| Some(w.microbatch)).collect(),
+            Some(BrokenBackward::NoGradients) => Vec::new(),
+            Some(BrokenBackward::MissingGradient) => work.iter().map(|_| None).collect(),
+        })
     }
 
     fn update(&mut self, base: &[WeightRecipe]) -> Result<(), ComputeError> {
@@ -327,6 +343,42 @@ fn a_failing_update_ends_the_run_with_its_cause() {
         text.contains("stage 0") && text.contains("0U4") && text.contains("injected optimizer"),
         "{text}"
     );
+}
+
+#[test]
+fn a_backward_that_breaks_the_protocol_ends_the_run_naming_what_it_returned() {
+    let schedule = generate(ScheduleKind::Gpipe, &ScheduleConfig::new(3, 2, 2)).unwrap();
+    let version_plan = plan(
+        &schedule,
+        &WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default()),
+        Activations::Kept,
+    );
+    for (broken, expected) in [
+        (
+            BrokenBackward::NoGradients,
+            "backward returned 0 input gradients for 1 micro-batches",
+        ),
+        (BrokenBackward::MissingGradient, "no input gradient for"),
+    ] {
+        let mut workers = stages(3);
+        workers[1].broken_backward = Some(broken);
+        let error = run_threaded(
+            &schedule,
+            &version_plan,
+            &mut workers,
+            &IdFeed,
+            RunOptions::default(),
+        )
+        .unwrap_err();
+        match error {
+            RuntimeError::StageFailed {
+                stage: 1,
+                cause: StageFailure::Protocol(message),
+                ..
+            } => assert!(message.contains(expected), "{message}"),
+            other => panic!("expected stage 1's protocol failure, got {other}"),
+        }
+    }
 }
 
 #[test]
