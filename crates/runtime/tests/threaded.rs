@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use timeprest_policy::{
-    Activations, PolicyKind, PolicyOptions, WeightKey, WeightPolicy, WeightRecipe, plan,
+    Activations, PolicyKind, PolicyOptions, VersionPlan, WeightKey, WeightPolicy, WeightRecipe,
+    plan,
 };
 use timeprest_runtime::{
-    BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, RuntimeError,
-    StageCompute, StageFailure, run_threaded,
+    BackwardWork, ComputeError, Feed, ForwardOutput, LossStats, RunOptions, RunReport,
+    RuntimeError, StageCompute, StageFailure, run_threaded,
 };
-use timeprest_schedule::{ActionKind, MicrobatchId, ScheduleConfig, ScheduleKind, generate};
+use timeprest_schedule::{
+    ActionKind, MicrobatchId, Schedule, ScheduleConfig, ScheduleKind, generate,
+};
 
 /// A stage that passes micro-batch ids along and keeps a faithful set of stored versions.
 struct EchoStage {
@@ -183,6 +186,33 @@ fn stages(num_stages: u32) -> Vec<EchoStage> {
         .collect()
 }
 
+/// The schedule of `kind` for `config` and `policy`'s version plan on it.
+fn planned(
+    kind: ScheduleKind,
+    config: &ScheduleConfig,
+    policy: PolicyKind,
+) -> (Schedule, VersionPlan) {
+    let schedule = generate(kind, config).unwrap();
+    let policy = WeightPolicy::new(policy, &PolicyOptions::default());
+    let version_plan = plan(&schedule, &policy, Activations::Kept);
+    (schedule, version_plan)
+}
+
+/// Runs `workers` on the plan with default options.
+fn run_echo(
+    schedule: &Schedule,
+    version_plan: &VersionPlan,
+    workers: &mut [EchoStage],
+) -> Result<RunReport, RuntimeError> {
+    run_threaded(
+        schedule,
+        version_plan,
+        workers,
+        &IdFeed,
+        RunOptions::default(),
+    )
+}
+
 #[test]
 fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
     for policy_kind in PolicyKind::ALL {
@@ -199,14 +229,7 @@ fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
         let policy = WeightPolicy::new(policy_kind, &PolicyOptions::default());
         let version_plan = plan(&schedule, &policy, Activations::Kept);
         let mut workers = stages(num_stages);
-        let report = run_threaded(
-            &schedule,
-            &version_plan,
-            &mut workers,
-            &IdFeed,
-            RunOptions::default(),
-        )
-        .unwrap();
+        let report = run_echo(&schedule, &version_plan, &mut workers).unwrap();
         assert_eq!(report.events.len(), num_stages as usize);
         for (stage, events) in report.events.iter().enumerate() {
             let planned = &version_plan.stages[stage].actions;
@@ -281,23 +304,15 @@ fn reading_the_feed_is_part_of_the_forward_it_serves() {
 
 #[test]
 fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
-    let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(4, 3, 50)).unwrap();
-    let version_plan = plan(
-        &schedule,
-        &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
-        Activations::Kept,
+    let (schedule, version_plan) = planned(
+        ScheduleKind::Nf1b,
+        &ScheduleConfig::new(4, 3, 50),
+        PolicyKind::Timeprest,
     );
     let mut workers = stages(4);
     workers[2].panic_on_forward = Some(20);
     let started = Instant::now();
-    let error = run_threaded(
-        &schedule,
-        &version_plan,
-        &mut workers,
-        &IdFeed,
-        RunOptions::default(),
-    )
-    .unwrap_err();
+    let error = run_echo(&schedule, &version_plan, &mut workers).unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "took {:?}",
@@ -322,22 +337,14 @@ fn a_panicking_stage_ends_the_run_with_an_error_naming_it() {
 
 #[test]
 fn a_failing_update_ends_the_run_with_its_cause() {
-    let schedule = generate(ScheduleKind::OneFOneB, &ScheduleConfig::new(3, 1, 30)).unwrap();
-    let version_plan = plan(
-        &schedule,
-        &WeightPolicy::new(PolicyKind::Pipedream, &PolicyOptions::default()),
-        Activations::Kept,
+    let (schedule, version_plan) = planned(
+        ScheduleKind::OneFOneB,
+        &ScheduleConfig::new(3, 1, 30),
+        PolicyKind::Pipedream,
     );
     let mut workers = stages(3);
     workers[0].fail_on_update = Some(4);
-    let error = run_threaded(
-        &schedule,
-        &version_plan,
-        &mut workers,
-        &IdFeed,
-        RunOptions::default(),
-    )
-    .unwrap_err();
+    let error = run_echo(&schedule, &version_plan, &mut workers).unwrap_err();
     let text = error.to_string();
     assert!(
         text.contains("stage 0") && text.contains("0U4") && text.contains("injected optimizer"),
@@ -347,11 +354,10 @@ fn a_failing_update_ends_the_run_with_its_cause() {
 
 #[test]
 fn a_backward_that_breaks_the_protocol_ends_the_run_naming_what_it_returned() {
-    let schedule = generate(ScheduleKind::Gpipe, &ScheduleConfig::new(3, 2, 2)).unwrap();
-    let version_plan = plan(
-        &schedule,
-        &WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default()),
-        Activations::Kept,
+    let (schedule, version_plan) = planned(
+        ScheduleKind::Gpipe,
+        &ScheduleConfig::new(3, 2, 2),
+        PolicyKind::Gpipe,
     );
     for (broken, expected) in [
         (
@@ -362,14 +368,7 @@ fn a_backward_that_breaks_the_protocol_ends_the_run_naming_what_it_returned() {
     ] {
         let mut workers = stages(3);
         workers[1].broken_backward = Some(broken);
-        let error = run_threaded(
-            &schedule,
-            &version_plan,
-            &mut workers,
-            &IdFeed,
-            RunOptions::default(),
-        )
-        .unwrap_err();
+        let error = run_echo(&schedule, &version_plan, &mut workers).unwrap_err();
         match error {
             RuntimeError::StageFailed {
                 stage: 1,
@@ -383,21 +382,13 @@ fn a_backward_that_breaks_the_protocol_ends_the_run_naming_what_it_returned() {
 
 #[test]
 fn mismatched_stage_count_is_rejected() {
-    let schedule = generate(ScheduleKind::Gpipe, &ScheduleConfig::new(3, 2, 2)).unwrap();
-    let version_plan = plan(
-        &schedule,
-        &WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default()),
-        Activations::Kept,
+    let (schedule, version_plan) = planned(
+        ScheduleKind::Gpipe,
+        &ScheduleConfig::new(3, 2, 2),
+        PolicyKind::Gpipe,
     );
     let mut workers = stages(2);
-    let error = run_threaded(
-        &schedule,
-        &version_plan,
-        &mut workers,
-        &IdFeed,
-        RunOptions::default(),
-    )
-    .unwrap_err();
+    let error = run_echo(&schedule, &version_plan, &mut workers).unwrap_err();
     assert!(matches!(error, RuntimeError::Mismatch(_)), "{error}");
 }
 
@@ -406,11 +397,10 @@ fn mismatched_stage_count_is_rejected() {
 fn run_with_stop_flag(
     prepare: impl FnOnce(&mut [EchoStage], &Arc<AtomicBool>),
 ) -> (RuntimeError, Vec<EchoStage>) {
-    let schedule = generate(ScheduleKind::Nf1b, &ScheduleConfig::new(3, 2, 40)).unwrap();
-    let version_plan = plan(
-        &schedule,
-        &WeightPolicy::new(PolicyKind::Timeprest, &PolicyOptions::default()),
-        Activations::Kept,
+    let (schedule, version_plan) = planned(
+        ScheduleKind::Nf1b,
+        &ScheduleConfig::new(3, 2, 40),
+        PolicyKind::Timeprest,
     );
     let mut workers = stages(3);
     let stop = Arc::new(AtomicBool::new(false));
