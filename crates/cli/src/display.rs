@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use indicatif::{ProgressState, ProgressStyle};
-use timeprest_nn::GptConfig;
 use timeprest_train::{EpochMetrics, StageMetrics, TrainConfig};
 
 /// A bar shows a rate and a time left only after this many steps (the first steps include
@@ -41,7 +40,7 @@ impl StepUnits {
     /// A mini-batch of `config`: its samples, or for a language model its tokens (every
     /// position of a sample predicts the next), which the per-epoch throughput counts too.
     pub(crate) fn minibatch(config: &TrainConfig) -> Self {
-        if config.model.name == GptConfig::NAME {
+        if config.model.is_language_model() {
             Self {
                 per_step: (config.optimisation.batch_size * config.data.seq_len) as f64,
                 rate_unit: TOKEN_RATE,

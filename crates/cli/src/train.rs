@@ -507,7 +507,7 @@ impl Bars {
     /// mini-batch holds (its samples, or its tokens for a language model).
     fn new(config: &TrainConfig, visible: bool) -> Self {
         let num_epochs = config.optimisation.epochs;
-        let language_model = config.model.name == GptConfig::NAME;
+        let language_model = config.model.is_language_model();
         let minibatch = StepUnits::minibatch(config);
         if !visible {
             return Self {
@@ -764,7 +764,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// The line after the last epoch: the final test accuracy (and perplexity of a language
 /// model), after how many epochs and how many seconds of pipelined training in this process.
 fn final_line(config: &TrainConfig, last: &EpochMetrics, history_seconds: f64) -> String {
-    let per_token = if config.model.name == GptConfig::NAME {
+    let per_token = if config.model.is_language_model() {
         format!(" per token ({})", perplexity(last.test_loss))
     } else {
         String::new()

@@ -323,6 +323,14 @@ fn default_lr_gamma() -> f64 {
     0.1
 }
 
+impl ModelSettings {
+    /// True for `gpt`, a language model: every position of a sample is a target, so its rates
+    /// count tokens and its loss reads as a perplexity.
+    pub fn is_language_model(&self) -> bool {
+        self.name == GptConfig::NAME
+    }
+}
+
 impl Default for ModelSettings {
     fn default() -> Self {
         Self {

@@ -67,7 +67,7 @@ impl ValidConfig {
     /// schedule, W, N, M and the epochs.
     pub fn headline(&self) -> String {
         let model = &self.model;
-        let sizes = if model.name == GptConfig::NAME {
+        let sizes = if model.is_language_model() {
             let layers = model
                 .depth
                 .first()
