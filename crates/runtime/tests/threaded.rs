@@ -221,13 +221,11 @@ fn every_policy_runs_every_action_and_stores_what_the_plan_predicts() {
         } else {
             4
         };
-        let schedule = generate(
+        let (schedule, version_plan) = planned(
             policy_kind.default_schedule(),
             &ScheduleConfig::new(num_stages, 3, 12),
-        )
-        .unwrap();
-        let policy = WeightPolicy::new(policy_kind, &PolicyOptions::default());
-        let version_plan = plan(&schedule, &policy, Activations::Kept);
+            policy_kind,
+        );
         let mut workers = stages(num_stages);
         let report = run_echo(&schedule, &version_plan, &mut workers).unwrap();
         assert_eq!(report.events.len(), num_stages as usize);
@@ -274,9 +272,11 @@ fn reading_the_feed_is_part_of_the_forward_it_serves() {
     // copying its inputs, and the last stage its targets, is work the schedule must account
     // for, unlike the wait for a neighbour's message.
     let delay = Duration::from_millis(3);
-    let schedule = generate(ScheduleKind::Gpipe, &ScheduleConfig::new(2, 2, 1)).unwrap();
-    let policy = WeightPolicy::new(PolicyKind::Gpipe, &PolicyOptions::default());
-    let version_plan = plan(&schedule, &policy, Activations::Kept);
+    let (schedule, version_plan) = planned(
+        ScheduleKind::Gpipe,
+        &ScheduleConfig::new(2, 2, 1),
+        PolicyKind::Gpipe,
+    );
     let report = run_threaded(
         &schedule,
         &version_plan,
