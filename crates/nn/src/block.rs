@@ -139,8 +139,11 @@ trait BlockKind {
     /// Whether the block reads images (`[c, h, w]`), not flat features or sequences.
     fn is_spatial(&self) -> bool;
 
-    /// Why the block cannot run, if it cannot, for an input that is not empty.
-    fn check(&self) -> Result<(), String>;
+    /// Why the block cannot run, if it cannot, for an input that is not empty. The default:
+    /// every input fits.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// A short human-readable description (see [`Block::label`]).
     fn label(&self) -> String;
@@ -162,8 +165,11 @@ trait BlockKind {
         product(self.output_shape())
     }
 
-    /// Whether the forward ends with a ReLU applied to the weighted part's output.
-    fn has_relu(&self) -> bool;
+    /// Whether the forward ends with a ReLU applied to the weighted part's output (the
+    /// default: no).
+    fn has_relu(&self) -> bool {
+        false
+    }
 
     /// The forward before the trailing ReLU on `x` (`[batch, input_features]`), appending the
     /// input of every layer of the block's layer paths to `layer_inputs` if given (see

@@ -34,10 +34,6 @@ impl BlockKind for BatchNorm2d {
         true
     }
 
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     fn label(&self) -> String {
         format!("bn {}", self.input[0])
     }

@@ -129,10 +129,6 @@ impl BlockKind for Relu {
         false
     }
 
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     fn label(&self) -> String {
         "relu".into()
     }

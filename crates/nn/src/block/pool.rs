@@ -12,7 +12,9 @@ use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
 use serde::{Deserialize, Serialize};
 
 use super::vjp::{autodiff_input_grad, image_vjp};
-use super::{BlockKind, Norm, Shape, Vjp, check_window, features, flatten, image, window_map};
+use super::{
+    BlockKind, Norm, Shape, Vjp, check_window, features, flatten, image, product, window_map,
+};
 use crate::pool_kernel::{PoolGeometry, max_pool_backward, max_pool_forward};
 use crate::tensor::{host_values, on_cpu, tensor1, tensor2, values};
 
@@ -49,15 +51,56 @@ pub struct GlobalAvgPool {
     pub input: Shape,
 }
 
+/// The square window that [`MaxPool2d`] and [`AvgPool2d`] slide over the map: what their
+/// shapes, checks and costs depend on.
+#[derive(Clone, Copy)]
+struct Window {
+    input: Shape,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Window {
+    fn output_shape(self) -> Shape {
+        let [oh, ow] = window_map(self.input, self.kernel, self.stride, self.padding);
+        [self.input[0], oh, ow]
+    }
+
+    fn check(self) -> Result<(), String> {
+        check_window(self.input, self.kernel, self.stride, self.padding)
+    }
+
+    /// The cost of one sample: one per value of each window.
+    fn ops(self) -> f64 {
+        product(self.output_shape()) * (self.kernel * self.kernel) as f64
+    }
+}
+
 impl MaxPool2d {
-    /// The window geometry of the pool.
-    fn geometry(&self) -> PoolGeometry {
+    fn window(&self) -> Window {
         let MaxPool2d {
-            input: [_, height, width],
+            input,
             kernel,
             stride,
             padding,
         } = *self;
+        Window {
+            input,
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
+    /// The window geometry of the pool, for the kernels.
+    fn geometry(&self) -> PoolGeometry {
+        let Window {
+            input: [_, height, width],
+            kernel,
+            stride,
+            padding,
+        } = self.window();
         PoolGeometry {
             height,
             width,
@@ -68,10 +111,21 @@ impl MaxPool2d {
     }
 }
 
-/// The cost of a pool of `kernel`-sided windows that outputs `output`: one per value of each
-/// window.
-fn window_ops(output: Shape, kernel: usize) -> f64 {
-    (output[0] * output[1] * output[2]) as f64 * (kernel * kernel) as f64
+impl AvgPool2d {
+    fn window(&self) -> Window {
+        let AvgPool2d {
+            input,
+            kernel,
+            stride,
+            padding,
+        } = *self;
+        Window {
+            input,
+            kernel,
+            stride,
+            padding,
+        }
+    }
 }
 
 impl BlockKind for MaxPool2d {
@@ -80,8 +134,7 @@ impl BlockKind for MaxPool2d {
     }
 
     fn output_shape(&self) -> Shape {
-        let [oh, ow] = window_map(self.input, self.kernel, self.stride, self.padding);
-        [self.input[0], oh, ow]
+        self.window().output_shape()
     }
 
     fn is_spatial(&self) -> bool {
@@ -89,7 +142,7 @@ impl BlockKind for MaxPool2d {
     }
 
     fn check(&self) -> Result<(), String> {
-        check_window(self.input, self.kernel, self.stride, self.padding)
+        self.window().check()
     }
 
     fn label(&self) -> String {
@@ -97,11 +150,7 @@ impl BlockKind for MaxPool2d {
     }
 
     fn forward_ops(&self) -> f64 {
-        window_ops(self.output_shape(), self.kernel)
-    }
-
-    fn has_relu(&self) -> bool {
-        false
+        self.window().ops()
     }
 
     fn forward_weighted(
@@ -162,8 +211,7 @@ impl BlockKind for AvgPool2d {
     }
 
     fn output_shape(&self) -> Shape {
-        let [oh, ow] = window_map(self.input, self.kernel, self.stride, self.padding);
-        [self.input[0], oh, ow]
+        self.window().output_shape()
     }
 
     fn is_spatial(&self) -> bool {
@@ -171,7 +219,7 @@ impl BlockKind for AvgPool2d {
     }
 
     fn check(&self) -> Result<(), String> {
-        check_window(self.input, self.kernel, self.stride, self.padding)
+        self.window().check()
     }
 
     fn label(&self) -> String {
@@ -179,11 +227,7 @@ impl BlockKind for AvgPool2d {
     }
 
     fn forward_ops(&self) -> f64 {
-        window_ops(self.output_shape(), self.kernel)
-    }
-
-    fn has_relu(&self) -> bool {
-        false
+        self.window().ops()
     }
 
     fn forward_weighted(
@@ -254,20 +298,12 @@ impl BlockKind for GlobalAvgPool {
         true
     }
 
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     fn label(&self) -> String {
         "global-avgpool".into()
     }
 
     fn forward_ops(&self) -> f64 {
         (self.input[0] * self.input[1] * self.input[2]) as f64
-    }
-
-    fn has_relu(&self) -> bool {
-        false
     }
 
     fn forward_weighted(

@@ -117,10 +117,6 @@ impl BlockKind for Embedding {
         2.0 * (self.seq_len * self.embed_dim) as f64
     }
 
-    fn has_relu(&self) -> bool {
-        false
-    }
-
     fn forward_weighted(
         &self,
         x: Tensor<2>,
@@ -199,10 +195,6 @@ impl BlockKind for DecoderLayer {
         seq_len as f64 * per_position
     }
 
-    fn has_relu(&self) -> bool {
-        false
-    }
-
     fn forward_weighted(
         &self,
         x: Tensor<2>,
@@ -266,10 +258,6 @@ impl BlockKind for LmHead {
     fn activation_values(&self) -> f64 {
         // The layer norm's output, the logits and their log-softmax.
         product([self.seq_len, self.embed_dim]) + 2.0 * product(self.output_shape())
-    }
-
-    fn has_relu(&self) -> bool {
-        false
     }
 
     fn forward_weighted(
