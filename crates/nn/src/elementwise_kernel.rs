@@ -1,6 +1,6 @@
 //! Element-wise CPU kernels that split their output between the threads of the current rayon
-//! pool: the ReLU, its VJP and the sum of a residual block's two paths, and the helper every
-//! CPU kernel of the crate makes its outputs with ([`fill_chunks`]).
+//! pool: the ReLU, its VJP, the sum of a residual block's two paths and the SGD step, and the
+//! helper every CPU kernel of the crate makes its outputs with ([`fill_chunks`]).
 //!
 //! Why not burn's own element-wise operations: they run on the calling thread, so with two
 //! threads per stage they were the part of a ResNet step the second thread waited on (with
@@ -192,6 +192,146 @@ pub(crate) fn add<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
                 _ => target.add(other),
             }
         }
+    }
+}
+
+/// SGD's hyper-parameters for one step, as the f32 values burn's scalar operations use
+/// (`None` for a momentum or weight decay of 0, which the rule leaves out).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SgdStep {
+    /// Learning rate η.
+    pub lr: f32,
+    /// Momentum μ, if any.
+    pub momentum: Option<f32>,
+    /// Nesterov momentum (with `momentum` only).
+    pub nesterov: bool,
+    /// L2 weight decay λ, if any.
+    pub weight_decay: Option<f32>,
+}
+
+/// The momentum buffer a step writes: the old one's own storage where nothing else reads it,
+/// else a copy.
+enum MomentumBuffer {
+    Host(FlexTensor),
+    Copied(Vec<f32>),
+}
+
+impl MomentumBuffer {
+    fn values_mut(&mut self) -> &mut [f32] {
+        match self {
+            MomentumBuffer::Host(host) => values_mut(host),
+            MomentumBuffer::Copied(values) => values,
+        }
+    }
+
+    fn into_tensor(self) -> Tensor<1> {
+        match self {
+            MomentumBuffer::Host(host) => Tensor::from_primitive::<Flex>(host),
+            MomentumBuffer::Copied(values) => tensor1(values),
+        }
+    }
+}
+
+/// One SGD step of `theta` with gradient `grad` and momentum buffer `buffer` (`None` before
+/// the first step), in one pass on the current rayon pool: the new weights in a fresh buffer,
+/// and `buffer` replaced by the updated momentum (in its own storage where nothing else reads
+/// it). Each value goes through the f32 operations of `optim`'s tensor form of the rule, in
+/// the same order, so the result is the same bit for bit. `None`, with nothing changed, where
+/// a tensor is not plain host memory (the caller then steps with burn's operations).
+pub(crate) fn sgd_step(
+    theta: &Tensor<1>,
+    grad: &Tensor<1>,
+    buffer: &mut Option<Tensor<1>>,
+    step: SgdStep,
+) -> Option<Tensor<1>> {
+    let theta_values = host_values(theta)?;
+    let grad_values = host_values(grad)?;
+    assert_eq!(
+        theta_values.len(),
+        grad_values.len(),
+        "SGD step: weights and gradient of different lengths"
+    );
+    if buffer.as_ref().is_some_and(|b| host_values(b).is_none()) {
+        return None;
+    }
+    let SgdStep {
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+    } = step;
+    let decay = weight_decay.unwrap_or(0.0);
+    let Some(momentum) = momentum else {
+        let next = match weight_decay {
+            Some(_) => zip_map(&theta_values, &grad_values, |t, g| t - (g + t * decay) * lr),
+            None => zip_map(&theta_values, &grad_values, |t, g| t - g * lr),
+        };
+        return Some(tensor1(next));
+    };
+    let len = theta_values.len();
+    let first = buffer.is_none();
+    let mut momentum_buffer = match buffer.take().map(Taken::new) {
+        None => MomentumBuffer::Copied(vec![0.0; len]),
+        Some(Taken::Unique(host)) => MomentumBuffer::Host(host),
+        Some(Taken::Other(b)) => MomentumBuffer::Copied(values(&b).to_vec()),
+    };
+    let b_values = momentum_buffer.values_mut();
+    assert_eq!(
+        b_values.len(),
+        len,
+        "SGD step: momentum buffer of another length"
+    );
+    // One loop per variant, so that each is a straight vectorisable pass.
+    let chunk_step = match (first, nesterov, weight_decay.is_some()) {
+        (false, false, false) => momentum_chunk::<false, false, false>,
+        (false, false, true) => momentum_chunk::<false, false, true>,
+        (false, true, false) => momentum_chunk::<false, true, false>,
+        (false, true, true) => momentum_chunk::<false, true, true>,
+        (true, false, false) => momentum_chunk::<true, false, false>,
+        (true, false, true) => momentum_chunk::<true, false, true>,
+        (true, true, false) => momentum_chunk::<true, true, false>,
+        (true, true, true) => momentum_chunk::<true, true, true>,
+    };
+    let constants = [lr, momentum, decay];
+    let mut next: Vec<f32> = Vec::with_capacity(len);
+    next.spare_capacity_mut()[..len]
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(b_values.par_chunks_mut(ELEMENTWISE_CHUNK))
+        .zip(theta_values.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(grad_values.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(((out, b), theta), grad)| chunk_step(out, b, theta, grad, constants));
+    // SAFETY: the chunks cover `0..len`, and the loop wrote every element of each.
+    unsafe { next.set_len(len) };
+    *buffer = Some(momentum_buffer.into_tensor());
+    Some(tensor1(next))
+}
+
+/// One chunk of [`sgd_step`] with momentum: `g ← g + λθ` (with `DECAY`), `b ← μb + g` (`b ← g`
+/// on the `FIRST` step), `d = g + μb` (`NESTEROV`) or `b`, `θ' = θ − ηd`, with
+/// `[η, μ, λ] = constants`.
+fn momentum_chunk<const FIRST: bool, const NESTEROV: bool, const DECAY: bool>(
+    out: &mut [MaybeUninit<f32>],
+    b: &mut [f32],
+    theta: &[f32],
+    grad: &[f32],
+    [lr, momentum, decay]: [f32; 3],
+) {
+    let len = out.len();
+    let (b, theta, grad) = (&mut b[..len], &theta[..len], &grad[..len]);
+    for i in 0..len {
+        let g = if DECAY {
+            grad[i] + theta[i] * decay
+        } else {
+            grad[i]
+        };
+        let buffer = if FIRST { g } else { b[i] * momentum + g };
+        b[i] = buffer;
+        let direction = if NESTEROV {
+            g + buffer * momentum
+        } else {
+            buffer
+        };
+        out[i].write(theta[i] - direction * lr);
     }
 }
 

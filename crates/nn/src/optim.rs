@@ -15,6 +15,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::elementwise_kernel::{SgdStep, sgd_step};
 use crate::{BlockParams, NnError};
 
 mod snapshot;
@@ -358,8 +359,34 @@ impl Optimizer {
     }
 }
 
-/// The update of one tensor: step `t` (1-based) at learning rate `lr`.
+/// The update of one tensor: step `t` (1-based) at learning rate `lr`. SGD on plain host
+/// tensors runs as one fused pass on the stage's threads ([`sgd_step`]); everything else runs
+/// the rule as burn tensor operations ([`step_one_tensor`]), with the same result.
 fn step_one(
+    config: &OptimizerConfig,
+    lr: f64,
+    t: u64,
+    theta: &Tensor<1>,
+    grad: &Tensor<1>,
+    state: &mut ParamState,
+) -> Tensor<1> {
+    if let OptimizerKind::Sgd { momentum, nesterov } = config.kind {
+        let nonzero = |value: f64| (value != 0.0).then_some(value as f32);
+        let step = SgdStep {
+            lr: lr as f32,
+            momentum: nonzero(momentum),
+            nesterov,
+            weight_decay: nonzero(config.weight_decay),
+        };
+        if let Some(next) = sgd_step(theta, grad, &mut state.first, step) {
+            return next;
+        }
+    }
+    step_one_tensor(config, lr, t, theta, grad, state)
+}
+
+/// [`step_one`] as burn tensor operations, for every optimizer and device.
+fn step_one_tensor(
     config: &OptimizerConfig,
     lr: f64,
     t: u64,
@@ -475,6 +502,72 @@ mod tests {
             theta = theta.iter().zip(&d).map(|(t, d)| t - lr * d).collect();
         }
         theta
+    }
+
+    /// The fused host step is the tensor form's rule bit for bit (NaN as NaN): every SGD
+    /// variant, four steps, on values that take every branch of f32 arithmetic (signed zeros,
+    /// NaN, ±∞, subnormals), on a length of several chunks plus a ragged end, with a momentum buffer that
+    /// another reader shares on one step (so it is copied, not overwritten).
+    #[test]
+    fn fused_sgd_step_equals_the_tensor_rule_bit_for_bit() {
+        let len = 3 * (1 << 14) + 5;
+        let special = [
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+            -3.5,
+        ];
+        let value = |seed: usize, i: usize| match (i * 7 + seed) % 53 {
+            k if k < special.len() => special[k],
+            k => ((k * 37 + i) % 101) as f32 / 17.0 - 3.0,
+        };
+        for (momentum, nesterov, weight_decay) in [
+            (0.0, false, 0.0),
+            (0.0, false, 0.01),
+            (0.9, false, 0.0),
+            (0.9, true, 0.0),
+            (0.5, true, 1e-4),
+        ] {
+            let config = OptimizerConfig {
+                kind: OptimizerKind::Sgd { momentum, nesterov },
+                lr: 0.1,
+                schedule: LrSchedule::default(),
+                weight_decay,
+            };
+            let mut fused_theta = tensor1((0..len).map(|i| value(1, i)).collect());
+            let mut tensor_theta = fused_theta.clone();
+            let (mut fused_state, mut tensor_state) =
+                (ParamState::default(), ParamState::default());
+            for t in 1..=4 {
+                let grad = tensor1((0..len).map(|i| value(t as usize + 2, i)).collect());
+                // Bits, with every NaN as one (a NaN's payload depends on operand order).
+                let bits = |x: &Tensor<1>| {
+                    let bits = |v: &f32| if v.is_nan() { u32::MAX } else { v.to_bits() };
+                    to_vec(x).iter().map(bits).collect::<Vec<_>>()
+                };
+                // A reader of the buffer (as weight prediction reads it) on the third step.
+                let reader = (t == 3)
+                    .then(|| fused_state.first.clone())
+                    .flatten()
+                    .map(|buffer| (bits(&buffer), buffer));
+                fused_theta = step_one(&config, 0.03, t, &fused_theta, &grad, &mut fused_state);
+                tensor_theta =
+                    step_one_tensor(&config, 0.03, t, &tensor_theta, &grad, &mut tensor_state);
+                assert_eq!(bits(&fused_theta), bits(&tensor_theta), "weights, step {t}");
+                let buffer_bits = |s: &ParamState| s.first.as_ref().map(bits);
+                assert_eq!(
+                    buffer_bits(&fused_state),
+                    buffer_bits(&tensor_state),
+                    "buffer, step {t}"
+                );
+                if let Some((before, buffer)) = reader {
+                    assert_eq!(bits(&buffer), before, "the shared buffer was overwritten");
+                }
+            }
+        }
     }
 
     #[test]
