@@ -62,6 +62,15 @@ struct Window {
 }
 
 impl Window {
+    fn new(input: Shape, kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            input,
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
     fn output_shape(self) -> Shape {
         let [oh, ow] = window_map(self.input, self.kernel, self.stride, self.padding);
         [self.input[0], oh, ow]
@@ -79,18 +88,7 @@ impl Window {
 
 impl MaxPool2d {
     fn window(&self) -> Window {
-        let MaxPool2d {
-            input,
-            kernel,
-            stride,
-            padding,
-        } = *self;
-        Window {
-            input,
-            kernel,
-            stride,
-            padding,
-        }
+        Window::new(self.input, self.kernel, self.stride, self.padding)
     }
 
     /// The window geometry of the pool, for the kernels.
@@ -113,18 +111,7 @@ impl MaxPool2d {
 
 impl AvgPool2d {
     fn window(&self) -> Window {
-        let AvgPool2d {
-            input,
-            kernel,
-            stride,
-            padding,
-        } = *self;
-        Window {
-            input,
-            kernel,
-            stride,
-            padding,
-        }
+        Window::new(self.input, self.kernel, self.stride, self.padding)
     }
 }
 
