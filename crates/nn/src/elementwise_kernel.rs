@@ -11,11 +11,11 @@
 
 use std::mem::MaybeUninit;
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::tensor::{host_values, tensor1, values};
+use crate::tensor::{Values, host_values, tensor1, values};
 
 /// Values per chunk of an element-wise kernel: 64 KiB of output, small enough that the chunk's
 /// zeroing and writing stay in a core's L2 and that a layer's chunks spread over the threads.
@@ -116,6 +116,47 @@ fn values_mut(host: &mut FlexTensor) -> &mut [f32] {
     &mut host.storage_mut::<f32>()[..len]
 }
 
+/// The values of `tensor` in row-major order: in place where [`host_values`] can; a 2-D host
+/// tensor that is a strided view (a linear block's input gradient is the transpose of its
+/// product) copied through its strides on the current rayon pool, whole rows per chunk; any
+/// other tensor through burn (one thread).
+fn row_major_values<const D: usize>(tensor: &Tensor<D>) -> Values {
+    if let Some(values) = host_values(tensor) {
+        return values;
+    }
+    let strided = tensor
+        .clone()
+        .try_into_primitive::<Flex>()
+        .ok()
+        .filter(|host| host.dtype() == DType::F32 && host.layout().has_positive_strides());
+    let Some((host, (rows, cols, row_stride, column_stride))) =
+        strided.and_then(|host| host.layout().as_2d_strides().map(|shape| (host, shape)))
+    else {
+        return values(tensor);
+    };
+    let (row_stride, column_stride) = (row_stride.unsigned_abs(), column_stride.unsigned_abs());
+    let storage = host.storage::<f32>();
+    let offset = host.layout().start_offset();
+    let last =
+        offset + rows.saturating_sub(1) * row_stride + cols.saturating_sub(1) * column_stride;
+    if rows == 0 || cols == 0 || last >= storage.len() {
+        return values(tensor);
+    }
+    let rows_per_chunk = (ELEMENTWISE_CHUNK / cols).max(1);
+    Values::Copied(fill_chunks(
+        rows * cols,
+        rows_per_chunk * cols,
+        |index, chunk| {
+            for (r, row) in chunk.chunks_mut(cols).enumerate() {
+                let start = offset + (index * rows_per_chunk + r) * row_stride;
+                for (c, value) in row.iter_mut().enumerate() {
+                    *value = storage[start + c * column_stride];
+                }
+            }
+        },
+    ))
+}
+
 /// `max(v, 0)`, NaN kept (as burn's `relu`).
 fn relu_value(v: f32) -> f32 {
     if v.is_nan() || v > 0.0 { v } else { 0.0 }
@@ -163,7 +204,7 @@ pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>
             Tensor::from_primitive::<Flex>(host)
         }
         Taken::Other(g) => {
-            let masked = zip_map(&values(&g), &activation_values, relu_mask);
+            let masked = zip_map(&row_major_values(&g), &activation_values, relu_mask);
             tensor1(masked).reshape(g.dims())
         }
     }
@@ -355,6 +396,32 @@ mod tests {
 
     fn bits(values: &[f32]) -> Vec<u32> {
         values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A transposed view (as a linear block's input gradient is) is read in row-major order
+    /// through its strides: the ReLU's VJP of it equals the VJP of its contiguous copy, on a
+    /// shape whose rows span several chunks and end inside one.
+    #[test]
+    fn relu_backward_reads_a_transposed_gradient_through_its_strides() {
+        let (rows, cols) = (130, 257);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of 2 threads");
+        // [cols, rows] in memory, viewed as [rows, cols].
+        let g = tensor2(odd_values(rows * cols), cols, rows).transpose();
+        let activation = tensor2(
+            odd_values(rows * cols).into_iter().rev().collect(),
+            rows,
+            cols,
+        );
+        assert!(host_values(&g).is_none(), "the view is not contiguous");
+        let contiguous = tensor2(to_vec(&g), rows, cols);
+        pool.install(|| {
+            assert_eq!(bits(&row_major_values(&g)), bits(&to_vec(&g)));
+            let expected = bits(&to_vec(&relu_backward(contiguous, &activation)));
+            assert_eq!(bits(&to_vec(&relu_backward(g, &activation))), expected);
+        });
     }
 
     #[test]
