@@ -19,6 +19,7 @@ PATH = [
                                 "per_block_vjp", "accumulate", "update"]),
     ("crates/nn/src/block/linear.rs", ["forward_weighted", "closed_form_vjp"]),
     ("crates/nn/src/optim.rs", ["step", "step_one"]),
+    ("crates/nn/src/elementwise_kernel.rs", ["sgd_step", "momentum_chunk"]),
 ]
 
 
