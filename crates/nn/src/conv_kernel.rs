@@ -42,7 +42,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::block::window_output;
-use crate::elementwise_kernel::fill_chunks;
+use crate::tensor::fill_chunks;
 
 /// The geometry of a 2-D convolution with a square kernel, the same stride and padding in
 /// both directions, no dilation and one group (every convolution of the model zoo).

@@ -1,6 +1,6 @@
 //! Element-wise CPU kernels that split their output between the threads of the current rayon
-//! pool: the ReLU, its VJP, the sum of a residual block's two paths and the SGD step, and the
-//! helper every CPU kernel of the crate makes its outputs with ([`fill_chunks`]).
+//! pool: the ReLU, its VJP, the sum of a residual block's two paths and the SGD step. They make
+//! their outputs with [`fill_chunks`], as every CPU kernel of the crate does.
 //!
 //! Why not burn's own element-wise operations: they run on the calling thread, so with two
 //! threads per stage they were the part of a ResNet step the second thread waited on (with
@@ -11,39 +11,11 @@
 
 use std::mem::MaybeUninit;
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::tensor::{Values, host_values, tensor1, values};
-
-/// Values per chunk of an element-wise kernel: 64 KiB of output, small enough that the chunk's
-/// zeroing and writing stay in a core's L2 and that a layer's chunks spread over the threads.
-const ELEMENTWISE_CHUNK: usize = 1 << 14;
-
-/// A vector of `len` values made on the current rayon pool in chunks of `chunk_len` (the last
-/// may be shorter): each chunk is zeroed by the thread that then runs `fill(index, chunk)` on
-/// it, so that neither the zeroing nor the first touch of fresh pages runs on one thread.
-pub(crate) fn fill_chunks(
-    len: usize,
-    chunk_len: usize,
-    fill: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let mut values: Vec<f32> = Vec::with_capacity(len);
-    values.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk_len.max(1))
-        .enumerate()
-        .for_each(|(index, chunk)| {
-            chunk.fill(MaybeUninit::new(0.0));
-            // SAFETY: every element of `chunk` was initialised on the line above, and
-            // `MaybeUninit<f32>` has the layout of `f32`.
-            let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
-            fill(index, chunk);
-        });
-    // SAFETY: the chunks cover `0..len`, and each was initialised above.
-    unsafe { values.set_len(len) };
-    values
-}
+use crate::tensor::{ELEMENTWISE_CHUNK, fill_chunks, host_values, tensor1, values};
 
 /// `f(a[i], b[i])` for every `i`, on the current rayon pool.
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
@@ -116,47 +88,6 @@ fn values_mut(host: &mut FlexTensor) -> &mut [f32] {
     &mut host.storage_mut::<f32>()[..len]
 }
 
-/// The values of `tensor` in row-major order: in place where [`host_values`] can; a 2-D host
-/// tensor that is a strided view (a linear block's input gradient is the transpose of its
-/// product) copied through its strides on the current rayon pool, whole rows per chunk; any
-/// other tensor through burn (one thread).
-fn row_major_values<const D: usize>(tensor: &Tensor<D>) -> Values {
-    if let Some(values) = host_values(tensor) {
-        return values;
-    }
-    let strided = tensor
-        .clone()
-        .try_into_primitive::<Flex>()
-        .ok()
-        .filter(|host| host.dtype() == DType::F32 && host.layout().has_positive_strides());
-    let Some((host, (rows, cols, row_stride, column_stride))) =
-        strided.and_then(|host| host.layout().as_2d_strides().map(|shape| (host, shape)))
-    else {
-        return values(tensor);
-    };
-    let (row_stride, column_stride) = (row_stride.unsigned_abs(), column_stride.unsigned_abs());
-    let storage = host.storage::<f32>();
-    let offset = host.layout().start_offset();
-    let last =
-        offset + rows.saturating_sub(1) * row_stride + cols.saturating_sub(1) * column_stride;
-    if rows == 0 || cols == 0 || last >= storage.len() {
-        return values(tensor);
-    }
-    let rows_per_chunk = (ELEMENTWISE_CHUNK / cols).max(1);
-    Values::Copied(fill_chunks(
-        rows * cols,
-        rows_per_chunk * cols,
-        |index, chunk| {
-            for (r, row) in chunk.chunks_mut(cols).enumerate() {
-                let start = offset + (index * rows_per_chunk + r) * row_stride;
-                for (c, value) in row.iter_mut().enumerate() {
-                    *value = storage[start + c * column_stride];
-                }
-            }
-        },
-    ))
-}
-
 /// `max(v, 0)`, NaN kept (as burn's `relu`).
 fn relu_value(v: f32) -> f32 {
     if v.is_nan() || v > 0.0 { v } else { 0.0 }
@@ -204,7 +135,7 @@ pub(crate) fn relu_backward<const D: usize>(g: Tensor<D>, activation: &Tensor<D>
             Tensor::from_primitive::<Flex>(host)
         }
         Taken::Other(g) => {
-            let masked = zip_map(&row_major_values(&g), &activation_values, relu_mask);
+            let masked = zip_map(&values(&g), &activation_values, relu_mask);
             tensor1(masked).reshape(g.dims())
         }
     }
@@ -418,7 +349,7 @@ mod tests {
         assert!(host_values(&g).is_none(), "the view is not contiguous");
         let contiguous = tensor2(to_vec(&g), rows, cols);
         pool.install(|| {
-            assert_eq!(bits(&row_major_values(&g)), bits(&to_vec(&g)));
+            assert_eq!(bits(&values(&g)), bits(&to_vec(&g)));
             let expected = bits(&to_vec(&relu_backward(contiguous, &activation)));
             assert_eq!(bits(&to_vec(&relu_backward(g, &activation))), expected);
         });

@@ -9,7 +9,7 @@
 //! padding (they hold −∞ there). The layout is NCHW, as burn's.
 
 use crate::block::window_output;
-use crate::elementwise_kernel::fill_chunks;
+use crate::tensor::fill_chunks;
 
 /// The geometry of a square pooling window, the same stride and padding in both directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,10 +15,12 @@
 //! then shares the GPU, and an MPI run gives each rank its own process (and choice).
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::NnError;
@@ -219,9 +221,73 @@ pub(crate) fn host_values<const D: usize>(tensor: &Tensor<D>) -> Option<Values> 
         .then_some(Values::Host(host))
 }
 
-/// The values of `tensor`: in place where [`host_values`] can, else a copy.
+/// The values of `tensor`: in place where [`host_values`] can, else a copy (through
+/// [`strided_host_values`] where that applies, else through burn on one thread).
 pub(crate) fn values<const D: usize>(tensor: &Tensor<D>) -> Values {
-    host_values(tensor).unwrap_or_else(|| Values::Copied(to_vec(tensor)))
+    host_values(tensor)
+        .or_else(|| strided_host_values(tensor))
+        .unwrap_or_else(|| Values::Copied(to_vec(tensor)))
+}
+
+/// The values of a 2-D f32 host tensor that is a strided view (a linear block's input gradient
+/// is the transpose of its product), copied in row-major order through its strides on the
+/// current rayon pool, whole rows per chunk; `None` for any other tensor.
+fn strided_host_values<const D: usize>(tensor: &Tensor<D>) -> Option<Values> {
+    let host = tensor
+        .clone()
+        .try_into_primitive::<burn_flex::Flex>()
+        .ok()
+        .filter(|host| host.dtype() == DType::F32 && host.layout().has_positive_strides())?;
+    let (rows, cols, row_stride, column_stride) = host.layout().as_2d_strides()?;
+    let (row_stride, column_stride) = (row_stride.unsigned_abs(), column_stride.unsigned_abs());
+    let storage = host.storage::<f32>();
+    let offset = host.layout().start_offset();
+    let last =
+        offset + rows.saturating_sub(1) * row_stride + cols.saturating_sub(1) * column_stride;
+    if rows == 0 || cols == 0 || last >= storage.len() {
+        return None;
+    }
+    let rows_per_chunk = (ELEMENTWISE_CHUNK / cols).max(1);
+    Some(Values::Copied(fill_chunks(
+        rows * cols,
+        rows_per_chunk * cols,
+        |index, chunk| {
+            for (r, row) in chunk.chunks_mut(cols).enumerate() {
+                let start = offset + (index * rows_per_chunk + r) * row_stride;
+                for (c, value) in row.iter_mut().enumerate() {
+                    *value = storage[start + c * column_stride];
+                }
+            }
+        },
+    )))
+}
+
+/// Values per chunk of an element-wise kernel: 64 KiB of output, small enough that the chunk's
+/// zeroing and writing stay in a core's L2 and that a layer's chunks spread over the threads.
+pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// A vector of `len` values made on the current rayon pool in chunks of `chunk_len` (the last
+/// may be shorter): each chunk is zeroed by the thread that then runs `fill(index, chunk)` on
+/// it, so that neither the zeroing nor the first touch of fresh pages runs on one thread.
+pub(crate) fn fill_chunks(
+    len: usize,
+    chunk_len: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk_len.max(1))
+        .enumerate()
+        .for_each(|(index, chunk)| {
+            chunk.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `chunk` was initialised on the line above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
+            fill(index, chunk);
+        });
+    // SAFETY: the chunks cover `0..len`, and each was initialised above.
+    unsafe { values.set_len(len) };
+    values
 }
 
 /// The values of a tensor (row-major), read back as f32.

@@ -22,7 +22,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{ConvGeometry, Operand, gemm_into};
-use crate::elementwise_kernel::fill_chunks;
+use crate::tensor::fill_chunks;
 
 /// The largest dense matrix built (values, 64 MiB; VGG-16's 2×2 maps of 512 channels at full
 /// width need 4 M).

@@ -20,7 +20,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{ConvGeometry, Operand, gemm_into, summed_over_threads, with_scratch};
-use crate::elementwise_kernel::fill_chunks;
+use crate::tensor::fill_chunks;
 
 impl ConvGeometry {
     /// Along one side of `size` inputs and `size_out` outputs: the runs of output indices
