@@ -42,6 +42,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::block::window_output;
+use crate::gemm_kernel::{Operand, gemm_into};
 use crate::tensor::fill_chunks;
 
 /// The geometry of a 2-D convolution with a square kernel, the same stride and padding in
@@ -490,96 +491,6 @@ fn fold_contiguous(
             .zip(&values[run])
             .for_each(|(t, v)| *t += v);
     });
-}
-
-/// A matrix operand of [`gemm_into`]: `values[r·row_stride + c·column_stride]` is element
-/// `(r, c)`, so a transposed operand is the same slice with its strides swapped.
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    values: &'a [f32],
-    row_stride: usize,
-    column_stride: usize,
-}
-
-impl<'a> Operand<'a> {
-    /// A row-major matrix with rows of `row_len` values.
-    fn rows(values: &'a [f32], row_len: usize) -> Self {
-        Self {
-            values,
-            row_stride: row_len,
-            column_stride: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with rows of `row_len` values.
-    fn transposed(values: &'a [f32], row_len: usize) -> Self {
-        Self {
-            values,
-            row_stride: 1,
-            column_stride: row_len,
-        }
-    }
-
-    /// This operand transposed.
-    fn t(self) -> Self {
-        Self {
-            values: self.values,
-            row_stride: self.column_stride,
-            column_stride: self.row_stride,
-        }
-    }
-
-    /// Whether every element of a `rows × columns` matrix lies inside `values`.
-    fn covers(&self, rows: usize, columns: usize) -> bool {
-        rows == 0
-            || columns == 0
-            || (rows - 1) * self.row_stride + (columns - 1) * self.column_stride < self.values.len()
-    }
-}
-
-/// `dst = lhs · rhs` (`dst += lhs · rhs` if `accumulate`) for a `[m, k]` left and a `[k, n]`
-/// right operand, `dst` row-major `[m, n]`; on the calling thread (the kernels split work
-/// between threads themselves).
-fn gemm_into(
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    lhs: Operand<'_>,
-    rhs: Operand<'_>,
-    accumulate: bool,
-) {
-    assert!(
-        dst.len() >= m * n,
-        "GEMM output of {} for [{m}, {n}]",
-        dst.len()
-    );
-    assert!(lhs.covers(m, k), "GEMM left operand for [{m}, {k}]");
-    assert!(rhs.covers(k, n), "GEMM right operand for [{k}, {n}]");
-    let stride = |s: usize| s as isize;
-    // SAFETY: the asserts above keep every element the strides address inside its slice; `dst`
-    // is a distinct `&mut`, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            stride(n),
-            accumulate,
-            lhs.values.as_ptr(),
-            stride(lhs.column_stride),
-            stride(lhs.row_stride),
-            rhs.values.as_ptr(),
-            stride(rhs.column_stride),
-            stride(rhs.row_stride),
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 thread_local! {

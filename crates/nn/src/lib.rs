@@ -21,6 +21,7 @@ mod conv_kernel;
 mod elementwise_kernel;
 mod error;
 mod feed;
+mod gemm_kernel;
 #[cfg(test)]
 mod kernel_test_support;
 mod memory;

@@ -224,9 +224,14 @@ pub(crate) fn host_values<const D: usize>(tensor: &Tensor<D>) -> Option<Values> 
 /// The values of `tensor`: in place where [`host_values`] can, else a copy (through
 /// [`strided_host_values`] where that applies, else through burn on one thread).
 pub(crate) fn values<const D: usize>(tensor: &Tensor<D>) -> Values {
-    host_values(tensor)
-        .or_else(|| strided_host_values(tensor))
-        .unwrap_or_else(|| Values::Copied(to_vec(tensor)))
+    host_or_strided_values(tensor).unwrap_or_else(|| Values::Copied(to_vec(tensor)))
+}
+
+/// The values of a plain CPU tensor: in place where [`host_values`] can, else copied through
+/// its strides ([`strided_host_values`]); `None` for any tensor burn's own operations must
+/// handle (autodiff, GPU).
+pub(crate) fn host_or_strided_values<const D: usize>(tensor: &Tensor<D>) -> Option<Values> {
+    host_values(tensor).or_else(|| strided_host_values(tensor))
 }
 
 /// The values of a 2-D f32 host tensor that is a strided view (a linear block's input gradient

@@ -11,6 +11,8 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{BlockKind, Layer, LayerPaths, Norm, Shape, Vjp, affine};
+use crate::gemm_kernel::{Operand, product_on_pool};
+use crate::tensor::{host_or_strided_values, host_values, tensor2};
 
 /// `y = x · W + b`, then ReLU if `relu`. Parameters: `weight` (`[out, in]` in files,
 /// `[in, out]` in memory) and `bias` (`[out]`).
@@ -187,6 +189,54 @@ fn linear_input_grad(weight: &Tensor<1>, g: &Tensor<2>, input: usize, output: us
 
 /// `xᵀ·g`: the weight gradient of a linear block (`[in, out]`) at input rows `x` and output
 /// gradient rows `g`; with several micro-batches stacked along the rows, their sum.
+///
+/// On CPU tensors `gemm` reads `x` through transposed strides and writes a fresh output on
+/// the stage's threads, where burn's matmul first copied `x` into a contiguous transpose and
+/// zeroed the output, both on one thread (together 5 % of an MLP step); burn's path serves
+/// the rest (autodiff, GPU).
 pub(crate) fn linear_weight_grad(x: &Tensor<2>, g: &Tensor<2>) -> Tensor<2> {
+    let ([rows, input], [_, output]) = (x.dims(), g.dims());
+    if let (Some(x_values), Some(g_values)) = (host_values(x), host_or_strided_values(g)) {
+        let grad = product_on_pool(
+            (input, output, rows),
+            Operand::transposed(&x_values, input),
+            Operand::rows(&g_values, output),
+        );
+        return tensor2(grad, input, output);
+    }
     x.clone().transpose().matmul(g.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_test_support::pseudo_random;
+    use crate::tensor::to_vec;
+
+    /// The CPU path equals burn's `xᵀ·g` bit for bit, with `g` contiguous and with `g` a
+    /// transposed view (as the next block's input gradient is), on 1 and 2 threads.
+    #[test]
+    fn the_weight_gradient_equals_burns_matmul_bit_for_bit() {
+        let (rows, input, output) = (45, 70, 33);
+        let x = tensor2(pseudo_random(rows * input, 3), rows, input);
+        let g = tensor2(pseudo_random(rows * output, 4), rows, output);
+        let g_view = tensor2(to_vec(&g.clone().transpose()), output, rows).transpose();
+        assert!(host_values(&g_view).is_none(), "the view is strided");
+        let bits = |t: &Tensor<2>| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let expected = bits(&x.clone().transpose().matmul(g.clone()));
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| {
+                assert_eq!(
+                    bits(&linear_weight_grad(&x, &g)),
+                    expected,
+                    "{threads} threads"
+                );
+                assert_eq!(bits(&linear_weight_grad(&x, &g_view)), expected, "view");
+            });
+        }
+    }
 }

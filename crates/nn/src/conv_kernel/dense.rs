@@ -21,7 +21,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{ConvGeometry, Operand, gemm_into};
+use super::ConvGeometry;
+use crate::gemm_kernel::{Operand, gemm_into};
 use crate::tensor::fill_chunks;
 
 /// The largest dense matrix built (values, 64 MiB; VGG-16's 2×2 maps of 512 channels at full

@@ -19,7 +19,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{ConvGeometry, Operand, gemm_into, summed_over_threads, with_scratch};
+use super::{ConvGeometry, summed_over_threads, with_scratch};
+use crate::gemm_kernel::{Operand, gemm_into};
 use crate::tensor::fill_chunks;
 
 impl ConvGeometry {
