@@ -310,6 +310,7 @@ fn momentum_chunk<const FIRST: bool, const NESTEROV: bool, const DECAY: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_test_support::{bits, pool};
     use crate::tensor::{tensor2, to_vec};
 
     /// Values that cross several chunks and end inside one, with signs, zeros of both signs,
@@ -325,20 +326,13 @@ mod tests {
             .collect()
     }
 
-    fn bits(values: &[f32]) -> Vec<u32> {
-        values.iter().map(|v| v.to_bits()).collect()
-    }
-
     /// A transposed view (as a linear block's input gradient is) is read in row-major order
     /// through its strides: the ReLU's VJP of it equals the VJP of its contiguous copy, on a
     /// shape whose rows span several chunks and end inside one.
     #[test]
     fn relu_backward_reads_a_transposed_gradient_through_its_strides() {
         let (rows, cols) = (130, 257);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .expect("a pool of 2 threads");
+        let pool = pool(2);
         // [cols, rows] in memory, viewed as [rows, cols].
         let g = tensor2(odd_values(rows * cols), cols, rows).transpose();
         let activation = tensor2(
@@ -360,10 +354,7 @@ mod tests {
         // Three whole chunks and part of a fourth, as 5 columns.
         let rows = (3 * ELEMENTWISE_CHUNK).div_ceil(5) + 1;
         let len = 5 * rows;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .expect("a pool of 2 threads");
+        let pool = pool(2);
         let x = tensor2(odd_values(len), rows, 5);
         let y = tensor2(odd_values(len).into_iter().rev().collect(), rows, 5);
         let expected_relu = bits(&to_vec(&burn::tensor::activation::relu(x.clone())));

@@ -68,10 +68,8 @@ pub(crate) fn gemm_into(
         "GEMM output of {} for [{m}, {n}]",
         dst.len()
     );
-    assert!(lhs.covers(m, k), "GEMM left operand for [{m}, {k}]");
-    assert!(rhs.covers(k, n), "GEMM right operand for [{k}, {n}]");
-    // SAFETY: the asserts above keep every element the strides address inside its slice; `dst`
-    // is a distinct `&mut`, so it aliases neither operand.
+    // SAFETY: `dst` holds `m·n` values (asserted above) and is a distinct `&mut`, so it
+    // aliases neither operand.
     unsafe {
         gemm_to(
             dst.as_mut_ptr(),
@@ -93,8 +91,6 @@ pub(crate) fn product_on_pool(
     lhs: Operand<'_>,
     rhs: Operand<'_>,
 ) -> Vec<f32> {
-    assert!(lhs.covers(m, k), "GEMM left operand for [{m}, {k}]");
-    assert!(rhs.covers(k, n), "GEMM right operand for [{k}, {n}]");
     let mut product = Vec::with_capacity(m * n);
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
@@ -102,9 +98,8 @@ pub(crate) fn product_on_pool(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every operand element inside its slice; `product` has
-    // room for `m·n` values, which `gemm` writes without reading (`accumulate` is false), so
-    // every one is initialised before `set_len`.
+    // SAFETY: `product` has room for `m·n` values, which `gemm` writes without reading
+    // (`accumulate` is false), so every one is initialised before `set_len`.
     unsafe {
         gemm_to(
             product.as_mut_ptr(),
@@ -121,9 +116,12 @@ pub(crate) fn product_on_pool(
 
 /// `dst = lhs · rhs` (`dst += …` if `accumulate`) through `gemm`, `dst` row-major `[m, n]`.
 ///
+/// # Panics
+/// If an operand does not cover its `[m, k]` or `[k, n]` ([`Operand::covers`]).
+///
 /// # Safety
-/// `dst` must be valid for writes of `m·n` values (and reads, if `accumulate`), alias neither
-/// operand, and the operands must cover `[m, k]` and `[k, n]` ([`Operand::covers`]).
+/// `dst` must be valid for writes of `m·n` values (and reads, if `accumulate`) and alias
+/// neither operand.
 unsafe fn gemm_to(
     dst: *mut f32,
     (m, n, k): (usize, usize, usize),
@@ -132,8 +130,11 @@ unsafe fn gemm_to(
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
+    assert!(lhs.covers(m, k), "GEMM left operand for [{m}, {k}]");
+    assert!(rhs.covers(k, n), "GEMM right operand for [{k}, {n}]");
     let stride = |s: usize| s as isize;
-    // SAFETY: the caller's contract.
+    // SAFETY: the asserts above keep every element the operands' strides address inside their
+    // slices; `dst` is the caller's contract.
     unsafe {
         gemm::gemm(
             m,
@@ -162,18 +163,7 @@ unsafe fn gemm_to(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_test_support::{assert_near, pseudo_random};
-
-    fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a thread pool")
-    }
-
-    fn bits(values: &[f32]) -> Vec<u32> {
-        values.iter().map(|v| v.to_bits()).collect()
-    }
+    use crate::kernel_test_support::{assert_near, bits, pool, pseudo_random};
 
     /// `xᵀ·g` with `x` read through transposed strides, as a linear block's weight gradient:
     /// equal to the sum in f64 within rounding, and bit for bit the same on 1, 2 and 3 threads

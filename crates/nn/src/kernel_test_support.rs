@@ -13,6 +13,20 @@ pub(crate) fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// The bit patterns of `values`, to compare results bit for bit (NaN and signed zeros
+/// included).
+pub(crate) fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// A rayon pool of `threads` threads, to run a kernel on a given number of threads.
+pub(crate) fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+}
+
 /// Every element of `got` within `1e-4 · (1 + |expected|)` of `expected`.
 pub(crate) fn assert_near(what: &str, got: &[f32], expected: &[f64]) {
     assert_eq!(got.len(), expected.len(), "{what}: lengths");

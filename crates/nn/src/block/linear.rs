@@ -210,7 +210,7 @@ pub(crate) fn linear_weight_grad(x: &Tensor<2>, g: &Tensor<2>) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_test_support::pseudo_random;
+    use crate::kernel_test_support::{bits, pool, pseudo_random};
     use crate::tensor::to_vec;
 
     /// The CPU path equals burn's `xᵀ·g` bit for bit, with `g` contiguous and with `g` a
@@ -222,20 +222,20 @@ mod tests {
         let g = tensor2(pseudo_random(rows * output, 4), rows, output);
         let g_view = tensor2(to_vec(&g.clone().transpose()), output, rows).transpose();
         assert!(host_values(&g_view).is_none(), "the view is strided");
-        let bits = |t: &Tensor<2>| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        let expected = bits(&x.clone().transpose().matmul(g.clone()));
+        let tensor_bits = |t: &Tensor<2>| bits(&to_vec(t));
+        let expected = tensor_bits(&x.clone().transpose().matmul(g.clone()));
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
-            pool.install(|| {
+            pool(threads).install(|| {
                 assert_eq!(
-                    bits(&linear_weight_grad(&x, &g)),
+                    tensor_bits(&linear_weight_grad(&x, &g)),
                     expected,
                     "{threads} threads"
                 );
-                assert_eq!(bits(&linear_weight_grad(&x, &g_view)), expected, "view");
+                assert_eq!(
+                    tensor_bits(&linear_weight_grad(&x, &g_view)),
+                    expected,
+                    "view"
+                );
             });
         }
     }
