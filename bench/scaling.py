@@ -36,7 +36,7 @@ A training step multiplies each weight three times per row (forward, input gradi
 gradient), except the first layer, whose input gradient nobody needs: stage 0 does
 2x784x1024 + 3x1024x1024 = 4.75 M multiply-adds per row and stage 1 3x1024x1536 + 3x1536x10
 = 4.77 M. (Until the fifteenth session the control model was 784-1024-1024-1792-10, equal in
-forward arithmetic only: its stage 1 did 16 % more work, which capped utilisation at 0.93.)
+forward arithmetic only: its stage 1 did 17 % more work, which capped utilisation at 0.93.)
 """
 
 import argparse
