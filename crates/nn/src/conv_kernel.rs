@@ -35,6 +35,7 @@
 //! Only the CPU device uses them (the slices are the tensors' host data); a GPU keeps burn's.
 
 mod dense;
+mod direct;
 mod valid_taps;
 
 use std::cell::RefCell;
@@ -634,6 +635,9 @@ pub(crate) fn conv2d_forward(
     if geometry.skips_padding() {
         return valid_taps::forward(geometry, x, weight, bias);
     }
+    if geometry.multiplies_directly() {
+        return direct::forward(geometry, x, weight, bias);
+    }
     forward_by_patches(geometry, x, weight, bias)
 }
 
@@ -717,6 +721,9 @@ pub(crate) fn conv2d_input_grad(geometry: &ConvGeometry, weight: &[f32], g: &[f3
     if geometry.skips_padding() {
         return valid_taps::input_grad(geometry, weight, g);
     }
+    if geometry.input_grad_directly() {
+        return direct::input_grad(geometry, weight, g);
+    }
     input_grad_by_patches(geometry, weight, g)
 }
 
@@ -787,6 +794,9 @@ pub(crate) fn conv2d_weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) 
     }
     if geometry.skips_padding() {
         return valid_taps::weight_grad(geometry, x, g);
+    }
+    if geometry.multiplies_directly() {
+        return direct::weight_grad(geometry, x, g);
     }
     weight_grad_by_patches(geometry, x, g)
 }
@@ -964,7 +974,7 @@ mod tests {
                 type Forward = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
                 type InputGrad = fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>;
                 type WeightGrad = fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>;
-                let paths: [(&str, Forward, InputGrad, WeightGrad); 3] = [
+                let mut paths: Vec<(&str, Forward, InputGrad, WeightGrad)> = vec![
                     ("", conv2d_forward, conv2d_input_grad, conv2d_weight_grad),
                     (
                         " by patches",
@@ -979,6 +989,16 @@ mod tests {
                         valid_taps::weight_grad,
                     ),
                 ];
+                // Direct products serve stride 1 with padding narrower than the kernel, for
+                // any number of channels.
+                if geometry.stride == 1 && geometry.padding < geometry.kernel {
+                    paths.push((
+                        " directly",
+                        direct::forward,
+                        direct::input_grad,
+                        direct::weight_grad,
+                    ));
+                }
                 for (path, forward, input_grad_of, weight_grad_of) in paths {
                     let got = forward(&geometry, &x, &weight, Some(&bias));
                     assert_near(&what(&format!("forward{path}")), &got, &output);

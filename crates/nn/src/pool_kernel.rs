@@ -8,6 +8,8 @@
 //! order (a NaN wins, so it propagates), as burn and PyTorch do, and skip positions in the
 //! padding (they hold −∞ there). The layout is NCHW, as burn's.
 
+use pulp::{Arch, Simd, WithSimd};
+
 use crate::block::window_output;
 use crate::tensor::fill_chunks;
 
@@ -53,8 +55,10 @@ impl PoolGeometry {
 
 /// Whether `value` takes the place of the window's maximum so far, `best`: it is larger, or the
 /// first NaN (a NaN wins, so it propagates).
+#[inline(always)]
 fn beats(value: f32, best: f32) -> bool {
-    value > best || (value.is_nan() && !best.is_nan())
+    // `|` and `&`, not `||` and `&&`: no branches, so that the 2×2 loops vectorise.
+    (value > best) | (value.is_nan() & !best.is_nan())
 }
 
 /// Calls `visit(output_index, argmax)` for every window of one plane (`[height, width]`): the
@@ -65,31 +69,6 @@ fn for_each_argmax(geometry: &PoolGeometry, plane: &[f32], mut visit: impl FnMut
         geometry.output(geometry.width),
     );
     let width = geometry.width;
-    if geometry.kernel == 2 && geometry.stride == 2 && geometry.padding == 0 {
-        // The zoo's pooling (2×2 windows side by side): each window's four positions in
-        // row-major order, without the general path's window ranges (measured: the general
-        // path was 15 % of a width-0.25 vgg11 step).
-        for oh in 0..height_out {
-            let (top, bottom) = plane[2 * oh * width..].split_at(width);
-            let offset = 2 * oh * width;
-            for ow in 0..width_out {
-                let at = 2 * ow;
-                let mut best = offset + at;
-                let mut best_value = top[at];
-                for (candidate, value) in [
-                    (offset + at + 1, top[at + 1]),
-                    (offset + width + at, bottom[at]),
-                    (offset + width + at + 1, bottom[at + 1]),
-                ] {
-                    if beats(value, best_value) {
-                        (best, best_value) = (candidate, value);
-                    }
-                }
-                visit(oh * width_out + ow, best);
-            }
-        }
-        return;
-    }
     for oh in 0..height_out {
         let rows = geometry.window(oh, geometry.height);
         for ow in 0..width_out {
@@ -118,7 +97,15 @@ pub(crate) fn max_pool_forward(geometry: &PoolGeometry, x: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = geometry.plane_lens(x);
     fill_chunks(x.len() / plane_in * plane_out, plane_out, |plane, out| {
         let x = &x[plane * plane_in..][..plane_in];
-        for_each_argmax(geometry, x, |at, best| out[at] = x[best]);
+        if geometry.is_pairs() {
+            Arch::new().dispatch(PairedPlane {
+                geometry,
+                x,
+                pass: PairedPass::Forward { out },
+            });
+        } else {
+            for_each_argmax(geometry, x, |at, best| out[at] = x[best]);
+        }
     })
 }
 
@@ -138,8 +125,113 @@ pub(crate) fn max_pool_backward(geometry: &PoolGeometry, x: &[f32], g: &[f32]) -
     fill_chunks(x.len(), plane_in, |plane, dx| {
         let x = &x[plane * plane_in..][..plane_in];
         let g = &g[plane * plane_out..][..plane_out];
-        for_each_argmax(geometry, x, |at, best| dx[best] += g[at]);
+        if geometry.is_pairs() {
+            Arch::new().dispatch(PairedPlane {
+                geometry,
+                x,
+                pass: PairedPass::Backward { g, dx },
+            });
+        } else {
+            for_each_argmax(geometry, x, |at, best| dx[best] += g[at]);
+        }
     })
+}
+
+impl PoolGeometry {
+    /// Whether the windows are 2×2 side by side with no padding (the zoo's pooling), which
+    /// [`PairedPlane`] pools.
+    fn is_pairs(&self) -> bool {
+        self.kernel == 2 && self.stride == 2 && self.padding == 0
+    }
+}
+
+/// What [`pool_pairs`] computes.
+enum PairedPass<'a> {
+    /// The maxima, into `out` (`[height_out, width_out]`).
+    Forward { out: &'a mut [f32] },
+    /// The plane's input gradient `dx` (zeroed; an odd last row or column stays zero) for its
+    /// output gradient `g`: each window's gradient goes to its first maximum.
+    Backward { g: &'a [f32], dx: &'a mut [f32] },
+}
+
+/// One plane of 2×2 pooling with the windows side by side (see [`PoolGeometry::is_pairs`]),
+/// as a `pulp` operation: [`pool_pairs`] compiled for the machine's vector extensions. LLVM
+/// does not vectorise it across windows, but its selects become single instructions (AVX-512
+/// mask moves): a width-0.25 LeNet-5 step ran 1.10× as fast as with the baseline x86-64 build
+/// of the same code.
+struct PairedPlane<'a> {
+    geometry: &'a PoolGeometry,
+    /// The input plane (`[height, width]`).
+    x: &'a [f32],
+    pass: PairedPass<'a>,
+}
+
+impl WithSimd for PairedPlane<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        pool_pairs(self.geometry, self.x, self.pass);
+    }
+}
+
+/// One plane `x` (`[height, width]`) of 2×2 pooling with the windows side by side (see
+/// [`PoolGeometry::is_pairs`]): each window's four values in row-major order, with neither the
+/// general path's window ranges nor branches (the general path was 15 % of a width-0.25 vgg11
+/// step; a 2×2 one that branched on each comparison 28 % of a width-0.25 LeNet-5 step, and
+/// made the step 1.26× as long as with this one).
+#[inline(always)]
+fn pool_pairs(geometry: &PoolGeometry, x: &[f32], pass: PairedPass<'_>) {
+    let width = geometry.width;
+    let width_out = geometry.output(width);
+    // Two input rows per output row, cut to the columns the windows cover.
+    let row_pairs = x.chunks_exact(2 * width).map(|rows| {
+        let (top, bottom) = rows.split_at(width);
+        (&top[..2 * width_out], &bottom[..2 * width_out])
+    });
+    match pass {
+        PairedPass::Forward { out } => {
+            for ((top, bottom), out) in row_pairs.zip(out.chunks_exact_mut(width_out)) {
+                for ((top, bottom), out) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(out)
+                {
+                    *out = first_maximum([top[0], top[1], bottom[0], bottom[1]]).1;
+                }
+            }
+        }
+        PairedPass::Backward { g, dx } => {
+            let dx_pairs = dx.chunks_exact_mut(2 * width);
+            for (((top, bottom), g), dx) in row_pairs.zip(g.chunks_exact(width_out)).zip(dx_pairs) {
+                let (dx_top, dx_bottom) = dx.split_at_mut(width);
+                for ((((top, bottom), &g), dx_top), dx_bottom) in top
+                    .chunks_exact(2)
+                    .zip(bottom.chunks_exact(2))
+                    .zip(g)
+                    .zip(dx_top.chunks_exact_mut(2))
+                    .zip(dx_bottom.chunks_exact_mut(2))
+                {
+                    let (best, _) = first_maximum([top[0], top[1], bottom[0], bottom[1]]);
+                    let routed = |at: usize| if best == at { g } else { 0.0 };
+                    (dx_top[0], dx_top[1]) = (routed(0), routed(1));
+                    (dx_bottom[0], dx_bottom[1]) = (routed(2), routed(3));
+                }
+            }
+        }
+    }
+}
+
+/// The index and value of the first maximum of `values` in order (see [`beats`]), by selects
+/// rather than branches.
+#[inline(always)]
+fn first_maximum(values: [f32; 4]) -> (usize, f32) {
+    let mut best = (0, values[0]);
+    for (at, value) in values.into_iter().enumerate().skip(1) {
+        let wins = beats(value, best.1);
+        best = (
+            if wins { at } else { best.0 },
+            if wins { value } else { best.1 },
+        );
+    }
+    best
 }
 
 #[cfg(test)]
@@ -148,6 +240,7 @@ mod tests {
     use burn::tensor::ops::MaxPoolOptions;
 
     use super::*;
+    use crate::kernel_test_support::bits;
     use crate::tensor::{tensor2, to_vec};
 
     #[test]
@@ -183,6 +276,56 @@ mod tests {
                 to_vec(&expected),
                 "{geometry:?}"
             );
+        }
+    }
+
+    /// The 2×2 path takes the same first maximum as the general one, in the forward and the
+    /// backward: ties, NaNs, signed zeros and −∞, odd sizes (the last row or column dropped).
+    #[test]
+    fn paired_windows_pool_and_route_as_the_general_path() {
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            1.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            -2.0,
+            1.0,
+            0.0,
+        ];
+        for (height, width) in [(6, 8), (7, 5), (9, 34), (2, 2)] {
+            let geometry = PoolGeometry {
+                height,
+                width,
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            };
+            assert!(geometry.is_pairs());
+            let planes = 3;
+            let x: Vec<f32> = (0..planes * height * width)
+                .map(|i| specials[(i * 5 + i / 7) % specials.len()])
+                .collect();
+            let (plane_in, plane_out) = geometry.plane_lens(&x);
+            let g: Vec<f32> = (0..planes * plane_out).map(|i| i as f32 + 1.0).collect();
+            let mut forward = vec![0.0; planes * plane_out];
+            let mut backward = vec![0.0; x.len()];
+            for plane in 0..planes {
+                let x = &x[plane * plane_in..][..plane_in];
+                for_each_argmax(&geometry, x, |at, best| {
+                    forward[plane * plane_out + at] = x[best];
+                    backward[plane * plane_in + best] += g[plane * plane_out + at];
+                });
+            }
+            let what = format!("{geometry:?}");
+            assert_eq!(
+                bits(&max_pool_forward(&geometry, &x)),
+                bits(&forward),
+                "{what}"
+            );
+            let got = max_pool_backward(&geometry, &x, &g);
+            assert_eq!(bits(&got), bits(&backward), "{what}");
         }
     }
 }
