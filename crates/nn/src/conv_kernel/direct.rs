@@ -189,15 +189,11 @@ fn forward_on(
             [padded_len, channels_out * extended],
             |scratch, products| {
                 let image = geometry.padded_image(x, b, scratch);
-                for first in (0..channels_out).step_by(BLOCK) {
-                    let channels = BLOCK.min(channels_out - first);
+                for taps in TapBlock::all(image, &offsets, channels_out) {
+                    let (first, channels) = (taps.first, taps.channels);
                     arch.dispatch(ForwardBlock {
-                        image,
-                        offsets: &offsets,
+                        taps,
                         weights: &weights,
-                        channels_out,
-                        first,
-                        channels,
                         bias: bias.map(|bias| &bias[first..first + channels]),
                         products: &mut products[first * extended..][..channels * extended],
                     });
@@ -271,15 +267,11 @@ fn weight_grad_on(arch: Arch, geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> 
                                 .copy_from_slice(row);
                         }
                     }
-                    for first in (0..channels_out).step_by(BLOCK) {
-                        let channels = BLOCK.min(channels_out - first);
+                    for taps in TapBlock::all(image, &offsets, channels_out) {
+                        let (first, channels) = (taps.first, taps.channels);
                         arch.dispatch(WeightGradBlock {
-                            image,
-                            offsets: &offsets,
+                            taps,
                             gradients: &gradients[first * extended..][..channels * extended],
-                            channels_out,
-                            first,
-                            channels,
                             by_tap: &mut by_tap,
                         });
                     }
@@ -318,23 +310,30 @@ fn store<S: Simd>(simd: S, values: &mut [f32], vector: S::f32s) {
     }
 }
 
-/// Calls `$run::<S, N, V>` for the block's channel count `N` (1 to [`BLOCK`]), with `V`
-/// vectors of positions at once: each of the `N·V` accumulators is a register, and at least
-/// eight of them are independent where the block allows it, so that the multiply-adds do not
-/// wait on each other's latency (two channels, one vector at a time, ran at a quarter of the
-/// core's rate).
-macro_rules! with_block_size {
-    ($channels:expr, $run:ident($($arg:expr),*)) => {
-        match $channels {
-            1 => $run::<S, 1, 8>($($arg),*),
-            2 => $run::<S, 2, 4>($($arg),*),
-            3 => $run::<S, 3, 4>($($arg),*),
-            4 => $run::<S, 4, 2>($($arg),*),
-            5 => $run::<S, 5, 2>($($arg),*),
-            6 => $run::<S, 6, 2>($($arg),*),
-            7 => $run::<S, 7, 1>($($arg),*),
-            8 => $run::<S, 8, 1>($($arg),*),
-            channels => unreachable!("a block of {channels} channels"),
+/// Makes `$block` a `pulp` operation that calls `$run::<S, N, V>` for its channel count `N`
+/// (1 to [`BLOCK`]), with `V` vectors of positions at once: each of the `N·V` accumulators is
+/// a register, and at least eight of them are independent where the block allows it, so that
+/// the multiply-adds do not wait on each other's latency (two channels, one vector at a time,
+/// ran at a quarter of the core's rate).
+macro_rules! block_operation {
+    ($block:ident, $run:ident) => {
+        impl WithSimd for $block<'_> {
+            type Output = ();
+
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+                match self.taps.channels {
+                    1 => $run::<S, 1, 8>(simd, self),
+                    2 => $run::<S, 2, 4>(simd, self),
+                    3 => $run::<S, 3, 4>(simd, self),
+                    4 => $run::<S, 4, 2>(simd, self),
+                    5 => $run::<S, 5, 2>(simd, self),
+                    6 => $run::<S, 6, 2>(simd, self),
+                    7 => $run::<S, 7, 1>(simd, self),
+                    8 => $run::<S, 8, 1>(simd, self),
+                    channels => unreachable!("a block of {channels} channels"),
+                }
+            }
         }
     };
 }
@@ -347,29 +346,54 @@ fn whole_steps<S: Simd, const V: usize>(extended: usize) -> usize {
     extended / (V * S::F32_LANES) * V * S::F32_LANES
 }
 
-/// The forward products of output channels `first..first + channels` for one padded image, at
-/// every extended position.
-struct ForwardBlock<'a> {
+/// What both kernels read for one block of output channels: a padded image, where each tap
+/// starts reading it, and the block's channels.
+#[derive(Clone, Copy)]
+struct TapBlock<'a> {
     image: &'a [f32],
     offsets: &'a [usize],
+    /// Output channels in all.
+    channels_out: usize,
+    /// The block's first output channel.
+    first: usize,
+    /// The block's channels, 1 to [`BLOCK`].
+    channels: usize,
+}
+
+impl<'a> TapBlock<'a> {
+    /// The blocks of `channels_out` output channels, [`BLOCK`] at a time, reading `image`.
+    fn all(
+        image: &'a [f32],
+        offsets: &'a [usize],
+        channels_out: usize,
+    ) -> impl Iterator<Item = TapBlock<'a>> {
+        (0..channels_out).step_by(BLOCK).map(move |first| TapBlock {
+            image,
+            offsets,
+            channels_out,
+            first,
+            channels: BLOCK.min(channels_out - first),
+        })
+    }
+
+    /// Where tap `tap`'s values of the block's channels start in a `[taps, OC]` array.
+    fn at(&self, tap: usize) -> usize {
+        tap * self.channels_out + self.first
+    }
+}
+
+/// The forward products of a block of output channels for one padded image, at every extended
+/// position.
+struct ForwardBlock<'a> {
+    taps: TapBlock<'a>,
     /// The weight `[taps, OC]`.
     weights: &'a [f32],
-    channels_out: usize,
-    first: usize,
-    channels: usize,
     bias: Option<&'a [f32]>,
     /// `[channels, extended positions]`.
     products: &'a mut [f32],
 }
 
-impl WithSimd for ForwardBlock<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
-        with_block_size!(self.channels, forward_block(simd, self))
-    }
-}
+block_operation!(ForwardBlock, forward_block);
 
 #[inline(always)]
 fn forward_block<S: Simd, const N: usize, const V: usize>(simd: S, mut block: ForwardBlock<'_>) {
@@ -402,10 +426,11 @@ fn forward_step<S: Simd, const N: usize, const V: usize>(
 ) {
     let (lanes, extended) = (S::F32_LANES, block.products.len() / N);
     let mut sums = [bias.map(|b| simd.splat_f32s(b)); V];
-    for (tap, &offset) in block.offsets.iter().enumerate() {
-        let weights = &block.weights[tap * block.channels_out + block.first..][..N];
+    let taps = block.taps;
+    for (tap, &offset) in taps.offsets.iter().enumerate() {
+        let weights = &block.weights[taps.at(tap)..][..N];
         for (v, sums) in sums.iter_mut().enumerate() {
-            let x = load(simd, &block.image[offset + start + v * lanes..][..len]);
+            let x = load(simd, &taps.image[offset + start + v * lanes..][..len]);
             for (sum, &w) in sums.iter_mut().zip(weights) {
                 *sum = simd.mul_add_e_f32s(simd.splat_f32s(w), x, *sum);
             }
@@ -419,35 +444,25 @@ fn forward_step<S: Simd, const N: usize, const V: usize>(
     }
 }
 
-/// Adds one padded image's weight gradient of output channels `first..first + channels` to
-/// `by_tap` (`[taps, OC]`).
+/// Adds one padded image's weight gradient of a block of output channels to `by_tap`
+/// (`[taps, OC]`).
 struct WeightGradBlock<'a> {
-    image: &'a [f32],
-    offsets: &'a [usize],
+    taps: TapBlock<'a>,
     /// The output gradient of the block's channels at every extended position (zero past each
     /// row's end), `[channels, extended positions]`.
     gradients: &'a [f32],
-    channels_out: usize,
-    first: usize,
-    channels: usize,
     by_tap: &'a mut [f32],
 }
 
-impl WithSimd for WeightGradBlock<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
-        with_block_size!(self.channels, weight_grad_block(simd, self))
-    }
-}
+block_operation!(WeightGradBlock, weight_grad_block);
 
 #[inline(always)]
 fn weight_grad_block<S: Simd, const N: usize, const V: usize>(simd: S, block: WeightGradBlock<'_>) {
     let extended = block.gradients.len() / N;
     let (lanes, whole) = (S::F32_LANES, whole_steps::<S, V>(extended));
-    for (tap, &offset) in block.offsets.iter().enumerate() {
-        let x = &block.image[offset..][..extended];
+    let taps = block.taps;
+    for (tap, &offset) in taps.offsets.iter().enumerate() {
+        let x = &taps.image[offset..][..extended];
         let mut sums = [[simd.splat_f32s(0.0); N]; V];
         let mut start = 0;
         while start < whole {
@@ -460,7 +475,7 @@ fn weight_grad_block<S: Simd, const N: usize, const V: usize>(simd: S, block: We
             weight_grad_step::<S, N, 1>(simd, &block, x, &mut rest, start, len);
             start += lanes;
         }
-        let grad = &mut block.by_tap[tap * block.channels_out + block.first..][..N];
+        let grad = &mut block.by_tap[taps.at(tap)..][..N];
         for (o, value) in grad.iter_mut().enumerate() {
             let mut sum = rest[0][o];
             for sums in &sums {
