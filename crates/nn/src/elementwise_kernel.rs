@@ -386,17 +386,4 @@ mod tests {
         // The shared operands kept their values.
         assert_eq!((bits(&to_vec(&x)), bits(&to_vec(&y))), (x_bits, y_bits));
     }
-
-    #[test]
-    fn fill_chunks_covers_every_value_once() {
-        for (len, chunk) in [(0, 4), (1, 4), (10, 3), (12, 4), (7, 100)] {
-            let filled = fill_chunks(len, chunk, |index, out| {
-                for (i, v) in out.iter_mut().enumerate() {
-                    *v += (index * chunk + i) as f32;
-                }
-            });
-            let expected: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            assert_eq!(filled, expected, "len {len}, chunk {chunk}");
-        }
-    }
 }

@@ -31,8 +31,9 @@ use pulp::{Arch, Simd, WithSimd};
 use super::{ConvGeometry, summed_over_threads, with_scratch};
 use crate::tensor::fill_chunks;
 
-/// The most output channels a convolution multiplies directly; above it the patches' GEMM is
-/// faster.
+/// The most output channels a convolution multiplies directly. At 16 the patches' GEMM is
+/// faster for the weight gradient (6 → 16 channels on 14×14 maps, batch 128: 2.44 ms directly
+/// against 1.80 ms through the patches on one thread).
 const MAX_CHANNELS_OUT: usize = 8;
 
 /// Output channels accumulated together, each in its own vector register.
