@@ -44,7 +44,7 @@ use rayon::prelude::*;
 
 use crate::block::window_output;
 use crate::gemm_kernel::{Operand, gemm_into};
-use crate::tensor::fill_chunks;
+use crate::tensor::{fill_chunks, transpose};
 
 /// The geometry of a 2-D convolution with a square kernel, the same stride and padding in
 /// both directions, no dilation and one group (every convolution of the model zoo).
@@ -858,13 +858,7 @@ fn weight_grad_by_patches(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<
     if direct {
         return grad;
     }
-    // Transposed per output channel on the pool (on one thread it took 13 % of the weight
-    // gradient of a 512-channel 3×3 convolution on a 4×4 map at 2 threads).
-    fill_chunks(grad_len, rows, |o, kernels| {
-        for (row, value) in kernels.iter_mut().enumerate() {
-            *value = grad[row * channels_out + o];
-        }
-    })
+    transpose(&grad, rows, channels_out)
 }
 
 /// `partial(images)` summed over an even split of `0..batch` between the current pool's
@@ -896,7 +890,7 @@ fn summed_over_threads(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_test_support::{assert_near, pseudo_random as values};
+    use crate::kernel_test_support::{assert_near, pool, pseudo_random as values};
 
     /// Calls `visit(x_index, w_index, y_index)` for every product `x[b, c, ih, iw] ·
     /// w[o, c, i, j]` that output `y[b, o, oh, ow]` sums, `(ih, iw) = (oh·s + i − p, ow·s + j − p)`
@@ -962,12 +956,8 @@ mod tests {
         });
         // 2 threads leave one thread a shorter last chunk than its buffer holds.
         for threads in [1, 2, 3, 4] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let what = |kernel: &str| format!("{kernel} of {geometry:?}, {threads} threads");
-            pool.install(|| {
+            pool(threads).install(|| {
                 // The default dispatch; the patches, which serve any geometry; the
                 // padding-free classes, which serve any map (the default picks one of these or
                 // the dense matrix).
@@ -1179,13 +1169,7 @@ mod tests {
             stride: 1,
             padding: 1,
         };
-        let chunk_on = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
-            pool.install(|| geometry.images_per_chunk())
-        };
+        let chunk_on = |threads| pool(threads).install(|| geometry.images_per_chunk());
         assert_eq!(chunk_on(1), 7);
         assert_eq!(chunk_on(2), 4);
         // 22 images on the busiest thread in chunks of 2, against 28 in chunks of 7.

@@ -28,7 +28,7 @@ use timeprest_data::Dataset;
 use crate::NnError;
 use crate::block::{Block, Init, Linear, Norm, Shape};
 use crate::memory::{MAX_LAYER_WIDTH, too_wide};
-use crate::tensor::{count_correct, one_hot, scalar, tensor1, tensor2, to_vec};
+use crate::tensor::{count_correct, one_hot, scalar, tensor1, tensor2, to_vec, transpose};
 use crate::zoo::{GptConfig, NetConfig};
 
 /// A multi-layer perceptron: `input → hidden[0] → … → classes`, ReLU after every hidden layer.
@@ -223,23 +223,6 @@ impl ModelSpec {
         }
         Ok(())
     }
-}
-
-/// Row-major `[rows, cols]` → row-major `[cols, rows]`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(
-        values.len(),
-        rows * cols,
-        "transpose of {} values as [{rows}, {cols}]",
-        values.len()
-    );
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }
 
 /// File-layout values of state tensor `index` (parameters, then buffers) of `block` from its

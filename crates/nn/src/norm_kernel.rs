@@ -234,7 +234,7 @@ pub(crate) fn batch_norm_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_test_support::{assert_near, pseudo_random};
+    use crate::kernel_test_support::{assert_near, pool, pseudo_random};
 
     /// The VJP by its definition, in f64: `x̂`, then the three sums, then `∂x` element by
     /// element.
@@ -317,12 +317,8 @@ mod tests {
             let gamma = values(channels, 3, 0.5, 1.0);
             let expected = reference(&x, &g, &gamma, positions, 1e-5);
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let got =
-                    pool.install(|| batch_norm_backward(&x, &g, &gamma, positions, 1e-5, true));
+                let got = pool(threads)
+                    .install(|| batch_norm_backward(&x, &g, &gamma, positions, 1e-5, true));
                 let what = format!("{batch}×{channels}×{positions}, {threads} threads");
                 assert_near(&format!("{what} ∂x"), &got.input.unwrap(), &expected.0);
                 assert_near(&format!("{what} ∂γ"), &got.gamma, &expected.1);

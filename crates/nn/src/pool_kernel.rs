@@ -57,7 +57,8 @@ impl PoolGeometry {
 /// first NaN (a NaN wins, so it propagates).
 #[inline(always)]
 fn beats(value: f32, best: f32) -> bool {
-    // `|` and `&`, not `||` and `&&`: no branches, so that the 2×2 loops vectorise.
+    // `|` and `&`, not `||` and `&&`: no branches, so that the comparisons of the 2×2
+    // loop become selects.
     (value > best) | (value.is_nan() & !best.is_nan())
 }
 
@@ -97,15 +98,7 @@ pub(crate) fn max_pool_forward(geometry: &PoolGeometry, x: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = geometry.plane_lens(x);
     fill_chunks(x.len() / plane_in * plane_out, plane_out, |plane, out| {
         let x = &x[plane * plane_in..][..plane_in];
-        if geometry.is_pairs() {
-            Arch::new().dispatch(PairedPlane {
-                geometry,
-                x,
-                pass: PairedPass::Forward { out },
-            });
-        } else {
-            for_each_argmax(geometry, x, |at, best| out[at] = x[best]);
-        }
+        pool_plane(geometry, x, PoolPass::Forward { out });
     })
 }
 
@@ -125,16 +118,21 @@ pub(crate) fn max_pool_backward(geometry: &PoolGeometry, x: &[f32], g: &[f32]) -
     fill_chunks(x.len(), plane_in, |plane, dx| {
         let x = &x[plane * plane_in..][..plane_in];
         let g = &g[plane * plane_out..][..plane_out];
-        if geometry.is_pairs() {
-            Arch::new().dispatch(PairedPlane {
-                geometry,
-                x,
-                pass: PairedPass::Backward { g, dx },
-            });
-        } else {
-            for_each_argmax(geometry, x, |at, best| dx[best] += g[at]);
-        }
+        pool_plane(geometry, x, PoolPass::Backward { g, dx });
     })
+}
+
+/// Pools one plane `x` (`[height, width]`): the 2×2 windows side by side through
+/// [`PairedPlane`], any other geometry through [`for_each_argmax`].
+fn pool_plane(geometry: &PoolGeometry, x: &[f32], pass: PoolPass<'_>) {
+    if geometry.is_pairs() {
+        Arch::new().dispatch(PairedPlane { geometry, x, pass });
+        return;
+    }
+    match pass {
+        PoolPass::Forward { out } => for_each_argmax(geometry, x, |at, best| out[at] = x[best]),
+        PoolPass::Backward { g, dx } => for_each_argmax(geometry, x, |at, best| dx[best] += g[at]),
+    }
 }
 
 impl PoolGeometry {
@@ -145,8 +143,8 @@ impl PoolGeometry {
     }
 }
 
-/// What [`pool_pairs`] computes.
-enum PairedPass<'a> {
+/// What pooling a plane computes.
+enum PoolPass<'a> {
     /// The maxima, into `out` (`[height_out, width_out]`).
     Forward { out: &'a mut [f32] },
     /// The plane's input gradient `dx` (zeroed; an odd last row or column stays zero) for its
@@ -163,7 +161,7 @@ struct PairedPlane<'a> {
     geometry: &'a PoolGeometry,
     /// The input plane (`[height, width]`).
     x: &'a [f32],
-    pass: PairedPass<'a>,
+    pass: PoolPass<'a>,
 }
 
 impl WithSimd for PairedPlane<'_> {
@@ -181,7 +179,7 @@ impl WithSimd for PairedPlane<'_> {
 /// step; a 2×2 one that branched on each comparison 28 % of a width-0.25 LeNet-5 step, and
 /// made the step 1.26× as long as with this one).
 #[inline(always)]
-fn pool_pairs(geometry: &PoolGeometry, x: &[f32], pass: PairedPass<'_>) {
+fn pool_pairs(geometry: &PoolGeometry, x: &[f32], pass: PoolPass<'_>) {
     let width = geometry.width;
     let width_out = geometry.output(width);
     // Two input rows per output row, cut to the columns the windows cover.
@@ -190,7 +188,7 @@ fn pool_pairs(geometry: &PoolGeometry, x: &[f32], pass: PairedPass<'_>) {
         (&top[..2 * width_out], &bottom[..2 * width_out])
     });
     match pass {
-        PairedPass::Forward { out } => {
+        PoolPass::Forward { out } => {
             for ((top, bottom), out) in row_pairs.zip(out.chunks_exact_mut(width_out)) {
                 for ((top, bottom), out) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(out)
                 {
@@ -198,7 +196,7 @@ fn pool_pairs(geometry: &PoolGeometry, x: &[f32], pass: PairedPass<'_>) {
                 }
             }
         }
-        PairedPass::Backward { g, dx } => {
+        PoolPass::Backward { g, dx } => {
             let dx_pairs = dx.chunks_exact_mut(2 * width);
             for (((top, bottom), g), dx) in row_pairs.zip(g.chunks_exact(width_out)).zip(dx_pairs) {
                 let (dx_top, dx_bottom) = dx.split_at_mut(width);

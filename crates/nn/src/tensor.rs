@@ -295,6 +295,26 @@ pub(crate) fn fill_chunks(
     values
 }
 
+/// Row-major `[rows, cols]` → row-major `[cols, rows]`, made on the current rayon pool one
+/// output row at a time (on one thread, the transposed weight gradient took 13 % of a
+/// 512-channel 3×3 convolution's on a 4×4 map at 2 threads).
+///
+/// # Panics
+/// If `values` does not hold `rows · cols` values (a broken invariant of the caller).
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(
+        values.len(),
+        rows * cols,
+        "transpose of {} values as [{rows}, {cols}]",
+        values.len()
+    );
+    fill_chunks(values.len(), rows, |c, column| {
+        for (r, value) in column.iter_mut().enumerate() {
+            *value = values[r * cols + c];
+        }
+    })
+}
+
 /// The values of a tensor (row-major), read back as f32.
 ///
 /// # Panics

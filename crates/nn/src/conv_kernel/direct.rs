@@ -29,7 +29,7 @@
 use pulp::{Arch, Simd, WithSimd};
 
 use super::{ConvGeometry, summed_over_threads, with_scratch};
-use crate::tensor::fill_chunks;
+use crate::tensor::{fill_chunks, transpose};
 
 /// The most output channels a convolution multiplies directly. At 16 the patches' GEMM is
 /// faster for the weight gradient (6 → 16 channels on 14×14 maps, batch 128: 2.44 ms directly
@@ -44,16 +44,29 @@ impl ConvGeometry {
     /// transposed convolution of the input gradient needs no negative padding), few output
     /// channels, and not a 1×1 convolution read in place.
     pub(super) fn multiplies_directly(&self) -> bool {
-        self.stride == 1
-            && self.padding < self.kernel
-            && self.channels_out <= MAX_CHANNELS_OUT
-            && !self.is_pointwise()
+        self.reads_taps_as_slices() && self.channels_out <= MAX_CHANNELS_OUT && !self.is_pointwise()
     }
 
     /// Whether to compute the input gradient directly: the transposed convolution (whose
     /// forward it is) multiplies directly, i.e. the input has few channels.
     pub(super) fn input_grad_directly(&self) -> bool {
-        self.stride == 1 && self.padding < self.kernel && self.transposed().multiplies_directly()
+        self.reads_taps_as_slices() && self.transposed().multiplies_directly()
+    }
+
+    /// Whether the direct kernels can compute this convolution at all: stride 1 (each tap
+    /// reads one contiguous slice of the padded image) and padding narrower than the kernel
+    /// (the transposed convolution needs no negative padding).
+    fn reads_taps_as_slices(&self) -> bool {
+        self.stride == 1 && self.padding < self.kernel
+    }
+
+    /// Checks that the direct kernels can compute this convolution (a broken invariant of the
+    /// caller otherwise).
+    fn assert_reads_taps_as_slices(&self) {
+        assert!(
+            self.reads_taps_as_slices(),
+            "a direct convolution of {self:?}"
+        );
     }
 
     /// Height and width of an image with its padding.
@@ -62,6 +75,18 @@ impl ConvGeometry {
             self.height + 2 * self.padding,
             self.width + 2 * self.padding,
         )
+    }
+
+    /// Values of one padded image (`C·H'·W'`).
+    fn padded_image_len(&self) -> usize {
+        let (padded_height, padded_width) = self.padded_sides();
+        self.channels_in * padded_height * padded_width
+    }
+
+    /// Where output row `oh` of `channel` starts among the extended positions of all output
+    /// channels (`[OC, extended positions]`).
+    fn extended_row(&self, channel: usize, oh: usize) -> usize {
+        channel * self.extended_positions() + oh * self.padded_sides().1
     }
 
     /// Extended positions of one output channel: the output rows at the padded width, without
@@ -138,18 +163,6 @@ impl ConvGeometry {
         }
         flipped
     }
-
-    /// The weight (`[OC, taps]`) tap-major, `[taps, OC]`: a tap's channels side by side.
-    fn channels_by_tap(&self, weight: &[f32]) -> Vec<f32> {
-        let (rows, channels_out) = (self.patch_rows(), self.channels_out);
-        let mut by_tap = vec![0.0; weight.len()];
-        for (o, kernels) in weight.chunks_exact(rows).enumerate() {
-            for (tap, &value) in kernels.iter().enumerate() {
-                by_tap[tap * channels_out + o] = value;
-            }
-        }
-        by_tap
-    }
 }
 
 /// The forward `W ⊛ x + b` (see [`super::conv2d_forward`]) for a geometry of stride 1 with
@@ -171,23 +184,19 @@ fn forward_on(
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    assert!(
-        geometry.stride == 1 && geometry.padding < geometry.kernel,
-        "a direct convolution of {geometry:?}"
-    );
+    geometry.assert_reads_taps_as_slices();
     let (channels_out, output_len, width_out) = (
         geometry.channels_out,
         geometry.output_len(),
         geometry.width_out(),
     );
-    let (_, padded_width) = geometry.padded_sides();
     let extended = geometry.extended_positions();
     let offsets = geometry.tap_offsets();
-    let weights = geometry.channels_by_tap(weight);
-    let padded_len = geometry.channels_in * padded_width * geometry.padded_sides().0;
+    // `[taps, OC]`: a tap's channels side by side.
+    let weights = transpose(weight, channels_out, geometry.patch_rows());
     fill_chunks(geometry.batch * output_len, output_len, |b, out| {
         with_scratch(
-            [padded_len, channels_out * extended],
+            [geometry.padded_image_len(), channels_out * extended],
             |scratch, products| {
                 let image = geometry.padded_image(x, b, scratch);
                 for taps in TapBlock::all(image, &offsets, channels_out) {
@@ -203,7 +212,7 @@ fn forward_on(
                 for (row, values) in out.chunks_exact_mut(width_out).enumerate() {
                     let (channel, oh) = (row / geometry.height_out(), row % geometry.height_out());
                     values.copy_from_slice(
-                        &products[channel * extended + oh * padded_width..][..width_out],
+                        &products[geometry.extended_row(channel, oh)..][..width_out],
                     );
                 }
             },
@@ -236,10 +245,7 @@ pub(super) fn weight_grad(geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<
 
 /// [`weight_grad`] on the vectors of `arch`.
 fn weight_grad_on(arch: Arch, geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> Vec<f32> {
-    assert!(
-        geometry.stride == 1 && geometry.padding < geometry.kernel,
-        "a direct convolution of {geometry:?}"
-    );
+    geometry.assert_reads_taps_as_slices();
     let (channels_out, rows, output_len, width_out, positions) = (
         geometry.channels_out,
         geometry.patch_rows(),
@@ -247,15 +253,13 @@ fn weight_grad_on(arch: Arch, geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> 
         geometry.width_out(),
         geometry.positions(),
     );
-    let (padded_height, padded_width) = geometry.padded_sides();
     let extended = geometry.extended_positions();
     let offsets = geometry.tap_offsets();
-    let padded_len = geometry.channels_in * padded_height * padded_width;
     let partial = |images: std::ops::Range<usize>| {
         // `[taps, OC]`, transposed at the end.
         let mut by_tap = vec![0.0; rows * channels_out];
         with_scratch(
-            [padded_len, channels_out * extended],
+            [geometry.padded_image_len(), channels_out * extended],
             |scratch, gradients| {
                 // The columns past each row's end stay zero.
                 gradients.fill(0.0);
@@ -264,7 +268,7 @@ fn weight_grad_on(arch: Arch, geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> 
                     let g_image = &g[b * output_len..][..output_len];
                     for (channel, plane) in g_image.chunks_exact(positions).enumerate() {
                         for (oh, row) in plane.chunks_exact(width_out).enumerate() {
-                            gradients[channel * extended + oh * padded_width..][..width_out]
+                            gradients[geometry.extended_row(channel, oh)..][..width_out]
                                 .copy_from_slice(row);
                         }
                     }
@@ -282,13 +286,7 @@ fn weight_grad_on(arch: Arch, geometry: &ConvGeometry, x: &[f32], g: &[f32]) -> 
         by_tap
     };
     let by_tap = summed_over_threads(geometry.batch, rows * channels_out, partial);
-    let mut grad = vec![0.0; by_tap.len()];
-    for (tap, values) in by_tap.chunks_exact(channels_out).enumerate() {
-        for (o, &value) in values.iter().enumerate() {
-            grad[o * rows + tap] = value;
-        }
-    }
-    grad
+    transpose(&by_tap, rows, channels_out)
 }
 
 /// One vector of `values` (`F32_LANES` of them or fewer, the rest zero).
